@@ -1,0 +1,288 @@
+using System.Numerics.Tensors;
+using TokenMill.Memory;
+using TokenMill.Models;
+using TokenMill.Quantization;
+
+namespace TokenMill.Backends.Cpu;
+
+/// <summary>
+/// The Llama-family forward pass on the CPU: token embedding, RMSNorm, rotary embeddings,
+/// grouped-query attention over a <see cref="KvCache"/>, SwiGLU MLP, output projection.
+/// Matrix products run over weight rows in the file's own format (<see cref="QuantizedDot"/>),
+/// split across a persistent <see cref="CpuWorkerPool"/>. Scratch buffers are allocated once for
+/// <c>maxBatchTokens</c> so a decode step allocates nothing.
+/// </summary>
+public sealed unsafe class CpuForward : IDisposable
+{
+    /// <summary>Weight rows per parallel work item: enough to amortize the hand-out, small enough to balance.</summary>
+    const int RowsPerChunk = 16;
+
+    /// <summary>Below this many multiply-adds a matrix product runs on the calling thread (waking workers costs more).</summary>
+    const long ParallelThreshold = 1 << 15;
+
+    readonly ModelConfig _c;
+    readonly ModelWeights _w;
+    readonly CpuWorkerPool _pool;
+    readonly int _maxTokens;
+    readonly List<NativeBuffer> _buffers = [];
+    readonly float* _x, _h, _q, _k, _v, _att, _gate, _up, _scores;
+    readonly double[] _ropeInvFreq;
+
+    public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
+        _c = model.Config;
+        _w = model.Weights;
+        _pool = pool ?? CpuWorkerPool.Shared;
+        _maxTokens = maxBatchTokens;
+
+        int n = maxBatchTokens;
+        _x = Alloc((long)n * _c.EmbeddingLength);
+        _h = Alloc((long)n * Math.Max(_c.EmbeddingLength, _c.QDim));
+        _q = Alloc((long)n * _c.QDim);
+        _k = Alloc((long)n * _c.KvDim);
+        _v = Alloc((long)n * _c.KvDim);
+        _att = Alloc((long)n * _c.QDim);
+        _gate = Alloc((long)n * _c.FeedForwardLength);
+        _up = Alloc((long)n * _c.FeedForwardLength);
+        _scores = Alloc((long)_pool.ThreadCount * _c.ContextLength);
+
+        // θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).
+        int pairs = _c.RopeDimensionCount / 2;
+        _ropeInvFreq = new double[pairs];
+        for (int i = 0; i < pairs; i++)
+        {
+            double f = Math.Pow(_c.RopeFreqBase, -2.0 * i / _c.RopeDimensionCount) / _c.RopeLinearScale;
+            _ropeInvFreq[i] = _c.RopeFreqFactors is { } ff ? f / ff[i] : f;
+        }
+
+        _matMulBody = MatMulChunk;
+        _attentionBody = AttentionItem;
+    }
+
+    float* Alloc(long floats)
+    {
+        var b = new NativeBuffer(Math.Max(floats, 1) * sizeof(float));
+        _buffers.Add(b);
+        return (float*)b.Pointer;
+    }
+
+    public ModelConfig Config => _c;
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> at positions cache.Length, cache.Length+1, …, appends their keys
+    /// and values to <paramref name="cache"/>, and writes the logits of the last token.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, KvCache cache, Span<float> logits)
+    {
+        if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
+        if (logits.Length != _c.VocabSize) throw new ArgumentException($"logits must have {_c.VocabSize} entries", nameof(logits));
+        if (cache.Length + tokens.Length > Math.Min(cache.Capacity, _c.ContextLength))
+            throw new InvalidOperationException(
+                $"sequence of {cache.Length + tokens.Length} tokens exceeds the context length {Math.Min(cache.Capacity, _c.ContextLength)}");
+        foreach (int t in tokens)
+            if ((uint)t >= (uint)_c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary of {_c.VocabSize}");
+
+        for (int start = 0; start < tokens.Length; start += _maxTokens)
+        {
+            var chunk = tokens.Slice(start, Math.Min(_maxTokens, tokens.Length - start));
+            RunChunk(chunk, cache);
+        }
+        int d = _c.EmbeddingLength;
+        int lastRow = (tokens.Length - 1) % _maxTokens;
+        RmsNorm(new ReadOnlySpan<float>(_x + (long)lastRow * d, d), _w.OutputNorm, new Span<float>(_h, d));
+        fixed (float* logitsPtr = logits)
+            MatMul(_w.Output, _h, 1, logitsPtr);
+    }
+
+    void RunChunk(ReadOnlySpan<int> tokens, KvCache cache)
+    {
+        int n = tokens.Length, d = _c.EmbeddingLength, kvDim = _c.KvDim, qDim = _c.QDim, ff = _c.FeedForwardLength;
+        int startPos = cache.Length;
+
+        for (int t = 0; t < n; t++)
+            Dequantize.Row(_w.TokenEmbedding.Type, _w.TokenEmbedding.Row(tokens[t]), new Span<float>(_x + (long)t * d, d));
+
+        for (int layer = 0; layer < _c.BlockCount; layer++)
+        {
+            var lw = _w.Layers[layer];
+
+            for (int t = 0; t < n; t++)
+                RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.AttnNorm, new Span<float>(_h + (long)t * d, d));
+            MatMul(lw.Wq, _h, n, _q);
+            MatMul(lw.Wk, _h, n, _k);
+            MatMul(lw.Wv, _h, n, _v);
+            AddBias(_q, n, lw.Bq);
+            AddBias(_k, n, lw.Bk);
+            AddBias(_v, n, lw.Bv);
+
+            for (int t = 0; t < n; t++)
+            {
+                int pos = startPos + t;
+                if (lw.QNorm is { } qn) HeadNorm(_q + (long)t * qDim, _c.HeadCount, qn);
+                if (lw.KNorm is { } kn) HeadNorm(_k + (long)t * kvDim, _c.HeadCountKv, kn);
+                Rope(_q + (long)t * qDim, _c.HeadCount, pos);
+                Rope(_k + (long)t * kvDim, _c.HeadCountKv, pos);
+                new ReadOnlySpan<float>(_k + (long)t * kvDim, kvDim).CopyTo(new Span<float>(cache.Keys(layer, pos), kvDim));
+                new ReadOnlySpan<float>(_v + (long)t * kvDim, kvDim).CopyTo(new Span<float>(cache.Values(layer, pos), kvDim));
+            }
+
+            _attnCache = cache;
+            _attnLayer = layer;
+            _attnStartPos = startPos;
+            _pool.For(n * _c.HeadCount, _attentionBody);
+            _attnCache = null;
+
+            MatMul(lw.Wo, _att, n, _h);
+            TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
+
+            for (int t = 0; t < n; t++)
+                RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.FfnNorm, new Span<float>(_h + (long)t * d, d));
+            MatMul(lw.Gate, _h, n, _gate);
+            MatMul(lw.Up, _h, n, _up);
+            var gate = new Span<float>(_gate, n * ff);
+            SiluInPlace(gate);
+            TensorPrimitives.Multiply(gate, new ReadOnlySpan<float>(_up, n * ff), gate);
+            MatMul(lw.Down, _gate, n, _h);
+            TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
+        }
+        cache.Length = startPos + n;
+    }
+
+    // ---- normalization, activation, rotary embedding ------------------------------------------
+
+    /// <summary>y = x / sqrt(mean(x²) + eps) · w, the sum of squares accumulated in double as ggml does.</summary>
+    void RmsNorm(ReadOnlySpan<float> x, ReadOnlySpan<float> w, Span<float> y)
+    {
+        double sum = 0;
+        foreach (float v in x) sum += (double)v * v;
+        float scale = (float)(1.0 / Math.Sqrt(sum / x.Length + _c.RmsNormEps));
+        TensorPrimitives.Multiply(x, scale, y);
+        TensorPrimitives.Multiply(y, w, y);
+    }
+
+    void HeadNorm(float* heads, int count, float[] w)
+    {
+        int hd = _c.HeadDim;
+        for (int h = 0; h < count; h++)
+        {
+            var head = new Span<float>(heads + (long)h * hd, hd);
+            RmsNorm(head, w, head);
+        }
+    }
+
+    static void SiluInPlace(Span<float> x)
+    {
+        // silu(x) = x · σ(x)
+        foreach (ref float v in x) v /= 1f + MathF.Exp(-v);
+    }
+
+    void Rope(float* heads, int count, int pos)
+    {
+        int hd = _c.HeadDim, pairs = _c.RopeDimensionCount / 2;
+        Span<float> cos = stackalloc float[pairs];
+        Span<float> sin = stackalloc float[pairs];
+        for (int i = 0; i < pairs; i++)
+        {
+            double theta = pos * _ropeInvFreq[i];
+            cos[i] = (float)Math.Cos(theta);
+            sin[i] = (float)Math.Sin(theta);
+        }
+        for (int h = 0; h < count; h++)
+        {
+            float* x = heads + (long)h * hd;
+            for (int i = 0; i < pairs; i++)
+            {
+                // NORM rotates adjacent pairs (2i, 2i+1); NEOX rotates (i, i + d/2).
+                int a = _c.RopeType == RopeType.Norm ? 2 * i : i;
+                int b = _c.RopeType == RopeType.Norm ? 2 * i + 1 : i + pairs;
+                float x0 = x[a], x1 = x[b];
+                x[a] = x0 * cos[i] - x1 * sin[i];
+                x[b] = x0 * sin[i] + x1 * cos[i];
+            }
+        }
+    }
+
+    static void AddBias(float* y, int n, float[]? bias)
+    {
+        if (bias is null) return;
+        for (int t = 0; t < n; t++)
+        {
+            var row = new Span<float>(y + (long)t * bias.Length, bias.Length);
+            TensorPrimitives.Add(row, bias, row);
+        }
+    }
+
+    // ---- attention -----------------------------------------------------------------------------
+
+    readonly Action<int, int> _attentionBody;
+    KvCache? _attnCache;
+    int _attnLayer, _attnStartPos;
+
+    /// <summary>One (token, query head): causal softmax attention over the cached positions 0..pos.</summary>
+    void AttentionItem(int item, int worker)
+    {
+        int hd = _c.HeadDim, qDim = _c.QDim;
+        int t = item / _c.HeadCount, head = item % _c.HeadCount;
+        int kvHead = head / _c.QueryGroupSize;
+        int pos = _attnStartPos + t;
+        var cache = _attnCache!;
+        var q = new ReadOnlySpan<float>(_q + (long)t * qDim + (long)head * hd, hd);
+        var scores = new Span<float>(_scores + (long)worker * _c.ContextLength, pos + 1);
+        float scale = 1f / MathF.Sqrt(hd);
+
+        for (int j = 0; j <= pos; j++)
+            scores[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(cache.Keys(_attnLayer, j) + kvHead * hd, hd)) * scale;
+        TensorPrimitives.SoftMax(scores, scores);
+
+        var output = new Span<float>(_att + (long)t * qDim + (long)head * hd, hd);
+        output.Clear();
+        for (int j = 0; j <= pos; j++)
+        {
+            var v = new ReadOnlySpan<float>(cache.Values(_attnLayer, j) + kvHead * hd, hd);
+            TensorPrimitives.MultiplyAdd(v, scores[j], output, output);
+        }
+    }
+
+    // ---- matrix product ------------------------------------------------------------------------
+
+    readonly Action<int, int> _matMulBody;
+    WeightTensor? _mmW;
+    float* _mmX, _mmY;
+    int _mmN;
+
+    /// <summary>y[t, r] = W[r] · x[t] for t in [0, n): x is n × columns, y is n × rows.</summary>
+    void MatMul(WeightTensor w, float* x, int n, float* y)
+    {
+        _mmW = w;
+        _mmX = x;
+        _mmY = y;
+        _mmN = n;
+        int chunks = (int)((w.Rows + RowsPerChunk - 1) / RowsPerChunk);
+        if (w.Rows * w.Columns * n < ParallelThreshold)
+            for (int i = 0; i < chunks; i++) MatMulChunk(i, 0);
+        else
+            _pool.For(chunks, _matMulBody);
+        _mmW = null;
+    }
+
+    void MatMulChunk(int chunk, int worker)
+    {
+        var w = _mmW!;
+        int cols = (int)w.Columns;
+        long rows = w.Rows;
+        long r0 = (long)chunk * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
+        for (long r = r0; r < r1; r++)
+        {
+            var row = w.Row(r);
+            for (int t = 0; t < _mmN; t++)
+                _mmY[t * rows + r] = QuantizedDot.Dot(w.Type, row, new ReadOnlySpan<float>(_mmX + (long)t * cols, cols));
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _buffers) b.Dispose();
+        _buffers.Clear();
+    }
+}

@@ -1,0 +1,141 @@
+using TokenMill.Memory;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+using TokenMill.Tokenization;
+
+namespace TokenMill.Models.Dummy;
+
+/// <summary>
+/// Builds <c>dummy:&lt;preset&gt;</c> models: seeded random weights in the exact shape of a real
+/// architecture, stored in a chosen dtype, with a real tokenizer (cl100k_base from
+/// Microsoft.ML.Tokenizers' data package, fitted to the preset's vocabulary). The text they write
+/// is noise; their cost per token is that of the real model.
+/// </summary>
+public static class DummyModelFactory
+{
+    public const string Prefix = "dummy:";
+
+    /// <summary>Weight types a dummy model can be stored in.</summary>
+    public static IReadOnlyList<GgmlType> SupportedDTypes { get; } = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0];
+
+    public static bool IsDummy(string model) => model.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
+
+    public static Model Create(string model, GgmlType dtype, ulong seed = 0)
+    {
+        string name = IsDummy(model) ? model[Prefix.Length..] : model;
+        if (!DummyPresets.All.TryGetValue(name, out var preset))
+            throw new ArgumentException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})", nameof(model));
+        if (!SupportedDTypes.Contains(dtype))
+            throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
+
+        var c = preset.Config;
+        var owners = new List<IDisposable>();
+        try
+        {
+            var random = new WeightRandom(seed);
+            WeightTensor Matrix(string tensor, int rows, int cols) => random.Matrix(tensor, rows, cols, dtype, owners);
+
+            var layers = new LayerWeights[c.BlockCount];
+            for (int i = 0; i < c.BlockCount; i++)
+            {
+                string p = $"blk.{i}.";
+                layers[i] = new LayerWeights
+                {
+                    AttnNorm = Ones(c.EmbeddingLength),
+                    Wq = Matrix(p + "attn_q.weight", c.QDim, c.EmbeddingLength),
+                    Wk = Matrix(p + "attn_k.weight", c.KvDim, c.EmbeddingLength),
+                    Wv = Matrix(p + "attn_v.weight", c.KvDim, c.EmbeddingLength),
+                    Wo = Matrix(p + "attn_output.weight", c.EmbeddingLength, c.QDim),
+                    Bq = preset.HasQkvBias ? random.Vector(p + "attn_q.bias", c.QDim, 0.1f) : null,
+                    Bk = preset.HasQkvBias ? random.Vector(p + "attn_k.bias", c.KvDim, 0.1f) : null,
+                    Bv = preset.HasQkvBias ? random.Vector(p + "attn_v.bias", c.KvDim, 0.1f) : null,
+                    FfnNorm = Ones(c.EmbeddingLength),
+                    Gate = Matrix(p + "ffn_gate.weight", c.FeedForwardLength, c.EmbeddingLength),
+                    Up = Matrix(p + "ffn_up.weight", c.FeedForwardLength, c.EmbeddingLength),
+                    Down = Matrix(p + "ffn_down.weight", c.EmbeddingLength, c.FeedForwardLength),
+                };
+            }
+            var embedding = Matrix("token_embd.weight", c.VocabSize, c.EmbeddingLength);
+            var weights = new ModelWeights
+            {
+                TokenEmbedding = embedding,
+                Layers = layers,
+                OutputNorm = Ones(c.EmbeddingLength),
+                Output = preset.TiedEmbeddings ? embedding : Matrix("output.weight", c.VocabSize, c.EmbeddingLength),
+            };
+            var tokenizer = TokenizerLoader.Cl100kFitted(c.VocabSize);
+            return new Model($"{Prefix}{name.ToLowerInvariant()}", c, weights, tokenizer, owners);
+        }
+        catch
+        {
+            foreach (var o in owners) o.Dispose();
+            throw;
+        }
+    }
+
+    static float[] Ones(int n)
+    {
+        var v = new float[n];
+        Array.Fill(v, 1f);
+        return v;
+    }
+
+    /// <summary>
+    /// Deterministic weights: every row has its own SplitMix64 stream keyed by (seed, tensor name, row),
+    /// so rows fill in parallel and a given seed always gives the same model.
+    /// </summary>
+    sealed class WeightRandom(ulong seed)
+    {
+        public unsafe WeightTensor Matrix(string name, int rows, int cols, GgmlType dtype, List<IDisposable> owners)
+        {
+            long rowBytes = GgmlTypeInfo.RowBytes(dtype, cols);
+            var buffer = new NativeBuffer(rowBytes * rows, zero: false);
+            owners.Add(buffer);
+            byte* basePtr = buffer.Pointer;
+            ulong key = Key(name);
+            // Uniform in [−a, a] has std a/√3: pick std 1/√cols so every product keeps activations O(1).
+            float amplitude = MathF.Sqrt(3f / cols);
+            Parallel.For(0, rows, () => new float[cols], (r, _, scratch) =>
+            {
+                Fill(key, (ulong)r, scratch, amplitude);
+                Quantize.Row(dtype, scratch, new Span<byte>(basePtr + r * rowBytes, (int)rowBytes));
+                return scratch;
+            }, _ => { });
+            return new WeightTensor(name, dtype, rows, cols, basePtr);
+        }
+
+        public float[] Vector(string name, int length, float amplitude)
+        {
+            var v = new float[length];
+            Fill(Key(name), 0, v, amplitude);
+            return v;
+        }
+
+        ulong Key(string name)
+        {
+            ulong h = 14695981039346656037UL ^ seed; // FNV-1a offset basis, mixed with the seed
+            foreach (char ch in name) h = (h ^ ch) * 1099511628211UL;
+            return h;
+        }
+
+        static void Fill(ulong key, ulong row, Span<float> values, float amplitude)
+        {
+            // Hash the row into the start state so neighbouring rows get unrelated streams.
+            ulong state = Mix(key ^ Mix(row + 1));
+            for (int i = 0; i < values.Length; i++)
+            {
+                ulong z = Mix(state += 0x9E3779B97F4A7C15UL);
+                float unit = (z >> 40) * (1f / (1 << 24)); // 24 random bits → [0, 1)
+                values[i] = (2f * unit - 1f) * amplitude;
+            }
+        }
+
+        /// <summary>SplitMix64's finalizer (Steele, Lea, Flood 2014): three xor-shift-multiplies.</summary>
+        static ulong Mix(ulong z)
+        {
+            z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+            return z ^ (z >> 31);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+namespace TokenMill.Models.Dummy;
+
+/// <summary>A dummy model's shape; <paramref name="TiedEmbeddings"/>: the classifier is the embedding matrix.</summary>
+public sealed record DummyPreset(ModelConfig Config, bool TiedEmbeddings)
+{
+    /// <summary>Qwen2 carries q/k/v biases.</summary>
+    public bool HasQkvBias => Config.Architecture == "qwen2";
+}
+
+/// <summary>
+/// Shapes of real architectures, copied from each model's published config.json, for
+/// <c>dummy:&lt;preset&gt;</c> models: random weights in exactly the shape of the real thing,
+/// so benchmarks measure real matrix sizes without downloading anything.
+/// </summary>
+public static class DummyPresets
+{
+    public static IReadOnlyDictionary<string, DummyPreset> All { get; } = new Dictionary<string, DummyPreset>(StringComparer.OrdinalIgnoreCase)
+    {
+        // TinyLlama/TinyLlama-1.1B-Chat-v1.0
+        ["tinyllama-1.1b"] = new(Llama(vocab: 32000, d: 2048, layers: 22, heads: 32, kvHeads: 4, ff: 5632, ctx: 2048, ropeBase: 10000f), TiedEmbeddings: false),
+        // meta-llama/Llama-3.2-1B: tied embeddings, Llama 3 rope scaling (factor 32, low 1, high 4, original 8192)
+        ["llama-3.2-1b"] = new(Llama(vocab: 128256, d: 2048, layers: 16, heads: 32, kvHeads: 8, ff: 8192, ctx: 131072, ropeBase: 500000f) with
+        {
+            RopeFreqFactors = Llama3RopeFactors(ropeBase: 500000f, headDim: 64, factor: 32f, lowFreqFactor: 1f, highFreqFactor: 4f, originalContext: 8192),
+        }, TiedEmbeddings: true),
+        // meta-llama/Llama-2-7b-hf
+        ["llama-2-7b"] = new(Llama(vocab: 32000, d: 4096, layers: 32, heads: 32, kvHeads: 32, ff: 11008, ctx: 4096, ropeBase: 10000f), TiedEmbeddings: false),
+        // meta-llama/Llama-3.1-8B
+        ["llama-3.1-8b"] = new(Llama(vocab: 128256, d: 4096, layers: 32, heads: 32, kvHeads: 8, ff: 14336, ctx: 131072, ropeBase: 500000f) with
+        {
+            RopeFreqFactors = Llama3RopeFactors(ropeBase: 500000f, headDim: 128, factor: 8f, lowFreqFactor: 1f, highFreqFactor: 4f, originalContext: 8192),
+        }, TiedEmbeddings: false),
+        // Qwen/Qwen2.5-0.5B: q/k/v biases, NEOX rope, tied embeddings
+        ["qwen2.5-0.5b"] = new(Qwen2(vocab: 151936, d: 896, layers: 24, heads: 14, kvHeads: 2, ff: 4864, ctx: 32768), TiedEmbeddings: true),
+        // Qwen/Qwen2.5-1.5B
+        ["qwen2.5-1.5b"] = new(Qwen2(vocab: 151936, d: 1536, layers: 28, heads: 12, kvHeads: 2, ff: 8960, ctx: 32768), TiedEmbeddings: true),
+    };
+
+    static ModelConfig Llama(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx, float ropeBase) => new()
+    {
+        Architecture = "llama",
+        VocabSize = vocab,
+        EmbeddingLength = d,
+        BlockCount = layers,
+        FeedForwardLength = ff,
+        HeadCount = heads,
+        HeadCountKv = kvHeads,
+        HeadDim = d / heads,
+        ValueHeadDim = d / heads,
+        ContextLength = ctx,
+        RmsNormEps = 1e-5f,
+        RopeType = RopeType.Norm,
+        RopeDimensionCount = d / heads,
+        RopeFreqBase = ropeBase,
+    };
+
+    static ModelConfig Qwen2(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx) => new()
+    {
+        Architecture = "qwen2",
+        VocabSize = vocab,
+        EmbeddingLength = d,
+        BlockCount = layers,
+        FeedForwardLength = ff,
+        HeadCount = heads,
+        HeadCountKv = kvHeads,
+        HeadDim = d / heads,
+        ValueHeadDim = d / heads,
+        ContextLength = ctx,
+        RmsNormEps = 1e-6f,
+        RopeType = RopeType.Neox,
+        RopeDimensionCount = d / heads,
+        RopeFreqBase = 1000000f,
+    };
+
+    /// <summary>
+    /// Llama 3.1 rope scaling as the GGUF converter bakes it into <c>rope_freqs.weight</c>: one divisor per
+    /// frequency — 1 for short wavelengths, <paramref name="factor"/> for long ones, smoothly in between.
+    /// </summary>
+    public static float[] Llama3RopeFactors(float ropeBase, int headDim, float factor, float lowFreqFactor, float highFreqFactor, int originalContext)
+    {
+        double lowFreqWavelen = originalContext / lowFreqFactor;
+        double highFreqWavelen = originalContext / highFreqFactor;
+        var factors = new float[headDim / 2];
+        for (int i = 0; i < factors.Length; i++)
+        {
+            double freq = 1.0 / Math.Pow(ropeBase, 2.0 * i / headDim);
+            double wavelen = 2 * Math.PI / freq;
+            if (wavelen < highFreqWavelen) factors[i] = 1f;
+            else if (wavelen > lowFreqWavelen) factors[i] = factor;
+            else
+            {
+                double smooth = (originalContext / wavelen - lowFreqFactor) / (highFreqFactor - lowFreqFactor);
+                factors[i] = (float)(1 / ((1 - smooth) / factor + smooth));
+            }
+        }
+        return factors;
+    }
+}

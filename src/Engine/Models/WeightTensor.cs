@@ -1,0 +1,24 @@
+using TokenMill.Models.Gguf;
+
+namespace TokenMill.Models;
+
+/// <summary>
+/// A weight tensor kept in its file format (F32, F16, BF16, Q8_0, …): a matrix of
+/// <see cref="Rows"/> rows of <see cref="Columns"/> elements, row-major, so y = W·x takes one dot
+/// product per row. The bytes live in a memory-mapped GGUF file or a <see cref="Memory.NativeBuffer"/>
+/// owned by the model; this is only a view and must not outlive them.
+/// </summary>
+public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, long columns, byte* data)
+{
+    public string Name { get; } = name;
+    public GgmlType Type { get; } = type;
+    public long Rows { get; } = rows;
+    public long Columns { get; } = columns;
+    public byte* Data { get; } = data;
+
+    public long RowBytes { get; } = GgmlTypeInfo.RowBytes(type, columns);
+
+    public ReadOnlySpan<byte> Row(long row) => new(Data + row * RowBytes, checked((int)RowBytes));
+
+    public override string ToString() => $"{Name} {Type} [{Rows} × {Columns}]";
+}

@@ -1,0 +1,69 @@
+using System.Text.Json;
+using TokenMill.Backends.Cpu;
+using TokenMill.Models;
+using TokenMill.Sampling;
+
+namespace TokenMill.Tests.Backends;
+
+/// <summary>
+/// Greedy decoding of the tiny random-weight models in testdata/arch must reproduce llama.cpp's
+/// token ids exactly (expected.jsonl; see that folder's README for how they were made and checked).
+/// </summary>
+public class ArchReferenceTests
+{
+    public sealed record Case(string Model, string Prompt, int[] PromptIds, int[] CompletionIds, string Completion);
+
+    public static IEnumerable<object[]> Cases()
+    {
+        // Enumerated lazily so a missing data folder gives one skipped case, not a discovery error.
+        string? path = TestData.Root is null ? null : Path.Combine(TestData.Root, "arch", "expected.jsonl");
+        if (path is null || !File.Exists(path))
+        {
+            yield return ["(absent)", 0];
+            yield break;
+        }
+        int i = 0;
+        foreach (var line in File.ReadLines(path))
+        {
+            var model = JsonDocument.Parse(line).RootElement.GetProperty("model").GetString()!;
+            yield return [model, i++];
+        }
+    }
+
+    internal static Case Load(int index)
+    {
+        var line = File.ReadLines(TestData.Require("arch/expected.jsonl")).ElementAt(index);
+        var j = JsonDocument.Parse(line).RootElement;
+        return new Case(
+            j.GetProperty("model").GetString()!,
+            j.GetProperty("prompt").GetString()!,
+            [.. j.GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32())],
+            [.. j.GetProperty("completion_ids").EnumerateArray().Select(e => e.GetInt32())],
+            j.GetProperty("completion").GetString()!);
+    }
+
+    static readonly string[] Unsupported = ["gemma3", "phi3"];
+
+    [SkippableTheory]
+    [MemberData(nameof(Cases))]
+    public void Greedy_completion_ids_match_llama_cpp(string model, int index)
+    {
+        var c = Load(index);
+        Assert.Equal(model, c.Model);
+        Skip.If(Unsupported.Any(model.Contains), $"{model}: architecture not implemented yet (issue 9)");
+        using var m = GgufModelLoader.Load(TestData.Require("arch/" + model));
+        using var forward = new CpuForward(m);
+        using var cache = new KvCache(m.Config, c.PromptIds.Length + c.CompletionIds.Length);
+        var logits = new float[m.Config.VocabSize];
+
+        forward.Forward(c.PromptIds, cache, logits);
+        var got = new List<int>();
+        for (int i = 0; i < c.CompletionIds.Length; i++)
+        {
+            int token = Sampler.ArgMax(logits);
+            got.Add(token);
+            if (i + 1 < c.CompletionIds.Length) forward.Forward([token], cache, logits);
+        }
+        Assert.Equal(c.CompletionIds, got);
+    }
+}

@@ -1,0 +1,101 @@
+using TokenMill.Server.Cli;
+
+namespace TokenMill.Tests.Cli;
+
+public class CliTests
+{
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = TokenMill.Server.Cli.Cli.Run(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    [SkippableFact]
+    public void Generate_prints_the_reference_greedy_completion_on_stdout_and_statistics_on_stderr()
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var (code, stdout, stderr) = Run("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0");
+        Assert.Equal(0, code);
+        Assert.Equal(", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big,", stdout.Trim());
+        Assert.Contains("tokens/s", stderr);
+        Assert.Contains("prompt 5 tokens", stderr);
+    }
+
+    [SkippableFact]
+    public void Tokenize_prints_the_ids_of_the_bare_text()
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var (code, stdout, _) = Run("tokenize", "--model", model, "Once upon a time");
+        Assert.Equal(0, code);
+        var ids = stdout.Trim().Split(' ').Select(int.Parse).ToArray();
+        Assert.NotEqual(1, ids[0]); // no BOS
+        Assert.Equal(4, ids.Length);
+        var (_, withBos, _) = Run("tokenize", "--model", model, "--add-special", "Once upon a time");
+        Assert.Equal("1 " + stdout.Trim(), withBos.Trim());
+    }
+
+    [Fact]
+    public void Generate_on_a_dummy_preset_runs_without_a_model_file()
+    {
+        var (code, stdout, stderr) = Run("generate", "--model", "dummy:qwen2.5-0.5b", "--dtype", "q4_0", "--max-tokens", "3",
+            "--ignore-eos", "--seed", "1", "--prompt", "Hello");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("model dummy:qwen2.5-0.5b", stderr);
+        Assert.Contains("generation 3 tokens", stderr);
+        Assert.False(string.IsNullOrWhiteSpace(stdout));
+    }
+
+    [Theory]
+    [InlineData(new[] { "frobnicate" }, "unknown command 'frobnicate'")]
+    [InlineData(new[] { "generate", "--bogus", "1" }, "unknown option --bogus")]
+    [InlineData(new[] { "generate", "--max-tokens", "many" }, "--max-tokens must be a whole number, got 'many'")]
+    [InlineData(new[] { "generate", "--temperature", "-1" }, "--temperature must be between 0")]
+    [InlineData(new[] { "generate", "--top-p", "1.5" }, "--top-p must be between")]
+    [InlineData(new[] { "generate", "--dtype", "q3_x" }, "--dtype must be one of")]
+    [InlineData(new[] { "generate", "--prompt" }, "option --prompt needs a value")]
+    [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
+    [InlineData(new[] { "tokenize", "text" }, "--model is required")]
+    public void Bad_arguments_exit_2_with_a_precise_message(string[] args, string message)
+    {
+        var (code, _, stderr) = Run(args);
+        Assert.Equal(2, code);
+        Assert.Contains(message, stderr);
+    }
+
+    [Fact]
+    public void A_missing_model_file_exits_1_naming_the_file()
+    {
+        var (code, _, stderr) = Run("generate", "--model", "/nonexistent/model.gguf");
+        Assert.Equal(1, code);
+        Assert.Contains("/nonexistent/model.gguf", stderr);
+    }
+
+    [Fact]
+    public void A_file_that_is_not_gguf_exits_1_naming_the_file_and_the_field()
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            File.WriteAllText(path, "this is not a model, just some text long enough");
+            var (code, _, stderr) = Run("generate", "--model", path);
+            Assert.Equal(1, code);
+            Assert.Contains(path, stderr);
+            Assert.Contains("magic", stderr);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void An_unknown_dummy_preset_lists_the_known_ones()
+    {
+        var (code, _, stderr) = Run("generate", "--model", "dummy:gpt-5");
+        Assert.Equal(1, code);
+        Assert.Contains("unknown dummy preset 'gpt-5'", stderr);
+        Assert.Contains("tinyllama-1.1b", stderr);
+    }
+}
