@@ -49,7 +49,7 @@ public sealed class TextGenerator(Model model, CpuForward forward)
             throw new ArgumentException($"the prompt is {promptTokens.Length} tokens; the model's context length is {contextLength}", nameof(prompt));
 
         int capacity = Math.Min(contextLength, promptTokens.Length + Math.Max(options.MaxTokens, 1));
-        using var cache = new KvCache(model.Config, capacity);
+        using var sequence = new SingleSequence(forward, capacity);
         var sampler = new Sampler(options.Sampling);
         var logits = new float[model.Config.VocabSize];
         var completion = new List<int>(options.MaxTokens);
@@ -62,7 +62,7 @@ public sealed class TextGenerator(Model model, CpuForward forward)
         TimeSpan promptTime = TimeSpan.Zero;
         if (options.MaxTokens > 0)
         {
-            forward.Forward(promptTokens, cache, logits);
+            sequence.Feed(promptTokens, logits);
             promptTime = clock.Elapsed;
             while (true)
             {
@@ -74,8 +74,8 @@ public sealed class TextGenerator(Model model, CpuForward forward)
                 }
                 completion.Add(token);
                 Emit(tokenizer.TokenToBytes(token), flush: false);
-                if (completion.Count >= options.MaxTokens || cache.Length >= capacity) break;
-                forward.Forward([token], cache, logits);
+                if (completion.Count >= options.MaxTokens || sequence.Length >= capacity) break;
+                sequence.Feed([token], logits);
             }
         }
         Emit([], flush: true);

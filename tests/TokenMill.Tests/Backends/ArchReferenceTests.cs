@@ -1,5 +1,6 @@
 using System.Text.Json;
 using TokenMill.Backends.Cpu;
+using TokenMill.Generation;
 using TokenMill.Models;
 using TokenMill.Sampling;
 
@@ -53,16 +54,16 @@ public class ArchReferenceTests
         Skip.If(Unsupported.Any(model.Contains), $"{model}: architecture not implemented yet (issue 9)");
         using var m = GgufModelLoader.Load(TestData.Require("arch/" + model));
         using var forward = new CpuForward(m);
-        using var cache = new KvCache(m.Config, c.PromptIds.Length + c.CompletionIds.Length);
+        using var sequence = new SingleSequence(forward, c.PromptIds.Length + c.CompletionIds.Length);
         var logits = new float[m.Config.VocabSize];
 
-        forward.Forward(c.PromptIds, cache, logits);
+        sequence.Feed(c.PromptIds, logits);
         var got = new List<int>();
         for (int i = 0; i < c.CompletionIds.Length; i++)
         {
             int token = Sampler.ArgMax(logits);
             got.Add(token);
-            if (i + 1 < c.CompletionIds.Length) forward.Forward([token], cache, logits);
+            if (i + 1 < c.CompletionIds.Length) sequence.Feed([token], logits);
         }
         Assert.Equal(c.CompletionIds, got);
     }

@@ -43,12 +43,12 @@ public class Stories260KTests
         int[] tokens = model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun.", addSpecial: true);
         using var whole = new CpuForward(model, maxBatchTokens: 64);
         using var chunked = new CpuForward(model, maxBatchTokens: 3);
-        using var c1 = new KvCache(model.Config, tokens.Length);
-        using var c2 = new KvCache(model.Config, tokens.Length);
+        using var s1 = new SingleSequence(whole, tokens.Length);
+        using var s2 = new SingleSequence(chunked, tokens.Length);
         var l1 = new float[model.Config.VocabSize];
         var l2 = new float[model.Config.VocabSize];
-        whole.Forward(tokens, c1, l1);
-        chunked.Forward(tokens, c2, l2);
+        s1.Feed(tokens, l1);
+        s2.Feed(tokens, l2);
         for (int i = 0; i < l1.Length; i++) Assert.Equal(l1[i], l2[i], 1e-4f);
     }
 }

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using TokenMill.KvCache;
 using TokenMill.Memory;
 using TokenMill.Models;
 using TokenMill.Quantization;
@@ -7,10 +8,10 @@ namespace TokenMill.Backends.Cpu;
 
 /// <summary>
 /// The Llama-family forward pass on the CPU: token embedding, RMSNorm, rotary embeddings,
-/// grouped-query attention over a <see cref="KvCache"/>, SwiGLU MLP, output projection.
+/// grouped-query paged attention over a <see cref="PagedKvStore"/>, SwiGLU MLP, output projection.
 /// Matrix products run over weight rows in the file's own format (<see cref="QuantizedDot"/>),
 /// split across a persistent <see cref="CpuWorkerPool"/>. Scratch buffers are allocated once for
-/// <c>maxBatchTokens</c> so a decode step allocates nothing.
+/// <c>maxBatchTokens</c> rows (longer batches run in chunks of that many) so a step allocates nothing.
 /// </summary>
 public sealed unsafe class CpuForward : IDisposable
 {
@@ -70,35 +71,69 @@ public sealed unsafe class CpuForward : IDisposable
     public ModelConfig Config => _c;
 
     /// <summary>
-    /// Runs <paramref name="tokens"/> at positions cache.Length, cache.Length+1, …, appends their keys
-    /// and values to <paramref name="cache"/>, and writes the logits of the last token.
+    /// Runs one flattened step: writes every token's key and value into its slot of
+    /// <paramref name="kv"/>, attends each token to its own sequence's positions 0..p through that
+    /// sequence's block table, and writes the logits of <see cref="ForwardBatch.LogitRows"/> into
+    /// <paramref name="logits"/> (row-major, one vocabulary-sized row each).
     /// </summary>
-    public void Forward(ReadOnlySpan<int> tokens, KvCache cache, Span<float> logits)
+    public void Forward(ForwardBatch batch, PagedKvStore kv, Span<float> logits)
     {
-        if (tokens.IsEmpty) throw new ArgumentException("no tokens to run", nameof(tokens));
-        if (logits.Length != _c.VocabSize) throw new ArgumentException($"logits must have {_c.VocabSize} entries", nameof(logits));
-        if (cache.Length + tokens.Length > Math.Min(cache.Capacity, _c.ContextLength))
-            throw new InvalidOperationException(
-                $"sequence of {cache.Length + tokens.Length} tokens exceeds the context length {Math.Min(cache.Capacity, _c.ContextLength)}");
-        foreach (int t in tokens)
-            if ((uint)t >= (uint)_c.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {t} is outside the vocabulary of {_c.VocabSize}");
+        int vocab = _c.VocabSize;
+        if (batch.TokenCount == 0) throw new ArgumentException("the batch has no tokens", nameof(batch));
+        if (logits.Length != batch.LogitRowCount * vocab)
+            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logits));
+        if (kv.KvDim != _c.KvDim) throw new ArgumentException("the KV store was made for another model", nameof(kv));
+        var tokens = batch.TokenIds;
+        var positions = batch.Positions;
+        var slots = batch.SlotMapping;
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            if ((uint)tokens[t] >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"token id {tokens[t]} is outside the vocabulary of {vocab}");
+            if ((uint)positions[t] >= (uint)_c.ContextLength)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"position {positions[t]} is beyond the context length {_c.ContextLength}");
+            if ((uint)slots[t] >= (uint)kv.SlotCount)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"slot {slots[t]} is outside the KV store of {kv.SlotCount} slots");
+        }
 
+        _batch = batch;
+        _kv = kv;
+        var logitRows = batch.LogitRows;
+        int nextLogit = 0;
         for (int start = 0; start < tokens.Length; start += _maxTokens)
         {
-            var chunk = tokens.Slice(start, Math.Min(_maxTokens, tokens.Length - start));
-            RunChunk(chunk, cache);
+            int n = Math.Min(_maxTokens, tokens.Length - start);
+            RunChunk(start, n);
+
+            // Final norm and classifier for the rows of this chunk that want logits.
+            int d = _c.EmbeddingLength, first = nextLogit;
+            while (nextLogit < logitRows.Length && logitRows[nextLogit] < start + n)
+            {
+                int row = logitRows[nextLogit] - start;
+                RmsNorm(new ReadOnlySpan<float>(_x + (long)row * d, d), _w.OutputNorm,
+                    new Span<float>(_h + (long)(nextLogit - first) * d, d));
+                nextLogit++;
+            }
+            if (nextLogit > first)
+                fixed (float* y = logits.Slice(first * vocab, (nextLogit - first) * vocab))
+                    MatMul(_w.Output, _h, nextLogit - first, y);
         }
-        int d = _c.EmbeddingLength;
-        int lastRow = (tokens.Length - 1) % _maxTokens;
-        RmsNorm(new ReadOnlySpan<float>(_x + (long)lastRow * d, d), _w.OutputNorm, new Span<float>(_h, d));
-        fixed (float* logitsPtr = logits)
-            MatMul(_w.Output, _h, 1, logitsPtr);
+        _batch = null;
+        _kv = null;
     }
 
-    void RunChunk(ReadOnlySpan<int> tokens, KvCache cache)
+    ForwardBatch? _batch;
+    PagedKvStore? _kv;
+
+    /// <summary>All layers for batch rows [start, start + n).</summary>
+    void RunChunk(int start, int n)
     {
-        int n = tokens.Length, d = _c.EmbeddingLength, kvDim = _c.KvDim, qDim = _c.QDim, ff = _c.FeedForwardLength;
-        int startPos = cache.Length;
+        var batch = _batch!;
+        var kv = _kv!;
+        int d = _c.EmbeddingLength, kvDim = _c.KvDim, qDim = _c.QDim, ff = _c.FeedForwardLength;
+        var tokens = batch.TokenIds.Slice(start, n);
+        var positions = batch.Positions.Slice(start, n);
+        var slots = batch.SlotMapping.Slice(start, n);
 
         for (int t = 0; t < n; t++)
             Dequantize.Row(_w.TokenEmbedding.Type, _w.TokenEmbedding.Row(tokens[t]), new Span<float>(_x + (long)t * d, d));
@@ -118,20 +153,17 @@ public sealed unsafe class CpuForward : IDisposable
 
             for (int t = 0; t < n; t++)
             {
-                int pos = startPos + t;
                 if (lw.QNorm is { } qn) HeadNorm(_q + (long)t * qDim, _c.HeadCount, qn);
                 if (lw.KNorm is { } kn) HeadNorm(_k + (long)t * kvDim, _c.HeadCountKv, kn);
-                Rope(_q + (long)t * qDim, _c.HeadCount, pos);
-                Rope(_k + (long)t * kvDim, _c.HeadCountKv, pos);
-                new ReadOnlySpan<float>(_k + (long)t * kvDim, kvDim).CopyTo(new Span<float>(cache.Keys(layer, pos), kvDim));
-                new ReadOnlySpan<float>(_v + (long)t * kvDim, kvDim).CopyTo(new Span<float>(cache.Values(layer, pos), kvDim));
+                Rope(_q + (long)t * qDim, _c.HeadCount, positions[t]);
+                Rope(_k + (long)t * kvDim, _c.HeadCountKv, positions[t]);
+                new ReadOnlySpan<float>(_k + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Keys(layer, slots[t]), kvDim));
+                new ReadOnlySpan<float>(_v + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Values(layer, slots[t]), kvDim));
             }
 
-            _attnCache = cache;
             _attnLayer = layer;
-            _attnStartPos = startPos;
+            _attnStart = start;
             _pool.For(n * _c.HeadCount, _attentionBody);
-            _attnCache = null;
 
             MatMul(lw.Wo, _att, n, _h);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
@@ -146,7 +178,6 @@ public sealed unsafe class CpuForward : IDisposable
             MatMul(lw.Down, _gate, n, _h);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
         }
-        cache.Length = startPos + n;
     }
 
     // ---- normalization, activation, rotary embedding ------------------------------------------
@@ -216,30 +247,40 @@ public sealed unsafe class CpuForward : IDisposable
     // ---- attention -----------------------------------------------------------------------------
 
     readonly Action<int, int> _attentionBody;
-    KvCache? _attnCache;
-    int _attnLayer, _attnStartPos;
+    int _attnLayer, _attnStart;
 
-    /// <summary>One (token, query head): causal softmax attention over the cached positions 0..pos.</summary>
+    /// <summary>
+    /// One (row, query head) of the current chunk: causal softmax attention over its sequence's
+    /// positions 0..p, each key and value read through the sequence's block table (paged attention).
+    /// </summary>
     void AttentionItem(int item, int worker)
     {
         int hd = _c.HeadDim, qDim = _c.QDim;
         int t = item / _c.HeadCount, head = item % _c.HeadCount;
-        int kvHead = head / _c.QueryGroupSize;
-        int pos = _attnStartPos + t;
-        var cache = _attnCache!;
+        int kvOffset = head / _c.QueryGroupSize * hd;
+        var batch = _batch!;
+        var kv = _kv!;
+        int row = _attnStart + t;
+        int pos = batch.Positions[row];
+        var table = batch.BlockTable(batch.SequenceOf[row]);
+        int blockSize = kv.BlockSize;
         var q = new ReadOnlySpan<float>(_q + (long)t * qDim + (long)head * hd, hd);
         var scores = new Span<float>(_scores + (long)worker * _c.ContextLength, pos + 1);
         float scale = 1f / MathF.Sqrt(hd);
 
         for (int j = 0; j <= pos; j++)
-            scores[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(cache.Keys(_attnLayer, j) + kvHead * hd, hd)) * scale;
+        {
+            int slot = table[j / blockSize] * blockSize + j % blockSize;
+            scores[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(kv.Keys(_attnLayer, slot) + kvOffset, hd)) * scale;
+        }
         TensorPrimitives.SoftMax(scores, scores);
 
         var output = new Span<float>(_att + (long)t * qDim + (long)head * hd, hd);
         output.Clear();
         for (int j = 0; j <= pos; j++)
         {
-            var v = new ReadOnlySpan<float>(cache.Values(_attnLayer, j) + kvHead * hd, hd);
+            int slot = table[j / blockSize] * blockSize + j % blockSize;
+            var v = new ReadOnlySpan<float>(kv.Values(_attnLayer, slot) + kvOffset, hd);
             TensorPrimitives.MultiplyAdd(v, scores[j], output, output);
         }
     }

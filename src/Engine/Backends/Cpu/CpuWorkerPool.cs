@@ -97,7 +97,7 @@ public sealed class CpuWorkerPool : IDisposable
     {
         if (s_shared.IsValueCreated && ReferenceEquals(this, s_shared.Value)) return; // the shared pool lives as long as the process
         _stopping = true;
-        _start.Release(_threads.Length);
+        if (_threads.Length > 0) _start.Release(_threads.Length);
         foreach (var t in _threads) t.Join();
         _start.Dispose();
         _done.Dispose();

@@ -1,0 +1,47 @@
+using TokenMill.Memory;
+using TokenMill.Models;
+
+namespace TokenMill.KvCache;
+
+/// <summary>
+/// The CPU memory behind the KV blocks: for every layer, keys and values of
+/// <c>block_count × block_size</c> slots of <c>kv_heads × head_dim</c> floats. A slot is addressed
+/// through a sequence's block table (<see cref="KvCacheManager.Slot"/>), never by position.
+/// </summary>
+public sealed unsafe class PagedKvStore : IDisposable
+{
+    readonly NativeBuffer _keys;
+    readonly NativeBuffer _values;
+    readonly long _layerStride;
+
+    public PagedKvStore(ModelConfig config, int blockCount, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        BlockCount = blockCount;
+        BlockSize = blockSize;
+        KvDim = config.KvDim;
+        _layerStride = (long)blockCount * blockSize * KvDim;
+        long bytes = _layerStride * config.BlockCount * sizeof(float);
+        _keys = new NativeBuffer(bytes, zero: false);
+        _values = new NativeBuffer(bytes, zero: false);
+    }
+
+    public int BlockCount { get; }
+    public int BlockSize { get; }
+    public int KvDim { get; }
+    public int SlotCount => BlockCount * BlockSize;
+
+    /// <summary>Bytes one block takes across all layers, keys and values: what a memory budget divides by.</summary>
+    public static long BytesPerBlock(ModelConfig config, int blockSize) =>
+        2L * config.BlockCount * blockSize * config.KvDim * sizeof(float);
+
+    public float* Keys(int layer, int slot) => (float*)_keys.Pointer + layer * _layerStride + (long)slot * KvDim;
+    public float* Values(int layer, int slot) => (float*)_values.Pointer + layer * _layerStride + (long)slot * KvDim;
+
+    public void Dispose()
+    {
+        _keys.Dispose();
+        _values.Dispose();
+    }
+}
