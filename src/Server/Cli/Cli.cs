@@ -51,7 +51,8 @@ public static class Cli
         }
         catch (Exception e) when (e is GgufFormatException or FileNotFoundException or DirectoryNotFoundException
                                       or NotSupportedException or ArgumentException or InvalidDataException
-                                      or InvalidOperationException or IOException or UnauthorizedAccessException)
+                                      or InvalidOperationException or IOException or UnauthorizedAccessException
+                                      or TokenMill.Core.InvalidRequestException or TokenMill.Core.EngineOverloadedException)
         {
             stderr.WriteLine($"tokenmill {command}: error: {e.Message}");
             return ExitFailure;

@@ -1,37 +1,61 @@
 using System.Diagnostics;
 using System.Globalization;
-using TokenMill.Backends.Cpu;
-using TokenMill.Generation;
+using System.Text.Json;
+using TokenMill.Core;
 using TokenMill.Models;
 using TokenMill.Sampling;
 
 namespace TokenMill.Server.Cli;
 
-/// <summary><c>tokenmill generate</c>: the completion on stdout, statistics on stderr.</summary>
+/// <summary>
+/// <c>tokenmill generate</c>: one prompt (completion on stdout, statistics on stderr), or a file
+/// of prompts submitted at once to the engine and printed in input order.
+/// </summary>
 public static class GenerateCommand
 {
     const string Help = """
-        usage: tokenmill generate [--model <file.gguf | dummy:preset>] [--prompt TEXT] [options]
+        usage: tokenmill generate [--model <file.gguf | dummy:preset>] [--prompt TEXT | --prompts-file F] [options]
 
-          --model M          a GGUF file, or dummy:<preset> (random weights in a real shape; its text is noise)
-                             presets: tinyllama-1.1b, llama-3.2-1b, llama-2-7b, llama-3.1-8b, qwen2.5-0.5b, qwen2.5-1.5b
-                             default: dummy:tinyllama-1.1b
-          --dtype T          weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
-          --prompt TEXT      the prompt (default "Once upon a time"); BOS is added as the model's metadata says
-          --max-tokens N     tokens to generate at most (default 64)
-          --temperature T    0 is greedy (default 0.8)
-          --top-k K          0 disables (default 40)
-          --top-p P          1 disables (default 0.95)
-          --min-p P          0 disables (default 0.05)
-          --seed S           seed of the sampler (default: random)
-          --ignore-eos       keep generating after an end-of-generation token
-          --max-model-len N  override the model's context length
-          --threads N        CPU threads (default: all processors)
+        model:
+          --model M                  a GGUF file, or dummy:<preset> (random weights in a real shape; its text is noise)
+                                     presets: tinyllama-1.1b, llama-3.2-1b, llama-2-7b, llama-3.1-8b, qwen2.5-0.5b, qwen2.5-1.5b
+                                     default: dummy:tinyllama-1.1b
+          --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
+          --max-model-len N          longest sequence, prompt + output (default: min(model's context, 4096))
+        input and output:
+          --prompt TEXT              the prompt (default "Once upon a time"); BOS is added as the model's metadata says
+          --prompts-file F           one prompt per line, all submitted at once
+          --jsonl                    with --prompts-file: one JSON object per prompt, in input order
+        sampling:
+          --max-tokens N             tokens to generate at most (default 64)
+          --min-tokens N             no end-of-generation before N tokens (default 0)
+          --temperature T            0 is greedy (default 0.8)
+          --top-k K                  0 disables (default 40)
+          --top-p P                  1 disables (default 0.95)
+          --min-p P                  0 disables (default 0.05)
+          --repetition-penalty R     1 disables (default 1)
+          --presence-penalty P       0 disables (default 0)
+          --frequency-penalty P      0 disables (default 0)
+          --seed S                   seed of the sampler (default: random; with --prompts-file, prompt i uses S + i)
+          --stop TEXT                stop at this text (not included in the output)
+          --ignore-eos               keep generating after an end-of-generation token
+        engine:
+          --block-size N             tokens per KV block (default 16)
+          --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
+          --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
+          --max-num-batched-tokens N token budget per step (default 2048)
+          --max-num-seqs N           sequences running at once (default 256)
+          --max-queued-requests N    waiting requests before refusing more (default 4096)
+          --threads N                CPU threads (default: all processors)
         """;
 
     static readonly HashSet<string> ValueOptions =
-        ["model", "dtype", "prompt", "max-tokens", "temperature", "top-k", "top-p", "min-p", "seed", "max-model-len", "threads"];
-    static readonly HashSet<string> Flags = ["ignore-eos", "help"];
+    [
+        "model", "dtype", "prompt", "prompts-file", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "min-p",
+        "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "stop", "max-model-len", "threads",
+        "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+    ];
+    static readonly HashSet<string> Flags = ["ignore-eos", "jsonl", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -43,48 +67,153 @@ public static class GenerateCommand
         }
         if (a.Positional.Count > 0)
             throw new UsageException($"unexpected argument '{a.Positional[0]}' (give the prompt with --prompt)");
+        if (a.String("prompt") is not null && a.String("prompts-file") is not null)
+            throw new UsageException("give either --prompt or --prompts-file, not both");
+        if (a.Flag("jsonl") && a.String("prompts-file") is null)
+            throw new UsageException("--jsonl goes with --prompts-file");
 
         string modelName = a.String("model") ?? ModelLoader.DefaultModel;
-        var loadOptions = new ModelLoadOptions
-        {
-            DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null,
-            MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
-        };
-        var options = new GenerationOptions
+        var loadOptions = new ModelLoadOptions { DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null };
+        var engineOptions = ParseEngineOptions(a);
+        var sampling = new SamplingParams
         {
             MaxTokens = a.Int("max-tokens", 64, min: 0),
+            MinTokens = a.Int("min-tokens", 0, min: 0),
             IgnoreEos = a.Flag("ignore-eos"),
-            Sampling = new SamplingParams
-            {
-                Temperature = a.Float("temperature", 0.8f, min: 0),
-                TopK = a.Int("top-k", 40, min: 0),
-                TopP = a.Float("top-p", 0.95f, min: float.Epsilon, max: 1),
-                MinP = a.Float("min-p", 0.05f, min: 0, max: 1),
-                Seed = a.ULong("seed"),
-            },
+            Temperature = a.Float("temperature", 0.8f, min: 0),
+            TopK = a.Int("top-k", 40, min: 0),
+            TopP = a.Float("top-p", 0.95f, min: float.Epsilon, max: 1),
+            MinP = a.Float("min-p", 0.05f, min: 0, max: 1),
+            RepetitionPenalty = a.Float("repetition-penalty", 1f, min: float.Epsilon),
+            PresencePenalty = a.Float("presence-penalty", 0f, min: -2, max: 2),
+            FrequencyPenalty = a.Float("frequency-penalty", 0f, min: -2, max: 2),
+            Seed = a.ULong("seed"),
+            Stop = a.String("stop") is { } stop ? [stop] : [],
         };
-        int threads = a.Int("threads", Environment.ProcessorCount, min: 1, max: 1024);
-        string prompt = a.String("prompt") ?? "Once upon a time";
+        if (sampling.MinTokens > sampling.MaxTokens)
+            throw new UsageException($"--min-tokens {sampling.MinTokens} exceeds --max-tokens {sampling.MaxTokens}");
+
+        string[] prompts = a.String("prompts-file") is { } file ? ReadPrompts(file) : [a.String("prompt") ?? "Once upon a time"];
 
         var clock = Stopwatch.StartNew();
         using var model = ModelLoader.Load(modelName, loadOptions);
         var loadTime = clock.Elapsed;
-        using var pool = new CpuWorkerPool(threads);
-        using var forward = new CpuForward(model, pool: pool);
-        var generator = new TextGenerator(model, forward);
+        using var engine = new LlmEngine(model, engineOptions);
 
-        var result = generator.Generate(prompt, options, piece =>
+        return a.String("prompts-file") is null
+            ? RunOne(engine, prompts[0], sampling, loadTime, stdout, stderr)
+            : RunMany(engine, prompts, sampling, a.Flag("jsonl"), loadTime, stdout, stderr);
+    }
+
+    internal static EngineOptions ParseEngineOptions(CliArguments a) => new()
+    {
+        BlockSize = a.Int("block-size", 16, min: 1, max: 1024),
+        NumKvBlocks = a.String("num-kv-blocks") is null ? null : a.Int("num-kv-blocks", 0, min: 1),
+        KvCacheMemoryBytes = a.String("kv-cache-memory") is { } m ? ParseSize("kv-cache-memory", m) : null,
+        MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
+        MaxNumBatchedTokens = a.Int("max-num-batched-tokens", 2048, min: 1),
+        MaxNumSeqs = a.Int("max-num-seqs", 256, min: 1),
+        MaxQueuedRequests = a.Int("max-queued-requests", 4096, min: 0),
+        Threads = a.Int("threads", 0, min: 0, max: 1024),
+    };
+
+    /// <summary>Parses 512MiB, 2GiB, 1.5GB, 1048576 (bytes); binary and decimal units.</summary>
+    internal static long ParseSize(string option, string s)
+    {
+        var units = new (string Suffix, double Factor)[]
         {
-            stdout.Write(piece);
-            stdout.Flush();
-        });
-        stdout.WriteLine();
+            ("KiB", 1L << 10), ("MiB", 1L << 20), ("GiB", 1L << 30), ("TiB", 1L << 40),
+            ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12), ("K", 1L << 10), ("M", 1L << 20), ("G", 1L << 30), ("B", 1),
+        };
+        string t = s.Trim();
+        double factor = 1;
+        foreach (var (suffix, f) in units)
+            if (t.EndsWith(suffix, StringComparison.OrdinalIgnoreCase))
+            {
+                t = t[..^suffix.Length].Trim();
+                factor = f;
+                break;
+            }
+        if (!double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) || !(v > 0) || double.IsInfinity(v * factor))
+            throw new UsageException($"--{option} must be a size such as 512MiB or 2GiB, got '{s}'");
+        return (long)(v * factor);
+    }
 
-        var ci = CultureInfo.InvariantCulture;
-        stderr.WriteLine(string.Format(ci,
+    static string[] ReadPrompts(string file)
+    {
+        if (!File.Exists(file)) throw new FileNotFoundException($"{file}: no such prompts file", file);
+        var prompts = File.ReadAllLines(file).Where(l => l.Length > 0).ToArray();
+        if (prompts.Length == 0) throw new UsageException($"{file} holds no prompts (one per line; empty lines are skipped)");
+        return prompts;
+    }
+
+    static int RunOne(LlmEngine engine, string prompt, SamplingParams sampling, TimeSpan loadTime, TextWriter stdout, TextWriter stderr)
+    {
+        var clock = Stopwatch.StartNew();
+        TimeSpan? firstToken = null;
+        CompletionChunk? last = null;
+        foreach (var chunk in engine.Generate(new GenerationRequest { Prompt = prompt, Sampling = sampling }).ToBlockingEnumerable())
+        {
+            firstToken ??= clock.Elapsed;
+            stdout.Write(chunk.Text);
+            stdout.Flush();
+            last = chunk;
+        }
+        stdout.WriteLine();
+        var total = clock.Elapsed;
+        int promptTokens = last?.PromptTokens ?? 0, completionTokens = last?.CompletionTokens ?? 0;
+        var ttft = firstToken ?? total;
+        double promptRate = promptTokens / Math.Max(ttft.TotalSeconds, 1e-9);
+        double genRate = Math.Max(completionTokens - 1, 0) / Math.Max((total - ttft).TotalSeconds, 1e-9);
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
             "model {0}: load {1:F2} s | prompt {2} tokens, {3:F1} tokens/s | generation {4} tokens, {5:F1} tokens/s | finish: {6}",
-            model.Name, loadTime.TotalSeconds, result.PromptTokens.Length, result.PromptTokensPerSecond,
-            result.CompletionTokens.Length, result.GenerationTokensPerSecond, result.FinishReason));
+            engine.Model.Name, loadTime.TotalSeconds, promptTokens, promptRate, completionTokens, genRate, last?.FinishReason));
+        return Cli.ExitOk;
+    }
+
+    static int RunMany(LlmEngine engine, string[] prompts, SamplingParams sampling, bool jsonl, TimeSpan loadTime, TextWriter stdout, TextWriter stderr)
+    {
+        var clock = Stopwatch.StartNew();
+        var tasks = new Task<CompletionResult>[prompts.Length];
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var s = sampling.Seed is { } seed ? sampling with { Seed = seed + (ulong)i } : sampling;
+            tasks[i] = engine.CompleteAsync(new GenerationRequest { RequestId = $"prompt-{i}", Prompt = prompts[i], Sampling = s });
+        }
+        var results = Task.WhenAll(tasks).GetAwaiter().GetResult();
+        var elapsed = clock.Elapsed;
+
+        for (int i = 0; i < results.Length; i++)
+        {
+            var r = results[i];
+            if (jsonl)
+            {
+                stdout.WriteLine(JsonSerializer.Serialize(new JsonlRecord(i, prompts[i], r.Text, r.TokenIds, r.FinishReason, r.PromptTokens, r.CompletionTokens),
+                    JsonlContext.Default.JsonlRecord));
+            }
+            else
+            {
+                stdout.WriteLine(r.Text.ReplaceLineEndings(" "));
+            }
+        }
+        int generated = results.Sum(r => r.CompletionTokens), prompted = results.Sum(r => r.PromptTokens);
+        var stats = engine.Stats;
+        stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
+            "model {0}: load {1:F2} s | {2} prompts, {3} prompt + {4} generated tokens in {5:F2} s: {6:F1} generated tokens/s | {7} steps, {8} preemptions",
+            engine.Model.Name, loadTime.TotalSeconds, prompts.Length, prompted, generated, elapsed.TotalSeconds,
+            generated / Math.Max(elapsed.TotalSeconds, 1e-9), stats.Steps, stats.Preemptions));
         return Cli.ExitOk;
     }
 }
+
+internal sealed record JsonlRecord(
+    [property: System.Text.Json.Serialization.JsonPropertyName("index")] int Index,
+    [property: System.Text.Json.Serialization.JsonPropertyName("prompt")] string Prompt,
+    [property: System.Text.Json.Serialization.JsonPropertyName("text")] string Text,
+    [property: System.Text.Json.Serialization.JsonPropertyName("token_ids")] int[] TokenIds,
+    [property: System.Text.Json.Serialization.JsonPropertyName("finish_reason")] string FinishReason,
+    [property: System.Text.Json.Serialization.JsonPropertyName("prompt_tokens")] int PromptTokens,
+    [property: System.Text.Json.Serialization.JsonPropertyName("completion_tokens")] int CompletionTokens);
+
+[System.Text.Json.Serialization.JsonSerializable(typeof(JsonlRecord))]
+internal sealed partial class JsonlContext : System.Text.Json.Serialization.JsonSerializerContext;

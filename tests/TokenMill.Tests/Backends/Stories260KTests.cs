@@ -1,4 +1,5 @@
 using TokenMill.Backends.Cpu;
+using TokenMill.Core;
 using TokenMill.Generation;
 using TokenMill.Models;
 using TokenMill.Sampling;
@@ -9,31 +10,42 @@ namespace TokenMill.Tests.Backends;
 public class Stories260KTests
 {
     [SkippableFact]
-    public void Greedy_once_upon_a_time_matches_the_reference_implementations()
+    public async Task Greedy_once_upon_a_time_matches_the_reference_implementations()
     {
         using var model = GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
-        using var forward = new CpuForward(model);
-        var result = new TextGenerator(model, forward).Generate("Once upon a time",
-            new GenerationOptions { MaxTokens = 40, Sampling = SamplingParams.Greedy });
+        using var engine = new LlmEngine(model);
+        var result = await engine.CompleteAsync(new GenerationRequest
+        {
+            Prompt = "Once upon a time",
+            Sampling = SamplingParams.Greedy with { MaxTokens = 40 },
+        });
 
         Assert.Equal(
             ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big,",
             result.Text.Trim());
-        Assert.Equal(40, result.CompletionTokens.Length);
-        Assert.Equal("length", result.FinishReason);
-        Assert.Equal(1, result.PromptTokens[0]); // BOS, added as llama.cpp does for SPM vocabularies
+        Assert.Equal(40, result.CompletionTokens);
+        Assert.Equal(FinishReason.Length, result.FinishReason);
+        Assert.Equal(5, result.PromptTokens); // BOS + 4, BOS added as llama.cpp does for SPM vocabularies
     }
 
     [SkippableFact]
-    public void Streamed_pieces_concatenate_to_the_result_text()
+    public async Task Streamed_pieces_concatenate_to_the_one_shot_decode()
     {
         using var model = GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
-        using var forward = new CpuForward(model);
+        using var engine = new LlmEngine(model);
         var pieces = new List<string>();
-        var result = new TextGenerator(model, forward).Generate("Lily and Ben",
-            new GenerationOptions { MaxTokens = 30, Sampling = new SamplingParams { Temperature = 0.9f, Seed = 7 } }, pieces.Add);
-        Assert.Equal(result.Text, string.Concat(pieces));
-        Assert.Equal(model.Tokenizer.Decode(result.CompletionTokens), result.Text);
+        var ids = new List<int>();
+        await foreach (var chunk in engine.Generate(new GenerationRequest
+        {
+            Prompt = "Lily and Ben",
+            Sampling = new SamplingParams { Temperature = 0.9f, Seed = 7, MaxTokens = 30, IgnoreEos = true },
+        }))
+        {
+            pieces.Add(chunk.Text);
+            ids.AddRange(chunk.TokenIds);
+        }
+        Assert.Equal(30, ids.Count);
+        Assert.Equal(model.Tokenizer.Decode([.. ids]), string.Concat(pieces));
     }
 
     [SkippableFact]

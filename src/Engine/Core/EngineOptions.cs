@@ -1,0 +1,48 @@
+namespace TokenMill.Core;
+
+/// <summary>Engine settings, named as vLLM's engine arguments.</summary>
+public sealed record EngineOptions
+{
+    /// <summary>Tokens per KV block (<c>--block-size</c>).</summary>
+    public int BlockSize { get; init; } = 16;
+
+    /// <summary>Exact number of KV blocks (<c>--num-kv-blocks</c>); overrides <see cref="KvCacheMemoryBytes"/>.</summary>
+    public int? NumKvBlocks { get; init; }
+
+    /// <summary>Memory for the KV cache (<c>--kv-cache-memory</c>); default 2 GiB, or one full sequence if that is more.</summary>
+    public long? KvCacheMemoryBytes { get; init; }
+
+    /// <summary>Longest sequence, prompt plus output (<c>--max-model-len</c>); default min(model's context, 4096) as llama.cpp's default context.</summary>
+    public int? MaxModelLen { get; init; }
+
+    /// <summary>Token budget of one step, prefill chunks and decodes together (<c>--max-num-batched-tokens</c>).</summary>
+    public int MaxNumBatchedTokens { get; init; } = 2048;
+
+    /// <summary>Sequences running at once (<c>--max-num-seqs</c>).</summary>
+    public int MaxNumSeqs { get; init; } = 256;
+
+    /// <summary>Requests waiting to start before new ones are refused as overloaded (<c>--max-queued-requests</c>).</summary>
+    public int MaxQueuedRequests { get; init; } = 4096;
+
+    /// <summary>CPU threads of the forward pass; 0 = one per processor.</summary>
+    public int Threads { get; init; }
+
+    public const long DefaultKvCacheMemoryBytes = 2L << 30;
+    public const int DefaultMaxModelLenCap = 4096;
+
+    public void Validate()
+    {
+        static void Check(bool ok, string message)
+        {
+            if (!ok) throw new ArgumentException(message);
+        }
+        Check(BlockSize is >= 1 and <= 1024, $"--block-size must be in [1, 1024], got {BlockSize}");
+        Check(NumKvBlocks is null or >= 1, $"--num-kv-blocks must be ≥ 1, got {NumKvBlocks}");
+        Check(KvCacheMemoryBytes is null or > 0, $"--kv-cache-memory must be positive, got {KvCacheMemoryBytes}");
+        Check(MaxModelLen is null or >= 1, $"--max-model-len must be ≥ 1, got {MaxModelLen}");
+        Check(MaxNumBatchedTokens >= 1, $"--max-num-batched-tokens must be ≥ 1, got {MaxNumBatchedTokens}");
+        Check(MaxNumSeqs >= 1, $"--max-num-seqs must be ≥ 1, got {MaxNumSeqs}");
+        Check(MaxQueuedRequests >= 0, $"--max-queued-requests must be ≥ 0, got {MaxQueuedRequests}");
+        Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
+    }
+}

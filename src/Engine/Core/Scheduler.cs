@@ -1,0 +1,128 @@
+using TokenMill.KvCache;
+
+namespace TokenMill.Core;
+
+/// <summary>One sequence's share of a step: <see cref="TokenCount"/> tokens from position <see cref="Start"/>.</summary>
+public readonly record struct ScheduledSequence(Sequence Sequence, int Start, int TokenCount)
+{
+    /// <summary>Whether this step reaches the sequence's last token, so its logits give the next token.</summary>
+    public bool SamplesNext => Start + TokenCount == Sequence.TotalTokens;
+}
+
+/// <summary>
+/// Continuous batching in the manner of vLLM's v1 scheduler: every step, running sequences (in
+/// priority order) get the tokens they have not computed — one for a decode, the rest of the prompt
+/// (up to the budget) for a chunked prefill — then waiting sequences are admitted, each with a
+/// prefill chunk, while the token budget, <c>max_num_seqs</c> and the free KV blocks allow. When a
+/// running sequence cannot get a block, the lowest-priority, newest running sequence is preempted:
+/// its blocks are freed and it waits to be recomputed from scratch.
+/// </summary>
+public sealed class Scheduler
+{
+    readonly KvCacheManager _kv;
+    readonly int _maxBatchedTokens;
+    readonly int _maxSeqs;
+    readonly List<Sequence> _running = [];
+    readonly SortedSet<Sequence> _waiting = new(PriorityOrder.Instance);
+    readonly List<ScheduledSequence> _scheduled = [];
+
+    public Scheduler(KvCacheManager kv, int maxNumBatchedTokens, int maxNumSeqs)
+    {
+        _kv = kv;
+        _maxBatchedTokens = maxNumBatchedTokens;
+        _maxSeqs = maxNumSeqs;
+    }
+
+    public IReadOnlyList<Sequence> Running => _running;
+    public IReadOnlyCollection<Sequence> Waiting => _waiting;
+    public long PreemptionCount { get; private set; }
+
+    public bool HasWork => _running.Count > 0 || _waiting.Count > 0;
+
+    public void Add(Sequence sequence)
+    {
+        sequence.Status = SequenceStatus.Waiting;
+        _waiting.Add(sequence);
+    }
+
+    /// <summary>Takes a sequence out of the scheduler, wherever it is, and frees its blocks.</summary>
+    public void Remove(Sequence sequence)
+    {
+        if (!_waiting.Remove(sequence)) _running.Remove(sequence);
+        _kv.Free(sequence.Id);
+    }
+
+    /// <summary>Picks this step's work. Blocks for every scheduled token are reserved on return.</summary>
+    public IReadOnlyList<ScheduledSequence> Schedule()
+    {
+        _scheduled.Clear();
+        int budget = _maxBatchedTokens;
+        bool preempted = false;
+
+        for (int i = 0; i < _running.Count && budget > 0;)
+        {
+            var seq = _running[i];
+            int n = Math.Min(seq.TotalTokens - seq.ComputedTokens, budget);
+            if (n <= 0) { i++; continue; }
+            bool reserved;
+            while (!(reserved = _kv.TryReserve(seq.Id, seq.ComputedTokens + n)))
+            {
+                var victim = _running[^1]; // lowest priority, newest: the end of the priority-ordered list
+                Preempt(victim);
+                preempted = true;
+                if (victim == seq) break;
+            }
+            if (!reserved) continue; // seq itself was preempted; _running[i] is now the next one
+            _scheduled.Add(new ScheduledSequence(seq, seq.ComputedTokens, n));
+            budget -= n;
+            i++;
+        }
+
+        // Admitting new work in the same step that had to preempt would only thrash.
+        while (!preempted && budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
+        {
+            var seq = _waiting.Min!;
+            int n = Math.Min(seq.TotalTokens - seq.ComputedTokens, budget);
+            if (!_kv.TryReserve(seq.Id, seq.ComputedTokens + n)) break;
+            _waiting.Remove(seq);
+            seq.Status = SequenceStatus.Running;
+            seq.Started = true;
+            InsertRunning(seq);
+            _scheduled.Add(new ScheduledSequence(seq, seq.ComputedTokens, n));
+            budget -= n;
+        }
+        return _scheduled;
+    }
+
+    void Preempt(Sequence victim)
+    {
+        _running.Remove(victim);
+        _kv.Free(victim.Id);
+        victim.ComputedTokens = 0;
+        victim.Preemptions++;
+        PreemptionCount++;
+        victim.Status = SequenceStatus.Waiting;
+        _waiting.Add(victim);
+    }
+
+    void InsertRunning(Sequence seq)
+    {
+        int i = _running.Count;
+        while (i > 0 && PriorityOrder.Instance.Compare(_running[i - 1], seq) > 0) i--;
+        _running.Insert(i, seq);
+    }
+
+    /// <summary>Lower priority value first, then earlier arrival, then id (a total order).</summary>
+    sealed class PriorityOrder : IComparer<Sequence>
+    {
+        public static readonly PriorityOrder Instance = new();
+
+        public int Compare(Sequence? a, Sequence? b)
+        {
+            if (ReferenceEquals(a, b)) return 0;
+            int c = a!.Priority.CompareTo(b!.Priority);
+            if (c == 0) c = a.Arrival.CompareTo(b.Arrival);
+            return c != 0 ? c : a.Id.CompareTo(b.Id);
+        }
+    }
+}
