@@ -1,0 +1,142 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using static TokenMill.Quantization.BlockFormats;
+
+namespace TokenMill.Quantization;
+
+/// <summary>
+/// Fused dequantize-and-dot kernels for AVX2 + FMA: the weights are decoded into registers and never
+/// stored. Within a block the quants are multiplied by the activations first and the block's scale is
+/// applied once to that partial sum (and, for Q4_K, the min once to the sum of the activations), so the
+/// result differs from "dequantize, then dot" only by f32 rounding. Callers check
+/// <see cref="IsSupported"/> and the lengths.
+/// </summary>
+internal static unsafe class DotAvx2
+{
+    public static bool IsSupported => Avx2.IsSupported && Fma.IsSupported;
+
+    public static float BF16(byte* w, float* x, int n)
+    {
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        ushort* h = (ushort*)w;
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+        {
+            var a = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(h + i), 16).AsSingle();
+            var b = Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(h + i + 8), 16).AsSingle();
+            acc0 = Fma.MultiplyAdd(a, Avx.LoadVector256(x + i), acc0);
+            acc1 = Fma.MultiplyAdd(b, Avx.LoadVector256(x + i + 8), acc1);
+        }
+        float sum = Vector256.Sum(Avx.Add(acc0, acc1));
+        for (; i < n; i++) sum += Bf16.ToSingle(h[i]) * x[i];
+        return sum;
+    }
+
+    public static float Q8_0(byte* w, float* x, int n)
+    {
+        var acc = Vector256<float>.Zero;
+        for (int i = 0; i < n; i += QK, w += Q8_0Bytes, x += QK)
+        {
+            sbyte* q = (sbyte*)(w + 2);
+            var s = Avx.Multiply(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q)), Avx.LoadVector256(x));
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + 8)), Avx.LoadVector256(x + 8), s);
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + 16)), Avx.LoadVector256(x + 16), s);
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ConvertToVector256Int32(q + 24)), Avx.LoadVector256(x + 24), s);
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w))), s, acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    public static float Q4_0(byte* w, float* x, int n)
+    {
+        var acc = Vector256<float>.Zero;
+        var eight = Vector256.Create(8);
+        for (int i = 0; i < n; i += QK, w += Q4_0Bytes, x += QK)
+        {
+            var (lo, hi) = DequantizeAvx2.Nibbles(Sse2.LoadVector128(w + 2));
+            var s = Avx.Multiply(Avx.ConvertToVector256Single(Avx2.Subtract(Avx2.ConvertToVector256Int32(lo), eight)), Avx.LoadVector256(x));
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Subtract(Avx2.ConvertToVector256Int32(DequantizeAvx2.Upper8(lo)), eight)), Avx.LoadVector256(x + 8), s);
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Subtract(Avx2.ConvertToVector256Int32(hi), eight)), Avx.LoadVector256(x + 16), s);
+            s = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Subtract(Avx2.ConvertToVector256Int32(DequantizeAvx2.Upper8(hi)), eight)), Avx.LoadVector256(x + 24), s);
+            acc = Fma.MultiplyAdd(Vector256.Create(Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w))), s, acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    // Σ (d·sc·q − dmin·m)·x = Σ_sub d·sc·(Σ q·x) − dmin·m·(Σ x): two accumulators, one subtraction at the end.
+    public static float Q4_K(byte* w, float* x, int n)
+    {
+        var accQ = Vector256<float>.Zero;
+        var accM = Vector256<float>.Zero;
+        var mask = Vector256.Create(0xF);
+        for (int i = 0; i < n; i += QK_K, w += Q4_KBytes, x += QK_K)
+        {
+            float d = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w));
+            float dmin = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w + 2));
+            var scales = new ReadOnlySpan<byte>(w + 4, 12);
+            for (int j = 0; j < 4; j++)
+            {
+                byte* q = w + 16 + 32 * j;
+                float* xl = x + 64 * j;
+                float* xh = xl + 32;
+                Vector256<float> sLo = Vector256<float>.Zero, sHi = Vector256<float>.Zero;
+                Vector256<float> xsLo = Vector256<float>.Zero, xsHi = Vector256<float>.Zero;
+                for (int k = 0; k < 32; k += 8)
+                {
+                    var v = Avx2.ConvertToVector256Int32(q + k);
+                    var a = Avx.LoadVector256(xl + k);
+                    var b = Avx.LoadVector256(xh + k);
+                    sLo = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.And(v, mask)), a, sLo);
+                    sHi = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ShiftRightLogical(v, 4)), b, sHi);
+                    xsLo = Avx.Add(xsLo, a);
+                    xsHi = Avx.Add(xsHi, b);
+                }
+                var (sc1, m1) = ScaleMinK4(2 * j, scales);
+                var (sc2, m2) = ScaleMinK4(2 * j + 1, scales);
+                accQ = Fma.MultiplyAdd(Vector256.Create(d * sc1), sLo, accQ);
+                accQ = Fma.MultiplyAdd(Vector256.Create(d * sc2), sHi, accQ);
+                accM = Fma.MultiplyAdd(Vector256.Create(dmin * m1), xsLo, accM);
+                accM = Fma.MultiplyAdd(Vector256.Create(dmin * m2), xsHi, accM);
+            }
+        }
+        return Vector256.Sum(accQ) - Vector256.Sum(accM);
+    }
+
+    public static float Q6_K(byte* w, float* x, int n)
+    {
+        var acc = Vector256<float>.Zero;
+        for (int i = 0; i < n; i += QK_K, w += Q6_KBytes, x += QK_K)
+        {
+            float d = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w + 208));
+            sbyte* sc = (sbyte*)(w + 192);
+            for (int half = 0; half < 2; half++)
+            {
+                byte* ql = w + 64 * half;
+                byte* qh = w + 128 + 32 * half;
+                float* xh = x + 128 * half;
+                sbyte* sch = sc + 8 * half;
+                // Elements l..l+15 (+32k) form sub-block l/16 (+2k): sum 16 products, then scale.
+                for (int l = 0; l < 32; l += 16)
+                {
+                    Vector256<float> s1 = Vector256<float>.Zero, s2 = s1, s3 = s1, s4 = s1;
+                    for (int k = l; k < l + 16; k += 8)
+                    {
+                        DequantizeAvx2.Q6Quants(ql + k, qh + k, out var q1, out var q2, out var q3, out var q4);
+                        s1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(q1), Avx.LoadVector256(xh + k), s1);
+                        s2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(q2), Avx.LoadVector256(xh + k + 32), s2);
+                        s3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(q3), Avx.LoadVector256(xh + k + 64), s3);
+                        s4 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(q4), Avx.LoadVector256(xh + k + 96), s4);
+                    }
+                    int sub = l / 16;
+                    acc = Fma.MultiplyAdd(Vector256.Create(d * sch[sub]), s1, acc);
+                    acc = Fma.MultiplyAdd(Vector256.Create(d * sch[sub + 2]), s2, acc);
+                    acc = Fma.MultiplyAdd(Vector256.Create(d * sch[sub + 4]), s3, acc);
+                    acc = Fma.MultiplyAdd(Vector256.Create(d * sch[sub + 6]), s4, acc);
+                }
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+}

@@ -1,0 +1,73 @@
+namespace TokenMill.Quantization;
+
+/// <summary>
+/// IEEE binary16 ("f16") conversions, bit-identical with ggml's portable ones
+/// (<c>ggml_compute_fp16_to_fp32</c> / <c>ggml_compute_fp32_to_fp16</c> in ggml-impl.h), which are
+/// what its reference quantizers use. Both come from Maratyszcza's FP16 library: the float unit does
+/// the rounding, so finite values round to nearest, ties to even, with subnormals kept.
+/// </summary>
+public static class Fp16
+{
+    // 2^-112 rescales an f16 exponent (bias 15) into an f32 exponent (bias 127) after the shift below.
+    static readonly float ExpScale = BitConverter.UInt32BitsToSingle(0x07800000);
+    // 2^112 and 2^-110: the first pushes values that overflow f16 to infinity, the second brings the
+    // rest back so that the addition in FromSingle rounds at f16's precision.
+    static readonly float ScaleToInf = BitConverter.UInt32BitsToSingle(0x77800000);
+    static readonly float ScaleToZero = BitConverter.UInt32BitsToSingle(0x08800000);
+
+    /// <summary>The f32 value of an f16 bit pattern (exact; NaN payloads are kept).</summary>
+    public static float ToSingle(ushort h)
+    {
+        uint w = (uint)h << 16;
+        uint sign = w & 0x80000000u;
+        uint twoW = w + w; // drops the sign
+
+        // Normal, infinite and NaN: move the exponent and mantissa into f32 position, then scale.
+        float normalized = BitConverter.UInt32BitsToSingle((twoW >> 4) + (0xE0u << 23)) * ExpScale;
+        // Subnormal: build 0.5 + m * 2^-24 (a float whose low bits are the mantissa), subtract 0.5.
+        float denormalized = BitConverter.UInt32BitsToSingle((twoW >> 17) | (126u << 23)) - 0.5f;
+
+        uint bits = twoW < (1u << 27) ? BitConverter.SingleToUInt32Bits(denormalized) : BitConverter.SingleToUInt32Bits(normalized);
+        return BitConverter.UInt32BitsToSingle(sign | bits);
+    }
+
+    /// <summary>
+    /// The f16 bit pattern nearest to <paramref name="f"/> (ties to even; overflow gives infinity).
+    /// Every NaN becomes the quiet NaN 0x7E00 with the input's sign, as in ggml.
+    /// </summary>
+    public static ushort FromSingle(float f)
+    {
+        float b = MathF.Abs(f) * ScaleToInf * ScaleToZero;
+
+        uint w = BitConverter.SingleToUInt32Bits(f);
+        uint shl1W = w + w;
+        uint sign = w & 0x80000000u;
+        uint bias = shl1W & 0xFF000000u;
+        if (bias < 0x71000000u) bias = 0x71000000u; // values below f16's normal range share one bias
+
+        b = BitConverter.UInt32BitsToSingle((bias >> 1) + 0x07800000u) + b;
+        uint bits = BitConverter.SingleToUInt32Bits(b);
+        uint expBits = (bits >> 13) & 0x00007C00u;
+        uint mantissaBits = bits & 0x00000FFFu;
+        uint nonSign = expBits + mantissaBits;
+        return (ushort)((sign >> 16) | (shl1W > 0xFF000000u ? 0x7E00u : nonSign));
+    }
+}
+
+/// <summary>
+/// bfloat16 conversions, bit-identical with ggml's <c>ggml_compute_bf16_to_fp32</c> and
+/// <c>ggml_compute_fp32_to_bf16</c>: round to nearest even, subnormals kept, NaN made quiet.
+/// </summary>
+public static class Bf16
+{
+    /// <summary>The f32 value of a bf16 bit pattern: bf16 is the top half of an f32.</summary>
+    public static float ToSingle(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
+
+    public static ushort FromSingle(float f)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(f);
+        if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+            return (ushort)((u >> 16) | 64); // NaN: keep sign and top payload, set the quiet bit
+        return (ushort)((u + (0x7FFFu + ((u >> 16) & 1))) >> 16);
+    }
+}
