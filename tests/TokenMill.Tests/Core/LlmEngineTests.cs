@@ -1,0 +1,195 @@
+using TokenMill.Core;
+using TokenMill.Models;
+using TokenMill.Sampling;
+
+namespace TokenMill.Tests.Core;
+
+/// <summary>The engine end to end on stories260K: continuous batching must not change what a request gets.</summary>
+public class LlmEngineTests
+{
+    internal static readonly string[] Prompts =
+    [
+        "Once upon a time", "Lily", "The cat sat on the mat and", "One day, a little boy named Tim went to the park with his mom.",
+        "Sara had a red ball", "The sun was", "Ben and Mia were best friends. They liked to play", "There was a big tree",
+        "A dog", "The little bird wanted to fly high in the sky, but", "Mom said", "Tom found a shiny rock",
+        "It was a rainy day and the kids could not go outside, so they", "The princess", "Once there was a frog who lived in a pond",
+        "Max liked to eat", "The boat", "In the forest, there was a tiny mouse who was very brave and",
+        "Grandma made cookies", "The car was fast", "Anna looked at the stars and", "The fish swam",
+        "A girl named Sue had a doll. She loved her doll very much and took it everywhere. One day", "Bob",
+    ];
+
+    static Model LoadStories() => GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
+
+    static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
+        (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
+
+    static GenerationRequest Greedy(string prompt, int maxTokens = 40) =>
+        new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = maxTokens, IgnoreEos = true } };
+
+    [SkippableFact]
+    public async Task Greedy_outputs_of_a_batch_equal_each_prompt_run_alone_even_under_preemption()
+    {
+        using var model = LoadStories();
+        Assert.Equal(24, Prompts.Length);
+
+        int[][] alone;
+        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = 128 }))
+            alone = await RunAll(single, Prompts.Select(p => Greedy(p)));
+
+        using (var batched = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, MaxNumBatchedTokens = 64 }))
+        {
+            var together = await RunAll(batched, Prompts.Select(p => Greedy(p)));
+            for (int i = 0; i < Prompts.Length; i++) Assert.Equal(alone[i], together[i]);
+            Assert.Equal(0, batched.Stats.Preemptions);
+        }
+
+        // 10 blocks of 16 tokens: room for about three of the 24 sequences at once.
+        using (var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 10, MaxNumBatchedTokens = 64 }))
+        {
+            var together = await RunAll(tight, Prompts.Select(p => Greedy(p)));
+            for (int i = 0; i < Prompts.Length; i++) Assert.Equal(alone[i], together[i]);
+            Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+            Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+        }
+    }
+
+    [SkippableFact]
+    public async Task A_seeded_request_samples_the_same_tokens_whatever_its_batch_mates()
+    {
+        using var model = LoadStories();
+        var seeded = new GenerationRequest
+        {
+            Prompt = "Once upon a time",
+            Sampling = new SamplingParams { Temperature = 1.0f, TopP = 0.9f, Seed = 42, MaxTokens = 30, IgnoreEos = true },
+        };
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        var alone = await engine.CompleteAsync(seeded);
+        var mates = Prompts.Take(8).Select(p => engine.CompleteAsync(new GenerationRequest
+        {
+            Prompt = p,
+            Sampling = new SamplingParams { Temperature = 1.2f, MaxTokens = 30 },
+        })).ToList();
+        var again = await engine.CompleteAsync(seeded);
+        await Task.WhenAll(mates);
+        Assert.Equal(alone.TokenIds, again.TokenIds);
+
+        var otherSeed = await engine.CompleteAsync(seeded with { Sampling = seeded.Sampling with { Seed = 43 } });
+        Assert.NotEqual(alone.TokenIds, otherSeed.TokenIds);
+    }
+
+    [SkippableFact]
+    public async Task Cancelling_a_stream_aborts_the_request_and_frees_its_blocks_at_once()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        using var cts = new CancellationTokenSource();
+        int chunks = 0;
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        {
+            await foreach (var _ in engine.Generate(Greedy("Once upon a time", maxTokens: 120), cts.Token))
+                if (++chunks == 3) await cts.CancelAsync();
+        });
+        Assert.Equal(3, chunks);
+        await WaitFor(() => engine.Stats is { Running: 0, Waiting: 0 } s && s.FreeKvBlocks == s.TotalKvBlocks);
+
+        // The engine goes on serving.
+        var after = await engine.CompleteAsync(Greedy("Lily", maxTokens: 5));
+        Assert.Equal(5, after.CompletionTokens);
+    }
+
+    [SkippableFact]
+    public async Task A_full_waiting_queue_refuses_with_a_distinct_overloaded_error_and_loses_nothing()
+    {
+        using var model = LoadStories();
+        using (var closed = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, MaxQueuedRequests = 0 }))
+        {
+            var e = Assert.Throws<EngineOverloadedException>(() => closed.Generate(Greedy("Lily")));
+            Assert.Contains("--max-queued-requests", e.Message);
+        }
+
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, MaxNumSeqs = 1, MaxQueuedRequests = 3 });
+        var accepted = new List<Task<CompletionResult>>();
+        int refused = 0;
+        for (int i = 0; i < 40; i++)
+        {
+            try
+            {
+                accepted.Add(engine.CompleteAsync(Greedy(Prompts[i % Prompts.Length], maxTokens: 30)));
+            }
+            catch (EngineOverloadedException)
+            {
+                refused++;
+            }
+        }
+        Assert.True(refused > 0, "40 requests against a queue of 3 should see refusals");
+        var results = await Task.WhenAll(accepted);
+        Assert.All(results, r => Assert.Equal(30, r.CompletionTokens));
+        await WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks);
+    }
+
+    [SkippableFact]
+    public async Task Invalid_requests_are_refused_with_the_reason()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 64 });
+        var tooLong = Assert.Throws<InvalidRequestException>(() => engine.Generate(Greedy("Once upon a time", maxTokens: 100)));
+        Assert.Contains("maximum context length is 64", tooLong.Message);
+        var badTemperature = Assert.Throws<InvalidRequestException>(() =>
+            engine.Generate(new GenerationRequest { Prompt = "x", Sampling = new SamplingParams { Temperature = -1 } }));
+        Assert.Contains("temperature", badTemperature.Message);
+        var badToken = Assert.Throws<InvalidRequestException>(() => engine.Generate(new GenerationRequest { PromptTokenIds = [1, 999] }));
+        Assert.Contains("999", badToken.Message);
+        Assert.Equal(0, engine.Stats.Waiting + engine.Stats.Running);
+    }
+
+    [SkippableFact]
+    public async Task A_stop_string_ends_the_text_before_it_with_finish_reason_stop()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        var r = await engine.CompleteAsync(new GenerationRequest
+        {
+            Prompt = "Once upon a time",
+            Sampling = SamplingParams.Greedy with { MaxTokens = 40, Stop = ["Lily"] },
+        });
+        Assert.Equal(", there was a little girl named", r.Text.Trim());
+        Assert.Equal(FinishReason.Stop, r.FinishReason);
+    }
+
+    [SkippableFact]
+    public async Task Logprobs_describe_the_model_distribution()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        var r = await engine.CompleteAsync(new GenerationRequest
+        {
+            Prompt = "Once upon a time",
+            Sampling = SamplingParams.Greedy with { MaxTokens = 10, Logprobs = 3 },
+        });
+        Assert.Equal(10, r.Logprobs!.Count);
+        for (int i = 0; i < 10; i++)
+        {
+            var lp = r.Logprobs[i];
+            Assert.Equal(r.TokenIds[i], lp.TokenId);
+            Assert.Equal(3, lp.TopLogprobs!.Length);
+            Assert.Equal(lp.TokenId, lp.TopLogprobs[0].TokenId); // greedy picks the most likely
+            Assert.Equal(lp.Logprob, lp.TopLogprobs[0].Logprob, 1e-5f);
+            Assert.True(lp.TopLogprobs[0].Logprob >= lp.TopLogprobs[1].Logprob && lp.TopLogprobs[1].Logprob >= lp.TopLogprobs[2].Logprob);
+            Assert.True(lp.Logprob <= 0);
+        }
+    }
+
+    [SkippableFact]
+    public void The_kv_budget_must_hold_one_full_sequence()
+    {
+        using var model = LoadStories();
+        var e = Assert.Throws<ArgumentException>(() => new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 7 }));
+        Assert.Contains("cannot hold one sequence of --max-model-len 128", e.Message);
+    }
+
+    internal static async Task WaitFor(Func<bool> condition)
+    {
+        for (int i = 0; i < 500 && !condition(); i++) await Task.Delay(10);
+        Assert.True(condition(), "the engine did not reach the expected state within 5 s");
+    }
+}
