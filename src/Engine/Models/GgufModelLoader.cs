@@ -30,21 +30,47 @@ public static class GgufModelLoader
         for (int i = 0; i < c.BlockCount; i++)
         {
             string p = $"blk.{i}.";
+            // Phi-3 fuses Q, K and V into one matrix (rows: Q, then K, then V) and gate with up (rows: gate, then up):
+            // views over its rows are the separate matrices, no copy.
+            WeightTensor wq, wk, wv, gate, up;
+            if (f.TryGetTensor(p + "attn_qkv.weight", out _))
+            {
+                var qkv = Matrix(f, p + "attn_qkv.weight", c.QDim + 2 * c.KvDim, c.EmbeddingLength);
+                (wq, wk, wv) = (qkv.RowRange(0, c.QDim), qkv.RowRange(c.QDim, c.KvDim), qkv.RowRange(c.QDim + c.KvDim, c.KvDim));
+            }
+            else
+            {
+                wq = Matrix(f, p + "attn_q.weight", c.QDim, c.EmbeddingLength);
+                wk = Matrix(f, p + "attn_k.weight", c.KvDim, c.EmbeddingLength);
+                wv = Matrix(f, p + "attn_v.weight", c.KvDim, c.EmbeddingLength);
+            }
+            if (f.TryGetTensor(p + "ffn_gate.weight", out _))
+            {
+                gate = Matrix(f, p + "ffn_gate.weight", c.FeedForwardLength, c.EmbeddingLength);
+                up = Matrix(f, p + "ffn_up.weight", c.FeedForwardLength, c.EmbeddingLength);
+            }
+            else
+            {
+                var gateUp = Matrix(f, p + "ffn_up.weight", 2 * c.FeedForwardLength, c.EmbeddingLength);
+                (gate, up) = (gateUp.RowRange(0, c.FeedForwardLength), gateUp.RowRange(c.FeedForwardLength, c.FeedForwardLength));
+            }
             layers[i] = new LayerWeights
             {
                 AttnNorm = Vector(f, p + "attn_norm.weight", c.EmbeddingLength)!,
-                Wq = Matrix(f, p + "attn_q.weight", c.QDim, c.EmbeddingLength),
-                Wk = Matrix(f, p + "attn_k.weight", c.KvDim, c.EmbeddingLength),
-                Wv = Matrix(f, p + "attn_v.weight", c.KvDim, c.EmbeddingLength),
+                Wq = wq,
+                Wk = wk,
+                Wv = wv,
                 Wo = Matrix(f, p + "attn_output.weight", c.EmbeddingLength, c.QDim),
                 Bq = Vector(f, p + "attn_q.bias", c.QDim, optional: true),
                 Bk = Vector(f, p + "attn_k.bias", c.KvDim, optional: true),
                 Bv = Vector(f, p + "attn_v.bias", c.KvDim, optional: true),
                 QNorm = Vector(f, p + "attn_q_norm.weight", c.HeadDim, optional: true),
                 KNorm = Vector(f, p + "attn_k_norm.weight", c.HeadDim, optional: true),
+                PostAttnNorm = Vector(f, p + "post_attention_norm.weight", c.EmbeddingLength, optional: true),
+                PostFfnNorm = Vector(f, p + "post_ffw_norm.weight", c.EmbeddingLength, optional: true),
                 FfnNorm = Vector(f, p + "ffn_norm.weight", c.EmbeddingLength)!,
-                Gate = Matrix(f, p + "ffn_gate.weight", c.FeedForwardLength, c.EmbeddingLength),
-                Up = Matrix(f, p + "ffn_up.weight", c.FeedForwardLength, c.EmbeddingLength),
+                Gate = gate,
+                Up = up,
                 Down = Matrix(f, p + "ffn_down.weight", c.EmbeddingLength, c.FeedForwardLength),
             };
         }

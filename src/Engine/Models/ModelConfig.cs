@@ -12,6 +12,13 @@ public enum RopeType
     Neox,
 }
 
+/// <summary>The gated MLP's activation: SwiGLU (Llama, Qwen, Phi-3) or GeGLU with tanh GELU (Gemma).</summary>
+public enum FfnActivation
+{
+    Silu,
+    GeluTanh,
+}
+
 /// <summary>
 /// Hyperparameters of a Llama-family decoder (Llama 2/3, TinyLlama, Mistral, Qwen2/3), read from
 /// GGUF metadata (<c>{arch}.*</c> keys) or given by a dummy preset.
@@ -47,12 +54,29 @@ public sealed record ModelConfig
     /// <summary>Llama 3 style per-frequency divisors (from the <c>rope_freqs.weight</c> tensor), or null.</summary>
     public float[]? RopeFreqFactors { get; init; }
 
+    /// <summary>The input embedding is multiplied by this (Gemma: sqrt(n_embd)); the tied output matrix is not.</summary>
+    public float EmbeddingScale { get; init; } = 1f;
+
+    public FfnActivation Activation { get; init; } = FfnActivation.Silu;
+
+    /// <summary>Keys a sliding-window layer's query sees: positions p − window + 1 … p; 0 means no window.</summary>
+    public int SlidingWindow { get; init; }
+
+    /// <summary>Every pattern-th layer is global, the rest use the window (Gemma 3: layer il is local iff il % pattern &lt; pattern − 1); 0 = all layers windowed.</summary>
+    public int SlidingWindowPattern { get; init; }
+
+    /// <summary>Rope base of sliding-window layers (Gemma 3's <c>rope.freq_base_swa</c>); they get no linear scaling.</summary>
+    public float? RopeFreqBaseSwa { get; init; }
+
+    public bool IsSlidingWindowLayer(int layer) =>
+        SlidingWindow > 0 && (SlidingWindowPattern <= 0 || layer % SlidingWindowPattern < SlidingWindowPattern - 1);
+
     public int QueryGroupSize => HeadCount / HeadCountKv;
     public int KvDim => HeadCountKv * HeadDim;
     public int QDim => HeadCount * HeadDim;
 
     /// <summary>Architectures this forward pass computes; the rest are rejected when the model is loaded.</summary>
-    public static readonly IReadOnlySet<string> SupportedArchitectures = new HashSet<string> { "llama", "qwen2", "qwen3", "mistral" };
+    public static readonly IReadOnlySet<string> SupportedArchitectures = new HashSet<string> { "llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3" };
 
     public static ModelConfig FromGguf(GgufFile f)
     {
@@ -108,6 +132,11 @@ public sealed record ModelConfig
             RopeFreqBase = (float)(f.GetFloat($"{arch}.rope.freq_base") ?? 10000.0),
             RopeLinearScale = linearScale,
             RopeFreqFactors = freqFactors,
+            EmbeddingScale = arch == "gemma3" ? MathF.Sqrt(nEmbd) : 1f,
+            Activation = arch == "gemma3" ? FfnActivation.GeluTanh : FfnActivation.Silu,
+            SlidingWindow = OptInt("attention.sliding_window") ?? 0,
+            SlidingWindowPattern = OptInt("attention.sliding_window_pattern") ?? (arch == "gemma3" ? 6 : 0),
+            RopeFreqBaseSwa = f.GetFloat($"{arch}.rope.freq_base_swa") is double swa ? (float)swa : null,
         };
         config.Validate(f.Path);
         return config;

@@ -16,6 +16,10 @@ public sealed class LayerWeights
     public float[]? QNorm { get; init; }
     public float[]? KNorm { get; init; }
 
+    /// <summary>Norms applied to the attention and MLP outputs before the residual add (Gemma), or null.</summary>
+    public float[]? PostAttnNorm { get; init; }
+    public float[]? PostFfnNorm { get; init; }
+
     public required float[] FfnNorm { get; init; }
     public required WeightTensor Gate { get; init; }
     public required WeightTensor Up { get; init; }

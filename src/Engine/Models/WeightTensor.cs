@@ -18,6 +18,14 @@ public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, l
 
     public long RowBytes { get; } = GgmlTypeInfo.RowBytes(type, columns);
 
+    /// <summary>A view of <paramref name="count"/> rows from <paramref name="first"/> (a fused matrix's parts).</summary>
+    public WeightTensor RowRange(long first, long count)
+    {
+        if (first < 0 || count < 0 || first + count > Rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"rows {first}..{first + count} are outside {this}");
+        return new WeightTensor($"{Name}[{first}..{first + count}]", Type, count, Columns, Data + first * RowBytes);
+    }
+
     public ReadOnlySpan<byte> Row(long row) => new(Data + row * RowBytes, checked((int)RowBytes));
 
     public override string ToString() => $"{Name} {Type} [{Rows} × {Columns}]";

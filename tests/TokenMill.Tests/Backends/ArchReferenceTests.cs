@@ -43,7 +43,7 @@ public class ArchReferenceTests
             j.GetProperty("completion").GetString()!);
     }
 
-    static readonly string[] Unsupported = ["gemma3", "phi3"];
+    static readonly string[] Unsupported = [];
 
     [SkippableTheory]
     [MemberData(nameof(Cases))]

@@ -27,7 +27,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int _maxTokens;
     readonly List<NativeBuffer> _buffers = [];
     readonly float* _x, _h, _q, _k, _v, _att, _gate, _up, _scores;
-    readonly double[] _ropeInvFreq;
+    readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
     {
@@ -48,17 +48,25 @@ public sealed unsafe class CpuForward : IDisposable
         _up = Alloc((long)n * _c.FeedForwardLength);
         _scores = Alloc((long)_pool.ThreadCount * _c.ContextLength);
 
-        // θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).
-        int pairs = _c.RopeDimensionCount / 2;
-        _ropeInvFreq = new double[pairs];
-        for (int i = 0; i < pairs; i++)
-        {
-            double f = Math.Pow(_c.RopeFreqBase, -2.0 * i / _c.RopeDimensionCount) / _c.RopeLinearScale;
-            _ropeInvFreq[i] = _c.RopeFreqFactors is { } ff ? f / ff[i] : f;
-        }
+        _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
+        // Sliding-window layers (Gemma 3) have their own base and no linear scaling.
+        _ropeInvFreqSwa = _c.RopeFreqBaseSwa is { } swaBase ? RopeInverseFrequencies(swaBase, 1f, null) : _ropeInvFreq;
 
         _matMulBody = MatMulChunk;
         _attentionBody = AttentionItem;
+    }
+
+    /// <summary>θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).</summary>
+    double[] RopeInverseFrequencies(float ropeBase, float linearScale, float[]? factors)
+    {
+        int pairs = _c.RopeDimensionCount / 2;
+        var inv = new double[pairs];
+        for (int i = 0; i < pairs; i++)
+        {
+            double f = Math.Pow(ropeBase, -2.0 * i / _c.RopeDimensionCount) / linearScale;
+            inv[i] = factors is null ? f : f / factors[i];
+        }
+        return inv;
     }
 
     float* Alloc(long floats)
@@ -137,10 +145,14 @@ public sealed unsafe class CpuForward : IDisposable
 
         for (int t = 0; t < n; t++)
             Dequantize.Row(_w.TokenEmbedding.Type, _w.TokenEmbedding.Row(tokens[t]), new Span<float>(_x + (long)t * d, d));
+        if (_c.EmbeddingScale != 1f)
+            TensorPrimitives.Multiply(new ReadOnlySpan<float>(_x, n * d), _c.EmbeddingScale, new Span<float>(_x, n * d));
 
         for (int layer = 0; layer < _c.BlockCount; layer++)
         {
             var lw = _w.Layers[layer];
+            bool windowed = _c.IsSlidingWindowLayer(layer);
+            var ropeInvFreq = windowed ? _ropeInvFreqSwa : _ropeInvFreq;
 
             for (int t = 0; t < n; t++)
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.AttnNorm, new Span<float>(_h + (long)t * d, d));
@@ -155,17 +167,19 @@ public sealed unsafe class CpuForward : IDisposable
             {
                 if (lw.QNorm is { } qn) HeadNorm(_q + (long)t * qDim, _c.HeadCount, qn);
                 if (lw.KNorm is { } kn) HeadNorm(_k + (long)t * kvDim, _c.HeadCountKv, kn);
-                Rope(_q + (long)t * qDim, _c.HeadCount, positions[t]);
-                Rope(_k + (long)t * kvDim, _c.HeadCountKv, positions[t]);
+                Rope(_q + (long)t * qDim, _c.HeadCount, positions[t], ropeInvFreq);
+                Rope(_k + (long)t * kvDim, _c.HeadCountKv, positions[t], ropeInvFreq);
                 new ReadOnlySpan<float>(_k + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Keys(layer, slots[t]), kvDim));
                 new ReadOnlySpan<float>(_v + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Values(layer, slots[t]), kvDim));
             }
 
             _attnLayer = layer;
             _attnStart = start;
+            _attnWindow = windowed ? _c.SlidingWindow : int.MaxValue;
             _pool.For(n * _c.HeadCount, _attentionBody);
 
             MatMul(lw.Wo, _att, n, _h);
+            if (lw.PostAttnNorm is { } pan) NormRows(_h, n, pan);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
 
             for (int t = 0; t < n; t++)
@@ -173,9 +187,11 @@ public sealed unsafe class CpuForward : IDisposable
             MatMul(lw.Gate, _h, n, _gate);
             MatMul(lw.Up, _h, n, _up);
             var gate = new Span<float>(_gate, n * ff);
-            SiluInPlace(gate);
+            if (_c.Activation == FfnActivation.GeluTanh) GeluTanhInPlace(gate);
+            else SiluInPlace(gate);
             TensorPrimitives.Multiply(gate, new ReadOnlySpan<float>(_up, n * ff), gate);
             MatMul(lw.Down, _gate, n, _h);
+            if (lw.PostFfnNorm is { } pfn) NormRows(_h, n, pfn);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
         }
     }
@@ -202,20 +218,37 @@ public sealed unsafe class CpuForward : IDisposable
         }
     }
 
+    void NormRows(float* rows, int n, float[] w)
+    {
+        int d = _c.EmbeddingLength;
+        for (int t = 0; t < n; t++)
+        {
+            var row = new Span<float>(rows + (long)t * d, d);
+            RmsNorm(row, w, row);
+        }
+    }
+
+    /// <summary>gelu(x) ≈ 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), the tanh form Gemma uses.</summary>
+    static void GeluTanhInPlace(Span<float> x)
+    {
+        const float SqrtTwoOverPi = 0.7978845608028654f;
+        foreach (ref float v in x) v = 0.5f * v * (1f + MathF.Tanh(SqrtTwoOverPi * (v + 0.044715f * v * v * v)));
+    }
+
     static void SiluInPlace(Span<float> x)
     {
         // silu(x) = x · σ(x)
         foreach (ref float v in x) v /= 1f + MathF.Exp(-v);
     }
 
-    void Rope(float* heads, int count, int pos)
+    void Rope(float* heads, int count, int pos, double[] invFreq)
     {
         int hd = _c.HeadDim, pairs = _c.RopeDimensionCount / 2;
         Span<float> cos = stackalloc float[pairs];
         Span<float> sin = stackalloc float[pairs];
         for (int i = 0; i < pairs; i++)
         {
-            double theta = pos * _ropeInvFreq[i];
+            double theta = pos * invFreq[i];
             cos[i] = (float)Math.Cos(theta);
             sin[i] = (float)Math.Sin(theta);
         }
@@ -247,7 +280,7 @@ public sealed unsafe class CpuForward : IDisposable
     // ---- attention -----------------------------------------------------------------------------
 
     readonly Action<int, int> _attentionBody;
-    int _attnLayer, _attnStart;
+    int _attnLayer, _attnStart, _attnWindow;
 
     /// <summary>
     /// One (row, query head) of the current chunk: causal softmax attention over its sequence's
@@ -265,23 +298,25 @@ public sealed unsafe class CpuForward : IDisposable
         var table = batch.BlockTable(batch.SequenceOf[row]);
         int blockSize = kv.BlockSize;
         var q = new ReadOnlySpan<float>(_q + (long)t * qDim + (long)head * hd, hd);
-        var scores = new Span<float>(_scores + (long)worker * _c.ContextLength, pos + 1);
+        // A sliding-window layer sees only the last `window` positions (p − window + 1 … p).
+        int first = (int)Math.Max(0, (long)pos - _attnWindow + 1);
+        var scores = new Span<float>(_scores + (long)worker * _c.ContextLength, pos + 1 - first);
         float scale = 1f / MathF.Sqrt(hd);
 
-        for (int j = 0; j <= pos; j++)
+        for (int j = first; j <= pos; j++)
         {
             int slot = table[j / blockSize] * blockSize + j % blockSize;
-            scores[j] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(kv.Keys(_attnLayer, slot) + kvOffset, hd)) * scale;
+            scores[j - first] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(kv.Keys(_attnLayer, slot) + kvOffset, hd)) * scale;
         }
         TensorPrimitives.SoftMax(scores, scores);
 
         var output = new Span<float>(_att + (long)t * qDim + (long)head * hd, hd);
         output.Clear();
-        for (int j = 0; j <= pos; j++)
+        for (int j = first; j <= pos; j++)
         {
             int slot = table[j / blockSize] * blockSize + j % blockSize;
             var v = new ReadOnlySpan<float>(kv.Values(_attnLayer, slot) + kvOffset, hd);
-            TensorPrimitives.MultiplyAdd(v, scores[j], output, output);
+            TensorPrimitives.MultiplyAdd(v, scores[j - first], output, output);
         }
     }
 
