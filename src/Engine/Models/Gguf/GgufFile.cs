@@ -55,7 +55,7 @@ public sealed unsafe class GgufFile : IDisposable
         {
             long a = alignValue.IsInteger ? alignValue.AsInt64() : 0;
             if (a <= 0 || (a & (a - 1)) != 0 || a > 1 << 20)
-                throw new GgufFormatException(path, "general.alignment", $"must be a power of two, got {alignValue}");
+                throw new GgufFormatException(path, "general.alignment", $"must be a power of two (at most {1 << 20}), got {alignValue}");
             Alignment = (int)a;
         }
 
@@ -81,7 +81,14 @@ public sealed unsafe class GgufFile : IDisposable
             if (!GgmlTypeInfo.IsKnown(type))
                 throw new GgufFormatException(path, $"{field} type", $"unknown or unsupported tensor type {(uint)type}", typePos);
             ulong offset = r.UInt64($"{field} offset");
-            var info = new GgufTensorInfo(name, dims, type, (long)Math.Min(offset, long.MaxValue));
+            if (offset > (ulong)long.MaxValue)
+                throw new GgufFormatException(path, $"{field} offset", $"{offset} lies past the end of the file", r.Position - 8);
+            var info = new GgufTensorInfo(name, dims, type, (long)offset);
+            // ggml decodes tensors row by row, so each row (the innermost dimension) must be whole blocks.
+            int blockSize = GgmlTypeInfo.Of(type).BlockSize;
+            if (nDims > 0 && dims[0] % blockSize != 0)
+                throw new GgufFormatException(path, $"{field} dimensions",
+                    $"row length {dims[0]} is not a whole number of {type} blocks ({blockSize} elements each)");
             try
             {
                 _ = info.ByteCount;
@@ -321,6 +328,7 @@ public sealed unsafe class GgufFile : IDisposable
 
         bool[] Bools(int count, string field)
         {
+            Need(count, field); // before allocating: a corrupt count must not cost gigabytes
             var items = new bool[count];
             for (int i = 0; i < count; i++) items[i] = Bool($"{field}[{i}]");
             return items;
