@@ -43,15 +43,12 @@ public class ArchReferenceTests
             j.GetProperty("completion").GetString()!);
     }
 
-    static readonly string[] Unsupported = [];
-
     [SkippableTheory]
     [MemberData(nameof(Cases))]
     public void Greedy_completion_ids_match_llama_cpp(string model, int index)
     {
         var c = Load(index);
         Assert.Equal(model, c.Model);
-        Skip.If(Unsupported.Any(model.Contains), $"{model}: architecture not implemented yet (issue 9)");
         using var m = GgufModelLoader.Load(TestData.Require("arch/" + model));
         using var forward = new CpuForward(m);
         using var sequence = new SingleSequence(forward, c.PromptIds.Length + c.CompletionIds.Length);
