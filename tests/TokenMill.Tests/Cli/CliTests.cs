@@ -99,3 +99,40 @@ public class CliTests
         Assert.Contains("tinyllama-1.1b", stderr);
     }
 }
+
+public class GeneratePromptsFileTests
+{
+    [SkippableFact]
+    public void Prompts_file_with_jsonl_prints_one_object_per_prompt_in_input_order()
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var file = Path.GetTempFileName();
+        try
+        {
+            File.WriteAllLines(file, ["Once upon a time", "", "Lily and Ben", "The cat"]);
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int code = TokenMill.Server.Cli.Cli.Run(["generate", "--model", model, "--prompts-file", file, "--jsonl",
+                "--temperature", "0", "--max-tokens", "12", "--max-model-len", "128"], stdout, stderr);
+            Assert.True(code == 0, stderr.ToString());
+            var lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Equal(3, lines.Length); // the empty line is skipped
+            string[] prompts = ["Once upon a time", "Lily and Ben", "The cat"];
+            for (int i = 0; i < 3; i++)
+            {
+                var o = System.Text.Json.JsonDocument.Parse(lines[i]).RootElement;
+                Assert.Equal(i, o.GetProperty("index").GetInt32());
+                Assert.Equal(prompts[i], o.GetProperty("prompt").GetString());
+                Assert.Equal(12, o.GetProperty("completion_tokens").GetInt32());
+                Assert.Equal(12, o.GetProperty("token_ids").GetArrayLength());
+                Assert.Equal("length", o.GetProperty("finish_reason").GetString());
+                Assert.True(o.GetProperty("prompt_tokens").GetInt32() > 1);
+            }
+            Assert.StartsWith(", there was a little girl", System.Text.Json.JsonDocument.Parse(lines[0]).RootElement.GetProperty("text").GetString());
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}

@@ -1,3 +1,4 @@
+using CsCheck;
 using TokenMill.Sampling;
 
 namespace TokenMill.Tests.Sampling;
@@ -58,5 +59,62 @@ public class SamplerTests
     public void Out_of_range_parameters_are_rejected(float t, int k, float p, float minP)
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => new Sampler(new SamplingParams { Temperature = t, TopK = k, TopP = p, MinP = minP }));
+    }
+}
+
+public class SamplerProcessingTests
+{
+    [Fact]
+    public void Logit_bias_can_force_or_forbid_a_token()
+    {
+        float[] logits = [5f, 1f, 0f];
+        Assert.Equal(2, new Sampler(SamplingParams.Greedy with { LogitBias = new Dictionary<int, float> { [2] = 100f } }).Sample(logits).TokenId);
+        Assert.Equal(1, new Sampler(SamplingParams.Greedy with { LogitBias = new Dictionary<int, float> { [0] = -100f } }).Sample(logits).TokenId);
+    }
+
+    [Fact]
+    public void Repetition_penalty_divides_positive_and_multiplies_negative_logits_of_seen_tokens()
+    {
+        // Prompt token 0 (logit 3 → 3/2 = 1.5) falls below unseen token 1 (2.0).
+        float[] logits = [3f, 2f, -1f];
+        var s = new Sampler(SamplingParams.Greedy with { RepetitionPenalty = 2f }, promptTokens: [0]);
+        Assert.Equal(1, s.Sample(logits).TokenId);
+        // Now 1 was generated too: 3/2 = 1.5 vs 2/2 = 1.0 → token 0 again.
+        Assert.Equal(0, s.Sample(logits).TokenId);
+    }
+
+    [Fact]
+    public void Presence_and_frequency_penalties_push_generated_tokens_down()
+    {
+        float[] logits = [2f, 1.5f, 0f];
+        var presence = new Sampler(SamplingParams.Greedy with { PresencePenalty = 1f });
+        Assert.Equal(0, presence.Sample(logits).TokenId); // nothing generated yet
+        Assert.Equal(1, presence.Sample(logits).TokenId); // 2 − 1 = 1 < 1.5
+
+        var frequency = new Sampler(SamplingParams.Greedy with { FrequencyPenalty = 0.2f });
+        var picks = Enumerable.Range(0, 6).Select(_ => frequency.Sample(logits).TokenId).ToArray();
+        // 0 until its penalty (0.2 per use) exceeds the 0.5 gap: after 3 uses 2 − 0.6 = 1.4 < 1.5.
+        Assert.Equal([0, 0, 0, 1], picks[..4]);
+    }
+
+    [Fact]
+    public void Suppressed_tokens_are_never_picked()
+    {
+        float[] logits = [9f, 1f, 0.5f];
+        Assert.Equal(1, new Sampler(SamplingParams.Greedy).Sample(logits, suppress: [0]).TokenId);
+        var s = new Sampler(new SamplingParams { Temperature = 2, Seed = 5 });
+        Assert.All(Enumerable.Range(0, 300), _ => Assert.NotEqual(0, s.Sample(logits, suppress: [0]).TokenId));
+    }
+
+    [Fact]
+    public void Top_k_selection_agrees_with_a_full_sort()
+    {
+        Gen.Float[-5f, 5f].Array[1, 60].Select(Gen.Int[1, 60], (l, k) => (l, k)).Sample(t =>
+        {
+            var (logits, k) = t;
+            var sampler = new Sampler(new SamplingParams { Temperature = 0.5f, TopK = k, Seed = 1 });
+            var allowed = logits.Select((v, i) => (v, i)).OrderByDescending(x => x.v).ThenBy(x => x.i).Take(k).Select(x => x.i).ToHashSet();
+            for (int i = 0; i < 20; i++) Assert.Contains(sampler.Sample(logits).TokenId, allowed);
+        }, iter: 200);
     }
 }
