@@ -9,8 +9,8 @@ namespace TokenMill.Quantization;
 /// Dot products of quantized weight rows with f32 activations: the inner loop of the CPU matmul.
 /// <list type="bullet">
 /// <item><see cref="Dot"/> and <see cref="MatVec"/> (decode: one activation vector) decode each block in
-/// registers and never store it (AVX2 + FMA kernels for BF16, Q8_0, Q4_0, Q4_K, Q6_K;
-/// <see cref="TensorPrimitives"/> for F32 and F16; a one-super-block stack buffer for the rest).</item>
+/// registers and never store it (AVX2 + FMA kernels for F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K;
+/// <see cref="TensorPrimitives"/> for F32; a one-super-block stack buffer for the rest).</item>
 /// <item><see cref="MatMul"/> (prefill: n activation rows) dequantizes a tile of weight rows once and
 /// reuses it for all n activation rows.</item>
 /// </list>
@@ -124,14 +124,17 @@ public static class QuantizedDot
     internal static unsafe float DotUnchecked(GgmlType type, ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         if (type == GgmlType.F32) return TensorPrimitives.Dot(MemoryMarshal.Cast<byte, float>(row), x);
-        if (DotAvx2.IsSupported && type is GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K)
+        if (DotAvx2.IsSupported && type is GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0
+                or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
         {
             fixed (byte* w = row)
             fixed (float* px = x)
             {
                 return type switch
                 {
+                    GgmlType.F16 => DotAvx2.F16(w, px, x.Length),
                     GgmlType.BF16 => DotAvx2.BF16(w, px, x.Length),
+                    GgmlType.Q5_K => DotAvx2.Q5_K(w, px, x.Length),
                     GgmlType.Q8_0 => DotAvx2.Q8_0(w, px, x.Length),
                     GgmlType.Q4_0 => DotAvx2.Q4_0(w, px, x.Length),
                     GgmlType.Q4_K => DotAvx2.Q4_K(w, px, x.Length),

@@ -128,6 +128,23 @@ public class QuantizedDotTests
     }
 
     [Fact]
+    public void F16_dot_decodes_every_pattern_exactly()
+    {
+        // One non-zero element in a 16-element row (the vector path) against all-ones activations: the
+        // dot is that element's value, including subnormals, infinities and NaN.
+        var row = new byte[32];
+        var ones = Enumerable.Repeat(1f, 16).ToArray();
+        for (int h = 0; h <= 0xFFFF; h++)
+        {
+            row[6] = (byte)h;
+            row[7] = (byte)(h >> 8);
+            float expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+            float actual = QuantizedDot.Dot(GgmlType.F16, row, ones);
+            Assert.True(expected == actual || (float.IsNaN(expected) && float.IsNaN(actual)), $"0x{h:X4}: expected {expected}, got {actual}");
+        }
+    }
+
+    [Fact]
     public void Unsupported_types_are_refused_by_name()
     {
         foreach (var type in new[] { GgmlType.IQ2_XXS, GgmlType.Q8_1, GgmlType.I32, GgmlType.IQ4_NL })
