@@ -101,10 +101,12 @@ public class QuantizedDotTests
     {
         var rng = new Random(21 + (int)type);
         // A short matrix (one tile) and a wide one whose 32 Ki-float tiles hold 4 rows, so 10 rows take
-        // three tiles, the last one partial.
-        foreach (var (rows, cols) in new[] { (5, 2 * GgmlTypeInfo.QK_K), (10, 8192) })
+        // three tiles, the last one partial; for one-element blocks also rows that are not whole vectors.
+        var shapes = new List<(int Rows, int Cols)> { (5, 2 * GgmlTypeInfo.QK_K), (10, 8192) };
+        if (GgmlTypeInfo.Of(type).BlockSize == 1) shapes.AddRange([(6, 13), (9, 7), (4, 1)]);
+        foreach (var (rows, cols) in shapes)
         {
-            foreach (int n in new[] { 1, 2, 3 })
+            foreach (int n in new[] { 1, 2, 3, 4 })
             {
                 var w = RandomBlocks.Row(type, rows * cols, rng);
                 var xs = RandomBlocks.Floats(rng, n * cols);
