@@ -73,7 +73,7 @@ public static class Dequantize
             case GgmlType.Q2_K: Q2_K(src, dst); break;
             case GgmlType.Q3_K: Q3_K(src, dst); break;
             case GgmlType.Q4_K: if (avx2) DequantizeAvx2.Q4_K(src, dst); else Q4_K(src, dst); break;
-            case GgmlType.Q5_K: Q5_K(src, dst); break;
+            case GgmlType.Q5_K: if (avx2) DequantizeAvx2.Q5_K(src, dst); else Q5_K(src, dst); break;
             case GgmlType.Q6_K: if (avx2) DequantizeAvx2.Q6_K(src, dst); else Q6_K(src, dst); break;
             case GgmlType.Q8_K: Q8_K(src, dst); break;
             default: throw new NotSupportedException($"Dequantize: tensor type {type} is not supported");
@@ -206,17 +206,18 @@ public static class Dequantize
             var hmask = block[..32];
             var scales = block.Slice(96, 12);
             float dAll = F16At(block, 108);
-            int y = o, sub = 0, m = 1;
+            int y = o, sub = 0, bit = 0;
             for (int half = 0; half < 2; half++)
             {
                 var q = block.Slice(32 + 32 * half, 32);
-                for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                for (int shift = 0; shift < 8; shift += 2, bit++)
                 {
                     for (int part = 0; part < 2; part++, sub++)
                     {
                         float dl = dAll * ScaleQ3K(sub, scales);
+                        // (q2 − (bit set ? 0 : 4)) written without a branch: random bits mispredict.
                         for (int l = 16 * part; l < 16 * part + 16; l++)
-                            dst[y++] = dl * (((q[l] >> shift) & 3) - ((hmask[l] & m) != 0 ? 0 : 4));
+                            dst[y++] = dl * (((q[l] >> shift) & 3) - 4 + (((hmask[l] >> bit) & 1) << 2));
                     }
                 }
             }
@@ -261,9 +262,8 @@ public static class Dequantize
                 var (sc1, m1) = ScaleMinK4(2 * j, scales);
                 var (sc2, m2) = ScaleMinK4(2 * j + 1, scales);
                 float d1 = d * sc1, min1 = min * m1, d2 = d * sc2, min2 = min * m2;
-                int u1 = 1 << (2 * j), u2 = 2 << (2 * j);
-                for (int l = 0; l < 32; l++) dst[y++] = d1 * ((ql[l] & 0xF) + ((qh[l] & u1) != 0 ? 16 : 0)) - min1;
-                for (int l = 0; l < 32; l++) dst[y++] = d2 * ((ql[l] >> 4) + ((qh[l] & u2) != 0 ? 16 : 0)) - min2;
+                for (int l = 0; l < 32; l++) dst[y++] = d1 * ((ql[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) - min1;
+                for (int l = 0; l < 32; l++) dst[y++] = d2 * ((ql[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) - min2;
             }
         }
     }

@@ -95,6 +95,54 @@ internal static unsafe class DequantizeAvx2
         }
     }
 
+    public static void Q5_K(ReadOnlySpan<byte> src, Span<float> dst)
+    {
+        fixed (byte* s0 = src)
+        fixed (float* y0 = dst)
+        {
+            byte* s = s0;
+            for (float* y = y0, end = y0 + dst.Length; y < end; y += QK_K, s += Q5_KBytes)
+            {
+                float d = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(s));
+                float min = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(s + 2));
+                var scales = new ReadOnlySpan<byte>(s + 4, 12);
+                for (int j = 0; j < 4; j++)
+                {
+                    var (sc1, m1) = ScaleMinK4(2 * j, scales);
+                    var (sc2, m2) = ScaleMinK4(2 * j + 1, scales);
+                    var d1 = Vector256.Create(d * sc1);
+                    var min1 = Vector256.Create(min * m1);
+                    var d2 = Vector256.Create(d * sc2);
+                    var min2 = Vector256.Create(min * m2);
+                    float* yj = y + 64 * j;
+                    for (int k = 0; k < 32; k += 8)
+                    {
+                        Q5Quants(s + 48 + 32 * j + k, s + 16 + k, j, out var lo, out var hi);
+                        Avx.Store(yj + k, Avx.Subtract(Avx.Multiply(d1, Avx.ConvertToVector256Single(lo)), min1));
+                        Avx.Store(yj + 32 + k, Avx.Subtract(Avx.Multiply(d2, Avx.ConvertToVector256Single(hi)), min2));
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// 8 five-bit Q5_K quants of chunk <paramref name="j"/> from each nibble of the 8 bytes at <paramref name="ql"/>:
+    /// the fifth bit is bit 2j (low nibbles) or 2j+1 (high nibbles) of the matching qh byte.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Q5Quants(byte* ql, byte* qh, int j, out Vector256<int> lo, out Vector256<int> hi)
+    {
+        var m4 = Vector256.Create(0xF);
+        var bit4 = Vector256.Create(0x10);
+        var v = Avx2.ConvertToVector256Int32(ql);
+        var h = Avx2.ConvertToVector256Int32(qh);
+        var down = Vector128.CreateScalar(2 * j); // a shift count held in a register
+        // Bit 2j moved to bit 4: up by 4, down by 2j (and bit 2j+1: up by 3, down by 2j).
+        lo = Avx2.Or(Avx2.And(v, m4), Avx2.And(Avx2.ShiftRightLogical(Avx2.ShiftLeftLogical(h, 4), down), bit4));
+        hi = Avx2.Or(Avx2.ShiftRightLogical(v, 4), Avx2.And(Avx2.ShiftRightLogical(Avx2.ShiftLeftLogical(h, 3), down), bit4));
+    }
+
     public static void Q6_K(ReadOnlySpan<byte> src, Span<float> dst)
     {
         fixed (byte* s0 = src)

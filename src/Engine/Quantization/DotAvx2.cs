@@ -16,6 +16,39 @@ internal static unsafe class DotAvx2
 {
     public static bool IsSupported => Avx2.IsSupported && Fma.IsSupported;
 
+    /// <summary>
+    /// Eight f16 → f32, exact for every finite value: the exponent and mantissa shifted into f32 position
+    /// are a number 2^112 too small (f16 subnormals land on f32 normals), so one multiply rescales them;
+    /// infinities and NaNs get the f32 all-ones exponent instead.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> F16x8(ushort* h)
+    {
+        var v = Avx2.ConvertToVector256Int32(h);
+        var sign = Avx2.ShiftLeftLogical(Avx2.And(v, Vector256.Create(0x8000)), 16);
+        var em = Avx2.ShiftLeftLogical(Avx2.And(v, Vector256.Create(0x7FFF)), 13);
+        var scaled = Avx.Multiply(em.AsSingle(), Vector256.Create(0x77800000).AsSingle()); // 2^112
+        var special = Avx2.CompareGreaterThan(em, Vector256.Create(0x0F7FFFFF)); // f16 exponent all ones
+        var infNan = Avx2.Or(em, Vector256.Create(0x70000000)).AsSingle();
+        return Avx.Or(Avx.BlendVariable(scaled, infNan, special.AsSingle()), sign.AsSingle());
+    }
+
+    public static float F16(byte* w, float* x, int n)
+    {
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
+        ushort* h = (ushort*)w;
+        int i = 0;
+        for (; i + 16 <= n; i += 16)
+        {
+            acc0 = Fma.MultiplyAdd(F16x8(h + i), Avx.LoadVector256(x + i), acc0);
+            acc1 = Fma.MultiplyAdd(F16x8(h + i + 8), Avx.LoadVector256(x + i + 8), acc1);
+        }
+        float sum = Vector256.Sum(Avx.Add(acc0, acc1));
+        for (; i < n; i++) sum += Fp16.ToSingle(h[i]) * x[i];
+        return sum;
+    }
+
     public static float BF16(byte* w, float* x, int n)
     {
         var acc0 = Vector256<float>.Zero;
@@ -90,6 +123,43 @@ internal static unsafe class DotAvx2
                     var b = Avx.LoadVector256(xh + k);
                     sLo = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.And(v, mask)), a, sLo);
                     sHi = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.ShiftRightLogical(v, 4)), b, sHi);
+                    xsLo = Avx.Add(xsLo, a);
+                    xsHi = Avx.Add(xsHi, b);
+                }
+                var (sc1, m1) = ScaleMinK4(2 * j, scales);
+                var (sc2, m2) = ScaleMinK4(2 * j + 1, scales);
+                accQ = Fma.MultiplyAdd(Vector256.Create(d * sc1), sLo, accQ);
+                accQ = Fma.MultiplyAdd(Vector256.Create(d * sc2), sHi, accQ);
+                accM = Fma.MultiplyAdd(Vector256.Create(dmin * m1), xsLo, accM);
+                accM = Fma.MultiplyAdd(Vector256.Create(dmin * m2), xsHi, accM);
+            }
+        }
+        return Vector256.Sum(accQ) - Vector256.Sum(accM);
+    }
+
+    // As Q4_K, with the fifth bit of each quant from qh.
+    public static float Q5_K(byte* w, float* x, int n)
+    {
+        var accQ = Vector256<float>.Zero;
+        var accM = Vector256<float>.Zero;
+        for (int i = 0; i < n; i += QK_K, w += Q5_KBytes, x += QK_K)
+        {
+            float d = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w));
+            float dmin = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(w + 2));
+            var scales = new ReadOnlySpan<byte>(w + 4, 12);
+            for (int j = 0; j < 4; j++)
+            {
+                float* xl = x + 64 * j;
+                float* xh = xl + 32;
+                Vector256<float> sLo = Vector256<float>.Zero, sHi = Vector256<float>.Zero;
+                Vector256<float> xsLo = Vector256<float>.Zero, xsHi = Vector256<float>.Zero;
+                for (int k = 0; k < 32; k += 8)
+                {
+                    DequantizeAvx2.Q5Quants(w + 48 + 32 * j + k, w + 16 + k, j, out var lo, out var hi);
+                    var a = Avx.LoadVector256(xl + k);
+                    var b = Avx.LoadVector256(xh + k);
+                    sLo = Fma.MultiplyAdd(Avx.ConvertToVector256Single(lo), a, sLo);
+                    sHi = Fma.MultiplyAdd(Avx.ConvertToVector256Single(hi), b, sHi);
                     xsLo = Avx.Add(xsLo, a);
                     xsHi = Avx.Add(xsHi, b);
                 }

@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using TokenMill.Models.Gguf;
 
 namespace TokenMill.Quantization;
@@ -9,8 +11,8 @@ namespace TokenMill.Quantization;
 /// Dot products of quantized weight rows with f32 activations: the inner loop of the CPU matmul.
 /// <list type="bullet">
 /// <item><see cref="Dot"/> and <see cref="MatVec"/> (decode: one activation vector) decode each block in
-/// registers and never store it (AVX2 + FMA kernels for BF16, Q8_0, Q4_0, Q4_K, Q6_K;
-/// <see cref="TensorPrimitives"/> for F32 and F16; a one-super-block stack buffer for the rest).</item>
+/// registers and never store it (AVX2 + FMA kernels for F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K;
+/// <see cref="TensorPrimitives"/> for F32; a one-super-block stack buffer for the rest).</item>
 /// <item><see cref="MatMul"/> (prefill: n activation rows) dequantizes a tile of weight rows once and
 /// reuses it for all n activation rows.</item>
 /// </list>
@@ -94,15 +96,75 @@ public static class QuantizedDot
         }
     }
 
-    /// <summary>ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count: each activation row is read once per tile.</summary>
-    static void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys)
+    /// <summary>
+    /// ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count. With FMA, a 4 × 2 register block: four weight rows
+    /// against two activation rows share their loads (6 loads for 8 FMAs instead of 16), and the 8
+    /// independent accumulators cover the FMA latency.
+    /// </summary>
+    static unsafe void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys)
     {
-        for (int i = 0; i < n; i++)
+        int i = 0;
+        if (Fma.IsSupported)
+        {
+            fixed (float* t = tile)
+            fixed (float* xp = xs)
+            fixed (float* yp = ys)
+            {
+                for (; i + 2 <= n; i += 2)
+                {
+                    float* x0 = xp + (long)i * cols;
+                    float* y0 = yp + (long)i * rows + r0;
+                    int r = 0;
+                    for (; r + 4 <= count; r += 4) Block4x2(t + (long)r * cols, cols, x0, x0 + cols, y0 + r, y0 + rows + r);
+                    for (; r < count; r++)
+                    {
+                        var w = tile.Slice(r * cols, cols);
+                        y0[r] = TensorPrimitives.Dot(w, new ReadOnlySpan<float>(x0, cols));
+                        y0[rows + r] = TensorPrimitives.Dot(w, new ReadOnlySpan<float>(x0 + cols, cols));
+                    }
+                }
+            }
+        }
+        for (; i < n; i++)
         {
             var xi = xs.Slice(i * cols, cols);
             var yi = ys.Slice(i * rows + r0, count);
             for (int r = 0; r < count; r++) yi[r] = TensorPrimitives.Dot(tile.Slice(r * cols, cols), xi);
         }
+    }
+
+    static unsafe void Block4x2(float* w0, int cols, float* x0, float* x1, float* y0, float* y1)
+    {
+        float* w1 = w0 + cols, w2 = w1 + cols, w3 = w2 + cols;
+        Vector256<float> a00 = Vector256<float>.Zero, a10 = a00, a20 = a00, a30 = a00;
+        Vector256<float> a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+        int k = 0;
+        for (; k + 8 <= cols; k += 8)
+        {
+            var v0 = Avx.LoadVector256(x0 + k);
+            var v1 = Avx.LoadVector256(x1 + k);
+            var b = Avx.LoadVector256(w0 + k);
+            a00 = Fma.MultiplyAdd(b, v0, a00);
+            a01 = Fma.MultiplyAdd(b, v1, a01);
+            b = Avx.LoadVector256(w1 + k);
+            a10 = Fma.MultiplyAdd(b, v0, a10);
+            a11 = Fma.MultiplyAdd(b, v1, a11);
+            b = Avx.LoadVector256(w2 + k);
+            a20 = Fma.MultiplyAdd(b, v0, a20);
+            a21 = Fma.MultiplyAdd(b, v1, a21);
+            b = Avx.LoadVector256(w3 + k);
+            a30 = Fma.MultiplyAdd(b, v0, a30);
+            a31 = Fma.MultiplyAdd(b, v1, a31);
+        }
+        float s00 = Vector256.Sum(a00), s10 = Vector256.Sum(a10), s20 = Vector256.Sum(a20), s30 = Vector256.Sum(a30);
+        float s01 = Vector256.Sum(a01), s11 = Vector256.Sum(a11), s21 = Vector256.Sum(a21), s31 = Vector256.Sum(a31);
+        for (; k < cols; k++) // F32/F16/BF16 rows need not be a multiple of 8
+        {
+            s00 += w0[k] * x0[k]; s10 += w1[k] * x0[k]; s20 += w2[k] * x0[k]; s30 += w3[k] * x0[k];
+            s01 += w0[k] * x1[k]; s11 += w1[k] * x1[k]; s21 += w2[k] * x1[k]; s31 += w3[k] * x1[k];
+        }
+        y0[0] = s00; y0[1] = s10; y0[2] = s20; y0[3] = s30;
+        y1[0] = s01; y1[1] = s11; y1[2] = s21; y1[3] = s31;
     }
 
     static int CheckMatrix(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, string caller)
@@ -124,14 +186,17 @@ public static class QuantizedDot
     internal static unsafe float DotUnchecked(GgmlType type, ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
         if (type == GgmlType.F32) return TensorPrimitives.Dot(MemoryMarshal.Cast<byte, float>(row), x);
-        if (DotAvx2.IsSupported && type is GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0 or GgmlType.Q4_K or GgmlType.Q6_K)
+        if (DotAvx2.IsSupported && type is GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0
+                or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)
         {
             fixed (byte* w = row)
             fixed (float* px = x)
             {
                 return type switch
                 {
+                    GgmlType.F16 => DotAvx2.F16(w, px, x.Length),
                     GgmlType.BF16 => DotAvx2.BF16(w, px, x.Length),
+                    GgmlType.Q5_K => DotAvx2.Q5_K(w, px, x.Length),
                     GgmlType.Q8_0 => DotAvx2.Q8_0(w, px, x.Length),
                     GgmlType.Q4_0 => DotAvx2.Q4_0(w, px, x.Length),
                     GgmlType.Q4_K => DotAvx2.Q4_K(w, px, x.Length),

@@ -101,10 +101,12 @@ public class QuantizedDotTests
     {
         var rng = new Random(21 + (int)type);
         // A short matrix (one tile) and a wide one whose 32 Ki-float tiles hold 4 rows, so 10 rows take
-        // three tiles, the last one partial.
-        foreach (var (rows, cols) in new[] { (5, 2 * GgmlTypeInfo.QK_K), (10, 8192) })
+        // three tiles, the last one partial; for one-element blocks also rows that are not whole vectors.
+        var shapes = new List<(int Rows, int Cols)> { (5, 2 * GgmlTypeInfo.QK_K), (10, 8192) };
+        if (GgmlTypeInfo.Of(type).BlockSize == 1) shapes.AddRange([(6, 13), (9, 7), (4, 1)]);
+        foreach (var (rows, cols) in shapes)
         {
-            foreach (int n in new[] { 1, 2, 3 })
+            foreach (int n in new[] { 1, 2, 3, 4 })
             {
                 var w = RandomBlocks.Row(type, rows * cols, rng);
                 var xs = RandomBlocks.Floats(rng, n * cols);
@@ -124,6 +126,23 @@ public class QuantizedDotTests
                     }
                 }
             }
+        }
+    }
+
+    [Fact]
+    public void F16_dot_decodes_every_pattern_exactly()
+    {
+        // One non-zero element in a 16-element row (the vector path) against all-ones activations: the
+        // dot is that element's value, including subnormals, infinities and NaN.
+        var row = new byte[32];
+        var ones = Enumerable.Repeat(1f, 16).ToArray();
+        for (int h = 0; h <= 0xFFFF; h++)
+        {
+            row[6] = (byte)h;
+            row[7] = (byte)(h >> 8);
+            float expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+            float actual = QuantizedDot.Dot(GgmlType.F16, row, ones);
+            Assert.True(expected == actual || (float.IsNaN(expected) && float.IsNaN(actual)), $"0x{h:X4}: expected {expected}, got {actual}");
         }
     }
 
