@@ -36,6 +36,26 @@ public static partial class TokenizerLoader
         };
     }
 
+    /// <summary>
+    /// A real byte-level BPE for dummy models with <paramref name="vocabSize"/> ids: OpenAI's cl100k_base
+    /// (GPT-4's tokenizer, from the <c>Microsoft.ML.Tokenizers.Data.Cl100kBase</c> package) with its
+    /// pre-tokenizer regex, keeping only the tokens whose rank is below <paramref name="vocabSize"/>, so
+    /// it never produces an id the model cannot embed. Ids equal ranks:
+    /// <list type="bullet">
+    /// <item>0..255 are cl100k's single-byte tokens, so every text stays encodable (if a byte's rank ever
+    /// did not fit, the highest-ranked kept token would give up its id to it; with cl100k_base it never happens).</item>
+    /// <item>When <paramref name="vocabSize"/> &gt; 100257, <c>&lt;|endoftext|&gt;</c> is 100257 (and the fim/endofprompt
+    /// specials keep their cl100k ids where they fit); the other ids from 100256 up are unused placeholders
+    /// that encode from nothing and decode to nothing.</item>
+    /// <item>Otherwise the last id, <paramref name="vocabSize"/> - 1, is <c>&lt;|endoftext|&gt;</c> (that rank's
+    /// ordinary token is dropped).</item>
+    /// </list>
+    /// BOS = EOS = <c>&lt;|endoftext|&gt;</c>, which is also the only end-of-generation id; nothing is added
+    /// automatically (cl100k has no BOS convention). With 100277 ids or more the encoding equals cl100k_base's.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="vocabSize"/> is below 257 (256 bytes + end of text).</exception>
+    public static ITokenizer Cl100kFitted(int vocabSize) => Cl100kFittedTokenizer.Create(vocabSize);
+
     static SpmTokenizer LoadSpm(GgufFile file)
     {
         var vocab = ReadVocabulary(file);
