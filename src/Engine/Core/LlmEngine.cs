@@ -101,14 +101,17 @@ public sealed class LlmEngine : IDisposable
         return reader.ReadAllAsync(cancellationToken);
     }
 
-    /// <summary>Runs a request to the end and collects its output.</summary>
-    public async Task<CompletionResult> CompleteAsync(GenerationRequest request, CancellationToken cancellationToken = default)
+    /// <summary>Runs a request to the end and collects its output. Refusals throw at once, as <see cref="Generate"/>'s do.</summary>
+    public Task<CompletionResult> CompleteAsync(GenerationRequest request, CancellationToken cancellationToken = default) =>
+        Collect(Generate(request, cancellationToken), request.Sampling.Logprobs is not null);
+
+    static async Task<CompletionResult> Collect(IAsyncEnumerable<CompletionChunk> stream, bool withLogprobs)
     {
         var text = new System.Text.StringBuilder();
         var ids = new List<int>();
-        List<SampledToken>? logprobs = request.Sampling.Logprobs is null ? null : [];
+        List<SampledToken>? logprobs = withLogprobs ? [] : null;
         CompletionChunk? last = null;
-        await foreach (var chunk in Generate(request, cancellationToken).ConfigureAwait(false))
+        await foreach (var chunk in stream.ConfigureAwait(false))
         {
             text.Append(chunk.Text);
             ids.AddRange(chunk.TokenIds);

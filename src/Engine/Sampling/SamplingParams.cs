@@ -73,7 +73,7 @@ public sealed record SamplingParams
         Check(RepetitionPenalty > 0 && float.IsFinite(RepetitionPenalty), "repetition_penalty", RepetitionPenalty, "> 0");
         Check(PresencePenalty >= -2 && PresencePenalty <= 2, "presence_penalty", PresencePenalty, "in [-2, 2]");
         Check(FrequencyPenalty >= -2 && FrequencyPenalty <= 2, "frequency_penalty", FrequencyPenalty, "in [-2, 2]");
-        Check(MaxTokens >= 0, "max_tokens", MaxTokens, "≥ 0");
+        Check(MaxTokens >= 1, "max_tokens", MaxTokens, "≥ 1");
         Check(MinTokens >= 0 && MinTokens <= MaxTokens, "min_tokens", MinTokens, $"in [0, max_tokens = {MaxTokens}]");
         Check(Logprobs is null || (Logprobs >= 0 && Logprobs <= MaxLogprobs), "logprobs", Logprobs ?? 0, $"in [0, {MaxLogprobs}]");
         foreach (var s in Stop) Check(!string.IsNullOrEmpty(s), "stop", "\"\"", "non-empty strings");

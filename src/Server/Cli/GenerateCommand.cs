@@ -27,7 +27,8 @@ public static class GenerateCommand
           --prompts-file F           one prompt per line, all submitted at once
           --jsonl                    with --prompts-file: one JSON object per prompt, in input order
         sampling:
-          --max-tokens N             tokens to generate at most (default 64)
+          --max-tokens N             the sequence ends at N tokens in all, prompt (with BOS) included (default 128);
+                                     llama2.c's -n steps, the convention of the reference outputs
           --min-tokens N             no end-of-generation before N tokens (default 0)
           --temperature T            0 is greedy (default 0.8)
           --top-k K                  0 disables (default 40)
@@ -77,7 +78,7 @@ public static class GenerateCommand
         var engineOptions = ParseEngineOptions(a);
         var sampling = new SamplingParams
         {
-            MaxTokens = a.Int("max-tokens", 64, min: 0),
+            MaxTokens = a.Int("max-tokens", 128, min: 0), // a total length here; per prompt it becomes the completion budget
             MinTokens = a.Int("min-tokens", 0, min: 0),
             IgnoreEos = a.Flag("ignore-eos"),
             Temperature = a.Float("temperature", 0.8f, min: 0),
@@ -90,8 +91,6 @@ public static class GenerateCommand
             Seed = a.ULong("seed"),
             Stop = a.String("stop") is { } stop ? [stop] : [],
         };
-        if (sampling.MinTokens > sampling.MaxTokens)
-            throw new UsageException($"--min-tokens {sampling.MinTokens} exceeds --max-tokens {sampling.MaxTokens}");
 
         string[] prompts = a.String("prompts-file") is { } file ? ReadPrompts(file) : [a.String("prompt") ?? "Once upon a time"];
 
@@ -147,12 +146,31 @@ public static class GenerateCommand
         return prompts;
     }
 
+    /// <summary>
+    /// The request for one prompt: <paramref name="totalTokens"/> caps prompt + completion (as llama2.c's steps),
+    /// so the completion budget is what the prompt leaves; null when it leaves nothing.
+    /// </summary>
+    static GenerationRequest? Request(LlmEngine engine, string id, string prompt, SamplingParams sampling, int totalTokens)
+    {
+        int promptTokens = engine.Model.Tokenizer.Encode(prompt, addSpecial: true, parseSpecial: true).Length;
+        int budget = totalTokens - promptTokens;
+        if (budget <= 0) return null;
+        return new GenerationRequest
+        {
+            RequestId = id,
+            Prompt = prompt,
+            Sampling = sampling with { MaxTokens = budget, MinTokens = Math.Min(sampling.MinTokens, budget) },
+        };
+    }
+
     static int RunOne(LlmEngine engine, string prompt, SamplingParams sampling, TimeSpan loadTime, TextWriter stdout, TextWriter stderr)
     {
         var clock = Stopwatch.StartNew();
         TimeSpan? firstToken = null;
         CompletionChunk? last = null;
-        foreach (var chunk in engine.Generate(new GenerationRequest { Prompt = prompt, Sampling = sampling }).ToBlockingEnumerable())
+        var request = Request(engine, "prompt-0", prompt, sampling, sampling.MaxTokens);
+        var stream = request is null ? [] : engine.Generate(request).ToBlockingEnumerable();
+        foreach (var chunk in stream)
         {
             firstToken ??= clock.Elapsed;
             stdout.Write(chunk.Text);
@@ -167,7 +185,7 @@ public static class GenerateCommand
         double genRate = Math.Max(completionTokens - 1, 0) / Math.Max((total - ttft).TotalSeconds, 1e-9);
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
             "model {0}: load {1:F2} s | prompt {2} tokens, {3:F1} tokens/s | generation {4} tokens, {5:F1} tokens/s | finish: {6}",
-            engine.Model.Name, loadTime.TotalSeconds, promptTokens, promptRate, completionTokens, genRate, last?.FinishReason));
+            engine.Model.Name, loadTime.TotalSeconds, promptTokens, promptRate, completionTokens, genRate, last?.FinishReason ?? FinishReason.Length));
         return Cli.ExitOk;
     }
 
@@ -178,7 +196,11 @@ public static class GenerateCommand
         for (int i = 0; i < prompts.Length; i++)
         {
             var s = sampling.Seed is { } seed ? sampling with { Seed = seed + (ulong)i } : sampling;
-            tasks[i] = engine.CompleteAsync(new GenerationRequest { RequestId = $"prompt-{i}", Prompt = prompts[i], Sampling = s });
+            string id = $"prompt-{i}";
+            tasks[i] = Request(engine, id, prompts[i], s, sampling.MaxTokens) is { } request
+                ? engine.CompleteAsync(request)
+                : Task.FromResult(new CompletionResult(id, "", [],
+                    FinishReason.Length, engine.Model.Tokenizer.Encode(prompts[i], addSpecial: true, parseSpecial: true).Length, 0, null));
         }
         var results = Task.WhenAll(tasks).GetAwaiter().GetResult();
         var elapsed = clock.Elapsed;

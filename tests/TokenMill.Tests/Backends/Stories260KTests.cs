@@ -17,13 +17,14 @@ public class Stories260KTests
         var result = await engine.CompleteAsync(new GenerationRequest
         {
             Prompt = "Once upon a time",
-            Sampling = SamplingParams.Greedy with { MaxTokens = 40 },
+            Sampling = SamplingParams.Greedy with { MaxTokens = 35 },
         });
 
+        // The references ran 40 positions in all: BOS + 4 prompt tokens + 35 generated.
         Assert.Equal(
             ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big,",
             result.Text.Trim());
-        Assert.Equal(40, result.CompletionTokens);
+        Assert.Equal(35, result.CompletionTokens);
         Assert.Equal(FinishReason.Length, result.FinishReason);
         Assert.Equal(5, result.PromptTokens); // BOS + 4, BOS added as llama.cpp does for SPM vocabularies
     }
@@ -45,7 +46,9 @@ public class Stories260KTests
             ids.AddRange(chunk.TokenIds);
         }
         Assert.Equal(30, ids.Count);
-        Assert.Equal(model.Tokenizer.Decode([.. ids]), string.Concat(pieces));
+        // Streaming keeps every piece as is (an SPM "▁x" gives " x" even first), as llama.cpp prints them.
+        var bytes = ids.SelectMany(id => model.Tokenizer.TokenToBytes(id)).ToArray();
+        Assert.Equal(System.Text.Encoding.UTF8.GetString(bytes), string.Concat(pieces));
     }
 
     [SkippableFact]

@@ -39,7 +39,7 @@ public class CliTests
     [Fact]
     public void Generate_on_a_dummy_preset_runs_without_a_model_file()
     {
-        var (code, stdout, stderr) = Run("generate", "--model", "dummy:qwen2.5-0.5b", "--dtype", "q4_0", "--max-tokens", "3",
+        var (code, stdout, stderr) = Run("generate", "--model", "dummy:qwen2.5-0.5b", "--dtype", "q4_0", "--max-tokens", "4",
             "--ignore-eos", "--seed", "1", "--prompt", "Hello");
         Assert.True(code == 0, stderr);
         Assert.Contains("model dummy:qwen2.5-0.5b", stderr);
@@ -113,7 +113,7 @@ public class GeneratePromptsFileTests
             var stdout = new StringWriter();
             var stderr = new StringWriter();
             int code = TokenMill.Server.Cli.Cli.Run(["generate", "--model", model, "--prompts-file", file, "--jsonl",
-                "--temperature", "0", "--max-tokens", "12", "--max-model-len", "128"], stdout, stderr);
+                "--temperature", "0", "--max-tokens", "20", "--max-model-len", "128"], stdout, stderr);
             Assert.True(code == 0, stderr.ToString());
             var lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
             Assert.Equal(3, lines.Length); // the empty line is skipped
@@ -123,10 +123,12 @@ public class GeneratePromptsFileTests
                 var o = System.Text.Json.JsonDocument.Parse(lines[i]).RootElement;
                 Assert.Equal(i, o.GetProperty("index").GetInt32());
                 Assert.Equal(prompts[i], o.GetProperty("prompt").GetString());
-                Assert.Equal(12, o.GetProperty("completion_tokens").GetInt32());
-                Assert.Equal(12, o.GetProperty("token_ids").GetArrayLength());
+                // --max-tokens counts the whole sequence: the completion gets what the prompt leaves.
+                int promptTokens = o.GetProperty("prompt_tokens").GetInt32();
+                Assert.True(promptTokens > 1);
+                Assert.Equal(20 - promptTokens, o.GetProperty("completion_tokens").GetInt32());
+                Assert.Equal(20 - promptTokens, o.GetProperty("token_ids").GetArrayLength());
                 Assert.Equal("length", o.GetProperty("finish_reason").GetString());
-                Assert.True(o.GetProperty("prompt_tokens").GetInt32() > 1);
             }
             Assert.StartsWith(", there was a little girl", System.Text.Json.JsonDocument.Parse(lines[0]).RootElement.GetProperty("text").GetString());
         }
