@@ -173,10 +173,15 @@ public class GgufTokenizerTests
     }
 
     [SkippableFact]
-    public void WordPiece_vocabulary_is_refused()
+    public void WordPiece_wraps_in_cls_and_sep_and_lower_cases()
     {
-        var e = Assert.Throws<NotSupportedException>(() => Load("bert-bge"));
-        Assert.Contains("\"bert\"", e.Message);
+        var tokenizer = Load("bert-bge");
+        Assert.Equal(101, tokenizer.BosId);
+        int[] ids = tokenizer.Encode("Héllo, WORLD!", addSpecial: true);
+        Assert.Equal(101, ids[0]);
+        Assert.Equal(102, ids[^1]);
+        Assert.Equal(" hello , world !", tokenizer.Decode(ids));
+        Assert.Equal([100], tokenizer.Encode("\u2603")); // a word with no vocabulary entry is [UNK]
     }
 
     [Fact]
