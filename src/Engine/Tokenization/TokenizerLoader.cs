@@ -3,7 +3,7 @@ using TokenMill.Models.Gguf;
 namespace TokenMill.Tokenization;
 
 /// <summary>Builds tokenizers: from a model's GGUF metadata, or a synthetic one for dummy models.</summary>
-public static partial class TokenizerLoader
+public static class TokenizerLoader
 {
     const string Prefix = "tokenizer.ggml.";
 

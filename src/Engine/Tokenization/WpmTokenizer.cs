@@ -25,9 +25,8 @@ internal sealed class WpmTokenizer : GgufTokenizer
         BuildPieceCache();
     }
 
-    public override int[] Encode(string text, bool addSpecial = false, bool parseSpecial = false)
+    protected override void EncodeInto(string text, bool addSpecial, bool parseSpecial, List<int> output)
     {
-        var output = new List<int>();
         if (addSpecial) output.Add(Vocab.Bos!.Value);
         foreach (var fragment in SpecialTokenSplitter.Split(Vocab, text, parseSpecial))
         {
@@ -35,7 +34,6 @@ internal sealed class WpmTokenizer : GgufTokenizer
             else foreach (string word in Words(text.AsSpan(fragment.Offset, fragment.Length))) TokenizeWord(word, output);
         }
         if (addSpecial) output.Add(Vocab.Separator!.Value);
-        return [.. output];
     }
 
     protected override byte[] NormalTokenBytes(string text) => Encoding.UTF8.GetBytes(text.Replace(SpaceMarker, ' '));
