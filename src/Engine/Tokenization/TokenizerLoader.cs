@@ -103,7 +103,10 @@ public static class TokenizerLoader
         vocab.AddEos = false;
         vocab.AddSpacePrefix = file.GetBool(Prefix + "add_space_prefix") ?? false;
         ReadSpecialIds(file, vocab);
-        // llama.cpp appends the separator whenever it adds special tokens to a BERT input.
+        // llama.cpp's WPM path adds [CLS] and [SEP] whenever special tokens are requested, whatever add_bos_token says.
+        vocab.AddBos = true;
+        if (vocab.Bos is null)
+            throw new GgufFormatException(file.Path, Prefix + "bos_token_id", "WordPiece needs a BOS ([CLS]) token");
         if (vocab.Separator is null)
             throw new GgufFormatException(file.Path, Prefix + "seperator_token_id", "WordPiece needs a separator token");
         if (vocab.Unknown is null)
