@@ -56,9 +56,8 @@ internal sealed class BpeTokenizer : GgufTokenizer
 
     static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
 
-    public override int[] Encode(string text, bool addSpecial = false, bool parseSpecial = false)
+    protected override void EncodeInto(string text, bool addSpecial, bool parseSpecial, List<int> output)
     {
-        var output = new List<int>();
         if (addSpecial && Vocab.AddBos) output.Add(Vocab.Bos!.Value);
 
         var session = new Session(this, output);
@@ -69,7 +68,6 @@ internal sealed class BpeTokenizer : GgufTokenizer
         }
 
         if (addSpecial && Vocab.AddEos) output.Add(Vocab.Eos!.Value);
-        return [.. output];
     }
 
     /// <summary>

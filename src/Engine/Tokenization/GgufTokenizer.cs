@@ -32,7 +32,16 @@ internal abstract class GgufTokenizer : ITokenizer
     public bool AddEos => Vocab.AddEos;
     public IReadOnlySet<int> EndOfGenerationIds => Vocab.EndOfGeneration;
 
-    public abstract int[] Encode(string text, bool addSpecial = false, bool parseSpecial = false);
+    public int[] Encode(string text, bool addSpecial = false, bool parseSpecial = false)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var output = new List<int>();
+        EncodeInto(text, addSpecial, parseSpecial, output);
+        return [.. output];
+    }
+
+    /// <summary>Appends the ids of <paramref name="text"/> to <paramref name="output"/> (see <see cref="Encode"/>).</summary>
+    protected abstract void EncodeInto(string text, bool addSpecial, bool parseSpecial, List<int> output);
 
     /// <summary>The output bytes of a token whose attribute is <see cref="TokenAttributes.Normal"/>.</summary>
     protected abstract byte[] NormalTokenBytes(string text);

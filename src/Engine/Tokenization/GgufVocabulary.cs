@@ -1,5 +1,4 @@
 using System.Collections.Frozen;
-using TokenMill.Models.Gguf;
 
 namespace TokenMill.Tokenization;
 

@@ -22,9 +22,8 @@ internal sealed class SpmTokenizer : GgufTokenizer
         BuildPieceCache();
     }
 
-    public override int[] Encode(string text, bool addSpecial = false, bool parseSpecial = false)
+    protected override void EncodeInto(string text, bool addSpecial, bool parseSpecial, List<int> output)
     {
-        var output = new List<int>();
         bool previousIsSpecial = true; // the start of the input counts as "after a special token"
         if (addSpecial && Vocab.AddBos) output.Add(Vocab.Bos!.Value);
 
@@ -46,7 +45,6 @@ internal sealed class SpmTokenizer : GgufTokenizer
         }
 
         if (addSpecial && Vocab.AddEos) output.Add(Vocab.Eos!.Value);
-        return [.. output];
     }
 
     protected override byte[] NormalTokenBytes(string text) => Encoding.UTF8.GetBytes(text.Replace(SpaceMarker, ' '));

@@ -1,7 +1,7 @@
 namespace TokenMill.Tokenization;
 
 /// <summary>Values of GGUF <c>tokenizer.ggml.token_type</c> (llama.cpp's <c>llama_token_type</c>).</summary>
-public enum GgufTokenType
+internal enum GgufTokenType
 {
     Undefined = 0,
     Normal = 1,

@@ -3,7 +3,7 @@ using TokenMill.Models.Gguf;
 namespace TokenMill.Tokenization;
 
 /// <summary>Builds tokenizers: from a model's GGUF metadata, or a synthetic one for dummy models.</summary>
-public static partial class TokenizerLoader
+public static class TokenizerLoader
 {
     const string Prefix = "tokenizer.ggml.";
 
@@ -13,12 +13,14 @@ public static partial class TokenizerLoader
     /// <list type="bullet">
     /// <item><c>model = "llama"</c>: SentencePiece (<see cref="SpmTokenizer"/>); BOS 1, EOS 2, UNK 0 unless
     /// given; adds BOS and a space prefix unless <c>add_bos_token</c>/<c>add_space_prefix</c> say otherwise.</item>
+    /// <item><c>model = "bert"</c>: WordPiece (<see cref="WpmTokenizer"/>); [CLS] 101 is the BOS, [SEP] 102 is
+    /// appended with <c>addSpecial</c>, [UNK] 100.</item>
     /// <item><c>model = "gpt2"</c>: byte-level BPE (<see cref="BpeTokenizer"/>) with the pre-tokenizer named by
     /// <c>pre</c> (absent: llama.cpp's "default"); BOS = EOS = 11 unless given (llama.cpp's default, out-of-range
     /// ids are dropped); adds BOS only for Llama-3-style pre-tokenizers unless <c>add_bos_token</c> says.</item>
     /// </list>
     /// </summary>
-    /// <exception cref="NotSupportedException">The tokenizer model (e.g. <c>bert</c>, <c>t5</c>, <c>rwkv</c>) or the
+    /// <exception cref="NotSupportedException">The tokenizer model (e.g. <c>t5</c>, <c>rwkv</c>, <c>plamo2</c>) or the
     /// pre-tokenizer is not implemented; the message names the value and the file.</exception>
     /// <exception cref="GgufFormatException">Required tokenizer metadata is missing or malformed.</exception>
     public static ITokenizer FromGguf(GgufFile file)
@@ -31,8 +33,9 @@ public static partial class TokenizerLoader
         {
             "llama" => LoadSpm(file),
             "gpt2" => LoadBpe(file, pre),
+            "bert" => LoadWpm(file),
             _ => throw new NotSupportedException(
-                $"{file.Path}: tokenizer.ggml.model = \"{model}\" is not supported (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE))"),
+                $"{file.Path}: tokenizer.ggml.model = \"{model}\" is not supported (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE), \"bert\" (WordPiece))"),
         };
     }
 
@@ -86,6 +89,32 @@ public static partial class TokenizerLoader
         vocab.AddSpacePrefix = file.GetBool(Prefix + "add_space_prefix") ?? false;
         ReadSpecialIds(file, vocab);
         return new BpeTokenizer(vocab, merges, config);
+    }
+
+    static WpmTokenizer LoadWpm(GgufFile file)
+    {
+        var vocab = ReadVocabulary(file);
+        // llama.cpp's WPM defaults ([CLS] is the BOS, [SEP] closes the sequence)
+        vocab.Bos = 101;
+        vocab.Eos = null;
+        vocab.Unknown = 100;
+        vocab.Separator = 102;
+        vocab.AddBos = true;
+        vocab.AddEos = false;
+        vocab.AddSpacePrefix = file.GetBool(Prefix + "add_space_prefix") ?? false;
+        ReadSpecialIds(file, vocab);
+        // llama.cpp's WPM path adds [CLS] and [SEP] whenever special tokens are requested, whatever add_bos_token says.
+        vocab.AddBos = true;
+        if (vocab.Bos is null)
+            throw new GgufFormatException(file.Path, Prefix + "bos_token_id", "WordPiece needs a BOS ([CLS]) token");
+        if (vocab.Separator is null)
+            throw new GgufFormatException(file.Path, Prefix + "seperator_token_id", "WordPiece needs a separator token");
+        if (vocab.Unknown is null)
+            throw new GgufFormatException(file.Path, Prefix + "unknown_token_id", "WordPiece needs an unknown token");
+
+        bool lowercase = file.GetBool(Prefix + "normalizer.lowercase") ?? true;
+        bool stripAccents = file.GetBool(Prefix + "normalizer.strip_accents") ?? lowercase;
+        return new WpmTokenizer(vocab, lowercase, stripAccents);
     }
 
     static GgufVocabulary ReadVocabulary(GgufFile file)
@@ -156,7 +185,7 @@ public static partial class TokenizerLoader
         vocab.Eot = Id("eot_token_id", null);
         vocab.Eom = Id("eom_token_id", null);
         vocab.Unknown = Id("unknown_token_id", vocab.Unknown);
-        vocab.Separator = Id("seperator_token_id", null); // sic: the GGUF key is spelled this way
+        vocab.Separator = Id("seperator_token_id", vocab.Separator); // sic: the GGUF key is spelled this way
         vocab.Padding = Id("padding_token_id", null);
         // The deprecated prefix/suffix/middle keys are read after the fim_* ones in llama.cpp, so they win.
         vocab.SetFimIds(

@@ -38,6 +38,47 @@ public class GgufTokenizerTests
         Assert.Equal(addsBos ? [bos, .. plain] : plain, special);
     }
 
+    /// <summary>Every vocabulary GGUF in the test data, with or without test vectors (baichuan, gpt-neox have none).</summary>
+    public static TheoryData<string> AllVocabularyFiles()
+    {
+        var data = new TheoryData<string>();
+        if (TestData.Root is string root && Directory.Exists(Path.Combine(root, VocabTestVectors.Folder)))
+            foreach (var f in Directory.GetFiles(Path.Combine(root, VocabTestVectors.Folder), "ggml-vocab-*.gguf").Order(StringComparer.Ordinal))
+                data.Add(Path.GetFileName(f)["ggml-vocab-".Length..^".gguf".Length]);
+        if (data.Count == 0) data.Add("(no test data)");
+        return data;
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(AllVocabularyFiles))]
+    public void Every_vocabulary_loads_and_encodes_within_range(string vocabulary)
+    {
+        var tokenizer = Load(vocabulary);
+        foreach (var text in TokenizerSamples.Fixed)
+        {
+            int[] ids = tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
+            Assert.All(ids, id => Assert.InRange(id, 0, tokenizer.VocabSize - 1));
+            if (vocabulary != "bert-bge") // WordPiece normalizes, so it cannot round-trip
+                Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text)));
+        }
+    }
+
+    [SkippableFact]
+    public void Encoding_is_thread_safe()
+    {
+        var tokenizer = Load("deepseek-llm");
+        var texts = TokenizerSamples.Fixed.Concat(VocabTestVectors.Load("deepseek-llm").Select(c => c.Input)).ToArray();
+        var expected = texts.Select(t => tokenizer.Encode(t)).ToArray();
+        Parallel.For(0, 64, i =>
+        {
+            for (int j = 0; j < texts.Length; j++)
+            {
+                int k = (i + j) % texts.Length; // each thread starts elsewhere, so different inputs overlap
+                Assert.Equal(expected[k], tokenizer.Encode(texts[k]));
+            }
+        });
+    }
+
     [Fact]
     public void SentencePiece_adds_bos_when_the_metadata_is_silent()
     {
@@ -173,10 +214,15 @@ public class GgufTokenizerTests
     }
 
     [SkippableFact]
-    public void WordPiece_vocabulary_is_refused()
+    public void WordPiece_wraps_in_cls_and_sep_and_lower_cases()
     {
-        var e = Assert.Throws<NotSupportedException>(() => Load("bert-bge"));
-        Assert.Contains("\"bert\"", e.Message);
+        var tokenizer = Load("bert-bge");
+        Assert.Equal(101, tokenizer.BosId);
+        int[] ids = tokenizer.Encode("Héllo, WORLD!", addSpecial: true);
+        Assert.Equal(101, ids[0]);
+        Assert.Equal(102, ids[^1]);
+        Assert.Equal(" hello , world !", tokenizer.Decode(ids));
+        Assert.Equal([100], tokenizer.Encode("\u2603")); // a word with no vocabulary entry is [UNK]
     }
 
     [Fact]
