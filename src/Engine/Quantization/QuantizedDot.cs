@@ -96,6 +96,35 @@ public static class QuantizedDot
         }
     }
 
+    /// <summary>Floats of the dequantized tile <see cref="MatMulRowRange"/> needs for <paramref name="count"/> rows.</summary>
+    public static int TileLength(int count, int cols) => count * cols;
+
+    /// <summary>
+    /// Rows [r0, r0 + count) of <see cref="MatMul"/>: ys[i, r] = W[r] · xs[i] for those rows only, so
+    /// workers can split a product by row ranges. The rows are dequantized once into
+    /// <paramref name="tile"/> (at least <see cref="TileLength"/> floats, the caller's per-thread
+    /// scratch) and reused for all n activation rows.
+    /// </summary>
+    public static void MatMulRowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile)
+    {
+        int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulRowRange");
+        if (r0 < 0 || count < 0 || r0 + count > rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"QuantizedDot.MatMulRowRange: rows {r0}..{r0 + count} are outside 0..{rows}");
+        if (xs.Length != (long)n * cols || ys.Length != (long)n * rows)
+            throw new ArgumentException($"QuantizedDot.MatMulRowRange: xs must be {n} × {cols} and ys {n} × {rows}");
+        if (type == GgmlType.F32)
+        {
+            DotTile(MemoryMarshal.Cast<byte, float>(weights).Slice(r0 * cols, count * cols), r0, count, rows, cols, xs, n, ys);
+            return;
+        }
+        if (tile.Length < count * cols)
+            throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
+        for (int r = 0; r < count; r++)
+            Dequantize.Blocks(type, weights.Slice((r0 + r) * rowBytes, rowBytes), tile.Slice(r * cols, cols), simd: true);
+        DotTile(tile[..(count * cols)], r0, count, rows, cols, xs, n, ys);
+    }
+
     /// <summary>
     /// ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count. With FMA, a 4 × 2 register block: four weight rows
     /// against two activation rows share their loads (6 loads for 8 FMAs instead of 16), and the 8

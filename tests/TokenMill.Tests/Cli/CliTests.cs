@@ -138,3 +138,29 @@ public class GeneratePromptsFileTests
         }
     }
 }
+
+/// <summary><c>tokenmill tokenize</c> must print exactly llama.cpp's ids for every test-vector case.</summary>
+public class TokenizeCommandVectorTests
+{
+    public static IEnumerable<object[]> Vocabularies() =>
+        TokenMill.Tests.Tokenization.VocabTestVectors.Available().Select(v => new object[] { v }).DefaultIfEmpty(["(absent)"]);
+
+    [SkippableTheory]
+    [MemberData(nameof(Vocabularies))]
+    public void Tokenize_agrees_with_the_vectors(string vocabulary)
+    {
+        Skip.If(vocabulary == "(absent)", "shared test data not found");
+        var gguf = TokenMill.Tests.Tokenization.VocabTestVectors.GgufPath(vocabulary);
+        var failures = new List<string>();
+        foreach (var c in TokenMill.Tests.Tokenization.VocabTestVectors.Load(vocabulary))
+        {
+            var stdout = new StringWriter();
+            int code = TokenMill.Server.Cli.Cli.Run(["tokenize", "--model", gguf, "--", c.Input], stdout, new StringWriter());
+            Assert.Equal(0, code);
+            var printed = stdout.ToString().TrimEnd('\n');
+            if (printed != string.Join(' ', c.Expected))
+                failures.Add($"case {c.Index} {TokenMill.Tests.Tokenization.VocabTestVectors.Escape(c.Input)}: printed '{printed}'");
+        }
+        Assert.True(failures.Count == 0, string.Join('\n', failures));
+    }
+}

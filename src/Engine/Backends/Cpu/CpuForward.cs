@@ -18,6 +18,9 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Weight rows per parallel work item: enough to amortize the hand-out, small enough to balance.</summary>
     const int RowsPerChunk = 16;
 
+    /// <summary>From this many activation rows on, weight rows are dequantized once into a tile and shared by all rows.</summary>
+    const int TiledMinRows = 2;
+
     /// <summary>Below this many multiply-adds a matrix product runs on the calling thread (waking workers costs more).</summary>
     const long ParallelThreshold = 1 << 15;
 
@@ -26,7 +29,8 @@ public sealed unsafe class CpuForward : IDisposable
     readonly CpuWorkerPool _pool;
     readonly int _maxTokens;
     readonly List<NativeBuffer> _buffers = [];
-    readonly float* _x, _h, _q, _k, _v, _att, _gate, _up, _scores;
+    readonly float* _x, _h, _q, _k, _v, _att, _gate, _up, _scores, _tiles;
+    readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
@@ -47,6 +51,8 @@ public sealed unsafe class CpuForward : IDisposable
         _gate = Alloc((long)n * _c.FeedForwardLength);
         _up = Alloc((long)n * _c.FeedForwardLength);
         _scores = Alloc((long)_pool.ThreadCount * _c.ContextLength);
+        _maxColumns = Math.Max(Math.Max(_c.EmbeddingLength, _c.QDim), _c.FeedForwardLength);
+        _tiles = Alloc((long)_pool.ThreadCount * RowsPerChunk * _maxColumns);
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
         // Sliding-window layers (Gemma 3) have their own base and no linear scaling.
@@ -348,6 +354,15 @@ public sealed unsafe class CpuForward : IDisposable
         int cols = (int)w.Columns;
         long rows = w.Rows;
         long r0 = (long)chunk * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
+        if (_mmN >= TiledMinRows && rows * w.RowBytes <= int.MaxValue)
+        {
+            // Several activation rows: dequantize this chunk's weight rows once into the worker's tile and reuse them for all.
+            int count = (int)(r1 - r0);
+            var tile = new Span<float>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.TileLength(count, cols));
+            QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
+                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(_mmY, (int)(_mmN * rows)), tile);
+            return;
+        }
         for (long r = r0; r < r1; r++)
         {
             var row = w.Row(r);
