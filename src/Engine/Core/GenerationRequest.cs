@@ -30,7 +30,8 @@ public static class FinishReason
 
 /// <summary>
 /// One piece of a request's output stream: the new text and token ids of a step, their logprobs when
-/// asked for, and on the last chunk the finish reason. Token counts are running totals.
+/// asked for, and on the last chunk the finish reason (with the time the request waited before it
+/// first ran, <see cref="QueueTime"/>). Token counts are running totals.
 /// </summary>
 public sealed record CompletionChunk(
     string RequestId,
@@ -40,7 +41,8 @@ public sealed record CompletionChunk(
     string? FinishReason,
     int PromptTokens,
     int CompletionTokens,
-    string? StopReason = null)
+    string? StopReason = null,
+    TimeSpan? QueueTime = null)
 {
     public bool IsFinal => FinishReason is not null;
 }

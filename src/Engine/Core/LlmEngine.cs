@@ -131,7 +131,7 @@ public sealed class LlmEngine : IDisposable
         }
         catch (ArgumentOutOfRangeException e)
         {
-            throw new InvalidRequestException(e.Message.Split(Environment.NewLine)[0], e);
+            throw new InvalidRequestException(e.Message.Split(Environment.NewLine)[0], e, e.ParamName);
         }
 
         int[] prompt;
@@ -140,7 +140,7 @@ public sealed class LlmEngine : IDisposable
             prompt = [.. ids];
             foreach (int t in prompt)
                 if ((uint)t >= (uint)_model.Config.VocabSize)
-                    throw new InvalidRequestException($"prompt token id {t} is outside the vocabulary of {_model.Config.VocabSize}");
+                    throw new InvalidRequestException($"prompt token id {t} is outside the vocabulary of {_model.Config.VocabSize}", param: "prompt");
         }
         else if (request.Prompt is { } text)
         {
@@ -155,7 +155,7 @@ public sealed class LlmEngine : IDisposable
         if (prompt.Length + sampling.MaxTokens > MaxModelLen)
             throw new InvalidRequestException(
                 $"this model's maximum context length is {MaxModelLen} tokens; the request asks for {prompt.Length + sampling.MaxTokens} " +
-                $"({prompt.Length} in the prompt, {sampling.MaxTokens} for the completion)");
+                $"({prompt.Length} in the prompt, {sampling.MaxTokens} for the completion)", param: "max_tokens");
 
         long id = Interlocked.Increment(ref _nextId);
         var channel = Channel.CreateUnbounded<CompletionChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
@@ -188,7 +188,9 @@ public sealed class LlmEngine : IDisposable
 
     void Admit()
     {
-        while (_incoming.TryDequeue(out var seq)) _scheduler.Add(seq);
+        // A request cancelled before it was admitted has already ended (its abort may overtake it): never revive it.
+        while (_incoming.TryDequeue(out var seq))
+            if (seq.Status != SequenceStatus.Finished) _scheduler.Add(seq);
         while (_aborts.TryDequeue(out var seq))
             if (seq.Status != SequenceStatus.Finished) Finish(seq, FinishReason.Abort);
     }
@@ -204,6 +206,7 @@ public sealed class LlmEngine : IDisposable
         {
             var seq = w.Sequence;
             LeaveQueue(seq);
+            if (seq.FirstScheduledAt == 0) seq.FirstScheduledAt = System.Diagnostics.Stopwatch.GetTimestamp();
             int s = _batch.AddSequence(_kv.BlockTable(seq.Id));
             for (int p = w.Start; p < w.Start + w.TokenCount; p++)
                 _batch.AddToken(s, seq.TokenAt(p), p, _kv.Slot(seq.Id, p), wantLogits: p == seq.TotalTokens - 1);
@@ -281,7 +284,8 @@ public sealed class LlmEngine : IDisposable
         _scheduler.Remove(seq);
         seq.Status = SequenceStatus.Finished;
         _finished++;
-        seq.Output?.TryWrite(new CompletionChunk(seq.RequestId, "", [], null, reason, seq.PromptTokens.Length, seq.OutputTokens.Count, stopReason));
+        TimeSpan? queueTime = seq.FirstScheduledAt == 0 ? null : System.Diagnostics.Stopwatch.GetElapsedTime(seq.SubmittedAt, seq.FirstScheduledAt);
+        seq.Output?.TryWrite(new CompletionChunk(seq.RequestId, "", [], null, reason, seq.PromptTokens.Length, seq.OutputTokens.Count, stopReason, queueTime));
         seq.Output?.TryComplete();
         seq.CancellationRegistration.Dispose();
     }

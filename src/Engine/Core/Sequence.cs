@@ -51,6 +51,10 @@ public sealed class Sequence
     /// <summary>How many times this sequence was preempted.</summary>
     public int Preemptions { get; internal set; }
 
+    /// <summary>When the request was submitted and when it was first scheduled (<see cref="System.Diagnostics.Stopwatch"/> ticks).</summary>
+    internal long SubmittedAt { get; } = System.Diagnostics.Stopwatch.GetTimestamp();
+    internal long FirstScheduledAt { get; set; }
+
     /// <summary>Whether the sequence has ever been admitted to the running batch.</summary>
     internal bool Started { get; set; }
 

@@ -14,6 +14,7 @@ public static class Cli
         usage: tokenmill <command> [options]
 
         commands:
+          serve      the OpenAI-compatible HTTP server (default model: dummy:tinyllama-1.1b)
           generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
           tokenize   print the token ids of a text
           help       show this text; 'tokenmill <command> --help' shows a command's options
@@ -39,8 +40,9 @@ public static class Cli
             return command switch
             {
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
+                "serve" => ServeCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: generate, tokenize, help)"),
+                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, help)"),
             };
         }
         catch (UsageException e)

@@ -1,0 +1,71 @@
+using TokenMill.Core;
+using TokenMill.Models;
+using TokenMill.Server.Http;
+
+namespace TokenMill.Server.Cli;
+
+/// <summary><c>tokenmill serve</c>: the OpenAI-compatible HTTP server.</summary>
+public static class ServeCommand
+{
+    const string Help = """
+        usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
+
+          --model M                  a GGUF file, or dummy:<preset> (default dummy:tinyllama-1.1b; its text is noise)
+          --dtype T                  weight type of a dummy model (default Q8_0)
+          --host H                   address to bind (default 127.0.0.1: loopback only)
+          --port P                   port (default 8000)
+          --served-model-name NAME   the model name clients use (default: --model)
+          --api-key KEY              require 'Authorization: Bearer KEY' on /v1 endpoints (or TOKENMILL_API_KEY)
+          --max-request-body SIZE    largest request body (default 4MiB); larger ones get 413
+        engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
+          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+        """;
+
+    static readonly HashSet<string> ValueOptions =
+    [
+        "model", "dtype", "host", "port", "served-model-name", "api-key", "max-request-body",
+        "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+    ];
+    static readonly HashSet<string> Flags = ["help"];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var a = new CliArguments("serve", args, ValueOptions, Flags);
+        if (a.Flag("help"))
+        {
+            stdout.WriteLine(Help);
+            return Cli.ExitOk;
+        }
+        if (a.Positional.Count > 0) throw new UsageException($"unexpected argument '{a.Positional[0]}'");
+        string modelName = a.String("model") ?? ModelLoader.DefaultModel;
+        var loadOptions = new ModelLoadOptions { DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null };
+        var engineOptions = GenerateCommand.ParseEngineOptions(a);
+        engineOptions.Validate();
+        var options = new ServerOptions
+        {
+            Host = a.String("host") ?? "127.0.0.1",
+            Port = a.Int("port", 8000, min: 0, max: 65535),
+            ServedModelName = a.String("served-model-name"),
+            ApiKey = a.String("api-key") ?? Environment.GetEnvironmentVariable("TOKENMILL_API_KEY"),
+            MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
+            Log = stderr,
+        };
+        if (!System.Net.IPAddress.TryParse(options.Host == "localhost" ? "127.0.0.1" : options.Host, out _))
+            throw new UsageException($"--host must be an IP address (e.g. 127.0.0.1 or 0.0.0.0), got '{options.Host}'");
+
+        var server = OpenAiServer.Create(options, () => new LlmEngine(ModelLoader.Load(modelName, loadOptions), engineOptions));
+        server.StartAsync().GetAwaiter().GetResult();
+        stderr.WriteLine($"tokenmill: listening on {server.BaseAddress} (loading {modelName}; /health answers 200 when ready)");
+        try
+        {
+            var engine = server.Ready.GetAwaiter().GetResult();
+            stderr.WriteLine($"tokenmill: serving {engine.Model.Name} (max model length {engine.MaxModelLen})");
+            server.WaitForShutdownAsync().GetAwaiter().GetResult();
+        }
+        finally
+        {
+            server.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+        return Cli.ExitOk;
+    }
+}

@@ -1,0 +1,741 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using TokenMill.Core;
+using TokenMill.Sampling;
+
+namespace TokenMill.Server.Http;
+
+public sealed record ServerOptions
+{
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>0 picks a free port (tests).</summary>
+    public int Port { get; init; } = 8000;
+
+    public string? ServedModelName { get; init; }
+
+    /// <summary>When set, every /v1 endpoint and /tokenize, /detokenize require <c>Authorization: Bearer KEY</c>.</summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>Largest request body accepted; larger ones get 413.</summary>
+    public long MaxRequestBodyBytes { get; init; } = 4 << 20;
+
+    /// <summary>Where the one-line-per-request log goes (stderr by default).</summary>
+    public TextWriter? Log { get; init; }
+}
+
+/// <summary>
+/// The OpenAI-compatible HTTP server over an <see cref="LlmEngine"/>, on Kestrel: completions and chat
+/// completions (streamed as Server-Sent Events exactly as OpenAI does, or whole), models, tokenize and
+/// detokenize, health and Prometheus metrics. A client that disconnects aborts its requests.
+/// The model loads in the background: <c>/health</c> answers 503 until it is ready.
+/// </summary>
+public sealed class OpenAiServer : IAsyncDisposable
+{
+    readonly ServerOptions _options;
+    readonly WebApplication _app;
+    readonly Task<LlmEngine> _engineTask;
+    readonly TextWriter _log;
+    readonly byte[]? _apiKeyHash;
+    LlmEngine? _engine;
+    ServerMetrics? _metrics;
+    IChatPromptRenderer _chat = new ChatMlRenderer();
+    string _modelName = "";
+    static readonly JsonWriterOptions WriterOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    OpenAiServer(ServerOptions options, Func<LlmEngine> createEngine, Func<LlmEngine, IChatPromptRenderer>? chatRenderer)
+    {
+        _options = options;
+        _log = options.Log ?? Console.Error;
+        if (options.ApiKey is { } key) _apiKeyHash = SHA256.HashData(Encoding.UTF8.GetBytes(key));
+
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            k.Listen(System.Net.IPAddress.Parse(options.Host == "localhost" ? "127.0.0.1" : options.Host), options.Port);
+        });
+        _app = builder.Build();
+        Map(_app);
+
+        _engineTask = Task.Run(() =>
+        {
+            var engine = createEngine();
+            _modelName = options.ServedModelName ?? engine.Model.Name;
+            _chat = chatRenderer?.Invoke(engine) ?? new ChatMlRenderer();
+            _metrics = new ServerMetrics(engine, _modelName);
+            _engine = engine;
+            return engine;
+        });
+    }
+
+    public static OpenAiServer Create(ServerOptions options, Func<LlmEngine> createEngine, Func<LlmEngine, IChatPromptRenderer>? chatRenderer = null) =>
+        new(options, createEngine, chatRenderer);
+
+    /// <summary>Starts listening; the model may still be loading.</summary>
+    public Task StartAsync(CancellationToken cancellationToken = default) => _app.StartAsync(cancellationToken);
+
+    /// <summary>Waits until the model is loaded (rethrowing its load error).</summary>
+    public Task<LlmEngine> Ready => _engineTask;
+
+    public Uri BaseAddress
+    {
+        get
+        {
+            var addresses = _app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses;
+            return new Uri(addresses.First());
+        }
+    }
+
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => Microsoft.Extensions.Hosting.HostingAbstractionsHostExtensions.WaitForShutdownAsync(_app, cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+        if (_engineTask.IsCompletedSuccessfully) _engineTask.Result.Dispose();
+    }
+
+    // ---- routing -----------------------------------------------------------------------------------
+
+    void Map(WebApplication app)
+    {
+        app.MapGet("/health", (HttpContext ctx) =>
+        {
+            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully ? 200 : 503;
+            return Task.CompletedTask;
+        });
+        app.MapGet("/metrics", async (HttpContext ctx) =>
+        {
+            if (_metrics is null) { ctx.Response.StatusCode = 503; return; }
+            ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await ctx.Response.WriteAsync(_metrics.Render(), ctx.RequestAborted).ConfigureAwait(false);
+        });
+        app.MapGet("/v1/models", ctx => Handle(ctx, needsBody: false, Models));
+        app.MapPost("/v1/completions", ctx => Handle(ctx, needsBody: true, Completions));
+        app.MapPost("/v1/chat/completions", ctx => Handle(ctx, needsBody: true, ChatCompletions));
+        app.MapPost("/tokenize", ctx => Handle(ctx, needsBody: true, Tokenize));
+        app.MapPost("/detokenize", ctx => Handle(ctx, needsBody: true, Detokenize));
+    }
+
+    /// <summary>Authentication, body parsing and the error mapping every endpoint shares: no client mistake becomes a 500.</summary>
+    async Task Handle(HttpContext ctx, bool needsBody, Func<HttpContext, LlmEngine, JsonRequest?, Task> handler)
+    {
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            CheckApiKey(ctx);
+            if (!_engineTask.IsCompletedSuccessfully)
+                throw new ApiErrorException(503, "the model is still loading; retry when /health answers 200", "server_error", null, "model_loading");
+            JsonRequest? body = null;
+            if (needsBody)
+            {
+                if (ctx.Request.ContentLength > _options.MaxRequestBodyBytes) throw ApiErrorException.TooLarge(_options.MaxRequestBodyBytes);
+                JsonDocument doc;
+                try
+                {
+                    doc = await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted).ConfigureAwait(false);
+                }
+                catch (JsonException e)
+                {
+                    throw ApiErrorException.BadRequest($"the request body is not valid JSON: {e.Message}");
+                }
+                body = new JsonRequest(doc.RootElement);
+            }
+            await handler(ctx, _engine!, body).ConfigureAwait(false);
+        }
+        catch (ApiErrorException e)
+        {
+            await WriteError(ctx, e).ConfigureAwait(false);
+        }
+        catch (InvalidRequestException e)
+        {
+            await WriteError(ctx, ApiErrorException.BadRequest(e.Message, e.Param)).ConfigureAwait(false);
+        }
+        catch (EngineOverloadedException e)
+        {
+            ctx.Response.Headers.RetryAfter = "1";
+            await WriteError(ctx, ApiErrorException.Overloaded(e.Message)).ConfigureAwait(false);
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            await WriteError(ctx, ApiErrorException.TooLarge(_options.MaxRequestBodyBytes)).ConfigureAwait(false);
+        }
+        catch (BadHttpRequestException e)
+        {
+            await WriteError(ctx, new ApiErrorException(e.StatusCode, e.Message, "invalid_request_error")).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+        {
+            // The client went away; its requests were aborted through the same token.
+        }
+        catch (Exception e)
+        {
+            await WriteError(ctx, new ApiErrorException(500, $"internal error: {e.Message}", "server_error")).ConfigureAwait(false);
+        }
+        finally
+        {
+            _log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{DateTime.UtcNow:O} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F1} ms{ctx.Items["log"]}"));
+        }
+    }
+
+    void CheckApiKey(HttpContext ctx)
+    {
+        if (_apiKeyHash is null) return;
+        string header = ctx.Request.Headers.Authorization.ToString();
+        const string Bearer = "Bearer ";
+        string given = header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase) ? header[Bearer.Length..].Trim() : "";
+        // Compare hashes in constant time: neither the key's length nor its prefix leaks through timing.
+        if (!CryptographicOperations.FixedTimeEquals(SHA256.HashData(Encoding.UTF8.GetBytes(given)), _apiKeyHash))
+            throw ApiErrorException.Unauthorized();
+    }
+
+    static async Task WriteError(HttpContext ctx, ApiErrorException e)
+    {
+        if (ctx.Response.HasStarted) return; // mid-stream: the stream just ends
+        ctx.Response.StatusCode = e.Status;
+        ctx.Response.ContentType = "application/json";
+        await WriteJson(ctx, e.WriteTo).ConfigureAwait(false);
+    }
+
+    static async Task WriteJson(HttpContext ctx, Action<Utf8JsonWriter> write)
+    {
+        if (!ctx.Response.HasStarted && ctx.Response.ContentType is null) ctx.Response.ContentType = "application/json";
+        using (var w = new Utf8JsonWriter(ctx.Response.BodyWriter, WriterOptions)) write(w);
+        await ctx.Response.BodyWriter.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+    }
+
+    void CheckModel(JsonRequest body)
+    {
+        if (body.String("model") is { } model && model != _modelName) throw ApiErrorException.ModelNotFound(model, _modelName);
+    }
+
+    // ---- /v1/models, /tokenize, /detokenize ----------------------------------------------------------
+
+    Task Models(HttpContext ctx, LlmEngine engine, JsonRequest? _) => WriteJson(ctx, w =>
+    {
+        w.WriteStartObject();
+        w.WriteString("object", "list");
+        w.WriteStartArray("data");
+        w.WriteStartObject();
+        w.WriteString("id", _modelName);
+        w.WriteString("object", "model");
+        w.WriteNumber("created", Created);
+        w.WriteString("owned_by", "tokenmill");
+        w.WriteNumber("max_model_len", engine.MaxModelLen);
+        w.WriteEndObject();
+        w.WriteEndArray();
+        w.WriteEndObject();
+    });
+
+    Task Tokenize(HttpContext ctx, LlmEngine engine, JsonRequest? body)
+    {
+        CheckModel(body!);
+        int[] tokens;
+        if (body!.Has("messages"))
+        {
+            var prompt = _chat.Render(ParseMessages(body), body.Bool("add_generation_prompt") ?? true);
+            tokens = engine.Model.Tokenizer.Encode(prompt, addSpecial: body.Bool("add_special_tokens") ?? false, parseSpecial: true);
+        }
+        else
+        {
+            var prompt = body.String("prompt") ?? throw ApiErrorException.BadRequest("'prompt' (a string) or 'messages' is required", "prompt");
+            tokens = engine.Model.Tokenizer.Encode(prompt, addSpecial: body.Bool("add_special_tokens") ?? true, parseSpecial: true);
+        }
+        return WriteJson(ctx, w =>
+        {
+            w.WriteStartObject();
+            w.WriteNumber("count", tokens.Length);
+            w.WriteNumber("max_model_len", engine.MaxModelLen);
+            w.WriteStartArray("tokens");
+            foreach (int t in tokens) w.WriteNumberValue(t);
+            w.WriteEndArray();
+            w.WriteEndObject();
+        });
+    }
+
+    Task Detokenize(HttpContext ctx, LlmEngine engine, JsonRequest? body)
+    {
+        CheckModel(body!);
+        if (!body!.Has("tokens")) throw ApiErrorException.BadRequest("'tokens' (a list of token ids) is required", "tokens");
+        var ids = body.IntList("tokens");
+        foreach (int id in ids)
+            if ((uint)id >= (uint)engine.Model.Config.VocabSize)
+                throw ApiErrorException.BadRequest($"token id {id} is outside the vocabulary of {engine.Model.Config.VocabSize}", "tokens");
+        string text = engine.Model.Tokenizer.Decode([.. ids]);
+        return WriteJson(ctx, w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("prompt", text);
+            w.WriteEndObject();
+        });
+    }
+
+    static long Created => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    // ---- sampling parameters shared by both generation endpoints --------------------------------------
+
+    static SamplingParams ParseSampling(JsonRequest b, int? defaultMaxTokens, int? maxTokens)
+    {
+        var stop = b.StringOrList("stop", maxItems: 16);
+        if (stop.Any(string.IsNullOrEmpty)) throw ApiErrorException.BadRequest("'stop' strings must not be empty", "stop");
+        return new SamplingParams
+        {
+            Temperature = (float)(b.Number("temperature", 0, 2) ?? 1.0),
+            TopP = (float)(b.Number("top_p", 0, 1) ?? 1.0) is var p && p > 0 ? p : throw ApiErrorException.BadRequest("'top_p' must be greater than 0", "top_p"),
+            TopK = b.Int("top_k", -1, int.MaxValue) is int k && k > 0 ? k : 0, // vLLM: -1 or 0 disables
+            MinP = (float)(b.Number("min_p", 0, 1) ?? 0),
+            RepetitionPenalty = (float)(b.Number("repetition_penalty", 0.01, 100) ?? 1),
+            PresencePenalty = (float)(b.Number("presence_penalty", -2, 2) ?? 0),
+            FrequencyPenalty = (float)(b.Number("frequency_penalty", -2, 2) ?? 0),
+            LogitBias = b.LogitBias("logit_bias"),
+            Seed = b.Long("seed") is long s ? unchecked((ulong)s) : null,
+            MaxTokens = maxTokens ?? defaultMaxTokens ?? 16,
+            MinTokens = b.Int("min_tokens", 0, int.MaxValue) ?? 0,
+            Stop = stop,
+            StopTokenIds = b.IntList("stop_token_ids"),
+            IgnoreEos = b.Bool("ignore_eos") ?? false,
+        };
+    }
+
+    // ---- /v1/completions ------------------------------------------------------------------------------
+
+    async Task Completions(HttpContext ctx, LlmEngine engine, JsonRequest? body)
+    {
+        var b = body!;
+        CheckModel(b);
+        if (b.Has("suffix")) throw ApiErrorException.BadRequest("'suffix' is not supported (no model here is trained for insertion)", "suffix");
+        if (b.Int("best_of", 1, 1) is not null and not 1) throw ApiErrorException.BadRequest("'best_of' other than 1 is not supported", "best_of");
+        var prompts = ParseCompletionPrompts(b, engine);
+        int n = b.Int("n", 1, 128) ?? 1;
+        bool stream = b.Bool("stream") ?? false;
+        bool includeUsage = stream && b.Get("stream_options") is { } so && so.ValueKind == JsonValueKind.Object
+            && so.TryGetProperty("include_usage", out var iu) && iu.ValueKind == JsonValueKind.True;
+        int? logprobs = b.Int("logprobs", 0, 5);
+        bool echo = b.Bool("echo") ?? false;
+        var sampling = ParseSampling(b, defaultMaxTokens: 16, b.Int("max_tokens", 1, int.MaxValue)) with { Logprobs = logprobs };
+        int priority = b.Int("priority") ?? 0;
+
+        var choices = new List<(GenerationRequest Request, string Echo)>();
+        foreach (var (text, ids) in prompts)
+            for (int j = 0; j < n; j++)
+                choices.Add((new GenerationRequest
+                {
+                    PromptTokenIds = ids,
+                    Sampling = sampling.Seed is { } seed && j > 0 ? sampling with { Seed = seed + (ulong)j } : sampling,
+                    Priority = priority,
+                }, echo ? text : ""));
+
+        string id = "cmpl-" + Guid.NewGuid().ToString("N");
+        await Run(ctx, engine, id, choices, stream, includeUsage, chat: false).ConfigureAwait(false);
+    }
+
+    /// <summary>OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of lists of token ids.</summary>
+    static List<(string Text, int[] Ids)> ParseCompletionPrompts(JsonRequest b, LlmEngine engine)
+    {
+        var tok = engine.Model.Tokenizer;
+        if (b.Get("prompt") is not { } p) throw ApiErrorException.BadRequest("'prompt' is required", "prompt");
+        var list = new List<(string, int[])>();
+        (string, int[]) FromText(string s) => (s, tok.Encode(s, addSpecial: true, parseSpecial: true));
+        (string, int[]) FromIds(JsonElement arr)
+        {
+            var ids = new List<int>();
+            foreach (var e in arr.EnumerateArray())
+            {
+                if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int t)) throw JsonRequest.TypeError("prompt", "token ids (integers)", e);
+                ids.Add(t);
+            }
+            foreach (int t in ids)
+                if ((uint)t >= (uint)engine.Model.Config.VocabSize)
+                    throw ApiErrorException.BadRequest($"prompt token id {t} is outside the vocabulary of {engine.Model.Config.VocabSize}", "prompt");
+            return (tok.Decode([.. ids]), [.. ids]);
+        }
+        switch (p.ValueKind)
+        {
+            case JsonValueKind.String:
+                list.Add(FromText(p.GetString()!));
+                break;
+            case JsonValueKind.Array when p.GetArrayLength() == 0:
+                throw ApiErrorException.BadRequest("'prompt' must not be an empty list", "prompt");
+            case JsonValueKind.Array when p[0].ValueKind == JsonValueKind.Number:
+                list.Add(FromIds(p));
+                break;
+            case JsonValueKind.Array:
+                foreach (var e in p.EnumerateArray())
+                {
+                    if (e.ValueKind == JsonValueKind.String) list.Add(FromText(e.GetString()!));
+                    else if (e.ValueKind == JsonValueKind.Array) list.Add(FromIds(e));
+                    else throw JsonRequest.TypeError("prompt", "strings or lists of token ids", e);
+                }
+                break;
+            default:
+                throw JsonRequest.TypeError("prompt", "a string, a list of strings or a list of token ids", p);
+        }
+        foreach (var (_, ids) in list)
+            if (ids.Length == 0) throw ApiErrorException.BadRequest("the prompt is empty and the model adds no BOS token", "prompt");
+        return list;
+    }
+
+    // ---- /v1/chat/completions -------------------------------------------------------------------------
+
+    async Task ChatCompletions(HttpContext ctx, LlmEngine engine, JsonRequest? body)
+    {
+        var b = body!;
+        CheckModel(b);
+        var messages = ParseMessages(b);
+        string prompt = _chat.Render(messages, addGenerationPrompt: true);
+        int[] ids = engine.Model.Tokenizer.Encode(prompt, addSpecial: false, parseSpecial: true);
+        int n = b.Int("n", 1, 128) ?? 1;
+        bool stream = b.Bool("stream") ?? false;
+        bool includeUsage = stream && b.Get("stream_options") is { } so && so.ValueKind == JsonValueKind.Object
+            && so.TryGetProperty("include_usage", out var iu) && iu.ValueKind == JsonValueKind.True;
+        bool logprobs = b.Bool("logprobs") ?? false;
+        int? topLogprobs = b.Int("top_logprobs", 0, SamplingParams.MaxLogprobs);
+        if (topLogprobs is not null && !logprobs) throw ApiErrorException.BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+        int? maxTokens = b.Int("max_completion_tokens", 1, int.MaxValue) ?? b.Int("max_tokens", 1, int.MaxValue);
+        // Like vLLM: without a limit, a chat completion may use the rest of the context.
+        int room = Math.Max(1, engine.MaxModelLen - ids.Length);
+        var sampling = ParseSampling(b, defaultMaxTokens: room, maxTokens) with { Logprobs = logprobs ? topLogprobs ?? 0 : null };
+        int priority = b.Int("priority") ?? 0;
+
+        var choices = new List<(GenerationRequest, string)>();
+        for (int j = 0; j < n; j++)
+            choices.Add((new GenerationRequest
+            {
+                PromptTokenIds = ids,
+                Sampling = sampling.Seed is { } seed && j > 0 ? sampling with { Seed = seed + (ulong)j } : sampling,
+                Priority = priority,
+            }, ""));
+        string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
+        await Run(ctx, engine, id, choices, stream, includeUsage, chat: true).ConfigureAwait(false);
+    }
+
+    static List<ChatTurn> ParseMessages(JsonRequest b)
+    {
+        if (b.Get("messages") is not { } m || m.ValueKind != JsonValueKind.Array)
+            throw ApiErrorException.BadRequest("'messages' must be a list of messages", "messages");
+        if (m.GetArrayLength() == 0) throw ApiErrorException.BadRequest("'messages' must not be empty", "messages");
+        var turns = new List<ChatTurn>();
+        int i = 0;
+        foreach (var e in m.EnumerateArray())
+        {
+            string where = $"messages[{i++}]";
+            if (e.ValueKind != JsonValueKind.Object) throw JsonRequest.TypeError(where, "an object", e);
+            var msg = new JsonRequest(e);
+            string role = msg.String("role") ?? throw ApiErrorException.BadRequest($"'{where}.role' is required", "messages");
+            if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
+                throw ApiErrorException.BadRequest($"'{where}.role' must be system, developer, user, assistant or tool; got '{role}'", "messages");
+            string content = "";
+            if (msg.Get("content") is { } c)
+            {
+                if (c.ValueKind == JsonValueKind.String) content = c.GetString()!;
+                else if (c.ValueKind == JsonValueKind.Array)
+                {
+                    var sb = new StringBuilder();
+                    foreach (var part in c.EnumerateArray())
+                    {
+                        var pr = new JsonRequest(part);
+                        string type = pr.String("type") ?? "text";
+                        if (type != "text") throw ApiErrorException.BadRequest($"'{where}.content' part type '{type}' is not supported (text only)", "messages");
+                        sb.Append(pr.String("text") ?? "");
+                    }
+                    content = sb.ToString();
+                }
+                else throw JsonRequest.TypeError($"{where}.content", "a string or a list of content parts", c);
+            }
+            turns.Add(new ChatTurn(role == "developer" ? "system" : role, content));
+        }
+        return turns;
+    }
+
+    // ---- running requests and writing results ----------------------------------------------------------
+
+    /// <summary>
+    /// Submits every choice (all or nothing: a refusal aborts those already queued), then streams
+    /// their chunks as SSE or collects them into one response.
+    /// </summary>
+    async Task Run(HttpContext ctx, LlmEngine engine, string id, List<(GenerationRequest Request, string Echo)> choices,
+        bool stream, bool includeUsage, bool chat)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        var streams = new List<IAsyncEnumerable<CompletionChunk>>();
+        try
+        {
+            foreach (var (request, _) in choices) streams.Add(engine.Generate(request with { RequestId = $"{id}-{streams.Count}" }, cts.Token));
+        }
+        catch
+        {
+            await cts.CancelAsync().ConfigureAwait(false); // those already queued are aborted; nothing leaks
+            throw;
+        }
+
+        var clock = Stopwatch.StartNew();
+        var merged = Channel.CreateUnbounded<(int Index, CompletionChunk Chunk)>();
+        var pumps = streams.Select((s, i) => Task.Run(async () =>
+        {
+            await foreach (var c in s.ConfigureAwait(false)) await merged.Writer.WriteAsync((i, c)).ConfigureAwait(false);
+        })).ToArray();
+        _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
+
+        var results = choices.Select(c => new ChoiceState(c.Echo)).ToArray();
+        long created = Created;
+        string model = _modelName;
+        var tok = engine.Model.Tokenizer;
+
+        if (stream)
+        {
+            ctx.Response.ContentType = "text/event-stream";
+            ctx.Response.Headers.CacheControl = "no-cache";
+            if (chat)
+                for (int i = 0; i < results.Length; i++)
+                    await Sse(ctx, w => ChatChunk(w, id, created, model, i, role: true, "", null, null, tok, includeUsage)).ConfigureAwait(false);
+            else
+                for (int i = 0; i < results.Length; i++)
+                    if (results[i].Echo.Length > 0)
+                        await Sse(ctx, w => CompletionChunkJson(w, id, created, model, i, results[i].Echo, null, null, tok, includeUsage)).ConfigureAwait(false);
+        }
+
+        await foreach (var (i, chunk) in merged.Reader.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
+        {
+            var r = results[i];
+            r.Record(chunk, clock.Elapsed, _metrics!);
+            if (!stream) continue;
+            bool hasContent = chunk.Text.Length > 0 || chunk.Logprobs is not null;
+            if (hasContent || chunk.IsFinal)
+            {
+                var lp = chunk.Logprobs;
+                string? finish = chunk.FinishReason;
+                if (chat)
+                    await Sse(ctx, w => ChatChunk(w, id, created, model, i, role: false, chunk.Text, lp, finish, tok, includeUsage)).ConfigureAwait(false);
+                else
+                    await Sse(ctx, w => CompletionChunkJson(w, id, created, model, i, chunk.Text, lp, finish, tok, includeUsage)).ConfigureAwait(false);
+            }
+        }
+
+        // Usage counts each distinct prompt once, however many choices it has (as OpenAI does for n > 1).
+        int promptTokens = choices.Select(c => c.Request.PromptTokenIds).Distinct().Sum(p => p!.Count);
+        int completionTokens = results.Sum(r => r.CompletionTokens);
+        ctx.Items["log"] = $" {id} prompt_tokens={promptTokens} completion_tokens={completionTokens} finish={string.Join(',', results.Select(r => r.Finish))}";
+
+        if (stream)
+        {
+            if (includeUsage)
+                await Sse(ctx, w =>
+                {
+                    w.WriteStartObject();
+                    w.WriteString("id", id);
+                    w.WriteString("object", chat ? "chat.completion.chunk" : "text_completion");
+                    w.WriteNumber("created", created);
+                    w.WriteString("model", model);
+                    w.WriteStartArray("choices");
+                    w.WriteEndArray();
+                    Usage(w, promptTokens, completionTokens);
+                    w.WriteEndObject();
+                }).ConfigureAwait(false);
+            await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted).ConfigureAwait(false);
+            await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            return;
+        }
+
+        await WriteJson(ctx, w =>
+        {
+            w.WriteStartObject();
+            w.WriteString("id", id);
+            w.WriteString("object", chat ? "chat.completion" : "text_completion");
+            w.WriteNumber("created", created);
+            w.WriteString("model", model);
+            w.WriteStartArray("choices");
+            for (int i = 0; i < results.Length; i++)
+            {
+                var r = results[i];
+                w.WriteStartObject();
+                w.WriteNumber("index", i);
+                if (chat)
+                {
+                    w.WriteStartObject("message");
+                    w.WriteString("role", "assistant");
+                    w.WriteString("content", r.Text.ToString());
+                    w.WriteEndObject();
+                    if (r.Logprobs is null) w.WriteNull("logprobs");
+                    else ChatLogprobs(w, r.Logprobs, tok);
+                }
+                else
+                {
+                    w.WriteString("text", r.Echo + r.Text);
+                    if (r.Logprobs is null) w.WriteNull("logprobs");
+                    else CompletionLogprobs(w, r.Logprobs, tok, r.Echo.Length);
+                }
+                w.WriteString("finish_reason", r.Finish);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            Usage(w, promptTokens, completionTokens);
+            w.WriteEndObject();
+        }).ConfigureAwait(false);
+    }
+
+    sealed class ChoiceState(string echo)
+    {
+        public string Echo { get; } = echo;
+        public StringBuilder Text { get; } = new();
+        public List<SampledToken>? Logprobs { get; private set; }
+        public string? Finish { get; private set; }
+        public int PromptTokens { get; private set; }
+        public int CompletionTokens { get; private set; }
+        TimeSpan? _last;
+
+        public void Record(CompletionChunk c, TimeSpan now, ServerMetrics metrics)
+        {
+            Text.Append(c.Text);
+            if (c.Logprobs is { } lp) (Logprobs ??= []).AddRange(lp);
+            PromptTokens = c.PromptTokens;
+            CompletionTokens = c.CompletionTokens;
+            if (c.TokenIds.Length > 0)
+            {
+                if (_last is null) metrics.RecordFirstToken(now);
+                else metrics.RecordInterToken(now - _last.Value);
+                _last = now;
+            }
+            if (c.IsFinal)
+            {
+                Finish = c.FinishReason;
+                metrics.RecordFinished(c, now);
+            }
+        }
+    }
+
+    static async Task Sse(HttpContext ctx, Action<Utf8JsonWriter> write)
+    {
+        var body = ctx.Response.BodyWriter;
+        System.Buffers.BuffersExtensions.Write(body, "data: "u8);
+        using (var w = new Utf8JsonWriter(body, WriterOptions)) write(w);
+        System.Buffers.BuffersExtensions.Write(body, "\n\n"u8);
+        await body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+    }
+
+    static void Usage(Utf8JsonWriter w, int prompt, int completion)
+    {
+        w.WriteStartObject("usage");
+        w.WriteNumber("prompt_tokens", prompt);
+        w.WriteNumber("completion_tokens", completion);
+        w.WriteNumber("total_tokens", prompt + completion);
+        w.WriteEndObject();
+    }
+
+    static void ChatChunk(Utf8JsonWriter w, string id, long created, string model, int index, bool role, string content,
+        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage)
+    {
+        w.WriteStartObject();
+        w.WriteString("id", id);
+        w.WriteString("object", "chat.completion.chunk");
+        w.WriteNumber("created", created);
+        w.WriteString("model", model);
+        w.WriteStartArray("choices");
+        w.WriteStartObject();
+        w.WriteNumber("index", index);
+        w.WriteStartObject("delta");
+        if (role) w.WriteString("role", "assistant");
+        if (role || content.Length > 0) w.WriteString("content", content);
+        w.WriteEndObject();
+        if (logprobs is null) w.WriteNull("logprobs"); else ChatLogprobs(w, logprobs, tok);
+        if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
+        w.WriteEndObject();
+        w.WriteEndArray();
+        if (includeUsage) w.WriteNull("usage");
+        w.WriteEndObject();
+    }
+
+    static void CompletionChunkJson(Utf8JsonWriter w, string id, long created, string model, int index, string text,
+        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage)
+    {
+        w.WriteStartObject();
+        w.WriteString("id", id);
+        w.WriteString("object", "text_completion");
+        w.WriteNumber("created", created);
+        w.WriteString("model", model);
+        w.WriteStartArray("choices");
+        w.WriteStartObject();
+        w.WriteNumber("index", index);
+        w.WriteString("text", text);
+        if (logprobs is null) w.WriteNull("logprobs"); else CompletionLogprobs(w, logprobs, tok, 0);
+        if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
+        w.WriteEndObject();
+        w.WriteEndArray();
+        if (includeUsage) w.WriteNull("usage");
+        w.WriteEndObject();
+    }
+
+    static string TokenText(Tokenization.ITokenizer tok, int id) => Encoding.UTF8.GetString(tok.TokenToBytes(id, renderSpecial: true));
+
+    static void ChatLogprobs(Utf8JsonWriter w, IReadOnlyList<SampledToken> lps, Tokenization.ITokenizer tok)
+    {
+        w.WriteStartObject("logprobs");
+        w.WriteStartArray("content");
+        foreach (var lp in lps)
+        {
+            WriteTokenLogprob(w, tok, lp.TokenId, lp.Logprob);
+            w.WriteStartArray("top_logprobs");
+            foreach (var t in lp.TopLogprobs ?? [])
+            {
+                WriteTokenLogprob(w, tok, t.TokenId, t.Logprob);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+
+        static void WriteTokenLogprob(Utf8JsonWriter w, Tokenization.ITokenizer tok, int id, float logprob)
+        {
+            var bytes = tok.TokenToBytes(id, renderSpecial: true);
+            w.WriteStartObject();
+            w.WriteString("token", Encoding.UTF8.GetString(bytes));
+            w.WriteNumber("logprob", logprob);
+            w.WriteStartArray("bytes");
+            foreach (byte x in bytes) w.WriteNumberValue(x);
+            w.WriteEndArray();
+        }
+    }
+
+    static void CompletionLogprobs(Utf8JsonWriter w, IReadOnlyList<SampledToken> lps, Tokenization.ITokenizer tok, int textOffset)
+    {
+        w.WriteStartObject("logprobs");
+        w.WriteStartArray("tokens");
+        foreach (var lp in lps) w.WriteStringValue(TokenText(tok, lp.TokenId));
+        w.WriteEndArray();
+        w.WriteStartArray("token_logprobs");
+        foreach (var lp in lps) w.WriteNumberValue(lp.Logprob);
+        w.WriteEndArray();
+        w.WriteStartArray("top_logprobs");
+        foreach (var lp in lps)
+        {
+            w.WriteStartObject();
+            foreach (var t in lp.TopLogprobs ?? []) w.WriteNumber(TokenText(tok, t.TokenId), t.Logprob);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("text_offset");
+        int offset = textOffset;
+        foreach (var lp in lps)
+        {
+            w.WriteNumberValue(offset);
+            offset += TokenText(tok, lp.TokenId).Length;
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+}

@@ -1,0 +1,250 @@
+using System.ClientModel;
+using System.Net;
+using System.Text;
+using System.Text.Json;
+using OpenAI;
+using OpenAI.Chat;
+using TokenMill.Core;
+
+namespace TokenMill.Tests.Server;
+
+/// <summary>The OpenAI-compatible server end to end: the official OpenAI .NET SDK for chat, raw HTTP for the rest.</summary>
+public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
+{
+    const string Greedy40 = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big,";
+
+    ChatClient Chat() => new(ServerFixture.ModelName, new ApiKeyCredential(ServerFixture.ApiKey),
+        new OpenAIClientOptions { Endpoint = new Uri(fx.Server!.BaseAddress, "v1") });
+
+    static StringContent Json(string json) => new(json, Encoding.UTF8, "application/json");
+
+    async Task<(HttpStatusCode Status, JsonElement Body)> Post(string path, string json, HttpClient? client = null)
+    {
+        using var response = await (client ?? fx.Http).PostAsync(path, Json(json));
+        var text = await response.Content.ReadAsStringAsync();
+        return (response.StatusCode, JsonDocument.Parse(text).RootElement.Clone());
+    }
+
+    /// <summary>Reads an SSE body: the JSON of every data event, and whether it ended with [DONE].</summary>
+    internal static async Task<(List<JsonElement> Events, bool Done)> ReadSse(HttpResponseMessage response, CancellationToken ct = default)
+    {
+        var events = new List<JsonElement>();
+        using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct));
+        bool done = false;
+        while (await reader.ReadLineAsync(ct) is { } line)
+        {
+            if (line.Length == 0) continue;
+            Assert.StartsWith("data: ", line);
+            string data = line["data: ".Length..];
+            Assert.False(done, "an event arrived after [DONE]");
+            if (data == "[DONE]") done = true;
+            else events.Add(JsonDocument.Parse(data).RootElement.Clone());
+        }
+        return (events, done);
+    }
+
+    [SkippableFact]
+    public async Task Sdk_chat_completion_returns_an_assistant_message_with_usage()
+    {
+        fx.SkipIfAbsent();
+        ChatCompletion c = await Chat().CompleteChatAsync([new UserChatMessage("Tell me a story.")],
+            new ChatCompletionOptions { MaxOutputTokenCount = 12, Temperature = 0 });
+        Assert.Equal(ChatMessageRole.Assistant, c.Role);
+        Assert.False(string.IsNullOrEmpty(c.Content[0].Text));
+        Assert.Equal(ChatFinishReason.Length, c.FinishReason);
+        Assert.Equal(12, c.Usage.OutputTokenCount);
+        Assert.True(c.Usage.InputTokenCount > 0);
+        Assert.Equal(ServerFixture.ModelName, c.Model);
+    }
+
+    [SkippableFact]
+    public async Task Sdk_chat_streaming_concatenates_to_the_non_streamed_greedy_text()
+    {
+        fx.SkipIfAbsent();
+        var options = new ChatCompletionOptions { MaxOutputTokenCount = 20, Temperature = 0 };
+        ChatMessage[] messages = [new SystemChatMessage("You tell stories."), new UserChatMessage("Once upon a time")];
+        ChatCompletion whole = await Chat().CompleteChatAsync(messages, options);
+        var sb = new StringBuilder();
+        ChatFinishReason? finish = null;
+        await foreach (var update in Chat().CompleteChatStreamingAsync(messages, options))
+        {
+            foreach (var part in update.ContentUpdate) sb.Append(part.Text);
+            finish ??= update.FinishReason;
+        }
+        Assert.Equal(whole.Content[0].Text, sb.ToString());
+        Assert.Equal(ChatFinishReason.Length, finish);
+    }
+
+    [SkippableFact]
+    public async Task Completions_reproduce_the_reference_greedy_text()
+    {
+        fx.SkipIfAbsent();
+        var (status, body) = await Post("/v1/completions",
+            """{"model":"stories260K","prompt":"Once upon a time","max_tokens":35,"temperature":0,"user":"u1","some_future_field":{"x":1}}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal("text_completion", body.GetProperty("object").GetString());
+        var choice = body.GetProperty("choices")[0];
+        Assert.Equal(Greedy40, choice.GetProperty("text").GetString()!.Trim());
+        Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
+        Assert.Equal(5, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(35, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    [SkippableFact]
+    public async Task Streamed_completion_chunks_end_with_finish_usage_and_done()
+    {
+        fx.SkipIfAbsent();
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+        {
+            Content = Json("""{"prompt":"Once upon a time","max_tokens":35,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"""),
+        };
+        using var response = await fx.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal("text/event-stream", response.Content.Headers.ContentType!.MediaType);
+        var (events, done) = await ReadSse(response);
+        Assert.True(done);
+        var text = string.Concat(events.Where(e => e.GetProperty("choices").GetArrayLength() > 0)
+            .Select(e => e.GetProperty("choices")[0].GetProperty("text").GetString()));
+        Assert.Equal(Greedy40, text.Trim());
+        var finish = events.Last(e => e.GetProperty("choices").GetArrayLength() > 0).GetProperty("choices")[0];
+        Assert.Equal("length", finish.GetProperty("finish_reason").GetString());
+        var usage = events[^1];
+        Assert.Equal(0, usage.GetProperty("choices").GetArrayLength());
+        Assert.Equal(35, usage.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    [SkippableFact]
+    public async Task Completions_accept_prompt_lists_token_ids_n_echo_and_logprobs()
+    {
+        fx.SkipIfAbsent();
+        var (status, body) = await Post("/v1/completions",
+            """{"prompt":["Lily","The cat"],"n":2,"max_tokens":4,"temperature":0.8,"seed":3,"echo":true,"logprobs":2}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choices = body.GetProperty("choices");
+        Assert.Equal(4, choices.GetArrayLength());
+        Assert.StartsWith("Lily", choices[0].GetProperty("text").GetString());
+        Assert.StartsWith("The cat", choices[3].GetProperty("text").GetString());
+        var lp = choices[0].GetProperty("logprobs");
+        Assert.Equal(4, lp.GetProperty("tokens").GetArrayLength());
+        Assert.Equal(4, lp.GetProperty("token_logprobs").GetArrayLength());
+        Assert.InRange(lp.GetProperty("top_logprobs")[0].EnumerateObject().Count(), 1, 2);
+
+        var (_, ids) = await Post("/tokenize", """{"prompt":"Once upon a time"}""");
+        var tokenIds = ids.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        Assert.Equal(5, ids.GetProperty("count").GetInt32());
+        var (s2, fromIds) = await Post("/v1/completions", $$"""{"prompt":[{{string.Join(",", tokenIds)}}],"max_tokens":35,"temperature":0}""");
+        Assert.Equal(HttpStatusCode.OK, s2);
+        Assert.Equal(Greedy40, fromIds.GetProperty("choices")[0].GetProperty("text").GetString()!.Trim());
+        var (_, detok) = await Post("/detokenize", $$"""{"tokens":[{{string.Join(",", tokenIds[1..])}}]}""");
+        Assert.Equal("Once upon a time", detok.GetProperty("prompt").GetString());
+    }
+
+    [SkippableFact]
+    public async Task Models_health_and_metrics_answer()
+    {
+        fx.SkipIfAbsent();
+        var models = JsonDocument.Parse(await fx.Http.GetStringAsync("/v1/models")).RootElement;
+        Assert.Equal(ServerFixture.ModelName, models.GetProperty("data")[0].GetProperty("id").GetString());
+        Assert.Equal(HttpStatusCode.OK, (await fx.Http.GetAsync("/health")).StatusCode);
+        await Post("/v1/completions", """{"prompt":"Lily","max_tokens":3}""");
+        string metrics = await fx.Http.GetStringAsync("/metrics");
+        foreach (var name in new[]
+                 {
+                     "tokenmill:time_to_first_token_seconds_bucket", "tokenmill:inter_token_latency_seconds_count",
+                     "tokenmill:e2e_request_latency_seconds_sum", "tokenmill:request_queue_time_seconds_count",
+                     "tokenmill:num_requests_running", "tokenmill:num_requests_waiting", "tokenmill:kv_cache_usage_perc",
+                     "tokenmill:num_preemptions_total", "tokenmill:prompt_tokens_total", "tokenmill:generation_tokens_total",
+                     "tokenmill:request_success_total{model_name=\"stories260K\",finished_reason=\"length\"}",
+                 })
+            Assert.Contains(name, metrics);
+    }
+
+    [SkippableTheory]
+    [InlineData("{not json", 400, null)]
+    [InlineData("[1,2]", 400, null)]
+    [InlineData("""{"prompt":"x","temperature":"hot"}""", 400, "temperature")]
+    [InlineData("""{"prompt":"x","temperature":3}""", 400, "temperature")]
+    [InlineData("""{"prompt":"x","max_tokens":-1}""", 400, "max_tokens")]
+    [InlineData("""{"prompt":"x","n":0}""", 400, "n")]
+    [InlineData("""{"prompt":"x","logit_bias":{"abc":1}}""", 400, "logit_bias")]
+    [InlineData("""{"prompt":"x","suffix":"y"}""", 400, "suffix")]
+    [InlineData("""{"prompt":[]}""", 400, "prompt")]
+    [InlineData("""{"prompt":[1,99999]}""", 400, "prompt")]
+    [InlineData("""{"max_tokens":5}""", 400, "prompt")]
+    [InlineData("""{"prompt":"x","model":"gpt-4o"}""", 404, "model")]
+    public async Task Bad_completion_requests_get_openai_errors(string json, int status, string? param)
+    {
+        fx.SkipIfAbsent();
+        var (code, body) = await Post("/v1/completions", json);
+        Assert.Equal(status, (int)code);
+        var error = body.GetProperty("error");
+        Assert.False(string.IsNullOrEmpty(error.GetProperty("message").GetString()));
+        Assert.Equal("invalid_request_error", error.GetProperty("type").GetString());
+        if (param is null) Assert.Equal(JsonValueKind.Null, error.GetProperty("param").ValueKind);
+        else Assert.Equal(param, error.GetProperty("param").GetString());
+    }
+
+    [SkippableFact]
+    public async Task A_prompt_longer_than_the_context_gets_400_with_both_numbers()
+    {
+        fx.SkipIfAbsent();
+        string prompt = string.Join(' ', Enumerable.Repeat("Lily went to the park.", 40));
+        var (code, body) = await Post("/v1/completions", JsonSerializer.Serialize(new { prompt, max_tokens = 10 }));
+        Assert.Equal(HttpStatusCode.BadRequest, code);
+        string message = body.GetProperty("error").GetProperty("message").GetString()!;
+        Assert.Contains("maximum context length is 128", message);
+        Assert.Matches(@"\(\d+ in the prompt", message);
+    }
+
+    [SkippableFact]
+    public async Task Chat_requests_are_checked_too()
+    {
+        fx.SkipIfAbsent();
+        var (c1, b1) = await Post("/v1/chat/completions", """{"messages":[]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, c1);
+        Assert.Equal("messages", b1.GetProperty("error").GetProperty("param").GetString());
+        var (c2, _) = await Post("/v1/chat/completions", """{"messages":[{"role":"wizard","content":"hi"}]}""");
+        Assert.Equal(HttpStatusCode.BadRequest, c2);
+        var (c3, b3) = await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""");
+        Assert.Equal(HttpStatusCode.BadRequest, c3);
+        Assert.Equal("top_logprobs", b3.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    [SkippableFact]
+    public async Task A_wrong_api_key_gets_401()
+    {
+        fx.SkipIfAbsent();
+        using var anonymous = new HttpClient { BaseAddress = fx.Server!.BaseAddress };
+        var (code, body) = await Post("/v1/completions", """{"prompt":"x"}""", anonymous);
+        Assert.Equal(HttpStatusCode.Unauthorized, code);
+        Assert.Equal("invalid_api_key", body.GetProperty("error").GetProperty("code").GetString());
+        anonymous.DefaultRequestHeaders.Authorization = new("Bearer", "sk-wrong");
+        Assert.Equal(HttpStatusCode.Unauthorized, (await Post("/v1/chat/completions", "{}", anonymous)).Status);
+        Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("/health")).StatusCode); // health stays open for probes
+    }
+
+    [SkippableFact]
+    public async Task A_body_over_the_limit_gets_413()
+    {
+        fx.SkipIfAbsent();
+        string prompt = new('a', 100_000); // the fixture's limit is 64 KiB
+        var (code, body) = await Post("/v1/completions", JsonSerializer.Serialize(new { prompt }));
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, code);
+        Assert.Equal("request_too_large", body.GetProperty("error").GetProperty("code").GetString());
+    }
+
+    [SkippableFact]
+    public async Task A_full_queue_gets_429_with_retry_after()
+    {
+        fx.SkipIfAbsent();
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"),
+            new EngineOptions { MaxModelLen = 128, MaxQueuedRequests = 0 });
+        await server.StartAsync();
+        await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var response = await http.PostAsync("/v1/completions", Json("""{"prompt":"Lily","max_tokens":3}"""));
+        Assert.Equal(HttpStatusCode.TooManyRequests, response.StatusCode);
+        Assert.Equal("1", response.Headers.GetValues("Retry-After").Single());
+        var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+        Assert.Equal("rate_limit_exceeded", error.GetProperty("code").GetString());
+    }
+}

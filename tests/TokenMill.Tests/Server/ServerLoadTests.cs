@@ -1,0 +1,71 @@
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using TokenMill.Core;
+using TokenMill.Tests.Core;
+
+namespace TokenMill.Tests.Server;
+
+/// <summary>Many concurrent streaming clients, and clients that vanish mid-stream.</summary>
+public class ServerLoadTests
+{
+    static HttpRequestMessage StreamRequest(string prompt, int maxTokens) => new(HttpMethod.Post, "/v1/completions")
+    {
+        Content = new StringContent(JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, stream = true }),
+            Encoding.UTF8, "application/json"),
+    };
+
+    static string Text(List<JsonElement> events) =>
+        string.Concat(events.Select(e => e.GetProperty("choices")[0].GetProperty("text").GetString()));
+
+    [SkippableFact]
+    public async Task Sixty_four_concurrent_streams_complete_equal_to_each_request_alone_and_free_every_block()
+    {
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"), new EngineOptions { MaxModelLen = 128 });
+        await server.StartAsync();
+        var engine = await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        var prompts = Enumerable.Range(0, 64).Select(i => LlmEngineTests.Prompts[i % LlmEngineTests.Prompts.Length] + (i >= 24 ? $" {i}" : "")).ToArray();
+
+        var alone = new string[prompts.Length];
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            using var r = await http.SendAsync(StreamRequest(prompts[i], 24), HttpCompletionOption.ResponseHeadersRead);
+            alone[i] = Text((await OpenAiServerTests.ReadSse(r)).Events);
+        }
+
+        var together = await Task.WhenAll(prompts.Select(async p =>
+        {
+            using var r = await http.SendAsync(StreamRequest(p, 24), HttpCompletionOption.ResponseHeadersRead);
+            var (events, done) = await OpenAiServerTests.ReadSse(r);
+            Assert.True(done, "a stream ended without [DONE]");
+            Assert.Equal("length", events[^1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+            return Text(events);
+        }));
+        for (int i = 0; i < prompts.Length; i++) Assert.Equal(alone[i], together[i]);
+        await LlmEngineTests.WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0);
+    }
+
+    [SkippableFact]
+    public async Task Clients_that_drop_mid_stream_leave_no_block_allocated()
+    {
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"), new EngineOptions { MaxModelLen = 128 });
+        await server.StartAsync();
+        var engine = await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+
+        await Task.WhenAll(Enumerable.Range(0, 16).Select(async i =>
+        {
+            using var cts = new CancellationTokenSource();
+            using var r = await http.SendAsync(StreamRequest(LlmEngineTests.Prompts[i], 90), HttpCompletionOption.ResponseHeadersRead, cts.Token);
+            Assert.Equal(System.Net.HttpStatusCode.OK, r.StatusCode);
+            using var reader = new StreamReader(await r.Content.ReadAsStreamAsync(cts.Token));
+            int events = 0;
+            while (await reader.ReadLineAsync(cts.Token) is { } line)
+                if (line.StartsWith("data: ", StringComparison.Ordinal) && ++events == 2 + i % 5) break;
+            await cts.CancelAsync(); // drop the connection mid-stream
+        }));
+        await LlmEngineTests.WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0 && s.Waiting == 0);
+        Assert.True(engine.Stats.FinishedRequests >= 16, $"{engine.Stats}");
+    }
+}
