@@ -17,6 +17,7 @@ public static class Cli
           serve      the OpenAI-compatible HTTP server (default model: dummy:tinyllama-1.1b)
           generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
           tokenize   print the token ids of a text
+          bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
           help       show this text; 'tokenmill <command> --help' shows a command's options
         """;
 
@@ -41,8 +42,9 @@ public static class Cli
             {
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
+                "bench" => BenchCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, help)"),
+                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, help)"),
             };
         }
         catch (UsageException e)

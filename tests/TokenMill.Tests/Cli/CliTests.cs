@@ -164,3 +164,39 @@ public class TokenizeCommandVectorTests
         Assert.True(failures.Count == 0, string.Join('\n', failures));
     }
 }
+
+public class BenchCommandTests
+{
+    [SkippableTheory]
+    [InlineData("latency", "prefill_tokens_per_s")]
+    [InlineData("throughput", "generated_tokens_per_s")]
+    public void Bench_writes_a_summary_and_json(string mode, string key)
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var json = Path.GetTempFileName();
+        try
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int code = TokenMill.Server.Cli.Cli.Run(["bench", mode, "--model", model, "--input-len", "16", "--output-len", "8",
+                "--repeat", "1", "--num-prompts", "4", "--output-json", json], stdout, stderr);
+            Assert.True(code == 0, stderr.ToString());
+            Assert.Contains(key, stdout.ToString());
+            var o = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json)).RootElement;
+            Assert.Equal(mode, o.GetProperty("mode").GetString());
+            Assert.True(o.GetProperty(key).GetDouble() > 0);
+        }
+        finally
+        {
+            File.Delete(json);
+        }
+    }
+
+    [Fact]
+    public void An_unknown_bench_mode_is_a_usage_error()
+    {
+        var stderr = new StringWriter();
+        Assert.Equal(2, TokenMill.Server.Cli.Cli.Run(["bench", "serve-me"], new StringWriter(), stderr));
+        Assert.Contains("unknown bench mode 'serve-me'", stderr.ToString());
+    }
+}

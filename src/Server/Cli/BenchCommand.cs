@@ -1,0 +1,160 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TokenMill.Core;
+using TokenMill.Models;
+using TokenMill.Sampling;
+
+namespace TokenMill.Server.Cli;
+
+/// <summary>
+/// <c>tokenmill bench latency|throughput</c>: offline measurements through the real engine, on random
+/// prompt token ids (seeded) so any model — dummy presets included — measures the same work.
+/// </summary>
+public static class BenchCommand
+{
+    const string Help = """
+        usage: tokenmill bench latency    [--model M] [--input-len 512] [--output-len 128] [--repeat 3] [options]
+               tokenmill bench throughput [--model M] [--num-prompts 32] [--input-len 128] [--output-len 128] [options]
+
+          latency       prefill tokens/s for one prompt of --input-len tokens (time to first token), and decode
+                        tokens/s of that one sequence for --output-len tokens; best of --repeat runs
+          throughput    --num-prompts requests submitted at once through the engine: total generated tokens/s,
+                        prompt tokens/s, requests/s
+
+          --model M          a GGUF file or dummy:<preset> (default dummy:tinyllama-1.1b)
+          --dtype T          weight type of a dummy model (default Q8_0)
+          --seed S           seed of the random prompts (default 0)
+          --output-json F    write the full result as JSON
+          engine options as 'tokenmill generate --help' lists them (--max-num-seqs 1 runs requests one at a time)
+        """;
+
+    static readonly HashSet<string> ValueOptions =
+    [
+        "model", "dtype", "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json",
+        "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+    ];
+    static readonly HashSet<string> Flags = ["help"];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        if (args.Length == 0 || args[0] is "--help" or "help")
+        {
+            stdout.WriteLine(Help);
+            return args.Length == 0 ? Cli.ExitUsage : Cli.ExitOk;
+        }
+        string mode = args[0];
+        if (mode is not ("latency" or "throughput")) throw new UsageException($"unknown bench mode '{mode}' (modes: latency, throughput)");
+        var a = new CliArguments($"bench {mode}", args.Skip(1), ValueOptions, Flags);
+        if (a.Flag("help"))
+        {
+            stdout.WriteLine(Help);
+            return Cli.ExitOk;
+        }
+        if (a.Positional.Count > 0) throw new UsageException($"unexpected argument '{a.Positional[0]}'");
+
+        string modelName = a.String("model") ?? ModelLoader.DefaultModel;
+        var loadOptions = new ModelLoadOptions { DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null };
+        int inputLen = a.Int("input-len", mode == "latency" ? 512 : 128, min: 1);
+        int outputLen = a.Int("output-len", 128, min: 1);
+        int seed = a.Int("seed", 0, min: 0);
+        var engineOptions = GenerateCommand.ParseEngineOptions(a);
+        if (engineOptions.MaxModelLen is null) engineOptions = engineOptions with { MaxModelLen = inputLen + outputLen };
+
+        var load = Stopwatch.StartNew();
+        using var model = ModelLoader.Load(modelName, loadOptions);
+        double loadSeconds = load.Elapsed.TotalSeconds;
+        using var engine = new LlmEngine(model, engineOptions);
+        var random = new Random(seed);
+        int[] RandomPrompt() => [.. Enumerable.Range(0, inputLen).Select(_ => random.Next(model.Config.VocabSize))];
+
+        var result = new JsonObject
+        {
+            ["mode"] = mode,
+            ["model"] = model.Name,
+            ["weights"] = model.Weights.Layers[0].Wq.Type.ToString(),
+            ["threads"] = engineOptions.Threads == 0 ? Environment.ProcessorCount : engineOptions.Threads,
+            ["input_len"] = inputLen,
+            ["output_len"] = outputLen,
+            ["load_seconds"] = loadSeconds,
+        };
+        var gc = (Gen0: GC.CollectionCount(0), Gen1: GC.CollectionCount(1), Gen2: GC.CollectionCount(2));
+        var allocated = GC.GetTotalAllocatedBytes();
+
+        if (mode == "latency") Latency(engine, a.Int("repeat", 3, min: 1), RandomPrompt, outputLen, result);
+        else Throughput(engine, a.Int("num-prompts", 32, min: 1), RandomPrompt, outputLen, result);
+
+        result["gc_collections"] = new JsonObject
+        {
+            ["gen0"] = GC.CollectionCount(0) - gc.Gen0,
+            ["gen1"] = GC.CollectionCount(1) - gc.Gen1,
+            ["gen2"] = GC.CollectionCount(2) - gc.Gen2,
+        };
+        result["allocated_mib"] = (GC.GetTotalAllocatedBytes() - allocated) / (1024.0 * 1024.0);
+
+        stdout.WriteLine($"tokenmill bench {mode}: {model.Name} ({result["weights"]}), {result["threads"]} threads");
+        foreach (var (key, value) in result)
+            if (key is not ("mode" or "model" or "weights" or "threads"))
+                stdout.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  {key,-28} {Format(value)}"));
+        if (a.String("output-json") is { } path)
+            File.WriteAllText(path, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        return Cli.ExitOk;
+    }
+
+    static string Format(JsonNode? v) => v is JsonValue jv && jv.TryGetValue(out double d)
+        ? d.ToString(d >= 100 ? "F1" : "F3", CultureInfo.InvariantCulture)
+        : v?.ToJsonString() ?? "";
+
+    static GenerationRequest Request(int[] prompt, int outputLen) => new()
+    {
+        PromptTokenIds = prompt,
+        Sampling = SamplingParams.Greedy with { MaxTokens = outputLen, IgnoreEos = true },
+    };
+
+    static void Latency(LlmEngine engine, int repeat, Func<int[]> prompt, int outputLen, JsonObject result)
+    {
+        // One warm-up run pages the weights in and JITs the kernels; then the best of the repeats.
+        double bestPrefill = 0, bestDecode = 0;
+        var runs = new JsonArray();
+        for (int r = -1; r < repeat; r++)
+        {
+            var p = prompt();
+            var clock = Stopwatch.StartNew();
+            TimeSpan? first = null;
+            int tokens = 0;
+            foreach (var chunk in engine.Generate(Request(p, outputLen)).ToBlockingEnumerable())
+            {
+                if (chunk.TokenIds.Length == 0) continue;
+                first ??= clock.Elapsed;
+                tokens += chunk.TokenIds.Length;
+            }
+            var total = clock.Elapsed;
+            double prefill = p.Length / first!.Value.TotalSeconds;
+            double decode = (tokens - 1) / Math.Max((total - first.Value).TotalSeconds, 1e-9);
+            if (r < 0) continue;
+            runs.Add(new JsonObject { ["prefill_tokens_per_s"] = prefill, ["decode_tokens_per_s"] = decode, ["ttft_s"] = first.Value.TotalSeconds });
+            bestPrefill = Math.Max(bestPrefill, prefill);
+            bestDecode = Math.Max(bestDecode, decode);
+        }
+        result["prefill_tokens_per_s"] = bestPrefill;
+        result["decode_tokens_per_s"] = bestDecode;
+        result["runs"] = runs;
+    }
+
+    static void Throughput(LlmEngine engine, int numPrompts, Func<int[]> prompt, int outputLen, JsonObject result)
+    {
+        var prompts = Enumerable.Range(0, numPrompts).Select(_ => prompt()).ToArray();
+        engine.CompleteAsync(Request(prompts[0][..Math.Min(16, prompts[0].Length)], 2)).GetAwaiter().GetResult(); // warm-up
+        var clock = Stopwatch.StartNew();
+        var results = Task.WhenAll(prompts.Select(p => engine.CompleteAsync(Request(p, outputLen)))).GetAwaiter().GetResult();
+        double seconds = clock.Elapsed.TotalSeconds;
+        int generated = results.Sum(r => r.CompletionTokens), prompted = results.Sum(r => r.PromptTokens);
+        result["num_prompts"] = numPrompts;
+        result["elapsed_s"] = seconds;
+        result["requests_per_s"] = numPrompts / seconds;
+        result["generated_tokens_per_s"] = generated / seconds;
+        result["total_tokens_per_s"] = (generated + prompted) / seconds;
+        result["preemptions"] = engine.Stats.Preemptions;
+    }
+}
