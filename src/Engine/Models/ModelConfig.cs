@@ -85,8 +85,12 @@ public sealed record ModelConfig
             throw new NotSupportedException(
                 $"{f.Path}: general.architecture '{arch}' is not supported (supported: {string.Join(", ", SupportedArchitectures)})");
 
-        int Int(string key) => checked((int)f.RequireInt($"{arch}.{key}"));
-        int? OptInt(string key) => f.GetInt($"{arch}.{key}") is long v ? checked((int)v) : null;
+        // Every size must be a positive int: a corrupt file must fail here, not divide by zero or overflow later.
+        int Positive(string key, long v) => v is > 0 and <= int.MaxValue
+            ? (int)v
+            : throw new GgufFormatException(f.Path, $"{arch}.{key}", $"must be a positive 32-bit integer, got {v}");
+        int Int(string key) => Positive(key, f.RequireInt($"{arch}.{key}"));
+        int? OptInt(string key) => f.GetInt($"{arch}.{key}") is long v ? Positive(key, v) : null;
 
         int nEmbd = Int("embedding_length");
         int nHead = Int("attention.head_count");

@@ -29,14 +29,22 @@ public static class TokenizerLoader
         string model = file.GetString(Prefix + "model") ?? throw new GgufFormatException(file.Path, Prefix + "model", "required metadata key is missing");
         string? pre = file.GetString(Prefix + "pre");
 
-        return model switch
+        try
         {
-            "llama" => LoadSpm(file),
-            "gpt2" => LoadBpe(file, pre),
-            "bert" => LoadWpm(file),
-            _ => throw new NotSupportedException(
-                $"{file.Path}: tokenizer.ggml.model = \"{model}\" is not supported (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE), \"bert\" (WordPiece))"),
-        };
+            return model switch
+            {
+                "llama" => LoadSpm(file),
+                "gpt2" => LoadBpe(file, pre),
+                "bert" => LoadWpm(file),
+                _ => throw new NotSupportedException(
+                    $"{file.Path}: tokenizer.ggml.model = \"{model}\" is not supported (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE), \"bert\" (WordPiece))"),
+            };
+        }
+        catch (FormatException e)
+        {
+            // A malformed vocabulary entry (e.g. a byte token not of the form <0xAB>) is a malformed file.
+            throw new GgufFormatException(file.Path, Prefix + "tokens", e.Message);
+        }
     }
 
     /// <summary>

@@ -23,7 +23,7 @@ public sealed unsafe class GgufFile : IDisposable
     readonly byte* _base;
     readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
-    GgufFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePtr, long length)
+    GgufFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* basePtr, long length)
     {
         Path = path;
         _map = map;
@@ -128,6 +128,17 @@ public sealed unsafe class GgufFile : IDisposable
     public IReadOnlyList<GgufTensorInfo> Tensors { get; }
 
     /// <summary>Opens and validates a GGUF file; the tensor data stays mapped until <see cref="Dispose"/>.</summary>
+    /// <summary>
+    /// Parses a GGUF image already in memory (the caller keeps it alive and pinned while the result is used):
+    /// the same checks as <see cref="Open"/>, for fuzzing and for files that are not on disk.
+    /// </summary>
+    public static GgufFile Parse(string name, byte* data, long length)
+    {
+        if (length < 8)
+            throw new GgufFormatException(name, "header", $"file is truncated ({length} bytes; a GGUF header needs at least 24)");
+        return new GgufFile(name, null, null, data, length);
+    }
+
     public static GgufFile Open(string path)
     {
         var info = new FileInfo(path);
@@ -171,7 +182,7 @@ public sealed unsafe class GgufFile : IDisposable
     /// <summary>Pointer to a tensor's first byte inside the mapping (valid until the file is disposed).</summary>
     public byte* GetTensorPointer(GgufTensorInfo tensor)
     {
-        ObjectDisposedException.ThrowIf(_view is null || _disposed, this);
+        ObjectDisposedException.ThrowIf(_disposed, this);
         return _base + DataOffset + tensor.RelativeOffset;
     }
 
