@@ -9,7 +9,7 @@ public static class TestData
 {
     public static string? Root { get; } = Find();
 
-    public static string RepoRoot { get; } = FindRepoRoot();
+    public static string RepoRoot => FindRepoRoot();
 
     static string FindRepoRoot()
     {
