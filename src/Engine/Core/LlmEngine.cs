@@ -80,7 +80,8 @@ public sealed class LlmEngine : IDisposable
     public EngineStats Stats => _stats;
 
     /// <summary>
-    /// Validates and queues a request, then streams its output. Throws at once — nothing queued —
+    /// Validates and queues a request, then streams its output; cancelling <paramref name="cancellationToken"/>
+    /// aborts the request, whose stream then ends with a final chunk of finish reason "abort". Throws at once — nothing queued —
     /// with <see cref="InvalidRequestException"/> for a request it cannot serve and
     /// <see cref="EngineOverloadedException"/> when the waiting queue is full.
     /// </summary>
@@ -98,7 +99,9 @@ public sealed class LlmEngine : IDisposable
             seq.CancellationRegistration = cancellationToken.Register(() => Abort(seq));
         _incoming.Enqueue(seq);
         _wake.Release();
-        return reader.ReadAllAsync(cancellationToken);
+        // The token aborts the request; the stream itself is read to its end, so a cancelled request's
+        // stream ends with its final chunk (finish reason "abort") rather than breaking off.
+        return reader.ReadAllAsync(CancellationToken.None);
     }
 
     /// <summary>Runs a request to the end and collects its output. Refusals throw at once, as <see cref="Generate"/>'s do.</summary>
@@ -200,6 +203,7 @@ public sealed class LlmEngine : IDisposable
         var work = _scheduler.Schedule();
         if (work.Count == 0) return false;
         _steps++;
+        BeforeStepHook?.Invoke();
 
         _batch.Clear();
         foreach (var w in work)
@@ -232,10 +236,25 @@ public sealed class LlmEngine : IDisposable
             seq.ComputedTokens = w.Start + w.TokenCount;
             if (!w.SamplesNext) continue;
             var logits = _logits.AsSpan(row++ * vocab, vocab);
-            SampleAndPublish(seq, logits);
+            try
+            {
+                BeforeSampleHook?.Invoke(seq);
+                SampleAndPublish(seq, logits);
+            }
+            catch (Exception e)
+            {
+                // One request's failure (a bad stop string, a detokenizer fault…) ends that request alone.
+                Fail(seq, e);
+            }
         }
         return true;
     }
+
+    /// <summary>Test hook: runs on the engine thread before every step (e.g. to slow steps down).</summary>
+    internal Action? BeforeStepHook { get; set; }
+
+    /// <summary>Test hook (fault injection): runs before a sequence samples; an exception fails that request only.</summary>
+    internal Action<Sequence>? BeforeSampleHook { get; set; }
 
     void SampleAndPublish(Sequence seq, ReadOnlySpan<float> logits)
     {

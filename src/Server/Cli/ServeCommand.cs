@@ -16,6 +16,8 @@ public static class ServeCommand
           --port P                   port (default 8000)
           --served-model-name NAME   the model name clients use (default: --model)
           --api-key KEY              require 'Authorization: Bearer KEY' on /v1 endpoints (or TOKENMILL_API_KEY)
+          --api-key-file FILE        read the key from a file (first line), so it stays out of the process list
+          --shutdown-timeout SECONDS on SIGTERM/Ctrl+C, how long in-flight requests may finish before they are aborted (default 30)
           --max-request-body SIZE    largest request body (default 4MiB); larger ones get 413
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
@@ -23,10 +25,23 @@ public static class ServeCommand
 
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "host", "port", "served-model-name", "api-key", "max-request-body",
+        "model", "dtype", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body",
         "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
     ];
     static readonly HashSet<string> Flags = ["help"];
+
+    static string? ApiKey(CliArguments a)
+    {
+        if (a.String("api-key") is not null && a.String("api-key-file") is not null)
+            throw new UsageException("give either --api-key or --api-key-file, not both");
+        if (a.String("api-key-file") is { } file)
+        {
+            if (!File.Exists(file)) throw new FileNotFoundException($"{file}: no such API key file", file);
+            string key = File.ReadLines(file).FirstOrDefault()?.Trim() ?? "";
+            return key.Length > 0 ? key : throw new UsageException($"{file} holds no API key on its first line");
+        }
+        return a.String("api-key") ?? Environment.GetEnvironmentVariable("TOKENMILL_API_KEY");
+    }
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -46,7 +61,8 @@ public static class ServeCommand
             Host = a.String("host") ?? "127.0.0.1",
             Port = a.Int("port", 8000, min: 0, max: 65535),
             ServedModelName = a.String("served-model-name"),
-            ApiKey = a.String("api-key") ?? Environment.GetEnvironmentVariable("TOKENMILL_API_KEY"),
+            ApiKey = ApiKey(a),
+            ShutdownTimeout = TimeSpan.FromSeconds(a.Float("shutdown-timeout", 30, min: 0, max: 3600)),
             MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
             Log = stderr,
         };

@@ -33,6 +33,9 @@ public sealed record ServerOptions
 
     /// <summary>Where the one-line-per-request log goes (stderr by default).</summary>
     public TextWriter? Log { get; init; }
+
+    /// <summary>On shutdown, how long in-flight requests may run on before they are aborted (their streams still end properly).</summary>
+    public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>
@@ -48,6 +51,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     readonly Task<LlmEngine> _engineTask;
     readonly TextWriter _log;
     readonly byte[]? _apiKeyHash;
+    readonly CancellationTokenSource _shutdown = new();
+    int _inflight;
+    volatile bool _draining;
     LlmEngine? _engine;
     ServerMetrics? _metrics;
     IChatPromptRenderer _chat = new ChatMlRenderer();
@@ -62,13 +68,21 @@ public sealed class OpenAiServer : IAsyncDisposable
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
+        // The host waits for our drain (below) plus a margin before it gives up on open connections.
+        builder.Services.Configure<Microsoft.Extensions.Hosting.HostOptions>(h => h.ShutdownTimeout = options.ShutdownTimeout + TimeSpan.FromSeconds(10));
         builder.WebHost.ConfigureKestrel(k =>
         {
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            // Bounds for hostile clients: header size and count, and how slowly headers and bodies may trickle in.
+            k.Limits.MaxRequestHeadersTotalSize = 32 << 10;
+            k.Limits.MaxRequestHeaderCount = 64;
+            k.Limits.RequestHeadersTimeout = TimeSpan.FromSeconds(15);
+            k.Limits.MinRequestBodyDataRate = new Microsoft.AspNetCore.Server.Kestrel.Core.MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
             k.Listen(System.Net.IPAddress.Parse(options.Host == "localhost" ? "127.0.0.1" : options.Host), options.Port);
         });
         _app = builder.Build();
         Map(_app);
+        _app.Lifetime.ApplicationStopping.Register(Drain);
 
         _engineTask = Task.Run(() =>
         {
@@ -106,6 +120,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_engineTask.IsCompletedSuccessfully) _engineTask.Result.Dispose();
+        _shutdown.Dispose();
     }
 
     // ---- routing -----------------------------------------------------------------------------------
@@ -114,7 +129,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         app.MapGet("/health", (HttpContext ctx) =>
         {
-            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully ? 200 : 503;
+            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully && !_draining ? 200 : 503;
             return Task.CompletedTask;
         });
         app.MapGet("/metrics", async (HttpContext ctx) =>
@@ -130,12 +145,31 @@ public sealed class OpenAiServer : IAsyncDisposable
         app.MapPost("/detokenize", ctx => Handle(ctx, needsBody: true, Detokenize));
     }
 
+    /// <summary>
+    /// Graceful shutdown (SIGTERM, Ctrl+C): refuse new work with 503, let in-flight requests finish for
+    /// up to <see cref="ServerOptions.ShutdownTimeout"/>, then abort the rest — their streams still end
+    /// with a final event (finish reason "abort") and <c>[DONE]</c>.
+    /// </summary>
+    void Drain()
+    {
+        _draining = true;
+        var clock = Stopwatch.StartNew();
+        while (Volatile.Read(ref _inflight) > 0 && clock.Elapsed < _options.ShutdownTimeout) Thread.Sleep(10);
+        if (Volatile.Read(ref _inflight) == 0) return;
+        _shutdown.Cancel();
+        clock.Restart();
+        while (Volatile.Read(ref _inflight) > 0 && clock.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(10);
+    }
+
     /// <summary>Authentication, body parsing and the error mapping every endpoint shares: no client mistake becomes a 500.</summary>
     async Task Handle(HttpContext ctx, bool needsBody, Func<HttpContext, LlmEngine, JsonRequest?, Task> handler)
     {
         var clock = Stopwatch.StartNew();
+        Interlocked.Increment(ref _inflight);
         try
         {
+            if (_draining)
+                throw new ApiErrorException(503, "the server is shutting down", "server_error", null, "shutting_down");
             CheckApiKey(ctx);
             if (!_engineTask.IsCompletedSuccessfully)
                 throw new ApiErrorException(503, "the model is still loading; retry when /health answers 200", "server_error", null, "model_loading");
@@ -187,6 +221,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         finally
         {
+            Interlocked.Decrement(ref _inflight);
             _log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{DateTime.UtcNow:O} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F1} ms{ctx.Items["log"]}"));
         }
@@ -470,7 +505,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     async Task Run(HttpContext ctx, LlmEngine engine, string id, List<(GenerationRequest Request, string Echo)> choices,
         bool stream, bool includeUsage, bool chat)
     {
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _shutdown.Token);
         var streams = new List<IAsyncEnumerable<CompletionChunk>>();
         try
         {

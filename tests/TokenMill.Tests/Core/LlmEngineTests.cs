@@ -82,20 +82,43 @@ public class LlmEngineTests
     {
         using var model = LoadStories();
         using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        engine.BeforeStepHook = () => Thread.Sleep(5); // 120 tokens now take 0.6 s: the cancel lands mid-stream
         using var cts = new CancellationTokenSource();
         int chunks = 0;
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
+        CompletionChunk? last = null;
+        await foreach (var chunk in engine.Generate(Greedy("Once upon a time", maxTokens: 120), cts.Token))
         {
-            await foreach (var _ in engine.Generate(Greedy("Once upon a time", maxTokens: 120), cts.Token))
-                if (++chunks == 3) await cts.CancelAsync();
-        });
-        // Chunks already buffered may still arrive after the cancel; the request must not run to its end.
-        Assert.InRange(chunks, 3, 119);
+            last = chunk;
+            if (++chunks == 3) await cts.CancelAsync();
+        }
+        // The stream ends with the request: a final chunk that says it was aborted, long before 120 tokens.
+        Assert.Equal(FinishReason.Abort, last!.FinishReason);
+        Assert.InRange(last.CompletionTokens, 3, 119);
         await WaitFor(() => engine.Stats is { Running: 0, Waiting: 0 } s && s.FreeKvBlocks == s.TotalKvBlocks);
 
         // The engine goes on serving.
+        engine.BeforeStepHook = null;
         var after = await engine.CompleteAsync(Greedy("Lily", maxTokens: 5));
         Assert.Equal(5, after.CompletionTokens);
+    }
+
+    [SkippableFact]
+    public async Task A_fault_while_serving_one_request_fails_it_alone_and_the_engine_lives()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        engine.BeforeSampleHook = seq =>
+        {
+            if (seq.RequestId == "doomed" && seq.OutputTokens.Count == 3) throw new InvalidOperationException("injected fault");
+        };
+        var others = Prompts.Take(6).Select(p => engine.CompleteAsync(Greedy(p, maxTokens: 20))).ToList();
+        var doomed = engine.CompleteAsync(Greedy("Once upon a time", maxTokens: 20) with { RequestId = "doomed" });
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => doomed);
+        Assert.Contains("request doomed failed", error.Message);
+        Assert.Contains("injected fault", error.Message);
+        Assert.All(await Task.WhenAll(others), r => Assert.Equal(20, r.CompletionTokens));
+        await WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0);
+        Assert.Equal(5, (await engine.CompleteAsync(Greedy("Lily", maxTokens: 5))).CompletionTokens);
     }
 
     [SkippableFact]

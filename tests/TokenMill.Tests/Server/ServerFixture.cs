@@ -27,9 +27,14 @@ public sealed class ServerFixture : IAsyncLifetime
         Http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
     }
 
-    public static OpenAiServer Start(string modelPath, EngineOptions engineOptions, string? apiKey = null, long maxBody = 4 << 20, TextWriter? log = null) =>
-        OpenAiServer.Create(new ServerOptions { Port = 0, ServedModelName = ModelName, ApiKey = apiKey, MaxRequestBodyBytes = maxBody, Log = log ?? TextWriter.Null },
-            () => new LlmEngine(GgufModelLoader.Load(modelPath), engineOptions));
+    public static OpenAiServer Start(string modelPath, EngineOptions engineOptions, string? apiKey = null, long maxBody = 4 << 20,
+        TextWriter? log = null, TimeSpan? shutdownTimeout = null, int? contextLength = null) =>
+        OpenAiServer.Create(new ServerOptions
+            {
+                Port = 0, ServedModelName = ModelName, ApiKey = apiKey, MaxRequestBodyBytes = maxBody, Log = log ?? TextWriter.Null,
+                ShutdownTimeout = shutdownTimeout ?? TimeSpan.FromSeconds(30),
+            },
+            () => new LlmEngine(ModelLoader.Load(modelPath, new ModelLoadOptions { MaxModelLen = contextLength }), engineOptions));
 
     public void SkipIfAbsent() => Skip.If(Server is null, "shared test data not found (models/stories260K.gguf)");
 
