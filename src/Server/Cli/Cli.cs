@@ -63,6 +63,11 @@ public static class Cli
         }
     }
 
+    /// <summary>The model options every model-running command shares: <c>--model</c> (default: the dummy preset) and <c>--dtype</c>.</summary>
+    public static (string Model, TokenMill.Models.ModelLoadOptions Load) ParseModel(CliArguments a) =>
+        (a.String("model") ?? TokenMill.Models.ModelLoader.DefaultModel,
+         new TokenMill.Models.ModelLoadOptions { DType = a.String("dtype") is { } dt ? ParseDType(dt) : null });
+
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>
     public static GgmlType ParseDType(string s) =>
         Enum.TryParse<GgmlType>(s.Replace('-', '_'), ignoreCase: true, out var t) && Enum.IsDefined(t)

@@ -73,8 +73,7 @@ public static class GenerateCommand
         if (a.Flag("jsonl") && a.String("prompts-file") is null)
             throw new UsageException("--jsonl goes with --prompts-file");
 
-        string modelName = a.String("model") ?? ModelLoader.DefaultModel;
-        var loadOptions = new ModelLoadOptions { DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null };
+        var (modelName, loadOptions) = Cli.ParseModel(a);
         var engineOptions = ParseEngineOptions(a);
         var sampling = new SamplingParams
         {

@@ -52,8 +52,7 @@ public static class ServeCommand
             return Cli.ExitOk;
         }
         if (a.Positional.Count > 0) throw new UsageException($"unexpected argument '{a.Positional[0]}'");
-        string modelName = a.String("model") ?? ModelLoader.DefaultModel;
-        var loadOptions = new ModelLoadOptions { DType = a.String("dtype") is { } dt ? Cli.ParseDType(dt) : null };
+        var (modelName, loadOptions) = Cli.ParseModel(a);
         var engineOptions = GenerateCommand.ParseEngineOptions(a);
         engineOptions.Validate();
         var options = new ServerOptions

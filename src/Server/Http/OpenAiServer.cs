@@ -671,45 +671,41 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     static void ChatChunk(Utf8JsonWriter w, string id, long created, string model, int index, bool role, string content,
-        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage)
-    {
-        w.WriteStartObject();
-        w.WriteString("id", id);
-        w.WriteString("object", "chat.completion.chunk");
-        w.WriteNumber("created", created);
-        w.WriteString("model", model);
-        w.WriteStartArray("choices");
-        w.WriteStartObject();
-        w.WriteNumber("index", index);
-        w.WriteStartObject("delta");
-        if (role) w.WriteString("role", "assistant");
-        if (role || content.Length > 0) w.WriteString("content", content);
-        w.WriteEndObject();
-        if (logprobs is null) w.WriteNull("logprobs"); else ChatLogprobs(w, logprobs, tok);
-        if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
-        w.WriteEndObject();
-        w.WriteEndArray();
-        if (includeUsage) w.WriteNull("usage");
-        w.WriteEndObject();
-    }
+        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage) =>
+        ChunkEnvelope(w, id, "chat.completion.chunk", created, model, index, finish, includeUsage, () =>
+        {
+            w.WriteStartObject("delta");
+            if (role) w.WriteString("role", "assistant");
+            if (role || content.Length > 0) w.WriteString("content", content);
+            w.WriteEndObject();
+            if (logprobs is null) w.WriteNull("logprobs"); else ChatLogprobs(w, logprobs, tok);
+        });
 
     static void CompletionChunkJson(Utf8JsonWriter w, string id, long created, string model, int index, string text,
-        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage)
+        IReadOnlyList<SampledToken>? logprobs, string? finish, Tokenization.ITokenizer tok, bool includeUsage) =>
+        ChunkEnvelope(w, id, "text_completion", created, model, index, finish, includeUsage, () =>
+        {
+            w.WriteString("text", text);
+            if (logprobs is null) w.WriteNull("logprobs"); else CompletionLogprobs(w, logprobs, tok, 0);
+        });
+
+    /// <summary>One streamed chunk: the envelope both endpoints share around one choice's body.</summary>
+    static void ChunkEnvelope(Utf8JsonWriter w, string id, string kind, long created, string model, int index, string? finish,
+        bool includeUsage, Action writeChoiceBody)
     {
         w.WriteStartObject();
         w.WriteString("id", id);
-        w.WriteString("object", "text_completion");
+        w.WriteString("object", kind);
         w.WriteNumber("created", created);
         w.WriteString("model", model);
         w.WriteStartArray("choices");
         w.WriteStartObject();
         w.WriteNumber("index", index);
-        w.WriteString("text", text);
-        if (logprobs is null) w.WriteNull("logprobs"); else CompletionLogprobs(w, logprobs, tok, 0);
+        writeChoiceBody();
         if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
         w.WriteEndObject();
         w.WriteEndArray();
-        if (includeUsage) w.WriteNull("usage");
+        if (includeUsage) w.WriteNull("usage"); // OpenAI sends "usage": null on every chunk but the usage chunk
         w.WriteEndObject();
     }
 

@@ -36,9 +36,16 @@ public static class DummyPresets
         ["qwen2.5-1.5b"] = new(Qwen2(vocab: 151936, d: 1536, layers: 28, heads: 12, kvHeads: 2, ff: 8960, ctx: 32768), TiedEmbeddings: true),
     };
 
-    static ModelConfig Llama(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx, float ropeBase) => new()
+    static ModelConfig Llama(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx, float ropeBase) =>
+        Shape("llama", vocab, d, layers, heads, kvHeads, ff, ctx, ropeBase, RopeType.Norm, rmsEps: 1e-5f);
+
+    static ModelConfig Qwen2(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx) =>
+        Shape("qwen2", vocab, d, layers, heads, kvHeads, ff, ctx, ropeBase: 1000000f, RopeType.Neox, rmsEps: 1e-6f);
+
+    static ModelConfig Shape(string arch, int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx, float ropeBase,
+        RopeType rope, float rmsEps) => new()
     {
-        Architecture = "llama",
+        Architecture = arch,
         VocabSize = vocab,
         EmbeddingLength = d,
         BlockCount = layers,
@@ -48,28 +55,10 @@ public static class DummyPresets
         HeadDim = d / heads,
         ValueHeadDim = d / heads,
         ContextLength = ctx,
-        RmsNormEps = 1e-5f,
-        RopeType = RopeType.Norm,
+        RmsNormEps = rmsEps,
+        RopeType = rope,
         RopeDimensionCount = d / heads,
         RopeFreqBase = ropeBase,
-    };
-
-    static ModelConfig Qwen2(int vocab, int d, int layers, int heads, int kvHeads, int ff, int ctx) => new()
-    {
-        Architecture = "qwen2",
-        VocabSize = vocab,
-        EmbeddingLength = d,
-        BlockCount = layers,
-        FeedForwardLength = ff,
-        HeadCount = heads,
-        HeadCountKv = kvHeads,
-        HeadDim = d / heads,
-        ValueHeadDim = d / heads,
-        ContextLength = ctx,
-        RmsNormEps = 1e-6f,
-        RopeType = RopeType.Neox,
-        RopeDimensionCount = d / heads,
-        RopeFreqBase = 1000000f,
     };
 
     /// <summary>
