@@ -17,6 +17,7 @@ public static class BenchCommand
     const string Help = """
         usage: tokenmill bench latency    [--model M] [--input-len 512] [--output-len 128] [--repeat 3] [options]
                tokenmill bench throughput [--model M] [--num-prompts 32] [--input-len 128] [--output-len 128] [options]
+               tokenmill bench serve      --base-url URL [--concurrency 32] [--num-prompts 64] … ('bench serve --help')
 
           latency       prefill tokens/s for one prompt of --input-len tokens (time to first token), and decode
                         tokens/s of that one sequence for --output-len tokens; best of --repeat runs
@@ -37,6 +38,13 @@ public static class BenchCommand
     ];
     static readonly HashSet<string> Flags = ["help"];
 
+    static readonly HashSet<string> ServeValueOptions =
+    [
+        "base-url", "endpoint", "model", "api-key", "num-prompts", "concurrency", "request-rate", "dataset", "input-len", "output-len",
+        "seed", "goodput-ttft-ms", "goodput-tpot-ms", "hourly-cost", "output-json",
+    ];
+    static readonly HashSet<string> ServeFlags = ["help", "no-progress"];
+
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         if (args.Length == 0 || args[0] is "--help" or "help")
@@ -45,7 +53,17 @@ public static class BenchCommand
             return args.Length == 0 ? Cli.ExitUsage : Cli.ExitOk;
         }
         string mode = args[0];
-        if (mode is not ("latency" or "throughput")) throw new UsageException($"unknown bench mode '{mode}' (modes: latency, throughput)");
+        if (mode == "serve")
+        {
+            var sa = new CliArguments("bench serve", args.Skip(1), ServeValueOptions, ServeFlags);
+            if (sa.Flag("help"))
+            {
+                stdout.WriteLine(BenchServe.Help);
+                return Cli.ExitOk;
+            }
+            return BenchServe.Run(sa, stdout, stderr);
+        }
+        if (mode is not ("latency" or "throughput")) throw new UsageException($"unknown bench mode '{mode}' (modes: latency, throughput, serve)");
         var a = new CliArguments($"bench {mode}", args.Skip(1), ValueOptions, Flags);
         if (a.Flag("help"))
         {

@@ -63,10 +63,18 @@ public static class Cli
         }
     }
 
-    /// <summary>The model options every model-running command shares: <c>--model</c> (default: the dummy preset) and <c>--dtype</c>.</summary>
+    /// <summary>
+    /// The model options every model-running command shares: <c>--model</c> (default: the dummy preset), <c>--dtype</c>,
+    /// and <c>--max-model-len</c>, which may exceed the context length the file states (as llama.cpp's -c may:
+    /// some converters write too small a value, e.g. stories260K's 128 for a model trained at 512).
+    /// </summary>
     public static (string Model, TokenMill.Models.ModelLoadOptions Load) ParseModel(CliArguments a) =>
         (a.String("model") ?? TokenMill.Models.ModelLoader.DefaultModel,
-         new TokenMill.Models.ModelLoadOptions { DType = a.String("dtype") is { } dt ? ParseDType(dt) : null });
+         new TokenMill.Models.ModelLoadOptions
+         {
+             DType = a.String("dtype") is { } dt ? ParseDType(dt) : null,
+             MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
+         });
 
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>
     public static GgmlType ParseDType(string s) =>

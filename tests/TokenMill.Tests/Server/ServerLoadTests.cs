@@ -69,3 +69,35 @@ public class ServerLoadTests
         Assert.True(engine.Stats.FinishedRequests >= 16, $"{engine.Stats}");
     }
 }
+
+public class BenchServeTests
+{
+    [SkippableFact]
+    public async Task Bench_serve_drives_the_server_and_reports_latencies()
+    {
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"), new EngineOptions { MaxModelLen = 128 });
+        await server.StartAsync();
+        await server.Ready;
+        var json = Path.GetTempFileName();
+        try
+        {
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            int code = await Task.Run(() => TokenMill.Server.Cli.Cli.Run(["bench", "serve", "--base-url", server.BaseAddress.ToString(),
+                "--num-prompts", "12", "--concurrency", "4", "--input-len", "16", "--output-len", "16", "--hourly-cost", "2",
+                "--output-json", json, "--no-progress"], stdout, stderr));
+            Assert.True(code == 0, stdout + stderr.ToString());
+            var r = JsonDocument.Parse(File.ReadAllText(json)).RootElement;
+            Assert.Equal(12, r.GetProperty("completed").GetInt32());
+            Assert.Equal(0, r.GetProperty("failed").GetInt32());
+            Assert.Equal(12 * 16, r.GetProperty("output_tokens").GetInt32());
+            Assert.True(r.GetProperty("ttft_ms").GetProperty("p50").GetDouble() > 0);
+            Assert.True(r.GetProperty("cost_per_million_output_tokens").GetDouble() > 0);
+            Assert.Contains("TTFT", stdout.ToString());
+        }
+        finally
+        {
+            File.Delete(json);
+        }
+    }
+}
