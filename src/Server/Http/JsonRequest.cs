@@ -14,6 +14,45 @@ public sealed class JsonRequest(JsonElement root)
         ? root
         : throw ApiErrorException.BadRequest($"the request body must be a JSON object, not {Describe(root.ValueKind)}");
 
+    /// <summary>
+    /// Rejects, with a 400 naming the place, any string that cannot become a .NET string (an escaped lone
+    /// surrogate such as "\ud800"): System.Text.Json only notices when the string is read.
+    /// </summary>
+    public static void CheckStrings(JsonElement e, string path = "body")
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try
+                {
+                    _ = e.GetString();
+                }
+                catch (InvalidOperationException)
+                {
+                    throw ApiErrorException.BadRequest($"{path} is not a valid string (it holds an unpaired surrogate escape)");
+                }
+                break;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    try
+                    {
+                        _ = p.Name;
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        throw ApiErrorException.BadRequest($"a property name in {path} is not a valid string");
+                    }
+                    CheckStrings(p.Value, $"{path}.{p.Name}");
+                }
+                break;
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray()) CheckStrings(item, $"{path}[{i++}]");
+                break;
+        }
+    }
+
     public bool Has(string name) => Root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null;
 
     public JsonElement? Get(string name) => Root.TryGetProperty(name, out var v) && v.ValueKind != JsonValueKind.Null ? v : null;

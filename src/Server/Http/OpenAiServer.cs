@@ -177,15 +177,22 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (needsBody)
             {
                 if (ctx.Request.ContentLength > _options.MaxRequestBodyBytes) throw ApiErrorException.TooLarge(_options.MaxRequestBodyBytes);
+                // Read the whole body (Kestrel bounds it) and check it is UTF-8 before parsing: System.Text.Json
+                // defers the check of string contents, which would otherwise surface later as a 500.
+                using var buffer = new MemoryStream();
+                await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
+                if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
+                    throw ApiErrorException.BadRequest("the request body is not valid UTF-8");
                 JsonDocument doc;
                 try
                 {
-                    doc = await JsonDocument.ParseAsync(ctx.Request.Body, default, ctx.RequestAborted).ConfigureAwait(false);
+                    doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
                 }
                 catch (JsonException e)
                 {
                     throw ApiErrorException.BadRequest($"the request body is not valid JSON: {e.Message}");
                 }
+                JsonRequest.CheckStrings(doc.RootElement);
                 body = new JsonRequest(doc.RootElement);
             }
             await handler(ctx, _engine!, body).ConfigureAwait(false);

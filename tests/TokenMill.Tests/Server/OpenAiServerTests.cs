@@ -248,3 +248,20 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
         Assert.Equal("rate_limit_exceeded", error.GetProperty("code").GetString());
     }
 }
+
+/// <summary>Regressions found by <c>HttpFuzzTests</c>: bodies whose strings cannot be read were 500s.</summary>
+public class OpenAiServerRegressionTests(ServerFixture fx) : IClassFixture<ServerFixture>
+{
+    [SkippableTheory]
+    [InlineData(new byte[] { 0x7B, 0x22, 0x70, 0x72, 0x6F, 0x6D, 0x70, 0x74, 0x22, 0x3A, 0x22, 0xFF, 0x22, 0x7D }, "not valid UTF-8")] // {"prompt":"\xFF"}
+    [InlineData(new byte[] { 0x7B, 0x22, 0x70, 0x72, 0x6F, 0x6D, 0x70, 0x74, 0x22, 0x3A, 0x22, 0x5C, 0x75, 0x64, 0x38, 0x30, 0x30, 0x22, 0x7D }, "unpaired surrogate")] // {"prompt":"\ud800"}
+    public async Task Unreadable_strings_get_400(byte[] body, string message)
+    {
+        fx.SkipIfAbsent();
+        using var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new("application/json");
+        using var response = await fx.Http.PostAsync("/v1/completions", content);
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Contains(message, await response.Content.ReadAsStringAsync());
+    }
+}
