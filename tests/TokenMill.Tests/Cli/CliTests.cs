@@ -57,6 +57,7 @@ public class CliTests
     [InlineData(new[] { "generate", "--prompt" }, "option --prompt needs a value")]
     [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
     [InlineData(new[] { "tokenize", "text" }, "--model is required")]
+    [InlineData(new[] { "generate", "--eviction-policy", "random" }, "--eviction-policy must be one of lru, lfu, fifo, priority-lru; got 'random'")]
     public void Bad_arguments_exit_2_with_a_precise_message(string[] args, string message)
     {
         var (code, _, stderr) = Run(args);
@@ -131,6 +132,38 @@ public class GeneratePromptsFileTests
                 Assert.Equal("length", o.GetProperty("finish_reason").GetString());
             }
             Assert.StartsWith(", there was a little girl", System.Text.Json.JsonDocument.Parse(lines[0]).RootElement.GetProperty("text").GetString());
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}
+
+public class GeneratePrefixCachingTests
+{
+    [SkippableTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Prompts_sharing_a_prefix_hit_the_cache_unless_it_is_turned_off(bool off)
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var file = Path.GetTempFileName();
+        try
+        {
+            const string shared = "Once upon a time, there was a little girl named Lily. She loved to play outside.";
+            File.WriteAllLines(file, [shared + " One day", shared + " Her mom", shared + " The sun"]);
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            string[] args = ["generate", "--model", model, "--prompts-file", file, "--temperature", "0", "--max-tokens", "60",
+                "--max-model-len", "128", "--block-size", "4", "--max-num-seqs", "1", "--eviction-policy", "LFU"];
+            int code = TokenMill.Server.Cli.Cli.Run(off ? [.. args, "--no-prefix-caching"] : args, stdout, stderr);
+            Assert.True(code == 0, stderr.ToString());
+            var m = System.Text.RegularExpressions.Regex.Match(stderr.ToString(), @"prefix cache: (\d+) of (\d+) looked-up tokens hit");
+            Assert.True(m.Success, stderr.ToString());
+            int hits = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            if (off) Assert.Equal(0, hits);
+            else Assert.True(hits >= 2 * 16, $"two later prompts should each reuse most of the shared prefix: {stderr}");
         }
         finally
         {
