@@ -172,6 +172,42 @@ public class GeneratePrefixCachingTests
     }
 }
 
+public class SimulateCommandTests
+{
+    [Fact]
+    public void Generate_trace_then_simulate_prints_every_policy_and_the_belady_bound()
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            var err = new StringWriter();
+            Assert.Equal(0, TokenMill.Server.Cli.Cli.Run(["simulate", "generate-trace", "--out", path, "--seed", "5", "--sessions", "30"], new StringWriter(), err));
+            Assert.Contains("30 sessions", err.ToString());
+            var stdout = new StringWriter();
+            int code = TokenMill.Server.Cli.Cli.Run(["simulate", "--trace", path, "--num-blocks", "256", "--no-prefix-caching"], stdout, err);
+            Assert.True(code == 0, err.ToString());
+            var lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            foreach (string name in new[] { "no-cache", "lru", "lfu", "fifo", "priority-lru", "belady (bound)" })
+                Assert.Contains(lines, l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData(new[] { "simulate" }, "--trace is required")]
+    [InlineData(new[] { "simulate", "--trace", "t.jsonl", "--eviction-policy", "mru" }, "--eviction-policy must be one of")]
+    [InlineData(new[] { "simulate", "generate-trace" }, "--out is required")]
+    public void Bad_simulate_arguments_exit_2(string[] args, string message)
+    {
+        var err = new StringWriter();
+        Assert.Equal(2, TokenMill.Server.Cli.Cli.Run(args, new StringWriter(), err));
+        Assert.Contains(message, err.ToString());
+    }
+}
+
 /// <summary><c>tokenmill tokenize</c> must print exactly llama.cpp's ids for every test-vector case.</summary>
 public class TokenizeCommandVectorTests
 {
