@@ -24,6 +24,15 @@ public sealed record EngineOptions
     /// <summary>Requests waiting to start before new ones are refused as overloaded (<c>--max-queued-requests</c>).</summary>
     public int MaxQueuedRequests { get; init; } = 4096;
 
+    /// <summary>
+    /// Automatic prefix caching (vLLM's <c>--enable-prefix-caching</c>, on by default; <c>--no-prefix-caching</c>):
+    /// full KV blocks are kept under a hash of their prefix and reused by later requests that start the same way.
+    /// </summary>
+    public bool EnablePrefixCaching { get; init; } = true;
+
+    /// <summary>Which cached free block is given up first when blocks run out (<c>--eviction-policy</c>): lru, lfu, fifo, priority-lru.</summary>
+    public string EvictionPolicy { get; init; } = "lru";
+
     /// <summary>CPU threads of the forward pass; 0 = one per processor.</summary>
     public int Threads { get; init; }
 
@@ -43,6 +52,8 @@ public sealed record EngineOptions
         Check(MaxNumBatchedTokens >= 1, $"--max-num-batched-tokens must be ≥ 1, got {MaxNumBatchedTokens}");
         Check(MaxNumSeqs >= 1, $"--max-num-seqs must be ≥ 1, got {MaxNumSeqs}");
         Check(MaxQueuedRequests >= 0, $"--max-queued-requests must be ≥ 0, got {MaxQueuedRequests}");
+        Check(KvCache.EvictionPolicies.Names.Contains(EvictionPolicy.ToLowerInvariant()),
+            $"--eviction-policy must be one of {string.Join(", ", KvCache.EvictionPolicies.Names)}, got '{EvictionPolicy}'");
         Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
     }
 }

@@ -18,6 +18,19 @@ public sealed record GenerationRequest
 
     /// <summary>Lower runs first (vLLM's convention); ties go first come, first served.</summary>
     public int Priority { get; init; }
+
+    /// <summary>
+    /// Completions to sample from the prompt (OpenAI's and vLLM's <c>n</c>). The prompt is computed once and
+    /// its KV blocks shared by the forks; fork i samples with seed <c>Seed + i</c>. Chunks carry the fork's
+    /// <see cref="CompletionChunk.Index"/>; the stream ends when every fork has ended.
+    /// </summary>
+    public int N { get; init; } = 1;
+
+    /// <summary>Prefix-cache salt (vLLM's <c>cache_salt</c>): cached blocks are shared only among requests with the same salt.</summary>
+    public string? CacheSalt { get; init; }
+
+    /// <summary>Most forks one request may ask for: enough for best-of sampling, small enough that one request cannot fill the batch.</summary>
+    public const int MaxN = 128;
 }
 
 /// <summary>Why a request ended.</summary>
@@ -32,6 +45,8 @@ public static class FinishReason
 /// One piece of a request's output stream: the new text and token ids of a step, their logprobs when
 /// asked for, and on the last chunk the finish reason (with the time the request waited before it
 /// first ran, <see cref="QueueTime"/>). Token counts are running totals.
+/// <see cref="CachedPromptTokens"/> is how many prompt tokens came from the prefix cache
+/// (<c>usage.prompt_tokens_details.cached_tokens</c>); <see cref="Index"/> is the choice (fork) of a request with <c>n &gt; 1</c>.
 /// </summary>
 public sealed record CompletionChunk(
     string RequestId,
@@ -42,6 +57,8 @@ public sealed record CompletionChunk(
     int PromptTokens,
     int CompletionTokens,
     string? StopReason = null,
+    int CachedPromptTokens = 0,
+    int Index = 0,
     TimeSpan? QueueTime = null)
 {
     public bool IsFinal => FinishReason is not null;
@@ -55,4 +72,6 @@ public sealed record CompletionResult(
     string FinishReason,
     int PromptTokens,
     int CompletionTokens,
-    IReadOnlyList<SampledToken>? Logprobs);
+    IReadOnlyList<SampledToken>? Logprobs,
+    int CachedPromptTokens = 0,
+    int Index = 0);

@@ -10,8 +10,18 @@ using TokenMill.Tokenization;
 namespace TokenMill.Core;
 
 /// <summary>Counters of the engine, read at any time from any thread.</summary>
+/// <remarks>
+/// <see cref="FreeKvBlocks"/> counts cached blocks nobody uses (they are evicted on demand);
+/// <see cref="PrefixCacheQueryTokens"/> / <see cref="PrefixCacheHitTokens"/> are the tokens looked up in
+/// the prefix cache at admission and those found there (not computed).
+/// </remarks>
 public sealed record EngineStats(
-    int Running, int Waiting, int FreeKvBlocks, int TotalKvBlocks, long Steps, long Preemptions, long FinishedRequests);
+    int Running, int Waiting, int FreeKvBlocks, int TotalKvBlocks, long Steps, long Preemptions, long FinishedRequests,
+    long PrefixCacheQueryTokens = 0, long PrefixCacheHitTokens = 0, int CachedKvBlocks = 0, long KvEvictions = 0)
+{
+    /// <summary>Share of looked-up tokens found in the prefix cache (0 when nothing was looked up).</summary>
+    public double PrefixCacheHitRate => PrefixCacheQueryTokens == 0 ? 0 : (double)PrefixCacheHitTokens / PrefixCacheQueryTokens;
+}
 
 /// <summary>
 /// The in-process engine. Requests go in from any thread; one dedicated engine thread runs the
@@ -66,7 +76,7 @@ public sealed class LlmEngine : IDisposable
         _pool = new CpuWorkerPool(options.Threads);
         _forward = new CpuForward(model, maxBatchTokens: Math.Min(options.MaxNumBatchedTokens, 512), _pool);
         _kvStore = new PagedKvStore(model.Config, blocks, options.BlockSize);
-        _kv = new KvCacheManager(blocks, options.BlockSize);
+        _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy));
         _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs);
         _eog = model.Tokenizer.EndOfGenerationIds;
         _stats = new EngineStats(0, 0, blocks, blocks, 0, 0, 0);
@@ -78,6 +88,16 @@ public sealed class LlmEngine : IDisposable
     public Model Model => _model;
     public int MaxModelLen { get; }
     public EngineStats Stats => _stats;
+
+    /// <summary>
+    /// KV block events (allocated, cached, hit, evicted), raised on the engine thread as they happen:
+    /// keep handlers short. Subscribe before submitting requests.
+    /// </summary>
+    public event Action<KvCacheEvent>? KvEvents
+    {
+        add => _kv.Events += value;
+        remove => _kv.Events -= value;
+    }
 
     /// <summary>
     /// Validates and queues a request, then streams its output; cancelling <paramref name="cancellationToken"/>
@@ -105,24 +125,47 @@ public sealed class LlmEngine : IDisposable
     }
 
     /// <summary>Runs a request to the end and collects its output. Refusals throw at once, as <see cref="Generate"/>'s do.</summary>
-    public Task<CompletionResult> CompleteAsync(GenerationRequest request, CancellationToken cancellationToken = default) =>
-        Collect(Generate(request, cancellationToken), request.Sampling.Logprobs is not null);
-
-    static async Task<CompletionResult> Collect(IAsyncEnumerable<CompletionChunk> stream, bool withLogprobs)
+    public Task<CompletionResult> CompleteAsync(GenerationRequest request, CancellationToken cancellationToken = default)
     {
-        var text = new System.Text.StringBuilder();
-        var ids = new List<int>();
-        List<SampledToken>? logprobs = withLogprobs ? [] : null;
-        CompletionChunk? last = null;
+        if (request.N != 1) throw new InvalidRequestException($"CompleteAsync collects one completion; use CompleteChoicesAsync for n = {request.N}");
+        var choices = CompleteChoicesAsync(request, cancellationToken); // not awaited here, so that refusals throw at once
+        return First(choices);
+
+        static async Task<CompletionResult> First(Task<CompletionResult[]> choices) => (await choices.ConfigureAwait(false))[0];
+    }
+
+    /// <summary>Runs a request to the end and collects each of its <c>n</c> completions, by choice index.</summary>
+    public Task<CompletionResult[]> CompleteChoicesAsync(GenerationRequest request, CancellationToken cancellationToken = default) =>
+        Collect(Generate(request, cancellationToken), request.N, request.Sampling.Logprobs is not null);
+
+    static async Task<CompletionResult[]> Collect(IAsyncEnumerable<CompletionChunk> stream, int n, bool withLogprobs)
+    {
+        var text = new System.Text.StringBuilder[n];
+        var ids = new List<int>[n];
+        var logprobs = new List<SampledToken>?[n];
+        var last = new CompletionChunk?[n];
+        for (int i = 0; i < n; i++)
+        {
+            text[i] = new();
+            ids[i] = [];
+            logprobs[i] = withLogprobs ? [] : null;
+        }
         await foreach (var chunk in stream.ConfigureAwait(false))
         {
-            text.Append(chunk.Text);
-            ids.AddRange(chunk.TokenIds);
-            if (chunk.Logprobs is { } lp) logprobs?.AddRange(lp);
-            last = chunk;
+            int i = chunk.Index;
+            text[i].Append(chunk.Text);
+            ids[i].AddRange(chunk.TokenIds);
+            if (chunk.Logprobs is { } lp) logprobs[i]?.AddRange(lp);
+            last[i] = chunk;
         }
-        if (last?.FinishReason is not { } finish) throw new InvalidOperationException("the request's stream ended without a finish reason");
-        return new CompletionResult(last.RequestId, text.ToString(), [.. ids], finish, last.PromptTokens, last.CompletionTokens, logprobs);
+        var results = new CompletionResult[n];
+        for (int i = 0; i < n; i++)
+        {
+            if (last[i] is not { FinishReason: { } finish } end) throw new InvalidOperationException($"choice {i} of the request's stream ended without a finish reason");
+            results[i] = new CompletionResult(end.RequestId, text[i].ToString(), [.. ids[i]], finish, end.PromptTokens, end.CompletionTokens, logprobs[i],
+                end.CachedPromptTokens, i);
+        }
+        return results;
     }
 
     Sequence CreateSequence(GenerationRequest request, out ChannelReader<CompletionChunk> reader)
@@ -153,6 +196,8 @@ public sealed class LlmEngine : IDisposable
         {
             throw new InvalidRequestException("the request has neither a prompt nor prompt token ids");
         }
+        if (request.N is < 1 or > GenerationRequest.MaxN)
+            throw new InvalidRequestException($"n must be in [1, {GenerationRequest.MaxN}], got {request.N}");
         if (prompt.Length == 0)
             throw new InvalidRequestException("the prompt is empty and the model adds no BOS token: there is nothing to condition on");
         if (prompt.Length + sampling.MaxTokens > MaxModelLen)
@@ -163,8 +208,36 @@ public sealed class LlmEngine : IDisposable
         long id = Interlocked.Increment(ref _nextId);
         var channel = Channel.CreateUnbounded<CompletionChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         reader = channel.Reader;
-        return new Sequence(id, request.RequestId ?? $"req-{id}", prompt, sampling, request.Priority, id,
-            new Sampler(sampling, prompt), new IncrementalDetokenizer(_model.Tokenizer, sampling.Stop), channel.Writer);
+        var group = request.N > 1 ? new SequenceGroup(request.N) : null;
+        var seq = new Sequence(id, request.RequestId ?? $"req-{id}", prompt, sampling, request.Priority, id,
+            new Sampler(sampling, prompt), new IncrementalDetokenizer(_model.Tokenizer, sampling.Stop), channel.Writer)
+        {
+            CacheSalt = KvCacheManager.SaltOf(request.CacheSalt),
+            Group = group,
+        };
+        group?.Forks.Add(seq);
+        return seq;
+    }
+
+    /// <summary>Forks 1..n-1 of a request whose fork 0 has just computed the prompt: they share its blocks and sample from the same logits.</summary>
+    void ForkGroup(Sequence parent, SequenceGroup group)
+    {
+        group.Forked = true;
+        for (int i = 1; i < group.N; i++)
+        {
+            var sampling = parent.Sampling.Seed is { } seed ? parent.Sampling with { Seed = seed + (ulong)i } : parent.Sampling;
+            long id = Interlocked.Increment(ref _nextId);
+            var child = new Sequence(id, parent.RequestId, parent.PromptTokens, sampling, parent.Priority, parent.Arrival,
+                new Sampler(sampling, parent.PromptTokens), new IncrementalDetokenizer(_model.Tokenizer, sampling.Stop), parent.Output)
+            {
+                CacheSalt = parent.CacheSalt,
+                Group = group,
+                Index = i,
+                LeftQueue = true,
+            };
+            _scheduler.Fork(parent, child);
+            group.Forks.Add(child);
+        }
     }
 
     void Abort(Sequence seq)
@@ -195,12 +268,16 @@ public sealed class LlmEngine : IDisposable
         while (_incoming.TryDequeue(out var seq))
             if (seq.Status != SequenceStatus.Finished) _scheduler.Add(seq);
         while (_aborts.TryDequeue(out var seq))
-            if (seq.Status != SequenceStatus.Finished) Finish(seq, FinishReason.Abort);
+            foreach (var fork in seq.Group?.Forks.ToList() ?? [seq])
+                if (fork.Status != SequenceStatus.Finished) Finish(fork, FinishReason.Abort);
     }
 
     bool Step()
     {
         var work = _scheduler.Schedule();
+        // Copy-on-write before anything is written: a shared block's new private copy gets its content first.
+        foreach (var copy in _kv.PendingCopies) _kvStore.CopyBlock(copy.Source, copy.Destination);
+        _kv.ClearPendingCopies();
         if (work.Count == 0) return false;
         _steps++;
         BeforeStepHook?.Invoke();
@@ -239,12 +316,20 @@ public sealed class LlmEngine : IDisposable
             try
             {
                 BeforeSampleHook?.Invoke(seq);
-                SampleAndPublish(seq, logits);
+                if (seq.Group is { Forked: false } group)
+                {
+                    ForkGroup(seq, group);
+                    foreach (var fork in group.Forks.ToList()) SampleAndPublish(fork, logits);
+                }
+                else
+                {
+                    SampleAndPublish(seq, logits);
+                }
             }
             catch (Exception e)
             {
                 // One request's failure (a bad stop string, a detokenizer fault…) ends that request alone.
-                Fail(seq, e);
+                Fail(seq, e); // a request with forks fails as a whole
             }
         }
         return true;
@@ -284,7 +369,7 @@ public sealed class LlmEngine : IDisposable
         if (finish is not null && seq.Detokenizer.MatchedStop is null) text += seq.Detokenizer.Flush();
 
         seq.Output?.TryWrite(new CompletionChunk(seq.RequestId, text, [token],
-            p.Logprobs is null ? null : [sampled], null, seq.PromptTokens.Length, seq.OutputTokens.Count));
+            p.Logprobs is null ? null : [sampled], null, seq.PromptTokens.Length, seq.OutputTokens.Count, null, seq.CachedPromptTokens, seq.Index));
         if (finish is not null) Finish(seq, finish, stopReason);
     }
 
@@ -302,11 +387,13 @@ public sealed class LlmEngine : IDisposable
         LeaveQueue(seq);
         _scheduler.Remove(seq);
         seq.Status = SequenceStatus.Finished;
-        _finished++;
         TimeSpan? queueTime = seq.FirstScheduledAt == 0 ? null : System.Diagnostics.Stopwatch.GetElapsedTime(seq.SubmittedAt, seq.FirstScheduledAt);
-        seq.Output?.TryWrite(new CompletionChunk(seq.RequestId, "", [], null, reason, seq.PromptTokens.Length, seq.OutputTokens.Count, stopReason, queueTime));
+        seq.Output?.TryWrite(new CompletionChunk(seq.RequestId, "", [], null, reason, seq.PromptTokens.Length, seq.OutputTokens.Count, stopReason,
+            seq.CachedPromptTokens, seq.Index, queueTime));
+        if (seq.Group is { } group && group.Forks.Any(f => f.Status != SequenceStatus.Finished)) return; // the stream ends with the last fork
+        _finished++;
         seq.Output?.TryComplete();
-        seq.CancellationRegistration.Dispose();
+        (seq.Group?.Forks[0] ?? seq).CancellationRegistration.Dispose();
     }
 
     /// <summary>A request counts against --max-queued-requests from submission until it first runs or ends.</summary>
@@ -320,16 +407,21 @@ public sealed class LlmEngine : IDisposable
     void Fail(Sequence seq, Exception error)
     {
         if (seq.Status == SequenceStatus.Finished) return;
-        LeaveQueue(seq);
-        _scheduler.Remove(seq);
-        seq.Status = SequenceStatus.Finished;
+        // A failed fork fails its whole request: the stream ends with the error for every choice.
+        foreach (var fork in seq.Group?.Forks ?? [seq])
+        {
+            if (fork.Status == SequenceStatus.Finished) continue;
+            LeaveQueue(fork);
+            _scheduler.Remove(fork);
+            fork.Status = SequenceStatus.Finished;
+        }
         _finished++;
         seq.Output?.TryComplete(new InvalidOperationException($"request {seq.RequestId} failed in the engine: {error.Message}", error));
-        seq.CancellationRegistration.Dispose();
+        (seq.Group?.Forks[0] ?? seq).CancellationRegistration.Dispose();
     }
 
     void PublishStats() => _stats = new EngineStats(_scheduler.Running.Count, _scheduler.Waiting.Count, _kv.FreeBlockCount, _kv.BlockCount,
-        _steps, _scheduler.PreemptionCount, _finished);
+        _steps, _scheduler.PreemptionCount, _finished, _kv.PrefixQueryTokens, _kv.PrefixHitTokens, _kv.CachedBlockCount, _kv.Pool.Evictions);
 
     static string FormatBytes(long bytes) => bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):F2} GiB" : $"{bytes / (double)(1L << 20):F1} MiB";
 

@@ -16,6 +16,11 @@ public readonly record struct ScheduledSequence(Sequence Sequence, int Start, in
 /// prefill chunk, while the token budget, <c>max_num_seqs</c> and the free KV blocks allow. When a
 /// running sequence cannot get a block, the lowest-priority, newest running sequence is preempted:
 /// its blocks are freed and it waits to be recomputed from scratch.
+/// <para>
+/// With prefix caching, a sequence admitted from the waiting queue (new, or preempted) starts on its
+/// longest cached full-block prefix and computes only the rest; at the start of every step, and when a
+/// sequence leaves, the full blocks its computed tokens fill are registered in the cache.
+/// </para>
 /// </summary>
 public sealed class Scheduler
 {
@@ -37,6 +42,9 @@ public sealed class Scheduler
     public IReadOnlyCollection<Sequence> Waiting => _waiting;
     public long PreemptionCount { get; private set; }
 
+    /// <summary>Steps scheduled so far: the clock of the KV cache's access times.</summary>
+    public long StepCount { get; private set; }
+
     public bool HasWork => _running.Count > 0 || _waiting.Count > 0;
 
     public void Add(Sequence sequence)
@@ -49,7 +57,23 @@ public sealed class Scheduler
     public void Remove(Sequence sequence)
     {
         if (!_waiting.Remove(sequence)) _running.Remove(sequence);
+        _kv.CacheComputedBlocks(sequence.Id, sequence.TokenAtFunc, sequence.ComputedTokens);
         _kv.Free(sequence.Id);
+    }
+
+    /// <summary>
+    /// Starts <paramref name="child"/> as a copy of <paramref name="parent"/> (which must be running and
+    /// have the same tokens): it shares every block and is running at once (parallel sampling).
+    /// </summary>
+    public void Fork(Sequence parent, Sequence child)
+    {
+        if (parent.Status != SequenceStatus.Running) throw new InvalidOperationException($"{parent} is not running and cannot be forked");
+        _kv.Fork(parent.Id, child.Id);
+        child.ComputedTokens = parent.ComputedTokens;
+        child.CachedPromptTokens = parent.CachedPromptTokens;
+        child.Status = SequenceStatus.Running;
+        child.Started = true;
+        InsertRunning(child);
     }
 
     /// <summary>Picks this step's work. Blocks for every scheduled token are reserved on return.</summary>
@@ -58,6 +82,8 @@ public sealed class Scheduler
         _scheduled.Clear();
         int budget = _maxBatchedTokens;
         bool preempted = false;
+        _kv.Pool.Step = ++StepCount;
+        foreach (var seq in _running) _kv.CacheComputedBlocks(seq.Id, seq.TokenAtFunc, seq.ComputedTokens);
 
         for (int i = 0; i < _running.Count && budget > 0;)
         {
@@ -65,7 +91,7 @@ public sealed class Scheduler
             int n = Math.Min(seq.TotalTokens - seq.ComputedTokens, budget);
             if (n <= 0) { i++; continue; }
             bool reserved;
-            while (!(reserved = _kv.TryReserve(seq.Id, seq.ComputedTokens + n)))
+            while (!(reserved = _kv.TryReserve(seq.Id, seq.ComputedTokens, seq.ComputedTokens + n)))
             {
                 var victim = _running[^1]; // lowest priority, newest: the end of the priority-ordered list
                 Preempt(victim);
@@ -82,8 +108,12 @@ public sealed class Scheduler
         while (!preempted && budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
         {
             var seq = _waiting.Min!;
-            int n = Math.Min(seq.TotalTokens - seq.ComputedTokens, budget);
-            if (!_kv.TryReserve(seq.Id, seq.ComputedTokens + n)) break;
+            // At least the last token is computed, whatever is cached: its logits give the next token.
+            var cached = _kv.MatchPrefix(seq.TokenAtFunc, seq.TotalTokens - 1, seq.CacheSalt);
+            int n = Math.Min(seq.TotalTokens - cached.Tokens, budget);
+            if (!_kv.TryAllocate(seq.Id, cached, cached.Tokens + n, seq.Priority, seq.CacheSalt)) break;
+            seq.ComputedTokens = cached.Tokens;
+            if (!seq.Started) seq.CachedPromptTokens = Math.Min(cached.Tokens, seq.PromptTokens.Length);
             _waiting.Remove(seq);
             seq.Status = SequenceStatus.Running;
             seq.Started = true;
@@ -97,6 +127,7 @@ public sealed class Scheduler
     void Preempt(Sequence victim)
     {
         _running.Remove(victim);
+        _kv.CacheComputedBlocks(victim.Id, victim.TokenAtFunc, victim.ComputedTokens);
         _kv.Free(victim.Id);
         victim.ComputedTokens = 0;
         victim.Preemptions++;

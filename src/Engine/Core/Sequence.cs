@@ -32,6 +32,7 @@ public sealed class Sequence
         Sampler = sampler;
         Detokenizer = detokenizer;
         Output = output;
+        TokenAtFunc = TokenAt;
     }
 
     public long Id { get; }
@@ -44,6 +45,18 @@ public sealed class Sequence
     public long Arrival { get; }
 
     public SequenceStatus Status { get; internal set; } = SequenceStatus.Waiting;
+
+    /// <summary>Salt of this request's prefix-cache hashes: only requests with the same salt share cached blocks.</summary>
+    public ulong CacheSalt { get; init; }
+
+    /// <summary>Prompt tokens found in the prefix cache when the sequence was first admitted (not computed).</summary>
+    public int CachedPromptTokens { get; internal set; }
+
+    /// <summary>Which of the request's <c>n</c> choices this sequence is (0 unless it was forked).</summary>
+    public int Index { get; init; }
+
+    /// <summary>The request's forks when it asked for <c>n &gt; 1</c>; null for a plain request.</summary>
+    internal SequenceGroup? Group { get; init; }
 
     /// <summary>Tokens whose keys and values are in the KV cache; reset to 0 by preemption (recompute).</summary>
     public int ComputedTokens { get; internal set; }
@@ -74,5 +87,21 @@ public sealed class Sequence
 
     internal void AppendToken(int token) => _output.Add(token);
 
+    /// <summary><see cref="TokenAt"/> as a delegate made once (the KV cache manager hashes blocks through it every step).</summary>
+    internal Func<int, int> TokenAtFunc { get; }
+
     public override string ToString() => $"seq {Id} ({RequestId}) {Status} {ComputedTokens}/{TotalTokens}";
+}
+
+/// <summary>
+/// The forks of one request with <c>n &gt; 1</c>: fork 0 computes the prompt, the others are forked
+/// from it when it samples its first token (sharing every prompt block), and the request's stream
+/// ends when the last fork ends.
+/// </summary>
+internal sealed class SequenceGroup(int n)
+{
+    public int N { get; } = n;
+    public List<Sequence> Forks { get; } = [];
+    public bool Forked { get; set; }
+    public int Finished { get; set; }
 }

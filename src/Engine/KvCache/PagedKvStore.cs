@@ -13,6 +13,7 @@ public sealed unsafe class PagedKvStore : IDisposable
     readonly NativeBuffer _keys;
     readonly NativeBuffer _values;
     readonly long _layerStride;
+    readonly int _layerCount;
 
     public PagedKvStore(ModelConfig config, int blockCount, int blockSize)
     {
@@ -21,6 +22,7 @@ public sealed unsafe class PagedKvStore : IDisposable
         BlockCount = blockCount;
         BlockSize = blockSize;
         KvDim = config.KvDim;
+        _layerCount = config.BlockCount;
         _layerStride = (long)blockCount * blockSize * KvDim;
         long bytes = _layerStride * config.BlockCount * sizeof(float);
         _keys = new NativeBuffer(bytes, zero: false);
@@ -38,6 +40,20 @@ public sealed unsafe class PagedKvStore : IDisposable
 
     public float* Keys(int layer, int slot) => (float*)_keys.Pointer + layer * _layerStride + (long)slot * KvDim;
     public float* Values(int layer, int slot) => (float*)_values.Pointer + layer * _layerStride + (long)slot * KvDim;
+
+    /// <summary>Copy-on-write: every slot of block <paramref name="source"/>, keys and values of every layer, into <paramref name="destination"/>.</summary>
+    public void CopyBlock(int source, int destination)
+    {
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)source, (uint)BlockCount, nameof(source));
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual((uint)destination, (uint)BlockCount, nameof(destination));
+        if (source == destination) return;
+        int floats = BlockSize * KvDim;
+        for (int layer = 0; layer < _layerCount; layer++)
+        {
+            new ReadOnlySpan<float>(Keys(layer, source * BlockSize), floats).CopyTo(new Span<float>(Keys(layer, destination * BlockSize), floats));
+            new ReadOnlySpan<float>(Values(layer, source * BlockSize), floats).CopyTo(new Span<float>(Values(layer, destination * BlockSize), floats));
+        }
+    }
 
     public void Dispose()
     {

@@ -18,6 +18,7 @@ public static class Cli
           generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
           tokenize   print the token ids of a text
           bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
+          simulate   replay a request trace through the scheduler and KV cache (eviction-policy research)
           help       show this text; 'tokenmill <command> --help' shows a command's options
         """;
 
@@ -44,7 +45,8 @@ public static class Cli
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, help)"),
+                "simulate" => SimulateCommand.Run(rest, stdout, stderr),
+                                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, simulate, help)"),
             };
         }
         catch (UsageException e)

@@ -48,6 +48,8 @@ public static class GenerateCommand
           --max-num-seqs N           sequences running at once (default 256)
           --max-queued-requests N    waiting requests before refusing more (default 4096)
           --threads N                CPU threads (default: all processors)
+          --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
+          --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
         """;
 
     static readonly HashSet<string> ValueOptions =
@@ -55,8 +57,9 @@ public static class GenerateCommand
         "model", "dtype", "prompt", "prompts-file", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "min-p",
         "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "stop", "max-model-len", "threads",
         "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+        "eviction-policy",
     ];
-    static readonly HashSet<string> Flags = ["ignore-eos", "jsonl", "help"];
+    static readonly HashSet<string> Flags = ["ignore-eos", "jsonl", "help", "no-prefix-caching"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -113,7 +116,14 @@ public static class GenerateCommand
         MaxNumSeqs = a.Int("max-num-seqs", 256, min: 1),
         MaxQueuedRequests = a.Int("max-queued-requests", 4096, min: 0),
         Threads = a.Int("threads", 0, min: 0, max: 1024),
+        EnablePrefixCaching = !a.Flag("no-prefix-caching"),
+        EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
     };
+
+    internal static string ParseEvictionPolicy(string name) =>
+        TokenMill.KvCache.EvictionPolicies.Names.Contains(name.ToLowerInvariant())
+            ? name.ToLowerInvariant()
+            : throw new UsageException($"--eviction-policy must be one of {string.Join(", ", TokenMill.KvCache.EvictionPolicies.Names)}; got '{name}'");
 
     /// <summary>Parses 512MiB, 2GiB, 1.5GB, 1048576 (bytes); binary and decimal units.</summary>
     internal static long ParseSize(string option, string s)
@@ -220,9 +230,10 @@ public static class GenerateCommand
         int generated = results.Sum(r => r.CompletionTokens), prompted = results.Sum(r => r.PromptTokens);
         var stats = engine.Stats;
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
-            "model {0}: load {1:F2} s | {2} prompts, {3} prompt + {4} generated tokens in {5:F2} s: {6:F1} generated tokens/s | {7} steps, {8} preemptions",
+            "model {0}: load {1:F2} s | {2} prompts, {3} prompt + {4} generated tokens in {5:F2} s: {6:F1} generated tokens/s | {7} steps, {8} preemptions | " +
+            "prefix cache: {9} of {10} looked-up tokens hit",
             engine.Model.Name, loadTime.TotalSeconds, prompts.Length, prompted, generated, elapsed.TotalSeconds,
-            generated / Math.Max(elapsed.TotalSeconds, 1e-9), stats.Steps, stats.Preemptions));
+            generated / Math.Max(elapsed.TotalSeconds, 1e-9), stats.Steps, stats.Preemptions, stats.PrefixCacheHitTokens, stats.PrefixCacheQueryTokens));
         return Cli.ExitOk;
     }
 }

@@ -57,6 +57,7 @@ public class CliTests
     [InlineData(new[] { "generate", "--prompt" }, "option --prompt needs a value")]
     [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
     [InlineData(new[] { "tokenize", "text" }, "--model is required")]
+    [InlineData(new[] { "generate", "--eviction-policy", "random" }, "--eviction-policy must be one of lru, lfu, fifo, priority-lru; got 'random'")]
     public void Bad_arguments_exit_2_with_a_precise_message(string[] args, string message)
     {
         var (code, _, stderr) = Run(args);
@@ -136,6 +137,74 @@ public class GeneratePromptsFileTests
         {
             File.Delete(file);
         }
+    }
+}
+
+public class GeneratePrefixCachingTests
+{
+    [SkippableTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Prompts_sharing_a_prefix_hit_the_cache_unless_it_is_turned_off(bool off)
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        var file = Path.GetTempFileName();
+        try
+        {
+            const string shared = "Once upon a time, there was a little girl named Lily. She loved to play outside.";
+            File.WriteAllLines(file, [shared + " One day", shared + " Her mom", shared + " The sun"]);
+            var stdout = new StringWriter();
+            var stderr = new StringWriter();
+            string[] args = ["generate", "--model", model, "--prompts-file", file, "--temperature", "0", "--max-tokens", "60",
+                "--max-model-len", "128", "--block-size", "4", "--max-num-seqs", "1", "--eviction-policy", "LFU"];
+            int code = TokenMill.Server.Cli.Cli.Run(off ? [.. args, "--no-prefix-caching"] : args, stdout, stderr);
+            Assert.True(code == 0, stderr.ToString());
+            var m = System.Text.RegularExpressions.Regex.Match(stderr.ToString(), @"prefix cache: (\d+) of (\d+) looked-up tokens hit");
+            Assert.True(m.Success, stderr.ToString());
+            int hits = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            if (off) Assert.Equal(0, hits);
+            else Assert.True(hits >= 2 * 16, $"two later prompts should each reuse most of the shared prefix: {stderr}");
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+}
+
+public class SimulateCommandTests
+{
+    [Fact]
+    public void Generate_trace_then_simulate_prints_every_policy_and_the_belady_bound()
+    {
+        var path = Path.GetTempFileName();
+        try
+        {
+            var err = new StringWriter();
+            Assert.Equal(0, TokenMill.Server.Cli.Cli.Run(["simulate", "generate-trace", "--out", path, "--seed", "5", "--sessions", "30"], new StringWriter(), err));
+            Assert.Contains("30 sessions", err.ToString());
+            var stdout = new StringWriter();
+            int code = TokenMill.Server.Cli.Cli.Run(["simulate", "--trace", path, "--num-blocks", "256", "--no-prefix-caching"], stdout, err);
+            Assert.True(code == 0, err.ToString());
+            var lines = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            foreach (string name in new[] { "no-cache", "lru", "lfu", "fifo", "priority-lru", "belady (bound)" })
+                Assert.Contains(lines, l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData(new[] { "simulate" }, "--trace is required")]
+    [InlineData(new[] { "simulate", "--trace", "t.jsonl", "--eviction-policy", "mru" }, "--eviction-policy must be one of")]
+    [InlineData(new[] { "simulate", "generate-trace" }, "--out is required")]
+    public void Bad_simulate_arguments_exit_2(string[] args, string message)
+    {
+        var err = new StringWriter();
+        Assert.Equal(2, TokenMill.Server.Cli.Cli.Run(args, new StringWriter(), err));
+        Assert.Contains(message, err.ToString());
     }
 }
 

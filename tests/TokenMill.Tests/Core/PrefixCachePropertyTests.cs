@@ -1,0 +1,185 @@
+using CsCheck;
+using TokenMill.Core;
+using TokenMill.KvCache;
+using TokenMill.Sampling;
+using TokenMill.Tokenization;
+
+namespace TokenMill.Tests.Core;
+
+/// <summary>
+/// The scheduler and KV cache manager with prefix caching and forks (n &gt; 1) under random arrivals,
+/// aborts and preemptions, against a shadow KV store that records which (token, position) each slot
+/// holds: every sequence must read exactly its own tokens, a shared or cached block is never written
+/// in place, reference counts equal the owners, and every block comes back.
+/// </summary>
+public class PrefixCachePropertyTests
+{
+    static readonly ITokenizer Tok = ByteTokenizer.Bytes();
+
+    // Kind 0 = arrive (family of its shared "system prompt", shared length, own tail, forks), 1 = abort, 2..4 = step.
+    sealed record Op(int Kind, int Family, int Shared, int Tail, int Forks, int MaxTokens, int Priority, int Pick);
+
+    static readonly Gen<Op> GenOp =
+        Gen.Select(Gen.Int[0, 4], Gen.Int[0, 2], Gen.Int[0, 30], Gen.Int[1, 8], Gen.Int[1, 5].Select(f => Math.Max(1, f - 2)),
+                Gen.Int[1, 16], Gen.Int[0, 2], Gen.Int[0, 1000])
+            .Select(t => new Op(t.Item1, t.Item2, t.Item3, t.Item4, t.Item5, t.Item6, t.Item7, t.Item8));
+
+    static long s_hitTokens, s_copies, s_evictions, s_forks;
+
+    [Fact]
+    public void Shared_blocks_are_never_written_in_place_and_every_sequence_reads_its_own_tokens()
+    {
+        s_hitTokens = s_copies = s_evictions = s_forks = 0;
+        Gen.Select(GenOp.Array[1, 150], Gen.Int[2, 6], Gen.Int[4, 30], Gen.Int[1, 6], Gen.Int[4, 48], Gen.Int[0, 3])
+            .Sample((ops, blockSize, blocks, maxSeqs, budget, policy) =>
+                Run(ops, blockSize, blocks, maxSeqs, budget, EvictionPolicies.Names[policy]), iter: 300);
+        // The generator must actually exercise what the invariants are about.
+        Assert.True(s_hitTokens > 0, "no prefix-cache hit in any run");
+        Assert.True(s_copies > 0, "no copy-on-write in any run");
+        Assert.True(s_evictions > 0, "no eviction in any run");
+        Assert.True(s_forks > 0, "no fork in any run");
+    }
+
+    static ulong PrefixHash(Sequence s, int position)
+    {
+        ulong h = 14695981039346656037;
+        for (int p = 0; p <= position; p++) h = (h ^ (ulong)s.TokenAt(p)) * 1099511628211;
+        return h;
+    }
+
+    static void Run(Op[] ops, int blockSize, int blocks, int maxSeqs, int budget, string policy)
+    {
+        // Room for one longest sequence (30 + 8 + 16 tokens) and two copies, as the engine's start-up check would demand.
+        blocks = Math.Max(blocks, KvCacheManager.BlocksFor(54, blockSize) + 2);
+        var kv = new KvCacheManager(blocks, blockSize, enablePrefixCaching: true, EvictionPolicies.Create(policy));
+        kv.Events += e =>
+        {
+            if (e.Kind == KvEventKind.Evicted) s_evictions++;
+        };
+        var scheduler = new Scheduler(kv, budget, maxSeqs);
+        // A slot's content stands for its key/value: a hash of every token up to and including its position.
+        var shadow = new (ulong Prefix, int Position)[blocks * blockSize];
+        Array.Fill(shadow, (0UL, -1));
+        var live = new List<Sequence>();
+        var pendingForks = new Dictionary<Sequence, int>();
+        var ended = new Dictionary<long, int>();
+        long nextId = 0;
+
+        Sequence Make(int[] prompt, int maxTokens, int priority, long arrival)
+        {
+            var sampling = new SamplingParams { MaxTokens = maxTokens, Temperature = 0 };
+            var s = new Sequence(nextId, $"r{nextId}", prompt, sampling, priority, arrival, new Sampler(sampling), new IncrementalDetokenizer(Tok), null);
+            nextId++;
+            return s;
+        }
+
+        void End(Sequence s)
+        {
+            scheduler.Remove(s);
+            s.Status = SequenceStatus.Finished;
+            live.Remove(s);
+            pendingForks.Remove(s);
+            ended[s.Id] = ended.GetValueOrDefault(s.Id) + 1;
+        }
+
+        void Step()
+        {
+            var work = scheduler.Schedule().ToList();
+            Assert.True(work.Sum(w => w.TokenCount) <= budget, "step exceeds the token budget");
+            foreach (var copy in kv.PendingCopies)
+            {
+                s_copies++;
+                Array.Copy(shadow, copy.Source * blockSize, shadow, copy.Destination * blockSize, blockSize);
+            }
+            kv.ClearPendingCopies();
+            foreach (var w in work)
+            {
+                var s = w.Sequence;
+                Assert.Equal(s.ComputedTokens, w.Start);
+                Assert.True(w.Start < s.TotalTokens, "a sequence was scheduled with nothing to compute");
+                var table = kv.BlockTable(s.Id);
+                for (int p = w.Start; p < w.Start + w.TokenCount; p++)
+                {
+                    int block = table[p / blockSize];
+                    Assert.True(kv.RefCount(block) == 1, $"position {p} of {s} written into block {block} shared by {kv.RefCount(block)}");
+                    Assert.False(kv.IsCached(block), $"position {p} of {s} written into cached block {block}");
+                    shadow[kv.Slot(s.Id, p)] = (PrefixHash(s, p), p);
+                }
+            }
+            foreach (var w in work)
+            {
+                var s = w.Sequence;
+                s.ComputedTokens = w.Start + w.TokenCount;
+                if (!w.SamplesNext) continue;
+                var forks = new List<Sequence> { s };
+                if (pendingForks.Remove(s, out int n))
+                    for (int i = 1; i < n; i++)
+                    {
+                        var child = Make(s.PromptTokens, s.Sampling.MaxTokens, s.Priority, s.Arrival);
+                        scheduler.Fork(s, child);
+                        live.Add(child);
+                        forks.Add(child);
+                        s_forks++;
+                    }
+                for (int i = 0; i < forks.Count; i++)
+                {
+                    var f = forks[i];
+                    f.AppendToken((int)((f.Id * 37 + f.OutputTokens.Count * 11) % 256)); // every fork its own tokens
+                    if (f.OutputTokens.Count >= f.Sampling.MaxTokens) End(f);
+                }
+            }
+            Check();
+        }
+
+        void Check()
+        {
+            var owners = new int[blocks];
+            foreach (var s in live)
+            {
+                var table = kv.BlockTable(s.Id);
+                foreach (int b in table) owners[b]++;
+                if (s.Status == SequenceStatus.Waiting) Assert.Empty(table);
+                for (int p = 0; p < s.ComputedTokens; p++)
+                    Assert.True(shadow[kv.Slot(s.Id, p)] == (PrefixHash(s, p), p), $"{s} reads someone else's key/value at position {p}");
+            }
+            for (int b = 0; b < blocks; b++) Assert.Equal(owners[b], kv.RefCount(b)); // no block owned twice except through refcounts
+            Assert.Equal(kv.BlockCount, kv.FreeBlockCount + owners.Count(o => o > 0)); // nothing lost: free (cached or not) + owned
+            Assert.True(kv.EvictableBlockCount <= kv.CachedBlockCount);
+        }
+
+        foreach (var op in ops)
+        {
+            switch (op.Kind)
+            {
+                case 0:
+                    // Prompts of one family share their first `Shared` tokens; the families differ only in their first
+                    // three tokens, so later blocks repeat across families under different prefixes. The tail is the request's own.
+                    var prompt = Enumerable.Range(0, op.Shared).Select(i => ((i < 3 ? op.Family * 31 : 0) + i * 7) % 256)
+                        .Concat(Enumerable.Range(0, op.Tail).Select(i => (int)((nextId * 13 + i * 5) % 256))).ToArray();
+                    var seq = Make(prompt, op.MaxTokens, op.Priority, nextId);
+                    live.Add(seq);
+                    if (op.Forks > 1) pendingForks[seq] = op.Forks;
+                    scheduler.Add(seq);
+                    break;
+                case 1 when live.Count > 0:
+                    End(live[op.Pick % live.Count]);
+                    Check();
+                    break;
+                default:
+                    Step();
+                    break;
+            }
+        }
+        for (int guard = 0; scheduler.HasWork; guard++)
+        {
+            Assert.True(guard < 10_000, "the scheduler stopped making progress");
+            Step();
+        }
+        Assert.Empty(live);
+        Assert.Equal(blocks, kv.FreeBlockCount); // every block back: free, or cached and evictable
+        Assert.All(Enumerable.Range(0, blocks), b => Assert.Equal(0, kv.RefCount(b)));
+        Assert.Equal(nextId, ended.Count);
+        Assert.All(ended.Values, n => Assert.Equal(1, n));
+        s_hitTokens += kv.PrefixHitTokens;
+    }
+}
