@@ -371,15 +371,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         var sampling = ParseSampling(b, defaultMaxTokens: 16, b.Int("max_tokens", 1, int.MaxValue)) with { Logprobs = logprobs };
         int priority = b.Int("priority") ?? 0;
 
-        var choices = new List<(GenerationRequest Request, string Echo)>();
-        foreach (var (text, ids) in prompts)
-            for (int j = 0; j < n; j++)
-                choices.Add((new GenerationRequest
-                {
-                    PromptTokenIds = ids,
-                    Sampling = sampling.Seed is { } seed && j > 0 ? sampling with { Seed = seed + (ulong)j } : sampling,
-                    Priority = priority,
-                }, echo ? text : ""));
+        // One engine request per prompt; its n choices are forks sharing the prompt's KV blocks (seed + i each).
+        var choices = prompts.Select(p => (new GenerationRequest
+        {
+            PromptTokenIds = p.Ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt"),
+        }, echo ? p.Text : "")).ToList();
 
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: false).ConfigureAwait(false);
@@ -453,14 +449,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         var sampling = ParseSampling(b, defaultMaxTokens: room, maxTokens) with { Logprobs = logprobs ? topLogprobs ?? 0 : null };
         int priority = b.Int("priority") ?? 0;
 
-        var choices = new List<(GenerationRequest, string)>();
-        for (int j = 0; j < n; j++)
-            choices.Add((new GenerationRequest
-            {
-                PromptTokenIds = ids,
-                Sampling = sampling.Seed is { } seed && j > 0 ? sampling with { Seed = seed + (ulong)j } : sampling,
-                Priority = priority,
-            }, ""));
+        var choices = new List<(GenerationRequest, string)>
+        {
+            (new GenerationRequest { PromptTokenIds = ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt") }, ""),
+        };
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: true).ConfigureAwait(false);
     }
@@ -506,17 +498,20 @@ public sealed class OpenAiServer : IAsyncDisposable
     // ---- running requests and writing results ----------------------------------------------------------
 
     /// <summary>
-    /// Submits every choice (all or nothing: a refusal aborts those already queued), then streams
-    /// their chunks as SSE or collects them into one response.
+    /// Submits every request (all or nothing: a refusal aborts those already queued), then streams their
+    /// chunks as SSE or collects them into one response. Request r's fork j is choice first[r] + j.
     /// </summary>
-    async Task Run(HttpContext ctx, LlmEngine engine, string id, List<(GenerationRequest Request, string Echo)> choices,
+    async Task Run(HttpContext ctx, LlmEngine engine, string id, List<(GenerationRequest Request, string Echo)> requests,
         bool stream, bool includeUsage, bool chat)
     {
+        var first = new int[requests.Count];
+        for (int r = 1; r < requests.Count; r++) first[r] = first[r - 1] + requests[r - 1].Request.N;
+        var choices = requests.SelectMany(q => Enumerable.Repeat(q.Echo, q.Request.N)).ToArray();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _shutdown.Token);
         var streams = new List<IAsyncEnumerable<CompletionChunk>>();
         try
         {
-            foreach (var (request, _) in choices) streams.Add(engine.Generate(request with { RequestId = $"{id}-{streams.Count}" }, cts.Token));
+            foreach (var (request, _) in requests) streams.Add(engine.Generate(request with { RequestId = $"{id}-{streams.Count}" }, cts.Token));
         }
         catch
         {
@@ -528,11 +523,11 @@ public sealed class OpenAiServer : IAsyncDisposable
         var merged = Channel.CreateUnbounded<(int Index, CompletionChunk Chunk)>();
         var pumps = streams.Select((s, i) => Task.Run(async () =>
         {
-            await foreach (var c in s.ConfigureAwait(false)) await merged.Writer.WriteAsync((i, c)).ConfigureAwait(false);
+            await foreach (var c in s.ConfigureAwait(false)) await merged.Writer.WriteAsync((first[i] + c.Index, c)).ConfigureAwait(false);
         })).ToArray();
         _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException), TaskScheduler.Default);
 
-        var results = choices.Select(c => new ChoiceState(c.Echo)).ToArray();
+        var results = choices.Select(echo => new ChoiceState(echo)).ToArray();
         long created = Created;
         string model = _modelName;
         var tok = engine.Model.Tokenizer;
@@ -567,8 +562,9 @@ public sealed class OpenAiServer : IAsyncDisposable
             }
         }
 
-        // Usage counts each distinct prompt once, however many choices it has (as OpenAI does for n > 1).
-        int promptTokens = choices.Select(c => c.Request.PromptTokenIds).Distinct().Sum(p => p!.Count);
+        // Usage counts each prompt once, however many choices it has (as OpenAI does for n > 1).
+        int promptTokens = requests.Sum(q => q.Request.PromptTokenIds!.Count);
+        int cachedTokens = requests.Select((q, r) => results[first[r]].CachedPromptTokens).Sum();
         int completionTokens = results.Sum(r => r.CompletionTokens);
         ctx.Items["log"] = $" {id} prompt_tokens={promptTokens} completion_tokens={completionTokens} finish={string.Join(',', results.Select(r => r.Finish))}";
 
@@ -584,7 +580,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                     w.WriteString("model", model);
                     w.WriteStartArray("choices");
                     w.WriteEndArray();
-                    Usage(w, promptTokens, completionTokens);
+                    Usage(w, promptTokens, completionTokens, cachedTokens);
                     w.WriteEndObject();
                 }).ConfigureAwait(false);
             await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted).ConfigureAwait(false);
@@ -624,7 +620,7 @@ public sealed class OpenAiServer : IAsyncDisposable
                 w.WriteEndObject();
             }
             w.WriteEndArray();
-            Usage(w, promptTokens, completionTokens);
+            Usage(w, promptTokens, completionTokens, cachedTokens);
             w.WriteEndObject();
         }).ConfigureAwait(false);
     }
@@ -637,6 +633,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         public string? Finish { get; private set; }
         public int PromptTokens { get; private set; }
         public int CompletionTokens { get; private set; }
+        public int CachedPromptTokens { get; private set; }
         TimeSpan? _last;
 
         public void Record(CompletionChunk c, TimeSpan now, ServerMetrics metrics)
@@ -654,6 +651,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (c.IsFinal)
             {
                 Finish = c.FinishReason;
+                CachedPromptTokens = c.CachedPromptTokens;
                 metrics.RecordFinished(c, now);
             }
         }
@@ -668,12 +666,15 @@ public sealed class OpenAiServer : IAsyncDisposable
         await body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
     }
 
-    static void Usage(Utf8JsonWriter w, int prompt, int completion)
+    static void Usage(Utf8JsonWriter w, int prompt, int completion, int cached)
     {
         w.WriteStartObject("usage");
         w.WriteNumber("prompt_tokens", prompt);
         w.WriteNumber("completion_tokens", completion);
         w.WriteNumber("total_tokens", prompt + completion);
+        w.WriteStartObject("prompt_tokens_details");
+        w.WriteNumber("cached_tokens", cached); // prompt tokens served from the prefix cache
+        w.WriteEndObject();
         w.WriteEndObject();
     }
 

@@ -139,6 +139,25 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
     }
 
     [SkippableFact]
+    public async Task A_repeated_prompt_reports_cached_tokens_and_n_choices_share_it()
+    {
+        fx.SkipIfAbsent();
+        string prompt = "Lily and Ben went to the park to play on the swings, and then they ran to the big slide together.";
+        string json = JsonSerializer.Serialize(new { prompt, max_tokens = 6, temperature = 0, n = 3, seed = 1 });
+        var (_, cold) = await Post("/v1/completions", json);
+        var (status, warm) = await Post("/v1/completions", json);
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(3, warm.GetProperty("choices").GetArrayLength());
+        int promptTokens = warm.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        int cached = warm.GetProperty("usage").GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32();
+        Assert.InRange(cached, 16, promptTokens - 1); // every full block of the prompt but the tail
+        // Greedy choices of one prompt are identical, and the cache changes nothing.
+        var texts = warm.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()).ToArray();
+        Assert.All(texts, t => Assert.Equal(cold.GetProperty("choices")[0].GetProperty("text").GetString(), t));
+        Assert.Equal(18, warm.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    [SkippableFact]
     public async Task Models_health_and_metrics_answer()
     {
         fx.SkipIfAbsent();
