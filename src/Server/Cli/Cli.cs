@@ -16,6 +16,7 @@ public static class Cli
         commands:
           generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
           tokenize   print the token ids of a text
+          kernels    compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)
           help       show this text; 'tokenmill <command> --help' shows a command's options
         """;
 
@@ -40,7 +41,8 @@ public static class Cli
             {
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: generate, tokenize, help)"),
+                "kernels" => KernelsCommand.Run(rest, stdout, stderr),
+                _ => throw new UsageException($"unknown command '{command}' (commands: generate, tokenize, kernels, help)"),
             };
         }
         catch (UsageException e)
