@@ -66,7 +66,7 @@ public static unsafe class Nvrtc
             }
             catch (NvrtcException e) when (e.Status == nvrtcResult.NVRTC_ERROR_COMPILATION)
             {
-                throw new NvrtcException("nvrtcCompileProgram", e.Status, e.NativeMessage, $"{name}:\n{ProgramLog(program)}");
+                throw new NvrtcException("nvrtcCompileProgram", e.Status, e.NativeMessage, ProgramLog(program));
             }
 
             nuint size;

@@ -1,6 +1,7 @@
 using System.Globalization;
 using TokenMill.Backends.Cuda;
 using TokenMill.Interop;
+using TokenMill.Interop.Driver;
 
 namespace TokenMill.Server.Cli;
 
@@ -13,6 +14,10 @@ public static class KernelsCommand
 {
     const string Help = """
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--no-cache]
+               tokenmill kernels selftest [--kernels-dir DIR] [--device N] [--no-cache]
+
+          check     compile every kernel with NVRTC (no GPU needed)
+          selftest  run every kernel on GPU N (default 0) against scalar references (needs a GPU)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -21,7 +26,7 @@ public static class KernelsCommand
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels)
         """;
 
-    static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch"];
+    static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device"];
     static readonly HashSet<string> Flags = ["no-cache", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -32,7 +37,8 @@ public static class KernelsCommand
             stdout.WriteLine(Help);
             return a.Flag("help") ? Cli.ExitOk : Cli.ExitUsage;
         }
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check)");
+        if (a.Positional is ["selftest"]) return SelfTest(a, stdout, stderr);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, selftest)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -54,6 +60,34 @@ public static class KernelsCommand
         }
         int failed = results.Count(r => r.Error is not null);
         stdout.WriteLine(failed == 0 ? $"all {results.Count} compilations OK" : $"{failed} of {results.Count} compilations FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+    }
+
+    static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        int device = a.Int("device", 0, min: 0);
+        var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
+        foreach (var lib in new[] { CudaLibrary.Nvrtc, CudaLibrary.Driver })
+            if (!NativeLibraryResolver.TryLoad(lib, out string reason))
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {reason}");
+                return Cli.ExitFailure;
+            }
+        int count = CudaContext.DeviceCount();
+        if (device >= count)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: no CUDA device {device} (the driver reports {count})");
+            return Cli.ExitFailure;
+        }
+        using var ctx = CudaContext.Create(device);
+        stdout.WriteLine($"device {device}: {ctx.DeviceName}, compute capability {ctx.ComputeCapability.Major}.{ctx.ComputeCapability.Minor}, {ctx.TotalMemory >> 20} MiB");
+        var checks = KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources);
+        int kWidth = Math.Max(6, checks.Max(c => c.Kernel.Length)), cWidth = Math.Max(4, checks.Max(c => c.Case.Length));
+        stdout.WriteLine($"{"kernel".PadRight(kWidth)}  {"case".PadRight(cWidth)}  {"max error",10}  {"tolerance",9}  result");
+        foreach (var c in checks)
+            stdout.WriteLine($"{c.Kernel.PadRight(kWidth)}  {c.Case.PadRight(cWidth)}  {c.MaxError,10:G3}  {c.Tolerance,9:G3}  {(c.Passed ? "PASS" : "FAIL")}");
+        int failed = checks.Count(c => !c.Passed);
+        stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 

@@ -105,3 +105,20 @@ public sealed class CudaKernelCompileTests : IDisposable
         Assert.Equal(key, KernelCompiler.CacheKey(k, h, ["-o"], "compute_80", "11.8"));
     }
 }
+
+/// <summary>The kernels run on a GPU against scalar references (KernelSelfTest); skips without one.</summary>
+public class CudaKernelGpuTests
+{
+    [SkippableFact]
+    public void Every_kernel_matches_its_scalar_reference_on_the_GPU()
+    {
+        Skip.IfNot(NativeLibraryResolver.TryLoad(CudaLibrary.Driver, out _), "no CUDA driver (libcuda.so.1 not found)");
+        Skip.IfNot(NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string reason), "NVRTC cannot be loaded: " + reason);
+        Skip.If(TokenMill.Interop.Driver.CudaContext.DeviceCount() == 0, "the CUDA driver reports no device");
+        using var ctx = TokenMill.Interop.Driver.CudaContext.Create();
+        var checks = KernelSelfTest.Run(ctx, new KernelCompiler(null), KernelSources.Embedded());
+        Assert.NotEmpty(checks);
+        var failed = checks.Where(c => !c.Passed).Select(c => $"{c.Kernel} [{c.Case}]: max error {c.MaxError} > {c.Tolerance}").ToList();
+        Assert.True(failed.Count == 0, string.Join("\n", failed));
+    }
+}
