@@ -17,6 +17,7 @@ typedef long long tm_i64;
 // -inf without <math.h>: the bit pattern of float negative infinity.
 #define TM_NEG_INF __int_as_float(0xff800000)
 
+#ifndef TM_HOST_EMULATION
 __device__ __forceinline__ float tm_f16_to_f32(tm_f16 h)
 {
     float f;
@@ -30,6 +31,11 @@ __device__ __forceinline__ tm_f16 tm_f32_to_f16(float f)
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));   // round to nearest even, as Half conversion does
     return h;
 }
+#else
+// tools/cuda-emu runs these kernels on the CPU (g++), where the PTX above cannot be assembled.
+__device__ __forceinline__ float tm_f16_to_f32(tm_f16 h) { return (float)tm_emu_bits_to_half(h); }
+__device__ __forceinline__ tm_f16 tm_f32_to_f16(float f) { return tm_emu_half_to_bits((_Float16)f); }
+#endif
 
 __device__ __forceinline__ float tm_bf16_to_f32(tm_bf16 b)
 {
