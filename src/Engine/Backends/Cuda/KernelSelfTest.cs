@@ -228,69 +228,76 @@ public sealed class KernelSelfTest : IDisposable
         for (int s = 0; s < tables.Length; s++) tables[s].CopyTo(flatTables, s * maxBlocks);
         int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
 
-        foreach (var (heads, kvHeads, headDim) in new[] { (8, 2, 64), (4, 4, 80) })
-        {
-            int kvDim = kvHeads * headDim, slots = numBlocks * blockSize;
-            // Every position of both sequences is written through reshape_and_cache, plus one padding row (slot −1).
-            var slotMapping = new List<int>();
-            for (int s = 0; s < contextLens.Length; s++)
-                for (int j = 0; j < contextLens[s]; j++) slotMapping.Add(Slot(s, j));
-            slotMapping.Add(-1);
-            int tokens = slotMapping.Count;
-            var k = Random(tokens * kvDim);
-            var v = Random(tokens * kvDim);
-            var kCache = Zeros<float>(slots * kvDim);
-            var vCache = Zeros<float>(slots * kvDim);
-            K("reshape_and_cache.cu", "reshape_and_cache_f32").Launch(new Dim3((uint)tokens), new Dim3(256), new KernelArgs()
-                .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
-            var expectedK = new double[slots * kvDim];
-            var expectedV = new double[slots * kvDim];
-            for (int t = 0; t < tokens; t++)
-                if (slotMapping[t] >= 0)
-                    for (int i = 0; i < kvDim; i++)
-                    {
-                        expectedK[slotMapping[t] * kvDim + i] = k[t * kvDim + i];
-                        expectedV[slotMapping[t] * kvDim + i] = v[t * kvDim + i];
-                    }
-            var keys = Download<float>(kCache, slots * kvDim);
-            var values = Download<float>(vCache, slots * kvDim);
-            Check("reshape_and_cache_f32", $"{tokens} tokens, kv_dim {kvDim}", keys, expectedK, 0);
-            Check("reshape_and_cache_f32", "values", values, expectedV, 0);
-
-            var q = Random(contextLens.Length * heads * headDim);
-            float scale = 1f / MathF.Sqrt(headDim);
-            foreach (int window in new[] { 0, 10 })
+        foreach (var (heads, kvHeads, headDim) in new[] { (8, 2, 64), (4, 4, 80), (2, 1, 256) })
+            foreach (bool f16 in new[] { false, true })
             {
-                var output = Zeros<float>(q.Length);
-                K("paged_attention.cu", "paged_attention_decode_f32").Launch(new Dim3((uint)heads, (uint)contextLens.Length), new Dim3(128),
-                    new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(contextLens))
-                        .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
-                var expected = new double[q.Length];
+                int kvDim = kvHeads * headDim, slots = numBlocks * blockSize, elementBytes = f16 ? 2 : 4;
+                string type = f16 ? "f16" : "f32";
+                // Every position of both sequences is written through reshape_and_cache, plus one padding row (slot −1).
+                var slotMapping = new List<int>();
                 for (int s = 0; s < contextLens.Length; s++)
-                    for (int h = 0; h < heads; h++)
-                    {
-                        int kvh = h / (heads / kvHeads), ctx = contextLens[s];
-                        int first = window > 0 && ctx > window ? ctx - window : 0;
-                        var scores = new double[ctx - first];
-                        for (int j = first; j < ctx; j++)
+                    for (int j = 0; j < contextLens[s]; j++) slotMapping.Add(Slot(s, j));
+                slotMapping.Add(-1);
+                int tokens = slotMapping.Count;
+                var k = Random(tokens * kvDim);
+                var v = Random(tokens * kvDim);
+                var kCache = Zeros<byte>(slots * kvDim * elementBytes);
+                var vCache = Zeros<byte>(slots * kvDim * elementBytes);
+                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), new Dim3(256), new KernelArgs()
+                    .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
+                // What the cache must hold: each token's row at its slot, rounded to f16 for an f16 cache.
+                float Stored(float x) => f16 ? Fp16.ToSingle(Fp16.FromSingle(x)) : x;
+                var expectedK = new double[slots * kvDim];
+                var expectedV = new double[slots * kvDim];
+                for (int t = 0; t < tokens; t++)
+                    if (slotMapping[t] >= 0)
+                        for (int i = 0; i < kvDim; i++)
                         {
-                            double dot = 0;
-                            for (int d = 0; d < headDim; d++)
-                                dot += (double)q[(s * heads + h) * headDim + d] * keys[Slot(s, j) * kvDim + kvh * headDim + d];
-                            scores[j - first] = dot * scale;
+                            expectedK[slotMapping[t] * kvDim + i] = Stored(k[t * kvDim + i]);
+                            expectedV[slotMapping[t] * kvDim + i] = Stored(v[t * kvDim + i]);
                         }
-                        double max = scores.Max(), total = scores.Sum(x => Math.Exp(x - max));
-                        for (int j = first; j < ctx; j++)
+                float[] ReadCache(DeviceBuffer b) => f16
+                    ? [.. Download<ushort>(b, slots * kvDim).Select(Fp16.ToSingle)]
+                    : Download<float>(b, slots * kvDim);
+                var keys = ReadCache(kCache);
+                var values = ReadCache(vCache);
+                Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, keys", keys, expectedK, 0);
+                Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, values", values, expectedV, 0);
+
+                var q = Random(contextLens.Length * heads * headDim);
+                float scale = 1f / MathF.Sqrt(headDim);
+                foreach (int window in new[] { 0, 10 })
+                {
+                    var output = Zeros<float>(q.Length);
+                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), new Dim3(128),
+                        new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(contextLens))
+                            .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
+                    var expected = new double[q.Length];
+                    for (int s = 0; s < contextLens.Length; s++)
+                        for (int h = 0; h < heads; h++)
                         {
-                            double p = Math.Exp(scores[j - first] - max) / total;
-                            for (int d = 0; d < headDim; d++)
-                                expected[(s * heads + h) * headDim + d] += p * values[Slot(s, j) * kvDim + kvh * headDim + d];
+                            int kvh = h / (heads / kvHeads), ctx = contextLens[s];
+                            int first = window > 0 && ctx > window ? ctx - window : 0;
+                            var scores = new double[ctx - first];
+                            for (int j = first; j < ctx; j++)
+                            {
+                                double dot = 0;
+                                for (int d = 0; d < headDim; d++)
+                                    dot += (double)q[(s * heads + h) * headDim + d] * keys[Slot(s, j) * kvDim + kvh * headDim + d];
+                                scores[j - first] = dot * scale;
+                            }
+                            double max = scores.Max(), total = scores.Sum(x => Math.Exp(x - max));
+                            for (int j = first; j < ctx; j++)
+                            {
+                                double p = Math.Exp(scores[j - first] - max) / total;
+                                for (int d = 0; d < headDim; d++)
+                                    expected[(s * heads + h) * headDim + d] += p * values[Slot(s, j) * kvDim + kvh * headDim + d];
+                            }
                         }
-                    }
-                Check("paged_attention_decode_f32", $"H{heads}/KV{kvHeads} d{headDim}{(window > 0 ? $" window {window}" : "")}",
-                    Download<float>(output, q.Length), expected, 1e-5);
+                    Check($"paged_attention_decode_{type}", $"H{heads}/KV{kvHeads} d{headDim}{(window > 0 ? $" window {window}" : "")}",
+                        Download<float>(output, q.Length), expected, 1e-5);
+                }
             }
-        }
     }
 
     void Activations()
