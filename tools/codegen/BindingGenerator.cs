@@ -204,10 +204,18 @@ public static class BindingGenerator
         {
             L();
             L($"/// <summary>C <c>{name}</c> ({cUnder}), passed by value exactly as the native type.</summary>");
-            L($"public readonly record struct {name}({csUnder} Value)");
-            L("{");
-            L($"    public bool IsNull => Value == 0;");
-            L("}");
+            if (csUnder is "nint" or "ulong")
+            {
+                // A pointer (or device address): zero is the null handle.
+                L($"public readonly record struct {name}({csUnder} Value)");
+                L("{");
+                L($"    public bool IsNull => Value == 0;");
+                L("}");
+            }
+            else
+            {
+                L($"public readonly record struct {name}({csUnder} Value);");   // an ordinal such as CUdevice: 0 is valid
+            }
         }
         foreach (var (name, bytes) in d.Structs)
         {

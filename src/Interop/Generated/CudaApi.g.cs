@@ -8,10 +8,7 @@ using System.Runtime.InteropServices;
 namespace TokenMill.Interop;
 
 /// <summary>C <c>CUdevice</c> (int), passed by value exactly as the native type.</summary>
-public readonly record struct CUdevice(int Value)
-{
-    public bool IsNull => Value == 0;
-}
+public readonly record struct CUdevice(int Value);
 
 /// <summary>C <c>CUdeviceptr</c> (unsigned long long), passed by value exactly as the native type.</summary>
 public readonly record struct CUdeviceptr(ulong Value)
