@@ -19,6 +19,7 @@ public static class Cli
           tokenize   print the token ids of a text
           bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
           simulate   replay a request trace through the scheduler and KV cache (eviction-policy research)
+          kernels    compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)
           help       show this text; 'tokenmill <command> --help' shows a command's options
         """;
 
@@ -46,7 +47,8 @@ public static class Cli
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
                 "simulate" => SimulateCommand.Run(rest, stdout, stderr),
-                                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, simulate, help)"),
+                "kernels" => KernelsCommand.Run(rest, stdout, stderr),
+                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, simulate, kernels, help)"),
             };
         }
         catch (UsageException e)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# gpu-check.sh — take TokenMill's CUDA kernels to a GPU machine and run them there.
+#
+#   scripts/gpu-check.sh publish   (here)   self-contained, trimmed linux-x64 build + tarball; no .NET needed on the GPU box
+#   scripts/gpu-check.sh run       (there)  in the unpacked folder: driver/NVRTC info, compile check, GPU self-test
+#
+# The GPU box needs the NVIDIA driver (libcuda.so.1) and NVRTC 11.2+ (libnvrtc.so.11.2/12/13: the CUDA
+# toolkit's, or 'pip install nvidia-cuda-nvrtc-cu12' and TOKENMILL_CUDA_LIB_DIR=<site-packages>/nvidia/cuda_nvrtc/lib).
+# Nothing here has been run on a GPU yet: the first 'run' is the kernels' first real test.
+set -euo pipefail
+
+case "${1:-}" in
+publish)
+  cd "$(dirname "$0")/.."
+  out=artifacts/gpu-check
+  rm -rf "$out"
+  dotnet publish src/Server/Server.csproj -c Release -r linux-x64 --self-contained -p:PublishTrimmed=true -o "$out" >/dev/null
+  cp scripts/gpu-check.sh "$out/"
+  tar -czf artifacts/tokenmill-gpu-check.tar.gz -C artifacts gpu-check
+  echo "wrote artifacts/tokenmill-gpu-check.tar.gz ($(du -h artifacts/tokenmill-gpu-check.tar.gz | cut -f1)). On the GPU box:"
+  echo "  scp artifacts/tokenmill-gpu-check.tar.gz GPUBOX:"
+  echo "  ssh GPUBOX 'tar -xzf tokenmill-gpu-check.tar.gz && cd gpu-check && ./gpu-check.sh run'"
+  ;;
+run)
+  cd "$(dirname "$0")"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv || echo "nvidia-smi not found"
+  status=0
+  ./tokenmill kernels check --arch 80,90 || status=1      # NVRTC only
+  ./tokenmill kernels selftest --device "${DEVICE:-0}" || status=1   # every kernel on the GPU vs scalar references
+  exit $status
+  ;;
+*)
+  sed -n '2,10p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,359 @@
+using TokenMill.Interop;
+using TokenMill.Interop.Driver;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+
+namespace TokenMill.Backends.Cuda;
+
+/// <summary>One kernel run on the GPU against its scalar reference.</summary>
+public sealed record KernelCheck(string Kernel, string Case, double MaxError, double Tolerance)
+{
+    public bool Passed => MaxError <= Tolerance;   // NaN fails: comparisons with NaN are false
+}
+
+/// <summary>
+/// Runs every kernel on the device with small deterministic inputs and compares the results with plain
+/// scalar C# written from the same formulas CpuForward uses (dequantization through the CPU's own
+/// <see cref="Dequantize"/>). This is what <c>tokenmill kernels selftest</c> runs on a GPU machine.
+/// UNVERIFIED ON HARDWARE: no GPU has run it yet; the first run on one is the kernels' first test.
+/// </summary>
+public sealed class KernelSelfTest : IDisposable
+{
+    readonly CudaContext _ctx;
+    readonly Dictionary<string, CudaModule> _modules = [];
+    readonly List<DeviceBuffer> _buffers = [];
+    readonly List<KernelCheck> _results = [];
+    ulong _rng = 0x9E3779B97F4A7C15;
+
+    KernelSelfTest(CudaContext ctx) => _ctx = ctx;
+
+    /// <summary>Compiles the kernels for the context's device, loads them and runs every check.</summary>
+    public static IReadOnlyList<KernelCheck> Run(CudaContext ctx, KernelCompiler compiler, IReadOnlyList<KernelSource> sources)
+    {
+        using var t = new KernelSelfTest(ctx);
+        foreach (var kernel in sources.Where(s => !s.IsHeader))
+            t._modules[kernel.FileName] = ctx.LoadModule(compiler.Compile(kernel, sources, ctx.Architecture).Ptx);
+        t.Embedding();
+        t.Norms();
+        t.Rope();
+        t.CacheAndAttention();
+        t.Activations();
+        t.Gemv();
+        t.ArgMax();
+        return t._results;
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in _buffers) b.Dispose();
+        foreach (var m in _modules.Values) m.Dispose();
+    }
+
+    // ---- helpers -------------------------------------------------------------------------------
+
+    /// <summary>Uniform in [−1, 1) from a fixed-seed xorshift: the same inputs on every machine.</summary>
+    float Next()
+    {
+        _rng ^= _rng << 13;
+        _rng ^= _rng >> 7;
+        _rng ^= _rng << 17;
+        return (float)((_rng >> 11) * (1.0 / (1UL << 53)) * 2 - 1);
+    }
+
+    float[] Random(int n, float scale = 1f)
+    {
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = Next() * scale;
+        return a;
+    }
+
+    unsafe DeviceBuffer Upload<T>(T[] data) where T : unmanaged
+    {
+        var b = _ctx.Allocate(Math.Max(1, (long)data.Length * sizeof(T)));
+        _buffers.Add(b);
+        if (data.Length > 0) b.CopyFrom<T>(data);
+        return b;
+    }
+
+    unsafe DeviceBuffer Zeros<T>(int count) where T : unmanaged => Upload(new T[count]);
+
+    T[] Download<T>(DeviceBuffer b, int count) where T : unmanaged
+    {
+        _ctx.Synchronize();
+        var a = new T[count];
+        b.CopyTo<T>(a);
+        return a;
+    }
+
+    CudaKernel K(string file, string name) => _modules[file].GetKernel(name);
+
+    void Check(string kernel, string name, ReadOnlySpan<float> actual, ReadOnlySpan<double> expected, double tolerance)
+    {
+        double max = actual.Length == expected.Length ? 0 : double.PositiveInfinity;
+        for (int i = 0; i < Math.Min(actual.Length, expected.Length); i++)
+        {
+            double e = Math.Abs(actual[i] - expected[i]);
+            if (!(e <= max)) max = e;   // picks up NaN
+        }
+        _results.Add(new KernelCheck(kernel, name, max, tolerance));
+    }
+
+    static byte[] Encode(GgmlType type, float[] values, int rows, int cols)
+    {
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var bytes = new byte[rows * rowBytes];
+        for (int r = 0; r < rows; r++)
+            Quantize.Row(type, values.AsSpan(r * cols, cols), bytes.AsSpan((int)(r * rowBytes), (int)rowBytes));
+        return bytes;
+    }
+
+    static float[] Decode(GgmlType type, byte[] bytes, int rows, int cols)
+    {
+        long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+        var values = new float[rows * cols];
+        for (int r = 0; r < rows; r++)
+            Dequantize.Row(type, bytes.AsSpan((int)(r * rowBytes), (int)rowBytes), values.AsSpan(r * cols, cols));
+        return values;
+    }
+
+    // ---- checks --------------------------------------------------------------------------------
+
+    void Embedding()
+    {
+        const int vocab = 64, dim = 256;
+        const float scale = 1.5f;
+        int[] tokens = [3, 17, 63, 0, 3];
+        var table = Random(vocab * dim);
+        var dTokens = Upload(tokens);
+        foreach (var (type, kernel) in new[] { (GgmlType.F32, "embedding_f32"), (GgmlType.F16, "embedding_f16"), (GgmlType.BF16, "embedding_bf16"), (GgmlType.Q8_0, "embedding_q8_0") })
+        {
+            var encoded = Encode(type, table, vocab, dim);
+            var decoded = Decode(type, encoded, vocab, dim);
+            var output = Zeros<float>(tokens.Length * dim);
+            K("embedding.cu", kernel).Launch(new Dim3((uint)tokens.Length), new Dim3(256),
+                new KernelArgs().Add(Upload(encoded)).Add(dTokens).Add(output).Add(dim).Add(scale));
+            var expected = new double[tokens.Length * dim];
+            for (int t = 0; t < tokens.Length; t++)
+                for (int i = 0; i < dim; i++) expected[t * dim + i] = decoded[tokens[t] * dim + i] * (double)scale;
+            Check(kernel, $"{tokens.Length} tokens × {dim}", Download<float>(output, expected.Length), expected, 1e-6);
+        }
+    }
+
+    void Norms()
+    {
+        const int rows = 3, dim = 1000;
+        const float eps = 1e-5f;
+        var x = Random(rows * dim, 3f);
+        var delta = Random(rows * dim);
+        var w = Random(dim);
+        double[] Reference(float[] input)
+        {
+            var y = new double[rows * dim];
+            for (int r = 0; r < rows; r++)
+            {
+                double sum = 0;
+                for (int i = 0; i < dim; i++) sum += (double)input[r * dim + i] * input[r * dim + i];
+                double s = 1.0 / Math.Sqrt(sum / dim + eps);
+                for (int i = 0; i < dim; i++) y[r * dim + i] = input[r * dim + i] * s * w[i];
+            }
+            return y;
+        }
+
+        var dx = Upload(x);
+        var dw = Upload(w);
+        var dy = Zeros<float>(rows * dim);
+        K("rms_norm.cu", "rms_norm").Launch(new Dim3(rows), new Dim3(256), new KernelArgs().Add(dx).Add(dw).Add(dy).Add(dim).Add(eps));
+        Check("rms_norm", $"{rows} × {dim}", Download<float>(dy, rows * dim), Reference(x), 1e-4);
+
+        var sum = new float[rows * dim];
+        for (int i = 0; i < sum.Length; i++) sum[i] = x[i] + delta[i];
+        K("rms_norm.cu", "fused_add_rms_norm").Launch(new Dim3(rows), new Dim3(256),
+            new KernelArgs().Add(dx).Add(Upload(delta)).Add(dw).Add(dy).Add(dim).Add(eps));
+        Check("fused_add_rms_norm", "normalized", Download<float>(dy, rows * dim), Reference(sum), 1e-4);
+        Check("fused_add_rms_norm", "residual x += delta", Download<float>(dx, rows * dim), [.. sum.Select(v => (double)v)], 0);
+    }
+
+    void Rope()
+    {
+        const int heads = 4, kvHeads = 2, headDim = 64;
+        int[] positions = [0, 7, 3000];
+        foreach (bool neox in new[] { false, true })
+            foreach (bool factors in new[] { false, true })
+                foreach (int rotDim in new[] { headDim, 32 })
+                {
+                    int n = positions.Length;
+                    var q = Random(n * heads * headDim);
+                    var k = Random(n * kvHeads * headDim);
+                    var ff = factors ? Random(rotDim / 2).Select(v => 1.5f + v).ToArray() : null;
+                    const float ropeBase = 10000f, linear = 2f;
+                    var dq = Upload(q);
+                    var dk = Upload(k);
+                    K("rope.cu", "rope").Launch(new Dim3((uint)n), new Dim3(128), new KernelArgs()
+                        .Add(dq).Add(dk).Add(Upload(positions))
+                        .Add(ff is null ? new CUdeviceptr(0) : Upload(ff).Pointer)
+                        .Add(heads).Add(kvHeads).Add(headDim).Add(rotDim).Add(ropeBase).Add(linear).Add(neox ? 1 : 0));
+
+                    double[] Rotate(float[] src, int count)
+                    {
+                        var dst = src.Select(v => (double)v).ToArray();
+                        int pairs = rotDim / 2;
+                        for (int t = 0; t < n; t++)
+                            for (int h = 0; h < count; h++)
+                                for (int i = 0; i < pairs; i++)
+                                {
+                                    double inv = Math.Pow(ropeBase, -2.0 * i / rotDim) / linear;
+                                    if (ff is not null) inv /= ff[i];
+                                    double th = positions[t] * inv;
+                                    int o = (t * count + h) * headDim;
+                                    int a = neox ? i : 2 * i, b = neox ? i + pairs : 2 * i + 1;
+                                    float c = (float)Math.Cos(th), s = (float)Math.Sin(th);
+                                    float x0 = src[o + a], x1 = src[o + b];
+                                    dst[o + a] = x0 * c - x1 * s;
+                                    dst[o + b] = x0 * s + x1 * c;
+                                }
+                        return dst;
+                    }
+                    string name = $"{(neox ? "NEOX" : "NORM")}{(factors ? " + freq factors" : "")}, rot {rotDim}/{headDim}";
+                    Check("rope (q)", name, Download<float>(dq, q.Length), Rotate(q, heads), 1e-5);
+                    Check("rope (k)", name, Download<float>(dk, k.Length), Rotate(k, kvHeads), 1e-5);
+                }
+    }
+
+    void CacheAndAttention()
+    {
+        const int blockSize = 16, numBlocks = 8, maxBlocks = 3;
+        int[] contextLens = [37, 5];
+        int[][] tables = [[5, 2, 7], [1]];
+        var flatTables = new int[contextLens.Length * maxBlocks];
+        for (int s = 0; s < tables.Length; s++) tables[s].CopyTo(flatTables, s * maxBlocks);
+        int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
+
+        foreach (var (heads, kvHeads, headDim) in new[] { (8, 2, 64), (4, 4, 80), (2, 1, 256) })
+            foreach (bool f16 in new[] { false, true })
+            {
+                int kvDim = kvHeads * headDim, slots = numBlocks * blockSize, elementBytes = f16 ? 2 : 4;
+                string type = f16 ? "f16" : "f32";
+                // Every position of both sequences is written through reshape_and_cache, plus one padding row (slot −1).
+                var slotMapping = new List<int>();
+                for (int s = 0; s < contextLens.Length; s++)
+                    for (int j = 0; j < contextLens[s]; j++) slotMapping.Add(Slot(s, j));
+                slotMapping.Add(-1);
+                int tokens = slotMapping.Count;
+                var k = Random(tokens * kvDim);
+                var v = Random(tokens * kvDim);
+                var kCache = Zeros<byte>(slots * kvDim * elementBytes);
+                var vCache = Zeros<byte>(slots * kvDim * elementBytes);
+                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), new Dim3(256), new KernelArgs()
+                    .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
+                // What the cache must hold: each token's row at its slot, rounded to f16 for an f16 cache.
+                float Stored(float x) => f16 ? Fp16.ToSingle(Fp16.FromSingle(x)) : x;
+                var expectedK = new double[slots * kvDim];
+                var expectedV = new double[slots * kvDim];
+                for (int t = 0; t < tokens; t++)
+                    if (slotMapping[t] >= 0)
+                        for (int i = 0; i < kvDim; i++)
+                        {
+                            expectedK[slotMapping[t] * kvDim + i] = Stored(k[t * kvDim + i]);
+                            expectedV[slotMapping[t] * kvDim + i] = Stored(v[t * kvDim + i]);
+                        }
+                float[] ReadCache(DeviceBuffer b) => f16
+                    ? [.. Download<ushort>(b, slots * kvDim).Select(Fp16.ToSingle)]
+                    : Download<float>(b, slots * kvDim);
+                var keys = ReadCache(kCache);
+                var values = ReadCache(vCache);
+                Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, keys", keys, expectedK, 0);
+                Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, values", values, expectedV, 0);
+
+                var q = Random(contextLens.Length * heads * headDim);
+                float scale = 1f / MathF.Sqrt(headDim);
+                foreach (int window in new[] { 0, 10 })
+                {
+                    var output = Zeros<float>(q.Length);
+                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), new Dim3(128),
+                        new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(contextLens))
+                            .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
+                    var expected = new double[q.Length];
+                    for (int s = 0; s < contextLens.Length; s++)
+                        for (int h = 0; h < heads; h++)
+                        {
+                            int kvh = h / (heads / kvHeads), ctx = contextLens[s];
+                            int first = window > 0 && ctx > window ? ctx - window : 0;
+                            var scores = new double[ctx - first];
+                            for (int j = first; j < ctx; j++)
+                            {
+                                double dot = 0;
+                                for (int d = 0; d < headDim; d++)
+                                    dot += (double)q[(s * heads + h) * headDim + d] * keys[Slot(s, j) * kvDim + kvh * headDim + d];
+                                scores[j - first] = dot * scale;
+                            }
+                            double max = scores.Max(), total = scores.Sum(x => Math.Exp(x - max));
+                            for (int j = first; j < ctx; j++)
+                            {
+                                double p = Math.Exp(scores[j - first] - max) / total;
+                                for (int d = 0; d < headDim; d++)
+                                    expected[(s * heads + h) * headDim + d] += p * values[Slot(s, j) * kvDim + kvh * headDim + d];
+                            }
+                        }
+                    Check($"paged_attention_decode_{type}", $"H{heads}/KV{kvHeads} d{headDim}{(window > 0 ? $" window {window}" : "")}",
+                        Download<float>(output, q.Length), expected, 1e-5);
+                }
+            }
+    }
+
+    void Activations()
+    {
+        const int n = 1000;
+        var gate = Random(n, 6f);
+        var up = Random(n);
+        var dGate = Upload(gate);
+        var dUp = Upload(up);
+        var output = Zeros<float>(n);
+        uint grid = (n + 255) / 256;
+        K("activation.cu", "silu_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+        Check("silu_and_mul", $"n {n}", Download<float>(output, n), [.. gate.Select((g, i) => g / (1 + Math.Exp(-g)) * up[i])], 1e-5);
+        K("activation.cu", "gelu_tanh_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+        Check("gelu_tanh_and_mul", $"n {n}", Download<float>(output, n),
+            [.. gate.Select((g, i) => 0.5 * g * (1 + Math.Tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i])], 1e-5);
+    }
+
+    void Gemv()
+    {
+        const int rows = 70, cols = 256, vectors = 3;   // 70 rows: the grid's last block has idle warps
+        var w = Random(rows * cols);
+        var x = Random(vectors * cols);
+        var dx = Upload(x);
+        foreach (var (type, kernel) in new[] { (GgmlType.F32, "gemv_f32"), (GgmlType.F16, "gemv_f16"), (GgmlType.BF16, "gemv_bf16"), (GgmlType.Q8_0, "gemv_q8_0"), (GgmlType.Q4_0, "gemv_q4_0") })
+        {
+            var encoded = Encode(type, w, rows, cols);
+            var decoded = Decode(type, encoded, rows, cols);
+            var y = Zeros<float>(vectors * rows);
+            K("gemv.cu", kernel).Launch(new Dim3((rows + 3) / 4, vectors), new Dim3(128),
+                new KernelArgs().Add(Upload(encoded)).Add(dx).Add(y).Add(rows).Add(cols));
+            var expected = new double[vectors * rows];
+            for (int t = 0; t < vectors; t++)
+                for (int r = 0; r < rows; r++)
+                {
+                    double dot = 0;
+                    for (int c = 0; c < cols; c++) dot += (double)decoded[r * cols + c] * x[t * cols + c];
+                    expected[t * rows + r] = dot;
+                }
+            // 256-term float sums of values up to ~5: a few 1e-5 of rounding, whatever the summation order.
+            Check(kernel, $"{rows} × {cols}, {vectors} vectors", Download<float>(y, vectors * rows), expected, 1e-3);
+        }
+    }
+
+    void ArgMax()
+    {
+        const int vocab = 32000;
+        var logits = Random(3 * vocab);
+        logits[vocab + 20000] = 5f;                 // row 1: a tie, the lower index must win
+        logits[vocab + 100] = 5f;
+        Array.Fill(logits, 0.25f, 2 * vocab, vocab); // row 2: all equal → 0
+        var output = Zeros<int>(3);
+        K("argmax.cu", "argmax").Launch(new Dim3(3), new Dim3(1024), new KernelArgs().Add(Upload(logits)).Add(vocab).Add(output));
+        var got = Download<int>(output, 3);
+        int expected0 = 0;
+        for (int i = 1; i < vocab; i++) if (logits[i] > logits[expected0]) expected0 = i;
+        Check("argmax", "3 rows × 32000 (tie, all equal)", [.. got.Select(i => (float)i)], [expected0, 100, 0], 0);
+    }
+}

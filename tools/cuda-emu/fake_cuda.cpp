@@ -1,0 +1,155 @@
+// fake_cuda.cpp — an emulated CUDA driver (libcuda) for machines without a GPU: the driver-API
+// entry points TokenMill calls, with "device" memory in host RAM and cuLaunchKernel running the
+// kernels of src/Kernels/cuda on the CPU through cuda_emu.h. Point the resolver at it:
+//   TOKENMILL_CUDA_LIBRARY=/path/libcuda-emu.so tokenmill kernels selftest
+// so the whole host path runs for real — NVRTC compilation of PTX for the reported compute_90,
+// module loading (the PTX must declare every kernel looked up), argument packing, launch shapes,
+// copies — and only the kernels' execution is emulated. Build: tools/cuda-emu/build-fake-driver.sh.
+#include "cuda_emu.h"
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "../../src/Kernels/cuda/embedding.cu"
+#include "../../src/Kernels/cuda/rms_norm.cu"
+#include "../../src/Kernels/cuda/rope.cu"
+#include "../../src/Kernels/cuda/reshape_and_cache.cu"
+#include "../../src/Kernels/cuda/paged_attention.cu"
+#include "../../src/Kernels/cuda/activation.cu"
+#include "../../src/Kernels/cuda/gemv.cu"
+#include "../../src/Kernels/cuda/argmax.cu"
+
+typedef int CUresult;
+enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500 };
+
+namespace {
+using Invoker = std::function<void(void**)>;
+
+// kernelParams[i] points at argument i: read each as the kernel's parameter type.
+template <typename... A, size_t... I>
+void call(void (*k)(A...), void** p, std::index_sequence<I...>) { k(*static_cast<std::remove_cv_t<A>*>(p[I])...); }
+
+template <typename... A>
+Invoker invoker(void (*k)(A...)) { return [k](void** p) { call(k, p, std::index_sequence_for<A...>{}); }; }
+
+const std::map<std::string, Invoker>& kernels()
+{
+    static const std::map<std::string, Invoker> table = {
+#define K(name) {#name, invoker(&name)}
+        K(embedding_f32), K(embedding_f16), K(embedding_bf16), K(embedding_q8_0),
+        K(rms_norm), K(fused_add_rms_norm), K(rope),
+        K(reshape_and_cache_f32), K(reshape_and_cache_f16),
+        K(paged_attention_decode_f32), K(paged_attention_decode_f16),
+        K(silu_and_mul), K(gelu_tanh_and_mul),
+        K(gemv_f32), K(gemv_f16), K(gemv_bf16), K(gemv_q8_0), K(gemv_q4_0),
+        K(argmax),
+#undef K
+    };
+    return table;
+}
+
+struct Module { std::string ptx; };
+struct Function { std::string name; const Invoker* run; };
+std::map<unsigned long long, size_t> allocations;
+int context_token;
+} // namespace
+
+extern "C" {
+CUresult cuGetErrorName(CUresult e, const char** s) { *s = e == OK ? "CUDA_SUCCESS" : "CUDA_ERROR_EMULATED"; return OK; }
+CUresult cuGetErrorString(CUresult e, const char** s) { *s = e == OK ? "no error" : "error in the emulated driver"; return OK; }
+CUresult cuInit(unsigned) { return OK; }
+CUresult cuDriverGetVersion(int* v) { *v = 12000; return OK; }
+CUresult cuDeviceGetCount(int* n) { *n = 1; return OK; }
+CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_DEVICE; *d = 0; return OK; }
+CUresult cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "TokenMill CPU emulation (no GPU)"); return OK; }
+CUresult cuDeviceGetAttribute(int* v, int attr, int)
+{
+    switch (attr)
+    {
+    case 75: *v = 9; return OK;     // compute capability 9.0: the PTX is compiled for compute_90
+    case 76: *v = 0; return OK;
+    case 1: *v = 1024; return OK;
+    case 10: *v = 32; return OK;
+    default: *v = 0; return OK;
+    }
+}
+CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = size_t(1) << 30; return OK; }
+CUresult cuCtxCreate_v2(void** ctx, unsigned, int) { *ctx = &context_token; return OK; }
+CUresult cuCtxDestroy_v2(void*) { return OK; }
+CUresult cuCtxSetCurrent(void*) { return OK; }
+CUresult cuCtxGetCurrent(void** ctx) { *ctx = &context_token; return OK; }
+CUresult cuCtxSynchronize() { return OK; }
+
+CUresult cuModuleLoadData(void** module, const void* image)
+{
+    const char* ptx = static_cast<const char*>(image);
+    if (std::string(ptx).find(".entry") == std::string::npos) return INVALID_VALUE;   // not PTX
+    *module = new Module{ptx};
+    return OK;
+}
+CUresult cuModuleUnload(void* module) { delete static_cast<Module*>(module); return OK; }
+CUresult cuModuleGetFunction(void** f, void* module, const char* name)
+{
+    auto* m = static_cast<Module*>(module);
+    auto it = kernels().find(name);
+    if (it == kernels().end() || m->ptx.find(std::string(".entry ") + name + "(") == std::string::npos) return NOT_FOUND;
+    *f = new Function{name, &it->second};   // leaked: a handful per process
+    return OK;
+}
+CUresult cuFuncGetAttribute(int* v, int, void*) { *v = 0; return OK; }
+CUresult cuFuncSetAttribute(void*, int, int) { return OK; }
+CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned shared, void*, void** params, void** extra)
+{
+    if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
+    auto* fn = static_cast<Function*>(f);
+    emu::launch({gx, gy, gz}, {bx, by, bz}, [&] { (*fn->run)(params); });
+    return OK;
+}
+
+CUresult cuMemGetInfo_v2(size_t* free, size_t* total) { *free = *total = size_t(1) << 30; return OK; }
+CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
+{
+    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);   // device allocations are 256-byte aligned
+    if (!m) return OUT_OF_MEMORY;
+    std::memset(m, 0xCD, bytes);                                   // like the GPU: fresh memory is not zero
+    *p = reinterpret_cast<unsigned long long>(m);
+    allocations[*p] = bytes;
+    return OK;
+}
+CUresult cuMemFree_v2(unsigned long long p)
+{
+    if (!allocations.erase(p)) return INVALID_VALUE;
+    std::free(reinterpret_cast<void*>(p));
+    return OK;
+}
+static bool inside(unsigned long long p, size_t n)
+{
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return p >= it->first && p + n <= it->first + it->second;
+}
+CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
+CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
+CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }
+CUresult cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
+CUresult cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
+CUresult cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memset((void*)d, v, n); return OK; }
+CUresult cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n)
+{
+    if (!inside(d, n * 4)) return INVALID_VALUE;
+    for (size_t i = 0; i < n; i++) reinterpret_cast<unsigned*>(d)[i] = v;
+    return OK;
+}
+CUresult cuStreamCreate(void** s, unsigned) { *s = new int(0); return OK; }
+CUresult cuStreamDestroy_v2(void* s) { delete static_cast<int*>(s); return OK; }
+CUresult cuStreamSynchronize(void*) { return OK; }
+CUresult cuEventCreate(void** e, unsigned) { *e = new int(0); return OK; }
+CUresult cuEventDestroy_v2(void* e) { delete static_cast<int*>(e); return OK; }
+CUresult cuEventRecord(void*, void*) { return OK; }
+CUresult cuEventSynchronize(void*) { return OK; }
+CUresult cuEventElapsedTime(float* ms, void*, void*) { *ms = 0; return OK; }
+}

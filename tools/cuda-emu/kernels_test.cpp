@@ -1,0 +1,278 @@
+// kernels_test.cpp — runs every kernel of src/Kernels/cuda on the CPU through cuda_emu.h and compares
+// it with a scalar reference written from the formulas (the same ones CpuForward uses).
+// Build and run: tools/cuda-emu/run.sh. Prints one line per check; exit code 1 if any fails.
+#include "cuda_emu.h"
+#include <cstdio>
+#include <cstdint>
+#include <algorithm>
+#include <string>
+
+#include "../../src/Kernels/cuda/embedding.cu"
+#include "../../src/Kernels/cuda/rms_norm.cu"
+#include "../../src/Kernels/cuda/rope.cu"
+#include "../../src/Kernels/cuda/reshape_and_cache.cu"
+#include "../../src/Kernels/cuda/paged_attention.cu"
+#include "../../src/Kernels/cuda/activation.cu"
+#include "../../src/Kernels/cuda/gemv.cu"
+#include "../../src/Kernels/cuda/argmax.cu"
+
+static int failures = 0, checks = 0;
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static float rnd(float scale = 1.0f)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0) * 2 - 1) * scale;
+}
+static std::vector<float> rnds(size_t n, float scale = 1.0f) { std::vector<float> v(n); for (auto& x : v) x = rnd(scale); return v; }
+
+template <typename A, typename E>
+static void check(const std::string& name, const A& actual, const E& expected, double tol)
+{
+    double max = actual.size() == expected.size() ? 0 : INFINITY;
+    for (size_t i = 0; i < std::min(actual.size(), expected.size()); i++)
+    {
+        double e = std::fabs((double)actual[i] - (double)expected[i]);
+        if (!(e <= max)) max = e;
+    }
+    bool ok = max <= tol;
+    checks++;
+    if (!ok) failures++;
+    std::printf("%-4s %-60s max error %.3g (tolerance %.3g)\n", ok ? "PASS" : "FAIL", name.c_str(), max, tol);
+}
+
+static float half_round(float f) { return (float)(_Float16)f; }
+static unsigned short half_bits(float f) { return tm_emu_half_to_bits((_Float16)f); }
+
+static void embedding()
+{
+    const int vocab = 64, dim = 256; const float scale = 1.5f;
+    std::vector<int> tokens = {3, 17, 63, 0, 3};
+    auto table = rnds(vocab * dim);
+    std::vector<float> out(tokens.size() * dim), expected(out.size());
+    emu::launch({(unsigned)tokens.size()}, {256}, [&] { embedding_f32(table.data(), tokens.data(), out.data(), dim, scale); });
+    for (size_t t = 0; t < tokens.size(); t++) for (int i = 0; i < dim; i++) expected[t * dim + i] = table[tokens[t] * dim + i] * scale;
+    check("embedding_f32", out, expected, 0);
+
+    std::vector<unsigned short> h(table.size());
+    for (size_t i = 0; i < h.size(); i++) h[i] = half_bits(table[i]);
+    emu::launch({(unsigned)tokens.size()}, {256}, [&] { embedding_f16(h.data(), tokens.data(), out.data(), dim, scale); });
+    for (size_t t = 0; t < tokens.size(); t++) for (int i = 0; i < dim; i++) expected[t * dim + i] = half_round(table[tokens[t] * dim + i]) * scale;
+    check("embedding_f16", out, expected, 0);
+
+    // Q8_0: per 32 elements f16 d = amax/127, q = round(x/d)
+    std::vector<unsigned char> q8((size_t)vocab * dim / 32 * 34);
+    std::vector<float> dq(table.size());
+    for (int b = 0; b < vocab * dim / 32; b++)
+    {
+        float amax = 0; for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(table[b * 32 + j]));
+        float d = amax / 127; unsigned short db = half_bits(d); std::memcpy(&q8[b * 34], &db, 2);
+        for (int j = 0; j < 32; j++)
+        {
+            int q = (int)std::lround(table[b * 32 + j] / d);
+            q8[b * 34 + 2 + j] = (unsigned char)(signed char)q;
+            dq[b * 32 + j] = half_round(d) * q;
+        }
+    }
+    emu::launch({(unsigned)tokens.size()}, {256}, [&] { embedding_q8_0(q8.data(), tokens.data(), out.data(), dim, scale); });
+    for (size_t t = 0; t < tokens.size(); t++) for (int i = 0; i < dim; i++) expected[t * dim + i] = dq[tokens[t] * dim + i] * scale;
+    check("embedding_q8_0", out, expected, 1e-6);
+}
+
+static std::vector<double> rms_ref(const std::vector<float>& x, const std::vector<float>& w, int rows, int dim, float eps)
+{
+    std::vector<double> y(x.size());
+    for (int r = 0; r < rows; r++)
+    {
+        double s = 0; for (int i = 0; i < dim; i++) s += (double)x[r * dim + i] * x[r * dim + i];
+        double k = 1 / std::sqrt(s / dim + eps);
+        for (int i = 0; i < dim; i++) y[r * dim + i] = x[r * dim + i] * k * w[i];
+    }
+    return y;
+}
+
+static void norms()
+{
+    const int rows = 3, dim = 1000; const float eps = 1e-5f;
+    auto x = rnds(rows * dim, 3), delta = rnds(rows * dim), w = rnds(dim);
+    std::vector<float> y(x.size());
+    emu::launch({rows}, {256}, [&] { rms_norm(x.data(), w.data(), y.data(), dim, eps); });
+    check("rms_norm 3 x 1000", y, rms_ref(x, w, rows, dim, eps), 1e-5);
+    std::vector<float> sum(x.size()); for (size_t i = 0; i < x.size(); i++) sum[i] = x[i] + delta[i];
+    emu::launch({rows}, {256}, [&] { fused_add_rms_norm(x.data(), delta.data(), w.data(), y.data(), dim, eps); });
+    check("fused_add_rms_norm: normalized", y, rms_ref(sum, w, rows, dim, eps), 1e-5);
+    check("fused_add_rms_norm: residual x += delta", x, sum, 0);
+}
+
+static void rope_check()
+{
+    const int heads = 4, kv = 2, hd = 64; std::vector<int> pos = {0, 7, 3000};
+    for (int neox = 0; neox < 2; neox++)
+        for (int withff = 0; withff < 2; withff++)
+            for (int rot : {64, 32})
+            {
+                int n = pos.size(), pairs = rot / 2;
+                auto q = rnds(n * heads * hd), k = rnds(n * kv * hd);
+                std::vector<float> ff(pairs); for (auto& f : ff) f = 1.5f + rnd();
+                const float base = 10000, lin = 2;
+                auto ref = [&](std::vector<float> src, int count) {
+                    std::vector<double> dst(src.begin(), src.end());
+                    for (int t = 0; t < n; t++) for (int h = 0; h < count; h++) for (int i = 0; i < pairs; i++)
+                    {
+                        double inv = std::pow((double)base, -2.0 * i / rot) / lin; if (withff) inv /= ff[i];
+                        double th = pos[t] * inv; float c = (float)std::cos(th), s = (float)std::sin(th);
+                        int o = (t * count + h) * hd, a = neox ? i : 2 * i, b = neox ? i + pairs : 2 * i + 1;
+                        float x0 = src[o + a], x1 = src[o + b];
+                        dst[o + a] = x0 * c - x1 * s; dst[o + b] = x0 * s + x1 * c;
+                    }
+                    return dst;
+                };
+                auto eq = ref(q, heads), ek = ref(k, kv);
+                emu::launch({(unsigned)n}, {128}, [&] { rope(q.data(), k.data(), pos.data(), withff ? ff.data() : nullptr, heads, kv, hd, rot, base, lin, neox); });
+                std::string name = std::string("rope ") + (neox ? "NEOX" : "NORM") + (withff ? " + freq factors" : "") + " rot " + std::to_string(rot);
+                check(name + " (q)", q, eq, 1e-6);
+                check(name + " (k)", k, ek, 1e-6);
+            }
+}
+
+static void cache_and_attention()
+{
+    const int bs = 16, nblocks = 8, maxb = 3;
+    std::vector<int> ctx = {37, 5};
+    std::vector<std::vector<int>> tables = {{5, 2, 7}, {1}};
+    std::vector<int> flat(ctx.size() * maxb, 0);
+    for (size_t s = 0; s < tables.size(); s++) std::copy(tables[s].begin(), tables[s].end(), flat.begin() + s * maxb);
+    auto slot = [&](int s, int j) { return tables[s][j / bs] * bs + j % bs; };
+    struct Shape { int h, kv, hd; };
+    for (Shape sh : {Shape{8, 2, 64}, Shape{4, 4, 80}, Shape{2, 1, 256}})
+        for (int f16 = 0; f16 < 2; f16++)
+        {
+            int kvdim = sh.kv * sh.hd, slots = nblocks * bs;
+            std::vector<int> map; for (size_t s = 0; s < ctx.size(); s++) for (int j = 0; j < ctx[s]; j++) map.push_back(slot(s, j));
+            map.push_back(-1);
+            int T = map.size();
+            auto k = rnds(T * kvdim), v = rnds(T * kvdim);
+            std::vector<float> kc(slots * kvdim), vc(slots * kvdim), ek(kc.size()), ev(vc.size());
+            std::vector<unsigned short> kh(slots * kvdim), vh(slots * kvdim);
+            if (f16) emu::launch({(unsigned)T}, {256}, [&] { reshape_and_cache_f16(k.data(), v.data(), kh.data(), vh.data(), map.data(), kvdim); });
+            else emu::launch({(unsigned)T}, {256}, [&] { reshape_and_cache_f32(k.data(), v.data(), kc.data(), vc.data(), map.data(), kvdim); });
+            for (int t = 0; t < T; t++) if (map[t] >= 0) for (int i = 0; i < kvdim; i++)
+            {
+                ek[map[t] * kvdim + i] = f16 ? half_round(k[t * kvdim + i]) : k[t * kvdim + i];
+                ev[map[t] * kvdim + i] = f16 ? half_round(v[t * kvdim + i]) : v[t * kvdim + i];
+            }
+            if (f16) for (size_t i = 0; i < kc.size(); i++) { kc[i] = (float)tm_emu_bits_to_half(kh[i]); vc[i] = (float)tm_emu_bits_to_half(vh[i]); }
+            std::string tag = " H" + std::to_string(sh.h) + "/KV" + std::to_string(sh.kv) + " d" + std::to_string(sh.hd) + (f16 ? " f16" : " f32");
+            check("reshape_and_cache keys" + tag, kc, ek, 0);
+            check("reshape_and_cache values" + tag, vc, ev, 0);
+
+            auto q = rnds(ctx.size() * sh.h * sh.hd);
+            float scale = 1 / std::sqrt((float)sh.hd);
+            for (int window : {0, 10})
+            {
+                std::vector<float> out(q.size());
+                if (f16) emu::launch({(unsigned)sh.h, (unsigned)ctx.size()}, {128}, [&] {
+                    paged_attention_decode_f16(out.data(), q.data(), kh.data(), vh.data(), flat.data(), ctx.data(), maxb, sh.h, sh.kv, sh.hd, bs, scale, window); });
+                else emu::launch({(unsigned)sh.h, (unsigned)ctx.size()}, {128}, [&] {
+                    paged_attention_decode_f32(out.data(), q.data(), kc.data(), vc.data(), flat.data(), ctx.data(), maxb, sh.h, sh.kv, sh.hd, bs, scale, window); });
+                std::vector<double> exp(q.size(), 0.0);
+                for (size_t s = 0; s < ctx.size(); s++) for (int h = 0; h < sh.h; h++)
+                {
+                    int kvh = h / (sh.h / sh.kv), c = ctx[s], first = window > 0 && c > window ? c - window : 0;
+                    std::vector<double> sc;
+                    for (int j = first; j < c; j++)
+                    {
+                        double d = 0; for (int e = 0; e < sh.hd; e++) d += (double)q[(s * sh.h + h) * sh.hd + e] * kc[slot(s, j) * kvdim + kvh * sh.hd + e];
+                        sc.push_back(d * scale);
+                    }
+                    double mx = *std::max_element(sc.begin(), sc.end()), tot = 0; for (double x : sc) tot += std::exp(x - mx);
+                    for (int j = first; j < c; j++)
+                    {
+                        double p = std::exp(sc[j - first] - mx) / tot;
+                        for (int e = 0; e < sh.hd; e++) exp[(s * sh.h + h) * sh.hd + e] += p * vc[slot(s, j) * kvdim + kvh * sh.hd + e];
+                    }
+                }
+                check("paged_attention_decode" + tag + (window ? " window 10" : ""), out, exp, 1e-5);
+            }
+        }
+}
+
+static void activations()
+{
+    const long long n = 1000;
+    auto g = rnds(n, 6), u = rnds(n);
+    std::vector<float> out(n); std::vector<double> e(n);
+    emu::launch({(unsigned)((n + 255) / 256)}, {256}, [&] { silu_and_mul(g.data(), u.data(), out.data(), n); });
+    for (int i = 0; i < n; i++) e[i] = g[i] / (1 + std::exp(-(double)g[i])) * u[i];
+    check("silu_and_mul", out, e, 1e-5);
+    emu::launch({2}, {64}, [&] { gelu_tanh_and_mul(g.data(), u.data(), out.data(), n); });   // grid-stride: fewer threads than n
+    for (int i = 0; i < n; i++) { double x = g[i]; e[i] = 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) * u[i]; }
+    check("gelu_tanh_and_mul (grid-stride)", out, e, 1e-5);
+    std::vector<float> inplace = g;
+    emu::launch({4}, {256}, [&] { silu_and_mul(inplace.data(), u.data(), inplace.data(), n); });
+    for (int i = 0; i < n; i++) e[i] = g[i] / (1 + std::exp(-(double)g[i])) * u[i];
+    check("silu_and_mul in place (out = gate)", inplace, e, 1e-5);
+}
+
+static void gemv()
+{
+    const int rows = 70, cols = 256, nv = 3;
+    auto x = rnds(nv * cols);
+    auto run = [&](const char* name, auto kernel, const void* w, const std::vector<float>& dec) {
+        std::vector<float> y(nv * rows); std::vector<double> e(y.size());
+        emu::launch({(rows + 3) / 4, nv}, {128}, [&] { kernel(w, x.data(), y.data(), rows, cols); });
+        for (int t = 0; t < nv; t++) for (int r = 0; r < rows; r++) { double d = 0; for (int c = 0; c < cols; c++) d += (double)dec[r * cols + c] * x[t * cols + c]; e[t * rows + r] = d; }
+        check(std::string(name) + " 70 x 256, 3 vectors", y, e, 1e-4);
+    };
+    auto wf = rnds(rows * cols);
+    run("gemv_f32", [](const void* w, const float* x, float* y, int r, int c) { gemv_f32((const float*)w, x, y, r, c); }, wf.data(), wf);
+    std::vector<unsigned short> wh(wf.size()); std::vector<float> dh(wf.size());
+    for (size_t i = 0; i < wf.size(); i++) { wh[i] = half_bits(wf[i]); dh[i] = half_round(wf[i]); }
+    run("gemv_f16", [](const void* w, const float* x, float* y, int r, int c) { gemv_f16((const tm_f16*)w, x, y, r, c); }, wh.data(), dh);
+    std::vector<unsigned short> wb(wf.size()); std::vector<float> db(wf.size());
+    for (size_t i = 0; i < wf.size(); i++) { uint32_t u; std::memcpy(&u, &wf[i], 4); wb[i] = u >> 16; u = (uint32_t)wb[i] << 16; std::memcpy(&db[i], &u, 4); }
+    run("gemv_bf16", [](const void* w, const float* x, float* y, int r, int c) { gemv_bf16((const tm_bf16*)w, x, y, r, c); }, wb.data(), db);
+
+    // Random quantized blocks, decoded by the ggml formulas.
+    int nb = rows * cols / 32;
+    std::vector<unsigned char> q8(nb * 34), q4(nb * 18); std::vector<float> d8(wf.size()), d4(wf.size());
+    for (int b = 0; b < nb; b++)
+    {
+        float d = 0.01f + std::fabs(rnd()) * 0.02f; unsigned short dbits = half_bits(d); float dr = half_round(d);
+        std::memcpy(&q8[b * 34], &dbits, 2); std::memcpy(&q4[b * 18], &dbits, 2);
+        for (int j = 0; j < 32; j++) { int q = (int)(rnd() * 127); q8[b * 34 + 2 + j] = (unsigned char)(signed char)q; d8[b * 32 + j] = dr * q; }
+        for (int j = 0; j < 16; j++)
+        {
+            int lo = (int)((rnd() + 1) * 7.99f), hi = (int)((rnd() + 1) * 7.99f);
+            q4[b * 18 + 2 + j] = (unsigned char)(lo | (hi << 4));
+            d4[b * 32 + j] = dr * (lo - 8); d4[b * 32 + j + 16] = dr * (hi - 8);
+        }
+    }
+    run("gemv_q8_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q8_0((const tm_u8*)w, x, y, r, c); }, q8.data(), d8);
+    run("gemv_q4_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q4_0((const tm_u8*)w, x, y, r, c); }, q4.data(), d4);
+}
+
+static void argmax_check()
+{
+    const int vocab = 32000;
+    auto l = rnds(4 * vocab);
+    l[vocab + 20000] = 5; l[vocab + 100] = 5;                         // tie: lower index wins
+    std::fill(l.begin() + 2 * vocab, l.begin() + 3 * vocab, 0.25f);    // all equal: 0
+    std::fill(l.begin() + 3 * vocab, l.end(), -INFINITY); l[3 * vocab + 31999] = NAN; l[3 * vocab + 5] = -1; // NaN never wins
+    std::vector<int> out(4);
+    emu::launch({4}, {1024}, [&] { argmax(l.data(), vocab, out.data()); });
+    int e0 = 0; for (int i = 1; i < vocab; i++) if (l[i] > l[e0]) e0 = i;
+    check("argmax (random, tie, all equal, -inf + NaN)", out, std::vector<int>{e0, 100, 0, 5}, 0);
+}
+
+int main()
+{
+    embedding();
+    norms();
+    rope_check();
+    cache_and_attention();
+    activations();
+    gemv();
+    argmax_check();
+    std::printf("%d of %d checks passed\n", checks - failures, checks);
+    return failures == 0 ? 0 : 1;
+}
