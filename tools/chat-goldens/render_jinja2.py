@@ -62,31 +62,36 @@ def to_template_message(m):
     return d
 
 
-manifest = json.loads((GOLDENS / "templates.json").read_text(encoding="utf-8"))
-fx = json.loads((GOLDENS / "fixtures.json").read_text(encoding="utf-8"))
-out = {}
-for t in manifest:
-    source = (GOLDENS / "templates" / f"{t['name']}.jinja").read_text(encoding="utf-8")
-    template = env.from_string(source)
-    out[t["name"]] = {}
-    for f in fx["fixtures"]:
-        context = dict(
-            messages=[to_template_message(m) for m in f["messages"]],
-            add_generation_prompt=f["add_generation_prompt"],
-            bos_token=t["bos_token"],
-            eos_token=t["eos_token"],
-            tools=fx["tools"] if f.get("with_tools") else None,
-        )
-        context.update(f.get("extra", {}))
-        try:
-            out[t["name"]][f["name"]] = {"output": template.render(**context)}
-        except Exception as e:  # noqa: BLE001 - every failure is a recorded outcome
-            out[t["name"]][f["name"]] = {"error": str(e), "raised": isinstance(e, Raised)}
+def main():
+    manifest = json.loads((GOLDENS / "templates.json").read_text(encoding="utf-8"))
+    fx = json.loads((GOLDENS / "fixtures.json").read_text(encoding="utf-8"))
+    out = {}
+    for t in manifest:
+        source = (GOLDENS / "templates" / f"{t['name']}.jinja").read_text(encoding="utf-8")
+        template = env.from_string(source)
+        out[t["name"]] = {}
+        for f in fx["fixtures"]:
+            context = dict(
+                messages=[to_template_message(m) for m in f["messages"]],
+                add_generation_prompt=f["add_generation_prompt"],
+                bos_token=t["bos_token"],
+                eos_token=t["eos_token"],
+                tools=fx["tools"] if f.get("with_tools") else None,
+            )
+            context.update(f.get("extra", {}))
+            try:
+                out[t["name"]][f["name"]] = {"output": template.render(**context)}
+            except Exception as e:  # noqa: BLE001 - every failure is a recorded outcome
+                out[t["name"]][f["name"]] = {"error": str(e), "raised": isinstance(e, Raised)}
 
-(GOLDENS / "goldens-jinja2.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-hf = json.loads((GOLDENS / "goldens.json").read_text(encoding="utf-8"))
-for name, results in out.items():
-    for fixture, r in results.items():
-        h = hf[name][fixture]
-        if ("output" in r) != ("output" in h) or r.get("output") != h.get("output"):
-            print(f"references disagree: {name} / {fixture}: jinja2 {r} | hf {h}")
+    (GOLDENS / "goldens-jinja2.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    hf = json.loads((GOLDENS / "goldens.json").read_text(encoding="utf-8"))
+    for name, results in out.items():
+        for fixture, r in results.items():
+            h = hf[name][fixture]
+            if ("output" in r) != ("output" in h) or r.get("output") != h.get("output"):
+                print(f"references disagree: {name} / {fixture}: jinja2 {r} | hf {h}")
+
+
+if __name__ == "__main__":
+    main()

@@ -308,7 +308,7 @@ static class Builtins
                 {
                     "ceil" => Math.Ceiling(x * p) / p,
                     "floor" => Math.Floor(x * p) / p,
-                    _ => Math.Round(x * p, MidpointRounding.AwayFromZero) / p,
+                    _ => Math.Round(x * p, MidpointRounding.ToEven) / p, // Python round(): half to even
                 };
             }
             case "upper": return Str(v, name).ToUpperInvariant();

@@ -32,6 +32,10 @@ sealed class JinjaLexer
 
     JinjaLexer(string src)
     {
+        // As Jinja's lexer does (newline_sequence "\n", keep_trailing_newline False): every line
+        // break of the template source becomes "\n", and one final line break is dropped.
+        src = src.Replace("\r\n", "\n", StringComparison.Ordinal).Replace('\r', '\n');
+        if (src.EndsWith('\n')) src = src[..^1];
         _src = src;
         for (int i = 0; i < src.Length; i++)
             if (src[i] == '\n') _lineStarts.Add(i + 1);
@@ -79,7 +83,6 @@ sealed class JinjaLexer
             else if (lead == Lead.TrimNewline)
             {
                 if (textStart < textEnd && _src[textStart] == '\n') textStart++;
-                else if (textStart + 1 < textEnd && _src[textStart] == '\r' && _src[textStart + 1] == '\n') textStart += 2;
             }
 
             if (tagStart < 0)

@@ -106,7 +106,7 @@ sealed class JinjaParser
             case "call": return ParseCallBlock(l, c);
             case "filter":
             {
-                var filters = ParseFilterChain(null);
+                var filters = ParseFilterChain(null, leadingPipe: false);
                 Expect(TokenKind.BlockEnd);
                 var body = ParseBody(["endfilter"], out _);
                 Expect(TokenKind.BlockEnd);
@@ -388,11 +388,11 @@ sealed class JinjaParser
     }
 
     // `| f(args) | g`: each filter wraps the previous one; the first wraps `value` (null in filter blocks).
-    List<FilterExpr> ParseFilterChain(Expr? value)
+    List<FilterExpr> ParseFilterChain(Expr? value, bool leadingPipe = true)
     {
         var chain = new List<FilterExpr>();
         Expr? current = value;
-        while (AcceptOp("|"))
+        while (chain.Count == 0 && !leadingPipe || AcceptOp("|"))
         {
             var at = Peek;
             var name = ExpectName();
