@@ -12,6 +12,23 @@ static class Builtins
 {
     static JinjaRuntimeException Err(string message) => new(message);
 
+    /// <summary>Filter names <see cref="Filter"/> knows; the parser refuses others, as Jinja does when it compiles.</summary>
+    public static readonly HashSet<string> FilterNames = new(StringComparer.Ordinal)
+    {
+        "default", "d", "safe", "string", "pprint", "tojson", "length", "count", "list", "first", "last", "reverse",
+        "items", "join", "int", "float", "abs", "round", "upper", "lower", "capitalize", "title", "trim", "replace",
+        "split", "indent", "wordcount", "center", "escape", "e", "forceescape", "attr", "selectattr", "rejectattr",
+        "select", "reject", "map", "unique", "sort", "dictsort", "sum", "min", "max", "batch",
+    };
+
+    /// <summary>Test names <see cref="Test"/> knows.</summary>
+    public static readonly HashSet<string> TestNames = new(StringComparer.Ordinal)
+    {
+        "defined", "undefined", "none", "string", "number", "integer", "float", "boolean", "true", "false", "mapping",
+        "iterable", "sequence", "callable", "even", "odd", "divisibleby", "eq", "equalto", "==", "ne", "!=", "lt",
+        "lessthan", "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">=", "in", "sameas", "lower", "upper", "escaped",
+    };
+
     static Callable Method(string name, Func<List<object?>, Dictionary<string, object?>, object?> f) => new(name, f);
 
     static object? Arg(List<object?> a, Dictionary<string, object?> kw, int i, string name, object? fallback = null) =>

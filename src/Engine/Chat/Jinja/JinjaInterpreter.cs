@@ -34,8 +34,16 @@ sealed class JinjaInterpreter
 {
     enum Flow { Normal, Break, Continue }
 
+    // Budgets a chat template never comes near; they turn a runaway template (deep macro recursion,
+    // nested loops over long ranges) into an error instead of a stack overflow or a hung request.
+    const int MaxCallDepth = 100;
+    const long MaxSteps = 1_000_000;
+    const int MaxOutputChars = 16 << 20;
+
     readonly TimeProvider _clock;
     Stmt? _current;
+    int _callDepth;
+    long _steps;
 
     JinjaInterpreter(TimeProvider clock) => _clock = clock;
 
@@ -102,6 +110,8 @@ sealed class JinjaInterpreter
     Flow Exec(Stmt stmt, Scope scope, StringBuilder sb)
     {
         if (stmt is not TextStmt) _current = stmt;
+        Step();
+        if (sb.Length > MaxOutputChars) throw new JinjaRuntimeException($"the template's output passed {MaxOutputChars} characters");
         switch (stmt)
         {
             case TextStmt t:
@@ -162,6 +172,11 @@ sealed class JinjaInterpreter
         }
     }
 
+    void Step()
+    {
+        if (++_steps > MaxSteps) throw new JinjaRuntimeException($"the template ran more than {MaxSteps} statements and loop iterations");
+    }
+
     void ExecFor(ForStmt f, Scope scope, StringBuilder sb)
     {
         var source = Eval(f.Iterable, scope);
@@ -172,6 +187,7 @@ sealed class JinjaInterpreter
         else
             foreach (var item in all)
             {
+                Step();
                 var probe = new Scope(scope);
                 Bind(f.Targets, item, probe);
                 if (Py.Truthy(Eval(f.Filter, probe))) items.Add(item);
@@ -185,6 +201,7 @@ sealed class JinjaInterpreter
         int n = items.Count;
         for (int i = 0; i < n; i++)
         {
+            Step();
             var iter = new Scope(scope);
             int index = i;
             var loop = new Dictionary<string, object?>(StringComparer.Ordinal)
@@ -253,10 +270,12 @@ sealed class JinjaInterpreter
             }
             if (kwargs.TryGetValue("caller", out var c)) scope.Set("caller", c);
             else if (caller is not null) scope.Set("caller", caller);
+            if (++_callDepth > MaxCallDepth) throw new JinjaRuntimeException($"macro calls nested more than {MaxCallDepth} deep");
             var saved = _current;
             var sb = new StringBuilder();
             Exec(body, scope, sb);
             _current = saved;
+            _callDepth--;
             return sb.ToString();
         });
     }

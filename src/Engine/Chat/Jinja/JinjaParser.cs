@@ -23,6 +23,8 @@ sealed class JinjaParser
         return body;
     }
 
+    readonly Stack<(string Name, int Line, int Column)> _open = new(); // statements being parsed, for "never closed" errors
+
     Token Peek => _tokens[_i];
     Token PeekAt(int k) => _tokens[Math.Min(_i + k, _tokens.Count - 1)];
     Token Next() => _tokens[_i++];
@@ -52,6 +54,7 @@ sealed class JinjaParser
     // Parses statements until a block tag named in endTags; leaves the parser just after that tag's name.
     List<Stmt> ParseBody(string[] endTags, out string endTag)
     {
+        if (endTags.Length > 0 && ++_depth > MaxNesting) throw Error(Peek, $"blocks nested more than {MaxNesting} deep");
         var body = new List<Stmt>();
         while (true)
         {
@@ -60,7 +63,8 @@ sealed class JinjaParser
             {
                 case TokenKind.Eof:
                     if (endTags.Length > 0)
-                        throw Error(t, $"unexpected end of template: expected {string.Join(" or ", endTags.Select(e => $"'{{% {e} %}}'"))}");
+                        throw Error(t, $"unexpected end of template: '{{% {_open.Peek().Name} %}}' at line {_open.Peek().Line}, column {_open.Peek().Column} is never closed "
+                            + $"(expected {string.Join(" or ", endTags.Select(e => $"'{{% {e} %}}'"))})");
                     endTag = "";
                     return body;
                 case TokenKind.Text:
@@ -79,8 +83,13 @@ sealed class JinjaParser
                     {
                         _i += 2;
                         endTag = name.Value;
+                        _depth--;
                         return body;
                     }
+                    if (name.Kind == TokenKind.Name && name.Value is "endif" or "endfor" or "endset" or "endmacro" or "endcall" or "endfilter"
+                        or "elif" or "else" or "endgeneration" or "endraw")
+                        throw Error(name, $"unexpected '{{% {name.Value} %}}'"
+                            + (endTags.Length > 0 ? $" (expected {string.Join(" or ", endTags.Select(e => $"'{{% {e} %}}'"))})" : ""));
                     _i++;
                     var stmt = ParseStatement(t);
                     if (stmt is not null) body.Add(stmt);
@@ -97,6 +106,19 @@ sealed class JinjaParser
         if (nameTok.Kind != TokenKind.Name) throw Error(nameTok, $"expected a statement name after '{{%', found {nameTok}");
         _i++;
         int l = begin.Line, c = begin.Column;
+        _open.Push((nameTok.Value, l, c));
+        try
+        {
+            return ParseStatement(nameTok, l, c);
+        }
+        finally
+        {
+            _open.Pop();
+        }
+    }
+
+    Stmt? ParseStatement(Token nameTok, int l, int c)
+    {
         switch (nameTok.Value)
         {
             case "if": return ParseIf(l, c);
@@ -263,7 +285,17 @@ sealed class JinjaParser
         return new ListExpr(items, IsTuple: true);
     }
 
-    public Expr ParseExpression() => ParseCondOr(allowCondExpr: true);
+    // Deeper nesting than any real template needs; the limit keeps a hostile template from exhausting the stack.
+    const int MaxNesting = 200;
+    int _depth;
+
+    public Expr ParseExpression()
+    {
+        if (++_depth > MaxNesting) throw Error(Peek, $"expression nested more than {MaxNesting} deep");
+        var e = ParseCondOr(allowCondExpr: true);
+        _depth--;
+        return e;
+    }
 
     Expr ParseCondOr(bool allowCondExpr)
     {
@@ -370,7 +402,9 @@ sealed class JinjaParser
             {
                 var at = Next();
                 bool negated = Accept(TokenKind.Name, "not");
+                var nameTok = Peek;
                 var name = ExpectName();
+                if (!Builtins.TestNames.Contains(name)) throw Error(nameTok, $"unknown or unsupported test '{name}'");
                 var args = new List<Expr>();
                 if (Peek.Is(TokenKind.Operator, "("))
                 {
@@ -398,6 +432,7 @@ sealed class JinjaParser
             var name = ExpectName();
             while (Peek.Is(TokenKind.Operator, ".") && PeekAt(1).Kind == TokenKind.Name) { _i++; name += "." + Next().Value; }
             var (args, kwargs) = Peek.Is(TokenKind.Operator, "(") ? ParseCallArguments() : ([], []);
+            if (!Builtins.FilterNames.Contains(name)) throw Error(at, $"unknown or unsupported filter '{name}'");
             var f = new FilterExpr(current, name, args, kwargs, at.Line, at.Column);
             chain.Add(f);
             current = f;
