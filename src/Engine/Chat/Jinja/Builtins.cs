@@ -331,7 +331,7 @@ static class Builtins
             case "upper": return Str(v, name).ToUpperInvariant();
             case "lower": return Str(v, name).ToLowerInvariant();
             case "capitalize": return Capitalize(Str(v, name));
-            case "title": return Title(Str(v, name));
+            case "title": return TitleFilter(Str(v, name));
             case "trim": return StripChars(Str(v, name), Arg(a, kw, 0, "chars"), true, true);
             case "replace":
             {
@@ -512,6 +512,12 @@ static class Builtins
     };
 
     static string Capitalize(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..].ToLowerInvariant();
+
+    // Jinja's title filter (not str.title()): words begin after '-', whitespace or an opening bracket.
+    static string TitleFilter(string s) => string.Concat(
+        System.Text.RegularExpressions.Regex.Split(s, @"([-\s\(\{\[\<]+)")
+            .Where(item => item.Length > 0)
+            .Select(item => char.ToUpperInvariant(item[0]) + item[1..].ToLowerInvariant()));
 
     // Python's str.title(): a letter after a non-letter is upper-cased, every other letter lower-cased.
     static string Title(string s)
