@@ -52,7 +52,7 @@ static class Builtins
                 return (object?)StringMethod(s, name) ?? new Undefined($"{describe}.{name}");
             case List<object?> l:
                 return (object?)ListMethod(l, name) ?? new Undefined($"{describe}.{name}");
-            case Tuple t:
+            case PyTuple t:
                 return (object?)ListMethod(t.Items, name) ?? new Undefined($"{describe}.{name}");
             default:
                 return new Undefined($"{describe}.{name}");
@@ -70,14 +70,14 @@ static class Builtins
                 return key is string ks ? GetAttribute(obj, ks, describe) : new Undefined($"{describe}[{Py.Repr(key)}]");
             case Namespace when key is string ks2:
                 return GetAttribute(obj, ks2, describe);
-            case List<object?> or Tuple or string when Py.IsInteger(key):
+            case List<object?> or PyTuple or string when Py.IsInteger(key):
             {
                 var items = obj is string s ? Py.StringElements(s).Select(c => (object?)c).ToList() : Py.Iterate(obj);
                 long i = Py.ToLong(key);
                 if (i < 0) i += items.Count;
                 return i >= 0 && i < items.Count ? items[(int)i] : new Undefined($"{describe}[{key}]");
             }
-            case string or List<object?> or Tuple when key is string name:
+            case string or List<object?> or PyTuple when key is string name:
                 return GetAttribute(obj, name, describe);
             default:
                 return new Undefined($"{describe}[{Py.Repr(key)}]");
@@ -92,7 +92,7 @@ static class Builtins
         {
             string s => Py.StringElements(s).Select(c => (object?)c).ToList(),
             List<object?> l => l,
-            Tuple t => t.Items,
+            PyTuple t => t.Items,
             Undefined u => throw Err($"'{u.Name}' is undefined (slicing it)"),
             _ => throw Err($"'{Py.TypeName(obj)}' object is not subscriptable"),
         };
@@ -119,7 +119,7 @@ static class Builtins
         return obj switch
         {
             string => string.Concat(result.Cast<string>()),
-            Tuple => new Tuple(result),
+            PyTuple => new PyTuple(result),
             _ => result,
         };
     }
@@ -201,7 +201,7 @@ static class Builtins
         {
             case "+" when l is string a && r is string b: return a + b;
             case "+" when l is List<object?> a && r is List<object?> b: return a.Concat(b).ToList();
-            case "+" when l is Tuple a && r is Tuple b: return new Tuple(a.Items.Concat(b.Items).ToList());
+            case "+" when l is PyTuple a && r is PyTuple b: return new PyTuple(a.Items.Concat(b.Items).ToList());
             case "*" when l is string s && Py.IsInteger(r): return Repeat(s, Py.ToLong(r));
             case "*" when r is string s && Py.IsInteger(l): return Repeat(s, Py.ToLong(l));
             case "*" when l is List<object?> a && Py.IsInteger(r):
@@ -222,7 +222,7 @@ static class Builtins
             : throw Err($"'in <string>' requires string as left operand, not {Py.TypeName(item)}"),
         Dictionary<string, object?> d => item is string k && d.ContainsKey(k),
         List<object?> l => l.Any(x => Py.Equals(x, item)),
-        Tuple t => t.Items.Any(x => Py.Equals(x, item)),
+        PyTuple t => t.Items.Any(x => Py.Equals(x, item)),
         Undefined => false,
         _ => throw Err($"argument of type '{Py.TypeName(container)}' is not iterable"),
     };
@@ -245,8 +245,8 @@ static class Builtins
             "true" => v is true,
             "false" => v is false,
             "mapping" => v is Dictionary<string, object?>,
-            "iterable" => v is string or List<object?> or Tuple or Dictionary<string, object?> or Undefined,
-            "sequence" => v is string or List<object?> or Tuple or Dictionary<string, object?>,
+            "iterable" => v is string or List<object?> or PyTuple or Dictionary<string, object?> or Undefined,
+            "sequence" => v is string or List<object?> or PyTuple or Dictionary<string, object?>,
             "callable" => v is Callable,
             "even" => Py.ToLong(Defined(v)) % 2 == 0,
             "odd" => Py.ToLong(Defined(v)) % 2 != 0,
@@ -303,7 +303,7 @@ static class Builtins
             case "items":
                 if (v is Undefined) return new List<object?>();
                 if (v is not Dictionary<string, object?> dict) throw Err($"can only get items of a mapping, not {Py.TypeName(v)}");
-                return dict.Select(p => (object?)new Tuple([p.Key, p.Value])).ToList();
+                return dict.Select(p => (object?)new PyTuple([p.Key, p.Value])).ToList();
             case "join":
             {
                 string sep = Py.Str(Arg(a, kw, 0, "d", ""));
@@ -426,7 +426,7 @@ static class Builtins
                 }
                 var pairs = map.ToList();
                 pairs.Sort((p, q) => (reverse ? -1 : 1) * Py.Compare(Key(p), Key(q)));
-                return pairs.Select(p => (object?)new Tuple([p.Key, p.Value])).ToList();
+                return pairs.Select(p => (object?)new PyTuple([p.Key, p.Value])).ToList();
             }
             case "sum":
             {
@@ -620,7 +620,7 @@ static class Builtins
     static Callable? DictMethod(Dictionary<string, object?> d, string name) => name switch
     {
         "get" => Method("dict.get", (a, kw) => a.Count > 0 && a[0] is string k && d.TryGetValue(k, out var v) ? v : Arg(a, kw, 1, "default")),
-        "items" => Method("dict.items", (_, _) => d.Select(p => (object?)new Tuple([p.Key, p.Value])).ToList()),
+        "items" => Method("dict.items", (_, _) => d.Select(p => (object?)new PyTuple([p.Key, p.Value])).ToList()),
         "keys" => Method("dict.keys", (_, _) => d.Keys.Select(k => (object?)k).ToList()),
         "values" => Method("dict.values", (_, _) => d.Values.ToList()),
         _ => null,
@@ -678,7 +678,7 @@ static class Builtins
         return a[0] switch
         {
             string p => test(p),
-            Tuple t => t.Items.Any(x => x is string p && test(p)),
+            PyTuple t => t.Items.Any(x => x is string p && test(p)),
             _ => throw Err("startswith/endswith take a string or a tuple of strings"),
         };
     }

@@ -353,7 +353,7 @@ sealed class JinjaInterpreter
             {
                 var items = new List<object?>(l.Items.Count);
                 foreach (var item in l.Items) items.Add(Eval(item, scope));
-                return l.IsTuple ? new Tuple(items) : items;
+                return l.IsTuple ? new PyTuple(items) : items;
             }
             case DictExpr d:
             {

@@ -25,7 +25,7 @@ sealed class Callable(string name, Func<List<object?>, Dictionary<string, object
 }
 
 /// <summary>A tuple: a list that prints with parentheses.</summary>
-sealed class Tuple(List<object?> items) : IEnumerable<object?>
+sealed class PyTuple(List<object?> items) : IEnumerable<object?>
 {
     public List<object?> Items { get; } = items;
     public IEnumerator<object?> GetEnumerator() => Items.GetEnumerator();
@@ -34,7 +34,7 @@ sealed class Tuple(List<object?> items) : IEnumerable<object?>
 
 /// <summary>
 /// Python semantics for the value model: none (null), bool, long, double, string,
-/// <c>List&lt;object?&gt;</c>, <see cref="Tuple"/>, <c>Dictionary&lt;string, object?&gt;</c> (insertion-ordered),
+/// <c>List&lt;object?&gt;</c>, <see cref="PyTuple"/>, <c>Dictionary&lt;string, object?&gt;</c> (insertion-ordered),
 /// <see cref="Namespace"/>, <see cref="Callable"/>, <see cref="Undefined"/>.
 /// </summary>
 static class Py
@@ -47,7 +47,7 @@ static class Py
         double d => d != 0,
         string s => s.Length > 0,
         List<object?> l => l.Count > 0,
-        Tuple t => t.Items.Count > 0,
+        PyTuple t => t.Items.Count > 0,
         Dictionary<string, object?> d => d.Count > 0,
         _ => true,
     };
@@ -61,7 +61,7 @@ static class Py
         double => "float",
         string => "str",
         List<object?> => "list",
-        Tuple => "tuple",
+        PyTuple => "tuple",
         Dictionary<string, object?> => "dict",
         Namespace => "Namespace",
         Callable => "function",
@@ -98,7 +98,7 @@ static class Py
                 for (int i = 0; i < l.Count; i++) { if (i > 0) sb.Append(", "); Repr(sb, l[i]); }
                 sb.Append(']');
                 break;
-            case Tuple t:
+            case PyTuple t:
                 sb.Append('(');
                 for (int i = 0; i < t.Items.Count; i++) { if (i > 0) sb.Append(", "); Repr(sb, t.Items[i]); }
                 if (t.Items.Count == 1) sb.Append(',');
@@ -185,7 +185,7 @@ static class Py
         {
             case string s: return b is string t && s == t;
             case List<object?> l when b is List<object?> m: return SequenceEquals(l, m);
-            case Tuple l when b is Tuple m: return SequenceEquals(l.Items, m.Items);
+            case PyTuple l when b is PyTuple m: return SequenceEquals(l.Items, m.Items);
             case Dictionary<string, object?> d when b is Dictionary<string, object?> e:
                 if (d.Count != e.Count) return false;
                 foreach (var (k, v) in d)
@@ -244,7 +244,7 @@ static class Py
     public static List<object?> Iterate(object? v) => v switch
     {
         List<object?> l => l,
-        Tuple t => t.Items,
+        PyTuple t => t.Items,
         Dictionary<string, object?> d => d.Keys.Select(k => (object?)k).ToList(),
         string s => StringElements(s).Select(c => (object?)c).ToList(),
         Undefined => [],
@@ -271,7 +271,7 @@ static class Py
     {
         string s => StringElements(s).Count,
         List<object?> l => l.Count,
-        Tuple t => t.Items.Count,
+        PyTuple t => t.Items.Count,
         Dictionary<string, object?> d => d.Count,
         Undefined => 0,
         _ => throw new InvalidOperationException($"object of type '{TypeName(v)}' has no len()"),

@@ -19,7 +19,7 @@ static class Json
             _ => new string(' ', (int)Math.Max(0, Py.ToLong(indent))),
         };
         string item = pad is null ? ", " : ",", key = ": ";
-        if (separators is Tuple or List<object?>)
+        if (separators is PyTuple or List<object?>)
         {
             var parts = Py.Iterate(separators);
             if (parts.Count != 2) throw new JinjaRuntimeException("tojson separators must be a pair");
@@ -42,7 +42,7 @@ static class Json
                 sb.Append(double.IsNaN(d) ? "NaN" : double.IsInfinity(d) ? (d > 0 ? "Infinity" : "-Infinity") : Py.FloatRepr(d));
                 return;
             case string s: WriteString(sb, s, ascii); return;
-            case List<object?> or Tuple:
+            case List<object?> or PyTuple:
             {
                 var items = Py.Iterate(v);
                 if (items.Count == 0) { sb.Append("[]"); return; }
