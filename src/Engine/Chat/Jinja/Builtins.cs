@@ -18,7 +18,7 @@ static class Builtins
         "default", "d", "safe", "string", "pprint", "tojson", "length", "count", "list", "first", "last", "reverse",
         "items", "join", "int", "float", "abs", "round", "upper", "lower", "capitalize", "title", "trim", "replace",
         "split", "indent", "wordcount", "center", "escape", "e", "forceescape", "attr", "selectattr", "rejectattr",
-        "select", "reject", "map", "unique", "sort", "dictsort", "sum", "min", "max", "batch",
+        "select", "reject", "map", "unique", "sort", "dictsort", "sum", "min", "max", "batch", "format",
     };
 
     /// <summary>Test names <see cref="Test"/> knows.</summary>
@@ -206,6 +206,8 @@ static class Builtins
             case "*" when r is string s && Py.IsInteger(l): return Repeat(s, Py.ToLong(l));
             case "*" when l is List<object?> a && Py.IsInteger(r):
                 return Enumerable.Repeat(a, (int)Math.Max(0, Py.ToLong(r))).SelectMany(x => x).ToList();
+            case "%" when l is string fmt:
+                return PercentFormat(fmt, r);
             case "+" when l is string:
                 throw Err($"can only concatenate str (not \"{Py.TypeName(r)}\") to str");
         }
@@ -444,6 +446,8 @@ static class Builtins
                     if ((Py.Compare(x, best) < 0) == (name == "min") && !Py.Equals(x, best)) best = x;
                 return best;
             }
+            case "format":
+                return PercentFormat(Str(v, name), a.Count == 1 ? a[0] : new PyTuple(a));
             case "batch":
             {
                 int size = (int)Py.ToLong(Arg(a, kw, 0, "linecount"));
@@ -615,6 +619,65 @@ static class Builtins
         return sb.ToString();
     }
 
+    // Python's printf-style "%s" % x for %s, %r, %d, %i, %f (with precision) and %%; x is one value or a tuple.
+    static string PercentFormat(string format, object? args)
+    {
+        var values = args is PyTuple t ? t.Items : [args];
+        var sb = new StringBuilder();
+        int next = 0;
+        object? Take() => next < values.Count ? values[next++] : throw Err("not enough arguments for format string");
+        for (int i = 0; i < format.Length; i++)
+        {
+            char c = format[i];
+            if (c != '%') { sb.Append(c); continue; }
+            if (++i >= format.Length) throw Err("incomplete format");
+            int precision = -1;
+            if (format[i] == '.')
+            {
+                int start = ++i;
+                while (i < format.Length && char.IsAsciiDigit(format[i])) i++;
+                precision = int.Parse(format.AsSpan(start, i - start), CultureInfo.InvariantCulture);
+                if (i >= format.Length) throw Err("incomplete format");
+            }
+            switch (format[i])
+            {
+                case '%': sb.Append('%'); break;
+                case 's': sb.Append(Py.Str(Take())); break;
+                case 'r': sb.Append(Py.Repr(Take())); break;
+                case 'd' or 'i': sb.Append(Py.ToLong(Defined(Take())).ToString(CultureInfo.InvariantCulture)); break;
+                case 'f': sb.Append(Py.ToDouble(Defined(Take())).ToString("F" + (precision < 0 ? 6 : precision), CultureInfo.InvariantCulture)); break;
+                default: throw Err($"unsupported format character '{format[i]}'");
+            }
+        }
+        if (next < values.Count && args is PyTuple) throw Err("not all arguments converted during string formatting");
+        return sb.ToString();
+    }
+
+    // Python's str.format for "{}", "{0}" and "{name}" (no format specs); "{{" and "}}" are literal braces.
+    static string BraceFormat(string format, List<object?> args, Dictionary<string, object?> kwargs)
+    {
+        var sb = new StringBuilder();
+        int auto = 0;
+        for (int i = 0; i < format.Length; i++)
+        {
+            char c = format[i];
+            if (c == '{' && i + 1 < format.Length && format[i + 1] == '{') { sb.Append('{'); i++; continue; }
+            if (c == '}' && i + 1 < format.Length && format[i + 1] == '}') { sb.Append('}'); i++; continue; }
+            if (c != '{') { sb.Append(c); continue; }
+            int end = format.IndexOf('}', i);
+            if (end < 0) throw Err("single '{' encountered in format string");
+            string field = format[(i + 1)..end];
+            if (field.Contains(':', StringComparison.Ordinal) || field.Contains('!', StringComparison.Ordinal))
+                throw Err("format specs in str.format are not supported");
+            object? value = field.Length == 0 ? (auto < args.Count ? args[auto++] : throw Err("replacement index out of range"))
+                : int.TryParse(field, NumberStyles.None, CultureInfo.InvariantCulture, out int k) ? (k < args.Count ? args[k] : throw Err("replacement index out of range"))
+                : kwargs.TryGetValue(field, out var named) ? named : throw Err($"no argument named '{field}'");
+            sb.Append(Py.Str(value));
+            i = end;
+        }
+        return sb.ToString();
+    }
+
     // ---- methods ------------------------------------------------------------------------------
 
     static Callable? DictMethod(Dictionary<string, object?> d, string name) => name switch
@@ -664,6 +727,7 @@ static class Builtins
         }),
         "join" => Method("str.join", (a, _) => string.Join(s, Seq(a.Count > 0 ? a[0] : null).Select(x =>
             x as string ?? throw Err($"sequence item: expected str instance, {Py.TypeName(x)} found")))),
+        "format" => Method("str.format", (a, kw) => BraceFormat(s, a, kw)),
         "isdigit" => Method("str.isdigit", (_, _) => s.Length > 0 && s.All(char.IsDigit)),
         "isalpha" => Method("str.isalpha", (_, _) => s.Length > 0 && s.All(char.IsLetter)),
         "isspace" => Method("str.isspace", (_, _) => s.Length > 0 && s.All(char.IsWhiteSpace)),

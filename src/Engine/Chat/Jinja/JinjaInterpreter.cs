@@ -199,6 +199,14 @@ sealed class JinjaInterpreter
             return;
         }
         int n = items.Count;
+        object? lastChanged = new Undefined("loop.changed"); // loop.changed(...) compares with the previous call's arguments
+        var changed = new Callable("loop.changed", (a, _) =>
+        {
+            var current = new PyTuple(a);
+            if (Py.Equals(current, lastChanged)) return false;
+            lastChanged = current;
+            return true;
+        });
         for (int i = 0; i < n; i++)
         {
             Step();
@@ -217,6 +225,7 @@ sealed class JinjaInterpreter
                 ["depth0"] = 0L,
                 ["previtem"] = i > 0 ? items[i - 1] : new Undefined("loop.previtem"),
                 ["nextitem"] = i < n - 1 ? items[i + 1] : new Undefined("loop.nextitem"),
+                ["changed"] = changed,
                 ["cycle"] = new Callable("loop.cycle", (a, _) =>
                     a.Count == 0 ? throw new JinjaRuntimeException("loop.cycle() needs at least one value") : a[index % a.Count]),
             };
