@@ -100,4 +100,15 @@ public class ChatTemplateTests
         var t = ChatTemplate.Parse("{{ bos_token }}{{ strftime_now('%d %b %Y') }}{{ eos_token }}", "<s>", "</s>", new ChatTemplateGoldenTests.FixedClock());
         Assert.Equal("<s>15 Jan 2025</s>", t.Render([], false));
     }
+
+    [Fact]
+    public void OpenAI_content_parts_flatten_to_their_text()
+    {
+        static System.Text.Json.JsonElement J(string json) => System.Text.Json.JsonDocument.Parse(json).RootElement;
+        Assert.Equal("plain", ChatMessage.FlattenContent(J("\"plain\"")));
+        Assert.Null(ChatMessage.FlattenContent(J("null")));
+        Assert.Equal("a\nb", ChatMessage.FlattenContent(J("[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"text\", \"text\": \"b\"}]")));
+        Assert.Throws<ArgumentException>(() => ChatMessage.FlattenContent(J("[{\"type\": \"image_url\", \"image_url\": {\"url\": \"x\"}}]")));
+        Assert.Throws<ArgumentException>(() => ChatMessage.FlattenContent(J("42")));
+    }
 }
