@@ -546,6 +546,7 @@ static class Builtins
             return s;
         }
         var set = Py.Str(chars).ToCharArray();
+        if (set.Length == 0) return s; // strip('') strips nothing (.NET's Trim() would trim whitespace)
         if (left) s = s.TrimStart(set);
         if (right) s = s.TrimEnd(set);
         return s;
@@ -581,7 +582,7 @@ static class Builtins
                 if (i >= s.Length) break;
                 if (max >= 0 && parts.Count == max)
                 {
-                    parts.Add(s[i..].TrimEnd());
+                    parts.Add(s[i..]); // Python keeps the remainder's trailing whitespace
                     break;
                 }
                 int start = i;
@@ -604,19 +605,36 @@ static class Builtins
         return parts;
     }
 
+    // Jinja's indent filter, quirks included: the text gets a "\n" appended before splitlines(), so a
+    // trailing line break survives; empty lines stay unindented unless blank; first indents line one.
     static string Indent(string s, object? width, bool first, bool blank)
     {
         string pad = width is string w ? w : new string(' ', (int)Py.ToLong(width));
-        var lines = s.Split('\n');
-        var sb = new StringBuilder();
-        for (int i = 0; i < lines.Length; i++)
+        var lines = SplitLines(s + "\n");
+        string rv;
+        if (blank) rv = string.Join("\n" + pad, lines);
+        else
         {
-            if (i > 0) sb.Append('\n');
-            bool indent = (i > 0 || first) && (blank || lines[i].Trim().Length > 0);
-            if (indent) sb.Append(pad);
-            sb.Append(lines[i]);
+            rv = lines.Count > 0 ? lines[0] : "";
+            if (lines.Count > 1) rv += "\n" + string.Join("\n", lines.Skip(1).Select(l => l.Length > 0 ? pad + l : l));
         }
-        return sb.ToString();
+        return first ? pad + rv : rv;
+    }
+
+    // Python's str.splitlines() for \n, \r\n and \r: no empty string after a final line break.
+    static List<string> SplitLines(string s)
+    {
+        var lines = new List<string>();
+        int start = 0;
+        for (int i = 0; i < s.Length; i++)
+        {
+            if (s[i] is not ('\n' or '\r')) continue;
+            lines.Add(s[start..i]);
+            if (s[i] == '\r' && i + 1 < s.Length && s[i + 1] == '\n') i++;
+            start = i + 1;
+        }
+        if (start < s.Length) lines.Add(s[start..]);
+        return lines;
     }
 
     // Python's printf-style "%s" % x for %s, %r, %d, %i, %f (with precision) and %%; x is one value or a tuple.
@@ -706,8 +724,7 @@ static class Builtins
         "lstrip" => Method("str.lstrip", (a, kw) => StripChars(s, Arg(a, kw, 0, "chars"), true, false)),
         "rstrip" => Method("str.rstrip", (a, kw) => StripChars(s, Arg(a, kw, 0, "chars"), false, true)),
         "split" => Method("str.split", (a, kw) => Split(s, Arg(a, kw, 0, "sep"), Arg(a, kw, 1, "maxsplit"))),
-        "splitlines" => Method("str.splitlines", (_, _) =>
-            s.Split('\n').Select(x => (object?)x.TrimEnd('\r')).Take(s.EndsWith('\n') ? s.Count(c => c == '\n') : int.MaxValue).ToList()),
+        "splitlines" => Method("str.splitlines", (_, _) => SplitLines(s).Select(x => (object?)x).ToList()),
         "startswith" => Method("str.startswith", (a, _) => Affix(a, p => s.StartsWith(p, StringComparison.Ordinal))),
         "endswith" => Method("str.endswith", (a, _) => Affix(a, p => s.EndsWith(p, StringComparison.Ordinal))),
         "upper" => Method("str.upper", (_, _) => s.ToUpperInvariant()),
