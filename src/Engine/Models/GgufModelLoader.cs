@@ -15,7 +15,17 @@ public static class GgufModelLoader
             var config = ModelConfig.FromGguf(file);
             var weights = LoadWeights(file, config);
             var tokenizer = TokenizerLoader.FromGguf(file);
-            return new Model(path, config, weights, tokenizer, [file]);
+            Chat.ChatTemplate? template;
+            try
+            {
+                template = Chat.ChatTemplate.FromGguf(file);
+            }
+            catch (Chat.ChatTemplateException e)
+            {
+                // A template we cannot render is an error at start-up, never a wrong prompt later.
+                throw new InvalidDataException($"{path}: tokenizer.chat_template cannot be used: {e.Message}", e);
+            }
+            return new Model(path, config, weights, tokenizer, [file], template);
         }
         catch
         {

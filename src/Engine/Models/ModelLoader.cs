@@ -40,7 +40,7 @@ public static class ModelLoader
         if (options.MaxModelLen is { } len)
         {
             if (len < 1) throw new ArgumentOutOfRangeException(nameof(options), len, "max model length must be positive");
-            var resized = new Model(loaded.Name, loaded.Config with { ContextLength = len }, loaded.Weights, loaded.Tokenizer, [loaded]);
+            var resized = new Model(loaded.Name, loaded.Config with { ContextLength = len }, loaded.Weights, loaded.Tokenizer, [loaded], loaded.ChatTemplate);
             return resized;
         }
         return loaded;

@@ -11,6 +11,7 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using TokenMill.Chat;
 using TokenMill.Core;
 using TokenMill.Sampling;
 
@@ -56,11 +57,11 @@ public sealed class OpenAiServer : IAsyncDisposable
     volatile bool _draining;
     LlmEngine? _engine;
     ServerMetrics? _metrics;
-    IChatPromptRenderer _chat = new ChatMlRenderer();
+    ChatTemplate _chat = ChatTemplate.ChatMl;
     string _modelName = "";
     static readonly JsonWriterOptions WriterOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
-    OpenAiServer(ServerOptions options, Func<LlmEngine> createEngine, Func<LlmEngine, IChatPromptRenderer>? chatRenderer)
+    OpenAiServer(ServerOptions options, Func<LlmEngine> createEngine)
     {
         _options = options;
         _log = options.Log ?? Console.Error;
@@ -88,15 +89,15 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             var engine = createEngine();
             _modelName = options.ServedModelName ?? engine.Model.Name;
-            _chat = chatRenderer?.Invoke(engine) ?? new ChatMlRenderer();
+            // The model's own template; ChatML for models that carry none (dummy models, some GGUFs).
+            _chat = engine.Model.ChatTemplate ?? ChatTemplate.ChatMl;
             _metrics = new ServerMetrics(engine, _modelName);
             _engine = engine;
             return engine;
         });
     }
 
-    public static OpenAiServer Create(ServerOptions options, Func<LlmEngine> createEngine, Func<LlmEngine, IChatPromptRenderer>? chatRenderer = null) =>
-        new(options, createEngine, chatRenderer);
+    public static OpenAiServer Create(ServerOptions options, Func<LlmEngine> createEngine) => new(options, createEngine);
 
     /// <summary>Starts listening; the model may still be loading.</summary>
     public Task StartAsync(CancellationToken cancellationToken = default) => _app.StartAsync(cancellationToken);
@@ -289,7 +290,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         int[] tokens;
         if (body!.Has("messages"))
         {
-            var prompt = _chat.Render(ParseMessages(body), body.Bool("add_generation_prompt") ?? true);
+            var prompt = RenderChat(body);
             tokens = engine.Model.Tokenizer.Encode(prompt, addSpecial: body.Bool("add_special_tokens") ?? false, parseSpecial: true);
         }
         else
@@ -433,8 +434,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         var b = body!;
         CheckModel(b);
-        var messages = ParseMessages(b);
-        string prompt = _chat.Render(messages, addGenerationPrompt: true);
+        string prompt = RenderChat(b);
         int[] ids = engine.Model.Tokenizer.Encode(prompt, addSpecial: false, parseSpecial: true);
         int n = b.Int("n", 1, 128) ?? 1;
         bool stream = b.Bool("stream") ?? false;
@@ -457,12 +457,42 @@ public sealed class OpenAiServer : IAsyncDisposable
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: true).ConfigureAwait(false);
     }
 
-    static List<ChatTurn> ParseMessages(JsonRequest b)
+    /// <summary>
+    /// The conversation rendered by the model's chat template, with <c>tools</c> and vLLM's
+    /// <c>chat_template_kwargs</c> (e.g. <c>enable_thinking</c>) passed to it. A template's own refusal
+    /// (<c>raise_exception</c>, e.g. "roles must alternate") is the client's 400.
+    /// </summary>
+    string RenderChat(JsonRequest b)
+    {
+        var messages = ParseMessages(b);
+        var extra = new Dictionary<string, object?>(StringComparer.Ordinal);
+        if (b.Get("tools") is { } tools)
+        {
+            if (tools.ValueKind != JsonValueKind.Array) throw JsonRequest.TypeError("tools", "a list of tools", tools);
+            extra["tools"] = tools;
+        }
+        if (b.Get("chat_template_kwargs") is { } kwargs)
+        {
+            if (kwargs.ValueKind != JsonValueKind.Object) throw JsonRequest.TypeError("chat_template_kwargs", "an object", kwargs);
+            foreach (var p in kwargs.EnumerateObject())
+                if (p.Name is not ("messages" or "bos_token" or "eos_token")) extra[p.Name] = p.Value;
+        }
+        try
+        {
+            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra);
+        }
+        catch (ChatTemplateException e)
+        {
+            throw ApiErrorException.BadRequest($"the chat template refused these messages: {e.TemplateMessage ?? e.Message}", "messages");
+        }
+    }
+
+    static List<ChatMessage> ParseMessages(JsonRequest b)
     {
         if (b.Get("messages") is not { } m || m.ValueKind != JsonValueKind.Array)
             throw ApiErrorException.BadRequest("'messages' must be a list of messages", "messages");
         if (m.GetArrayLength() == 0) throw ApiErrorException.BadRequest("'messages' must not be empty", "messages");
-        var turns = new List<ChatTurn>();
+        var messages = new List<ChatMessage>();
         int i = 0;
         foreach (var e in m.EnumerateArray())
         {
@@ -472,27 +502,41 @@ public sealed class OpenAiServer : IAsyncDisposable
             string role = msg.String("role") ?? throw ApiErrorException.BadRequest($"'{where}.role' is required", "messages");
             if (role is not ("system" or "developer" or "user" or "assistant" or "tool"))
                 throw ApiErrorException.BadRequest($"'{where}.role' must be system, developer, user, assistant or tool; got '{role}'", "messages");
-            string content = "";
-            if (msg.Get("content") is { } c)
+            string? content;
+            try
             {
-                if (c.ValueKind == JsonValueKind.String) content = c.GetString()!;
-                else if (c.ValueKind == JsonValueKind.Array)
-                {
-                    var sb = new StringBuilder();
-                    foreach (var part in c.EnumerateArray())
-                    {
-                        var pr = new JsonRequest(part);
-                        string type = pr.String("type") ?? "text";
-                        if (type != "text") throw ApiErrorException.BadRequest($"'{where}.content' part type '{type}' is not supported (text only)", "messages");
-                        sb.Append(pr.String("text") ?? "");
-                    }
-                    content = sb.ToString();
-                }
-                else throw JsonRequest.TypeError($"{where}.content", "a string or a list of content parts", c);
+                content = msg.Get("content") is { } c ? ChatMessage.FlattenContent(c) : null;
             }
-            turns.Add(new ChatTurn(role == "developer" ? "system" : role, content));
+            catch (ArgumentException ex)
+            {
+                throw ApiErrorException.BadRequest($"'{where}.content': {ex.Message.Split(" (Parameter")[0]}", "messages");
+            }
+            messages.Add(new ChatMessage(role == "developer" ? "system" : role, content)
+            {
+                Name = msg.String("name"),
+                ToolCallId = msg.String("tool_call_id"),
+                ReasoningContent = msg.String("reasoning_content"),
+                ToolCalls = ParseToolCalls(msg, where),
+            });
         }
-        return turns;
+        return messages;
+    }
+
+    static List<ChatToolCall>? ParseToolCalls(JsonRequest msg, string where)
+    {
+        if (msg.Get("tool_calls") is not { } calls) return null;
+        if (calls.ValueKind != JsonValueKind.Array) throw JsonRequest.TypeError($"{where}.tool_calls", "a list", calls);
+        var list = new List<ChatToolCall>();
+        foreach (var call in calls.EnumerateArray())
+        {
+            if (call.ValueKind != JsonValueKind.Object) throw JsonRequest.TypeError($"{where}.tool_calls[]", "an object", call);
+            var c = new JsonRequest(call);
+            var function = c.Get("function") is { ValueKind: JsonValueKind.Object } f ? new JsonRequest(f)
+                : throw ApiErrorException.BadRequest($"'{where}.tool_calls[].function' must be an object with a name", "messages");
+            string name = function.String("name") ?? throw ApiErrorException.BadRequest($"'{where}.tool_calls[].function.name' is required", "messages");
+            list.Add(new ChatToolCall(c.String("id") ?? "", name, function.String("arguments") ?? "{}"));
+        }
+        return list;
     }
 
     // ---- running requests and writing results ----------------------------------------------------------

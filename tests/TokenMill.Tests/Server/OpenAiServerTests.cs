@@ -284,3 +284,38 @@ public class OpenAiServerRegressionTests(ServerFixture fx) : IClassFixture<Serve
         Assert.Contains(message, await response.Content.ReadAsStringAsync());
     }
 }
+
+/// <summary>Chat requests are rendered with the model's own template (Phi-3's, from its GGUF).</summary>
+public class ChatTemplateServerTests
+{
+    [SkippableFact]
+    public async Task Chat_prompts_use_the_models_template_and_its_refusals_are_400s()
+    {
+        var path = TestData.Require("arch/arch-phi3.gguf");
+        await using var server = ServerFixture.Start(path, new EngineOptions { MaxModelLen = 256 });
+        await server.StartAsync();
+        var engine = await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        Assert.NotNull(engine.Model.ChatTemplate);
+
+        const string messages = """[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello there"}]""";
+        using var tokenize = await http.PostAsync("/tokenize", new StringContent($$"""{"messages":{{messages}}}""", Encoding.UTF8, "application/json"));
+        var ids = JsonDocument.Parse(await tokenize.Content.ReadAsStringAsync()).RootElement.GetProperty("tokens")
+            .EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        string expectedPrompt = engine.Model.ChatTemplate!.Render(
+            [new TokenMill.Chat.ChatMessage("system", "Be brief."), new TokenMill.Chat.ChatMessage("user", "Hello there")], addGenerationPrompt: true);
+        Assert.Contains("<|user|>", expectedPrompt);
+        Assert.Equal(engine.Model.Tokenizer.Encode(expectedPrompt, addSpecial: false, parseSpecial: true), ids);
+
+        using var chat = await http.PostAsync("/v1/chat/completions",
+            new StringContent($$"""{"messages":{{messages}},"max_tokens":4,"temperature":0}""", Encoding.UTF8, "application/json"));
+        var body = JsonDocument.Parse(await chat.Content.ReadAsStringAsync()).RootElement;
+        Assert.Equal(HttpStatusCode.OK, chat.StatusCode);
+        Assert.Equal(ids.Length, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        using var refused = await http.PostAsync("/v1/chat/completions",
+            new StringContent("""{"messages":[{"role":"user","content":null}],"max_tokens":4}""", Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.BadRequest, refused.StatusCode);
+        Assert.Contains("chat template", await refused.Content.ReadAsStringAsync());
+    }
+}
