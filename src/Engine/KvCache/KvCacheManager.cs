@@ -185,6 +185,7 @@ public sealed class KvCacheManager
             _pool.Hit(block, priority);
             seq.Table.Add(block);
         }
+        seq.Hashes.Clear();
         seq.Hashes.AddRange(match.Hashes);
         for (int i = 0; i < fresh; i++)
         {
