@@ -108,6 +108,9 @@ public sealed class Scheduler
         while (!preempted && budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
         {
             var seq = _waiting.Min!;
+            // A request with n > 1 will fork into n running sequences: room for all of them (or it runs alone).
+            int width = seq.Group is { Forked: false } group ? group.N : 1;
+            if (_running.Count > 0 && _running.Count + width > _maxSeqs) break;
             // At least the last token is computed, whatever is cached: its logits give the next token.
             var cached = _kv.MatchPrefix(seq.TokenAtFunc, seq.TotalTokens - 1, seq.CacheSalt);
             int n = Math.Min(seq.TotalTokens - cached.Tokens, budget);

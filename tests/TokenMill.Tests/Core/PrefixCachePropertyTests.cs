@@ -40,6 +40,33 @@ public class PrefixCachePropertyTests
         Assert.True(s_forks > 0, "no fork in any run");
     }
 
+    [Fact]
+    public void A_request_with_n_forks_is_admitted_only_with_room_for_all_of_them_or_alone()
+    {
+        var kv = new KvCacheManager(blockCount: 32, blockSize: 4, enablePrefixCaching: true);
+        var scheduler = new Scheduler(kv, maxNumBatchedTokens: 64, maxNumSeqs: 3);
+        Sequence Make(long id, int n)
+        {
+            var sp = new SamplingParams { MaxTokens = 5, Temperature = 0 };
+            return new Sequence(id, $"r{id}", [1, 2, 3], sp, 0, id, new Sampler(sp), new IncrementalDetokenizer(Tok), null)
+            {
+                Group = n > 1 ? new SequenceGroup(n) : null,
+            };
+        }
+        var plain = Make(0, 1);
+        var wide = Make(1, 3);
+        scheduler.Add(plain);
+        scheduler.Add(wide);
+        Assert.Equal([plain], scheduler.Schedule().Select(w => w.Sequence)); // 1 running + 3 forks > 3
+        scheduler.Remove(plain);
+        Assert.Equal([wide], scheduler.Schedule().Select(w => w.Sequence));
+
+        var scheduler2 = new Scheduler(new KvCacheManager(32, 4), maxNumBatchedTokens: 64, maxNumSeqs: 2);
+        var wider = Make(2, 5);
+        scheduler2.Add(wider);
+        Assert.Equal([wider], scheduler2.Schedule().Select(w => w.Sequence)); // more forks than max_num_seqs: it runs alone
+    }
+
     static ulong PrefixHash(Sequence s, int position)
     {
         ulong h = 14695981039346656037;
