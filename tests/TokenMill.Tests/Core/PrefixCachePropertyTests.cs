@@ -24,6 +24,7 @@ public class PrefixCachePropertyTests
                 Gen.Int[1, 16], Gen.Int[0, 2], Gen.Int[0, 1000])
             .Select(t => new Op(t.Item1, t.Item2, t.Item3, t.Item4, t.Item5, t.Item6, t.Item7, t.Item8));
 
+    // Summed over all runs (CsCheck runs them on several threads) to show the generator reaches what the invariants are about.
     static long s_hitTokens, s_copies, s_evictions, s_forks;
 
     [Fact]
@@ -81,7 +82,7 @@ public class PrefixCachePropertyTests
         var kv = new KvCacheManager(blocks, blockSize, enablePrefixCaching: true, EvictionPolicies.Create(policy));
         kv.Events += e =>
         {
-            if (e.Kind == KvEventKind.Evicted) s_evictions++;
+            if (e.Kind == KvEventKind.Evicted) Interlocked.Increment(ref s_evictions);
         };
         var scheduler = new Scheduler(kv, budget, maxSeqs);
         // A slot's content stands for its key/value: a hash of every token up to and including its position.
@@ -115,7 +116,7 @@ public class PrefixCachePropertyTests
             Assert.True(work.Sum(w => w.TokenCount) <= budget, "step exceeds the token budget");
             foreach (var copy in kv.PendingCopies)
             {
-                s_copies++;
+                Interlocked.Increment(ref s_copies);
                 Array.Copy(shadow, copy.Source * blockSize, shadow, copy.Destination * blockSize, blockSize);
             }
             kv.ClearPendingCopies();
@@ -146,7 +147,7 @@ public class PrefixCachePropertyTests
                         scheduler.Fork(s, child);
                         live.Add(child);
                         forks.Add(child);
-                        s_forks++;
+                        Interlocked.Increment(ref s_forks);
                     }
                 for (int i = 0; i < forks.Count; i++)
                 {
@@ -207,6 +208,6 @@ public class PrefixCachePropertyTests
         Assert.All(Enumerable.Range(0, blocks), b => Assert.Equal(0, kv.RefCount(b)));
         Assert.Equal(nextId, ended.Count);
         Assert.All(ended.Values, n => Assert.Equal(1, n));
-        s_hitTokens += kv.PrefixHitTokens;
+        Interlocked.Add(ref s_hitTokens, kv.PrefixHitTokens);
     }
 }
