@@ -68,6 +68,43 @@ public class PrefixCachePropertyTests
         Assert.Equal([wider], scheduler2.Schedule().Select(w => w.Sequence)); // more forks than max_num_seqs: it runs alone
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Requests_arriving_together_with_a_shared_prefix_compute_it_once(bool caching)
+    {
+        var kv = new KvCacheManager(blockCount: 32, blockSize: 4, enablePrefixCaching: caching);
+        var scheduler = new Scheduler(kv, maxNumBatchedTokens: 64, maxNumSeqs: 8);
+        Sequence Make(long id, int[] prompt)
+        {
+            var sp = new SamplingParams { MaxTokens = 3, Temperature = 0 };
+            return new Sequence(id, $"r{id}", prompt, sp, 0, id, new Sampler(sp), new IncrementalDetokenizer(Tok), null);
+        }
+        int[] shared = [.. Enumerable.Range(10, 12)];
+        var a = Make(0, [.. shared, 1]);
+        var b = Make(1, [.. shared, 2]);
+        var other = Make(2, [.. Enumerable.Range(50, 13)]);
+        scheduler.Add(a);
+        scheduler.Add(b);
+        scheduler.Add(other);
+
+        var first = scheduler.Schedule().ToList();
+        if (!caching)
+        {
+            Assert.Equal(3, first.Count);
+            return;
+        }
+        // b waits one step for the blocks a computes; admission is first come, first served, so `other` waits behind it.
+        Assert.Equal([a], first.Select(w => w.Sequence));
+        foreach (var w in first) w.Sequence.ComputedTokens = w.Start + w.TokenCount;
+        a.AppendToken(7);
+        var second = scheduler.Schedule().ToList();
+        Assert.Equal([a, b, other], second.Select(w => w.Sequence));
+        Assert.Equal(12, b.CachedPromptTokens); // all three full blocks of the shared prefix
+        Assert.Equal(1, second[1].TokenCount);
+        Assert.Equal(0, other.CachedPromptTokens);
+    }
+
     static ulong PrefixHash(Sequence s, int position)
     {
         ulong h = 14695981039346656037;
