@@ -33,6 +33,9 @@ public sealed record EngineOptions
     /// <summary>Which cached free block is given up first when blocks run out (<c>--eviction-policy</c>): lru, lfu, fifo, priority-lru.</summary>
     public string EvictionPolicy { get; init; } = "lru";
 
+    /// <summary>Which computed full blocks enter the prefix cache at all; null admits every one.</summary>
+    public KvCache.ICacheAdmissionPolicy? CacheAdmission { get; init; }
+
     /// <summary>CPU threads of the forward pass; 0 = one per processor.</summary>
     public int Threads { get; init; }
 

@@ -76,7 +76,8 @@ public sealed class LlmEngine : IDisposable
         _pool = new CpuWorkerPool(options.Threads);
         _forward = new CpuForward(model, maxBatchTokens: Math.Min(options.MaxNumBatchedTokens, 512), _pool);
         _kvStore = new PagedKvStore(model.Config, blocks, options.BlockSize);
-        _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy));
+        _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy),
+            options.CacheAdmission);
         _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs);
         _eog = model.Tokenizer.EndOfGenerationIds;
         _stats = new EngineStats(0, 0, blocks, blocks, 0, 0, 0);

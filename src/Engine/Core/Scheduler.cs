@@ -19,7 +19,8 @@ public readonly record struct ScheduledSequence(Sequence Sequence, int Start, in
 /// <para>
 /// With prefix caching, a sequence admitted from the waiting queue (new, or preempted) starts on its
 /// longest cached full-block prefix and computes only the rest; at the start of every step, and when a
-/// sequence leaves, the full blocks its computed tokens fill are registered in the cache.
+/// sequence leaves, the full blocks its computed tokens fill are registered in the cache. A waiting
+/// sequence whose next block another sequence computes in this very step waits one step to share it.
 /// </para>
 /// </summary>
 public sealed class Scheduler
@@ -30,6 +31,7 @@ public sealed class Scheduler
     readonly List<Sequence> _running = [];
     readonly SortedSet<Sequence> _waiting = new(PriorityOrder.Instance);
     readonly List<ScheduledSequence> _scheduled = [];
+    readonly HashSet<ulong> _upcoming = []; // hashes of the blocks this step fills (prefix caching)
 
     public Scheduler(KvCacheManager kv, int maxNumBatchedTokens, int maxNumSeqs)
     {
@@ -83,6 +85,7 @@ public sealed class Scheduler
         int budget = _maxBatchedTokens;
         bool preempted = false;
         _kv.Pool.Step = ++StepCount;
+        _upcoming.Clear();
         foreach (var seq in _running) _kv.CacheComputedBlocks(seq.Id, seq.TokenAtFunc, seq.ComputedTokens);
 
         for (int i = 0; i < _running.Count && budget > 0;)
@@ -99,6 +102,7 @@ public sealed class Scheduler
                 if (victim == seq) break;
             }
             if (!reserved) continue; // seq itself was preempted; _running[i] is now the next one
+            _kv.AddUpcomingHashes(seq.Id, seq.TokenAtFunc, seq.ComputedTokens + n, _upcoming);
             _scheduled.Add(new ScheduledSequence(seq, seq.ComputedTokens, n));
             budget -= n;
             i++;
@@ -108,11 +112,18 @@ public sealed class Scheduler
         while (!preempted && budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
         {
             var seq = _waiting.Min!;
+            // A request with n > 1 will fork into n running sequences: room for all of them (or it runs alone).
+            int width = seq.Group is { Forked: false } group ? group.N : 1;
+            if (_running.Count > 0 && _running.Count + width > _maxSeqs) break;
             // At least the last token is computed, whatever is cached: its logits give the next token.
             var cached = _kv.MatchPrefix(seq.TokenAtFunc, seq.TotalTokens - 1, seq.CacheSalt);
+            // Its next block is being computed in this step by another sequence (requests that arrive together
+            // with a shared prefix): wait one step and share it instead of computing it twice.
+            if (cached.NextHash is { } next && _upcoming.Contains(next)) break;
             int n = Math.Min(seq.TotalTokens - cached.Tokens, budget);
             if (!_kv.TryAllocate(seq.Id, cached, cached.Tokens + n, seq.Priority, seq.CacheSalt)) break;
             seq.ComputedTokens = cached.Tokens;
+            _kv.AddUpcomingHashes(seq.Id, seq.TokenAtFunc, cached.Tokens + n, _upcoming);
             if (!seq.Started) seq.CachedPromptTokens = Math.Min(cached.Tokens, seq.PromptTokens.Length);
             _waiting.Remove(seq);
             seq.Status = SequenceStatus.Running;

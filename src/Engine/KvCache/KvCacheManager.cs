@@ -7,7 +7,8 @@ public readonly record struct BlockCopy(int Source, int Destination);
 /// The longest cached full-block prefix of a token sequence: the blocks that hold it and their hashes.
 /// Found without side effects by <see cref="KvCacheManager.MatchPrefix"/>, taken by <see cref="KvCacheManager.TryAllocate"/>.
 /// </summary>
-public sealed record PrefixMatch(int[] Blocks, ulong[] Hashes, int BlockSize, int QueriedTokens)
+/// <remarks><see cref="NextHash"/> is the hash of the first full block after the match (null when there is none).</remarks>
+public sealed record PrefixMatch(int[] Blocks, ulong[] Hashes, int BlockSize, int QueriedTokens, ulong? NextHash = null)
 {
     public static PrefixMatch None(int blockSize) => new([], [], blockSize, 0);
     public int Tokens => Blocks.Length * BlockSize;
@@ -152,16 +153,21 @@ public sealed class KvCacheManager
         var blocks = new List<int>();
         var hashes = new List<ulong>();
         ulong parent = RootHash;
+        ulong? next = null;
         for (int b = 0; (b + 1) * BlockSize <= maxTokens; b++)
         {
             var tokens = BlockTokens(tokenAt, b);
             ulong hash = HashBlock(parent, tokens, salt);
-            if (!_pool.TryFind(hash, parent, tokens, out int block)) break;
+            if (!_pool.TryFind(hash, parent, tokens, out int block))
+            {
+                next = hash;
+                break;
+            }
             blocks.Add(block);
             hashes.Add(hash);
             parent = hash;
         }
-        return new PrefixMatch([.. blocks], [.. hashes], BlockSize, maxTokens + 1);
+        return new PrefixMatch([.. blocks], [.. hashes], BlockSize, maxTokens + 1, next);
     }
 
     /// <summary>
@@ -185,6 +191,7 @@ public sealed class KvCacheManager
             _pool.Hit(block, priority);
             seq.Table.Add(block);
         }
+        seq.Hashes.Clear();
         seq.Hashes.AddRange(match.Hashes);
         for (int i = 0; i < fresh; i++)
         {
@@ -211,6 +218,21 @@ public sealed class KvCacheManager
             ulong hash = HashBlock(parent, tokens, seq.Salt);
             seq.Hashes.Add(hash);
             if (!_pool.IsCached(seq.Table[b])) _pool.Register(seq.Table[b], hash, parent, tokens, b + 1, seq.Priority);
+        }
+    }
+
+    /// <summary>
+    /// Adds to <paramref name="into"/> the hashes of the full blocks the sequence fills up to
+    /// <paramref name="tokens"/> that are not registered yet: what this step will put in the cache.
+    /// </summary>
+    public void AddUpcomingHashes(long sequenceId, Func<int, int> tokenAt, int tokens, HashSet<ulong> into)
+    {
+        if (!PrefixCaching || !_sequences.TryGetValue(sequenceId, out var seq)) return;
+        ulong parent = seq.Hashes.Count == 0 ? RootHash : seq.Hashes[^1];
+        for (int b = seq.Hashes.Count; (b + 1) * BlockSize <= tokens; b++)
+        {
+            parent = HashBlock(parent, BlockTokens(tokenAt, b), seq.Salt);
+            into.Add(parent);
         }
     }
 

@@ -90,6 +90,9 @@ public sealed record TraceGeneratorOptions
     public double MeanThinkSeconds { get; init; } = 8;
 
     public int VocabSize { get; init; } = 32000;
+
+    /// <summary>Priority levels: each session gets one of 0..n-1 at random (lower is more urgent); 1 = all equal.</summary>
+    public int Priorities { get; init; } = 1;
 }
 
 /// <summary>Seeded synthetic traces: multi-turn chats whose every turn's prompt is the whole conversation so far.</summary>
@@ -121,13 +124,14 @@ public static class TraceGenerator
             int system = 0;
             while (system < o.SystemPrompts - 1 && (pick -= weights[system]) > 0) system++;
             var history = new List<int>(systems[system]);
+            int priority = o.Priorities > 1 ? rng.Next(o.Priorities) : 0; // no draw for one level: seeds keep their traces
             int turns = rng.Next(1, o.MaxTurns + 1);
             double t = start;
             for (int turn = 0; turn < turns; turn++)
             {
                 history.AddRange(Tokens(rng.Next(o.MinUserTokens, o.MaxUserTokens + 1)));
                 var output = Tokens(rng.Next(o.MinOutputTokens, o.MaxOutputTokens + 1));
-                requests.Add(new TraceRequest { Id = $"s{s}-t{turn}", Arrival = Math.Round(t, 6), Prompt = [.. history], Output = output });
+                requests.Add(new TraceRequest { Id = $"s{s}-t{turn}", Arrival = Math.Round(t, 6), Prompt = [.. history], Output = output, Priority = priority });
                 history.AddRange(output);
                 t += Exponential(o.MeanThinkSeconds);
             }

@@ -219,7 +219,7 @@ public static class GenerateCommand
             var r = results[i];
             if (jsonl)
             {
-                stdout.WriteLine(JsonSerializer.Serialize(new JsonlRecord(i, prompts[i], r.Text, r.TokenIds, r.FinishReason, r.PromptTokens, r.CompletionTokens),
+                stdout.WriteLine(JsonSerializer.Serialize(new JsonlRecord(i, prompts[i], r.Text, r.TokenIds, r.FinishReason, r.PromptTokens, r.CompletionTokens, r.CachedPromptTokens),
                     JsonlContext.Default.JsonlRecord));
             }
             else
@@ -245,7 +245,8 @@ internal sealed record JsonlRecord(
     [property: System.Text.Json.Serialization.JsonPropertyName("token_ids")] int[] TokenIds,
     [property: System.Text.Json.Serialization.JsonPropertyName("finish_reason")] string FinishReason,
     [property: System.Text.Json.Serialization.JsonPropertyName("prompt_tokens")] int PromptTokens,
-    [property: System.Text.Json.Serialization.JsonPropertyName("completion_tokens")] int CompletionTokens);
+    [property: System.Text.Json.Serialization.JsonPropertyName("completion_tokens")] int CompletionTokens,
+    [property: System.Text.Json.Serialization.JsonPropertyName("cached_prompt_tokens")] int CachedPromptTokens);
 
 [System.Text.Json.Serialization.JsonSerializable(typeof(JsonlRecord))]
 internal sealed partial class JsonlContext : System.Text.Json.Serialization.JsonSerializerContext;

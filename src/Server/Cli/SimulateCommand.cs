@@ -31,12 +31,13 @@ public static class SimulateCommand
           --system-tokens N          tokens of each system prompt (default 256)
           --turns N                  most turns per session (default 4)
           --rate R                   new sessions per second (default 4)
+          --priorities N             priority levels, one drawn per session (default 1: all equal)
         """;
 
     static readonly HashSet<string> ValueOptions =
     [
         "trace", "num-blocks", "block-size", "eviction-policy", "max-num-seqs", "max-num-batched-tokens",
-        "out", "seed", "sessions", "system-prompts", "system-tokens", "turns", "rate",
+        "out", "seed", "sessions", "system-prompts", "system-tokens", "turns", "rate", "priorities",
     ];
     static readonly HashSet<string> Flags = ["help", "no-prefix-caching"];
 
@@ -93,6 +94,7 @@ public static class SimulateCommand
             SystemPromptTokens = a.Int("system-tokens", 256, min: 1),
             MaxTurns = a.Int("turns", 4, min: 1),
             SessionRate = a.Float("rate", 4, min: 1e-6f),
+            Priorities = a.Int("priorities", 1, min: 1),
         };
         var trace = TraceGenerator.Generate(o);
         Trace.Write(path, trace);

@@ -156,12 +156,16 @@ public class GeneratePrefixCachingTests
             var stdout = new StringWriter();
             var stderr = new StringWriter();
             string[] args = ["generate", "--model", model, "--prompts-file", file, "--temperature", "0", "--max-tokens", "60",
-                "--max-model-len", "128", "--block-size", "4", "--max-num-seqs", "1", "--eviction-policy", "LFU"];
+                "--max-model-len", "128", "--block-size", "4", "--max-num-seqs", "1", "--eviction-policy", "LFU", "--jsonl"];
             int code = TokenMill.Server.Cli.Cli.Run(off ? [.. args, "--no-prefix-caching"] : args, stdout, stderr);
             Assert.True(code == 0, stderr.ToString());
             var m = System.Text.RegularExpressions.Regex.Match(stderr.ToString(), @"prefix cache: (\d+) of (\d+) looked-up tokens hit");
             Assert.True(m.Success, stderr.ToString());
             int hits = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            // The hits are also per prompt, in the JSON lines.
+            var cachedPerPrompt = stdout.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries)
+                .Sum(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("cached_prompt_tokens").GetInt32());
+            Assert.Equal(hits, cachedPerPrompt);
             if (off) Assert.Equal(0, hits);
             else Assert.True(hits >= 2 * 16, $"two later prompts should each reuse most of the shared prefix: {stderr}");
         }

@@ -24,6 +24,7 @@ public class PrefixCachePropertyTests
                 Gen.Int[1, 16], Gen.Int[0, 2], Gen.Int[0, 1000])
             .Select(t => new Op(t.Item1, t.Item2, t.Item3, t.Item4, t.Item5, t.Item6, t.Item7, t.Item8));
 
+    // Summed over all runs (CsCheck runs them on several threads) to show the generator reaches what the invariants are about.
     static long s_hitTokens, s_copies, s_evictions, s_forks;
 
     [Fact]
@@ -40,6 +41,70 @@ public class PrefixCachePropertyTests
         Assert.True(s_forks > 0, "no fork in any run");
     }
 
+    [Fact]
+    public void A_request_with_n_forks_is_admitted_only_with_room_for_all_of_them_or_alone()
+    {
+        var kv = new KvCacheManager(blockCount: 32, blockSize: 4, enablePrefixCaching: true);
+        var scheduler = new Scheduler(kv, maxNumBatchedTokens: 64, maxNumSeqs: 3);
+        Sequence Make(long id, int n)
+        {
+            var sp = new SamplingParams { MaxTokens = 5, Temperature = 0 };
+            return new Sequence(id, $"r{id}", [1, 2, 3], sp, 0, id, new Sampler(sp), new IncrementalDetokenizer(Tok), null)
+            {
+                Group = n > 1 ? new SequenceGroup(n) : null,
+            };
+        }
+        var plain = Make(0, 1);
+        var wide = Make(1, 3);
+        scheduler.Add(plain);
+        scheduler.Add(wide);
+        Assert.Equal([plain], scheduler.Schedule().Select(w => w.Sequence)); // 1 running + 3 forks > 3
+        scheduler.Remove(plain);
+        Assert.Equal([wide], scheduler.Schedule().Select(w => w.Sequence));
+
+        var scheduler2 = new Scheduler(new KvCacheManager(32, 4), maxNumBatchedTokens: 64, maxNumSeqs: 2);
+        var wider = Make(2, 5);
+        scheduler2.Add(wider);
+        Assert.Equal([wider], scheduler2.Schedule().Select(w => w.Sequence)); // more forks than max_num_seqs: it runs alone
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Requests_arriving_together_with_a_shared_prefix_compute_it_once(bool caching)
+    {
+        var kv = new KvCacheManager(blockCount: 32, blockSize: 4, enablePrefixCaching: caching);
+        var scheduler = new Scheduler(kv, maxNumBatchedTokens: 64, maxNumSeqs: 8);
+        Sequence Make(long id, int[] prompt)
+        {
+            var sp = new SamplingParams { MaxTokens = 3, Temperature = 0 };
+            return new Sequence(id, $"r{id}", prompt, sp, 0, id, new Sampler(sp), new IncrementalDetokenizer(Tok), null);
+        }
+        int[] shared = [.. Enumerable.Range(10, 12)];
+        var a = Make(0, [.. shared, 1]);
+        var b = Make(1, [.. shared, 2]);
+        var other = Make(2, [.. Enumerable.Range(50, 13)]);
+        scheduler.Add(a);
+        scheduler.Add(b);
+        scheduler.Add(other);
+
+        var first = scheduler.Schedule().ToList();
+        if (!caching)
+        {
+            Assert.Equal(3, first.Count);
+            return;
+        }
+        // b waits one step for the blocks a computes; admission is first come, first served, so `other` waits behind it.
+        Assert.Equal([a], first.Select(w => w.Sequence));
+        foreach (var w in first) w.Sequence.ComputedTokens = w.Start + w.TokenCount;
+        a.AppendToken(7);
+        var second = scheduler.Schedule().ToList();
+        Assert.Equal([a, b, other], second.Select(w => w.Sequence));
+        Assert.Equal(12, b.CachedPromptTokens); // all three full blocks of the shared prefix
+        Assert.Equal(1, second[1].TokenCount);
+        Assert.Equal(0, other.CachedPromptTokens);
+    }
+
     static ulong PrefixHash(Sequence s, int position)
     {
         ulong h = 14695981039346656037;
@@ -54,7 +119,7 @@ public class PrefixCachePropertyTests
         var kv = new KvCacheManager(blocks, blockSize, enablePrefixCaching: true, EvictionPolicies.Create(policy));
         kv.Events += e =>
         {
-            if (e.Kind == KvEventKind.Evicted) s_evictions++;
+            if (e.Kind == KvEventKind.Evicted) Interlocked.Increment(ref s_evictions);
         };
         var scheduler = new Scheduler(kv, budget, maxSeqs);
         // A slot's content stands for its key/value: a hash of every token up to and including its position.
@@ -88,7 +153,7 @@ public class PrefixCachePropertyTests
             Assert.True(work.Sum(w => w.TokenCount) <= budget, "step exceeds the token budget");
             foreach (var copy in kv.PendingCopies)
             {
-                s_copies++;
+                Interlocked.Increment(ref s_copies);
                 Array.Copy(shadow, copy.Source * blockSize, shadow, copy.Destination * blockSize, blockSize);
             }
             kv.ClearPendingCopies();
@@ -119,7 +184,7 @@ public class PrefixCachePropertyTests
                         scheduler.Fork(s, child);
                         live.Add(child);
                         forks.Add(child);
-                        s_forks++;
+                        Interlocked.Increment(ref s_forks);
                     }
                 for (int i = 0; i < forks.Count; i++)
                 {
@@ -180,6 +245,6 @@ public class PrefixCachePropertyTests
         Assert.All(Enumerable.Range(0, blocks), b => Assert.Equal(0, kv.RefCount(b)));
         Assert.Equal(nextId, ended.Count);
         Assert.All(ended.Values, n => Assert.Equal(1, n));
-        s_hitTokens += kv.PrefixHitTokens;
+        Interlocked.Add(ref s_hitTokens, kv.PrefixHitTokens);
     }
 }

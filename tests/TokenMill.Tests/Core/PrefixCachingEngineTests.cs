@@ -143,6 +143,29 @@ public class PrefixCachingEngineTests
     }
 
     [SkippableFact]
+    public async Task Forks_under_preemption_still_equal_separate_seeded_requests()
+    {
+        using var model = LoadStories();
+        string[] prompts = [System + "One day", "Once upon a time", System + "Tom found a shiny rock"];
+        static GenerationRequest Long(string prompt, ulong seed, int n = 1) =>
+            Sampled(prompt, seed, n) with { Sampling = Sampled(prompt, seed).Sampling with { MaxTokens = 60 } };
+
+        CompletionResult[][] separate;
+        using (var roomy = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, EnablePrefixCaching = false }))
+            separate = await Task.WhenAll(prompts.Select((p, k) =>
+                Task.WhenAll(Enumerable.Range(0, 3).Select(i => roomy.CompleteAsync(Long(p, 100 * (ulong)k + (ulong)i))))));
+
+        // 9 sequences of up to ~90 tokens in 12 blocks of 16: forks are preempted and recomputed.
+        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 12, MaxNumBatchedTokens = 64 });
+        var forked = await Task.WhenAll(prompts.Select((p, k) => tight.CompleteChoicesAsync(Long(p, 100 * (ulong)k, n: 3))));
+        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+        for (int k = 0; k < prompts.Length; k++)
+            for (int i = 0; i < 3; i++)
+                Assert.Equal(separate[k][i].TokenIds, forked[k][i].TokenIds);
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+    }
+
+    [SkippableFact]
     public async Task Cancelling_a_parallel_request_aborts_every_fork_and_frees_their_blocks()
     {
         using var model = LoadStories();

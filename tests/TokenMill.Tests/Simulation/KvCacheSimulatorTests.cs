@@ -25,6 +25,12 @@ public class KvCacheSimulatorTests
             var before = turns[t - 1];
             Assert.Equal([.. before.Prompt, .. before.Output!], turns[t].Prompt.Take(before.Prompt.Length + before.Output!.Length));
         }
+        // Priority levels are drawn per session: every turn of a session has its session's priority.
+        var prioritized = TraceGenerator.Generate(Small with { Priorities = 3 });
+        Assert.Equal([0, 1, 2], prioritized.Select(r => r.Priority).Distinct().Order());
+        Assert.All(prioritized.GroupBy(r => r.Id!.Split('-')[0]), session => Assert.Single(session.Select(r => r.Priority).Distinct()));
+        Assert.All(a, r => Assert.Equal(0, r.Priority));
+
         // Fewer distinct system prompts than sessions: they are shared.
         Assert.InRange(a.Select(r => string.Join(",", r.Prompt.Take(128))).Distinct().Count(), 2, Small.SystemPrompts);
     }
