@@ -64,4 +64,19 @@ public class ArchReferenceTests
         }
         Assert.Equal(c.CompletionIds, got);
     }
+
+    [SkippableTheory]
+    [MemberData(nameof(Cases))]
+    public void Prompt_tokens_and_completion_text_match_llama_cpp(string model, int index)
+    {
+        var c = Load(index);
+        Assert.Equal(model, c.Model);
+        using var f = TokenMill.Models.Gguf.GgufFile.Open(TestData.Require("arch/" + model));
+        var tokenizer = TokenMill.Tokenization.TokenizerLoader.FromGguf(f);
+        // The prompt with the vocabulary's own special tokens (BOS where it adds one), as llama.cpp tokenized it.
+        Assert.Equal(c.PromptIds, tokenizer.Encode(c.Prompt, addSpecial: true));
+        // The completion as llama.cpp prints it: every piece as is, nothing stripped.
+        var bytes = c.CompletionIds.SelectMany(id => tokenizer.TokenToBytes(id)).ToArray();
+        Assert.Equal(c.Completion, System.Text.Encoding.UTF8.GetString(bytes));
+    }
 }

@@ -273,3 +273,23 @@ public class BenchCommandTests
         Assert.Contains("unknown bench mode 'serve-me'", stderr.ToString());
     }
 }
+
+/// <summary><c>generate --temperature 0</c> prints llama.cpp's greedy completion of every arch reference, byte for byte.</summary>
+public class GenerateArchReferenceTests
+{
+    [SkippableTheory]
+    [MemberData(nameof(TokenMill.Tests.Backends.ArchReferenceTests.Cases), MemberType = typeof(TokenMill.Tests.Backends.ArchReferenceTests))]
+    public void Generate_prints_the_reference_completion(string model, int index)
+    {
+        var c = TokenMill.Tests.Backends.ArchReferenceTests.Load(index);
+        Assert.Equal(model, c.Model);
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        // --max-tokens counts the whole sequence: the prompt (with BOS where the vocabulary adds one) plus the completion.
+        int code = TokenMill.Server.Cli.Cli.Run(["generate", "--model", TestData.Require("arch/" + model), "--prompt", c.Prompt,
+            "--max-tokens", (c.PromptIds.Length + c.CompletionIds.Length).ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--temperature", "0", "--ignore-eos"], stdout, stderr);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Equal(c.Completion, stdout.ToString()[..^Environment.NewLine.Length]);
+    }
+}
