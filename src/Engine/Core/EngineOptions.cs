@@ -9,7 +9,10 @@ public sealed record EngineOptions
     /// <summary>Exact number of KV blocks (<c>--num-kv-blocks</c>); overrides <see cref="KvCacheMemoryBytes"/>.</summary>
     public int? NumKvBlocks { get; init; }
 
-    /// <summary>Memory for the KV cache (<c>--kv-cache-memory</c>); default 2 GiB, or one full sequence if that is more.</summary>
+    /// <summary>
+    /// Memory for the KV cache (<c>--kv-cache-memory</c>); default 2 GiB capped at what <see cref="MaxNumSeqs"/> full-length
+    /// sequences could use, and at least one full sequence. The pool is committed (zeroed) at start-up.
+    /// </summary>
     public long? KvCacheMemoryBytes { get; init; }
 
     /// <summary>Longest sequence, prompt plus output (<c>--max-model-len</c>); default min(model's context, 4096) as llama.cpp's default context.</summary>

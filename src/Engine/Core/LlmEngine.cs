@@ -66,7 +66,14 @@ public sealed class LlmEngine : IDisposable
         int blocks;
         if (options.NumKvBlocks is { } n) blocks = n;
         else if (options.KvCacheMemoryBytes is { } bytes) blocks = (int)Math.Min(int.MaxValue, bytes / bytesPerBlock);
-        else blocks = (int)Math.Max(blocksPerSequence, Math.Min(int.MaxValue, EngineOptions.DefaultKvCacheMemoryBytes / bytesPerBlock));
+        else
+        {
+            // Default: 2 GiB, but no more than every running sequence at full length could use (a small model
+            // would otherwise reserve gigabytes it never touches), and never less than one sequence.
+            long budget = EngineOptions.DefaultKvCacheMemoryBytes / bytesPerBlock;
+            long useful = (long)blocksPerSequence * options.MaxNumSeqs;
+            blocks = (int)Math.Min(int.MaxValue, Math.Max(blocksPerSequence, Math.Min(budget, useful)));
+        }
         if (blocks < blocksPerSequence)
             throw new ArgumentException(
                 $"the KV cache ({blocks} blocks of {options.BlockSize} tokens, {FormatBytes(blocks * bytesPerBlock)}) cannot hold one sequence of " +

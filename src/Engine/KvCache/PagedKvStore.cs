@@ -25,8 +25,10 @@ public sealed unsafe class PagedKvStore : IDisposable
         _layerCount = config.BlockCount;
         _layerStride = (long)blockCount * blockSize * KvDim;
         long bytes = _layerStride * config.BlockCount * sizeof(float);
-        _keys = new NativeBuffer(bytes, zero: false);
-        _values = new NativeBuffer(bytes, zero: false);
+        // Zeroed now, so every page is committed at start-up: the process's memory stays flat while blocks
+        // are used for the first time later, and a budget the machine cannot back fails here, not mid-serve.
+        _keys = new NativeBuffer(bytes, zero: true);
+        _values = new NativeBuffer(bytes, zero: true);
     }
 
     public int BlockCount { get; }

@@ -82,14 +82,24 @@ public class LlmEngineTests
     {
         using var model = LoadStories();
         using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
-        engine.BeforeStepHook = () => Thread.Sleep(5); // 120 tokens now take 0.6 s: the cancel lands mid-stream
+        // From the fourth step on, the engine waits for the consumer's cancel: the abort lands mid-stream however loaded the machine is.
+        using var cancelled = new ManualResetEventSlim();
+        int steps = 0;
+        engine.BeforeStepHook = () =>
+        {
+            if (++steps > 3) cancelled.Wait(TimeSpan.FromSeconds(10));
+        };
         using var cts = new CancellationTokenSource();
         int chunks = 0;
         CompletionChunk? last = null;
         await foreach (var chunk in engine.Generate(Greedy("Once upon a time", maxTokens: 120), cts.Token))
         {
             last = chunk;
-            if (++chunks == 3) await cts.CancelAsync();
+            if (++chunks == 3)
+            {
+                await cts.CancelAsync();
+                cancelled.Set();
+            }
         }
         // The stream ends with the request: a final chunk that says it was aborted, long before 120 tokens.
         Assert.Equal(FinishReason.Abort, last!.FinishReason);
