@@ -37,6 +37,12 @@ public sealed record ServerOptions
 
     /// <summary>On shutdown, how long in-flight requests may run on before they are aborted (their streams still end properly).</summary>
     public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Generation requests per minute per client (API key, else address); 0 = unlimited.</summary>
+    public int RateLimitRequestsPerMinute { get; init; }
+
+    /// <summary>Tokens (prompt + max_tokens × choices) per minute per client; 0 = unlimited.</summary>
+    public int RateLimitTokensPerMinute { get; init; }
 }
 
 /// <summary>
@@ -53,6 +59,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     readonly TextWriter _log;
     readonly byte[]? _apiKeyHash;
     readonly CancellationTokenSource _shutdown = new();
+    readonly RateLimits _rateLimits;
     int _inflight;
     volatile bool _draining;
     LlmEngine? _engine;
@@ -66,6 +73,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         _options = options;
         _log = options.Log ?? Console.Error;
         if (options.ApiKey is { } key) _apiKeyHash = SHA256.HashData(Encoding.UTF8.GetBytes(key));
+        _rateLimits = new RateLimits(options.RateLimitRequestsPerMinute, options.RateLimitTokensPerMinute);
 
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
@@ -122,6 +130,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_engineTask.IsCompletedSuccessfully) _engineTask.Result.Dispose();
         _shutdown.Dispose();
+        _rateLimits.Dispose();
     }
 
     // ---- routing -----------------------------------------------------------------------------------
@@ -548,6 +557,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     async Task Run(HttpContext ctx, LlmEngine engine, string id, List<(GenerationRequest Request, string Echo)> requests,
         bool stream, bool includeUsage, bool chat)
     {
+        _rateLimits.AcquireRequest(ctx);
+        _rateLimits.AcquireTokens(ctx, requests.Sum(q => q.Request.PromptTokenIds!.Count + (long)q.Request.Sampling.MaxTokens * q.Request.N));
         var first = new int[requests.Count];
         for (int r = 1; r < requests.Count; r++) first[r] = first[r - 1] + requests[r - 1].Request.N;
         var choices = requests.SelectMany(q => Enumerable.Repeat(q.Echo, q.Request.N)).ToArray();

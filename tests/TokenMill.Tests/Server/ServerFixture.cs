@@ -28,12 +28,12 @@ public sealed class ServerFixture : IAsyncLifetime
     }
 
     public static OpenAiServer Start(string modelPath, EngineOptions engineOptions, string? apiKey = null, long maxBody = 4 << 20,
-        TextWriter? log = null, TimeSpan? shutdownTimeout = null, int? contextLength = null) =>
-        OpenAiServer.Create(new ServerOptions
+        TextWriter? log = null, TimeSpan? shutdownTimeout = null, int? contextLength = null, Func<ServerOptions, ServerOptions>? configure = null) =>
+        OpenAiServer.Create((configure ?? (o => o))(new ServerOptions
             {
                 Port = 0, ServedModelName = ModelName, ApiKey = apiKey, MaxRequestBodyBytes = maxBody, Log = log ?? TextWriter.Null,
                 ShutdownTimeout = shutdownTimeout ?? TimeSpan.FromSeconds(30),
-            },
+            }),
             () => new LlmEngine(ModelLoader.Load(modelPath, new ModelLoadOptions { MaxModelLen = contextLength }), engineOptions));
 
     public void SkipIfAbsent() => Skip.If(Server is null, "shared test data not found (models/stories260K.gguf)");
