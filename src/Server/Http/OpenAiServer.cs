@@ -239,6 +239,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         finally
         {
             Interlocked.Decrement(ref _inflight);
+            _metrics?.RecordResponse(ctx.Response.StatusCode);
             _log.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"{DateTime.UtcNow:O} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F1} ms{ctx.Items["log"]}"));
         }

@@ -20,9 +20,13 @@ public sealed class ServerMetrics(LlmEngine engine, string modelName)
     readonly Histogram _e2e = new("tokenmill:e2e_request_latency_seconds", "End-to-end request latency.", RequestBuckets);
     readonly Histogram _queue = new("tokenmill:request_queue_time_seconds", "Time a request waited before it first ran.", RequestBuckets);
     long _promptTokens, _generationTokens;
+    readonly long[] _responses = new long[6]; // by status class: index 1..5 = 1xx..5xx
     readonly Dictionary<string, long> _finished = new(StringComparer.Ordinal);
 
     public void RecordFirstToken(TimeSpan t) => _ttft.Observe(t.TotalSeconds);
+
+    /// <summary>Counts an HTTP response by status class (for error-rate alerts).</summary>
+    public void RecordResponse(int status) => Interlocked.Increment(ref _responses[Math.Clamp(status / 100, 1, 5)]);
     public void RecordInterToken(TimeSpan t) => _itl.Observe(t.TotalSeconds);
 
     public void RecordFinished(CompletionChunk final, TimeSpan e2e)
@@ -52,6 +56,9 @@ public sealed class ServerMetrics(LlmEngine engine, string modelName)
             foreach (var reason in new[] { FinishReason.Stop, FinishReason.Length, FinishReason.Abort })
                 sb.Append(CultureInfo.InvariantCulture, $"tokenmill:request_success_total{{{label},finished_reason=\"{reason}\"}} {_finished.GetValueOrDefault(reason)}\n");
         }
+        sb.Append("# HELP tokenmill:http_responses_total HTTP responses of the API endpoints by status class.\n# TYPE tokenmill:http_responses_total counter\n");
+        for (int c = 2; c <= 5; c++)
+            sb.Append(CultureInfo.InvariantCulture, $"tokenmill:http_responses_total{{{label},code=\"{c}xx\"}} {Interlocked.Read(ref _responses[c])}\n");
         foreach (var h in new[] { _ttft, _itl, _e2e, _queue }) h.Render(sb, label);
         return sb.ToString();
     }
