@@ -17,6 +17,7 @@ public static class Cli
           serve      the OpenAI-compatible HTTP server (default model: dummy:tinyllama-1.1b)
           generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
           tokenize   print the token ids of a text
+          info       what a model is (architecture, parameters, weight types, context) and what its KV cache costs
           bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
           simulate   replay a request trace through the scheduler and KV cache (eviction-policy research)
           kernels    compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)
@@ -46,9 +47,10 @@ public static class Cli
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
+                "info" => InfoCommand.Run(rest, stdout, stderr),
                 "simulate" => SimulateCommand.Run(rest, stdout, stderr),
                 "kernels" => KernelsCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, bench, simulate, kernels, help)"),
+                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, info, bench, simulate, kernels, help)"),
             };
         }
         catch (UsageException e)

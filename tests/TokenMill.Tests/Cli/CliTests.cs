@@ -293,3 +293,29 @@ public class GenerateArchReferenceTests
         Assert.Equal(c.Completion, stdout.ToString()[..^Environment.NewLine.Length]);
     }
 }
+
+public class InfoCommandTests
+{
+    [SkippableFact]
+    public void Info_describes_a_gguf_and_sizes_its_kv_cache()
+    {
+        var model = TestData.Require("arch/arch-qwen3.gguf");
+        var stdout = new StringWriter();
+        Assert.Equal(0, TokenMill.Server.Cli.Cli.Run(["info", model, "--kv-cache-memory", "1MiB", "--json"], stdout, new StringWriter()));
+        var o = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.Equal("qwen3", o.GetProperty("architecture").GetString());
+        Assert.Equal(3_401_408, o.GetProperty("parameters").GetInt64()); // the README of arch/ gives it
+        // 3 layers × 2 (K and V) × 2 kv heads × 32 dims × 4 bytes = 1536 bytes per token; 1 MiB holds 682 tokens → 42 whole blocks of 16.
+        Assert.Equal(1536, o.GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal(672, o.GetProperty("kv_tokens_in_budget").GetInt64());
+    }
+
+    [Fact]
+    public void Info_on_a_dummy_preset_counts_the_real_models_parameters()
+    {
+        var stdout = new StringWriter();
+        Assert.Equal(0, TokenMill.Server.Cli.Cli.Run(["info", "dummy:llama-3.1-8b", "--json"], stdout, new StringWriter()));
+        var o = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.InRange(o.GetProperty("parameters").GetInt64(), 8_030_000_000, 8_031_000_000); // Llama-3.1-8B: 8.03 B
+    }
+}

@@ -1,0 +1,113 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TokenMill.KvCache;
+using TokenMill.Models;
+using TokenMill.Models.Dummy;
+using TokenMill.Models.Gguf;
+
+namespace TokenMill.Server.Cli;
+
+/// <summary>
+/// <c>tokenmill info MODEL</c>: what a model is without loading its weights — architecture, parameters,
+/// weight types, context, tokenizer, chat template — and what its KV cache costs: bytes per token and
+/// the longest context a memory budget holds.
+/// </summary>
+public static class InfoCommand
+{
+    const string Help = """
+        usage: tokenmill info <file.gguf | dummy:preset> [--kv-cache-memory SIZE] [--json]
+
+          --kv-cache-memory SIZE   the budget to size contexts against (default 2GiB)
+          --json                   print the facts as one JSON object
+
+        example: tokenmill info ../shared/testdata/arch/arch-qwen3.gguf --kv-cache-memory 512MiB
+        """;
+
+    static readonly HashSet<string> ValueOptions = ["kv-cache-memory"];
+    static readonly HashSet<string> Flags = ["json", "help"];
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var a = new CliArguments("info", args, ValueOptions, Flags);
+        if (a.Flag("help"))
+        {
+            stdout.WriteLine(Help);
+            return Cli.ExitOk;
+        }
+        if (a.Positional.Count != 1) throw new UsageException("expected exactly one MODEL argument (a .gguf file or dummy:<preset>)");
+        string model = a.Positional[0];
+        long budget = a.String("kv-cache-memory") is { } m ? GenerateCommand.ParseSize("kv-cache-memory", m) : 2L << 30;
+
+        var info = new JsonObject { ["model"] = model };
+        ModelConfig config;
+        if (DummyModelFactory.IsDummy(model))
+        {
+            string name = model[DummyModelFactory.Prefix.Length..];
+            if (!DummyPresets.All.TryGetValue(name, out var preset))
+                throw new UsageException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})");
+            config = preset.Config;
+            info["format"] = "dummy (random weights; dtype chosen with --dtype)";
+            info["parameters"] = DummyParameters(config, preset.TiedEmbeddings);
+            info["tokenizer"] = "cl100k_base fitted to the vocabulary";
+            info["chat_template"] = false;
+        }
+        else
+        {
+            using var f = GgufFile.Open(model);
+            config = ModelConfig.FromGguf(f);
+            info["format"] = $"GGUF v{f.Version}";
+            info["name"] = f.GetString("general.name");
+            info["parameters"] = f.Tensors.Sum(t => t.ElementCount);
+            var types = new JsonObject();
+            foreach (var g in f.Tensors.GroupBy(t => t.Type).OrderByDescending(g => g.Sum(t => t.ByteCount)))
+                types[g.Key.ToString()] = $"{g.Count()} tensors, {FormatBytes(g.Sum(t => t.ByteCount))}";
+            info["weight_types"] = types;
+            info["weight_bytes"] = f.Tensors.Sum(t => t.ByteCount);
+            info["tokenizer"] = f.GetString("tokenizer.ggml.model") is { } tm ? $"{tm}{(f.GetString("tokenizer.ggml.pre") is { } pre ? $" (pre: {pre})" : "")}" : "none";
+            info["chat_template"] = f.Has("tokenizer.chat_template");
+        }
+
+        long perToken = PagedKvStore.BytesPerBlock(config, 1);
+        int blockSize = 16;
+        long blocks = budget / PagedKvStore.BytesPerBlock(config, blockSize);
+        info["architecture"] = config.Architecture;
+        info["layers"] = config.BlockCount;
+        info["embedding_length"] = config.EmbeddingLength;
+        info["heads"] = $"{config.HeadCount} query, {config.HeadCountKv} key/value, head dim {config.HeadDim}";
+        info["vocab_size"] = config.VocabSize;
+        info["context_length"] = config.ContextLength;
+        info["rope"] = $"{config.RopeType}, base {config.RopeFreqBase.ToString(CultureInfo.InvariantCulture)}"
+                       + (config.RopeFreqFactors is null ? "" : ", Llama 3 frequency factors")
+                       + (config.RopeLinearScale != 1 ? $", linear scale {config.RopeLinearScale.ToString(CultureInfo.InvariantCulture)}" : "")
+                       + (config.SlidingWindow > 0 ? $", sliding window {config.SlidingWindow}" : "");
+        info["kv_bytes_per_token"] = perToken;
+        info["kv_budget_bytes"] = budget;
+        info["kv_tokens_in_budget"] = blocks * blockSize;
+        info["longest_context_in_budget"] = Math.Min(blocks * blockSize, config.ContextLength);
+
+        if (a.Flag("json"))
+        {
+            stdout.WriteLine(info.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return Cli.ExitOk;
+        }
+        foreach (var (key, value) in info)
+        {
+            string text = value is JsonObject o ? string.Join("; ", o.Select(kv => $"{kv.Key}: {kv.Value}")) : value?.ToString() ?? "";
+            if (key == "parameters") text = FormatCount((long)value!);
+            if (key is "kv_bytes_per_token" or "kv_budget_bytes" or "weight_bytes") text = FormatBytes((long)value!);
+            stdout.WriteLine($"{key.Replace('_', ' '),-26} {text}");
+        }
+        return Cli.ExitOk;
+    }
+
+    static long DummyParameters(ModelConfig c, bool tied)
+    {
+        long d = c.EmbeddingLength, perLayer = d * c.QDim + 2 * d * c.KvDim + c.QDim * d + 3 * d * c.FeedForwardLength + 2 * d;
+        return c.BlockCount * perLayer + c.VocabSize * d * (tied ? 1 : 2) + d;
+    }
+
+    static string FormatCount(long n) => n >= 1_000_000_000 ? $"{n / 1e9:F2} B" : n >= 1_000_000 ? $"{n / 1e6:F2} M" : n.ToString(CultureInfo.InvariantCulture);
+
+    static string FormatBytes(long b) => b >= 1L << 30 ? $"{b / (double)(1L << 30):F2} GiB" : b >= 1L << 20 ? $"{b / (double)(1L << 20):F2} MiB" : $"{b / 1024.0:F1} KiB";
+}
