@@ -49,12 +49,52 @@ public sealed class CliArguments
                 if (_values.ContainsKey(name)) throw new UsageException($"option --{name} is given twice");
                 _values[name] = inline;
             }
+            else if (name == "config")
+            {
+                if (inline is null)
+                {
+                    if (!e.MoveNext()) throw new UsageException("option --config needs a value");
+                    inline = e.Current;
+                }
+                configFile = inline;
+            }
             else
             {
                 throw new UsageException($"unknown option --{name} for '{command}'");
             }
         }
+
+        // Precedence: the command line, then TOKENMILL_* environment variables, then --config FILE, then defaults.
+        foreach (var name in valueOptions.Concat(flags).Where(n => n != "help"))
+        {
+            if (_values.ContainsKey(name)) continue;
+            string env = "TOKENMILL_" + name.Replace('-', '_').ToUpperInvariant();
+            if (Environment.GetEnvironmentVariable(env) is { Length: > 0 } value)
+            {
+                if (flags.Contains(name))
+                {
+                    if (value is "1" or "true" or "yes") _values[name] = null;
+                    else if (value is not ("0" or "false" or "no")) throw new UsageException($"{env} must be true or false, got '{value}'");
+                }
+                else _values[name] = value;
+            }
+        }
+        if (configFile is not null)
+            foreach (var (name, value) in ConfigFile.Read(configFile))
+            {
+                if (!valueOptions.Contains(name) && !flags.Contains(name))
+                    throw new UsageException($"{configFile}: unknown option '{name}' for '{command}'");
+                if (_values.ContainsKey(name)) continue;
+                if (flags.Contains(name))
+                {
+                    if (value is "true") _values[name] = null;
+                    else if (value is not "false") throw new UsageException($"{configFile}: '{name}' must be true or false, got '{value}'");
+                }
+                else _values[name] = value;
+            }
     }
+
+    string? configFile;
 
     public string Command { get; }
     public IReadOnlyList<string> Positional => _positional;

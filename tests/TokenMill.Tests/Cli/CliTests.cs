@@ -319,3 +319,55 @@ public class InfoCommandTests
         Assert.InRange(o.GetProperty("parameters").GetInt64(), 8_030_000_000, 8_031_000_000); // Llama-3.1-8B: 8.03 B
     }
 }
+
+/// <summary>Sets process environment variables, so it runs alone: no other test sees them.</summary>
+[CollectionDefinition(nameof(EnvironmentCollection), DisableParallelization = true)]
+public sealed class EnvironmentCollection;
+
+[Collection(nameof(EnvironmentCollection))]
+public class ConfigPrecedenceTests
+{
+    static readonly HashSet<string> Values = ["max-num-seqs", "port", "model"];
+    static readonly HashSet<string> Flags = ["ignore-eos", "help"];
+
+    [Fact]
+    public void Command_line_beats_environment_beats_config_file()
+    {
+        var dir = Directory.CreateTempSubdirectory("tokenmill-config").FullName;
+        try
+        {
+            var yaml = Path.Combine(dir, "c.yaml");
+            File.WriteAllText(yaml, "# engine\nmax_num_seqs: 8\nport: '9000'\nmodel: dummy:qwen2.5-0.5b  # a comment\nignore-eos: true\n");
+            var json = Path.Combine(dir, "c.json");
+            File.WriteAllText(json, """{"max-num-seqs": 16, "port": 9100}""");
+
+            var fromYaml = new TokenMill.Server.Cli.CliArguments("serve", ["--config", yaml], Values, Flags);
+            Assert.Equal(8, fromYaml.Int("max-num-seqs", 256));
+            Assert.Equal("9000", fromYaml.String("port"));
+            Assert.Equal("dummy:qwen2.5-0.5b", fromYaml.String("model"));
+            Assert.True(fromYaml.Flag("ignore-eos"));
+
+            Environment.SetEnvironmentVariable("TOKENMILL_MAX_NUM_SEQS", "32");
+            try
+            {
+                var envOverConfig = new TokenMill.Server.Cli.CliArguments("serve", ["--config", json], Values, Flags);
+                Assert.Equal(32, envOverConfig.Int("max-num-seqs", 256));
+                Assert.Equal(9100, envOverConfig.Int("port", 8000));
+                var cliOverEnv = new TokenMill.Server.Cli.CliArguments("serve", ["--config", json, "--max-num-seqs", "4"], Values, Flags);
+                Assert.Equal(4, cliOverEnv.Int("max-num-seqs", 256));
+            }
+            finally
+            {
+                Environment.SetEnvironmentVariable("TOKENMILL_MAX_NUM_SEQS", null);
+            }
+
+            File.WriteAllText(json, """{"max-num-sqes": 16}""");
+            var e = Assert.Throws<TokenMill.Server.Cli.UsageException>(() => new TokenMill.Server.Cli.CliArguments("serve", ["--config", json], Values, Flags));
+            Assert.Contains("unknown option 'max-num-sqes'", e.Message);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+}
