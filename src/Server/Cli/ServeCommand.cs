@@ -19,6 +19,7 @@ public static class ServeCommand
           --api-key-file FILE        read the key from a file (first line), so it stays out of the process list
           --shutdown-timeout SECONDS on SIGTERM/Ctrl+C, how long in-flight requests may finish before they are aborted (default 30)
           --max-request-body SIZE    largest request body (default 4MiB); larger ones get 413
+          --log-format text|json    the one-line-per-request log on stderr (default text)
           --rate-limit-rpm N         generation requests per minute per client (API key, else address); 0 = off (default)
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
@@ -27,7 +28,7 @@ public static class ServeCommand
 
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body", "rate-limit-rpm", "rate-limit-tpm",
+        "model", "dtype", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
         "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
     ];
     static readonly HashSet<string> Flags = ["help"];
@@ -65,6 +66,12 @@ public static class ServeCommand
             ApiKey = ApiKey(a),
             ShutdownTimeout = TimeSpan.FromSeconds(a.Float("shutdown-timeout", 30, min: 0, max: 3600)),
             RateLimitRequestsPerMinute = a.Int("rate-limit-rpm", 0, min: 0),
+            LogJson = (a.String("log-format") ?? "text") switch
+            {
+                "text" => false,
+                "json" => true,
+                var f => throw new UsageException($"--log-format must be text or json, got '{f}'"),
+            },
             RateLimitTokensPerMinute = a.Int("rate-limit-tpm", 0, min: 0),
             MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
             Log = stderr,

@@ -38,6 +38,9 @@ public sealed record ServerOptions
     /// <summary>On shutdown, how long in-flight requests may run on before they are aborted (their streams still end properly).</summary>
     public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Write the request log as one JSON object per line (<c>--log-format json</c>).</summary>
+    public bool LogJson { get; init; }
+
     /// <summary>Generation requests per minute per client (API key, else address); 0 = unlimited.</summary>
     public int RateLimitRequestsPerMinute { get; init; }
 
@@ -240,9 +243,39 @@ public sealed class OpenAiServer : IAsyncDisposable
         {
             Interlocked.Decrement(ref _inflight);
             _metrics?.RecordResponse(ctx.Response.StatusCode);
-            _log.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"{DateTime.UtcNow:O} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F1} ms{ctx.Items["log"]}"));
+            LogRequest(ctx, clock.Elapsed);
         }
+    }
+
+    sealed record RequestLog(string Id, int PromptTokens, int CompletionTokens, string Finish);
+
+    /// <summary>One line per request: text, or one JSON object with <see cref="ServerOptions.LogJson"/>.</summary>
+    void LogRequest(HttpContext ctx, TimeSpan elapsed)
+    {
+        var r = ctx.Items["log"] as RequestLog;
+        if (_options.LogJson)
+        {
+            var o = new System.Text.Json.Nodes.JsonObject
+            {
+                ["time"] = DateTime.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+                ["method"] = ctx.Request.Method,
+                ["path"] = ctx.Request.Path.Value,
+                ["status"] = ctx.Response.StatusCode,
+                ["latency_ms"] = Math.Round(elapsed.TotalMilliseconds, 1),
+            };
+            if (r is not null)
+            {
+                o["id"] = r.Id;
+                o["prompt_tokens"] = r.PromptTokens;
+                o["completion_tokens"] = r.CompletionTokens;
+                o["finish"] = r.Finish;
+            }
+            _log.WriteLine(o.ToJsonString());
+            return;
+        }
+        string tail = r is null ? "" : $" {r.Id} prompt_tokens={r.PromptTokens} completion_tokens={r.CompletionTokens} finish={r.Finish}";
+        _log.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{DateTime.UtcNow:O} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {elapsed.TotalMilliseconds:F1} ms{tail}"));
     }
 
     void CheckApiKey(HttpContext ctx)
@@ -622,7 +655,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         int promptTokens = requests.Sum(q => q.Request.PromptTokenIds!.Count);
         int cachedTokens = requests.Select((q, r) => results[first[r]].CachedPromptTokens).Sum();
         int completionTokens = results.Sum(r => r.CompletionTokens);
-        ctx.Items["log"] = $" {id} prompt_tokens={promptTokens} completion_tokens={completionTokens} finish={string.Join(',', results.Select(r => r.Finish))}";
+        ctx.Items["log"] = new RequestLog(id, promptTokens, completionTokens, string.Join(',', results.Select(r => r.Finish)));
 
         if (stream)
         {

@@ -49,3 +49,36 @@ public class RateLimitTests
         Assert.Contains("tokens per minute", await refused.Content.ReadAsStringAsync());
     }
 }
+
+public class RequestLogTests
+{
+    [SkippableTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Every_request_gets_one_log_line_with_id_tokens_and_latency(bool json)
+    {
+        var log = new StringWriter();
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"), new EngineOptions { MaxModelLen = 128 },
+            log: TextWriter.Synchronized(log), configure: o => o with { LogJson = json });
+        await server.StartAsync();
+        await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        using var ok = await http.PostAsync("/v1/completions", new StringContent("""{"prompt":"Lily","max_tokens":3}""", Encoding.UTF8, "application/json"));
+        using var bad = await http.PostAsync("/v1/completions", new StringContent("{", Encoding.UTF8, "application/json"));
+        var lines = log.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        if (json)
+        {
+            var first = System.Text.Json.JsonDocument.Parse(lines[0]).RootElement;
+            Assert.Equal(200, first.GetProperty("status").GetInt32());
+            Assert.StartsWith("cmpl-", first.GetProperty("id").GetString());
+            Assert.Equal(3, first.GetProperty("completion_tokens").GetInt32());
+            Assert.Equal(400, System.Text.Json.JsonDocument.Parse(lines[1]).RootElement.GetProperty("status").GetInt32());
+        }
+        else
+        {
+            Assert.Matches(@"POST /v1/completions 200 [\d.]+ ms cmpl-\w+ prompt_tokens=\d+ completion_tokens=3 finish=length", lines[0]);
+            Assert.Contains("POST /v1/completions 400", lines[1]);
+        }
+    }
+}
