@@ -39,6 +39,9 @@ public sealed record EngineOptions
     /// <summary>Which computed full blocks enter the prefix cache at all; null admits every one.</summary>
     public KvCache.ICacheAdmissionPolicy? CacheAdmission { get; init; }
 
+    /// <summary>Times one request may be preempted (and recomputed) before it fails with an error (<c>--max-preemptions</c>).</summary>
+    public int MaxPreemptionsPerRequest { get; init; } = 32;
+
     /// <summary>CPU threads of the forward pass; 0 = one per processor.</summary>
     public int Threads { get; init; }
 
@@ -61,5 +64,6 @@ public sealed record EngineOptions
         Check(KvCache.EvictionPolicies.Names.Contains(EvictionPolicy.ToLowerInvariant()),
             $"--eviction-policy must be one of {string.Join(", ", KvCache.EvictionPolicies.Names)}, got '{EvictionPolicy}'");
         Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
+        Check(MaxPreemptionsPerRequest >= 0, $"--max-preemptions must be ≥ 0, got {MaxPreemptionsPerRequest}");
     }
 }

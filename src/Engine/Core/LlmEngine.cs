@@ -85,7 +85,7 @@ public sealed class LlmEngine : IDisposable
         _kvStore = new PagedKvStore(model.Config, blocks, options.BlockSize);
         _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy),
             options.CacheAdmission);
-        _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs);
+        _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs) { MaxPreemptionsPerRequest = options.MaxPreemptionsPerRequest };
         _eog = model.Tokenizer.EndOfGenerationIds;
         _stats = new EngineStats(0, 0, blocks, blocks, 0, 0, 0);
         _thread = new Thread(Loop) { IsBackground = true, Name = "tokenmill-engine" };
@@ -283,6 +283,11 @@ public sealed class LlmEngine : IDisposable
     bool Step()
     {
         var work = _scheduler.Schedule();
+        foreach (var seq in _scheduler.Exhausted)
+            Fail(seq, new InvalidOperationException(
+                $"it was preempted {seq.Preemptions} times (--max-preemptions {Options.MaxPreemptionsPerRequest}): the KV cache is too small for this load; " +
+                "raise --kv-cache-memory or lower --max-num-seqs"));
+        _scheduler.ClearExhausted();
         // Copy-on-write before anything is written: a shared block's new private copy gets its content first.
         foreach (var copy in _kv.PendingCopies) _kvStore.CopyBlock(copy.Source, copy.Destination);
         _kv.ClearPendingCopies();

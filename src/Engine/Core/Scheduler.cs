@@ -40,6 +40,19 @@ public sealed class Scheduler
         _maxSeqs = maxNumSeqs;
     }
 
+    /// <summary>
+    /// Recomputations a request may suffer before it is given up (a preemption storm stays bounded: the
+    /// engine fails such a request with a clear error instead of recomputing it forever).
+    /// </summary>
+    public int MaxPreemptionsPerRequest { get; init; } = int.MaxValue;
+
+    /// <summary>Sequences preempted more than <see cref="MaxPreemptionsPerRequest"/> times: out of the scheduler, for the engine to fail.</summary>
+    public IReadOnlyList<Sequence> Exhausted => _exhausted;
+
+    public void ClearExhausted() => _exhausted.Clear();
+
+    readonly List<Sequence> _exhausted = [];
+
     public IReadOnlyList<Sequence> Running => _running;
     public IReadOnlyCollection<Sequence> Waiting => _waiting;
     public long PreemptionCount { get; private set; }
@@ -144,7 +157,8 @@ public sealed class Scheduler
         victim.Preemptions++;
         PreemptionCount++;
         victim.Status = SequenceStatus.Waiting;
-        _waiting.Add(victim);
+        if (victim.Preemptions > MaxPreemptionsPerRequest) _exhausted.Add(victim);
+        else _waiting.Add(victim);
     }
 
     void InsertRunning(Sequence seq)

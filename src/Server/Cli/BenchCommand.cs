@@ -32,11 +32,8 @@ public static class BenchCommand
         """;
 
     static readonly HashSet<string> ValueOptions =
-    [
-        "model", "dtype", "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json",
-        "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
-    ];
-    static readonly HashSet<string> Flags = ["help"];
+        [.. GenerateCommand.EngineValueOptions, "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json"];
+    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
 
     static readonly HashSet<string> ServeValueOptions =
     [

@@ -47,19 +47,26 @@ public static class GenerateCommand
           --max-num-batched-tokens N token budget per step (default 2048)
           --max-num-seqs N           sequences running at once (default 256)
           --max-queued-requests N    waiting requests before refusing more (default 4096)
+          --max-preemptions N        recomputations one request may suffer before it fails with an error (default 32)
           --threads N                CPU threads (default: all processors)
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
           --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
         """;
 
+    /// <summary>The model and engine options every model-running command takes (parsed by <see cref="ParseEngineOptions"/>).</summary>
+    internal static readonly string[] EngineValueOptions =
+    [
+        "model", "dtype", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
+        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy",
+    ];
+    internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
+
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "prompt", "prompts-file", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "min-p",
-        "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "stop", "max-model-len", "threads",
-        "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
-        "eviction-policy",
+        .. EngineValueOptions, "prompt", "prompts-file", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "min-p",
+        "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "stop",
     ];
-    static readonly HashSet<string> Flags = ["ignore-eos", "jsonl", "help", "no-prefix-caching"];
+    static readonly HashSet<string> Flags = [.. EngineFlags, "ignore-eos", "jsonl"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -115,6 +122,7 @@ public static class GenerateCommand
         MaxNumBatchedTokens = a.Int("max-num-batched-tokens", 2048, min: 1),
         MaxNumSeqs = a.Int("max-num-seqs", 256, min: 1),
         MaxQueuedRequests = a.Int("max-queued-requests", 4096, min: 0),
+        MaxPreemptionsPerRequest = a.Int("max-preemptions", 32, min: 0),
         Threads = a.Int("threads", 0, min: 0, max: 1024),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),

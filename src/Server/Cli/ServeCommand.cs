@@ -28,10 +28,10 @@ public static class ServeCommand
 
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
-        "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
+        .. GenerateCommand.EngineValueOptions, "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout",
+        "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
     ];
-    static readonly HashSet<string> Flags = ["help"];
+    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
 
     static string? ApiKey(CliArguments a)
     {

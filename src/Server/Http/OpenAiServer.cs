@@ -634,11 +634,26 @@ public sealed class OpenAiServer : IAsyncDisposable
                         await Sse(ctx, w => CompletionChunkJson(w, id, created, model, i, results[i].Echo, null, null, tok, includeUsage)).ConfigureAwait(false);
         }
 
-        await foreach (var (i, chunk) in merged.Reader.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
+        try
+        {
+            await foreach (var (i, chunk) in merged.Reader.ReadAllAsync(ctx.RequestAborted).ConfigureAwait(false))
+                await Emit(i, chunk).ConfigureAwait(false);
+        }
+        catch (Exception e) when (stream && ctx.Response.HasStarted && e is not OperationCanceledException)
+        {
+            // A request that fails mid-stream (the engine gave it up) ends with an error event and [DONE], never silently.
+            await Sse(ctx, w => new ApiErrorException(500, e.Message, "server_error").WriteTo(w)).ConfigureAwait(false);
+            await ctx.Response.WriteAsync("data: [DONE]\n\n", ctx.RequestAborted).ConfigureAwait(false);
+            await ctx.Response.Body.FlushAsync(ctx.RequestAborted).ConfigureAwait(false);
+            ctx.Items["log"] = new RequestLog(id, 0, 0, "error");
+            return;
+        }
+
+        async Task Emit(int i, CompletionChunk chunk)
         {
             var r = results[i];
             r.Record(chunk, clock.Elapsed, _metrics!);
-            if (!stream) continue;
+            if (!stream) return;
             bool hasContent = chunk.Text.Length > 0 || chunk.Logprobs is not null;
             if (hasContent || chunk.IsFinal)
             {

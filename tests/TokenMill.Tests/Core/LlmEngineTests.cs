@@ -132,6 +132,34 @@ public class LlmEngineTests
     }
 
     [SkippableFact]
+    public async Task A_preemption_storm_is_bounded_each_request_failing_with_a_clear_error_after_its_cap()
+    {
+        using var model = LoadStories();
+        // Room for one full sequence only, and at most one recomputation per request.
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 64, NumKvBlocks = 4, MaxPreemptionsPerRequest = 1 });
+        var tasks = Prompts.Take(8).Select(p => engine.CompleteAsync(Greedy(p, maxTokens: 40))).ToList();
+        int ok = 0;
+        var errors = new List<string>();
+        foreach (var t in tasks)
+        {
+            try
+            {
+                await t;
+                ok++;
+            }
+            catch (InvalidOperationException e)
+            {
+                errors.Add(e.Message);
+            }
+        }
+        Assert.True(ok > 0, "some requests should complete");
+        Assert.NotEmpty(errors);
+        Assert.All(errors, m => Assert.Contains("preempted 2 times (--max-preemptions 1): the KV cache is too small", m));
+        Assert.True(engine.Stats.Preemptions > 0);
+        await WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0 && s.Waiting == 0);
+    }
+
+    [SkippableFact]
     public async Task A_full_waiting_queue_refuses_with_a_distinct_overloaded_error_and_loses_nothing()
     {
         using var model = LoadStories();

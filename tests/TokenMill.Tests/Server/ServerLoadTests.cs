@@ -70,6 +70,38 @@ public class ServerLoadTests
     }
 }
 
+public class ServerPreemptionStormTests
+{
+    [SkippableFact]
+    public async Task Streams_given_up_after_too_many_preemptions_end_with_an_error_event_and_done()
+    {
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"),
+            new EngineOptions { MaxModelLen = 64, NumKvBlocks = 4, MaxPreemptionsPerRequest = 1 });
+        await server.StartAsync();
+        var engine = await server.Ready;
+        engine.BeforeStepHook = () => Thread.Sleep(2); // slow steps: all streams are in flight together
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        string[] prompts = ["Lily", "Bob", "A dog", "The boat", "Mom said", "The sun was", "Max liked to eat", "The fish swam"];
+        var ends = await Task.WhenAll(prompts.Select(async p =>
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
+            {
+                Content = new StringContent(JsonSerializer.Serialize(new { prompt = p, max_tokens = 50, temperature = 0, stream = true, ignore_eos = true }),
+                    Encoding.UTF8, "application/json"),
+            };
+            using var r = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            var (events, done) = await OpenAiServerTests.ReadSse(r);
+            Assert.True(done, "every stream ends with [DONE]");
+            return events[^1].TryGetProperty("error", out var error) ? error.GetProperty("message").GetString()! : "finished";
+        }));
+        Assert.Contains("finished", ends);
+        Assert.Contains(ends, e => e.Contains("preempted 2 times", StringComparison.Ordinal));
+        await LlmEngineTests.WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0);
+        string metrics = await http.GetStringAsync("/metrics");
+        Assert.Matches(@"tokenmill:num_preemptions_total\{[^}]*\} [1-9]", metrics);
+    }
+}
+
 public class BenchServeTests
 {
     [SkippableFact]
