@@ -93,6 +93,9 @@ public sealed class Sequence
     /// <summary>A beam's top next tokens from its latest logits, kept until every live beam of its request has them; null while pending.</summary>
     internal TokenLogprob[]? BeamProposals { get; set; }
 
+    /// <summary>A beam whose proposals are in: it needs no computing, even if preempted, until its request takes the next step.</summary>
+    internal bool Parked => BeamProposals is not null;
+
     /// <summary><see cref="TokenAt"/> as a delegate made once (the KV cache manager hashes blocks through it every step).</summary>
     internal Func<int, int> TokenAtFunc { get; }
 

@@ -135,6 +135,23 @@ public class BeamSearchEngineTests
     }
 
     [SkippableFact]
+    public async Task Wide_beams_on_the_smallest_kv_cache_finish_and_give_every_block_back()
+    {
+        using var model = LoadStories();
+        CompletionResult[][] roomy;
+        using (var alone = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 }))
+            roomy = await Task.WhenAll(LlmEngineTests.Prompts.Take(3).Select(p => alone.CompleteChoicesAsync(Beam(p, width: 6, n: 1, maxTokens: 90))));
+
+        // 8 blocks of 16 tokens hold one 128-token sequence: six beams each, three requests at once, must take turns.
+        using var tiny = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 8, MaxNumBatchedTokens = 32 });
+        var results = await Task.WhenAll(LlmEngineTests.Prompts.Take(3).Select(p => tiny.CompleteChoicesAsync(Beam(p, width: 6, n: 1, maxTokens: 90))))
+            .WaitAsync(TimeSpan.FromSeconds(120));
+        for (int i = 0; i < 3; i++) Assert.Equal(roomy[i][0].TokenIds, results[i][0].TokenIds);
+        Assert.True(tiny.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+        await AssertAllBlocksBack(tiny);
+    }
+
+    [SkippableFact]
     public async Task Beams_stream_one_final_chunk_per_hypothesis_and_cancelling_mid_search_frees_everything()
     {
         using var model = LoadStories();
