@@ -471,10 +471,15 @@ public sealed class OpenAiServer : IAsyncDisposable
         int room = Math.Max(1, engine.MaxModelLen - ids.Length);
         var sampling = ParseSampling(b, defaultMaxTokens: room, maxTokens) with { Logprobs = logprobs ? topLogprobs ?? 0 : null };
         int priority = b.Int("priority") ?? 0;
+        var (beamWidth, lengthPenalty) = ParseBeamSearch(b, n);
 
         var choices = new List<(GenerationRequest, string)>
         {
-            (new GenerationRequest { PromptTokenIds = ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt") }, ""),
+            (new GenerationRequest
+            {
+                PromptTokenIds = ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt"),
+                BeamWidth = beamWidth, LengthPenalty = lengthPenalty,
+            }, ""),
         };
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: true).ConfigureAwait(false);

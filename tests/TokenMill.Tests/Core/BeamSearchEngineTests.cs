@@ -181,6 +181,36 @@ public class BeamSearchEngineTests
     }
 
     [SkippableFact]
+    public async Task A_fault_in_one_beam_fails_the_whole_request_and_frees_every_beam()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        engine.BeforeSampleHook = seq =>
+        {
+            if (seq.RequestId == "doomed" && seq.OutputTokens.Count == 6) throw new InvalidOperationException("injected fault");
+        };
+        var mate = engine.CompleteChoicesAsync(Beam("Lily", width: 3, n: 3, maxTokens: 20));
+        var doomed = engine.CompleteChoicesAsync(Beam("Once upon a time", width: 4, n: 2, maxTokens: 20) with { RequestId = "doomed" });
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => doomed);
+        Assert.Contains("injected fault", error.Message);
+        Assert.Equal(3, (await mate).Length);
+        await AssertAllBlocksBack(engine);
+    }
+
+    [SkippableFact]
+    public async Task Shutting_down_aborts_a_beam_search_in_flight()
+    {
+        using var model = LoadStories();
+        var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        engine.BeforeStepHook = () => Thread.Sleep(5);
+        long steps = engine.Stats.Steps;
+        var choices = engine.CompleteChoicesAsync(Beam("Once upon a time", width: 4, n: 2, maxTokens: 100));
+        await LlmEngineTests.WaitFor(() => engine.Stats.Steps > steps + 5);
+        engine.Dispose();
+        Assert.All(await choices.WaitAsync(TimeSpan.FromSeconds(10)), c => Assert.Equal(FinishReason.Abort, c.FinishReason));
+    }
+
+    [SkippableFact]
     public void Beam_requests_out_of_range_are_refused_with_the_parameter()
     {
         using var model = LoadStories();

@@ -261,6 +261,31 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
         var (c3, b3) = await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""");
         Assert.Equal(HttpStatusCode.BadRequest, c3);
         Assert.Equal("top_logprobs", b3.GetProperty("error").GetProperty("param").GetString());
+        var (c4, b4) = await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"use_beam_search":true,"beam_width":1,"n":2}""");
+        Assert.Equal(HttpStatusCode.BadRequest, c4);
+        Assert.Equal("n", b4.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    [SkippableFact]
+    public async Task Chat_beam_search_returns_n_choices_in_one_final_content_delta_each()
+    {
+        fx.SkipIfAbsent();
+        const string Body = """{"messages":[{"role":"user","content":"Tell me a story."}],"max_tokens":8,"ignore_eos":true,"use_beam_search":true,"beam_width":2,"n":2""";
+        var (status, body) = await Post("/v1/chat/completions", Body + "}");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var texts = body.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("message").GetProperty("content").GetString()).ToList();
+        Assert.Equal(2, texts.Distinct().Count());
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = Json(Body + ""","stream":true}""") };
+        using var response = await fx.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var (events, done) = await ReadSse(response);
+        Assert.True(done);
+        for (int i = 0; i < 2; i++)
+        {
+            var content = events.Select(e => e.GetProperty("choices")[0]).Where(c => c.GetProperty("index").GetInt32() == i)
+                .Select(c => c.GetProperty("delta").TryGetProperty("content", out var t) ? t.GetString() : null).Where(t => !string.IsNullOrEmpty(t)).ToList();
+            Assert.Equal([texts[i]], content); // the whole text at once, at the end
+        }
     }
 
     [SkippableFact]
