@@ -29,8 +29,21 @@ public sealed record GenerationRequest
     /// <summary>Prefix-cache salt (vLLM's <c>cache_salt</c>): cached blocks are shared only among requests with the same salt.</summary>
     public string? CacheSalt { get; init; }
 
+    /// <summary>
+    /// Beam search with this many beams (vLLM's <c>use_beam_search</c> with <c>beam_width</c>); null samples as
+    /// <see cref="Sampling"/> says. Beam search is deterministic: temperature, top-k/p, min-p, penalties, logit bias and seed
+    /// do not apply. The request returns its <see cref="N"/> (≤ width) best hypotheses, each as one final chunk.
+    /// </summary>
+    public int? BeamWidth { get; init; }
+
+    /// <summary>Exponent of the length in a beam hypothesis's score <c>cum_logprob / length ** LengthPenalty</c> (beam search only).</summary>
+    public float LengthPenalty { get; init; } = 1f;
+
     /// <summary>Most forks one request may ask for: enough for best-of sampling, small enough that one request cannot fill the batch.</summary>
     public const int MaxN = 128;
+
+    /// <summary>Most beams one request may ask for (vLLM's server allows as many; each beam is a running sequence).</summary>
+    public const int MaxBeamWidth = 32;
 }
 
 /// <summary>Why a request ended.</summary>
@@ -47,6 +60,7 @@ public static class FinishReason
 /// first ran, <see cref="QueueTime"/>). Token counts are running totals.
 /// <see cref="CachedPromptTokens"/> is how many prompt tokens came from the prefix cache
 /// (<c>usage.prompt_tokens_details.cached_tokens</c>); <see cref="Index"/> is the choice (fork) of a request with <c>n &gt; 1</c>.
+/// A beam-search request sends one chunk per returned hypothesis, final, with its whole text, tokens and <see cref="CumulativeLogprob"/>.
 /// </summary>
 public sealed record CompletionChunk(
     string RequestId,
@@ -59,7 +73,8 @@ public sealed record CompletionChunk(
     string? StopReason = null,
     int CachedPromptTokens = 0,
     int Index = 0,
-    TimeSpan? QueueTime = null)
+    TimeSpan? QueueTime = null,
+    double? CumulativeLogprob = null)
 {
     public bool IsFinal => FinishReason is not null;
 }
@@ -74,4 +89,5 @@ public sealed record CompletionResult(
     int CompletionTokens,
     IReadOnlyList<SampledToken>? Logprobs,
     int CachedPromptTokens = 0,
-    int Index = 0);
+    int Index = 0,
+    double? CumulativeLogprob = null);

@@ -171,7 +171,7 @@ public sealed class LlmEngine : IDisposable
         {
             if (last[i] is not { FinishReason: { } finish } end) throw new InvalidOperationException($"choice {i} of the request's stream ended without a finish reason");
             results[i] = new CompletionResult(end.RequestId, text[i].ToString(), [.. ids[i]], finish, end.PromptTokens, end.CompletionTokens, logprobs[i],
-                end.CachedPromptTokens, i);
+                end.CachedPromptTokens, i, end.CumulativeLogprob);
         }
         return results;
     }
@@ -213,18 +213,41 @@ public sealed class LlmEngine : IDisposable
                 $"this model's maximum context length is {MaxModelLen} tokens; the request asks for {prompt.Length + sampling.MaxTokens} " +
                 $"({prompt.Length} in the prompt, {sampling.MaxTokens} for the completion)", param: "max_tokens");
 
+        var beam = request.BeamWidth is null ? null : CreateBeamSearch(request, sampling);
+
         long id = Interlocked.Increment(ref _nextId);
         var channel = Channel.CreateUnbounded<CompletionChunk>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         reader = channel.Reader;
-        var group = request.N > 1 ? new SequenceGroup(request.N) : null;
+        var group = beam is not null ? new SequenceGroup(beam.Width) { Beam = beam, Choices = request.N }
+            : request.N > 1 ? new SequenceGroup(request.N) : null;
         var seq = new Sequence(id, request.RequestId ?? $"req-{id}", prompt, sampling, request.Priority, id,
             new Sampler(sampling, prompt), new IncrementalDetokenizer(_model.Tokenizer, sampling.Stop), channel.Writer)
         {
             CacheSalt = KvCacheManager.SaltOf(request.CacheSalt),
             Group = group,
         };
-        group?.Forks.Add(seq);
+        if (group is not null)
+        {
+            group.Root = seq;
+            group.Forks.Add(seq);
+        }
         return seq;
+    }
+
+    BeamSearch CreateBeamSearch(GenerationRequest request, SamplingParams p)
+    {
+        int width = request.BeamWidth!.Value;
+        if (width is < 1 or > GenerationRequest.MaxBeamWidth)
+            throw new InvalidRequestException($"beam_width must be in [1, {GenerationRequest.MaxBeamWidth}], got {width}", param: "beam_width");
+        if (request.N > width)
+            throw new InvalidRequestException($"n ({request.N}) must not exceed beam_width ({width}): beam search returns at most its width of hypotheses", param: "n");
+        if (!float.IsFinite(request.LengthPenalty))
+            throw new InvalidRequestException($"length_penalty must be finite, got {request.LengthPenalty}", param: "length_penalty");
+        // Hypotheses are only known at the end and scored on the raw distribution: per-token logprobs and stop strings have no sound meaning here.
+        if (p.Logprobs is not null) throw new InvalidRequestException("logprobs are not supported with beam search", param: "logprobs");
+        if (p.Stop.Count > 0) throw new InvalidRequestException("stop strings are not supported with beam search (stop_token_ids are)", param: "stop");
+        var stopIds = p.StopTokenIds.ToHashSet();
+        return new BeamSearch(width, request.LengthPenalty, p.MaxTokens, t => (!p.IgnoreEos && _eog.Contains(t)) || stopIds.Contains(t));
     }
 
     /// <summary>Forks 1..n-1 of a request whose fork 0 has just computed the prompt: they share its blocks and sample from the same logits.</summary>
@@ -276,7 +299,8 @@ public sealed class LlmEngine : IDisposable
         while (_incoming.TryDequeue(out var seq))
             if (seq.Status != SequenceStatus.Finished) _scheduler.Add(seq);
         while (_aborts.TryDequeue(out var seq))
-            foreach (var fork in seq.Group?.Forks.ToList() ?? [seq])
+            if (seq.Group is { Beam: not null } beams) EndBeamSearch(beams, aborted: true);
+            else foreach (var fork in seq.Group?.Forks.ToList() ?? [seq])
                 if (fork.Status != SequenceStatus.Finished) Finish(fork, FinishReason.Abort);
     }
 
@@ -320,6 +344,7 @@ public sealed class LlmEngine : IDisposable
         }
 
         int row = 0;
+        List<SequenceGroup>? beamGroups = null;
         foreach (var w in work.ToList())
         {
             var seq = w.Sequence;
@@ -329,7 +354,13 @@ public sealed class LlmEngine : IDisposable
             try
             {
                 BeforeSampleHook?.Invoke(seq);
-                if (seq.Group is { Forked: false } group)
+                if (seq.Group is { Beam: { } beam } beams)
+                {
+                    var p = seq.Sampling;
+                    seq.BeamProposals = BeamSearch.Propose(logits, beam.ProposalCount, beam.Length < p.MinTokens ? SuppressedBeforeMinTokens(p) : null);
+                    (beamGroups ??= []).Add(beams);
+                }
+                else if (seq.Group is { Forked: false } group)
                 {
                     ForkGroup(seq, group);
                     foreach (var fork in group.Forks.ToList()) SampleAndPublish(fork, logits);
@@ -345,7 +376,136 @@ public sealed class LlmEngine : IDisposable
                 Fail(seq, e); // a request with forks fails as a whole
             }
         }
+        // Beams advance together once every live beam has its proposals: after the loop, so that no sequence
+        // of this step's work changes (forks, drops, new tokens) while the loop still reads it.
+        foreach (var group in beamGroups?.Distinct() ?? [])
+        {
+            if (group.Ended || group.Forks.Any(b => b.BeamProposals is null)) continue;
+            try
+            {
+                BeamStep(group);
+            }
+            catch (Exception e)
+            {
+                Fail(group.Root!, e);
+            }
+        }
         return true;
+    }
+
+    /// <summary>
+    /// One step of a beam-search request: the search picks the next beams; a beam continued once goes on as the same
+    /// sequence, one continued more often is forked (sharing its blocks, copy-on-write), and one not continued is
+    /// dropped and gives its blocks back at once.
+    /// </summary>
+    void BeamStep(SequenceGroup group)
+    {
+        var search = group.Beam!;
+        var beams = group.Forks.ToList();
+        var proposals = new IReadOnlyList<TokenLogprob>[beams.Count];
+        for (int i = 0; i < beams.Count; i++)
+        {
+            proposals[i] = beams[i].BeamProposals!;
+            beams[i].BeamProposals = null;
+        }
+        var next = search.Step(proposals);
+        group.Forked = true; // from now on a preempted beam is re-admitted alone
+
+        // Forks first, while every parent still has exactly the tokens the search continued from.
+        var continued = new bool[beams.Count];
+        var live = new List<Sequence>(next.Count);
+        foreach (var c in next)
+        {
+            var parent = beams[c.Parent];
+            if (!continued[c.Parent])
+            {
+                continued[c.Parent] = true;
+                live.Add(parent);
+                continue;
+            }
+            var child = ForkBeam(parent, group);
+            group.Forks.Add(child); // owned by the request from now on, so that a failure frees it too
+            live.Add(child);
+        }
+        for (int i = 0; i < beams.Count; i++)
+            if (!continued[i]) DropBeam(beams[i]);
+        for (int i = 0; i < live.Count; i++) live[i].AppendToken(next[i].Token);
+        group.Forks.Clear();
+        group.Forks.AddRange(live);
+        if (search.IsDone) EndBeamSearch(group, aborted: false);
+    }
+
+    Sequence ForkBeam(Sequence parent, SequenceGroup group)
+    {
+        long id = Interlocked.Increment(ref _nextId);
+        // Beams never sample or stream on their own: the parent's sampler and detokenizer are shared unused.
+        var child = new Sequence(id, parent.RequestId, parent.PromptTokens, parent.Sampling, parent.Priority, parent.Arrival,
+            parent.Sampler, parent.Detokenizer, parent.Output)
+        {
+            CacheSalt = parent.CacheSalt,
+            Group = group,
+            LeftQueue = true,
+        };
+        child.CopyOutputFrom(parent);
+        if (parent.Status == SequenceStatus.Running)
+        {
+            _scheduler.Fork(parent, child);
+        }
+        else
+        {
+            // The parent was preempted after its logits came: the child, like it, recomputes (prefix caching may spare most of it).
+            child.Started = true;
+            child.CachedPromptTokens = parent.CachedPromptTokens;
+            _scheduler.Add(child);
+        }
+        return child;
+    }
+
+    void DropBeam(Sequence beam)
+    {
+        if (beam.Status == SequenceStatus.Finished) return;
+        LeaveQueue(beam);
+        _scheduler.Remove(beam);
+        beam.Status = SequenceStatus.Finished;
+    }
+
+    /// <summary>Ends a beam-search request: every live beam goes, then one final chunk per returned hypothesis (or per choice, aborted).</summary>
+    void EndBeamSearch(SequenceGroup group, bool aborted)
+    {
+        if (group.Ended) return;
+        group.Ended = true;
+        var root = group.Root!;
+        LeaveQueue(root);
+        foreach (var beam in group.Forks) DropBeam(beam);
+        DropBeam(root);
+        group.Forks.Clear();
+        TimeSpan? queueTime = root.FirstScheduledAt == 0 ? null : System.Diagnostics.Stopwatch.GetElapsedTime(root.SubmittedAt, root.FirstScheduledAt);
+        int prompt = root.PromptTokens.Length;
+        if (aborted)
+        {
+            for (int i = 0; i < group.Choices; i++)
+                root.Output?.TryWrite(new CompletionChunk(root.RequestId, "", [], null, FinishReason.Abort, prompt, 0, null, root.CachedPromptTokens, i, queueTime));
+        }
+        else
+        {
+            var best = group.Beam!.Finished;
+            for (int i = 0; i < Math.Min(group.Choices, best.Count); i++)
+            {
+                var h = best[i];
+                // An end token (end of generation or a stop token id) is in the token ids but not in the text, as for sampled requests.
+                int textTokens = h.FinishReason == FinishReason.Stop ? h.Tokens.Length - 1 : h.Tokens.Length;
+                string? stopReason = h.FinishReason == FinishReason.Stop ? h.Tokens[^1].ToString(System.Globalization.CultureInfo.InvariantCulture) : null;
+                var detokenizer = new IncrementalDetokenizer(_model.Tokenizer);
+                var text = new System.Text.StringBuilder();
+                for (int t = 0; t < textTokens; t++) text.Append(detokenizer.Add(h.Tokens[t], checkStops: false));
+                text.Append(detokenizer.Flush());
+                root.Output?.TryWrite(new CompletionChunk(root.RequestId, text.ToString(), h.Tokens, null, h.FinishReason, prompt, h.Tokens.Length,
+                    stopReason, root.CachedPromptTokens, i, queueTime, h.CumulativeLogprob));
+            }
+        }
+        _finished++;
+        root.Output?.TryComplete();
+        root.CancellationRegistration.Dispose();
     }
 
     /// <summary>Test hook: runs on the engine thread before every step (e.g. to slow steps down).</summary>
@@ -397,6 +557,11 @@ public sealed class LlmEngine : IDisposable
     void Finish(Sequence seq, string reason, string? stopReason = null)
     {
         if (seq.Status == SequenceStatus.Finished) return;
+        if (seq.Group is { Beam: not null } beams)
+        {
+            EndBeamSearch(beams, aborted: true); // beams end only as a whole (Finish reaches them on shutdown)
+            return;
+        }
         LeaveQueue(seq);
         _scheduler.Remove(seq);
         seq.Status = SequenceStatus.Finished;
@@ -406,7 +571,7 @@ public sealed class LlmEngine : IDisposable
         if (seq.Group is { } group && group.Forks.Any(f => f.Status != SequenceStatus.Finished)) return; // the stream ends with the last fork
         _finished++;
         seq.Output?.TryComplete();
-        (seq.Group?.Forks[0] ?? seq).CancellationRegistration.Dispose();
+        (seq.Group?.Root ?? seq).CancellationRegistration.Dispose();
     }
 
     /// <summary>A request counts against --max-queued-requests from submission until it first runs or ends.</summary>
@@ -419,7 +584,16 @@ public sealed class LlmEngine : IDisposable
 
     void Fail(Sequence seq, Exception error)
     {
-        if (seq.Status == SequenceStatus.Finished) return;
+        if (seq.Group is { Beam: not null } beams)
+        {
+            if (beams.Ended) return;
+            beams.Ended = true;
+            LeaveQueue(beams.Root!);
+        }
+        else if (seq.Status == SequenceStatus.Finished)
+        {
+            return;
+        }
         // A failed fork fails its whole request: the stream ends with the error for every choice.
         foreach (var fork in seq.Group?.Forks ?? [seq])
         {
@@ -430,7 +604,7 @@ public sealed class LlmEngine : IDisposable
         }
         _finished++;
         seq.Output?.TryComplete(new InvalidOperationException($"request {seq.RequestId} failed in the engine: {error.Message}", error));
-        (seq.Group?.Forks[0] ?? seq).CancellationRegistration.Dispose();
+        (seq.Group?.Root ?? seq).CancellationRegistration.Dispose();
     }
 
     void PublishStats() => _stats = new EngineStats(_scheduler.Running.Count, _scheduler.Waiting.Count, _kv.FreeBlockCount, _kv.BlockCount,

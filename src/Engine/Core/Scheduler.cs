@@ -122,9 +122,31 @@ public sealed class Scheduler
         }
 
         // Admitting new work in the same step that had to preempt would only thrash.
-        while (!preempted && budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
+        if (!preempted) Admit(ref budget);
+
+        // Beams that wait for their siblings' logits hold blocks and compute nothing: when nothing can run otherwise,
+        // they make room (the newest first), so a beam that is still to compute is never shut out for good.
+        while (_scheduled.Count == 0 && _waiting.Any(s => !s.Parked) && _running.LastOrDefault(s => s.ComputedTokens == s.TotalTokens) is { } idle)
         {
-            var seq = _waiting.Min!;
+            Preempt(idle);
+            Admit(ref budget);
+        }
+        return _scheduled;
+    }
+
+    void Admit(ref int budget)
+    {
+        while (budget > 0 && _running.Count < _maxSeqs && _waiting.Count > 0)
+        {
+            // A parked beam (its logits are in, its siblings' not yet) has nothing to do until its request steps.
+            Sequence? seq = null;
+            foreach (var s in _waiting)
+                if (!s.Parked)
+                {
+                    seq = s;
+                    break;
+                }
+            if (seq is null) break;
             // A request with n > 1 will fork into n running sequences: room for all of them (or it runs alone).
             int width = seq.Group is { Forked: false } group ? group.N : 1;
             if (_running.Count > 0 && _running.Count + width > _maxSeqs) break;
@@ -145,7 +167,6 @@ public sealed class Scheduler
             _scheduled.Add(new ScheduledSequence(seq, seq.ComputedTokens, n));
             budget -= n;
         }
-        return _scheduled;
     }
 
     void Preempt(Sequence victim)

@@ -87,6 +87,15 @@ public sealed class Sequence
 
     internal void AppendToken(int token) => _output.Add(token);
 
+    /// <summary>Starts a forked beam with its parent's generated tokens.</summary>
+    internal void CopyOutputFrom(Sequence parent) => _output.AddRange(parent._output);
+
+    /// <summary>A beam's top next tokens from its latest logits, kept until every live beam of its request has them; null while pending.</summary>
+    internal TokenLogprob[]? BeamProposals { get; set; }
+
+    /// <summary>A beam whose proposals are in: it needs no computing, even if preempted, until its request takes the next step.</summary>
+    internal bool Parked => BeamProposals is not null;
+
     /// <summary><see cref="TokenAt"/> as a delegate made once (the KV cache manager hashes blocks through it every step).</summary>
     internal Func<int, int> TokenAtFunc { get; }
 
@@ -98,9 +107,23 @@ public sealed class Sequence
 /// from it when it samples its first token (sharing every prompt block), and the request's stream
 /// ends when the last fork ends.
 /// </summary>
+/// <para>
+/// A beam-search request is a group too: <see cref="N"/> is its width (room the scheduler keeps for it),
+/// <see cref="Forks"/> its live beams in the order of <see cref="Beam"/>'s, and <see cref="Choices"/> how many hypotheses it returns.
+/// </para>
 internal sealed class SequenceGroup(int n)
 {
     public int N { get; } = n;
+
+    /// <summary>The request's first sequence: it holds the cancellation registration.</summary>
+    public Sequence? Root { get; set; }
+
+    public BeamSearch? Beam { get; init; }
+    public int Choices { get; init; } = n;
+
+    /// <summary>Whether the request has ended (beam search: its live beams may all be gone before).</summary>
+    public bool Ended { get; set; }
+
     public List<Sequence> Forks { get; } = [];
     public bool Forked { get; set; }
     public int Finished { get; set; }

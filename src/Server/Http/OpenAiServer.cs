@@ -414,15 +414,38 @@ public sealed class OpenAiServer : IAsyncDisposable
         bool echo = b.Bool("echo") ?? false;
         var sampling = ParseSampling(b, defaultMaxTokens: 16, b.Int("max_tokens", 1, int.MaxValue)) with { Logprobs = logprobs };
         int priority = b.Int("priority") ?? 0;
+        var (beamWidth, lengthPenalty) = ParseBeamSearch(b, n);
 
-        // One engine request per prompt; its n choices are forks sharing the prompt's KV blocks (seed + i each).
+        // One engine request per prompt; its n choices are forks sharing the prompt's KV blocks (seed + i each),
+        // or with beam search its n best hypotheses (streamed as one final chunk each, when the search ends).
         var choices = prompts.Select(p => (new GenerationRequest
         {
             PromptTokenIds = p.Ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt"),
+            BeamWidth = beamWidth, LengthPenalty = lengthPenalty,
         }, echo ? p.Text : "")).ToList();
 
         string id = "cmpl-" + Guid.NewGuid().ToString("N");
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: false).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// vLLM's beam-search extras: <c>use_beam_search</c>, <c>beam_width</c> (default: <c>n</c>, as vLLM's <c>best_of</c> defaulted to it)
+    /// and <c>length_penalty</c> (default 1). Beam fields without <c>use_beam_search</c> are refused rather than silently ignored.
+    /// </summary>
+    static (int? Width, float LengthPenalty) ParseBeamSearch(JsonRequest b, int n)
+    {
+        bool on = b.Bool("use_beam_search") ?? false;
+        int? width = b.Int("beam_width", 1, GenerationRequest.MaxBeamWidth);
+        double? lengthPenalty = b.Number("length_penalty", -100, 100);
+        if (!on)
+        {
+            if (width is not null) throw ApiErrorException.BadRequest("'beam_width' needs 'use_beam_search': true", "beam_width");
+            if (lengthPenalty is not null) throw ApiErrorException.BadRequest("'length_penalty' needs 'use_beam_search': true", "length_penalty");
+            return (null, 1f);
+        }
+        width ??= n;
+        if (n > width) throw ApiErrorException.BadRequest($"'n' ({n}) must not exceed 'beam_width' ({width}) with beam search", "n");
+        return (width, (float)(lengthPenalty ?? 1.0));
     }
 
     /// <summary>OpenAI's prompt forms: a string, a list of strings, a list of token ids, or a list of lists of token ids.</summary>
@@ -491,10 +514,15 @@ public sealed class OpenAiServer : IAsyncDisposable
         int room = Math.Max(1, engine.MaxModelLen - ids.Length);
         var sampling = ParseSampling(b, defaultMaxTokens: room, maxTokens) with { Logprobs = logprobs ? topLogprobs ?? 0 : null };
         int priority = b.Int("priority") ?? 0;
+        var (beamWidth, lengthPenalty) = ParseBeamSearch(b, n);
 
         var choices = new List<(GenerationRequest, string)>
         {
-            (new GenerationRequest { PromptTokenIds = ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt") }, ""),
+            (new GenerationRequest
+            {
+                PromptTokenIds = ids, Sampling = sampling, Priority = priority, N = n, CacheSalt = b.String("cache_salt"),
+                BeamWidth = beamWidth, LengthPenalty = lengthPenalty,
+            }, ""),
         };
         string id = "chatcmpl-" + Guid.NewGuid().ToString("N");
         await Run(ctx, engine, id, choices, stream, includeUsage, chat: true).ConfigureAwait(false);

@@ -7,7 +7,8 @@ using TokenMill.Tokenization;
 namespace TokenMill.Tests.Core;
 
 /// <summary>
-/// The scheduler and KV cache manager with prefix caching and forks (n &gt; 1) under random arrivals,
+/// The scheduler and KV cache manager with prefix caching, forks (n &gt; 1) and beam groups (beams parked until
+/// their siblings' logits are in, then forked or dropped) under random arrivals,
 /// aborts and preemptions, against a shadow KV store that records which (token, position) each slot
 /// holds: every sequence must read exactly its own tokens, a shared or cached block is never written
 /// in place, reference counts equal the owners, and every block comes back.
@@ -25,12 +26,12 @@ public class PrefixCachePropertyTests
             .Select(t => new Op(t.Item1, t.Item2, t.Item3, t.Item4, t.Item5, t.Item6, t.Item7, t.Item8));
 
     // Summed over all runs (CsCheck runs them on several threads) to show the generator reaches what the invariants are about.
-    static long s_hitTokens, s_copies, s_evictions, s_forks;
+    static long s_hitTokens, s_copies, s_evictions, s_forks, s_beamSteps, s_beamDrops, s_parkedWaiting;
 
     [Fact]
     public void Shared_blocks_are_never_written_in_place_and_every_sequence_reads_its_own_tokens()
     {
-        s_hitTokens = s_copies = s_evictions = s_forks = 0;
+        s_hitTokens = s_copies = s_evictions = s_forks = s_beamSteps = s_beamDrops = s_parkedWaiting = 0;
         Gen.Select(GenOp.Array[1, 150], Gen.Int[2, 6], Gen.Int[4, 30], Gen.Int[1, 6], Gen.Int[4, 48], Gen.Int[0, 3])
             .Sample((ops, blockSize, blocks, maxSeqs, budget, policy) =>
                 Run(ops, blockSize, blocks, maxSeqs, budget, EvictionPolicies.Names[policy]), iter: 300);
@@ -39,6 +40,8 @@ public class PrefixCachePropertyTests
         Assert.True(s_copies > 0, "no copy-on-write in any run");
         Assert.True(s_evictions > 0, "no eviction in any run");
         Assert.True(s_forks > 0, "no fork in any run");
+        Assert.True(s_beamSteps > 0 && s_beamDrops > 0, "no beam step that dropped a beam in any run");
+        Assert.True(s_parkedWaiting > 0, "no parked beam was ever preempted");
     }
 
     [Fact]
@@ -127,19 +130,29 @@ public class PrefixCachePropertyTests
         Array.Fill(shadow, (0UL, -1));
         var live = new List<Sequence>();
         var pendingForks = new Dictionary<Sequence, int>();
+        var beamOf = new Dictionary<Sequence, List<Sequence>>(); // a beam → its request's live beams (width = Group.N)
         var ended = new Dictionary<long, int>();
         long nextId = 0;
 
-        Sequence Make(int[] prompt, int maxTokens, int priority, long arrival)
+        Sequence Make(int[] prompt, int maxTokens, int priority, long arrival, SequenceGroup? group = null)
         {
             var sampling = new SamplingParams { MaxTokens = maxTokens, Temperature = 0 };
-            var s = new Sequence(nextId, $"r{nextId}", prompt, sampling, priority, arrival, new Sampler(sampling), new IncrementalDetokenizer(Tok), null);
+            var s = new Sequence(nextId, $"r{nextId}", prompt, sampling, priority, arrival, new Sampler(sampling), new IncrementalDetokenizer(Tok), null)
+            {
+                Group = group,
+            };
             nextId++;
             return s;
         }
 
         void End(Sequence s)
         {
+            if (s.Status == SequenceStatus.Finished) return;
+            if (beamOf.Remove(s, out var beams))
+            {
+                beams.Remove(s);
+                foreach (var b in beams.ToList()) End(b); // a beam request ends as a whole
+            }
             scheduler.Remove(s);
             s.Status = SequenceStatus.Finished;
             live.Remove(s);
@@ -147,10 +160,54 @@ public class PrefixCachePropertyTests
             ended[s.Id] = ended.GetValueOrDefault(s.Id) + 1;
         }
 
+        // What the engine does when every live beam has its logits: continue each beam 0–2 times (at most the width in all),
+        // forking a beam continued twice and dropping one not continued; every beam gets its own next token.
+        void BeamStep(List<Sequence> beams)
+        {
+            var old = beams.ToList();
+            int width = old[0].Group!.N;
+            var counts = old.Select(b => (int)((b.Id * 7 + b.OutputTokens.Count * 3) % 3)).ToArray();
+            if (counts.Sum() == 0) counts[0] = 1;
+            for (int i = old.Count - 1; i >= 0 && counts.Sum() > width; i--) counts[i] = Math.Max(0, counts[i] - (counts.Sum() - width));
+            beams.Clear();
+            for (int i = 0; i < old.Count; i++)
+            {
+                var parent = old[i];
+                if (counts[i] > 0) beams.Add(parent);
+                for (int c = 1; c < counts[i]; c++)
+                {
+                    var child = Make(parent.PromptTokens, parent.Sampling.MaxTokens, parent.Priority, parent.Arrival, parent.Group);
+                    child.CopyOutputFrom(parent);
+                    if (parent.Status == SequenceStatus.Running) scheduler.Fork(parent, child);
+                    else scheduler.Add(child);
+                    live.Add(child);
+                    beams.Add(child);
+                    beamOf[child] = beams;
+                }
+            }
+            foreach (var b in old)
+            {
+                b.BeamProposals = null;
+                if (beams.Contains(b)) continue;
+                beamOf.Remove(b);
+                scheduler.Remove(b);
+                b.Status = SequenceStatus.Finished;
+                live.Remove(b);
+                ended[b.Id] = ended.GetValueOrDefault(b.Id) + 1;
+                Interlocked.Increment(ref s_beamDrops);
+            }
+            old[0].Group!.Forked = true; // from now on a preempted beam is re-admitted alone, as in the engine
+            Interlocked.Increment(ref s_beamSteps);
+            foreach (var b in beams) b.AppendToken((int)((b.Id * 37 + b.OutputTokens.Count * 11) % 256));
+            if (beams[0].OutputTokens.Count >= beams[0].Sampling.MaxTokens) End(beams[0]);
+        }
+
         void Step()
         {
             var work = scheduler.Schedule().ToList();
             Assert.True(work.Sum(w => w.TokenCount) <= budget, "step exceeds the token budget");
+            // Nothing scheduled while work waits would hang the engine (it sleeps until a request arrives).
+            Assert.True(work.Count > 0 || !scheduler.HasWork, "the scheduler scheduled nothing while sequences wait");
             foreach (var copy in kv.PendingCopies)
             {
                 Interlocked.Increment(ref s_copies);
@@ -171,11 +228,18 @@ public class PrefixCachePropertyTests
                     shadow[kv.Slot(s.Id, p)] = (PrefixHash(s, p), p);
                 }
             }
+            var readyBeams = new List<List<Sequence>>();
             foreach (var w in work)
             {
                 var s = w.Sequence;
                 s.ComputedTokens = w.Start + w.TokenCount;
                 if (!w.SamplesNext) continue;
+                if (beamOf.TryGetValue(s, out var beams))
+                {
+                    s.BeamProposals = []; // parked until every beam of its request has its logits
+                    if (!readyBeams.Contains(beams)) readyBeams.Add(beams);
+                    continue;
+                }
                 var forks = new List<Sequence> { s };
                 if (pendingForks.Remove(s, out int n))
                     for (int i = 1; i < n; i++)
@@ -193,6 +257,8 @@ public class PrefixCachePropertyTests
                     if (f.OutputTokens.Count >= f.Sampling.MaxTokens) End(f);
                 }
             }
+            foreach (var beams in readyBeams)
+                if (beams.Count > 0 && beams.All(b => b.Parked)) BeamStep(beams);
             Check();
         }
 
@@ -204,6 +270,7 @@ public class PrefixCachePropertyTests
                 var table = kv.BlockTable(s.Id);
                 foreach (int b in table) owners[b]++;
                 if (s.Status == SequenceStatus.Waiting) Assert.Empty(table);
+                if (s.Status == SequenceStatus.Waiting && s.Parked) Interlocked.Increment(ref s_parkedWaiting);
                 for (int p = 0; p < s.ComputedTokens; p++)
                     Assert.True(shadow[kv.Slot(s.Id, p)] == (PrefixHash(s, p), p), $"{s} reads someone else's key/value at position {p}");
             }
@@ -221,9 +288,11 @@ public class PrefixCachePropertyTests
                     // three tokens, so later blocks repeat across families under different prefixes. The tail is the request's own.
                     var prompt = Enumerable.Range(0, op.Shared).Select(i => ((i < 3 ? op.Family * 31 : 0) + i * 7) % 256)
                         .Concat(Enumerable.Range(0, op.Tail).Select(i => (int)((nextId * 13 + i * 5) % 256))).ToArray();
-                    var seq = Make(prompt, op.MaxTokens, op.Priority, nextId);
+                    bool beam = op.Forks > 1 && op.Pick % 2 == 0; // half the wide requests are beam searches of that width
+                    var seq = Make(prompt, op.MaxTokens, op.Priority, nextId, beam ? new SequenceGroup(op.Forks + 1) : null);
                     live.Add(seq);
-                    if (op.Forks > 1) pendingForks[seq] = op.Forks;
+                    if (beam) beamOf[seq] = [seq];
+                    else if (op.Forks > 1) pendingForks[seq] = op.Forks;
                     scheduler.Add(seq);
                     break;
                 case 1 when live.Count > 0:

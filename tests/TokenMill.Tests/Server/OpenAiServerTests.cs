@@ -113,6 +113,33 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
     }
 
     [SkippableFact]
+    public async Task Beam_search_completions_return_the_best_hypotheses_and_stream_one_final_chunk_each()
+    {
+        fx.SkipIfAbsent();
+        const string Body = """{"prompt":"Once upon a time","max_tokens":12,"ignore_eos":true,"use_beam_search":true,"beam_width":3,"n":2,"length_penalty":1.0""";
+        var (status, body) = await Post("/v1/completions", Body + "}");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choices = body.GetProperty("choices").EnumerateArray().ToList();
+        Assert.Equal([0, 1], choices.Select(c => c.GetProperty("index").GetInt32()));
+        Assert.All(choices, c => Assert.Equal("length", c.GetProperty("finish_reason").GetString()));
+        Assert.NotEqual(choices[0].GetProperty("text").GetString(), choices[1].GetProperty("text").GetString());
+        Assert.Equal(24, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = Json(Body + ""","stream":true}""") };
+        using var response = await fx.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var (events, done) = await ReadSse(response);
+        Assert.True(done);
+        // Beam search knows its results only at the end: exactly one chunk per choice, with the whole text and the finish reason.
+        Assert.Equal(2, events.Count);
+        for (int i = 0; i < 2; i++)
+        {
+            var c = events.Single(e => e.GetProperty("choices")[0].GetProperty("index").GetInt32() == i).GetProperty("choices")[0];
+            Assert.Equal(choices[i].GetProperty("text").GetString(), c.GetProperty("text").GetString());
+            Assert.Equal("length", c.GetProperty("finish_reason").GetString());
+        }
+    }
+
+    [SkippableFact]
     public async Task Completions_accept_prompt_lists_token_ids_n_echo_and_logprobs()
     {
         fx.SkipIfAbsent();
@@ -190,6 +217,14 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
     [InlineData("""{"prompt":[1,99999]}""", 400, "prompt")]
     [InlineData("""{"max_tokens":5}""", 400, "prompt")]
     [InlineData("""{"prompt":"x","model":"gpt-4o"}""", 404, "model")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"beam_width":0}""", 400, "beam_width")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"beam_width":33}""", 400, "beam_width")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"beam_width":2,"n":3}""", 400, "n")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"length_penalty":"long"}""", 400, "length_penalty")]
+    [InlineData("""{"prompt":"x","use_beam_search":"yes"}""", 400, "use_beam_search")]
+    [InlineData("""{"prompt":"x","beam_width":4}""", 400, "beam_width")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"beam_width":2,"logprobs":1}""", 400, "logprobs")]
+    [InlineData("""{"prompt":"x","use_beam_search":true,"beam_width":2,"stop":["."]}""", 400, "stop")]
     public async Task Bad_completion_requests_get_openai_errors(string json, int status, string? param)
     {
         fx.SkipIfAbsent();
@@ -226,6 +261,31 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
         var (c3, b3) = await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"top_logprobs":2}""");
         Assert.Equal(HttpStatusCode.BadRequest, c3);
         Assert.Equal("top_logprobs", b3.GetProperty("error").GetProperty("param").GetString());
+        var (c4, b4) = await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"use_beam_search":true,"beam_width":1,"n":2}""");
+        Assert.Equal(HttpStatusCode.BadRequest, c4);
+        Assert.Equal("n", b4.GetProperty("error").GetProperty("param").GetString());
+    }
+
+    [SkippableFact]
+    public async Task Chat_beam_search_returns_n_choices_in_one_final_content_delta_each()
+    {
+        fx.SkipIfAbsent();
+        const string Body = """{"messages":[{"role":"user","content":"Tell me a story."}],"max_tokens":8,"ignore_eos":true,"use_beam_search":true,"beam_width":2,"n":2""";
+        var (status, body) = await Post("/v1/chat/completions", Body + "}");
+        Assert.Equal(HttpStatusCode.OK, status);
+        var texts = body.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("message").GetProperty("content").GetString()).ToList();
+        Assert.Equal(2, texts.Distinct().Count());
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = Json(Body + ""","stream":true}""") };
+        using var response = await fx.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+        var (events, done) = await ReadSse(response);
+        Assert.True(done);
+        for (int i = 0; i < 2; i++)
+        {
+            var content = events.Select(e => e.GetProperty("choices")[0]).Where(c => c.GetProperty("index").GetInt32() == i)
+                .Select(c => c.GetProperty("delta").TryGetProperty("content", out var t) ? t.GetString() : null).Where(t => !string.IsNullOrEmpty(t)).ToList();
+            Assert.Equal([texts[i]], content); // the whole text at once, at the end
+        }
     }
 
     [SkippableFact]
