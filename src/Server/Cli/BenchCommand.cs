@@ -25,6 +25,7 @@ public static class BenchCommand
                         prompt tokens/s, requests/s
 
           --model M          a GGUF file or dummy:<preset> (default dummy:tinyllama-1.1b)
+          --tokenizer T      a GGUF file whose tokenizer a Hugging Face folder (--model DIR) uses
           --dtype T          weight type of a dummy model (default Q8_0)
           --seed S           seed of the random prompts (default 0)
           --output-json F    write the full result as JSON
@@ -33,7 +34,7 @@ public static class BenchCommand
 
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json",
+        "model", "dtype", "tokenizer", "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json",
         "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
     ];
     static readonly HashSet<string> Flags = ["help"];

@@ -10,7 +10,9 @@ public static class ServeCommand
     const string Help = """
         usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
 
-          --model M                  a GGUF file, or dummy:<preset> (default dummy:tinyllama-1.1b; its text is noise)
+          --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
+                                     (default dummy:tinyllama-1.1b; its text is noise)
+          --tokenizer T              a GGUF file whose tokenizer and chat template a Hugging Face folder uses
           --dtype T                  weight type of a dummy model (default Q8_0)
           --host H                   address to bind (default 127.0.0.1: loopback only)
           --port P                   port (default 8000)
@@ -25,7 +27,7 @@ public static class ServeCommand
 
     static readonly HashSet<string> ValueOptions =
     [
-        "model", "dtype", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body",
+        "model", "dtype", "tokenizer", "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout", "max-request-body",
         "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens", "max-num-seqs", "max-queued-requests",
     ];
     static readonly HashSet<string> Flags = ["help"];

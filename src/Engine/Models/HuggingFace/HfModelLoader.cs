@@ -1,0 +1,82 @@
+using TokenMill.Models.Safetensors;
+using TokenMill.Tokenization;
+
+namespace TokenMill.Models.HuggingFace;
+
+/// <summary>
+/// Builds a <see cref="Model"/> from a Hugging Face folder: <c>config.json</c> plus safetensors
+/// weights (single or sharded), which stay memory-mapped in their own dtype (F32, F16, BF16).
+/// The tokenizer is passed in: reading <c>tokenizer.json</c> is not implemented yet.
+/// </summary>
+public static class HfModelLoader
+{
+    public const string ConfigFileName = "config.json";
+
+    /// <summary>Whether <paramref name="directory"/> looks like a Hugging Face model folder.</summary>
+    public static bool IsModelFolder(string directory) => File.Exists(Path.Combine(directory, ConfigFileName));
+
+    public static Model Load(string directory, ITokenizer tokenizer)
+    {
+        string configPath = Path.Combine(directory, ConfigFileName);
+        if (!File.Exists(configPath))
+            throw new FileNotFoundException($"{directory}: no {ConfigFileName}; not a Hugging Face model folder", configPath);
+        var (config, tied) = HfConfig.Read(configPath);
+        if (tokenizer.VocabSize > config.VocabSize)
+            throw new InvalidDataException(
+                $"{directory}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
+
+        var checkpoint = SafetensorsCheckpoint.Open(directory);
+        try
+        {
+            var weights = LoadWeights(checkpoint, config, tied);
+            return new Model(directory, config, weights, tokenizer, [checkpoint]);
+        }
+        catch
+        {
+            checkpoint.Dispose();
+            throw;
+        }
+    }
+
+    static ModelWeights LoadWeights(SafetensorsCheckpoint w, ModelConfig c, bool tied)
+    {
+        bool qkvBias = c.Architecture == "qwen2";
+        bool qkNorm = c.Architecture == "qwen3";
+        var layers = new LayerWeights[c.BlockCount];
+        for (int i = 0; i < c.BlockCount; i++)
+        {
+            string p = $"model.layers.{i}.";
+            layers[i] = new LayerWeights
+            {
+                AttnNorm = w.Vector(p + "input_layernorm.weight", c.EmbeddingLength)!,
+                // nn.Linear stores [out_features, in_features] row-major: exactly the engine's [rows × columns].
+                Wq = w.Matrix(p + "self_attn.q_proj.weight", c.QDim, c.EmbeddingLength),
+                Wk = w.Matrix(p + "self_attn.k_proj.weight", c.KvDim, c.EmbeddingLength),
+                Wv = w.Matrix(p + "self_attn.v_proj.weight", c.KvDim, c.EmbeddingLength),
+                Wo = w.Matrix(p + "self_attn.o_proj.weight", c.EmbeddingLength, c.QDim),
+                Bq = w.Vector(p + "self_attn.q_proj.bias", c.QDim, optional: !qkvBias),
+                Bk = w.Vector(p + "self_attn.k_proj.bias", c.KvDim, optional: !qkvBias),
+                Bv = w.Vector(p + "self_attn.v_proj.bias", c.KvDim, optional: !qkvBias),
+                QNorm = w.Vector(p + "self_attn.q_norm.weight", c.HeadDim, optional: !qkNorm),
+                KNorm = w.Vector(p + "self_attn.k_norm.weight", c.HeadDim, optional: !qkNorm),
+                FfnNorm = w.Vector(p + "post_attention_layernorm.weight", c.EmbeddingLength)!,
+                Gate = w.Matrix(p + "mlp.gate_proj.weight", c.FeedForwardLength, c.EmbeddingLength),
+                Up = w.Matrix(p + "mlp.up_proj.weight", c.FeedForwardLength, c.EmbeddingLength),
+                Down = w.Matrix(p + "mlp.down_proj.weight", c.EmbeddingLength, c.FeedForwardLength),
+            };
+        }
+
+        var embedding = w.Matrix("model.embed_tokens.weight", c.VocabSize, c.EmbeddingLength);
+        // A tied checkpoint usually has no lm_head.weight; when it has one anyway (some exports do), use it.
+        WeightTensor output = w.Contains("lm_head.weight") ? w.Matrix("lm_head.weight", c.VocabSize, c.EmbeddingLength)
+            : tied ? embedding
+            : throw new SafetensorsFormatException(w.Files[0].Path, "tensor 'lm_head.weight'", "missing, and config.json does not set tie_word_embeddings");
+        return new ModelWeights
+        {
+            TokenEmbedding = embedding,
+            Layers = layers,
+            OutputNorm = w.Vector("model.norm.weight", c.EmbeddingLength)!,
+            Output = output,
+        };
+    }
+}
