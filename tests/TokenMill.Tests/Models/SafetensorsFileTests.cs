@@ -154,6 +154,15 @@ public sealed class SafetensorsFileTests : IDisposable
     }
 
     [Fact]
+    public void Header_that_is_not_UTF8_is_refused()
+    {
+        var bytes = SafetensorsTestWriter.Raw("""{"w#": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}""", new byte[4]);
+        bytes[8 + 3] = 0xB0; // a lone continuation byte in the tensor's name
+        string path = Save(bytes);
+        Assert.Equal($"{path}: header: is not valid UTF-8", Assert.Throws<SafetensorsFormatException>(() => SafetensorsFile.Open(path)).Message);
+    }
+
+    [Fact]
     public void Unknown_dtype_is_not_supported_naming_file_and_tensor()
     {
         string path = Save(SafetensorsTestWriter.Raw("""{"w": {"dtype": "F4_E2M1", "shape": [2], "data_offsets": [0, 1]}}""", new byte[1]));

@@ -44,10 +44,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
         DataOffset = 8 + (long)headerLength;
         long dataLength = length - DataOffset;
 
+        var headerBytes = new ReadOnlySpan<byte>(basePtr + 8, (int)headerLength);
+        // The JSON reader accepts bad UTF-8 inside strings and fails only when a name is read, with an exception of its own.
+        if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+            throw new SafetensorsFormatException(path, "header", "is not valid UTF-8");
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(new ReadOnlyMemory<byte>(new ReadOnlySpan<byte>(basePtr + 8, (int)headerLength).ToArray()));
+            doc = JsonDocument.Parse(new ReadOnlyMemory<byte>(headerBytes.ToArray()));
         }
         catch (JsonException e)
         {
