@@ -96,6 +96,37 @@ public sealed class HfGgufEquivalenceTests : IDisposable
     }
 
     [Fact]
+    public void Sharded_folder_gives_the_logits_of_the_single_file()
+    {
+        var spec = Spec("qwen3", bf16: true);
+        var (folder, gguf) = Write(spec);
+        string sharded = folder + "-sharded";
+        spec.WriteHf(sharded, shards: 3);
+        Assert.Equal(3, Directory.GetFiles(sharded, "*.safetensors").Length);
+        using var single = ModelLoader.Load(folder, new ModelLoadOptions { TokenizerPath = gguf });
+        using var split = ModelLoader.Load(sharded, new ModelLoadOptions { TokenizerPath = gguf });
+        var expected = Run(single);
+        var actual = Run(split);
+        for (int step = 0; step < expected.Count; step++) Assert.Equal(expected[step], actual[step]);
+    }
+
+    [Fact]
+    public void Generate_runs_a_folder_with_a_gguf_tokenizer()
+    {
+        var (folder, gguf) = Write(Spec("qwen2", bf16: false));
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = TokenMill.Server.Cli.Cli.Run(["generate", "--model", folder, "--tokenizer", gguf, "--prompt", "hello", "--max-tokens", "11",
+            "--temperature", "0", "--ignore-eos"], stdout, stderr);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Matches("^([a-z]|t[0-9]+){6}$", stdout.ToString().Trim()); // 11 in all: 5 prompt tokens + 6 generated
+
+        var noTokenizer = new StringWriter();
+        Assert.NotEqual(0, TokenMill.Server.Cli.Cli.Run(["generate", "--model", folder, "--prompt", "x"], new StringWriter(), noTokenizer));
+        Assert.Contains("pass --tokenizer FILE.gguf", noTokenizer.ToString());
+    }
+
+    [Fact]
     public void Llama_folder_run_with_adjacent_pair_rope_would_be_wrong()
     {
         // The reason the folder runs with NEOX: with NORM, its unpermuted q/k rows give other logits.

@@ -109,16 +109,30 @@ internal sealed class HfTestModel
         return config;
     }
 
-    /// <summary>Writes config.json and model.safetensors into <paramref name="directory"/>.</summary>
-    public void WriteHf(string directory)
+    /// <summary>
+    /// Writes config.json and model.safetensors into <paramref name="directory"/>; with <paramref name="shards"/> &gt; 1,
+    /// model-0000i-of-0000n.safetensors files and the model.safetensors.index.json that maps each tensor to its shard.
+    /// </summary>
+    public void WriteHf(string directory, int shards = 1)
     {
         Directory.CreateDirectory(directory);
         File.WriteAllText(Path.Combine(directory, "config.json"), JsonSerializer.Serialize(Config()));
-        var w = new SafetensorsTestWriter();
-        foreach (var (name, shape, values) in Weights())
-            if (BF16) w.AddBF16(name, shape, values);
-            else w.AddF32(name, shape, values);
-        File.WriteAllBytes(Path.Combine(directory, "model.safetensors"), w.Build());
+        var weights = Weights();
+        var writers = Enumerable.Range(0, shards).Select(_ => new SafetensorsTestWriter()).ToArray();
+        var weightMap = new Dictionary<string, string>();
+        string ShardName(int i) => shards == 1 ? "model.safetensors" : $"model-{i + 1:D5}-of-{shards:D5}.safetensors";
+        for (int i = 0; i < weights.Count; i++)
+        {
+            var (name, shape, values) = weights[i];
+            int shard = i * shards / weights.Count; // consecutive runs, as transformers' save_pretrained splits
+            if (BF16) writers[shard].AddBF16(name, shape, values);
+            else writers[shard].AddF32(name, shape, values);
+            weightMap[name] = ShardName(shard);
+        }
+        for (int i = 0; i < shards; i++) File.WriteAllBytes(Path.Combine(directory, ShardName(i)), writers[i].Build());
+        if (shards > 1)
+            File.WriteAllText(Path.Combine(directory, "model.safetensors.index.json"),
+                JsonSerializer.Serialize(new { metadata = new { total_size = 0 }, weight_map = weightMap }));
     }
 
     /// <summary>Writes the GGUF llama.cpp's converter would make of the same checkpoint; returns its path.</summary>
@@ -138,7 +152,7 @@ internal sealed class HfTestModel
         g.Add($"{a}.attention.layer_norm_rms_epsilon", GgufValueType.Float32, 1e-6f);
         g.Add($"{a}.rope.freq_base", GgufValueType.Float32, RopeTheta);
         g.Add("tokenizer.ggml.model", "gpt2");
-        g.Add("tokenizer.ggml.tokens", new GgufArray(GgufValueType.String, Enumerable.Range(0, Vocab).Select(i => $"t{i}").ToArray()));
+        g.Add("tokenizer.ggml.tokens", new GgufArray(GgufValueType.String, Enumerable.Range(0, Vocab).Select(TokenText).ToArray()));
         g.Add("tokenizer.ggml.merges", new GgufArray(GgufValueType.String, Array.Empty<string>()));
 
         if (Llama3Scaling)
@@ -160,6 +174,9 @@ internal sealed class HfTestModel
         File.WriteAllBytes(path, g.Build());
         return path;
     }
+
+    /// <summary>Token i of the GGUF's byte-level BPE vocabulary: single letters first (so text encodes without merges), then "t36" ….</summary>
+    public static string TokenText(int i) => i < 26 ? ((char)('a' + i)).ToString() : $"t{i}";
 
     /// <summary>
     /// convert_hf_to_gguf.py's <c>LlamaModel.permute</c>: within each head, rows (j, j + d/2) — the pair HF's
