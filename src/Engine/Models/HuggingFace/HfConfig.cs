@@ -17,6 +17,8 @@ public static class HfConfig
         ["MistralForCausalLM"] = "llama", // llama.cpp's converter writes Mistral as llama too
         ["Qwen2ForCausalLM"] = "qwen2",
         ["Qwen3ForCausalLM"] = "qwen3",
+        ["Phi3ForCausalLM"] = "phi3",
+        ["Gemma3ForCausalLM"] = "gemma3",
     };
 
     /// <summary>The config and whether the checkpoint ties lm_head to the embedding.</summary>
@@ -67,9 +69,12 @@ public static class HfConfig
             ? (v.ValueKind == JsonValueKind.String ? v.GetString() : throw Bad(key, "a string", v))
             : null;
 
-        string act = OptString("hidden_act") ?? OptString("hidden_activation") ?? "silu";
-        if (act != "silu")
-            throw new NotSupportedException($"{path}: hidden_act '{act}' is not supported for {hfArch} (supported: silu)");
+        bool gemma = arch == "gemma3";
+        string act = OptString("hidden_activation") ?? OptString("hidden_act") ?? (gemma ? "gelu_pytorch_tanh" : "silu");
+        // Gemma's GeGLU uses the tanh approximation of GELU; everything else here is SwiGLU.
+        string expectedAct = gemma ? "gelu_pytorch_tanh" : "silu";
+        if (act != expectedAct)
+            throw new NotSupportedException($"{path}: hidden_act '{act}' is not supported for {hfArch} (supported: {expectedAct})");
         if (OptBool("mlp_bias") == true)
             throw new NotSupportedException($"{path}: mlp_bias true is not supported");
         // Llama's attention_bias adds an o_proj bias as well, which the forward pass has no place for.
@@ -111,6 +116,26 @@ public static class HfConfig
             }
         }
 
+        // Phi-4-mini (also Phi3ForCausalLM) rotates only the first partial_rotary_factor of each head.
+        double partial = OptFloat("partial_rotary_factor") ?? 1.0;
+        int ropeDims = (int)Math.Round(headDim * partial);
+
+        int slidingWindow = 0, pattern = 0;
+        float? swaBase = null;
+        if (gemma)
+        {
+            if (OptFloat("query_pre_attn_scalar") is { } qpas && qpas != headDim)
+                throw new NotSupportedException($"{path}: query_pre_attn_scalar {qpas} ≠ head_dim {headDim} is not supported (attention scales by 1/sqrt(head_dim))");
+            foreach (var key in new[] { "final_logit_softcapping", "attn_logit_softcapping" })
+                if (OptFloat(key) is { } cap)
+                    throw new NotSupportedException($"{path}: {key} {cap} is not supported");
+            slidingWindow = OptInt("sliding_window") ?? 0;
+            pattern = OptInt("sliding_window_pattern") ?? 6;
+            if (Field("layer_types") is { } types)
+                pattern = PatternOf(path, types, Int("num_hidden_layers"));
+            swaBase = (float)(OptFloat("rope_local_base_freq") ?? 10000.0);
+        }
+
         var config = new ModelConfig
         {
             Architecture = arch,
@@ -128,12 +153,36 @@ public static class HfConfig
             // permutes Llama's q/k rows so that adjacent pairs do the same. Loading the rows as they are with NEOX
             // is the same computation and keeps the weights memory-mapped (no permuted copy).
             RopeType = RopeType.Neox,
-            RopeDimensionCount = headDim,
+            RopeDimensionCount = ropeDims,
             RopeFreqBase = ropeTheta,
             RopeLinearScale = linearScale,
             RopeFreqFactors = freqFactors,
+            EmbeddingScale = gemma ? MathF.Sqrt(hidden) : 1f,
+            Activation = gemma ? FfnActivation.GeluTanh : FfnActivation.Silu,
+            SlidingWindow = slidingWindow,
+            SlidingWindowPattern = pattern,
+            RopeFreqBaseSwa = swaBase,
         };
         config.Validate(path);
-        return (config, OptBool("tie_word_embeddings") ?? false);
+        // Gemma's config class ties by default; the others here do not.
+        return (config, OptBool("tie_word_embeddings") ?? gemma);
+    }
+
+    /// <summary>
+    /// Gemma 3's <c>layer_types</c> as the pattern the forward pass knows: every pattern-th layer global
+    /// (layer il is local iff il % pattern &lt; pattern − 1). Any other arrangement is refused.
+    /// </summary>
+    static int PatternOf(string path, JsonElement types, int layers)
+    {
+        if (types.ValueKind != JsonValueKind.Array || types.GetArrayLength() != layers
+            || types.EnumerateArray().Any(t => t.ValueKind != JsonValueKind.String || t.GetString() is not ("sliding_attention" or "full_attention")))
+            throw new InvalidDataException($"{path}: layer_types: expected {layers} entries of \"sliding_attention\" or \"full_attention\"");
+        var global = types.EnumerateArray().Select(t => t.GetString() == "full_attention").ToArray();
+        int pattern = Array.IndexOf(global, true) + 1;
+        if (pattern == 0) pattern = layers + 1; // no global layer in this depth: any pattern longer than the model
+        for (int il = 0; il < layers; il++)
+            if (global[il] != (il % pattern == pattern - 1))
+                throw new NotSupportedException($"{path}: layer_types: this arrangement of sliding and full attention layers is not supported (only every n-th layer full)");
+        return pattern;
     }
 }

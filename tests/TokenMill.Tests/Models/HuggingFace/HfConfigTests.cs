@@ -62,6 +62,48 @@ public sealed class HfConfigTests : IDisposable
         Assert.Equal("llama", Parse(Llama31.Replace("LlamaForCausalLM", "MistralForCausalLM")).Config.Architecture);
     }
 
+    // google/gemma-3-1b-it's config.json (the fields that matter)
+    const string Gemma3 = """
+        {"architectures": ["Gemma3ForCausalLM"], "attn_logit_softcapping": null, "final_logit_softcapping": null,
+         "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152, "intermediate_size": 6912,
+         "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 26, "num_key_value_heads": 1,
+         "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null,
+         "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6, "vocab_size": 262144}
+        """;
+
+    [Fact]
+    public void Gemma3_config_gives_the_gemma_specifics()
+    {
+        var (c, tied) = Parse(Gemma3);
+        Assert.True(tied); // Gemma3TextConfig ties by default
+        Assert.Equal(("gemma3", FfnActivation.GeluTanh, MathF.Sqrt(1152), 512, 6, 10000f, 1e6f),
+            (c.Architecture, c.Activation, c.EmbeddingScale, c.SlidingWindow, c.SlidingWindowPattern, c.RopeFreqBaseSwa, c.RopeFreqBase));
+        Assert.True(c.IsSlidingWindowLayer(4));
+        Assert.False(c.IsSlidingWindowLayer(5));
+
+        var e = Assert.Throws<NotSupportedException>(() => Parse(Gemma3.Replace("\"query_pre_attn_scalar\": 256", "\"query_pre_attn_scalar\": 144")));
+        Assert.Equal("config.json: query_pre_attn_scalar 144 ≠ head_dim 256 is not supported (attention scales by 1/sqrt(head_dim))", e.Message);
+        Assert.Contains("final_logit_softcapping 30 is not supported",
+            Assert.Throws<NotSupportedException>(() => Parse(Gemma3.Replace("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 30"))).Message);
+        string irregular = Gemma3.Replace("\"num_hidden_layers\": 26", "\"num_hidden_layers\": 3")
+            .Replace("\"sliding_window_pattern\": 6", "\"layer_types\": [\"full_attention\", \"sliding_attention\", \"full_attention\"]");
+        Assert.Contains("layer_types: this arrangement", Assert.Throws<NotSupportedException>(() => Parse(irregular)).Message);
+    }
+
+    [Fact]
+    public void Phi3_partial_rotary_factor_and_longrope()
+    {
+        const string phi = """
+            {"architectures": ["Phi3ForCausalLM"], "hidden_act": "silu", "hidden_size": 3072, "intermediate_size": 8192,
+             "num_attention_heads": 24, "num_hidden_layers": 32, "num_key_value_heads": 8, "partial_rotary_factor": 0.75,
+             "rope_theta": 10000.0, "vocab_size": 200064, "tie_word_embeddings": true}
+            """;
+        var (c, _) = Parse(phi);
+        Assert.Equal(("phi3", 128, 96), (c.Architecture, c.HeadDim, c.RopeDimensionCount));
+        var e = Assert.Throws<NotSupportedException>(() => Parse(phi.Replace("\"rope_theta\"", "\"rope_scaling\": {\"type\": \"longrope\", \"long_factor\": [1], \"short_factor\": [1]}, \"rope_theta\"")));
+        Assert.Contains("rope_scaling type 'longrope' is not supported", e.Message);
+    }
+
     [Fact]
     public void Linear_rope_scaling_divides_positions()
     {
@@ -71,7 +113,7 @@ public sealed class HfConfigTests : IDisposable
     }
 
     [Theory]
-    [InlineData("\"LlamaForCausalLM\"", "\"GPT2LMHeadModel\"", "architecture GPT2LMHeadModel is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)")]
+    [InlineData("\"LlamaForCausalLM\"", "\"GPT2LMHeadModel\"", "architecture GPT2LMHeadModel is not supported (supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma3ForCausalLM)")]
     [InlineData("\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"", "rope_scaling type 'yarn' is not supported (supported: default, linear, llama3)")]
     [InlineData("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", "hidden_act 'gelu' is not supported for LlamaForCausalLM (supported: silu)")]
     [InlineData("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias true is not supported for LlamaForCausalLM (o_proj has a bias)")]

@@ -7,7 +7,7 @@ namespace TokenMill.Tests.Models.HuggingFace;
 /// <summary>
 /// The same random weights as a Hugging Face folder and as the GGUF llama.cpp's converter makes of it
 /// must give the same logits through <see cref="CpuForward"/>, for prefill and for decode steps.
-/// Qwen2/3 compute the very same sums either way; Llama's GGUF permutes q/k rows for adjacent-pair
+/// Qwen2/3, Phi-3 and Gemma 3 compute the very same sums either way; Llama's GGUF permutes q/k rows for adjacent-pair
 /// (NORM) rope while the folder's rows run with NEOX, so attention scores add in another order and
 /// logits may differ by rounding only: the tolerance is 1e-4 · max(1, |logit|).
 /// </summary>
@@ -22,6 +22,8 @@ public sealed class HfGgufEquivalenceTests : IDisposable
         { "llama", false }, { "llama", true },
         { "qwen2", false }, { "qwen2", true },
         { "qwen3", false }, { "qwen3", true },
+        { "phi3", false }, { "phi3", true },
+        { "gemma3", false }, { "gemma3", true },
     };
 
     static HfTestModel Spec(string arch, bool bf16) => arch switch
@@ -32,6 +34,10 @@ public sealed class HfGgufEquivalenceTests : IDisposable
         "qwen2" => new HfTestModel { Arch = arch, BF16 = bf16, RopeTheta = 1e6f, Tied = true, Seed = 12 },
         // Qwen3: q/k norms, head_dim 32 ≠ hidden / heads.
         "qwen3" => new HfTestModel { Arch = arch, BF16 = bf16, RopeTheta = 1e6f, HeadDimOverride = 32, Seed = 13 },
+        // Phi-3: fused qkv_proj and gate_up_proj, MHA.
+        "phi3" => new HfTestModel { Arch = arch, BF16 = bf16, KvHeads = 4, Seed = 14 },
+        // Gemma 3: (1 + w) norms, GeGLU, embedding scale, MQA, sliding-window layers with their own rope base, linear scaling, tied.
+        "gemma3" => new HfTestModel { Arch = arch, BF16 = bf16, Layers = 4, KvHeads = 1, HeadDimOverride = 32, RopeTheta = 1e6f, Tied = true, Seed = 15 },
         _ => throw new ArgumentException(arch),
     };
 

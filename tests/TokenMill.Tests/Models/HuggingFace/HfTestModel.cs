@@ -30,6 +30,9 @@ internal sealed class HfTestModel
 
     public int HeadDim => HeadDimOverride ?? Hidden / Heads;
 
+    /// <summary>Gemma 3's sliding window here: shorter than the test's 11 positions, so it matters.</summary>
+    public const int GemmaWindow = 4;
+
     /// <summary>HF name → (PyTorch shape, values), in the order transformers would save them.</summary>
     public List<(string Name, long[] Shape, float[] Values)> Weights()
     {
@@ -42,31 +45,52 @@ internal sealed class HfTestModel
 
         int q = Heads * HeadDim, kv = KvHeads * HeadDim;
         Add("model.embed_tokens.weight", [Vocab, Hidden], 1f);
+        bool gemma = Arch == "gemma3";
+        float normCenter = gemma ? 0f : 1f; // Gemma stores w of (1 + w)
         for (int i = 0; i < Layers; i++)
         {
             string p = $"model.layers.{i}.";
-            Add(p + "input_layernorm.weight", [Hidden], 0.2f, 1f);
-            Add(p + "self_attn.q_proj.weight", [q, Hidden], 0.3f);
-            Add(p + "self_attn.k_proj.weight", [kv, Hidden], 0.3f);
-            Add(p + "self_attn.v_proj.weight", [kv, Hidden], 0.3f);
+            Add(p + "input_layernorm.weight", [Hidden], 0.2f, normCenter);
+            if (Arch == "phi3")
+            {
+                Add(p + "self_attn.qkv_proj.weight", [q + 2 * kv, Hidden], 0.3f);
+            }
+            else
+            {
+                Add(p + "self_attn.q_proj.weight", [q, Hidden], 0.3f);
+                Add(p + "self_attn.k_proj.weight", [kv, Hidden], 0.3f);
+                Add(p + "self_attn.v_proj.weight", [kv, Hidden], 0.3f);
+            }
             if (Arch == "qwen2")
             {
                 Add(p + "self_attn.q_proj.bias", [q], 0.2f);
                 Add(p + "self_attn.k_proj.bias", [kv], 0.2f);
                 Add(p + "self_attn.v_proj.bias", [kv], 0.2f);
             }
-            if (Arch == "qwen3")
+            if (Arch is "qwen3" or "gemma3")
             {
-                Add(p + "self_attn.q_norm.weight", [HeadDim], 0.2f, 1f);
-                Add(p + "self_attn.k_norm.weight", [HeadDim], 0.2f, 1f);
+                Add(p + "self_attn.q_norm.weight", [HeadDim], 0.2f, normCenter);
+                Add(p + "self_attn.k_norm.weight", [HeadDim], 0.2f, normCenter);
             }
             Add(p + "self_attn.o_proj.weight", [Hidden, q], 0.3f);
-            Add(p + "post_attention_layernorm.weight", [Hidden], 0.2f, 1f);
-            Add(p + "mlp.gate_proj.weight", [Ff, Hidden], 0.3f);
-            Add(p + "mlp.up_proj.weight", [Ff, Hidden], 0.3f);
+            Add(p + "post_attention_layernorm.weight", [Hidden], 0.2f, normCenter);
+            if (gemma)
+            {
+                Add(p + "pre_feedforward_layernorm.weight", [Hidden], 0.2f, normCenter);
+                Add(p + "post_feedforward_layernorm.weight", [Hidden], 0.2f, normCenter);
+            }
+            if (Arch == "phi3")
+            {
+                Add(p + "mlp.gate_up_proj.weight", [2 * Ff, Hidden], 0.3f);
+            }
+            else
+            {
+                Add(p + "mlp.gate_proj.weight", [Ff, Hidden], 0.3f);
+                Add(p + "mlp.up_proj.weight", [Ff, Hidden], 0.3f);
+            }
             Add(p + "mlp.down_proj.weight", [Hidden, Ff], 0.2f);
         }
-        Add("model.norm.weight", [Hidden], 0.2f, 1f);
+        Add("model.norm.weight", [Hidden], 0.2f, normCenter);
         if (!Tied) Add("lm_head.weight", [Vocab, Hidden], 0.5f);
         return list;
     }
@@ -79,6 +103,8 @@ internal sealed class HfTestModel
         "llama" => "LlamaForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
         "qwen3" => "Qwen3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
+        "gemma3" => "Gemma3ForCausalLM",
         _ => throw new ArgumentException(Arch),
     };
 
@@ -106,6 +132,19 @@ internal sealed class HfTestModel
         };
         if (HeadDimOverride is { } hd) config["head_dim"] = hd;
         if (Arch == "llama") config["attention_bias"] = false;
+        if (Arch == "gemma3")
+        {
+            config.Remove("hidden_act");
+            config["hidden_activation"] = "gelu_pytorch_tanh";
+            config["query_pre_attn_scalar"] = HeadDim;
+            config["sliding_window"] = GemmaWindow;
+            // Layer il is global iff il % 3 == 2, written the newer way (transformers ≥ 4.53).
+            config["layer_types"] = Enumerable.Range(0, Layers).Select(il => il % 3 == 2 ? "full_attention" : "sliding_attention").ToArray();
+            config["rope_local_base_freq"] = 10000.0;
+            config["rope_scaling"] = new Dictionary<string, object> { ["rope_type"] = "linear", ["factor"] = 8.0 };
+            config["final_logit_softcapping"] = null;
+            config["attn_logit_softcapping"] = null;
+        }
         return config;
     }
 
@@ -155,6 +194,14 @@ internal sealed class HfTestModel
         g.Add("tokenizer.ggml.tokens", new GgufArray(GgufValueType.String, Enumerable.Range(0, Vocab).Select(TokenText).ToArray()));
         g.Add("tokenizer.ggml.merges", new GgufArray(GgufValueType.String, Array.Empty<string>()));
 
+        if (Arch == "gemma3")
+        {
+            g.Add($"{a}.attention.sliding_window", (uint)GemmaWindow);
+            g.Add($"{a}.attention.sliding_window_pattern", 3u);
+            g.Add($"{a}.rope.freq_base_swa", GgufValueType.Float32, 10000f);
+            g.Add($"{a}.rope.scaling.type", "linear");
+            g.Add($"{a}.rope.scaling.factor", GgufValueType.Float32, 8f);
+        }
         if (Llama3Scaling)
         {
             var factors = DummyPresets.Llama3RopeFactors(RopeTheta, HeadDim, 8f, 1f, 4f, 64);
@@ -165,6 +212,8 @@ internal sealed class HfTestModel
             var v = values;
             if (Arch == "llama" && name.EndsWith("q_proj.weight", StringComparison.Ordinal)) v = PermuteForNormRope(v, shape, Heads);
             if (Arch == "llama" && name.EndsWith("k_proj.weight", StringComparison.Ordinal)) v = PermuteForNormRope(v, shape, KvHeads);
+            // llama.cpp's converter adds Gemma's 1 to every norm weight.
+            if (Arch == "gemma3" && name.Contains("norm", StringComparison.Ordinal)) v = [.. v.Select(x => x + 1f)];
             long[] dims = [.. shape.Reverse()]; // GGUF lists the innermost dimension first
             if (shape.Length == 2 && BF16)
                 g.AddTensor(GgufName(name), GgmlType.BF16, dims, SafetensorsTestWriter.ToBF16Bytes(v));
@@ -194,7 +243,7 @@ internal sealed class HfTestModel
         return result;
     }
 
-    static string GgufName(string hf)
+    string GgufName(string hf)
     {
         if (hf == "model.embed_tokens.weight") return "token_embd.weight";
         if (hf == "model.norm.weight") return "output_norm.weight";
@@ -203,7 +252,11 @@ internal sealed class HfTestModel
         string rest = parts[3] switch
         {
             "input_layernorm.weight" => "attn_norm.weight",
-            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "post_attention_layernorm.weight" => Arch == "gemma3" ? "post_attention_norm.weight" : "ffn_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
+            "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+            "mlp.gate_up_proj.weight" => "ffn_up.weight",
             "self_attn.q_proj.weight" => "attn_q.weight",
             "self_attn.k_proj.weight" => "attn_k.weight",
             "self_attn.v_proj.weight" => "attn_v.weight",
