@@ -1,5 +1,6 @@
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
+using TokenMill.Tokenization;
 
 namespace TokenMill.Models;
 
@@ -15,13 +16,13 @@ public sealed record ModelLoadOptions
     public ulong Seed { get; init; }
 
     /// <summary>
-    /// A GGUF file whose tokenizer (and chat template) a Hugging Face folder uses (<c>--tokenizer</c>):
-    /// reading <c>tokenizer.json</c> is not implemented yet.
+    /// Where a Hugging Face folder's tokenizer and chat template come from (<c>--tokenizer</c>): a GGUF file, or a folder
+    /// with <c>tokenizer.json</c>; by default the model folder's own <c>tokenizer.json</c>.
     /// </summary>
     public string? TokenizerPath { get; init; }
 
     /// <summary>A tokenizer for a Hugging Face folder given in-process (tests, embedders); wins over <see cref="TokenizerPath"/>.</summary>
-    public TokenMill.Tokenization.ITokenizer? Tokenizer { get; init; }
+    public ITokenizer? Tokenizer { get; init; }
 }
 
 /// <summary>Loads what the user named: a <c>.gguf</c> file, a Hugging Face folder or a <c>dummy:&lt;preset&gt;</c>.</summary>
@@ -60,25 +61,40 @@ public static class ModelLoader
                 Path.Combine(directory, HuggingFace.HfModelLoader.ConfigFileName));
         if (options.Tokenizer is { } given)
             return HuggingFace.HfModelLoader.Load(directory, given);
-        if (options.TokenizerPath is not { } tokenizerPath)
-            throw new NotSupportedException(
-                $"{directory}: reading a Hugging Face tokenizer (tokenizer.json) is not supported yet; " +
-                "pass --tokenizer FILE.gguf, a GGUF file of the same model whose tokenizer and chat template will be used");
-        if (Directory.Exists(tokenizerPath))
-            throw new NotSupportedException($"--tokenizer {tokenizerPath}: a tokenizer folder (tokenizer.json) is not supported yet; pass a .gguf file");
 
-        using var gguf = GgufFile.Open(tokenizerPath);
-        var tokenizer = TokenMill.Tokenization.TokenizerLoader.FromGguf(gguf);
+        // The tokenizer: --tokenizer (a GGUF, or a folder with tokenizer.json), else the model folder's own tokenizer.json.
+        string source = options.TokenizerPath ?? directory;
+        ITokenizer tokenizer;
         Chat.ChatTemplate? template;
-        try
+        if (Directory.Exists(source))
         {
-            template = Chat.ChatTemplate.FromGguf(gguf);
+            if (!HfTokenizerLoader.HasTokenizer(source))
+                throw new FileNotFoundException(
+                    $"{source}: no {HfTokenizerLoader.TokenizerFileName}; pass --tokenizer FILE.gguf, a GGUF file of the same model whose tokenizer and chat template will be used",
+                    Path.Combine(source, HfTokenizerLoader.TokenizerFileName));
+            tokenizer = HfTokenizerLoader.Load(source);
+            template = Template(source, () => HfTokenizerLoader.ChatTemplate(source, tokenizer));
         }
-        catch (Chat.ChatTemplateException e)
+        else
         {
-            throw new InvalidDataException($"{tokenizerPath}: tokenizer.chat_template cannot be used: {e.Message}", e);
+            using var gguf = GgufFile.Open(source);
+            tokenizer = TokenizerLoader.FromGguf(gguf);
+            template = Template(source, () => Chat.ChatTemplate.FromGguf(gguf));
         }
         var model = HuggingFace.HfModelLoader.Load(directory, tokenizer);
         return template is null ? model : new Model(model.Name, model.Config, model.Weights, model.Tokenizer, [model], template);
+    }
+
+    static Chat.ChatTemplate? Template(string source, Func<Chat.ChatTemplate?> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (Chat.ChatTemplateException e)
+        {
+            // A template we cannot render is an error at start-up, never a wrong prompt later.
+            throw new InvalidDataException($"{source}: chat_template cannot be used: {e.Message}", e);
+        }
     }
 }

@@ -69,7 +69,7 @@ public static class Cli
 
     /// <summary>
     /// The model options every model-running command shares: <c>--model</c> (default: the dummy preset; a .gguf file or a
-    /// Hugging Face folder), <c>--tokenizer</c> (a GGUF whose tokenizer a Hugging Face folder uses), <c>--dtype</c>,
+    /// Hugging Face folder), <c>--tokenizer</c> (a GGUF or tokenizer.json folder for a Hugging Face folder), <c>--dtype</c>,
     /// and <c>--max-model-len</c>, which may exceed the context length the file states (as llama.cpp's -c may:
     /// some converters write too small a value, e.g. stories260K's 128 for a model trained at 512).
     /// </summary>

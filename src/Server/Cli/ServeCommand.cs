@@ -12,7 +12,8 @@ public static class ServeCommand
 
           --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
                                      (default dummy:tinyllama-1.1b; its text is noise)
-          --tokenizer T              a GGUF file whose tokenizer and chat template a Hugging Face folder uses
+          --tokenizer T              tokenizer and chat template of a Hugging Face folder: a GGUF file or a folder
+                                     with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model (default Q8_0)
           --host H                   address to bind (default 127.0.0.1: loopback only)
           --port P                   port (default 8000)

@@ -6,7 +6,7 @@ namespace TokenMill.Models.HuggingFace;
 /// <summary>
 /// Builds a <see cref="Model"/> from a Hugging Face folder: <c>config.json</c> plus safetensors
 /// weights (single or sharded), which stay memory-mapped in their own dtype (F32, F16, BF16).
-/// The tokenizer is passed in: reading <c>tokenizer.json</c> is not implemented yet.
+/// The tokenizer is passed in (<see cref="ModelLoader"/> picks the folder's tokenizer.json or <c>--tokenizer</c>).
 /// </summary>
 public static class HfModelLoader
 {

@@ -152,8 +152,8 @@ public sealed class HfConfigTests : IDisposable
     public void Folder_without_a_tokenizer_says_how_to_give_one()
     {
         string folder = Folder(new HfTestModel { Arch = "llama" });
-        var e = Assert.Throws<NotSupportedException>(() => ModelLoader.Load(folder));
-        Assert.StartsWith(folder + ": reading a Hugging Face tokenizer (tokenizer.json) is not supported yet; pass --tokenizer FILE.gguf", e.Message);
+        var e = Assert.Throws<FileNotFoundException>(() => ModelLoader.Load(folder));
+        Assert.StartsWith(folder + ": no tokenizer.json; pass --tokenizer FILE.gguf", e.Message);
         Assert.Contains("without config.json", Assert.Throws<FileNotFoundException>(() => ModelLoader.Load(_dir.FullName)).Message);
         Assert.Contains("--dtype", Assert.Throws<ArgumentException>(() =>
             ModelLoader.Load(folder, new ModelLoadOptions { DType = TokenMill.Models.Gguf.GgmlType.F16 })).Message);
