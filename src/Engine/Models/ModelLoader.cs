@@ -1,5 +1,6 @@
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
+using TokenMill.Tokenization;
 
 namespace TokenMill.Models;
 
@@ -13,9 +14,18 @@ public sealed record ModelLoadOptions
 
     /// <summary>Seed of a dummy model's random weights.</summary>
     public ulong Seed { get; init; }
+
+    /// <summary>
+    /// Where a Hugging Face folder's tokenizer and chat template come from (<c>--tokenizer</c>): a GGUF file, or a folder
+    /// with <c>tokenizer.json</c>; by default the model folder's own <c>tokenizer.json</c>.
+    /// </summary>
+    public string? TokenizerPath { get; init; }
+
+    /// <summary>A tokenizer for a Hugging Face folder given in-process (tests, embedders); wins over <see cref="TokenizerPath"/>.</summary>
+    public ITokenizer? Tokenizer { get; init; }
 }
 
-/// <summary>Loads what the user named: a <c>.gguf</c> file or a <c>dummy:&lt;preset&gt;</c>.</summary>
+/// <summary>Loads what the user named: a <c>.gguf</c> file, a Hugging Face folder or a <c>dummy:&lt;preset&gt;</c>.</summary>
 public static class ModelLoader
 {
     public const string DefaultModel = "dummy:tinyllama-1.1b";
@@ -32,10 +42,8 @@ public static class ModelLoader
         else
         {
             if (options.DType is { } t)
-                throw new ArgumentException($"--dtype {t} applies to dummy models only; a GGUF file runs in the types it stores");
-            if (Directory.Exists(model))
-                throw new NotSupportedException($"{model} is a directory; Hugging Face folders are not supported yet — pass a .gguf file");
-            loaded = GgufModelLoader.Load(model);
+                throw new ArgumentException($"--dtype {t} applies to dummy models only; a model file runs in the types it stores");
+            loaded = Directory.Exists(model) ? LoadFolder(model, options) : GgufModelLoader.Load(model);
         }
         if (options.MaxModelLen is { } len)
         {
@@ -44,5 +52,49 @@ public static class ModelLoader
             return resized;
         }
         return loaded;
+    }
+
+    static Model LoadFolder(string directory, ModelLoadOptions options)
+    {
+        if (!HuggingFace.HfModelLoader.IsModelFolder(directory))
+            throw new FileNotFoundException($"{directory} is a directory without config.json; pass a .gguf file or a Hugging Face model folder",
+                Path.Combine(directory, HuggingFace.HfModelLoader.ConfigFileName));
+        if (options.Tokenizer is { } given)
+            return HuggingFace.HfModelLoader.Load(directory, given);
+
+        // The tokenizer: --tokenizer (a GGUF, or a folder with tokenizer.json), else the model folder's own tokenizer.json.
+        string source = options.TokenizerPath ?? directory;
+        ITokenizer tokenizer;
+        Chat.ChatTemplate? template;
+        if (Directory.Exists(source))
+        {
+            if (!HfTokenizerLoader.HasTokenizer(source))
+                throw new FileNotFoundException(
+                    $"{source}: no {HfTokenizerLoader.TokenizerFileName}; pass --tokenizer FILE.gguf, a GGUF file of the same model whose tokenizer and chat template will be used",
+                    Path.Combine(source, HfTokenizerLoader.TokenizerFileName));
+            tokenizer = HfTokenizerLoader.Load(source);
+            template = Template(source, () => HfTokenizerLoader.ChatTemplate(source, tokenizer));
+        }
+        else
+        {
+            using var gguf = GgufFile.Open(source);
+            tokenizer = TokenizerLoader.FromGguf(gguf);
+            template = Template(source, () => Chat.ChatTemplate.FromGguf(gguf));
+        }
+        var model = HuggingFace.HfModelLoader.Load(directory, tokenizer);
+        return template is null ? model : new Model(model.Name, model.Config, model.Weights, model.Tokenizer, [model], template);
+    }
+
+    static Chat.ChatTemplate? Template(string source, Func<Chat.ChatTemplate?> read)
+    {
+        try
+        {
+            return read();
+        }
+        catch (Chat.ChatTemplateException e)
+        {
+            // A template we cannot render is an error at start-up, never a wrong prompt later.
+            throw new InvalidDataException($"{source}: chat_template cannot be used: {e.Message}", e);
+        }
     }
 }

@@ -25,6 +25,7 @@ public static class BenchCommand
                         prompt tokens/s, requests/s
 
           --model M          a GGUF file or dummy:<preset> (default dummy:tinyllama-1.1b)
+          --tokenizer T      tokenizer of a Hugging Face folder (--model DIR): a GGUF file or a folder with tokenizer.json
           --dtype T          weight type of a dummy model (default Q8_0)
           --seed S           seed of the random prompts (default 0)
           --output-json F    write the full result as JSON

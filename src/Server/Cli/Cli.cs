@@ -70,7 +70,8 @@ public static class Cli
     }
 
     /// <summary>
-    /// The model options every model-running command shares: <c>--model</c> (default: the dummy preset), <c>--dtype</c>,
+    /// The model options every model-running command shares: <c>--model</c> (default: the dummy preset; a .gguf file or a
+    /// Hugging Face folder), <c>--tokenizer</c> (a GGUF or tokenizer.json folder for a Hugging Face folder), <c>--dtype</c>,
     /// and <c>--max-model-len</c>, which may exceed the context length the file states (as llama.cpp's -c may:
     /// some converters write too small a value, e.g. stories260K's 128 for a model trained at 512).
     /// </summary>
@@ -80,6 +81,7 @@ public static class Cli
          {
              DType = a.String("dtype") is { } dt ? ParseDType(dt) : null,
              MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
+             TokenizerPath = a.String("tokenizer"),
          });
 
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>

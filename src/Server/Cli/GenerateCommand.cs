@@ -17,9 +17,12 @@ public static class GenerateCommand
         usage: tokenmill generate [--model <file.gguf | dummy:preset>] [--prompt TEXT | --prompts-file F] [options]
 
         model:
-          --model M                  a GGUF file, or dummy:<preset> (random weights in a real shape; its text is noise)
+          --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors),
+                                     or dummy:<preset> (random weights in a real shape; its text is noise)
                                      presets: tinyllama-1.1b, llama-3.2-1b, llama-2-7b, llama-3.1-8b, qwen2.5-0.5b, qwen2.5-1.5b
                                      default: dummy:tinyllama-1.1b
+          --tokenizer T              tokenizer and chat template of a Hugging Face folder (--model DIR): a GGUF file or a
+                                     folder with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
           --max-model-len N          longest sequence, prompt + output (default: min(model's context, 4096))
         input and output:
@@ -56,7 +59,7 @@ public static class GenerateCommand
     /// <summary>The model and engine options every model-running command takes (parsed by <see cref="ParseEngineOptions"/>).</summary>
     internal static readonly string[] EngineValueOptions =
     [
-        "model", "dtype", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
+        "model", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];

@@ -10,7 +10,10 @@ public static class ServeCommand
     const string Help = """
         usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
 
-          --model M                  a GGUF file, or dummy:<preset> (default dummy:tinyllama-1.1b; its text is noise)
+          --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
+                                     (default dummy:tinyllama-1.1b; its text is noise)
+          --tokenizer T              tokenizer and chat template of a Hugging Face folder: a GGUF file or a folder
+                                     with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model (default Q8_0)
           --host H                   address to bind (default 127.0.0.1: loopback only)
           --port P                   port (default 8000)
