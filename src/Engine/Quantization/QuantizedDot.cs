@@ -196,6 +196,52 @@ public static class QuantizedDot
         y1[0] = s01; y1[1] = s11; y1[2] = s21; y1[3] = s31;
     }
 
+    /// <summary>
+    /// Whether <paramref name="type"/> has an integer kernel here (<see cref="MatMulQ8RowRange"/>): Q8_0 and Q4_0
+    /// weights against activations quantized by <see cref="QuantizeActivations"/>, on AVX2 (+ AVX-VNNI).
+    /// </summary>
+    public static bool HasIntegerDot(GgmlType type) => IntegerDot.IsSupported && IntegerDot.HasKernel(type);
+
+    /// <summary>
+    /// Quantizes activations to 8-bit blocks of 32 for <see cref="MatMulQ8RowRange"/>: <paramref name="q"/> gets
+    /// x.Length quants, <paramref name="d"/> one f32 scale per block.
+    /// </summary>
+    public static void QuantizeActivations(ReadOnlySpan<float> x, Span<sbyte> q, Span<float> d) => IntegerDot.QuantizeActivations(x, q, d);
+
+    /// <summary>
+    /// Rows [r0, r0 + count) of W · xsᵀ with integer block dot products: ys[i, r] = Σ_b dw·da·(Σ w·a) for the
+    /// <paramref name="n"/> activation rows quantized by <see cref="QuantizeActivations"/> (<paramref name="xq"/>
+    /// n × cols quants, <paramref name="xd"/> n × cols/32 scales). Four activation rows share each decoded
+    /// weight block; each result equals the one-row result bit for bit.
+    /// </summary>
+    public static unsafe void MatMulQ8RowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+        ReadOnlySpan<sbyte> xq, ReadOnlySpan<float> xd, int n, Span<float> ys)
+    {
+        int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulQ8RowRange");
+        if (!HasIntegerDot(type)) throw new NotSupportedException($"QuantizedDot.MatMulQ8RowRange: no integer kernel for {type} here");
+        if (r0 < 0 || count < 0 || r0 + count > rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"QuantizedDot.MatMulQ8RowRange: rows {r0}..{r0 + count} are outside 0..{rows}");
+        int blocks = cols / BlockFormats.QK;
+        if (xq.Length < (long)n * cols || xd.Length < (long)n * blocks || ys.Length < (long)n * rows)
+            throw new ArgumentException($"QuantizedDot.MatMulQ8RowRange: xq must hold {n} × {cols}, xd {n} × {blocks} and ys {n} × {rows}");
+        bool q4 = type == GgmlType.Q4_0;
+        fixed (byte* pw = weights)
+        fixed (sbyte* pq = xq)
+        fixed (float* pd = xd)
+        fixed (float* py = ys)
+        {
+            for (int r = r0; r < r0 + count; r++)
+            {
+                byte* w = pw + (long)r * rowBytes;
+                int i = 0;
+                for (; i + 4 <= n; i += 4)
+                    IntegerDot.Dot4(q4, w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, blocks, py + (long)i * rows + r, rows);
+                for (; i < n; i++)
+                    py[(long)i * rows + r] = IntegerDot.Dot1(q4, w, pq + (long)i * cols, pd + (long)i * blocks, blocks);
+            }
+        }
+    }
+
     static int CheckMatrix(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, string caller)
     {
         if (!IsSupported(type)) throw new NotSupportedException($"{caller}: tensor type {type} is not supported");
