@@ -30,6 +30,9 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int _maxTokens;
     readonly List<NativeBuffer> _buffers = [];
     readonly float* _x, _h, _q, _k, _v, _att, _gate, _up, _scores, _tiles;
+    // The activation rows of the current product quantized to 8-bit blocks (Q8_0/Q4_0 weights' integer kernels).
+    readonly sbyte* _xq;
+    readonly float* _xd;
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -53,12 +56,15 @@ public sealed unsafe class CpuForward : IDisposable
         _scores = Alloc((long)_pool.ThreadCount * _c.ContextLength);
         _maxColumns = Math.Max(Math.Max(_c.EmbeddingLength, _c.QDim), _c.FeedForwardLength);
         _tiles = Alloc((long)_pool.ThreadCount * RowsPerChunk * _maxColumns);
+        _xq = (sbyte*)Alloc(((long)n * _maxColumns + 3) / 4);
+        _xd = Alloc((long)n * _maxColumns / 32 + 1);
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
         // Sliding-window layers (Gemma 3) have their own base and no linear scaling.
         _ropeInvFreqSwa = _c.RopeFreqBaseSwa is { } swaBase ? RopeInverseFrequencies(swaBase, 1f, null) : _ropeInvFreq;
 
         _matMulBody = MatMulChunk;
+        _quantizeBody = QuantizeRow;
         _attentionBody = AttentionItem;
     }
 
@@ -163,8 +169,8 @@ public sealed unsafe class CpuForward : IDisposable
             for (int t = 0; t < n; t++)
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.AttnNorm, new Span<float>(_h + (long)t * d, d));
             MatMul(lw.Wq, _h, n, _q);
-            MatMul(lw.Wk, _h, n, _k);
-            MatMul(lw.Wv, _h, n, _v);
+            MatMul(lw.Wk, _h, n, _k, sameInput: true);
+            MatMul(lw.Wv, _h, n, _v, sameInput: true);
             AddBias(_q, n, lw.Bq);
             AddBias(_k, n, lw.Bk);
             AddBias(_v, n, lw.Bv);
@@ -191,7 +197,7 @@ public sealed unsafe class CpuForward : IDisposable
             for (int t = 0; t < n; t++)
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.FfnNorm, new Span<float>(_h + (long)t * d, d));
             MatMul(lw.Gate, _h, n, _gate);
-            MatMul(lw.Up, _h, n, _up);
+            MatMul(lw.Up, _h, n, _up, sameInput: true);
             var gate = new Span<float>(_gate, n * ff);
             if (_c.Activation == FfnActivation.GeluTanh) GeluTanhInPlace(gate);
             else SiluInPlace(gate);
@@ -328,18 +334,35 @@ public sealed unsafe class CpuForward : IDisposable
 
     // ---- matrix product ------------------------------------------------------------------------
 
-    readonly Action<int, int> _matMulBody;
+    readonly Action<int, int> _matMulBody, _quantizeBody;
     WeightTensor? _mmW;
     float* _mmX, _mmY;
     int _mmN;
+    bool _mmInteger;
+    // The rows _xq/_xd were quantized from (null: none valid); a product with the same input reuses them.
+    float* _xqSource;
+    int _xqColumns;
 
-    /// <summary>y[t, r] = W[r] · x[t] for t in [0, n): x is n × columns, y is n × rows.</summary>
-    void MatMul(WeightTensor w, float* x, int n, float* y)
+    /// <summary>
+    /// y[t, r] = W[r] · x[t] for t in [0, n): x is n × columns, y is n × rows. Q8_0/Q4_0 weights use the
+    /// integer kernels on x quantized once to 8-bit blocks (as llama.cpp does); <paramref name="sameInput"/>
+    /// says x has not changed since the previous product, so its quantized form can be reused.
+    /// </summary>
+    void MatMul(WeightTensor w, float* x, int n, float* y, bool sameInput = false)
     {
         _mmW = w;
         _mmX = x;
         _mmY = y;
         _mmN = n;
+        if (!sameInput) _xqSource = null;
+        _mmInteger = QuantizedDot.HasIntegerDot(w.Type) && w.Rows * w.RowBytes <= int.MaxValue;
+        if (_mmInteger && (_xqSource != x || _xqColumns != (int)w.Columns))
+        {
+            _xqColumns = (int)w.Columns;
+            if (n >= 4) _pool.For(n, _quantizeBody);
+            else for (int t = 0; t < n; t++) QuantizeRow(t, 0);
+            _xqSource = x;
+        }
         int chunks = (int)((w.Rows + RowsPerChunk - 1) / RowsPerChunk);
         if (w.Rows * w.Columns * n < ParallelThreshold)
             for (int i = 0; i < chunks; i++) MatMulChunk(i, 0);
@@ -348,12 +371,25 @@ public sealed unsafe class CpuForward : IDisposable
         _mmW = null;
     }
 
+    void QuantizeRow(int t, int worker)
+    {
+        int cols = _xqColumns;
+        QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols),
+            new Span<sbyte>(_xq + (long)t * cols, cols), new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
+    }
+
     void MatMulChunk(int chunk, int worker)
     {
         var w = _mmW!;
         int cols = (int)w.Columns;
         long rows = w.Rows;
         long r0 = (long)chunk * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
+        if (_mmInteger)
+        {
+            QuantizedDot.MatMulQ8RowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, (int)(r1 - r0),
+                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(_mmY, (int)(_mmN * rows)));
+            return;
+        }
         if (_mmN >= TiledMinRows && rows * w.RowBytes <= int.MaxValue)
         {
             // Several activation rows: dequantize this chunk's weight rows once into the worker's tile and reuse them for all.
