@@ -32,6 +32,7 @@ internal static unsafe class IntegerDot
     // ---- activation quantization -------------------------------------------------------------------
 
     /// <summary>Quantizes <paramref name="x"/> (a whole number of 32-element blocks) into int8 quants and f32 block scales.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 pass
     public static void QuantizeActivations(ReadOnlySpan<float> x, Span<sbyte> q, Span<float> d)
     {
         if (x.Length % QK != 0 || q.Length < x.Length || d.Length < x.Length / QK)
@@ -116,14 +117,32 @@ internal static unsafe class IntegerDot
 
     // ---- SIMD kernels ----------------------------------------------------------------------------------
 
-    /// <summary>The 32 weights of one block as signed bytes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<sbyte> Weights(byte* block, bool q4)
+    /// <summary>A weight block format with an integer kernel: its size and its 32 weights as signed bytes.</summary>
+    internal interface IWeightBlocks
     {
-        if (!q4) return Avx.LoadVector256((sbyte*)(block + 2));
-        var packed = Sse2.LoadVector128(block + 2);
-        var nibbles = Avx2.And(Vector256.Create(packed, Sse2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte()), Vector256.Create((byte)0xF));
-        return Avx2.Subtract(nibbles, Vector256.Create((byte)8)).AsSByte();
+        static abstract int BlockBytes { get; }
+        static abstract Vector256<sbyte> Load(byte* block);
+    }
+
+    /// <summary>Q8_0: f16 d | i8 qs[32].</summary>
+    internal readonly struct Q8_0Blocks : IWeightBlocks
+    {
+        public static int BlockBytes => Q8_0Bytes;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<sbyte> Load(byte* block) => Avx.LoadVector256((sbyte*)(block + 2));
+    }
+
+    /// <summary>Q4_0: f16 d | u8 qs[16], element j in the low nibble of byte j and j + 16 in its high one; w = nibble − 8.</summary>
+    internal readonly struct Q4_0Blocks : IWeightBlocks
+    {
+        public static int BlockBytes => Q4_0Bytes;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<sbyte> Load(byte* block)
+        {
+            var packed = Sse2.LoadVector128(block + 2);
+            var nibbles = Avx2.And(Vector256.Create(packed, Sse2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte()), Vector256.Create((byte)0xF));
+            return Avx2.Subtract(nibbles, Vector256.Create((byte)8)).AsSByte();
+        }
     }
 
     /// <summary>Eight int32 partial sums of |w| · (a · sign w) = w · a.</summary>
@@ -140,49 +159,135 @@ internal static unsafe class IntegerDot
     internal static Vector256<int> DotBlockAvx2(Vector256<byte> absW, Vector256<sbyte> signedA) =>
         Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, signedA), Vector256.Create((short)1));
 
+    /// <summary>The f16 scale at the start of one weight block, in f32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float WeightScale(byte* block) => Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
 
-    /// <summary>One weight row × one quantized activation row of <paramref name="blocks"/> blocks.</summary>
-    public static float Dot1(bool q4, byte* w, sbyte* a, float* ad, int blocks)
+    /// <summary>
+    /// The scales of eight consecutive weight blocks, times the eight activation scales at <paramref name="ad"/>:
+    /// one gather of each block's first four bytes (inside the block: blocks are ≥ 18 bytes) and a vector
+    /// f16 → f32 conversion, instead of eight scalar ones. Each lane equals WeightScale(block)·ad[j] exactly.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Scales8(byte* w, Vector256<int> offsets, float* ad)
     {
-        int blockBytes = q4 ? Q4_0Bytes : Q8_0Bytes;
-        var acc = Vector256<float>.Zero;
-        for (int b = 0; b < blocks; b++, w += blockBytes)
+        var raw = Avx2.And(Avx2.GatherVector256((int*)w, offsets, 1), Vector256.Create(0xFFFF));
+        return Avx.Multiply(DotAvx2.F16x8(raw), Avx.LoadVector256(ad));
+    }
+
+    /// <summary>acc += f32(Σ w·a) · scale, one block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Step(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* a, Vector256<float> scale) =>
+        Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, w, Avx.LoadVector256(a))), scale, acc);
+
+    // The order of the sums, shared by Dot1 and Dot4 so that their results are bit-identical: even blocks
+    // go to one accumulator and odd blocks to another (two FMA chains), combined at the end.
+
+    /// <summary>One weight row × one quantized activation row of <paramref name="blocks"/> blocks.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 pass
+    public static float Dot1<T>(byte* w, sbyte* a, float* ad, int blocks)
+        where T : struct, IWeightBlocks
+    {
+        int blockBytes = T.BlockBytes;
+        var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+        Vector256<float> accE = Vector256<float>.Zero, accO = accE;
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
         {
-            var wq = Weights(w, q4);
-            var absW = Avx2.Abs(wq);
-            float dw = WeightScale(w);
-            acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, wq, Avx.LoadVector256(a + b * QK))), Vector256.Create(dw * ad[b]), acc);
+            var s = Scales8(w + b * blockBytes, offsets, ad + b);
+            var lane = Vector256<int>.Zero;
+            for (int j = 0; j < 8; j += 2)
+            {
+                byte* wb = w + (b + j) * blockBytes;
+                sbyte* ab = a + (b + j) * QK;
+                var wq = T.Load(wb);
+                accE = Step(accE, Avx2.Abs(wq), wq, ab, Avx2.PermuteVar8x32(s, lane));
+                lane += Vector256<int>.One;
+                wq = T.Load(wb + blockBytes);
+                accO = Step(accO, Avx2.Abs(wq), wq, ab + QK, Avx2.PermuteVar8x32(s, lane));
+                lane += Vector256<int>.One;
+            }
         }
-        return Vector256.Sum(acc);
+        for (; b < blocks; b++)
+        {
+            byte* wb = w + b * blockBytes;
+            var wq = T.Load(wb);
+            var scale = Vector256.Create(WeightScale(wb) * ad[b]);
+            if ((b & 1) == 0) accE = Step(accE, Avx2.Abs(wq), wq, a + b * QK, scale);
+            else accO = Step(accO, Avx2.Abs(wq), wq, a + b * QK, scale);
+        }
+        return Vector256.Sum(accE + accO);
     }
 
     /// <summary>
     /// One weight row × four activation rows (at <paramref name="a"/> + k·<paramref name="stride"/>, scales at
-    /// <paramref name="ad"/> + k·<paramref name="dStride"/>): each weight block is decoded once for all four.
-    /// Per row the arithmetic is <see cref="Dot1"/>'s, in the same order.
+    /// <paramref name="ad"/> + k·<paramref name="dStride"/>), results to <paramref name="y"/> + k·<paramref name="yStride"/>:
+    /// each weight block is decoded once for all four. Per row the arithmetic is <see cref="Dot1"/>'s, in the same order.
     /// </summary>
-    public static void Dot4(bool q4, byte* w, sbyte* a, int stride, float* ad, int dStride, int blocks, float* y, int yStride)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 pass
+    public static void Dot4<T>(byte* w, sbyte* a, int stride, float* ad, int dStride, int blocks, float* y, int yStride)
+        where T : struct, IWeightBlocks
     {
-        int blockBytes = q4 ? Q4_0Bytes : Q8_0Bytes;
-        Vector256<float> acc0 = Vector256<float>.Zero, acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        int blockBytes = T.BlockBytes;
+        var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+        Vector256<float> e0 = Vector256<float>.Zero, e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
         sbyte* a1 = a + stride, a2 = a1 + stride, a3 = a2 + stride;
         float* d1 = ad + dStride, d2 = d1 + dStride, d3 = d2 + dStride;
-        for (int b = 0; b < blocks; b++, w += blockBytes)
+        int b = 0;
+        for (; b + 8 <= blocks; b += 8)
         {
-            var wq = Weights(w, q4);
-            var absW = Avx2.Abs(wq);
-            float dw = WeightScale(w);
-            int o = b * QK;
-            acc0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, wq, Avx.LoadVector256(a + o))), Vector256.Create(dw * ad[b]), acc0);
-            acc1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, wq, Avx.LoadVector256(a1 + o))), Vector256.Create(dw * d1[b]), acc1);
-            acc2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, wq, Avx.LoadVector256(a2 + o))), Vector256.Create(dw * d2[b]), acc2);
-            acc3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, wq, Avx.LoadVector256(a3 + o))), Vector256.Create(dw * d3[b]), acc3);
+            byte* w8 = w + b * blockBytes;
+            var s0 = Scales8(w8, offsets, ad + b);
+            var s1 = Scales8(w8, offsets, d1 + b);
+            var s2 = Scales8(w8, offsets, d2 + b);
+            var s3 = Scales8(w8, offsets, d3 + b);
+            var lane = Vector256<int>.Zero;
+            for (int j = 0; j < 8; j += 2)
+            {
+                byte* wb = w8 + j * blockBytes;
+                int o = (b + j) * QK;
+                var wq = T.Load(wb);
+                var absW = Avx2.Abs(wq);
+                e0 = Step(e0, absW, wq, a + o, Avx2.PermuteVar8x32(s0, lane));
+                e1 = Step(e1, absW, wq, a1 + o, Avx2.PermuteVar8x32(s1, lane));
+                e2 = Step(e2, absW, wq, a2 + o, Avx2.PermuteVar8x32(s2, lane));
+                e3 = Step(e3, absW, wq, a3 + o, Avx2.PermuteVar8x32(s3, lane));
+                lane += Vector256<int>.One;
+                wq = T.Load(wb + blockBytes);
+                absW = Avx2.Abs(wq);
+                o += QK;
+                o0 = Step(o0, absW, wq, a + o, Avx2.PermuteVar8x32(s0, lane));
+                o1 = Step(o1, absW, wq, a1 + o, Avx2.PermuteVar8x32(s1, lane));
+                o2 = Step(o2, absW, wq, a2 + o, Avx2.PermuteVar8x32(s2, lane));
+                o3 = Step(o3, absW, wq, a3 + o, Avx2.PermuteVar8x32(s3, lane));
+                lane += Vector256<int>.One;
+            }
         }
-        y[0] = Vector256.Sum(acc0);
-        y[yStride] = Vector256.Sum(acc1);
-        y[2 * yStride] = Vector256.Sum(acc2);
-        y[3 * yStride] = Vector256.Sum(acc3);
+        for (; b < blocks; b++)
+        {
+            byte* wb = w + b * blockBytes;
+            var wq = T.Load(wb);
+            var absW = Avx2.Abs(wq);
+            float dw = WeightScale(wb);
+            int o = b * QK;
+            if ((b & 1) == 0)
+            {
+                e0 = Step(e0, absW, wq, a + o, Vector256.Create(dw * ad[b]));
+                e1 = Step(e1, absW, wq, a1 + o, Vector256.Create(dw * d1[b]));
+                e2 = Step(e2, absW, wq, a2 + o, Vector256.Create(dw * d2[b]));
+                e3 = Step(e3, absW, wq, a3 + o, Vector256.Create(dw * d3[b]));
+            }
+            else
+            {
+                o0 = Step(o0, absW, wq, a + o, Vector256.Create(dw * ad[b]));
+                o1 = Step(o1, absW, wq, a1 + o, Vector256.Create(dw * d1[b]));
+                o2 = Step(o2, absW, wq, a2 + o, Vector256.Create(dw * d2[b]));
+                o3 = Step(o3, absW, wq, a3 + o, Vector256.Create(dw * d3[b]));
+            }
+        }
+        y[0] = Vector256.Sum(e0 + o0);
+        y[yStride] = Vector256.Sum(e1 + o1);
+        y[2 * yStride] = Vector256.Sum(e2 + o2);
+        y[3 * yStride] = Vector256.Sum(e3 + o3);
     }
 }

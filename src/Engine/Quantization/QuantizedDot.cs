@@ -214,6 +214,7 @@ public static class QuantizedDot
     /// n × cols quants, <paramref name="xd"/> n × cols/32 scales). Four activation rows share each decoded
     /// weight block; each result equals the one-row result bit for bit.
     /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static unsafe void MatMulQ8RowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
         ReadOnlySpan<sbyte> xq, ReadOnlySpan<float> xd, int n, Span<float> ys)
     {
@@ -224,21 +225,29 @@ public static class QuantizedDot
         int blocks = cols / BlockFormats.QK;
         if (xq.Length < (long)n * cols || xd.Length < (long)n * blocks || ys.Length < (long)n * rows)
             throw new ArgumentException($"QuantizedDot.MatMulQ8RowRange: xq must hold {n} × {cols}, xd {n} × {blocks} and ys {n} × {rows}");
-        bool q4 = type == GgmlType.Q4_0;
         fixed (byte* pw = weights)
         fixed (sbyte* pq = xq)
         fixed (float* pd = xd)
         fixed (float* py = ys)
         {
-            for (int r = r0; r < r0 + count; r++)
-            {
-                byte* w = pw + (long)r * rowBytes;
-                int i = 0;
-                for (; i + 4 <= n; i += 4)
-                    IntegerDot.Dot4(q4, w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, blocks, py + (long)i * rows + r, rows);
-                for (; i < n; i++)
-                    py[(long)i * rows + r] = IntegerDot.Dot1(q4, w, pq + (long)i * cols, pd + (long)i * blocks, blocks);
-            }
+            if (type == GgmlType.Q4_0) MatMulQ8<IntegerDot.Q4_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
+            else MatMulQ8<IntegerDot.Q8_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
+        }
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    static unsafe void MatMulQ8<T>(byte* pw, int rowBytes, int rows, int cols, int r0, int count, sbyte* pq, float* pd, int n, float* py)
+        where T : struct, IntegerDot.IWeightBlocks
+    {
+        int blocks = cols / BlockFormats.QK;
+        for (int r = r0; r < r0 + count; r++)
+        {
+            byte* w = pw + (long)r * rowBytes;
+            int i = 0;
+            for (; i + 4 <= n; i += 4)
+                IntegerDot.Dot4<T>(w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, blocks, py + (long)i * rows + r, rows);
+            for (; i < n; i++)
+                py[(long)i * rows + r] = IntegerDot.Dot1<T>(w, pq + (long)i * cols, pd + (long)i * blocks, blocks);
         }
     }
 
