@@ -18,7 +18,7 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
     var w = new byte[GgmlTypeInfo.RowBytes(type, Cols) * Rows];
     Quantize.Row(type, src, w);
 
-    foreach (int n in new[] { 1, 4, 32 })
+    foreach (int n in new[] { 1, 4, 32, 128 })
     {
         var xs = new float[n * Cols];
         for (int i = 0; i < xs.Length; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
@@ -26,6 +26,9 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
         var tile = new float[QuantizedDot.TileLength(16, Cols)];
         var xq = new sbyte[n * Cols];
         var xd = new float[n * Cols / 32];
+        var xu = new byte[n * Cols];
+        var scratch = new byte[QuantizedDot.PackedScratchBytes(Cols)];
+        bool packed = n >= 2 && QuantizedDot.HasPackedIntegerDot(type);
 
         void F32()
         {
@@ -36,7 +39,13 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
         {
             for (int i = 0; i < n; i++)
                 QuantizedDot.QuantizeActivations(xs.AsSpan(i * Cols, Cols), xq.AsSpan(i * Cols, Cols), xd.AsSpan(i * Cols / 32, Cols / 32));
-            QuantizedDot.MatMulQ8RowRange(type, w, Rows, Cols, 0, Rows, xq, xd, n, ys);
+            if (!packed)
+            {
+                QuantizedDot.MatMulQ8RowRange(type, w, Rows, Cols, 0, Rows, xq, xd, n, ys);
+                return;
+            }
+            QuantizedDot.OffsetActivations(xq, xu);
+            for (int r0 = 0; r0 < Rows; r0 += 16) QuantizedDot.MatMulQ8Packed(type, w, Rows, Cols, r0, 16, xu, xd, n, ys, scratch);
         }
 
         int reps = Math.Max(4, 512 / n); // about 20–100 ms a sample
@@ -50,7 +59,7 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
             b.Add(Time(Integer, reps));
         }
         double ma = Median(a), mb = Median(b);
-        Console.WriteLine($"{type} {Rows}x{Cols} n={n,-3} f32 {ma * 1e3 / reps,8:F3} ms  integer {mb * 1e3 / reps,8:F3} ms  speed-up ×{ma / mb:F2}");
+        Console.WriteLine($"{type} {Rows}x{Cols} n={n,-3} f32 {ma * 1e3 / reps,8:F3} ms  {(packed ? "packed " : "integer")} {mb * 1e3 / reps,8:F3} ms  speed-up ×{ma / mb:F2}");
     }
 }
 

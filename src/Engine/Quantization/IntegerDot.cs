@@ -163,22 +163,32 @@ internal static unsafe class IntegerDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float WeightScale(byte* block) => Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
 
+    // Blocks whose combined scales (weight · activation) are computed ahead in one pass: 64 floats of stack.
+    const int ScaleChunk = 64;
+
     /// <summary>
-    /// The scales of eight consecutive weight blocks, times the eight activation scales at <paramref name="ad"/>:
-    /// one gather of each block's first four bytes (inside the block: blocks are ≥ 18 bytes) and a vector
-    /// f16 → f32 conversion, instead of eight scalar ones. Each lane equals WeightScale(block)·ad[j] exactly.
+    /// s[j] = WeightScale(block j) · ad[j] for j &lt; m (s holds m rounded up to 8): eight at a time with one
+    /// gather of each block's first four bytes (inside the block: blocks are ≥ 18 bytes) and a vector
+    /// f16 → f32 conversion, masked for the last few; each value equals the scalar product exactly. No
+    /// calls: a call inside the kernels would make the JIT spill the accumulators around it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Scales8(byte* w, Vector256<int> offsets, float* ad)
+    static void CombinedScales(byte* w, int blockBytes, float* ad, int m, float* s)
     {
-        var raw = Avx2.And(Avx2.GatherVector256((int*)w, offsets, 1), Vector256.Create(0xFFFF));
-        return Avx.Multiply(DotAvx2.F16x8(raw), Avx.LoadVector256(ad));
+        var lanes = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
+        var offsets = lanes * blockBytes;
+        for (int j = 0; j < m; j += 8)
+        {
+            var mask = Avx2.CompareGreaterThan(Vector256.Create(m - j), lanes);
+            var raw = Avx2.And(Avx2.GatherMaskVector256(Vector256<int>.Zero, (int*)(w + j * blockBytes), offsets, mask, 1), Vector256.Create(0xFFFF));
+            Avx.Store(s + j, Avx.Multiply(DotAvx2.F16x8(raw), Avx.MaskLoad(ad + j, mask.AsSingle())));
+        }
     }
 
     /// <summary>acc += f32(Σ w·a) · scale, one block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> Step(Vector256<float> acc, Vector256<byte> absW, Vector256<sbyte> w, sbyte* a, Vector256<float> scale) =>
-        Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(absW, w, Avx.LoadVector256(a))), scale, acc);
+    static Vector256<float> Step(Vector256<float> acc, Vector256<sbyte> w, sbyte* a, float scale) =>
+        Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(Avx2.Abs(w).AsByte(), w, Avx.LoadVector256(a))), Vector256.Create(scale), acc);
 
     // The order of the sums, shared by Dot1 and Dot4 so that their results are bit-identical: even blocks
     // go to one accumulator and odd blocks to another (two FMA chains), combined at the end.
@@ -189,32 +199,21 @@ internal static unsafe class IntegerDot
         where T : struct, IWeightBlocks
     {
         int blockBytes = T.BlockBytes;
-        var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+        float* s = stackalloc float[ScaleChunk];
         Vector256<float> accE = Vector256<float>.Zero, accO = accE;
-        int b = 0;
-        for (; b + 8 <= blocks; b += 8)
+        for (int c = 0; c < blocks; c += ScaleChunk)
         {
-            var s = Scales8(w + b * blockBytes, offsets, ad + b);
-            var lane = Vector256<int>.Zero;
-            for (int j = 0; j < 8; j += 2)
+            int m = Math.Min(ScaleChunk, blocks - c);
+            byte* wb = w + c * blockBytes;
+            sbyte* ab = a + c * QK;
+            CombinedScales(wb, blockBytes, ad + c, m, s);
+            int j = 0;
+            for (; j + 2 <= m; j += 2, wb += 2 * blockBytes, ab += 2 * QK)
             {
-                byte* wb = w + (b + j) * blockBytes;
-                sbyte* ab = a + (b + j) * QK;
-                var wq = T.Load(wb);
-                accE = Step(accE, Avx2.Abs(wq), wq, ab, Avx2.PermuteVar8x32(s, lane));
-                lane += Vector256<int>.One;
-                wq = T.Load(wb + blockBytes);
-                accO = Step(accO, Avx2.Abs(wq), wq, ab + QK, Avx2.PermuteVar8x32(s, lane));
-                lane += Vector256<int>.One;
+                accE = Step(accE, T.Load(wb), ab, s[j]);
+                accO = Step(accO, T.Load(wb + blockBytes), ab + QK, s[j + 1]);
             }
-        }
-        for (; b < blocks; b++)
-        {
-            byte* wb = w + b * blockBytes;
-            var wq = T.Load(wb);
-            var scale = Vector256.Create(WeightScale(wb) * ad[b]);
-            if ((b & 1) == 0) accE = Step(accE, Avx2.Abs(wq), wq, a + b * QK, scale);
-            else accO = Step(accO, Avx2.Abs(wq), wq, a + b * QK, scale);
+            if (j < m) accE = Step(accE, T.Load(wb), ab, s[j]); // the last block of an odd count: an even index
         }
         return Vector256.Sum(accE + accO);
     }
@@ -222,67 +221,45 @@ internal static unsafe class IntegerDot
     /// <summary>
     /// One weight row × four activation rows (at <paramref name="a"/> + k·<paramref name="stride"/>, scales at
     /// <paramref name="ad"/> + k·<paramref name="dStride"/>), results to <paramref name="y"/> + k·<paramref name="yStride"/>:
-    /// each weight block is decoded once for all four. Per row the arithmetic is <see cref="Dot1"/>'s, in the same order.
+    /// each weight block is decoded once for all four. Per row the arithmetic is <see cref="Dot1{T}"/>'s, in the same order.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 pass
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Dot4<T>(byte* w, sbyte* a, int stride, float* ad, int dStride, int blocks, float* y, int yStride)
         where T : struct, IWeightBlocks
     {
         int blockBytes = T.BlockBytes;
-        var offsets = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) * blockBytes;
+        float* s0 = stackalloc float[4 * ScaleChunk];
+        float* s1 = s0 + ScaleChunk, s2 = s1 + ScaleChunk, s3 = s2 + ScaleChunk;
         Vector256<float> e0 = Vector256<float>.Zero, e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
         sbyte* a1 = a + stride, a2 = a1 + stride, a3 = a2 + stride;
         float* d1 = ad + dStride, d2 = d1 + dStride, d3 = d2 + dStride;
-        int b = 0;
-        for (; b + 8 <= blocks; b += 8)
+        for (int c = 0; c < blocks; c += ScaleChunk)
         {
-            byte* w8 = w + b * blockBytes;
-            var s0 = Scales8(w8, offsets, ad + b);
-            var s1 = Scales8(w8, offsets, d1 + b);
-            var s2 = Scales8(w8, offsets, d2 + b);
-            var s3 = Scales8(w8, offsets, d3 + b);
-            var lane = Vector256<int>.Zero;
-            for (int j = 0; j < 8; j += 2)
+            int m = Math.Min(ScaleChunk, blocks - c);
+            byte* wb = w + c * blockBytes;
+            CombinedScales(wb, blockBytes, ad + c, m, s0);
+            CombinedScales(wb, blockBytes, d1 + c, m, s1);
+            CombinedScales(wb, blockBytes, d2 + c, m, s2);
+            CombinedScales(wb, blockBytes, d3 + c, m, s3);
+            int j = 0;
+            for (; j < m; j++, wb += blockBytes)
             {
-                byte* wb = w8 + j * blockBytes;
-                int o = (b + j) * QK;
                 var wq = T.Load(wb);
-                var absW = Avx2.Abs(wq);
-                e0 = Step(e0, absW, wq, a + o, Avx2.PermuteVar8x32(s0, lane));
-                e1 = Step(e1, absW, wq, a1 + o, Avx2.PermuteVar8x32(s1, lane));
-                e2 = Step(e2, absW, wq, a2 + o, Avx2.PermuteVar8x32(s2, lane));
-                e3 = Step(e3, absW, wq, a3 + o, Avx2.PermuteVar8x32(s3, lane));
-                lane += Vector256<int>.One;
-                wq = T.Load(wb + blockBytes);
-                absW = Avx2.Abs(wq);
-                o += QK;
-                o0 = Step(o0, absW, wq, a + o, Avx2.PermuteVar8x32(s0, lane));
-                o1 = Step(o1, absW, wq, a1 + o, Avx2.PermuteVar8x32(s1, lane));
-                o2 = Step(o2, absW, wq, a2 + o, Avx2.PermuteVar8x32(s2, lane));
-                o3 = Step(o3, absW, wq, a3 + o, Avx2.PermuteVar8x32(s3, lane));
-                lane += Vector256<int>.One;
-            }
-        }
-        for (; b < blocks; b++)
-        {
-            byte* wb = w + b * blockBytes;
-            var wq = T.Load(wb);
-            var absW = Avx2.Abs(wq);
-            float dw = WeightScale(wb);
-            int o = b * QK;
-            if ((b & 1) == 0)
-            {
-                e0 = Step(e0, absW, wq, a + o, Vector256.Create(dw * ad[b]));
-                e1 = Step(e1, absW, wq, a1 + o, Vector256.Create(dw * d1[b]));
-                e2 = Step(e2, absW, wq, a2 + o, Vector256.Create(dw * d2[b]));
-                e3 = Step(e3, absW, wq, a3 + o, Vector256.Create(dw * d3[b]));
-            }
-            else
-            {
-                o0 = Step(o0, absW, wq, a + o, Vector256.Create(dw * ad[b]));
-                o1 = Step(o1, absW, wq, a1 + o, Vector256.Create(dw * d1[b]));
-                o2 = Step(o2, absW, wq, a2 + o, Vector256.Create(dw * d2[b]));
-                o3 = Step(o3, absW, wq, a3 + o, Vector256.Create(dw * d3[b]));
+                int o = (c + j) * QK;
+                if ((j & 1) == 0)
+                {
+                    e0 = Step(e0, wq, a + o, s0[j]);
+                    e1 = Step(e1, wq, a1 + o, s1[j]);
+                    e2 = Step(e2, wq, a2 + o, s2[j]);
+                    e3 = Step(e3, wq, a3 + o, s3[j]);
+                }
+                else
+                {
+                    o0 = Step(o0, wq, a + o, s0[j]);
+                    o1 = Step(o1, wq, a1 + o, s1[j]);
+                    o2 = Step(o2, wq, a2 + o, s2[j]);
+                    o3 = Step(o3, wq, a3 + o, s3[j]);
+                }
             }
         }
         y[0] = Vector256.Sum(e0 + o0);

@@ -23,7 +23,7 @@ public class IntegerDotTests
     }
 
     /// <summary>Random rows whose quants include the extremes (−128 and 127 for Q8_0, 0 and 15 for Q4_0) in whole blocks.</summary>
-    static byte[] ExtremeRow(GgmlType type, int cols, Random rng)
+    internal static byte[] ExtremeRow(GgmlType type, int cols, Random rng)
     {
         var row = RandomBlocks.Row(type, cols, rng);
         int blockBytes = (int)GgmlTypeInfo.RowBytes(type, 32);
@@ -45,7 +45,7 @@ public class IntegerDotTests
     }
 
     /// <summary>Activations with blocks of equal-magnitude values (all quants ±127) mixed with Gaussian ones and zero blocks.</summary>
-    static float[] Activations(int cols, Random rng)
+    internal static float[] Activations(int cols, Random rng)
     {
         var x = RandomBlocks.Floats(rng, cols);
         for (int b = 0; b < cols / 32; b++)
@@ -113,7 +113,7 @@ public class IntegerDotTests
         }
     }
 
-    static double AbsTerms(GgmlType type, byte[] row, sbyte[] q, float[] d)
+    internal static double AbsTerms(GgmlType type, byte[] row, sbyte[] q, float[] d)
     {
         var w = new float[q.Length];
         Dequantize.RowScalar(type, row, w);
@@ -228,5 +228,62 @@ public class IntegerDotTests
         Assert.False(QuantizedDot.HasIntegerDot(GgmlType.F32));
         Assert.Throws<NotSupportedException>(() =>
             QuantizedDot.MatMulQ8RowRange(GgmlType.F16, new byte[64], 1, 32, 0, 1, new sbyte[32], new float[1], 1, new float[1]));
+    }
+}
+
+/// <summary>The packed 8-row batched kernel (AVX-VNNI) against the scalar reference and against itself across batch sizes.</summary>
+public class PackedIntegerDotTests
+{
+    public static TheoryData<GgmlType> Types() => new() { GgmlType.Q8_0, GgmlType.Q4_0 };
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Matches_the_scalar_reference_and_does_not_depend_on_the_batch(GgmlType type)
+    {
+        if (!QuantizedDot.HasPackedIntegerDot(type)) return; // no AVX-VNNI here: CpuForward uses the other kernels
+        var rng = new Random(70 + (int)type);
+        foreach (var (rows, cols) in new[] { (8, 32), (13, 96), (3, 256), (16, 2048), (21, 320) })
+        {
+            int blocks = cols / 32;
+            const int n = 7;
+            var w = IntegerDotTests.ExtremeRow(type, rows * cols, rng);
+            var x = IntegerDotTests.Activations(n * cols, rng);
+            var q = new sbyte[n * cols];
+            var d = new float[n * blocks];
+            QuantizedDot.QuantizeActivations(x, q, d);
+            var u = new byte[n * cols];
+            QuantizedDot.OffsetActivations(q, u);
+            var scratch = new byte[QuantizedDot.PackedScratchBytes(cols)];
+            var ys = new float[n * rows];
+            // Two row ranges, the first not a multiple of 8, to check partial groups and that each writes only its rows.
+            int split = Math.Min(rows, 5);
+            QuantizedDot.MatMulQ8Packed(type, w, rows, cols, 0, split, u, d, n, ys, scratch);
+            QuantizedDot.MatMulQ8Packed(type, w, rows, cols, split, rows - split, u, d, n, ys, scratch);
+            int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
+            for (int i = 0; i < n; i++)
+            {
+                var qi = q.AsSpan(i * cols, cols).ToArray();
+                var di = d.AsSpan(i * blocks, blocks).ToArray();
+                // The same row alone (n = 1) and as the first of a pair (n = 2): bit-identical.
+                var alone = new float[rows];
+                QuantizedDot.MatMulQ8Packed(type, w, rows, cols, 0, rows, u.AsSpan(i * cols, cols), di, 1, alone, scratch);
+                var pair = new float[2 * rows];
+                var u2 = new byte[2 * cols];
+                u.AsSpan(i * cols, cols).CopyTo(u2);
+                var d2 = new float[2 * blocks];
+                di.CopyTo(d2, 0);
+                QuantizedDot.MatMulQ8Packed(type, w, rows, cols, 0, rows, u2, d2, 2, pair, scratch);
+                for (int r = 0; r < rows; r++)
+                {
+                    var row = w.AsSpan(r * rowBytes, rowBytes).ToArray();
+                    float expected = IntegerDot.DotScalar(type == GgmlType.Q4_0, row, qi, di);
+                    double abs = IntegerDotTests.AbsTerms(type, row, qi, di);
+                    float got = ys[i * rows + r];
+                    Assert.True(Math.Abs(got - expected) <= 1e-5 * abs + 1e-30, $"{type} {rows}×{cols}, activation {i}, row {r}: reference {expected}, packed {got}");
+                    Assert.Equal(BitConverter.SingleToInt32Bits(got), BitConverter.SingleToInt32Bits(alone[r]));
+                    Assert.Equal(BitConverter.SingleToInt32Bits(got), BitConverter.SingleToInt32Bits(pair[r]));
+                }
+            }
+        }
     }
 }
