@@ -144,7 +144,7 @@ public sealed unsafe class CpuForward : IDisposable
             }
             if (nextLogit > first)
                 fixed (float* y = logits.Slice(first * vocab, (nextLogit - first) * vocab))
-                    MatMul(_w.Output, _h, nextLogit - first, y);
+                    MatMul(_h, nextLogit - first, _w.Output, y);
         }
         _batch = null;
         _kv = null;
@@ -176,9 +176,7 @@ public sealed unsafe class CpuForward : IDisposable
 
             for (int t = 0; t < n; t++)
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.AttnNorm, new Span<float>(_h + (long)t * d, d));
-            MatMul(lw.Wq, _h, n, _q);
-            MatMul(lw.Wk, _h, n, _k, sameInput: true);
-            MatMul(lw.Wv, _h, n, _v, sameInput: true);
+            MatMul(_h, n, lw.Wq, _q, lw.Wk, _k, lw.Wv, _v);
             AddBias(_q, n, lw.Bq);
             AddBias(_k, n, lw.Bk);
             AddBias(_v, n, lw.Bv);
@@ -198,19 +196,18 @@ public sealed unsafe class CpuForward : IDisposable
             _attnWindow = windowed ? _c.SlidingWindow : int.MaxValue;
             _pool.For(n * _c.HeadCount, _attentionBody);
 
-            MatMul(lw.Wo, _att, n, _h);
+            MatMul(_att, n, lw.Wo, _h);
             if (lw.PostAttnNorm is { } pan) NormRows(_h, n, pan);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
 
             for (int t = 0; t < n; t++)
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.FfnNorm, new Span<float>(_h + (long)t * d, d));
-            MatMul(lw.Gate, _h, n, _gate);
-            MatMul(lw.Up, _h, n, _up, sameInput: true);
+            MatMul(_h, n, lw.Gate, _gate, lw.Up, _up);
             var gate = new Span<float>(_gate, n * ff);
             if (_c.Activation == FfnActivation.GeluTanh) GeluTanhInPlace(gate);
             else SiluInPlace(gate);
             TensorPrimitives.Multiply(gate, new ReadOnlySpan<float>(_up, n * ff), gate);
-            MatMul(lw.Down, _gate, n, _h);
+            MatMul(_gate, n, lw.Down, _h);
             if (lw.PostFfnNorm is { } pfn) NormRows(_h, n, pfn);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
         }
@@ -343,41 +340,57 @@ public sealed unsafe class CpuForward : IDisposable
     // ---- matrix product ------------------------------------------------------------------------
 
     readonly Action<int, int> _matMulBody, _quantizeBody;
-    WeightTensor? _mmW;
-    float* _mmX, _mmY;
+    // The products of the current parallel region: up to three weights sharing one input (q/k/v, gate/up),
+    // their work items numbered one after another (_mmFirstChunk[k] is weight k's first item).
+    readonly WeightTensor?[] _mmW = new WeightTensor?[3];
+    readonly IntPtr[] _mmY = new IntPtr[3];
+    readonly int[] _mmFirstChunk = new int[4];
+    int _mmCount;
+    float* _mmX;
     int _mmN;
-    bool _mmInteger;
-    // The rows _xq/_xd were quantized from (null: none valid); a product with the same input reuses them.
-    float* _xqSource;
     int _xqColumns;
 
     /// <summary>
-    /// y[t, r] = W[r] · x[t] for t in [0, n): x is n × columns, y is n × rows. Q8_0/Q4_0 weights use the
-    /// integer kernels on x quantized once to 8-bit blocks (as llama.cpp does); <paramref name="sameInput"/>
-    /// says x has not changed since the previous product, so its quantized form can be reused.
+    /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
+    /// all in one parallel region: one hand-out of work instead of one per weight. Q8_0/Q4_0 weights use
+    /// the integer kernels on x quantized once to 8-bit blocks (as llama.cpp does), shared by all.
     /// </summary>
-    void MatMul(WeightTensor w, float* x, int n, float* y, bool sameInput = false)
+    void MatMul(float* x, int n, WeightTensor w0, float* y0, WeightTensor? w1 = null, float* y1 = null, WeightTensor? w2 = null, float* y2 = null)
     {
-        _mmW = w;
         _mmX = x;
-        _mmY = y;
         _mmN = n;
-        if (!sameInput) _xqSource = null;
-        _mmInteger = QuantizedDot.HasIntegerDot(w.Type) && w.Rows * w.RowBytes <= int.MaxValue;
-        if (_mmInteger && (_xqSource != x || _xqColumns != (int)w.Columns))
+        _mmCount = 0;
+        bool integer = false;
+        long work = 0;
+        AddProduct(w0, y0, w0, ref integer, ref work);
+        if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
+        if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
+        if (integer)
         {
-            _xqColumns = (int)w.Columns;
+            _xqColumns = (int)w0.Columns;
             if (n >= 4) _pool.For(n, _quantizeBody);
             else for (int t = 0; t < n; t++) QuantizeRow(t, 0);
-            _xqSource = x;
         }
-        int chunks = (int)((w.Rows + RowsPerChunk - 1) / RowsPerChunk);
-        if (w.Rows * w.Columns * n < ParallelThreshold)
+        int chunks = _mmFirstChunk[_mmCount];
+        if (work < ParallelThreshold)
             for (int i = 0; i < chunks; i++) MatMulChunk(i, 0);
         else
             _pool.For(chunks, _matMulBody);
-        _mmW = null;
+        Array.Clear(_mmW);
     }
+
+    void AddProduct(WeightTensor w, float* y, WeightTensor first, ref bool integer, ref long work)
+    {
+        if (w.Columns != first.Columns) throw new InvalidOperationException($"{w} does not take the input of {first}");
+        _mmW[_mmCount] = w;
+        _mmY[_mmCount] = (IntPtr)y;
+        _mmFirstChunk[_mmCount + 1] = _mmFirstChunk[_mmCount] + (int)((w.Rows + RowsPerChunk - 1) / RowsPerChunk);
+        _mmCount++;
+        integer |= IsInteger(w);
+        work += w.Rows * w.Columns * _mmN;
+    }
+
+    static bool IsInteger(WeightTensor w) => QuantizedDot.HasIntegerDot(w.Type) && w.Rows * w.RowBytes <= int.MaxValue;
 
     void QuantizeRow(int t, int worker)
     {
@@ -387,23 +400,28 @@ public sealed unsafe class CpuForward : IDisposable
         if (_mmN >= PackedMinRows) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
-    void MatMulChunk(int chunk, int worker)
+    void MatMulChunk(int item, int worker)
     {
-        var w = _mmW!;
+        int k = 0;
+        while (item >= _mmFirstChunk[k + 1]) k++;
+        int chunk = item - _mmFirstChunk[k];
+        var w = _mmW[k]!;
+        float* y = (float*)_mmY[k];
         int cols = (int)w.Columns;
         long rows = w.Rows;
         long r0 = (long)chunk * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
-        if (_mmInteger && _mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))
+        bool integer = IsInteger(w);
+        if (integer && _mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))
         {
             var scratch = new Span<byte>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.PackedScratchBytes(cols));
             QuantizedDot.MatMulQ8Packed(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, (int)(r1 - r0),
-                new ReadOnlySpan<byte>(_xu, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(_mmY, (int)(_mmN * rows)), scratch);
+                new ReadOnlySpan<byte>(_xu, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)), scratch);
             return;
         }
-        if (_mmInteger)
+        if (integer)
         {
             QuantizedDot.MatMulQ8RowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, (int)(r1 - r0),
-                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(_mmY, (int)(_mmN * rows)));
+                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)));
             return;
         }
         if (_mmN >= TiledMinRows && rows * w.RowBytes <= int.MaxValue)
@@ -412,14 +430,14 @@ public sealed unsafe class CpuForward : IDisposable
             int count = (int)(r1 - r0);
             var tile = new Span<float>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.TileLength(count, cols));
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
-                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(_mmY, (int)(_mmN * rows)), tile);
+                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile);
             return;
         }
         for (long r = r0; r < r1; r++)
         {
             var row = w.Row(r);
             for (int t = 0; t < _mmN; t++)
-                _mmY[t * rows + r] = QuantizedDot.Dot(w.Type, row, new ReadOnlySpan<float>(_mmX + (long)t * cols, cols));
+                y[t * rows + r] = QuantizedDot.Dot(w.Type, row, new ReadOnlySpan<float>(_mmX + (long)t * cols, cols));
         }
     }
 

@@ -11,6 +11,9 @@ public sealed class CpuWorkerPool : IDisposable
 {
     readonly Thread[] _threads;
     readonly SemaphoreSlim _start = new(0);
+    // Set by the helper that brings _active to 0; the caller blocks on it (after a short spin) so that on a
+    // busy machine it gives its core to the helper it waits for instead of spinning.
+    readonly ManualResetEventSlim _idle = new(false);
     readonly object _callLock = new();
 
     Action<int, int>? _body;
@@ -72,8 +75,12 @@ public sealed class CpuWorkerPool : IDisposable
             // Every index is claimed; close the call before _body and _count can change, so that a helper
             // that read this generation late cannot claim an index of the next call with them.
             Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue);
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _active) != 0) spin.SpinOnce(sleep1Threshold: -1);
+            // No lost wake-up: a helper decrements before it sets, and the event is reset only before a re-check.
+            while (Volatile.Read(ref _active) != 0)
+            {
+                _idle.Wait();
+                _idle.Reset();
+            }
             if (_error is { } e) throw new AggregateException("a CPU kernel failed", e);
         }
     }
@@ -107,7 +114,7 @@ public sealed class CpuWorkerPool : IDisposable
             // helper that joins after that finds its call closed (or joins the next one, which waits for it).
             Interlocked.Increment(ref _active);
             RunItems(worker, _generation);
-            Interlocked.Decrement(ref _active);
+            if (Interlocked.Decrement(ref _active) == 0) _idle.Set();
         }
     }
 
@@ -118,5 +125,6 @@ public sealed class CpuWorkerPool : IDisposable
         if (_threads.Length > 0) _start.Release(_threads.Length);
         foreach (var t in _threads) t.Join();
         _start.Dispose();
+        _idle.Dispose();
     }
 }
