@@ -8,17 +8,25 @@ using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
 
 int rounds = args.Length > 0 ? int.Parse(args[0], System.Globalization.CultureInfo.InvariantCulture) : 15;
-const int Rows = 512, Cols = 2048; // a slice of TinyLlama's 2048 × 2048 attention projections
+// Rows: 512 (a slice of TinyLlama's 2048 × 2048 attention projections, cache-resident) by default; a large
+// count (e.g. 65536) streams the weights from memory as decode does.
+int Rows = args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 512;
+const int Cols = 2048;
+int[] batchSizes = args.Length > 2 ? [.. args[2].Split(',').Select(v => int.Parse(v, System.Globalization.CultureInfo.InvariantCulture))] : [1, 4, 32, 128];
 var rng = new Random(1);
 
 foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
 {
-    var src = new float[Rows * Cols];
-    for (int i = 0; i < src.Length; i++) src[i] = (float)(rng.NextDouble() * 2 - 1);
+    var src = new float[Cols];
     var w = new byte[GgmlTypeInfo.RowBytes(type, Cols) * Rows];
-    Quantize.Row(type, src, w);
+    for (int r = 0; r < Rows; r++)
+    {
+        if (r < 64) for (int i = 0; i < Cols; i++) src[i] = (float)(rng.NextDouble() * 2 - 1);
+        int rb = (int)GgmlTypeInfo.RowBytes(type, Cols);
+        Quantize.Row(type, src, w.AsSpan(r * rb, rb)); // 64 distinct rows, repeated: the bytes only need to be realistic
+    }
 
-    foreach (int n in new[] { 1, 4, 32, 128 })
+    foreach (int n in batchSizes)
     {
         var xs = new float[n * Cols];
         for (int i = 0; i < xs.Length; i++) xs[i] = (float)(rng.NextDouble() * 2 - 1);
@@ -48,7 +56,7 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
             for (int r0 = 0; r0 < Rows; r0 += 16) QuantizedDot.MatMulQ8Packed(type, w, Rows, Cols, r0, 16, xu, xd, n, ys, scratch);
         }
 
-        int reps = Math.Max(4, 512 / n); // about 20–100 ms a sample
+        int reps = Math.Max(1, 512 * 512 / Rows / n); // about 20–100 ms a sample
         var a = new List<double>();
         var b = new List<double>();
         F32(); Integer(); // JIT and tier-up

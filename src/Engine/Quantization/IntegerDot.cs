@@ -163,35 +163,15 @@ internal static unsafe class IntegerDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static float WeightScale(byte* block) => Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
 
-    // Blocks whose combined scales (weight · activation) are computed ahead in one pass: 64 floats of stack.
-    const int ScaleChunk = 64;
-
-    /// <summary>
-    /// s[j] = WeightScale(block j) · ad[j] for j &lt; m (s holds m rounded up to 8): eight at a time with one
-    /// gather of each block's first four bytes (inside the block: blocks are ≥ 18 bytes) and a vector
-    /// f16 → f32 conversion, masked for the last few; each value equals the scalar product exactly. No
-    /// calls: a call inside the kernels would make the JIT spill the accumulators around it.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void CombinedScales(byte* w, int blockBytes, float* ad, int m, float* s)
-    {
-        var lanes = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
-        var offsets = lanes * blockBytes;
-        for (int j = 0; j < m; j += 8)
-        {
-            var mask = Avx2.CompareGreaterThan(Vector256.Create(m - j), lanes);
-            var raw = Avx2.And(Avx2.GatherMaskVector256(Vector256<int>.Zero, (int*)(w + j * blockBytes), offsets, mask, 1), Vector256.Create(0xFFFF));
-            Avx.Store(s + j, Avx.Multiply(DotAvx2.F16x8(raw), Avx.MaskLoad(ad + j, mask.AsSingle())));
-        }
-    }
-
     /// <summary>acc += f32(Σ w·a) · scale, one block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector256<float> Step(Vector256<float> acc, Vector256<sbyte> w, sbyte* a, float scale) =>
         Fma.MultiplyAdd(Avx.ConvertToVector256Single(DotBlock(Avx2.Abs(w).AsByte(), w, Avx.LoadVector256(a))), Vector256.Create(scale), acc);
 
-    // The order of the sums, shared by Dot1 and Dot4 so that their results are bit-identical: even blocks
-    // go to one accumulator and odd blocks to another (two FMA chains), combined at the end.
+    // One pass over the weights, in order (decode streams them from memory, so the prefetcher must see a
+    // plain sequential read; a gather of the scales ahead was 2–3× slower there). The order of the sums is
+    // shared by Dot1 and Dot4 so that their results are bit-identical: even blocks go to one accumulator and
+    // odd blocks to another (two FMA chains), combined at the end.
 
     /// <summary>One weight row × one quantized activation row of <paramref name="blocks"/> blocks.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 pass
@@ -199,22 +179,14 @@ internal static unsafe class IntegerDot
         where T : struct, IWeightBlocks
     {
         int blockBytes = T.BlockBytes;
-        float* s = stackalloc float[ScaleChunk];
         Vector256<float> accE = Vector256<float>.Zero, accO = accE;
-        for (int c = 0; c < blocks; c += ScaleChunk)
+        int b = 0;
+        for (; b + 2 <= blocks; b += 2, w += 2 * blockBytes, a += 2 * QK)
         {
-            int m = Math.Min(ScaleChunk, blocks - c);
-            byte* wb = w + c * blockBytes;
-            sbyte* ab = a + c * QK;
-            CombinedScales(wb, blockBytes, ad + c, m, s);
-            int j = 0;
-            for (; j + 2 <= m; j += 2, wb += 2 * blockBytes, ab += 2 * QK)
-            {
-                accE = Step(accE, T.Load(wb), ab, s[j]);
-                accO = Step(accO, T.Load(wb + blockBytes), ab + QK, s[j + 1]);
-            }
-            if (j < m) accE = Step(accE, T.Load(wb), ab, s[j]); // the last block of an odd count: an even index
+            accE = Step(accE, T.Load(w), a, WeightScale(w) * ad[b]);
+            accO = Step(accO, T.Load(w + blockBytes), a + QK, WeightScale(w + blockBytes) * ad[b + 1]);
         }
+        if (b < blocks) accE = Step(accE, T.Load(w), a, WeightScale(w) * ad[b]); // the last of an odd count: an even index
         return Vector256.Sum(accE + accO);
     }
 
@@ -228,38 +200,27 @@ internal static unsafe class IntegerDot
         where T : struct, IWeightBlocks
     {
         int blockBytes = T.BlockBytes;
-        float* s0 = stackalloc float[4 * ScaleChunk];
-        float* s1 = s0 + ScaleChunk, s2 = s1 + ScaleChunk, s3 = s2 + ScaleChunk;
         Vector256<float> e0 = Vector256<float>.Zero, e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
         sbyte* a1 = a + stride, a2 = a1 + stride, a3 = a2 + stride;
         float* d1 = ad + dStride, d2 = d1 + dStride, d3 = d2 + dStride;
-        for (int c = 0; c < blocks; c += ScaleChunk)
+        for (int b = 0; b < blocks; b++, w += blockBytes)
         {
-            int m = Math.Min(ScaleChunk, blocks - c);
-            byte* wb = w + c * blockBytes;
-            CombinedScales(wb, blockBytes, ad + c, m, s0);
-            CombinedScales(wb, blockBytes, d1 + c, m, s1);
-            CombinedScales(wb, blockBytes, d2 + c, m, s2);
-            CombinedScales(wb, blockBytes, d3 + c, m, s3);
-            int j = 0;
-            for (; j < m; j++, wb += blockBytes)
+            var wq = T.Load(w);
+            float dw = WeightScale(w);
+            int o = b * QK;
+            if ((b & 1) == 0)
             {
-                var wq = T.Load(wb);
-                int o = (c + j) * QK;
-                if ((j & 1) == 0)
-                {
-                    e0 = Step(e0, wq, a + o, s0[j]);
-                    e1 = Step(e1, wq, a1 + o, s1[j]);
-                    e2 = Step(e2, wq, a2 + o, s2[j]);
-                    e3 = Step(e3, wq, a3 + o, s3[j]);
-                }
-                else
-                {
-                    o0 = Step(o0, wq, a + o, s0[j]);
-                    o1 = Step(o1, wq, a1 + o, s1[j]);
-                    o2 = Step(o2, wq, a2 + o, s2[j]);
-                    o3 = Step(o3, wq, a3 + o, s3[j]);
-                }
+                e0 = Step(e0, wq, a + o, dw * ad[b]);
+                e1 = Step(e1, wq, a1 + o, dw * d1[b]);
+                e2 = Step(e2, wq, a2 + o, dw * d2[b]);
+                e3 = Step(e3, wq, a3 + o, dw * d3[b]);
+            }
+            else
+            {
+                o0 = Step(o0, wq, a + o, dw * ad[b]);
+                o1 = Step(o1, wq, a1 + o, dw * d1[b]);
+                o2 = Step(o2, wq, a2 + o, dw * d2[b]);
+                o3 = Step(o3, wq, a3 + o, dw * d3[b]);
             }
         }
         y[0] = Vector256.Sum(e0 + o0);
