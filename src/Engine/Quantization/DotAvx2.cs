@@ -22,12 +22,9 @@ internal static unsafe class DotAvx2
     /// infinities and NaNs get the f32 all-ones exponent instead.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<float> F16x8(ushort* h) => F16x8(Avx2.ConvertToVector256Int32(h));
-
-    /// <summary>As <see cref="F16x8(ushort*)"/>, for eight f16 patterns already zero-extended into int32 lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> F16x8(Vector256<int> v)
+    static Vector256<float> F16x8(ushort* h)
     {
+        var v = Avx2.ConvertToVector256Int32(h);
         var sign = Avx2.ShiftLeftLogical(Avx2.And(v, Vector256.Create(0x8000)), 16);
         var em = Avx2.ShiftLeftLogical(Avx2.And(v, Vector256.Create(0x7FFF)), 13);
         var scaled = Avx.Multiply(em.AsSingle(), Vector256.Create(0x77800000).AsSingle()); // 2^112

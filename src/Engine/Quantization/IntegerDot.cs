@@ -16,8 +16,8 @@ namespace TokenMill.Quantization;
 /// <item>Kernels: a weight block is made signed int8 (Q4_0: nibble − 8), then unsigned |w| × signed
 /// (a · sign w) — AVX-VNNI <c>vpdpbusd</c>, or AVX2 <c>vpmaddubsw</c> + <c>vpmaddwd</c> (127·128·2 fits
 /// int16, so nothing saturates). The per-block products are accumulated per activation row in one
-/// fixed order, so the one-row and four-row kernels give bit-identical results: a token's output
-/// does not depend on its batch mates.</item>
+/// fixed order, so the one-row and four-row kernels give bit-identical results; the packed kernel for
+/// 8 or more rows (<see cref="IntegerTile"/>) differs from them only by f32 rounding.</item>
 /// </list>
 /// <see cref="DotScalar"/> is the reference the SIMD paths are tested against.
 /// </summary>
