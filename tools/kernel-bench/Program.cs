@@ -36,7 +36,7 @@ foreach (var type in new[] { GgmlType.Q4_0, GgmlType.Q8_0 })
         var xd = new float[n * Cols / 32];
         var xu = new byte[n * Cols];
         var scratch = new byte[QuantizedDot.PackedScratchBytes(Cols)];
-        bool packed = n >= 2 && QuantizedDot.HasPackedIntegerDot(type);
+        bool packed = n >= 8 && QuantizedDot.HasPackedIntegerDot(type); // as CpuForward (PackedMinRows)
 
         void F32()
         {
