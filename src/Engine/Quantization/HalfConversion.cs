@@ -16,6 +16,8 @@ public static class Fp16
     static readonly float ScaleToZero = BitConverter.UInt32BitsToSingle(0x08800000);
 
     /// <summary>The f32 value of an f16 bit pattern (exact; NaN payloads are kept).</summary>
+    /// <remarks>Inlined: the integer dot kernels convert a scale per block, and a call there would make the JIT spill their accumulators.</remarks>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     public static float ToSingle(ushort h)
     {
         uint w = (uint)h << 16;

@@ -196,6 +196,108 @@ public static class QuantizedDot
         y1[0] = s01; y1[1] = s11; y1[2] = s21; y1[3] = s31;
     }
 
+    /// <summary>
+    /// Whether <paramref name="type"/> has an integer kernel here (<see cref="MatMulQ8RowRange"/>): Q8_0 and Q4_0
+    /// weights against activations quantized by <see cref="QuantizeActivations"/>, on AVX2 (+ AVX-VNNI).
+    /// </summary>
+    public static bool HasIntegerDot(GgmlType type) => IntegerDot.IsSupported && IntegerDot.HasKernel(type);
+
+    /// <summary>
+    /// Quantizes activations to 8-bit blocks of 32 for <see cref="MatMulQ8RowRange"/>: <paramref name="q"/> gets
+    /// x.Length quants, <paramref name="d"/> one f32 scale per block.
+    /// </summary>
+    public static void QuantizeActivations(ReadOnlySpan<float> x, Span<sbyte> q, Span<float> d) => IntegerDot.QuantizeActivations(x, q, d);
+
+    /// <summary>
+    /// Rows [r0, r0 + count) of W · xsᵀ with integer block dot products: ys[i, r] = Σ_b dw·da·(Σ w·a) for the
+    /// <paramref name="n"/> activation rows quantized by <see cref="QuantizeActivations"/> (<paramref name="xq"/>
+    /// n × cols quants, <paramref name="xd"/> n × cols/32 scales). Four activation rows share each decoded
+    /// weight block; each result equals the one-row result bit for bit.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void MatMulQ8RowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+        ReadOnlySpan<sbyte> xq, ReadOnlySpan<float> xd, int n, Span<float> ys)
+    {
+        int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulQ8RowRange");
+        if (!HasIntegerDot(type)) throw new NotSupportedException($"QuantizedDot.MatMulQ8RowRange: no integer kernel for {type} here");
+        if (r0 < 0 || count < 0 || r0 + count > rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"QuantizedDot.MatMulQ8RowRange: rows {r0}..{r0 + count} are outside 0..{rows}");
+        int blocks = cols / BlockFormats.QK;
+        if (xq.Length < (long)n * cols || xd.Length < (long)n * blocks || ys.Length < (long)n * rows)
+            throw new ArgumentException($"QuantizedDot.MatMulQ8RowRange: xq must hold {n} × {cols}, xd {n} × {blocks} and ys {n} × {rows}");
+        fixed (byte* pw = weights)
+        fixed (sbyte* pq = xq)
+        fixed (float* pd = xd)
+        fixed (float* py = ys)
+        {
+            if (type == GgmlType.Q4_0) MatMulQ8<IntegerDot.Q4_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
+            else MatMulQ8<IntegerDot.Q8_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
+        }
+    }
+
+    /// <summary>
+    /// Whether <paramref name="type"/> has the packed batched kernel (<see cref="MatMulQ8Packed"/>): AVX-VNNI here
+    /// and Q8_0/Q4_0 weights.
+    /// </summary>
+    public static bool HasPackedIntegerDot(GgmlType type) => IntegerTile.IsSupported && IntegerDot.HasKernel(type);
+
+    /// <summary>u[i] = q[i] + 128: the activations <see cref="MatMulQ8Packed"/> takes (vpdpbusd's unsigned operand).</summary>
+    public static void OffsetActivations(ReadOnlySpan<sbyte> q, Span<byte> u) => IntegerTile.OffsetActivations(q, u);
+
+    /// <summary>Bytes of scratch <see cref="MatMulQ8Packed"/> needs for rows of <paramref name="cols"/> columns.</summary>
+    public static int PackedScratchBytes(int cols) => cols / BlockFormats.QK * IntegerTile.GroupBlockBytes;
+
+    /// <summary>
+    /// Rows [r0, r0 + count) of W · xsᵀ for n ≥ 2 activation rows: each group of 8 weight rows is repacked into
+    /// <paramref name="scratch"/> (<see cref="PackedScratchBytes"/>) so that one vpdpbusd serves all 8, then
+    /// multiplied with every activation row (<paramref name="xu"/>: <see cref="OffsetActivations"/> of the
+    /// quants, <paramref name="xd"/>: their scales). An activation row's result does not depend on n or on
+    /// the other rows; it equals <see cref="MatMulQ8RowRange"/>'s up to f32 rounding.
+    /// </summary>
+    public static unsafe void MatMulQ8Packed(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+        ReadOnlySpan<byte> xu, ReadOnlySpan<float> xd, int n, Span<float> ys, Span<byte> scratch)
+    {
+        int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulQ8Packed");
+        if (!HasPackedIntegerDot(type)) throw new NotSupportedException($"QuantizedDot.MatMulQ8Packed: no packed integer kernel for {type} here");
+        if (r0 < 0 || count < 0 || r0 + count > rows)
+            throw new ArgumentOutOfRangeException(nameof(count), $"QuantizedDot.MatMulQ8Packed: rows {r0}..{r0 + count} are outside 0..{rows}");
+        int blocks = cols / BlockFormats.QK;
+        if (xu.Length < (long)n * cols || xd.Length < (long)n * blocks || ys.Length < (long)n * rows)
+            throw new ArgumentException($"QuantizedDot.MatMulQ8Packed: xu must hold {n} × {cols}, xd {n} × {blocks} and ys {n} × {rows}");
+        if (scratch.Length < PackedScratchBytes(cols))
+            throw new ArgumentException($"QuantizedDot.MatMulQ8Packed: scratch holds {scratch.Length} bytes, {PackedScratchBytes(cols)} needed", nameof(scratch));
+        fixed (byte* pw = weights)
+        fixed (byte* pu = xu)
+        fixed (float* pd = xd)
+        fixed (float* py = ys)
+        fixed (byte* tile = scratch)
+        {
+            for (int g = r0; g < r0 + count; g += IntegerTile.Rows)
+            {
+                int rowsHere = Math.Min(IntegerTile.Rows, r0 + count - g);
+                if (type == GgmlType.Q4_0) IntegerTile.Pack<IntegerDot.Q4_0Blocks>(pw + (long)g * rowBytes, rowBytes, rowsHere, blocks, tile);
+                else IntegerTile.Pack<IntegerDot.Q8_0Blocks>(pw + (long)g * rowBytes, rowBytes, rowsHere, blocks, tile);
+                IntegerTile.Multiply(tile, blocks, pu, pd, n, rowsHere, py + g, rows);
+            }
+        }
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    static unsafe void MatMulQ8<T>(byte* pw, int rowBytes, int rows, int cols, int r0, int count, sbyte* pq, float* pd, int n, float* py)
+        where T : struct, IntegerDot.IWeightBlocks
+    {
+        int blocks = cols / BlockFormats.QK;
+        for (int r = r0; r < r0 + count; r++)
+        {
+            byte* w = pw + (long)r * rowBytes;
+            int i = 0;
+            for (; i + 4 <= n; i += 4)
+                IntegerDot.Dot4<T>(w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, blocks, py + (long)i * rows + r, rows);
+            for (; i < n; i++)
+                py[(long)i * rows + r] = IntegerDot.Dot1<T>(w, pq + (long)i * cols, pd + (long)i * blocks, blocks);
+        }
+    }
+
     static int CheckMatrix(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, string caller)
     {
         if (!IsSupported(type)) throw new NotSupportedException($"{caller}: tensor type {type} is not supported");

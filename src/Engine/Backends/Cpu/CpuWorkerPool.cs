@@ -11,13 +11,19 @@ public sealed class CpuWorkerPool : IDisposable
 {
     readonly Thread[] _threads;
     readonly SemaphoreSlim _start = new(0);
-    readonly ManualResetEventSlim _done = new(false);
+    // Set by the helper that brings _active to 0; the caller blocks on it (after a short spin) so that on a
+    // busy machine it gives its core to the helper it waits for instead of spinning.
+    readonly ManualResetEventSlim _idle = new(false);
     readonly object _callLock = new();
 
     Action<int, int>? _body;
     int _count;
-    int _next;
-    int _pending;
+    // The current call's generation (high 32 bits) and next unclaimed index (low 32): a helper claims an
+    // index with one compare-exchange that also proves the call is still the one it joined.
+    long _ticket;
+    volatile int _generation;
+    // Helpers between joining a call and leaving it; the caller waits only for these.
+    int _active;
     Exception? _error;
     volatile bool _stopping;
 
@@ -42,6 +48,12 @@ public sealed class CpuWorkerPool : IDisposable
     public int ThreadCount { get; }
 
     /// <summary>Runs <paramref name="body"/>(index, worker) for index in [0, count); worker is in [0, ThreadCount).</summary>
+    /// <remarks>
+    /// The caller claims items too and, once every index is claimed, waits only for helpers still running
+    /// one: a helper that has not woken up by then (a busy or oversubscribed machine) is not waited for,
+    /// and finds nothing left when it does. That keeps the hundreds of calls per token from each paying a
+    /// thread wake-up.
+    /// </remarks>
     public void For(int count, Action<int, int> body)
     {
         if (count <= 0) return;
@@ -54,31 +66,41 @@ public sealed class CpuWorkerPool : IDisposable
         {
             _body = body;
             _count = count;
-            _next = 0;
             _error = null;
-            int helpers = Math.Min(_threads.Length, count - 1);
-            _pending = helpers;
-            _done.Reset();
-            _start.Release(helpers);
-            RunItems(0);
-            if (helpers > 0) _done.Wait();
-            _body = null;
+            int generation = _generation + 1;
+            Interlocked.Exchange(ref _ticket, (long)generation << 32);
+            _generation = generation;
+            _start.Release(Math.Min(_threads.Length, count - 1));
+            RunItems(0, generation);
+            // Every index is claimed; close the call before _body and _count can change, so that a helper
+            // that read this generation late cannot claim an index of the next call with them.
+            Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue);
+            // No lost wake-up: a helper decrements before it sets, and the event is reset only before a re-check.
+            while (Volatile.Read(ref _active) != 0)
+            {
+                _idle.Wait();
+                _idle.Reset();
+            }
             if (_error is { } e) throw new AggregateException("a CPU kernel failed", e);
         }
     }
 
-    void RunItems(int worker)
+    void RunItems(int worker, int generation)
     {
         try
         {
-            var body = _body!;
-            int i;
-            while ((i = Interlocked.Increment(ref _next) - 1) < _count) body(i, worker);
+            while (true)
+            {
+                long ticket = Volatile.Read(ref _ticket);
+                if ((int)(ticket >> 32) != generation || (int)ticket >= _count) return;
+                if (Interlocked.CompareExchange(ref _ticket, ticket + 1, ticket) != ticket) continue;
+                _body!((int)ticket, worker);
+            }
         }
         catch (Exception e)
         {
             Interlocked.CompareExchange(ref _error, e, null);
-            _next = int.MaxValue / 2; // stop handing out work
+            Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue); // stop handing out work
         }
     }
 
@@ -88,8 +110,11 @@ public sealed class CpuWorkerPool : IDisposable
         {
             _start.Wait();
             if (_stopping) return;
-            RunItems(worker);
-            if (Interlocked.Decrement(ref _pending) == 0) _done.Set();
+            // Join first, then read the generation: a caller that has seen _active == 0 has finished, and a
+            // helper that joins after that finds its call closed (or joins the next one, which waits for it).
+            Interlocked.Increment(ref _active);
+            RunItems(worker, _generation);
+            if (Interlocked.Decrement(ref _active) == 0) _idle.Set();
         }
     }
 
@@ -100,6 +125,6 @@ public sealed class CpuWorkerPool : IDisposable
         if (_threads.Length > 0) _start.Release(_threads.Length);
         foreach (var t in _threads) t.Join();
         _start.Dispose();
-        _done.Dispose();
+        _idle.Dispose();
     }
 }

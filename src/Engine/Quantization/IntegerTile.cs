@@ -1,0 +1,181 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using static TokenMill.Quantization.BlockFormats;
+
+namespace TokenMill.Quantization;
+
+/// <summary>
+/// The batched integer kernel (AVX-VNNI): eight weight rows are repacked so that one <c>vpdpbusd</c>
+/// computes a 4-element partial dot for all eight rows at once (lane r = row r), then reused for every
+/// activation row. Per 32-element block and activation row that is 8 <c>vpdpbusd</c> + one convert and
+/// one FMA for eight weight rows, where the one-row kernel needs 8 × (dot, convert, broadcast, FMA).
+/// <para>
+/// Packed layout, per block of the 8-row group (<see cref="GroupBlockBytes"/> bytes): 8 × 32 bytes, where
+/// the k-th 32 bytes hold elements 4k..4k+3 of rows 0..7 (signed int8 weights: Q8_0's quants, Q4_0's
+/// nibble − 8); then 8 int32 −128·Σw (row sums); then 8 f32 weight scales.
+/// </para>
+/// <para>
+/// vpdpbusd multiplies unsigned by signed bytes, so the activations go in as a + 128 (u8, see
+/// <see cref="OffsetActivations"/>) and the −128·Σw start value cancels the offset exactly:
+/// Σ (a + 128)·w − 128·Σ w = Σ a·w. Each activation row's arithmetic is the same whatever its batch
+/// mates, so results do not depend on the batch.
+/// </para>
+/// </summary>
+internal static unsafe class IntegerTile
+{
+    public const int Rows = 8;
+    public const int GroupBlockBytes = Rows * QK + Rows * sizeof(int) + Rows * sizeof(float);
+
+    public static bool IsSupported => AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+
+    /// <summary>u[i] = q[i] + 128 as an unsigned byte (flipping the sign bit does exactly that).</summary>
+    public static void OffsetActivations(ReadOnlySpan<sbyte> q, Span<byte> u) =>
+        System.Numerics.Tensors.TensorPrimitives.Xor(System.Runtime.InteropServices.MemoryMarshal.AsBytes(q), (byte)0x80, u);
+
+    /// <summary>
+    /// Packs rows [r0, r0 + count) (count ≤ 8; missing rows are zero) of <paramref name="blocks"/> blocks each into
+    /// <paramref name="tile"/> (blocks × <see cref="GroupBlockBytes"/> bytes).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Pack<T>(byte* w, int rowBytes, int count, int blocks, byte* tile) where T : struct, IntegerDot.IWeightBlocks
+    {
+        Vector256<sbyte>* rowsV = stackalloc Vector256<sbyte>[Rows];
+        var ones = Vector256.Create((byte)1);
+        for (int b = 0; b < blocks; b++)
+        {
+            byte* dst = tile + (long)b * GroupBlockBytes;
+            float* scales = (float*)(dst + Rows * QK + Rows * sizeof(int));
+            for (int r = 0; r < Rows; r++)
+            {
+                if (r < count)
+                {
+                    byte* block = w + (long)r * rowBytes + (long)b * T.BlockBytes;
+                    rowsV[r] = T.Load(block);
+                    scales[r] = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
+                }
+                else
+                {
+                    rowsV[r] = Vector256<sbyte>.Zero;
+                    scales[r] = 0;
+                }
+            }
+            // An 8 × 8 transpose of int32s: out[k] lane r = row r's int32 k (its elements 4k..4k+3).
+            var t0 = Avx2.UnpackLow(rowsV[0].AsInt32(), rowsV[1].AsInt32());
+            var t1 = Avx2.UnpackHigh(rowsV[0].AsInt32(), rowsV[1].AsInt32());
+            var t2 = Avx2.UnpackLow(rowsV[2].AsInt32(), rowsV[3].AsInt32());
+            var t3 = Avx2.UnpackHigh(rowsV[2].AsInt32(), rowsV[3].AsInt32());
+            var t4 = Avx2.UnpackLow(rowsV[4].AsInt32(), rowsV[5].AsInt32());
+            var t5 = Avx2.UnpackHigh(rowsV[4].AsInt32(), rowsV[5].AsInt32());
+            var t6 = Avx2.UnpackLow(rowsV[6].AsInt32(), rowsV[7].AsInt32());
+            var t7 = Avx2.UnpackHigh(rowsV[6].AsInt32(), rowsV[7].AsInt32());
+            var u0 = Avx2.UnpackLow(t0.AsInt64(), t2.AsInt64()).AsInt32();
+            var u1 = Avx2.UnpackHigh(t0.AsInt64(), t2.AsInt64()).AsInt32();
+            var u2 = Avx2.UnpackLow(t1.AsInt64(), t3.AsInt64()).AsInt32();
+            var u3 = Avx2.UnpackHigh(t1.AsInt64(), t3.AsInt64()).AsInt32();
+            var u4 = Avx2.UnpackLow(t4.AsInt64(), t6.AsInt64()).AsInt32();
+            var u5 = Avx2.UnpackHigh(t4.AsInt64(), t6.AsInt64()).AsInt32();
+            var u6 = Avx2.UnpackLow(t5.AsInt64(), t7.AsInt64()).AsInt32();
+            var u7 = Avx2.UnpackHigh(t5.AsInt64(), t7.AsInt64()).AsInt32();
+            // u0 = [k0: r0 r1 r2 r3 | k4: r0 r1 r2 r3], u4 = the same for rows 4..7; u1: k1/k5, u2: k2/k6, u3: k3/k7.
+            var k0 = Avx2.Permute2x128(u0, u4, 0x20);
+            var k4 = Avx2.Permute2x128(u0, u4, 0x31);
+            var k1 = Avx2.Permute2x128(u1, u5, 0x20);
+            var k5 = Avx2.Permute2x128(u1, u5, 0x31);
+            var k2 = Avx2.Permute2x128(u2, u6, 0x20);
+            var k6 = Avx2.Permute2x128(u2, u6, 0x31);
+            var k3 = Avx2.Permute2x128(u3, u7, 0x20);
+            var k7 = Avx2.Permute2x128(u3, u7, 0x31);
+            Avx.Store((int*)dst + 0, k0);
+            Avx.Store((int*)dst + 8, k1);
+            Avx.Store((int*)dst + 16, k2);
+            Avx.Store((int*)dst + 24, k3);
+            Avx.Store((int*)dst + 32, k4);
+            Avx.Store((int*)dst + 40, k5);
+            Avx.Store((int*)dst + 48, k6);
+            Avx.Store((int*)dst + 56, k7);
+            // Row sums: lane r of Σ_k dpbusd(1, k) is Σ of row r's 32 weights.
+            var sum = Vector256<int>.Zero;
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k0.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k1.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k2.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k3.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k4.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k5.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k6.AsSByte());
+            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k7.AsSByte());
+            Avx.Store((int*)(dst + Rows * QK), Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(sum, 7)));
+        }
+    }
+
+    /// <summary>
+    /// y[i·yStride + r] = row r · activation i for r &lt; <paramref name="count"/> and i &lt; n: the packed group
+    /// against n offset activation rows (<paramref name="xu"/> + i·cols, scales <paramref name="xd"/> + i·blocks).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Multiply(byte* tile, int blocks, byte* xu, float* xd, int n, int count, float* y, int yStride)
+    {
+        int cols = blocks * QK;
+        var result = stackalloc float[Rows];
+        int i = 0;
+        for (; i + 2 <= n; i += 2)
+        {
+            byte* a0 = xu + (long)i * cols, a1 = a0 + cols;
+            float* d0 = xd + (long)i * blocks, d1 = d0 + blocks;
+            Vector256<float> f0 = Vector256<float>.Zero, f1 = f0;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK)
+            {
+                var start = Avx.LoadVector256((int*)(t + Rows * QK));
+                var scales = Avx.LoadVector256((float*)(t + Rows * QK + Rows * sizeof(int)));
+                // Two chains per activation row (even and odd k) halve the vpdpbusd latency chain.
+                Vector256<int> e0 = start, o0 = Vector256<int>.Zero, e1 = start, o1 = Vector256<int>.Zero;
+                for (int k = 0; k < 8; k += 2)
+                {
+                    var w0 = Avx.LoadVector256((sbyte*)t + k * 32);
+                    var w1 = Avx.LoadVector256((sbyte*)t + k * 32 + 32);
+                    e0 = AvxVnni.MultiplyWideningAndAdd(e0, Vector256.Create(*(int*)(a0 + 4 * k)).AsByte(), w0);
+                    e1 = AvxVnni.MultiplyWideningAndAdd(e1, Vector256.Create(*(int*)(a1 + 4 * k)).AsByte(), w0);
+                    o0 = AvxVnni.MultiplyWideningAndAdd(o0, Vector256.Create(*(int*)(a0 + 4 * k + 4)).AsByte(), w1);
+                    o1 = AvxVnni.MultiplyWideningAndAdd(o1, Vector256.Create(*(int*)(a1 + 4 * k + 4)).AsByte(), w1);
+                }
+                f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
+                f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e1, o1)), Avx.Multiply(scales, Vector256.Create(d1[b])), f1);
+            }
+            Store(f0, result, y + (long)i * yStride, count);
+            Store(f1, result, y + (long)(i + 1) * yStride, count);
+        }
+        for (; i < n; i++) // the same arithmetic for one row
+        {
+            byte* a0 = xu + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            var f0 = Vector256<float>.Zero;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                var start = Avx.LoadVector256((int*)(t + Rows * QK));
+                var scales = Avx.LoadVector256((float*)(t + Rows * QK + Rows * sizeof(int)));
+                Vector256<int> e0 = start, o0 = Vector256<int>.Zero;
+                for (int k = 0; k < 8; k += 2)
+                {
+                    e0 = AvxVnni.MultiplyWideningAndAdd(e0, Vector256.Create(*(int*)(a0 + 4 * k)).AsByte(), Avx.LoadVector256((sbyte*)t + k * 32));
+                    o0 = AvxVnni.MultiplyWideningAndAdd(o0, Vector256.Create(*(int*)(a0 + 4 * k + 4)).AsByte(), Avx.LoadVector256((sbyte*)t + k * 32 + 32));
+                }
+                f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
+            }
+            Store(f0, result, y + (long)i * yStride, count);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Store(Vector256<float> v, float* scratch, float* y, int count)
+    {
+        if (count == Rows)
+        {
+            Avx.Store(y, v);
+            return;
+        }
+        Avx.Store(scratch, v);
+        for (int r = 0; r < count; r++) y[r] = scratch[r];
+    }
+}
