@@ -8,8 +8,47 @@ namespace TokenMill.Server.Http;
 /// Prometheus metrics named after vLLM's (<c>vllm:</c> → <c>tokenmill:</c>): latency histograms
 /// measured at the API edge, engine gauges read at scrape time, token and request counters.
 /// </summary>
-public sealed class ServerMetrics(LlmEngine engine, string modelName)
+public sealed class ServerMetrics
 {
+    readonly LlmEngine engine;
+    readonly string modelName;
+    readonly long[] _cachedAt, _lastAccess; // Stopwatch ticks per block: when it was cached, when last cached or hit
+
+    public ServerMetrics(LlmEngine engine, string modelName)
+    {
+        this.engine = engine;
+        this.modelName = modelName;
+        _cachedAt = new long[engine.Stats.TotalKvBlocks];
+        _lastAccess = new long[engine.Stats.TotalKvBlocks];
+        engine.KvEvents += OnKvEvent;
+    }
+
+    /// <summary>On the engine thread, per KV event: only a timestamp or one histogram observation.</summary>
+    void OnKvEvent(TokenMill.KvCache.KvCacheEvent e)
+    {
+        if ((uint)e.Block >= (uint)_cachedAt.Length) return;
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        switch (e.Kind)
+        {
+            case TokenMill.KvCache.KvEventKind.Cached:
+                _cachedAt[e.Block] = _lastAccess[e.Block] = now;
+                break;
+            case TokenMill.KvCache.KvEventKind.Hit:
+                _lastAccess[e.Block] = now;
+                break;
+            case TokenMill.KvCache.KvEventKind.Evicted when _cachedAt[e.Block] != 0:
+                _lifetime.Observe(System.Diagnostics.Stopwatch.GetElapsedTime(_cachedAt[e.Block], now).TotalSeconds);
+                _idle.Observe(System.Diagnostics.Stopwatch.GetElapsedTime(_lastAccess[e.Block], now).TotalSeconds);
+                _cachedAt[e.Block] = 0;
+                break;
+        }
+    }
+
+    // Lifetimes of cached blocks span from milliseconds to hours.
+    static readonly double[] BlockBuckets = [0.001, 0.01, 0.1, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 86400];
+    readonly Histogram _lifetime = new("tokenmill:kv_block_lifetime_seconds", "Time from a block's caching to its eviction.", BlockBuckets);
+    readonly Histogram _idle = new("tokenmill:kv_block_idle_before_evict_seconds", "Time from a cached block's last use to its eviction.", BlockBuckets);
+
     // vLLM's bucket bounds, in seconds.
     static readonly double[] TtftBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0];
     static readonly double[] ItlBuckets = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
@@ -48,6 +87,10 @@ public sealed class ServerMetrics(LlmEngine engine, string modelName)
         Gauge(sb, "tokenmill:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", label,
             s.TotalKvBlocks == 0 ? 0 : 1.0 - (double)s.FreeKvBlocks / s.TotalKvBlocks);
         Counter(sb, "tokenmill:num_preemptions_total", "Preemptions since start.", label, s.Preemptions);
+        Counter(sb, "tokenmill:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", label, s.PrefixCacheQueryTokens);
+        Counter(sb, "tokenmill:prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", label, s.PrefixCacheHitTokens);
+        Counter(sb, "tokenmill:kv_evictions_total", "Cached KV blocks evicted.", label, s.KvEvictions);
+        Gauge(sb, "tokenmill:kv_cached_blocks", "KV blocks holding a cached prefix that no request uses.", label, s.CachedKvBlocks);
         Counter(sb, "tokenmill:prompt_tokens_total", "Prompt tokens of finished requests.", label, Interlocked.Read(ref _promptTokens));
         Counter(sb, "tokenmill:generation_tokens_total", "Generated tokens of finished requests.", label, Interlocked.Read(ref _generationTokens));
         sb.Append("# HELP tokenmill:request_success_total Finished requests by finish reason.\n# TYPE tokenmill:request_success_total counter\n");
@@ -59,7 +102,7 @@ public sealed class ServerMetrics(LlmEngine engine, string modelName)
         sb.Append("# HELP tokenmill:http_responses_total HTTP responses of the API endpoints by status class.\n# TYPE tokenmill:http_responses_total counter\n");
         for (int c = 2; c <= 5; c++)
             sb.Append(CultureInfo.InvariantCulture, $"tokenmill:http_responses_total{{{label},code=\"{c}xx\"}} {Interlocked.Read(ref _responses[c])}\n");
-        foreach (var h in new[] { _ttft, _itl, _e2e, _queue }) h.Render(sb, label);
+        foreach (var h in new[] { _ttft, _itl, _e2e, _queue, _lifetime, _idle }) h.Render(sb, label);
         return sb.ToString();
     }
 

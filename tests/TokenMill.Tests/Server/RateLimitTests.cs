@@ -82,3 +82,28 @@ public class RequestLogTests
         }
     }
 }
+
+public class KvCacheMetricsTests
+{
+    [SkippableFact]
+    public async Task Prefix_cache_and_eviction_metrics_are_exported()
+    {
+        await using var server = ServerFixture.Start(TestData.Require("models/stories260K.gguf"), new EngineOptions { MaxModelLen = 64, NumKvBlocks = 8 });
+        await server.StartAsync();
+        var engine = await server.Ready;
+        using var http = new HttpClient { BaseAddress = server.BaseAddress };
+        async Task Complete(string prompt) =>
+            (await http.PostAsync("/v1/completions", new StringContent(
+                System.Text.Json.JsonSerializer.Serialize(new { prompt, max_tokens = 4, temperature = 0 }), Encoding.UTF8, "application/json"))).Dispose();
+        string story = "Once upon a time there was a little girl named Lily who loved to play in the park with her dog";
+        await Complete(story);
+        await Complete(story); // a hit
+        foreach (var p in TokenMill.Tests.Core.LlmEngineTests.Prompts.Where(p => p.Length > 40)) await Complete(p); // evict
+        Assert.True(engine.Stats.KvEvictions > 0, "the small cache should have evicted");
+        string metrics = await http.GetStringAsync("/metrics");
+        Assert.Matches(@"tokenmill:prefix_cache_hits_total\{[^}]*\} [1-9]", metrics);
+        Assert.Matches(@"tokenmill:kv_evictions_total\{[^}]*\} [1-9]", metrics);
+        Assert.Matches(@"tokenmill:kv_block_lifetime_seconds_count\{[^}]*\} [1-9]", metrics);
+        Assert.Matches(@"tokenmill:kv_block_idle_before_evict_seconds_count\{[^}]*\} [1-9]", metrics);
+    }
+}
