@@ -1,4 +1,4 @@
-using System.IO.MemoryMappedFiles;
+using TokenMill.Memory;
 using System.Text;
 
 namespace TokenMill.Models.Gguf;
@@ -18,16 +18,14 @@ public sealed unsafe class GgufFile : IDisposable
     const long MaxStringBytes = 1L << 30;
     const int MaxDimensions = 8; // GGML_MAX_DIMS is 4; allow a little headroom, reject garbage
 
-    readonly MemoryMappedFile? _map;
-    readonly MemoryMappedViewAccessor? _view;
+    readonly MappedFile? _mapping; // null for an image parsed from memory
     readonly byte* _base;
     readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
-    GgufFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* basePtr, long length)
+    GgufFile(string path, MappedFile? mapping, byte* basePtr, long length)
     {
         Path = path;
-        _map = map;
-        _view = view;
+        _mapping = mapping;
         _base = basePtr;
         Length = length;
 
@@ -136,7 +134,7 @@ public sealed unsafe class GgufFile : IDisposable
     {
         if (length < 8)
             throw new GgufFormatException(name, "header", $"file is truncated ({length} bytes; a GGUF header needs at least 24)");
-        return new GgufFile(name, null, null, data, length);
+        return new GgufFile(name, null, data, length);
     }
 
     public static GgufFile Open(string path)
@@ -146,22 +144,14 @@ public sealed unsafe class GgufFile : IDisposable
         if (info.Length < 8)
             throw new GgufFormatException(path, "header", $"file is truncated ({info.Length} bytes; a GGUF header needs at least 24)");
 
-        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-        MemoryMappedViewAccessor? view = null;
-        bool acquired = false;
+        var mapping = MappedFile.Open(path, info.Length);
         try
         {
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            acquired = true;
-            return new GgufFile(path, map, view, p + view.PointerOffset, info.Length);
+            return new GgufFile(path, mapping, mapping.Pointer, mapping.Length);
         }
         catch
         {
-            if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            view?.Dispose();
-            map.Dispose();
+            mapping.Dispose();
             throw;
         }
     }
@@ -222,9 +212,7 @@ public sealed unsafe class GgufFile : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _view?.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view?.Dispose();
-        _map?.Dispose();
+        _mapping?.Dispose();
     }
 
     /// <summary>A bounds-checked little-endian cursor over the mapped header.</summary>

@@ -1,4 +1,4 @@
-using System.IO.MemoryMappedFiles;
+using TokenMill.Memory;
 using System.Text.Json;
 using TokenMill.Models.Gguf;
 
@@ -19,17 +19,15 @@ public sealed unsafe class SafetensorsFile : IDisposable
 
     const int MaxDimensions = 8;
 
-    readonly MemoryMappedFile? _map;
-    readonly MemoryMappedViewAccessor? _view;
+    readonly MappedFile? _mapping; // null for an image parsed from memory
     readonly byte* _base;
     readonly Dictionary<string, SafetensorsTensorInfo> _tensors;
     bool _disposed;
 
-    SafetensorsFile(string path, MemoryMappedFile? map, MemoryMappedViewAccessor? view, byte* basePtr, long length)
+    SafetensorsFile(string path, MappedFile? mapping, byte* basePtr, long length)
     {
         Path = path;
-        _map = map;
-        _view = view;
+        _mapping = mapping;
         _base = basePtr;
         Length = length;
 
@@ -207,7 +205,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// Parses a safetensors image already in memory (the caller keeps it alive and pinned while the result is used):
     /// the same checks as <see cref="Open"/>, for fuzzing.
     /// </summary>
-    public static SafetensorsFile Parse(string name, byte* data, long length) => new(name, null, null, data, length);
+    public static SafetensorsFile Parse(string name, byte* data, long length) => new(name, null, data, length);
 
     /// <summary>Opens and validates a file; the tensor data stays mapped until <see cref="Dispose"/>.</summary>
     public static SafetensorsFile Open(string path)
@@ -217,22 +215,14 @@ public sealed unsafe class SafetensorsFile : IDisposable
         if (info.Length < 8)
             throw new SafetensorsFormatException(path, "header length", $"file is truncated ({info.Length} bytes; the header length alone takes 8)");
 
-        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
-        MemoryMappedViewAccessor? view = null;
-        bool acquired = false;
+        var mapping = MappedFile.Open(path, info.Length);
         try
         {
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            acquired = true;
-            return new SafetensorsFile(path, map, view, p + view.PointerOffset, info.Length);
+            return new SafetensorsFile(path, mapping, mapping.Pointer, mapping.Length);
         }
         catch
         {
-            if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            view?.Dispose();
-            map.Dispose();
+            mapping.Dispose();
             throw;
         }
     }
@@ -241,8 +231,6 @@ public sealed unsafe class SafetensorsFile : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
-        _view?.SafeMemoryMappedViewHandle.ReleasePointer();
-        _view?.Dispose();
-        _map?.Dispose();
+        _mapping?.Dispose();
     }
 }

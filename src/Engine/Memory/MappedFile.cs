@@ -1,0 +1,57 @@
+using System.IO.MemoryMappedFiles;
+
+namespace TokenMill.Memory;
+
+/// <summary>
+/// A whole file mapped read-only, with a pointer to its first byte held until <see cref="Dispose"/>:
+/// the storage behind every model file reader (GGUF, safetensors), so weights are read in place.
+/// </summary>
+public sealed unsafe class MappedFile : IDisposable
+{
+    readonly MemoryMappedFile _map;
+    readonly MemoryMappedViewAccessor _view;
+    bool _disposed;
+
+    MappedFile(MemoryMappedFile map, MemoryMappedViewAccessor view, byte* pointer, long length)
+    {
+        _map = map;
+        _view = view;
+        Pointer = pointer;
+        Length = length;
+    }
+
+    public byte* Pointer { get; }
+    public long Length { get; }
+
+    /// <summary>Maps <paramref name="path"/>, which must exist and be non-empty (a zero-length file cannot be mapped).</summary>
+    public static MappedFile Open(string path, long length)
+    {
+        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        MemoryMappedViewAccessor? view = null;
+        bool acquired = false;
+        try
+        {
+            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
+            byte* p = null;
+            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+            acquired = true;
+            return new MappedFile(map, view, p + view.PointerOffset, length);
+        }
+        catch
+        {
+            if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
+            view?.Dispose();
+            map.Dispose();
+            throw;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _view.SafeMemoryMappedViewHandle.ReleasePointer();
+        _view.Dispose();
+        _map.Dispose();
+    }
+}
