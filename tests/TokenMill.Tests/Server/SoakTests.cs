@@ -14,6 +14,7 @@ namespace TokenMill.Tests.Server;
 /// may leak. CI runs 15 s; <c>TOKENMILL_SOAK_SECONDS=600</c> runs the 10-minute version.
 /// </summary>
 [Trait("Category", "Soak")]
+[Collection(nameof(SoakCollection))]
 public class SoakTests(ITestOutputHelper output)
 {
     sealed record Outcome(string Prompt, int MaxTokens, bool Greedy, string Text, string? Finish, bool Done, double TtftMs, List<double> ItlMs, string? Error);
@@ -128,3 +129,7 @@ public class SoakTests(ITestOutputHelper output)
         Assert.True(heapAfter - heapBefore < 64L << 20, $"the managed heap grew by {(heapAfter - heapBefore) >> 20} MiB");
     }
 }
+
+/// <summary>The soak measures the process's heap and memory: it runs alone, after the parallel tests, so no other test's objects count.</summary>
+[CollectionDefinition(nameof(SoakCollection), DisableParallelization = true)]
+public sealed class SoakCollection;
