@@ -39,7 +39,7 @@ public static class BenchCommand
     static readonly HashSet<string> ServeValueOptions =
     [
         "base-url", "endpoint", "model", "api-key", "num-prompts", "concurrency", "request-rate", "dataset", "input-len", "output-len",
-        "seed", "goodput-ttft-ms", "goodput-tpot-ms", "hourly-cost", "output-json",
+        "seed", "goodput-ttft-ms", "goodput-tpot-ms", "hourly-cost", "output-json", "chart",
     ];
     static readonly HashSet<string> ServeFlags = ["help", "no-progress"];
 

@@ -33,6 +33,7 @@ public static class BenchServe
           --goodput-tpot-ms T    … and its TPOT ≤ T ms
           --hourly-cost USD      machine cost per hour, for cost per million output tokens
           --output-json F        write the full result as JSON
+          --chart F.png          draw a PNG: request timeline, streamed chunks/s over time, TTFT and ITL distributions
           --no-progress          no progress bar on stderr
         """;
 
@@ -61,6 +62,9 @@ public static class BenchServe
         int outputLen = a.Int("output-len", 128, min: 1);
         var random = new Random(a.Int("seed", 0, min: 0));
         bool progress = !a.Flag("no-progress");
+        foreach (var option in new[] { "output-json", "chart" })
+            if (a.String(option) is { } file && Path.GetDirectoryName(Path.GetFullPath(file)) is { } dir && !Directory.Exists(dir))
+                throw new UsageException($"--{option} {file}: the folder {dir} does not exist"); // found now, not after the run
 
         using var http = new HttpClient { BaseAddress = root, Timeout = TimeSpan.FromMinutes(30) };
         if (a.String("api-key") is { } key) http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", key);
@@ -104,6 +108,14 @@ public static class BenchServe
         var result = Summarize(results, duration, a, endpoint, model, concurrency, rate);
         Print(result, stdout);
         if (a.String("output-json") is { } path) File.WriteAllText(path, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (a.String("chart") is { } chart)
+        {
+            string title = string.Create(CultureInfo.InvariantCulture,
+                $"BENCH SERVE: {numPrompts} REQUESTS, CONCURRENCY {concurrency}, {(double)result["output_tokens_per_s"]!:F1} OUTPUT TOK/S");
+            BenchChart.Render([.. results.Select(r => new BenchChart.Request(r.Ok, r.StartS, r.StartS + r.TtftMs / 1000, r.EndS, r.ItlMs))], title)
+                .SavePng(chart);
+            stdout.WriteLine($"  chart written to {chart}");
+        }
         return results.All(r => r.Ok) ? Cli.ExitOk : Cli.ExitFailure;
     }
 

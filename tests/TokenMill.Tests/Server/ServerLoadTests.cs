@@ -111,13 +111,14 @@ public class BenchServeTests
         await server.StartAsync();
         await server.Ready;
         var json = Path.GetTempFileName();
+        var chart = Path.ChangeExtension(Path.GetTempFileName(), ".png");
         try
         {
             var stdout = new StringWriter();
             var stderr = new StringWriter();
             int code = await Task.Run(() => TokenMill.Server.Cli.Cli.Run(["bench", "serve", "--base-url", server.BaseAddress.ToString(),
                 "--num-prompts", "12", "--concurrency", "4", "--input-len", "16", "--output-len", "16", "--hourly-cost", "2",
-                "--output-json", json, "--no-progress"], stdout, stderr));
+                "--output-json", json, "--chart", chart, "--no-progress"], stdout, stderr));
             Assert.True(code == 0, stdout + stderr.ToString());
             var r = JsonDocument.Parse(File.ReadAllText(json)).RootElement;
             Assert.Equal(12, r.GetProperty("completed").GetInt32());
@@ -126,10 +127,15 @@ public class BenchServeTests
             Assert.True(r.GetProperty("ttft_ms").GetProperty("p50").GetDouble() > 0);
             Assert.True(r.GetProperty("cost_per_million_output_tokens").GetDouble() > 0);
             Assert.Contains("TTFT", stdout.ToString());
+            var pixels = TokenMill.Tests.Cli.RasterTests.ReadPng(File.ReadAllBytes(chart));
+            int decoding = 0;
+            foreach (var p in pixels) if (p == TokenMill.Server.Cli.BenchChart.Decoding) decoding++;
+            Assert.True(decoding > 1000, $"{decoding} decode pixels");
         }
         finally
         {
             File.Delete(json);
+            File.Delete(chart);
         }
     }
 }
