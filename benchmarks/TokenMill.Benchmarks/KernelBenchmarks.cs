@@ -1,0 +1,215 @@
+using System.Buffers.Binary;
+using BenchmarkDotNet.Attributes;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+
+namespace TokenMill.Benchmarks;
+
+/// <summary>Random weights of one type in TinyLlama-1.1B's shape (2048 × 2048), and activations to multiply them with.</summary>
+public abstract class WeightMatrixBenchmark
+{
+    public const int Rows = 2048, Cols = 2048;
+
+    protected byte[] Weights { get; private set; } = [];
+    protected float[] Reference { get; private set; } = []; // the same weights dequantized, for checks
+
+    /// <summary>The weight type; each benchmark class lists the types it has kernels for.</summary>
+    public abstract GgmlType Type { get; set; }
+
+    protected void CreateWeights()
+    {
+        var random = new Random(42);
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(Type, Cols);
+        Weights = new byte[Rows * rowBytes];
+        var row = new float[Cols];
+        Reference = new float[Rows * Cols];
+        for (int r = 0; r < Rows; r++)
+        {
+            var bytes = Weights.AsSpan(r * rowBytes, rowBytes);
+            if (Quantize.IsSupported(Type))
+            {
+                for (int c = 0; c < Cols; c++) row[c] = (float)(random.NextDouble() * 2 - 1) * 0.05f;
+                Quantize.Row(Type, row, bytes);
+            }
+            else RandomKQuantBlocks(random, bytes);
+            Dequantize.Row(Type, bytes, Reference.AsSpan(r * Cols, Cols));
+        }
+    }
+
+    /// <summary>
+    /// K-quant blocks (we have no K-quant encoder): random quants and sub-block scales, with the f16 super-block
+    /// scales set to small finite values so that no block decodes to infinities.
+    /// </summary>
+    void RandomKQuantBlocks(Random random, Span<byte> row)
+    {
+        random.NextBytes(row);
+        int blockBytes = (int)GgmlTypeInfo.RowBytes(Type, GgmlTypeInfo.QK_K);
+        ushort small = BitConverter.HalfToUInt16Bits((Half)0.002f);
+        for (int b = 0; b < row.Length; b += blockBytes)
+        {
+            var block = row.Slice(b, blockBytes);
+            switch (Type)
+            {
+                case GgmlType.Q4_K or GgmlType.Q5_K: // d, dmin first
+                    BinaryPrimitives.WriteUInt16LittleEndian(block, small);
+                    BinaryPrimitives.WriteUInt16LittleEndian(block[2..], small);
+                    break;
+                case GgmlType.Q6_K: // d last
+                    BinaryPrimitives.WriteUInt16LittleEndian(block[^2..], small);
+                    break;
+                default:
+                    throw new NotSupportedException($"no random-block generator for {Type}");
+            }
+        }
+    }
+
+    protected static float[] RandomActivations(int n, int seed)
+    {
+        var random = new Random(seed);
+        var x = new float[n * Cols];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(random.NextDouble() * 2 - 1);
+        return x;
+    }
+
+    /// <summary>The largest |y − W·x| over <paramref name="n"/> activation rows, relative to the largest |W·x|.</summary>
+    protected float RelativeError(float[] xs, int n, float[] ys)
+    {
+        double maxError = 0, maxValue = 1e-30;
+        for (int i = 0; i < n; i++)
+            for (int r = 0; r < Rows; r++)
+            {
+                double expected = 0;
+                for (int c = 0; c < Cols; c++) expected += (double)Reference[r * Cols + c] * xs[i * Cols + c];
+                maxError = Math.Max(maxError, Math.Abs(expected - ys[i * Rows + r]));
+                maxValue = Math.Max(maxValue, Math.Abs(expected));
+            }
+        return (float)(maxError / maxValue);
+    }
+
+    /// <summary>Runs the benchmark once and returns its relative error against the f64 reference (the smoke test's check).</summary>
+    public abstract float Check();
+}
+
+/// <summary>Decode's product: one activation vector, weights decoded in registers (<see cref="QuantizedDot.MatVec"/>), one thread.</summary>
+[MemoryDiagnoser]
+public class MatVecBenchmarks : WeightMatrixBenchmark
+{
+    float[] _x = [], _y = [];
+
+    [Params(GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K)]
+    public override GgmlType Type { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        CreateWeights();
+        _x = RandomActivations(1, 1);
+        _y = new float[Rows];
+    }
+
+    [Benchmark]
+    public void MatVec() => QuantizedDot.MatVec(Type, Weights, Rows, Cols, _x, _y);
+
+    public override float Check()
+    {
+        Setup();
+        MatVec();
+        return RelativeError(_x, 1, _y);
+    }
+}
+
+/// <summary>Prefill's product: N activation rows against one dequantized tile of weights (<see cref="QuantizedDot.MatMul"/>), one thread.</summary>
+[MemoryDiagnoser]
+public class MatMulBenchmarks : WeightMatrixBenchmark
+{
+    float[] _xs = [], _ys = [];
+
+    [Params(GgmlType.F32, GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K)]
+    public override GgmlType Type { get; set; }
+
+    [Params(32)]
+    public int N { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        CreateWeights();
+        _xs = RandomActivations(N, 2);
+        _ys = new float[N * Rows];
+    }
+
+    [Benchmark]
+    public void MatMul() => QuantizedDot.MatMul(Type, Weights, Rows, Cols, _xs, N, _ys);
+
+    public override float Check()
+    {
+        Setup();
+        MatMul();
+        return RelativeError(_xs, N, _ys);
+    }
+}
+
+/// <summary>
+/// The integer kernels: activations quantized to 8-bit blocks, then vpdpbusd/maddubs dot products — one row at a
+/// time (<see cref="QuantizedDot.MatMulQ8RowRange"/>, decode) or 8 repacked weight rows at a time
+/// (<see cref="QuantizedDot.MatMulQ8Packed"/>, batches and prefill).
+/// </summary>
+[MemoryDiagnoser]
+public class IntegerDotBenchmarks : WeightMatrixBenchmark
+{
+    float[] _xs = [], _xd = [], _ys = [];
+    sbyte[] _xq = [];
+    byte[] _xu = [], _scratch = [];
+
+    [Params(GgmlType.Q8_0, GgmlType.Q4_0)]
+    public override GgmlType Type { get; set; }
+
+    [Params(1, 4, 32)]
+    public int N { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        CreateWeights();
+        _xs = RandomActivations(N, 3);
+        _xq = new sbyte[N * Cols];
+        _xu = new byte[N * Cols];
+        _xd = new float[N * Cols / 32];
+        _ys = new float[N * Rows];
+        _scratch = new byte[QuantizedDot.PackedScratchBytes(Cols)];
+        QuantizeActivations();
+    }
+
+    [Benchmark]
+    public void QuantizeActivations()
+    {
+        for (int i = 0; i < N; i++)
+            QuantizedDot.QuantizeActivations(_xs.AsSpan(i * Cols, Cols), _xq.AsSpan(i * Cols, Cols), _xd.AsSpan(i * Cols / 32, Cols / 32));
+        QuantizedDot.OffsetActivations(_xq, _xu);
+    }
+
+    [Benchmark]
+    public void RowRange() => QuantizedDot.MatMulQ8RowRange(Type, Weights, Rows, Cols, 0, Rows, _xq, _xd, N, _ys);
+
+    [Benchmark]
+    public void Packed()
+    {
+        if (N > 1 && QuantizedDot.HasPackedIntegerDot(Type))
+            QuantizedDot.MatMulQ8Packed(Type, Weights, Rows, Cols, 0, Rows, _xu, _xd, N, _ys, _scratch);
+    }
+
+    public override float Check()
+    {
+        Setup();
+        if (!QuantizedDot.HasIntegerDot(Type)) return 0; // no integer kernel on this CPU: nothing of ours to check
+        RowRange();
+        float error = RelativeError(_xs, N, _ys);
+        if (N > 1 && QuantizedDot.HasPackedIntegerDot(Type))
+        {
+            Array.Clear(_ys);
+            Packed();
+            error = Math.Max(error, RelativeError(_xs, N, _ys));
+        }
+        return error;
+    }
+}

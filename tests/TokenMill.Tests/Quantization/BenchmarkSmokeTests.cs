@@ -1,0 +1,33 @@
+using TokenMill.Benchmarks;
+using TokenMill.Models.Gguf;
+
+namespace TokenMill.Tests.Quantization;
+
+/// <summary>
+/// Every kernel benchmark computes what it claims: one run of each, at each of its parameters, against the
+/// f64 product of the dequantized weights (so a benchmark cannot silently time a wrong or empty path).
+/// </summary>
+public class BenchmarkSmokeTests
+{
+    public static TheoryData<GgmlType> MatVecTypes => [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
+
+    [Theory]
+    [MemberData(nameof(MatVecTypes))]
+    public void MatVec_benchmark_computes_the_product(GgmlType type) =>
+        Assert.InRange(new MatVecBenchmarks { Type = type }.Check(), 0, 1e-4f);
+
+    [Theory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_K)]
+    public void MatMul_benchmark_computes_the_product(GgmlType type) =>
+        Assert.InRange(new MatMulBenchmarks { Type = type, N = 4 }.Check(), 0, 1e-4f);
+
+    [Theory]
+    [InlineData(GgmlType.Q8_0, 1)]
+    [InlineData(GgmlType.Q4_0, 4)]
+    [InlineData(GgmlType.Q8_0, 9)]
+    public void Integer_benchmarks_compute_the_product_within_activation_rounding(GgmlType type, int n) =>
+        // 8-bit activations: each block's rounding error is at most half a step of 1/127 of its largest value.
+        Assert.InRange(new IntegerDotBenchmarks { Type = type, N = n }.Check(), 0, 2e-2f);
+}
