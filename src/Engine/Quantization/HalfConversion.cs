@@ -15,6 +15,21 @@ public static class Fp16
     static readonly float ScaleToInf = BitConverter.UInt32BitsToSingle(0x77800000);
     static readonly float ScaleToZero = BitConverter.UInt32BitsToSingle(0x08800000);
 
+    /// <summary>
+    /// All 65,536 f16 values as f32 (256 KiB, allocated once for the process): the integer kernels look their
+    /// block scales up here, as ggml does where it has no F16C — a load instead of a dozen scalar operations
+    /// per block. Entry h is <see cref="ToSingle"/>(h). Declared after the constants above: static fields
+    /// initialize in textual order, and <see cref="BuildTable"/> uses them.
+    /// </summary>
+    internal static readonly unsafe float* Table = BuildTable();
+
+    static unsafe float* BuildTable()
+    {
+        var table = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(65536 * sizeof(float), 64);
+        for (int h = 0; h < 65536; h++) table[h] = ToSingle((ushort)h);
+        return table;
+    }
+
     /// <summary>The f32 value of an f16 bit pattern (exact; NaN payloads are kept).</summary>
     /// <remarks>Inlined: the integer dot kernels convert a scale per block, and a call there would make the JIT spill their accumulators.</remarks>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]

@@ -159,9 +159,9 @@ internal static unsafe class IntegerDot
     internal static Vector256<int> DotBlockAvx2(Vector256<byte> absW, Vector256<sbyte> signedA) =>
         Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, signedA), Vector256.Create((short)1));
 
-    /// <summary>The f16 scale at the start of one weight block, in f32.</summary>
+    /// <summary>The f16 scale at the start of one weight block, in f32, from <see cref="Fp16.Table"/> (passed in: read once per row).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float WeightScale(byte* block) => Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
+    static float WeightScale(byte* block, float* f16Table) => f16Table[Unsafe.ReadUnaligned<ushort>(block)];
 
     /// <summary>acc += f32(Σ w·a) · scale, one block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -179,14 +179,15 @@ internal static unsafe class IntegerDot
         where T : struct, IWeightBlocks
     {
         int blockBytes = T.BlockBytes;
+        float* f16 = Fp16.Table;
         Vector256<float> accE = Vector256<float>.Zero, accO = accE;
         int b = 0;
         for (; b + 2 <= blocks; b += 2, w += 2 * blockBytes, a += 2 * QK)
         {
-            accE = Step(accE, T.Load(w), a, WeightScale(w) * ad[b]);
-            accO = Step(accO, T.Load(w + blockBytes), a + QK, WeightScale(w + blockBytes) * ad[b + 1]);
+            accE = Step(accE, T.Load(w), a, WeightScale(w, f16) * ad[b]);
+            accO = Step(accO, T.Load(w + blockBytes), a + QK, WeightScale(w + blockBytes, f16) * ad[b + 1]);
         }
-        if (b < blocks) accE = Step(accE, T.Load(w), a, WeightScale(w) * ad[b]); // the last of an odd count: an even index
+        if (b < blocks) accE = Step(accE, T.Load(w), a, WeightScale(w, f16) * ad[b]); // the last of an odd count: an even index
         return Vector256.Sum(accE + accO);
     }
 
@@ -203,10 +204,11 @@ internal static unsafe class IntegerDot
         Vector256<float> e0 = Vector256<float>.Zero, e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
         sbyte* a1 = a + stride, a2 = a1 + stride, a3 = a2 + stride;
         float* d1 = ad + dStride, d2 = d1 + dStride, d3 = d2 + dStride;
+        float* f16 = Fp16.Table;
         for (int b = 0; b < blocks; b++, w += blockBytes)
         {
             var wq = T.Load(w);
-            float dw = WeightScale(w);
+            float dw = WeightScale(w, f16);
             int o = b * QK;
             if ((b & 1) == 0)
             {

@@ -31,3 +31,16 @@ public class BenchmarkSmokeTests
         // 8-bit activations: each block's rounding error is at most half a step of 1/127 of its largest value.
         Assert.InRange(new IntegerDotBenchmarks { Type = type, N = n }.Check(), 0, 2e-2f);
 }
+
+public class Fp16TableTests
+{
+    [Fact]
+    public unsafe void Table_holds_every_f16_value()
+    {
+        for (int h = 0; h < 65536; h++)
+        {
+            float expected = TokenMill.Quantization.Fp16.ToSingle((ushort)h), got = TokenMill.Quantization.Fp16.Table[h];
+            Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(got), $"f16 0x{h:X4}: {got} instead of {expected}");
+        }
+    }
+}
