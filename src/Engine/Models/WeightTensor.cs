@@ -1,4 +1,5 @@
 using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
 
 namespace TokenMill.Models;
 
@@ -27,6 +28,17 @@ public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, l
     }
 
     public ReadOnlySpan<byte> Row(long row) => new(Data + row * RowBytes, checked((int)RowBytes));
+
+    PackedQ4_0? _packedQ4;
+    bool _packedQ4Made;
+    object? _packLock;
+
+    /// <summary>
+    /// This Q4_0 matrix repacked for the CPU's eight-row integer kernel (<see cref="PackedQ4_0"/>): made once, on
+    /// first use, and kept as long as this view lives, so every forward pass over the model shares it.
+    /// </summary>
+    internal PackedQ4_0 PackedQ4() => LazyInitializer.EnsureInitialized(ref _packedQ4, ref _packedQ4Made, ref _packLock,
+        () => PackedQ4_0.Pack(new ReadOnlySpan<byte>(Data, checked((int)(Rows * RowBytes))), checked((int)Rows), checked((int)Columns)))!;
 
     public override string ToString() => $"{Name} {Type} [{Rows} × {Columns}]";
 }

@@ -41,6 +41,7 @@ internal static unsafe class IntegerTile
     public static void Pack<T>(byte* w, int rowBytes, int count, int blocks, byte* tile) where T : struct, IntegerDot.IWeightBlocks
     {
         Vector256<sbyte>* rowsV = stackalloc Vector256<sbyte>[Rows];
+        var k = stackalloc Vector256<int>[Rows];
         var ones = Vector256.Create((byte)1);
         for (int b = 0; b < blocks; b++)
         {
@@ -60,52 +61,47 @@ internal static unsafe class IntegerTile
                     scales[r] = 0;
                 }
             }
-            // An 8 × 8 transpose of int32s: out[k] lane r = row r's int32 k (its elements 4k..4k+3).
-            var t0 = Avx2.UnpackLow(rowsV[0].AsInt32(), rowsV[1].AsInt32());
-            var t1 = Avx2.UnpackHigh(rowsV[0].AsInt32(), rowsV[1].AsInt32());
-            var t2 = Avx2.UnpackLow(rowsV[2].AsInt32(), rowsV[3].AsInt32());
-            var t3 = Avx2.UnpackHigh(rowsV[2].AsInt32(), rowsV[3].AsInt32());
-            var t4 = Avx2.UnpackLow(rowsV[4].AsInt32(), rowsV[5].AsInt32());
-            var t5 = Avx2.UnpackHigh(rowsV[4].AsInt32(), rowsV[5].AsInt32());
-            var t6 = Avx2.UnpackLow(rowsV[6].AsInt32(), rowsV[7].AsInt32());
-            var t7 = Avx2.UnpackHigh(rowsV[6].AsInt32(), rowsV[7].AsInt32());
-            var u0 = Avx2.UnpackLow(t0.AsInt64(), t2.AsInt64()).AsInt32();
-            var u1 = Avx2.UnpackHigh(t0.AsInt64(), t2.AsInt64()).AsInt32();
-            var u2 = Avx2.UnpackLow(t1.AsInt64(), t3.AsInt64()).AsInt32();
-            var u3 = Avx2.UnpackHigh(t1.AsInt64(), t3.AsInt64()).AsInt32();
-            var u4 = Avx2.UnpackLow(t4.AsInt64(), t6.AsInt64()).AsInt32();
-            var u5 = Avx2.UnpackHigh(t4.AsInt64(), t6.AsInt64()).AsInt32();
-            var u6 = Avx2.UnpackLow(t5.AsInt64(), t7.AsInt64()).AsInt32();
-            var u7 = Avx2.UnpackHigh(t5.AsInt64(), t7.AsInt64()).AsInt32();
-            // u0 = [k0: r0 r1 r2 r3 | k4: r0 r1 r2 r3], u4 = the same for rows 4..7; u1: k1/k5, u2: k2/k6, u3: k3/k7.
-            var k0 = Avx2.Permute2x128(u0, u4, 0x20);
-            var k4 = Avx2.Permute2x128(u0, u4, 0x31);
-            var k1 = Avx2.Permute2x128(u1, u5, 0x20);
-            var k5 = Avx2.Permute2x128(u1, u5, 0x31);
-            var k2 = Avx2.Permute2x128(u2, u6, 0x20);
-            var k6 = Avx2.Permute2x128(u2, u6, 0x31);
-            var k3 = Avx2.Permute2x128(u3, u7, 0x20);
-            var k7 = Avx2.Permute2x128(u3, u7, 0x31);
-            Avx.Store((int*)dst + 0, k0);
-            Avx.Store((int*)dst + 8, k1);
-            Avx.Store((int*)dst + 16, k2);
-            Avx.Store((int*)dst + 24, k3);
-            Avx.Store((int*)dst + 32, k4);
-            Avx.Store((int*)dst + 40, k5);
-            Avx.Store((int*)dst + 48, k6);
-            Avx.Store((int*)dst + 56, k7);
-            // Row sums: lane r of Σ_k dpbusd(1, k) is Σ of row r's 32 weights.
+            Transpose8x8((Vector256<int>*)rowsV, k);
+            // Row sums: lane r of Σ_j dpbusd(1, k[j]) is Σ of row r's 32 weights.
             var sum = Vector256<int>.Zero;
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k0.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k1.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k2.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k3.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k4.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k5.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k6.AsSByte());
-            sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k7.AsSByte());
+            for (int j = 0; j < Rows; j++)
+            {
+                Avx.Store((int*)dst + 8 * j, k[j]);
+                sum = AvxVnni.MultiplyWideningAndAdd(sum, ones, k[j].AsSByte());
+            }
             Avx.Store((int*)(dst + Rows * QK), Avx2.Subtract(Vector256<int>.Zero, Avx2.ShiftLeftLogical(sum, 7)));
         }
+    }
+
+    /// <summary>An 8 × 8 transpose of int32s: <paramref name="k"/>[j] lane r = <paramref name="rows"/>[r] lane j (row r's elements 4j..4j+3).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Transpose8x8(Vector256<int>* rows, Vector256<int>* k)
+    {
+        var t0 = Avx2.UnpackLow(rows[0], rows[1]);
+        var t1 = Avx2.UnpackHigh(rows[0], rows[1]);
+        var t2 = Avx2.UnpackLow(rows[2], rows[3]);
+        var t3 = Avx2.UnpackHigh(rows[2], rows[3]);
+        var t4 = Avx2.UnpackLow(rows[4], rows[5]);
+        var t5 = Avx2.UnpackHigh(rows[4], rows[5]);
+        var t6 = Avx2.UnpackLow(rows[6], rows[7]);
+        var t7 = Avx2.UnpackHigh(rows[6], rows[7]);
+        var u0 = Avx2.UnpackLow(t0.AsInt64(), t2.AsInt64()).AsInt32();
+        var u1 = Avx2.UnpackHigh(t0.AsInt64(), t2.AsInt64()).AsInt32();
+        var u2 = Avx2.UnpackLow(t1.AsInt64(), t3.AsInt64()).AsInt32();
+        var u3 = Avx2.UnpackHigh(t1.AsInt64(), t3.AsInt64()).AsInt32();
+        var u4 = Avx2.UnpackLow(t4.AsInt64(), t6.AsInt64()).AsInt32();
+        var u5 = Avx2.UnpackHigh(t4.AsInt64(), t6.AsInt64()).AsInt32();
+        var u6 = Avx2.UnpackLow(t5.AsInt64(), t7.AsInt64()).AsInt32();
+        var u7 = Avx2.UnpackHigh(t5.AsInt64(), t7.AsInt64()).AsInt32();
+        // u0 = [k0: r0 r1 r2 r3 | k4: r0 r1 r2 r3], u4 = the same for rows 4..7; u1: k1/k5, u2: k2/k6, u3: k3/k7.
+        k[0] = Avx2.Permute2x128(u0, u4, 0x20);
+        k[4] = Avx2.Permute2x128(u0, u4, 0x31);
+        k[1] = Avx2.Permute2x128(u1, u5, 0x20);
+        k[5] = Avx2.Permute2x128(u1, u5, 0x31);
+        k[2] = Avx2.Permute2x128(u2, u6, 0x20);
+        k[6] = Avx2.Permute2x128(u2, u6, 0x31);
+        k[3] = Avx2.Permute2x128(u3, u7, 0x20);
+        k[7] = Avx2.Permute2x128(u3, u7, 0x31);
     }
 
     /// <summary>

@@ -287,3 +287,68 @@ public class PackedIntegerDotTests
         }
     }
 }
+
+public class PackedQ4_0Tests
+{
+    [Fact]
+    public unsafe void Matches_the_scalar_reference_and_does_not_depend_on_the_batch()
+    {
+        if (!PackedQ4_0.IsSupported) return; // no AVX2 here: CpuForward uses the scalar-reference kernels
+        var rng = new Random(91);
+        foreach (var (rows, cols) in new[] { (8, 32), (13, 96), (3, 256), (16, 2048), (21, 320) })
+        {
+            int blocks = cols / 32;
+            const int n = 7;
+            var w = IntegerDotTests.ExtremeRow(GgmlType.Q4_0, rows * cols, rng);
+            var x = IntegerDotTests.Activations(n * cols, rng);
+            var q = new sbyte[n * cols];
+            var d = new float[n * blocks];
+            var c = new int[n * blocks];
+            QuantizedDot.QuantizeActivations(x, q, d);
+            for (int i = 0; i < n; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
+            var packed = PackedQ4_0.Pack(w, rows, cols);
+            var ys = new float[n * rows];
+            // Two row ranges (the second starting at a group boundary, the last group partial): each writes only its rows.
+            int split = Math.Min(rows, 8);
+            fixed (sbyte* pq = q)
+            fixed (float* pd = d, py = ys)
+            fixed (int* pc = c)
+            {
+                packed.Multiply(0, split, pq, pd, pc, n, py, rows);
+                packed.Multiply(split, rows - split, pq, pd, pc, n, py, rows);
+            }
+            int rowBytes = (int)GgmlTypeInfo.RowBytes(GgmlType.Q4_0, cols);
+            for (int i = 0; i < n; i++)
+            {
+                var qi = q.AsSpan(i * cols, cols).ToArray();
+                var di = d.AsSpan(i * blocks, blocks).ToArray();
+                var alone = new float[rows];
+                fixed (sbyte* pq = qi)
+                fixed (float* pd = di, py = alone)
+                fixed (int* pc = c.AsSpan(i * blocks, blocks))
+                    packed.Multiply(0, rows, pq, pd, pc, 1, py, rows);
+                for (int r = 0; r < rows; r++)
+                {
+                    var row = w.AsSpan(r * rowBytes, rowBytes).ToArray();
+                    float expected = IntegerDot.DotScalar(true, row, qi, di);
+                    double abs = IntegerDotTests.AbsTerms(GgmlType.Q4_0, row, qi, di);
+                    float got = ys[i * rows + r];
+                    Assert.True(Math.Abs(got - expected) <= 1e-5 * abs + 1e-30, $"{rows}×{cols}, activation {i}, row {r}: reference {expected}, packed {got}");
+                    // The same activation row alone (n = 1) as within a batch of 7 (pairs, then one): bit-identical.
+                    Assert.Equal(BitConverter.SingleToInt32Bits(got), BitConverter.SingleToInt32Bits(alone[r]));
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void Rejects_ranges_that_do_not_start_at_a_group_and_matrices_of_the_wrong_size()
+    {
+        if (!PackedQ4_0.IsSupported) return;
+        var w = new byte[16 * 18];
+        var packed = PackedQ4_0.Pack(w, 16, 32);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => { unsafe { packed.Multiply(3, 4, null, null, null, 1, null, 16); } });
+        Assert.Contains("multiple of 8", e.Message);
+        Assert.Contains("takes 270 bytes", Assert.Throws<ArgumentException>(() => PackedQ4_0.Pack(new byte[270 + 1], 15, 32)).Message);
+    }
+}

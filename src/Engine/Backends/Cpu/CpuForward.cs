@@ -2,6 +2,7 @@ using System.Numerics.Tensors;
 using TokenMill.KvCache;
 using TokenMill.Memory;
 using TokenMill.Models;
+using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
 
 namespace TokenMill.Backends.Cpu;
@@ -40,6 +41,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly sbyte* _xq;
     readonly byte* _xu; // _xq + 128, for the packed batched kernel
     readonly float* _xd;
+    readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 kernel
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -66,6 +68,8 @@ public sealed unsafe class CpuForward : IDisposable
         _xq = (sbyte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xd = Alloc((long)n * _maxColumns / 32 + 1);
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
+        _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
+        PackQ4Weights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
         // Sliding-window layers (Gemma 3) have their own base and no linear scaling.
@@ -75,6 +79,19 @@ public sealed unsafe class CpuForward : IDisposable
         _quantizeBody = QuantizeRow;
         _attentionBody = AttentionItem;
     }
+
+    /// <summary>
+    /// Repacks every Q4_0 matrix for the eight-row kernel now (once per model: the packed form is kept with the
+    /// weight), so that the first step is not the one that pays for it.
+    /// </summary>
+    void PackQ4Weights()
+    {
+        IEnumerable<WeightTensor> all = _w.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(_w.Output);
+        foreach (var w in all)
+            if (UsesPackedQ4(w)) w.PackedQ4();
+    }
+
+    static bool UsesPackedQ4(WeightTensor w) => w.Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
 
     /// <summary>θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).</summary>
     double[] RopeInverseFrequencies(float ropeBase, float linearScale, float[]? factors)
@@ -397,6 +414,7 @@ public sealed unsafe class CpuForward : IDisposable
         int cols = _xqColumns;
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
+        PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
         if (_mmN >= PackedMinRows) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
@@ -411,6 +429,11 @@ public sealed unsafe class CpuForward : IDisposable
         long rows = w.Rows;
         long r0 = (long)chunk * RowsPerChunk, r1 = Math.Min(rows, r0 + RowsPerChunk);
         bool integer = IsInteger(w);
+        if (integer && UsesPackedQ4(w))
+        {
+            w.PackedQ4().Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
+            return;
+        }
         if (integer && _mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))
         {
             var scratch = new Span<byte>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.PackedScratchBytes(cols));
