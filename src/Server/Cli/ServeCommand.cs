@@ -25,6 +25,7 @@ public static class ServeCommand
           --log-format text|json    the one-line-per-request log on stderr (default text)
           --rate-limit-rpm N         generation requests per minute per client (API key, else address); 0 = off (default)
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
+          --no-ui                    do not serve the browser playground at / (the /v1/engine endpoints stay)
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
         """;
@@ -34,7 +35,7 @@ public static class ServeCommand
         .. GenerateCommand.EngineValueOptions, "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout",
         "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
     ];
-    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
+    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags, "no-ui"];
 
     static string? ApiKey(CliArguments a)
     {
@@ -76,6 +77,7 @@ public static class ServeCommand
                 var f => throw new UsageException($"--log-format must be text or json, got '{f}'"),
             },
             RateLimitTokensPerMinute = a.Int("rate-limit-tpm", 0, min: 0),
+            EnableUi = !a.Flag("no-ui"),
             MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
             Log = stderr,
         };
@@ -84,7 +86,8 @@ public static class ServeCommand
 
         var server = OpenAiServer.Create(options, () => new LlmEngine(ModelLoader.Load(modelName, loadOptions), engineOptions));
         server.StartAsync().GetAwaiter().GetResult();
-        stderr.WriteLine($"tokenmill: listening on {server.BaseAddress} (loading {modelName}; /health answers 200 when ready)");
+        stderr.WriteLine($"tokenmill: listening on {server.BaseAddress} (loading {modelName}; /health answers 200 when ready)" +
+                         (options.EnableUi ? $"; playground and KV-cache view at {server.BaseAddress}" : ""));
         try
         {
             var engine = server.Ready.GetAwaiter().GetResult();
