@@ -34,6 +34,8 @@ public static class BenchServe
           --hourly-cost USD      machine cost per hour, for cost per million output tokens
           --output-json F        write the full result as JSON
           --no-progress          no progress bar on stderr
+
+        example: tokenmill bench serve --base-url http://127.0.0.1:8000 --concurrency 16 --num-prompts 64
         """;
 
     // A fixed vocabulary of common words: prompts of a predictable length whatever the server's tokenizer.

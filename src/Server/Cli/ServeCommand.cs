@@ -7,7 +7,7 @@ namespace TokenMill.Server.Cli;
 /// <summary><c>tokenmill serve</c>: the OpenAI-compatible HTTP server.</summary>
 public static class ServeCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
 
           --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
@@ -28,14 +28,18 @@ public static class ServeCommand
           --no-ui                    do not serve the browser playground at / (the /v1/engine endpoints stay)
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+
+        example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
+                 then open http://127.0.0.1:8000/ for the playground and the live KV-cache view
         """;
 
-    static readonly HashSet<string> ValueOptions =
+    internal static readonly HashSet<string> ValueOptions =
     [
         .. GenerateCommand.EngineValueOptions, "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout",
         "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
     ];
-    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags, "no-ui"];
+    internal static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags, "no-ui"];
+    internal static readonly string[] LogFormats = ["text", "json"];
 
     static string? ApiKey(CliArguments a)
     {
@@ -74,7 +78,7 @@ public static class ServeCommand
             {
                 "text" => false,
                 "json" => true,
-                var f => throw new UsageException($"--log-format must be text or json, got '{f}'"),
+                var f => throw new UsageException($"--log-format must be {string.Join(" or ", LogFormats)}, got '{f}'"),
             },
             RateLimitTokensPerMinute = a.Int("rate-limit-tpm", 0, min: 0),
             EnableUi = !a.Flag("no-ui"),
