@@ -14,7 +14,7 @@ namespace TokenMill.Core;
 /// <see cref="FreeKvBlocks"/> counts cached blocks nobody uses (they are evicted on demand);
 /// <see cref="PrefixCacheQueryTokens"/> / <see cref="PrefixCacheHitTokens"/> are the tokens looked up in
 /// the prefix cache at admission and those found there (not computed); <see cref="GeneratedTokens"/> counts every
-/// sampled token (each choice and beam), finished requests or not, so its rate is the engine's decode throughput.
+/// sampled token (each choice and beam), finished requests or not, so its rate is the engine's generation throughput.
 /// </remarks>
 public sealed record EngineStats(
     int Running, int Waiting, int FreeKvBlocks, int TotalKvBlocks, long Steps, long Preemptions, long FinishedRequests,
