@@ -13,15 +13,19 @@ namespace TokenMill.Core;
 /// <remarks>
 /// <see cref="FreeKvBlocks"/> counts cached blocks nobody uses (they are evicted on demand);
 /// <see cref="PrefixCacheQueryTokens"/> / <see cref="PrefixCacheHitTokens"/> are the tokens looked up in
-/// the prefix cache at admission and those found there (not computed).
+/// the prefix cache at admission and those found there (not computed); <see cref="GeneratedTokens"/> counts every
+/// sampled token (each choice and beam), finished requests or not, so its rate is the engine's generation throughput.
 /// </remarks>
 public sealed record EngineStats(
     int Running, int Waiting, int FreeKvBlocks, int TotalKvBlocks, long Steps, long Preemptions, long FinishedRequests,
-    long PrefixCacheQueryTokens = 0, long PrefixCacheHitTokens = 0, int CachedKvBlocks = 0, long KvEvictions = 0)
+    long PrefixCacheQueryTokens = 0, long PrefixCacheHitTokens = 0, int CachedKvBlocks = 0, long KvEvictions = 0, long GeneratedTokens = 0)
 {
     /// <summary>Share of looked-up tokens found in the prefix cache (0 when nothing was looked up).</summary>
     public double PrefixCacheHitRate => PrefixCacheQueryTokens == 0 ? 0 : (double)PrefixCacheHitTokens / PrefixCacheQueryTokens;
 }
+
+/// <summary>The engine's counters and its KV cache at one moment between two steps (see <see cref="LlmEngine.SnapshotAsync"/>).</summary>
+public sealed record EngineSnapshot(EngineStats Stats, KvCacheSnapshot KvCache);
 
 /// <summary>
 /// The in-process engine. Requests go in from any thread; one dedicated engine thread runs the
@@ -41,13 +45,14 @@ public sealed class LlmEngine : IDisposable
     readonly ForwardBatch _batch = new();
     readonly ConcurrentQueue<Sequence> _incoming = new();
     readonly ConcurrentQueue<Sequence> _aborts = new();
+    readonly ConcurrentQueue<TaskCompletionSource<EngineSnapshot>> _snapshotRequests = new();
     readonly SemaphoreSlim _wake = new(0);
     readonly Thread _thread;
     readonly IReadOnlySet<int> _eog;
     float[] _logits = [];
     long _nextId;
     int _queued; // submitted but not yet run (or ended): the overload bound counts these
-    long _steps, _finished;
+    long _steps, _finished, _generatedTokens;
     volatile bool _stopping;
     volatile EngineStats _stats;
 
@@ -105,6 +110,22 @@ public sealed class LlmEngine : IDisposable
     {
         add => _kv.Events += value;
         remove => _kv.Events -= value;
+    }
+
+    /// <summary>
+    /// The engine's counters and a snapshot of its KV cache — every block's state and each live sequence's block table —
+    /// taken together on the engine thread after the step in progress (at once when idle). Requests that arrive together
+    /// share one snapshot, so many watchers cost one O(blocks) pass per step at most; no step waits for it.
+    /// </summary>
+    public Task<EngineSnapshot> SnapshotAsync(CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_stopping, this);
+        var request = new TaskCompletionSource<EngineSnapshot>(TaskCreationOptions.RunContinuationsAsynchronously);
+        _snapshotRequests.Enqueue(request);
+        _wake.Release();
+        // Disposed meanwhile: the loop may have drained its queue already, so nobody else would answer.
+        if (_stopping) request.TrySetException(new ObjectDisposedException(nameof(LlmEngine)));
+        return request.Task.WaitAsync(cancellationToken);
     }
 
     /// <summary>
@@ -286,11 +307,22 @@ public sealed class LlmEngine : IDisposable
             Admit();
             bool worked = _scheduler.HasWork && Step();
             PublishStats();
+            AnswerSnapshotRequests();
             if (!worked) _wake.Wait();
         }
         // Shutting down: every request still alive ends, as an abort.
         Admit();
         foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Finish(seq, FinishReason.Abort);
+        while (_snapshotRequests.TryDequeue(out var request)) request.TrySetException(new ObjectDisposedException(nameof(LlmEngine)));
+    }
+
+    void AnswerSnapshotRequests()
+    {
+        if (_snapshotRequests.IsEmpty) return;
+        var snapshot = new EngineSnapshot(_stats, KvCacheSnapshot.Take(_kv, _steps,
+            _scheduler.Running.Select(s => (s.Id, s.RequestId, s.Index, true, s.PromptTokens.Length, s.OutputTokens.Count))
+                .Concat(_scheduler.Waiting.Select(s => (s.Id, s.RequestId, s.Index, false, s.PromptTokens.Length, s.OutputTokens.Count)))));
+        while (_snapshotRequests.TryDequeue(out var request)) request.TrySetResult(snapshot);
     }
 
     void Admit()
@@ -430,6 +462,7 @@ public sealed class LlmEngine : IDisposable
         for (int i = 0; i < beams.Count; i++)
             if (!continued[i]) DropBeam(beams[i]);
         for (int i = 0; i < live.Count; i++) live[i].AppendToken(next[i].Token);
+        _generatedTokens += live.Count;
         group.Forks.Clear();
         group.Forks.AddRange(live);
         if (search.IsDone) EndBeamSearch(group, aborted: false);
@@ -522,6 +555,7 @@ public sealed class LlmEngine : IDisposable
         var sampled = seq.Sampler.Sample(logits, suppress);
         int token = sampled.TokenId;
         seq.AppendToken(token);
+        _generatedTokens++;
 
         string? finish = null, stopReason = null;
         bool eog = !p.IgnoreEos && _eog.Contains(token);
@@ -608,7 +642,7 @@ public sealed class LlmEngine : IDisposable
     }
 
     void PublishStats() => _stats = new EngineStats(_scheduler.Running.Count, _scheduler.Waiting.Count, _kv.FreeBlockCount, _kv.BlockCount,
-        _steps, _scheduler.PreemptionCount, _finished, _kv.PrefixQueryTokens, _kv.PrefixHitTokens, _kv.CachedBlockCount, _kv.Pool.Evictions);
+        _steps, _scheduler.PreemptionCount, _finished, _kv.PrefixQueryTokens, _kv.PrefixHitTokens, _kv.CachedBlockCount, _kv.Pool.Evictions, _generatedTokens);
 
     static string FormatBytes(long bytes) => bytes >= 1L << 30 ? $"{bytes / (double)(1L << 30):F2} GiB" : $"{bytes / (double)(1L << 20):F1} MiB";
 

@@ -16,8 +16,11 @@ public enum KvEventKind
     Evicted,
 }
 
-/// <summary>One KV-cache event: the block, its prefix hash (0 when it has none) and the scheduler step.</summary>
-public readonly record struct KvCacheEvent(KvEventKind Kind, int Block, ulong Hash, long Step);
+/// <summary>
+/// One KV-cache event: the block, its prefix hash (0 when it has none), the scheduler step, and its ordinal — the pool's
+/// 1-based count of events raised so far, so that a listener can line events up with a snapshot's <see cref="BlockPool.EventCount"/>.
+/// </summary>
+public readonly record struct KvCacheEvent(KvEventKind Kind, int Block, ulong Hash, long Step, long Ordinal = 0);
 
 /// <summary>
 /// The fixed pool of KV blocks, with a reference count per block, and the prefix cache's index over
@@ -70,6 +73,11 @@ public sealed class BlockPool
 
     public event Action<KvCacheEvent>? Events;
 
+    /// <summary>Events raised so far (listened to or not): the ordinal of the latest one.</summary>
+    public long EventCount { get; private set; }
+
+    void Raise(KvEventKind kind, int block, ulong hash) => Events?.Invoke(new KvCacheEvent(kind, block, hash, Step, ++EventCount));
+
     public int RefCount(int block) => _refCounts[block];
 
     public bool IsCached(int block) => _info[block] is not null;
@@ -92,10 +100,10 @@ public sealed class BlockPool
             _info[block] = null;
             _tokens[block] = null;
             Evictions++;
-            Events?.Invoke(new KvCacheEvent(KvEventKind.Evicted, block, victim.Hash, Step));
+            Raise(KvEventKind.Evicted, block, victim.Hash);
         }
         _refCounts[block] = 1;
-        Events?.Invoke(new KvCacheEvent(KvEventKind.Allocated, block, 0, Step));
+        Raise(KvEventKind.Allocated, block, 0);
         return true;
     }
 
@@ -140,7 +148,7 @@ public sealed class BlockPool
         info.HitCount++;
         info.OwnerPriority = Math.Min(info.OwnerPriority, priority);
         Touch(info);
-        Events?.Invoke(new KvCacheEvent(KvEventKind.Hit, block, info.Hash, Step));
+        Raise(KvEventKind.Hit, block, info.Hash);
     }
 
     /// <summary>
@@ -165,7 +173,7 @@ public sealed class BlockPool
         _tokens[block] = tokens.ToArray();
         _parentHash[block] = parentHash;
         _byHash[hash] = block;
-        Events?.Invoke(new KvCacheEvent(KvEventKind.Cached, block, hash, Step));
+        Raise(KvEventKind.Cached, block, hash);
         return true;
     }
 

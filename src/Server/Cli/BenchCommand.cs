@@ -14,7 +14,7 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class BenchCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill bench latency    [--model M] [--input-len 512] [--output-len 128] [--repeat 3] [options]
                tokenmill bench throughput [--model M] [--num-prompts 32] [--input-len 128] [--output-len 128] [options]
                tokenmill bench serve      --base-url URL [--concurrency 32] [--num-prompts 64] … ('bench serve --help')
@@ -28,20 +28,23 @@ public static class BenchCommand
           --tokenizer T      tokenizer of a Hugging Face folder (--model DIR): a GGUF file or a folder with tokenizer.json
           --dtype T          weight type of a dummy model (default Q8_0)
           --seed S           seed of the random prompts (default 0)
+          --repeat N         latency: runs, of which the best is reported (default 3)
           --output-json F    write the full result as JSON
           engine options as 'tokenmill generate --help' lists them (--max-num-seqs 1 runs requests one at a time)
+
+        example: tokenmill bench throughput --model dummy:qwen2.5-0.5b --num-prompts 16 --output-len 32
         """;
 
-    static readonly HashSet<string> ValueOptions =
+    internal static readonly HashSet<string> ValueOptions =
         [.. GenerateCommand.EngineValueOptions, "input-len", "output-len", "repeat", "num-prompts", "seed", "output-json"];
-    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
+    internal static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
 
-    static readonly HashSet<string> ServeValueOptions =
+    internal static readonly HashSet<string> ServeValueOptions =
     [
         "base-url", "endpoint", "model", "api-key", "num-prompts", "concurrency", "request-rate", "dataset", "input-len", "output-len",
         "seed", "goodput-ttft-ms", "goodput-tpot-ms", "hourly-cost", "output-json", "chart",
     ];
-    static readonly HashSet<string> ServeFlags = ["help", "no-progress"];
+    internal static readonly HashSet<string> ServeFlags = ["help", "no-progress"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

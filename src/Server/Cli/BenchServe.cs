@@ -35,6 +35,8 @@ public static class BenchServe
           --output-json F        write the full result as JSON
           --chart F.png          draw a PNG: request timeline, streamed chunks/s over time, TTFT and ITL distributions
           --no-progress          no progress bar on stderr
+
+        example: tokenmill bench serve --base-url http://127.0.0.1:8000 --concurrency 16 --num-prompts 64
         """;
 
     // A fixed vocabulary of common words: prompts of a predictable length whatever the server's tokenizer.

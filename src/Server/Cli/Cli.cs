@@ -10,18 +10,39 @@ public static class Cli
     public const int ExitFailure = 1;
     public const int ExitUsage = 2;
 
-    const string Usage = """
+    /// <summary>
+    /// Every subcommand, in the order <c>tokenmill help</c> lists them. Options come from each command's own parser tables,
+    /// so the usage text and the shell completion scripts (<see cref="CompletionCommand"/>) cannot drift from what is parsed.
+    /// </summary>
+    public static IReadOnlyList<CliCommand> Commands { get; } =
+    [
+        new("serve", "the OpenAI-compatible HTTP server, with a browser playground at / (default model: dummy:tinyllama-1.1b)",
+            ServeCommand.Run, ServeCommand.ValueOptions, ServeCommand.Flags, ServeCommand.Help),
+        new("generate", "complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)",
+            GenerateCommand.Run, GenerateCommand.ValueOptions, GenerateCommand.Flags, GenerateCommand.Help),
+        new("tokenize", "print the token ids of a text", TokenizeCommand.Run, TokenizeCommand.ValueOptions, TokenizeCommand.Flags, TokenizeCommand.Help),
+        new("info", "what a model is (architecture, parameters, weight types, context) and what its KV cache costs",
+            InfoCommand.Run, InfoCommand.ValueOptions, InfoCommand.Flags, InfoCommand.Help, FileArguments: true),
+        new("bench", "latency (prefill and decode tokens/s) and throughput (many requests at once)", BenchCommand.Run,
+            BenchCommand.ValueOptions.Union(BenchCommand.ServeValueOptions).ToHashSet(), BenchCommand.Flags.Union(BenchCommand.ServeFlags).ToHashSet(),
+            BenchCommand.Help + BenchServe.Help, Subcommands: ["latency", "throughput", "serve"]),
+        new("simulate", "replay a request trace through the scheduler and KV cache (eviction-policy research)",
+            SimulateCommand.Run, SimulateCommand.ValueOptions, SimulateCommand.Flags, SimulateCommand.Help, Subcommands: ["generate-trace"]),
+        new("kernels", "compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)",
+            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "selftest"]),
+        new("completion", "print a shell completion script: bash, zsh, fish or pwsh", CompletionCommand.Run,
+            new HashSet<string>(), CompletionCommand.Flags, CompletionCommand.Help, Subcommands: CompletionCommand.Shells),
+    ];
+
+    static string Usage => $"""
         usage: tokenmill <command> [options]
 
         commands:
-          serve      the OpenAI-compatible HTTP server (default model: dummy:tinyllama-1.1b)
-          generate   complete a prompt and print the completion (default model: dummy:tinyllama-1.1b)
-          tokenize   print the token ids of a text
-          info       what a model is (architecture, parameters, weight types, context) and what its KV cache costs
-          bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
-          simulate   replay a request trace through the scheduler and KV cache (eviction-policy research)
-          kernels    compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)
-          help       show this text; 'tokenmill <command> --help' shows a command's options
+        {string.Join("\n", Commands.Select(c => $"  {c.Name,-11}{c.Summary}"))}
+          help       show this text; 'tokenmill <command> --help' shows a command's options and an example
+
+        every command also reads --config FILE (YAML or JSON with the option names) and TOKENMILL_<OPTION> variables.
+        example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -41,17 +62,9 @@ public static class Cli
         var rest = args.Skip(1).ToArray();
         try
         {
-            return command switch
-            {
-                "generate" => GenerateCommand.Run(rest, stdout, stderr),
-                "serve" => ServeCommand.Run(rest, stdout, stderr),
-                "bench" => BenchCommand.Run(rest, stdout, stderr),
-                "tokenize" => TokenizeCommand.Run(rest, stdout, stderr),
-                "info" => InfoCommand.Run(rest, stdout, stderr),
-                "simulate" => SimulateCommand.Run(rest, stdout, stderr),
-                "kernels" => KernelsCommand.Run(rest, stdout, stderr),
-                _ => throw new UsageException($"unknown command '{command}' (commands: serve, generate, tokenize, info, bench, simulate, kernels, help)"),
-            };
+            var entry = Commands.FirstOrDefault(c => c.Name == command)
+                ?? throw new UsageException($"unknown command '{command}' (commands: {string.Join(", ", Commands.Select(c => c.Name))}, help)");
+            return entry.Run(rest, stdout, stderr);
         }
         catch (UsageException e)
         {
@@ -84,9 +97,21 @@ public static class Cli
              TokenizerPath = a.String("tokenizer"),
          });
 
+    /// <summary>The weight types a dummy model can be made in, as <c>--dtype</c> takes them.</summary>
+    public static readonly string[] DTypeNames = ["F32", "F16", "BF16", "Q8_0", "Q4_0"];
+
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>
     public static GgmlType ParseDType(string s) =>
         Enum.TryParse<GgmlType>(s.Replace('-', '_'), ignoreCase: true, out var t) && Enum.IsDefined(t)
             ? t
-            : throw new UsageException($"--dtype must be one of F32, F16, BF16, Q8_0, Q4_0; got '{s}'");
+            : throw new UsageException($"--dtype must be one of {string.Join(", ", DTypeNames)}; got '{s}'");
 }
+
+/// <summary>
+/// One subcommand: its name, a one-line summary, how to run it, the option names its parser accepts (value options and
+/// flags, without the <c>--</c>), its help text (where completion scripts find each option's description), the words it
+/// takes first (<c>bench latency</c>, <c>kernels check</c>), and whether its positional arguments are files.
+/// </summary>
+public sealed record CliCommand(
+    string Name, string Summary, Func<string[], TextWriter, TextWriter, int> Run, IReadOnlySet<string> ValueOptions, IReadOnlySet<string> Flags,
+    string Help, IReadOnlyList<string>? Subcommands = null, bool FileArguments = false);

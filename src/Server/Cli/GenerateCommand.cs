@@ -13,7 +13,7 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class GenerateCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill generate [--model <file.gguf | dummy:preset>] [--prompt TEXT | --prompts-file F] [options]
 
         model:
@@ -54,6 +54,8 @@ public static class GenerateCommand
           --threads N                CPU threads (default: all processors)
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
           --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
+
+        example: tokenmill generate --model stories260K.gguf --prompt "Once upon a time" --max-tokens 40 --temperature 0
         """;
 
     /// <summary>The model and engine options every model-running command takes (parsed by <see cref="ParseEngineOptions"/>).</summary>
@@ -64,12 +66,12 @@ public static class GenerateCommand
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 
-    static readonly HashSet<string> ValueOptions =
+    internal static readonly HashSet<string> ValueOptions =
     [
         .. EngineValueOptions, "prompt", "prompts-file", "max-tokens", "min-tokens", "temperature", "top-k", "top-p", "min-p",
         "repetition-penalty", "presence-penalty", "frequency-penalty", "seed", "stop",
     ];
-    static readonly HashSet<string> Flags = [.. EngineFlags, "ignore-eos", "jsonl"];
+    internal static readonly HashSet<string> Flags = [.. EngineFlags, "ignore-eos", "jsonl"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

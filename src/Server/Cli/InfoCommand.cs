@@ -15,7 +15,7 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class InfoCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill info <file.gguf | dummy:preset> [--kv-cache-memory SIZE] [--json]
 
           --kv-cache-memory SIZE   the budget to size contexts against (default 2GiB)
@@ -24,8 +24,8 @@ public static class InfoCommand
         example: tokenmill info ../shared/testdata/arch/arch-qwen3.gguf --kv-cache-memory 512MiB
         """;
 
-    static readonly HashSet<string> ValueOptions = ["kv-cache-memory"];
-    static readonly HashSet<string> Flags = ["json", "help"];
+    internal static readonly HashSet<string> ValueOptions = ["kv-cache-memory"];
+    internal static readonly HashSet<string> Flags = ["json", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

@@ -12,7 +12,7 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class KernelsCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--no-cache]
                tokenmill kernels selftest [--kernels-dir DIR] [--device N] [--no-cache]
 
@@ -22,12 +22,15 @@ public static class KernelsCommand
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
           --arch LIST        compute capabilities to compile for (default 80,90: compute_80, compute_90)
+          --device N         selftest: the GPU to run on (default 0)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels)
+
+        example: tokenmill kernels check --arch 80,90
         """;
 
-    static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device"];
-    static readonly HashSet<string> Flags = ["no-cache", "help"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device"];
+    internal static readonly HashSet<string> Flags = ["no-cache", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

@@ -7,7 +7,7 @@ namespace TokenMill.Server.Cli;
 /// <summary><c>tokenmill serve</c>: the OpenAI-compatible HTTP server.</summary>
 public static class ServeCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
 
           --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
@@ -25,16 +25,21 @@ public static class ServeCommand
           --log-format text|json    the one-line-per-request log on stderr (default text)
           --rate-limit-rpm N         generation requests per minute per client (API key, else address); 0 = off (default)
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
+          --no-ui                    do not serve the browser playground at / (the /v1/engine endpoints stay)
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+
+        example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
+                 then open http://127.0.0.1:8000/ for the playground and the live KV-cache view
         """;
 
-    static readonly HashSet<string> ValueOptions =
+    internal static readonly HashSet<string> ValueOptions =
     [
         .. GenerateCommand.EngineValueOptions, "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout",
         "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
     ];
-    static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags];
+    internal static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags, "no-ui"];
+    internal static readonly string[] LogFormats = ["text", "json"];
 
     static string? ApiKey(CliArguments a)
     {
@@ -73,9 +78,10 @@ public static class ServeCommand
             {
                 "text" => false,
                 "json" => true,
-                var f => throw new UsageException($"--log-format must be text or json, got '{f}'"),
+                var f => throw new UsageException($"--log-format must be {string.Join(" or ", LogFormats)}, got '{f}'"),
             },
             RateLimitTokensPerMinute = a.Int("rate-limit-tpm", 0, min: 0),
+            EnableUi = !a.Flag("no-ui"),
             MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
             Log = stderr,
         };
@@ -84,7 +90,8 @@ public static class ServeCommand
 
         var server = OpenAiServer.Create(options, () => new LlmEngine(ModelLoader.Load(modelName, loadOptions), engineOptions));
         server.StartAsync().GetAwaiter().GetResult();
-        stderr.WriteLine($"tokenmill: listening on {server.BaseAddress} (loading {modelName}; /health answers 200 when ready)");
+        stderr.WriteLine($"tokenmill: listening on {server.BaseAddress} (loading {modelName}; /health answers 200 when ready)" +
+                         (options.EnableUi ? $"; playground and KV-cache view at {server.BaseAddress}" : ""));
         try
         {
             var engine = server.Ready.GetAwaiter().GetResult();

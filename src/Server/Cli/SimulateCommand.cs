@@ -11,7 +11,7 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class SimulateCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill simulate --trace F [options]
                tokenmill simulate generate-trace --out F [options]
 
@@ -32,14 +32,16 @@ public static class SimulateCommand
           --turns N                  most turns per session (default 4)
           --rate R                   new sessions per second (default 4)
           --priorities N             priority levels, one drawn per session (default 1: all equal)
+
+        example: tokenmill simulate generate-trace --out chat.jsonl && tokenmill simulate --trace chat.jsonl --num-blocks 512
         """;
 
-    static readonly HashSet<string> ValueOptions =
+    internal static readonly HashSet<string> ValueOptions =
     [
         "trace", "num-blocks", "block-size", "eviction-policy", "max-num-seqs", "max-num-batched-tokens",
         "out", "seed", "sessions", "system-prompts", "system-tokens", "turns", "rate", "priorities",
     ];
-    static readonly HashSet<string> Flags = ["help", "no-prefix-caching"];
+    internal static readonly HashSet<string> Flags = ["help", "no-prefix-caching"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

@@ -11,15 +11,17 @@ namespace TokenMill.Server.Cli;
 /// </summary>
 public static class TokenizeCommand
 {
-    const string Help = """
+    internal const string Help = """
         usage: tokenmill tokenize --model <file.gguf | dummy:preset> [--add-special] [--parse-special] TEXT
 
           --add-special      add BOS/EOS as the model's metadata says
           --parse-special    turn the text of special tokens (e.g. <s>) into those tokens
+
+        example: tokenmill tokenize --model stories260K.gguf --add-special "Once upon a time"
         """;
 
-    static readonly HashSet<string> ValueOptions = ["model"];
-    static readonly HashSet<string> Flags = ["add-special", "parse-special", "help"];
+    internal static readonly HashSet<string> ValueOptions = ["model"];
+    internal static readonly HashSet<string> Flags = ["add-special", "parse-special", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {

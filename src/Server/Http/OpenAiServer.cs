@@ -46,6 +46,9 @@ public sealed record ServerOptions
 
     /// <summary>Tokens (prompt + max_tokens × choices) per minute per client; 0 = unlimited.</summary>
     public int RateLimitTokensPerMinute { get; init; }
+
+    /// <summary>Serve the browser playground at <c>/</c> (<c>--no-ui</c> turns it off; the engine endpoints stay).</summary>
+    public bool EnableUi { get; init; } = true;
 }
 
 /// <summary>
@@ -62,11 +65,13 @@ public sealed class OpenAiServer : IAsyncDisposable
     readonly TextWriter _log;
     readonly byte[]? _apiKeyHash;
     readonly CancellationTokenSource _shutdown = new();
+    readonly CancellationTokenSource _drainStarted = new();
     readonly RateLimits _rateLimits;
     int _inflight;
     volatile bool _draining;
     LlmEngine? _engine;
     ServerMetrics? _metrics;
+    EngineView? _view;
     ChatTemplate _chat = ChatTemplate.ChatMl;
     string _modelName = "";
     static readonly JsonWriterOptions WriterOptions = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
@@ -103,6 +108,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             // The model's own template; ChatML for models that carry none (dummy models, some GGUFs).
             _chat = engine.Model.ChatTemplate ?? ChatTemplate.ChatMl;
             _metrics = new ServerMetrics(engine, _modelName);
+            _view = new EngineView(engine);
             _engine = engine;
             return engine;
         });
@@ -133,6 +139,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         await _app.DisposeAsync().ConfigureAwait(false);
         if (_engineTask.IsCompletedSuccessfully) _engineTask.Result.Dispose();
         _shutdown.Dispose();
+        _drainStarted.Dispose();
         _rateLimits.Dispose();
     }
 
@@ -156,6 +163,13 @@ public sealed class OpenAiServer : IAsyncDisposable
         app.MapPost("/v1/chat/completions", ctx => Handle(ctx, needsBody: true, ChatCompletions));
         app.MapPost("/tokenize", ctx => Handle(ctx, needsBody: true, Tokenize));
         app.MapPost("/detokenize", ctx => Handle(ctx, needsBody: true, Detokenize));
+        app.MapGet("/v1/engine/kv", ctx => Handle(ctx, needsBody: false, KvSnapshot));
+        app.MapGet("/v1/engine/events", ctx => Handle(ctx, needsBody: false, EngineEvents));
+        if (_options.EnableUi)
+        {
+            app.MapGet("/", ctx => Playground.Serve(ctx, "index.html"));
+            app.MapGet("/ui/{file}", (HttpContext ctx, string file) => Playground.Serve(ctx, file));
+        }
     }
 
     /// <summary>
@@ -166,6 +180,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     void Drain()
     {
         _draining = true;
+        _drainStarted.Cancel();
         var clock = Stopwatch.StartNew();
         while (Volatile.Read(ref _inflight) > 0 && clock.Elapsed < _options.ShutdownTimeout) Thread.Sleep(10);
         if (Volatile.Read(ref _inflight) == 0) return;
@@ -371,6 +386,47 @@ public sealed class OpenAiServer : IAsyncDisposable
     }
 
     static long Created => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    // ---- the live engine view: /v1/engine/kv and /v1/engine/events ------------------------------------
+
+    /// <summary>One snapshot of the KV cache and engine counters; <c>?since=CURSOR</c> adds the KV events after that cursor.</summary>
+    async Task KvSnapshot(HttpContext ctx, LlmEngine engine, JsonRequest? _)
+    {
+        var (frame, _) = await _view!.FrameAsync(_view.ParseSince(ctx.Request.Query["since"]), ctx.RequestAborted).ConfigureAwait(false);
+        await WriteJson(ctx, frame).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Server-Sent Events: a frame like <c>/v1/engine/kv</c>'s every <c>interval_ms</c> (default 250, 50..10000), each
+    /// with the KV events since the previous frame, until the client leaves or the server shuts down. Periodic whole
+    /// snapshots rather than deltas: a client that joins late or misses a frame is right again at the next one.
+    /// </summary>
+    async Task EngineEvents(HttpContext ctx, LlmEngine engine, JsonRequest? _)
+    {
+        int interval = 250;
+        if (ctx.Request.Query["interval_ms"].ToString() is { Length: > 0 } text
+            && (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out interval) || interval is < 50 or > 10_000))
+            throw ApiErrorException.BadRequest($"'interval_ms' must be a whole number of milliseconds from 50 to 10000, got '{text}'", "interval_ms");
+        long since = _view!.ParseSince(ctx.Request.Query["since"]);
+        // A watcher is not a request in flight: the drain on shutdown ends the stream at once instead of waiting for it.
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _drainStarted.Token);
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        try
+        {
+            while (true)
+            {
+                var (frame, cursor) = await _view.FrameAsync(since, cts.Token).ConfigureAwait(false);
+                await Sse(ctx, frame).ConfigureAwait(false);
+                since = cursor;
+                await Task.Delay(interval, cts.Token).ConfigureAwait(false);
+            }
+        }
+        catch (Exception e) when ((e is OperationCanceledException or ObjectDisposedException) && (cts.IsCancellationRequested || _draining))
+        {
+            // The client left, or the server is shutting down (the engine may be gone already): the stream just ends.
+        }
+    }
 
     // ---- sampling parameters shared by both generation endpoints --------------------------------------
 
