@@ -1,5 +1,4 @@
 using TokenMill.Models.Gguf;
-using TokenMill.Quantization;
 
 namespace TokenMill.Models;
 
@@ -29,16 +28,20 @@ public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, l
 
     public ReadOnlySpan<byte> Row(long row) => new(Data + row * RowBytes, checked((int)RowBytes));
 
-    PackedQ4_0? _packedQ4;
-    bool _packedQ4Made;
+    object? _packed;
+    bool _packedMade;
     object? _packLock;
 
     /// <summary>
-    /// This Q4_0 matrix repacked for the CPU's eight-row integer kernel (<see cref="PackedQ4_0"/>): made once, on
-    /// first use, and kept as long as this view lives, so every forward pass over the model shares it.
+    /// This matrix repacked by <paramref name="pack"/> for a backend's kernel (e.g. <see cref="PackedQ4_0"/>): made
+    /// once, on first use, and kept as long as this view lives, so every forward pass over the model shares it.
+    /// A tensor has one packed form; asking for another type is a bug.
     /// </summary>
-    internal PackedQ4_0 PackedQ4() => LazyInitializer.EnsureInitialized(ref _packedQ4, ref _packedQ4Made, ref _packLock,
-        () => PackedQ4_0.Pack(new ReadOnlySpan<byte>(Data, checked((int)(Rows * RowBytes))), checked((int)Rows), checked((int)Columns)))!;
+    internal T Packed<T>(Func<WeightTensor, T> pack) where T : class =>
+        (T)LazyInitializer.EnsureInitialized(ref _packed, ref _packedMade, ref _packLock, () => pack(this))!;
+
+    /// <summary>The bytes of the whole matrix.</summary>
+    internal ReadOnlySpan<byte> AllBytes() => new(Data, checked((int)(Rows * RowBytes)));
 
     public override string ToString() => $"{Name} {Type} [{Rows} × {Columns}]";
 }

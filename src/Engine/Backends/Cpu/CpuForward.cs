@@ -69,7 +69,7 @@ public sealed unsafe class CpuForward : IDisposable
         _xd = Alloc((long)n * _maxColumns / 32 + 1);
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
-        PackQ4Weights();
+        PackWeights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
         // Sliding-window layers (Gemma 3) have their own base and no linear scaling.
@@ -81,17 +81,23 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>
-    /// Repacks every Q4_0 matrix for the eight-row kernel now (once per model: the packed form is kept with the
-    /// weight), so that the first step is not the one that pays for it.
+    /// Repacks every Q4_0 and Q8_0 matrix for the eight-row kernels now (once per model: the packed form is kept
+    /// with the weight), so that the first step is not the one that pays for it.
     /// </summary>
-    void PackQ4Weights()
+    void PackWeights()
     {
-        IEnumerable<WeightTensor> all = _w.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(_w.Output);
-        foreach (var w in all)
-            if (UsesPackedQ4(w)) w.PackedQ4();
+        foreach (var w in _w.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(_w.Output))
+        {
+            if (UsesPackedQ4(w)) w.Packed(s_packQ4);
+            else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
+        }
     }
 
+    static readonly Func<WeightTensor, PackedQ4_0> s_packQ4 = w => PackedQ4_0.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
+    static readonly Func<WeightTensor, PackedQ8_0> s_packQ8 = w => PackedQ8_0.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
+
     static bool UsesPackedQ4(WeightTensor w) => w.Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+    static bool UsesPackedQ8(WeightTensor w) => w.Type == GgmlType.Q8_0 && PackedQ8_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
 
     /// <summary>θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).</summary>
     double[] RopeInverseFrequencies(float ropeBase, float linearScale, float[]? factors)
@@ -415,7 +421,7 @@ public sealed unsafe class CpuForward : IDisposable
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
         PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
-        if (_mmN >= PackedMinRows) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
+        QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
     void MatMulChunk(int item, int worker)
@@ -431,7 +437,12 @@ public sealed unsafe class CpuForward : IDisposable
         bool integer = IsInteger(w);
         if (integer && UsesPackedQ4(w))
         {
-            w.PackedQ4().Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
+            w.Packed(s_packQ4).Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
+            return;
+        }
+        if (integer && UsesPackedQ8(w))
+        {
+            w.Packed(s_packQ8).Multiply((int)r0, (int)(r1 - r0), _xu, _xd, _mmN, y, (int)rows);
             return;
         }
         if (integer && _mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))
