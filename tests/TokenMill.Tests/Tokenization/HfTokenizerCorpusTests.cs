@@ -82,9 +82,16 @@ public class HfTokenizerCorpusTests
         int roundTrips = 0;
         for (int i = 0; i < corpus.Length; i++)
         {
-            if (goldens[i].Decoded != corpus[i]) continue; // e.g. Llama 3's clean_up_tokenization_spaces, Qwen's NFC
-            roundTrips++;
             string decoded = tokenizer.Decode(tokenizer.Encode(corpus[i], parseSpecial: true), renderSpecial: true);
+            if (goldens[i].Decoded != corpus[i])
+            {
+                // Qwen's NFC: both give the NFC form back. Llama 3's config asks for clean_up_tokenization_spaces,
+                // which we do not apply (decoded text is what the tokens stand for), so there the texts differ.
+                if (family != "llama3" && decoded != goldens[i].Decoded)
+                    failures.Add($"#{i} {VocabTestVectors.Escape(corpus[i])}: the reference decodes {VocabTestVectors.Escape(goldens[i].Decoded)}, we {VocabTestVectors.Escape(decoded)}");
+                continue;
+            }
+            roundTrips++;
             if (decoded != corpus[i]) failures.Add($"#{i} {VocabTestVectors.Escape(corpus[i])}: got {VocabTestVectors.Escape(decoded)}");
         }
         Assert.True(roundTrips >= corpus.Length / 2, $"{family}: the reference round-trips only {roundTrips} strings");
