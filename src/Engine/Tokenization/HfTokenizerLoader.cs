@@ -74,6 +74,9 @@ public static class HfTokenizerLoader
                 ids[token.Content] = id;
             }
         int count = texts.Count == 0 ? 0 : texts.Keys.Max() + 1;
+        // Ids are dense in real files; a stray huge id must not make us allocate a table of billions of entries.
+        if (count > 2 * texts.Count + 1024)
+            throw new InvalidDataException($"{path}: token ids are not dense: the largest is {count - 1} for {texts.Count} tokens");
         var table = new string[count];
         for (int id = 0; id < count; id++) table[id] = texts.TryGetValue(id, out var text) ? text : ""; // a hole decodes to nothing
 

@@ -148,6 +148,14 @@ public sealed class HfTokenizerPipelineTests : IDisposable
     }
 
     [Fact]
+    public void A_huge_token_id_is_an_error_not_a_huge_table()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => Write(File([Added(2_000_000_000, "<big>")])));
+        Assert.Contains("not dense", e.Message);
+        Assert.Contains("2000000000", e.Message);
+    }
+
+    [Fact]
     public void Broken_json_is_an_error_naming_the_file()
     {
         var dir = _dir.CreateSubdirectory("broken");
