@@ -97,4 +97,24 @@ public class HfTokenizerCorpusTests
         Assert.True(roundTrips >= corpus.Length / 2, $"{family}: the reference round-trips only {roundTrips} strings");
         Assert.True(failures.Count == 0, $"{family}: {failures.Count} of {roundTrips} differ\n" + string.Join("\n", failures.Take(40)));
     }
+
+    [SkippableTheory]
+    [InlineData("qwen3")]
+    [InlineData("gemma3")]
+    [InlineData("llama3")]
+    public void Streaming_detokenization_gives_the_same_text_as_decode_and_never_splits_a_character(string family)
+    {
+        var tokenizer = Tokenizers[family].Value;
+        var failures = new List<string>();
+        foreach (var text in Corpus.Value)
+        {
+            int[] ids = tokenizer.Encode(text); // special-token text stays text: streams print no special tokens
+            var d = new IncrementalDetokenizer(tokenizer);
+            var pieces = ids.Select(id => d.Add(id)).Append(d.Flush()).ToList();
+            string streamed = string.Concat(pieces);
+            if (streamed != tokenizer.Decode(ids) || pieces.Any(p => p.Contains('\uFFFD') && !text.Contains('\uFFFD')))
+                failures.Add($"{VocabTestVectors.Escape(text)}: streamed {VocabTestVectors.Escape(streamed)}");
+        }
+        Assert.True(failures.Count == 0, $"{family}: {failures.Count} differ\n" + string.Join("\n", failures.Take(20)));
+    }
 }
