@@ -220,6 +220,12 @@ public sealed class LlmEngine : IDisposable
         else if (request.Prompt is { } text)
         {
             prompt = _model.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
+            // A tokenizer may know special tokens the model has no rows for (Gemma 3 1B and <image_soft_token>).
+            foreach (int t in prompt)
+                if ((uint)t >= (uint)_model.Config.VocabSize)
+                    throw new InvalidRequestException(
+                        $"the prompt holds token {t} ({_model.Tokenizer.Decode([t], renderSpecial: true)}), which is outside the model's vocabulary of {_model.Config.VocabSize}",
+                        param: "prompt");
         }
         else
         {

@@ -36,6 +36,27 @@ public class CliTests
         Assert.Equal("1 " + stdout.Trim(), withBos.Trim());
     }
 
+    [SkippableFact]
+    public void Tokenize_works_on_a_folder_holding_only_tokenizer_files()
+    {
+        string source = Path.GetDirectoryName(TestData.Require("hf-tokenizers/qwen3/tokenizer.json"))!;
+        var dir = Directory.CreateTempSubdirectory("tokenmill-tokonly-");
+        try
+        {
+            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(source, f), Path.Combine(dir.FullName, f));
+            // Raw input: the text of <|im_start|> is ordinary text; with --parse-special it is the one token 151644.
+            var (code, plain, _) = Run("tokenize", "--model", dir.FullName, "<|im_start|>user");
+            Assert.Equal(0, code);
+            Assert.DoesNotContain("151644", plain);
+            var (_, parsed, _) = Run("tokenize", "--model", dir.FullName, "--parse-special", "<|im_start|>user");
+            Assert.Equal("151644 872", parsed.Trim());
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
+    }
+
     [Fact]
     public void Generate_on_a_dummy_preset_runs_without_a_model_file()
     {

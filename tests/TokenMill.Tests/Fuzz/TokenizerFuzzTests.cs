@@ -41,4 +41,48 @@ public class TokenizerFuzzTests
             Assert.True(text == back, $"case {i}: {TokenMill.Tests.Tokenization.VocabTestVectors.Escape(text)} decoded as {TokenMill.Tests.Tokenization.VocabTestVectors.Escape(back)}");
         }
     }
+
+    // Loaded once for the class: Gemma's tokenizer.json alone is 33 MB.
+    static readonly Dictionary<string, Lazy<ITokenizer>> HfTokenizers = new[] { "qwen3", "gemma3", "llama3" }.ToDictionary(f => f,
+        f => new Lazy<ITokenizer>(() => HfTokenizerLoader.Load(Path.GetDirectoryName(TestData.Require($"hf-tokenizers/{f}/tokenizer.json"))!)));
+
+    /// <summary>
+    /// Random strings through the real <c>tokenizer.json</c> files with special-token text parsed: no exception, ids
+    /// in range, and decoding (special tokens rendered) gives the text back as the file's normalizer leaves it —
+    /// NFC for Qwen, ▁ read back as a space for Gemma, unchanged for Llama 3.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData("qwen3")]
+    [InlineData("gemma3")]
+    [InlineData("llama3")]
+    public void Random_text_round_trips_through_tokenizer_json(string family)
+    {
+        var tokenizer = HfTokenizers[family].Value;
+        var random = new Random(FuzzSettings.Seed(family.GetHashCode(StringComparison.Ordinal) & 0xFFFF));
+        int iterations = FuzzSettings.Iterations(ciDefault: 500);
+        string[] pieces =
+        [
+            .. Enumerable.Range(0x20, 0x5F).Select(c => ((char)c).ToString()),
+            "\n", "\t", "\r\n", "  ", "\u00a0", "\u3000", "é", "e\u0301", "\u0301", "\uac01", "\u1100\u1161", "日本", "🦙", "👍🏽",
+            "\u200d", "🇯🇵", "\ufe0f", "\ufffd", "\u0000", "▁", "123", "'s", "'LL", "<|im_start|>", "<|im_end|>", "<start_of_turn>",
+            "<end_of_turn>", "<|begin_of_text|>", "<|eot_id|>", "<bos>", "<unused12>", "<think>", "<|im_start", "\U0010FFFD",
+        ];
+        for (int i = 0; i < iterations; i++)
+        {
+            var sb = new StringBuilder();
+            int n = random.Next(0, 24);
+            for (int k = 0; k < n; k++) sb.Append(pieces[random.Next(pieces.Length)]);
+            string text = sb.ToString();
+            int[] ids = tokenizer.Encode(text, parseSpecial: true);
+            Assert.All(ids, id => Assert.InRange(id, 0, tokenizer.VocabSize - 1));
+            string expected = family switch
+            {
+                "qwen3" => UnicodeNormalization.ToNfc(text),
+                "gemma3" => text.Replace('▁', ' '),
+                _ => text,
+            };
+            string back = tokenizer.Decode(ids, renderSpecial: true);
+            Assert.True(expected == back, $"case {i}: {TokenMill.Tests.Tokenization.VocabTestVectors.Escape(text)} decoded as {TokenMill.Tests.Tokenization.VocabTestVectors.Escape(back)}");
+        }
+    }
 }

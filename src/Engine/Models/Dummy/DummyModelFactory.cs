@@ -20,7 +20,9 @@ public static class DummyModelFactory
 
     public static bool IsDummy(string model) => model.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
-    public static Model Create(string model, GgmlType dtype, ulong seed = 0)
+    /// <param name="tokenizer">The tokenizer to use (e.g. the family's real <c>tokenizer.json</c>); null: cl100k_base fitted to the vocabulary.</param>
+    /// <param name="blockCount">Build only this many layers (tests: the exact widths at a fraction of the memory); null: the preset's.</param>
+    public static Model Create(string model, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
     {
         string name = IsDummy(model) ? model[Prefix.Length..] : model;
         if (!DummyPresets.All.TryGetValue(name, out var preset))
@@ -29,6 +31,12 @@ public static class DummyModelFactory
             throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
 
         var c = preset.Config;
+        if (blockCount is int n)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(n, 1, nameof(blockCount));
+            c = c with { BlockCount = Math.Min(n, c.BlockCount) };
+        }
+        tokenizer = FitTokenizer(tokenizer, c.VocabSize, name) ?? TokenizerLoader.Cl100kFitted(c.VocabSize);
         var owners = new List<IDisposable>();
         try
         {
@@ -49,6 +57,10 @@ public static class DummyModelFactory
                     Bq = preset.HasQkvBias ? random.Vector(p + "attn_q.bias", c.QDim, 0.1f) : null,
                     Bk = preset.HasQkvBias ? random.Vector(p + "attn_k.bias", c.KvDim, 0.1f) : null,
                     Bv = preset.HasQkvBias ? random.Vector(p + "attn_v.bias", c.KvDim, 0.1f) : null,
+                    QNorm = preset.HasQkNorm ? Ones(c.HeadDim) : null,
+                    KNorm = preset.HasQkNorm ? Ones(c.HeadDim) : null,
+                    PostAttnNorm = preset.HasPostNorms ? Ones(c.EmbeddingLength) : null,
+                    PostFfnNorm = preset.HasPostNorms ? Ones(c.EmbeddingLength) : null,
                     FfnNorm = Ones(c.EmbeddingLength),
                     Gate = Matrix(p + "ffn_gate.weight", c.FeedForwardLength, c.EmbeddingLength),
                     Up = Matrix(p + "ffn_up.weight", c.FeedForwardLength, c.EmbeddingLength),
@@ -63,7 +75,6 @@ public static class DummyModelFactory
                 OutputNorm = Ones(c.EmbeddingLength),
                 Output = preset.TiedEmbeddings ? embedding : Matrix("output.weight", c.VocabSize, c.EmbeddingLength),
             };
-            var tokenizer = TokenizerLoader.Cl100kFitted(c.VocabSize);
             return new Model($"{Prefix}{name.ToLowerInvariant()}", c, weights, tokenizer, owners);
         }
         catch
@@ -71,6 +82,18 @@ public static class DummyModelFactory
             foreach (var o in owners) o.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// <paramref name="tokenizer"/> made to fit <paramref name="vocab"/> rows: a <c>tokenizer.json</c> is padded with
+    /// ids that decode to nothing (the model's padding rows) or may exceed the rows by special tokens only.
+    /// </summary>
+    static ITokenizer? FitTokenizer(ITokenizer? tokenizer, int vocab, string preset)
+    {
+        if (tokenizer is Tokenization.HuggingFace.HfTokenizer hf && hf.FitsVocabulary(vocab)) return hf.PaddedTo(vocab);
+        if (tokenizer is not null && tokenizer.VocabSize > vocab)
+            throw new ArgumentException($"the tokenizer has {tokenizer.VocabSize} tokens but dummy:{preset} has {vocab} vocabulary rows", nameof(tokenizer));
+        return tokenizer;
     }
 
     static float[] Ones(int n)
