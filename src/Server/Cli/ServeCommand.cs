@@ -26,7 +26,8 @@ public static class ServeCommand
           --rate-limit-rpm N         generation requests per minute per client (API key, else address); 0 = off (default)
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
-          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
+          --tensor-parallel-size / -tp)
         """;
 
     static readonly HashSet<string> ValueOptions =
@@ -90,9 +91,12 @@ public static class ServeCommand
             var engine = server.Ready.GetAwaiter().GetResult();
             var c = engine.Model.Config;
             long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(c, engine.Options.BlockSize);
+            string tensorParallel = engine.Options.TensorParallelSize > 1
+                ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
+                : "";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
-                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads), " +
+                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel}), " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
                 $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

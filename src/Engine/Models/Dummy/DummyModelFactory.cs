@@ -25,8 +25,15 @@ public static class DummyModelFactory
         string name = IsDummy(model) ? model[Prefix.Length..] : model;
         if (!DummyPresets.All.TryGetValue(name, out var preset))
             throw new ArgumentException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})", nameof(model));
+        return Create(preset, name.ToLowerInvariant(), dtype, seed);
+    }
+
+    /// <summary>A dummy model of any shape (a preset scaled down for tests); <paramref name="name"/> follows <c>dummy:</c>.</summary>
+    public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0)
+    {
         if (!SupportedDTypes.Contains(dtype))
             throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
+        preset.Config.Validate(Prefix + name);
 
         var c = preset.Config;
         var owners = new List<IDisposable>();
@@ -64,7 +71,7 @@ public static class DummyModelFactory
                 Output = preset.TiedEmbeddings ? embedding : Matrix("output.weight", c.VocabSize, c.EmbeddingLength),
             };
             var tokenizer = TokenizerLoader.Cl100kFitted(c.VocabSize);
-            return new Model($"{Prefix}{name.ToLowerInvariant()}", c, weights, tokenizer, owners);
+            return new Model($"{Prefix}{name}", c, weights, tokenizer, owners);
         }
         catch
         {
