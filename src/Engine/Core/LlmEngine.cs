@@ -63,7 +63,7 @@ public sealed class LlmEngine : IDisposable
         // Under tensor parallelism every rank stores its own KV heads (replicated ones once per rank): the budget covers them all.
         int tp = options.TensorParallelSize;
         TensorParallelShard.CheckSplit(model.Config, model.Weights, tp, model.Name);
-        var kvConfig = tp <= model.Config.HeadCountKv ? model.Config : model.Config with { HeadCountKv = tp };
+        var kvConfig = model.Config with { HeadCountKv = Math.Max(model.Config.HeadCountKv, tp) };
         long bytesPerBlock = PagedKvStore.BytesPerBlock(kvConfig, options.BlockSize);
         int blocksPerSequence = KvCacheManager.BlocksFor(MaxModelLen, options.BlockSize);
         int blocks;

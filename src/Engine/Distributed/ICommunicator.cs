@@ -36,17 +36,24 @@ public interface ICommunicator : IDisposable
 /// <summary>Counts and cumulative wall time of one rank's collective calls.</summary>
 public sealed class CommunicatorStats
 {
-    long _allReduceCalls, _allReduceTicks, _allGatherCalls, _allGatherTicks;
+    long _allReduceCalls, _allReduceTicks, _allReduceArrivalTicks, _allGatherCalls, _allGatherTicks;
 
     public long AllReduceCalls => Volatile.Read(ref _allReduceCalls);
     public TimeSpan AllReduceTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _allReduceTicks));
+    /// <summary>
+    /// The part of <see cref="AllReduceTime"/> spent waiting for the other ranks to arrive (their compute running
+    /// longer, or their threads not scheduled); the rest is the reduction itself (sum, copy, the second barrier).
+    /// </summary>
+    public TimeSpan AllReduceArrivalWait => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _allReduceArrivalTicks));
+
     public long AllGatherCalls => Volatile.Read(ref _allGatherCalls);
     public TimeSpan AllGatherTime => System.Diagnostics.Stopwatch.GetElapsedTime(0, Volatile.Read(ref _allGatherTicks));
 
-    internal void AddAllReduce(long ticks)
+    internal void AddAllReduce(long ticks, long arrivalTicks)
     {
         Interlocked.Increment(ref _allReduceCalls);
         Interlocked.Add(ref _allReduceTicks, ticks);
+        Interlocked.Add(ref _allReduceArrivalTicks, arrivalTicks);
     }
 
     internal void AddAllGather(long ticks)
@@ -59,6 +66,7 @@ public sealed class CommunicatorStats
     {
         Volatile.Write(ref _allReduceCalls, 0);
         Volatile.Write(ref _allReduceTicks, 0);
+        Volatile.Write(ref _allReduceArrivalTicks, 0);
         Volatile.Write(ref _allGatherCalls, 0);
         Volatile.Write(ref _allGatherTicks, 0);
     }

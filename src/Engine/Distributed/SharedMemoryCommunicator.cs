@@ -142,12 +142,13 @@ public sealed unsafe class SharedMemoryGroup : IDisposable
     internal void AllReduceSum(int rank, Span<float> buffer)
     {
         const string Op = "all-reduce";
-        long started = Stopwatch.GetTimestamp();
+        long started = Stopwatch.GetTimestamp(), arrived;
         fixed (float* p = buffer)
         {
             _buffers[rank] = (IntPtr)p;
             _lengths[rank] = buffer.Length;
             Wait(rank, Op, started);
+            arrived = Stopwatch.GetTimestamp();
             CheckLengths(Op);
             int n = buffer.Length;
             if (n > _scratch.Length)
@@ -164,7 +165,7 @@ public sealed unsafe class SharedMemoryGroup : IDisposable
             Wait(rank, Op, started);
             _scratch.AsSpan(0, n).CopyTo(buffer);
         }
-        _ranks[rank].Stats.AddAllReduce(Stopwatch.GetTimestamp() - started);
+        _ranks[rank].Stats.AddAllReduce(Stopwatch.GetTimestamp() - started, arrived - started);
     }
 
     internal void AllGather(int rank, ReadOnlySpan<float> send, Span<float> receive)

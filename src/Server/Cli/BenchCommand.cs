@@ -143,7 +143,7 @@ public static class BenchCommand
             // Rank 0's time in all-reduce (waiting for the other ranks included), read as the first token arrives and at the end.
             var comm = engine.TensorParallelStats;
             comm.Reset();
-            TimeSpan allReduceAtFirst = TimeSpan.Zero;
+            TimeSpan allReduceAtFirst = TimeSpan.Zero, arrivalAtFirst = TimeSpan.Zero;
             foreach (var chunk in engine.Generate(Request(p, outputLen)).ToBlockingEnumerable())
             {
                 if (chunk.TokenIds.Length == 0) continue;
@@ -151,6 +151,7 @@ public static class BenchCommand
                 {
                     first = clock.Elapsed;
                     allReduceAtFirst = comm.AllReduceTime;
+                    arrivalAtFirst = comm.AllReduceArrivalWait;
                 }
                 tokens += chunk.TokenIds.Length;
             }
@@ -165,6 +166,8 @@ public static class BenchCommand
                 var decodeAllReduce = comm.AllReduceTime - allReduceAtFirst;
                 run["prefill_allreduce_share"] = allReduceAtFirst / first.Value;
                 run["decode_allreduce_share"] = decodeAllReduce / decodeTime;
+                // Of that, waiting for the other rank to arrive (skew, or its thread not scheduled) vs the reduction itself.
+                run["decode_allreduce_arrival_wait_share"] = (comm.AllReduceArrivalWait - arrivalAtFirst) / decodeTime;
                 run["decode_allreduce_ms_per_step"] = decodeAllReduce.TotalMilliseconds / Math.Max(tokens - 1, 1);
                 run["decode_ms_per_step"] = decodeTime.TotalMilliseconds / Math.Max(tokens - 1, 1);
                 run["allreduce_calls"] = comm.AllReduceCalls;

@@ -90,7 +90,8 @@ public static class ServeCommand
         {
             var engine = server.Ready.GetAwaiter().GetResult();
             var c = engine.Model.Config;
-            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(c, engine.Options.BlockSize);
+            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(
+                c with { HeadCountKv = Math.Max(c.HeadCountKv, engine.Options.TensorParallelSize) }, engine.Options.BlockSize); // replicated KV heads count once per rank
             string tensorParallel = engine.Options.TensorParallelSize > 1
                 ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
                 : "";
