@@ -35,7 +35,7 @@ public class TensorParallelTests(ITestOutputHelper output)
     /// </summary>
     const double IntegerKernelLogitTolerance = 3e-2;
 
-    const int Steps = 12;
+    const int Steps = 10;
 
     /// <summary>Greedy decoding of <paramref name="steps"/> tokens through a <see cref="CpuExecutor"/> of <paramref name="tp"/> ranks.</summary>
     static (int[] Tokens, float[][] Logits) Greedy(Model model, int tp, int[] prompt, int steps)
@@ -67,9 +67,17 @@ public class TensorParallelTests(ITestOutputHelper output)
         return ([.. tokens], [.. logits]);
     }
 
-    void AssertSameAsOneRank(Model model, int tp, int[] prompt, int[]? reference = null)
+    void AssertSameAsOneRank(Model model, int tp, int[] prompt, int[]? reference = null) => AssertSameAsOneRank(model, [tp], prompt, reference);
+
+    /// <summary>One-rank greedy decoding once, then each tensor-parallel size against it.</summary>
+    void AssertSameAsOneRank(Model model, int[] sizes, int[] prompt, int[]? reference = null)
     {
         var (expected, expectedLogits) = Greedy(model, 1, prompt, Steps);
+        foreach (int tp in sizes) AssertSameAs(model, tp, prompt, expected, expectedLogits, reference);
+    }
+
+    void AssertSameAs(Model model, int tp, int[] prompt, int[] expected, float[][] expectedLogits, int[]? reference)
+    {
         var (got, gotLogits) = Greedy(model, tp, prompt, Steps);
         Assert.Equal(expected, got);
         if (reference is not null) Assert.Equal(reference.Take(Steps), got);
@@ -95,31 +103,27 @@ public class TensorParallelTests(ITestOutputHelper output)
     public static IEnumerable<object[]> ArchCases()
     {
         string[] files = ["arch-llama3.gguf", "arch-qwen2.gguf", "arch-qwen3.gguf", "arch-gemma3.gguf", "arch-phi3.gguf", "arch-llama-spm.gguf"];
-        foreach (var f in files)
-            foreach (int tp in new[] { 2, 4 })
-                yield return [f, tp];
+        foreach (var f in files) yield return [f, "2,4"];
         // The quantized copies split by 2 (32 columns a rank: one block); by 4 they would cut blocks (see below).
-        yield return ["arch-llama-spm-q8_0.gguf", 2];
-        yield return ["arch-llama-spm-q4_0.gguf", 2];
+        yield return ["arch-llama-spm-q8_0.gguf", "2"];
+        yield return ["arch-llama-spm-q4_0.gguf", "2"];
     }
 
     [SkippableTheory]
     [MemberData(nameof(ArchCases))]
-    public void Arch_models_decode_the_same_tokens_on_several_ranks_as_on_one(string file, int tp)
+    public void Arch_models_decode_the_same_tokens_on_several_ranks_as_on_one(string file, string sizes)
     {
         using var model = GgufModelLoader.Load(TestData.Require("arch/" + file));
         // The F32 models' greedy tokens are llama.cpp's too; the quantized copies have no reference of their own.
         int[]? reference = file.Contains("-q", StringComparison.Ordinal) ? null : ArchReferenceTests.Load(FirstCase(file)).CompletionIds;
-        AssertSameAsOneRank(model, tp, FirstPrompt(file), reference);
+        AssertSameAsOneRank(model, [.. sizes.Split(',').Select(t => int.Parse(t, System.Globalization.CultureInfo.InvariantCulture))], FirstPrompt(file), reference);
     }
 
-    [SkippableTheory]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void Stories260K_decodes_the_same_tokens_on_several_ranks_as_on_one(int tp)
+    [SkippableFact]
+    public void Stories260K_decodes_the_same_tokens_on_several_ranks_as_on_one()
     {
         using var model = GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
-        AssertSameAsOneRank(model, tp, model.Tokenizer.Encode("Once upon a time", addSpecial: true));
+        AssertSameAsOneRank(model, [2, 4], model.Tokenizer.Encode("Once upon a time", addSpecial: true));
     }
 
     /// <summary>Qwen2.5-0.5B's real widths (896, FFN 4864, 14 heads, 2 KV heads, q/k/v biases) in Q8_0, cut to 2 layers and a 2048-token vocabulary.</summary>
@@ -137,6 +141,33 @@ public class TensorParallelTests(ITestOutputHelper output)
     {
         using var model = SmallQwen(dtype);
         AssertSameAsOneRank(model, 2, [11, 500, 1200, 7, 2000]);
+    }
+
+    [Theory]
+    [InlineData("qwen2", 2)]
+    [InlineData("phi3", 4)]
+    [InlineData("gemma3", 4)]
+    public void Hugging_face_folders_in_bf16_decode_the_same_tokens_on_several_ranks_as_on_one(string arch, int tp)
+    {
+        var dir = Directory.CreateTempSubdirectory("tokenmill-tp-hf-");
+        try
+        {
+            var spec = new TokenMill.Tests.Models.HuggingFace.HfTestModel
+            {
+                Arch = arch, BF16 = true, Tied = arch != "phi3", KvHeads = arch == "gemma3" ? 1 : arch == "phi3" ? 4 : 2,
+                Layers = arch == "gemma3" ? 4 : 2, HeadDimOverride = arch == "gemma3" ? 32 : null, Seed = 21,
+            };
+            string folder = Path.Combine(dir.FullName, arch);
+            spec.WriteHf(folder);
+            string gguf = spec.WriteGguf(folder + ".gguf");
+            using var model = ModelLoader.Load(folder, new ModelLoadOptions { TokenizerPath = gguf });
+            Assert.Equal(GgmlType.BF16, model.Weights.Layers[0].Wq.Type);
+            AssertSameAsOneRank(model, tp, [3, 17, 42, 99, 0, 55, 8]);
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
     }
 
     [Fact]
@@ -234,6 +265,28 @@ public class TensorParallelTests(ITestOutputHelper output)
         Assert.StartsWith(", there was a little girl named Lily", outputs[0][0]);
         Assert.Equal(outputs[0], outputs[1]);
         Assert.Equal(outputs[0], outputs[2]);
+    }
+
+    [SkippableFact]
+    public async Task Parallel_sampling_copies_shared_kv_blocks_on_every_rank()
+    {
+        // n = 3 forks share the prompt's blocks; the first token each writes into the shared last block is a
+        // copy-on-write, which must happen in every rank's KV store (each holds its own KV heads).
+        using var model = GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
+        var request = new GenerationRequest
+        {
+            Prompt = "Once upon a time, there was a", N = 3,
+            Sampling = new SamplingParams { Temperature = 1f, Seed = 5, MaxTokens = 24, IgnoreEos = true },
+        };
+        var outputs = new List<string[]>();
+        foreach (int tp in new[] { 1, 2 })
+        {
+            using var engine = new LlmEngine(model, new EngineOptions { TensorParallelSize = tp, MaxModelLen = 96, Threads = tp });
+            outputs.Add([.. (await engine.CompleteChoicesAsync(request)).Select(r => r.Text)]);
+            Assert.Equal(engine.Stats.TotalKvBlocks, engine.Stats.FreeKvBlocks);
+        }
+        Assert.Equal(3, outputs[0].Distinct().Count()); // the forks did diverge
+        Assert.Equal(outputs[0], outputs[1]);
     }
 
     [SkippableFact]
