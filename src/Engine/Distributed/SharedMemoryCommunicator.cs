@@ -26,7 +26,6 @@ public sealed unsafe class SharedMemoryGroup : IDisposable
     readonly IntPtr[] _buffers;
     readonly int[] _lengths;
     readonly long[] _arrivals; // the barrier generation each rank last arrived at
-    readonly string[] _operations;
     readonly float[] _scratch;
     readonly SharedMemoryCommunicator[] _ranks;
     readonly object _lock = new();
@@ -49,7 +48,6 @@ public sealed unsafe class SharedMemoryGroup : IDisposable
         _buffers = new IntPtr[worldSize];
         _lengths = new int[worldSize];
         _arrivals = new long[worldSize];
-        _operations = new string[worldSize];
         _scratch = GC.AllocateUninitializedArray<float>(maxAllReduceElements, pinned: true);
         _ranks = new SharedMemoryCommunicator[worldSize];
         for (int r = 0; r < worldSize; r++) _ranks[r] = new SharedMemoryCommunicator(this, r);
@@ -80,7 +78,6 @@ public sealed unsafe class SharedMemoryGroup : IDisposable
     {
         ThrowIfFailed();
         long generation = Volatile.Read(ref _generation);
-        _operations[rank] = operation;
         Volatile.Write(ref _arrivals[rank], generation + 1);
         if (Interlocked.Increment(ref _count) == WorldSize)
         {
