@@ -27,7 +27,8 @@ public static class ServeCommand
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
           --no-ui                    do not serve the browser playground at / (the /v1/engine endpoints stay)
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
-          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
+          --tensor-parallel-size / -tp)
 
         example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
                  then open http://127.0.0.1:8000/ for the playground and the live KV-cache view
@@ -96,10 +97,14 @@ public static class ServeCommand
         {
             var engine = server.Ready.GetAwaiter().GetResult();
             var c = engine.Model.Config;
-            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(c, engine.Options.BlockSize);
+            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(
+                c with { HeadCountKv = Math.Max(c.HeadCountKv, engine.Options.TensorParallelSize) }, engine.Options.BlockSize); // replicated KV heads count once per rank
+            string tensorParallel = engine.Options.TensorParallelSize > 1
+                ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
+                : "";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
-                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads), " +
+                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel}), " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
                 $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

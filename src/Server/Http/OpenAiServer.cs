@@ -149,7 +149,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         app.MapGet("/health", (HttpContext ctx) =>
         {
-            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully && !_draining ? 200 : 503;
+            // 503 while loading, draining, or after the engine stopped on a fatal error (a tensor-parallel rank failed).
+            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully && !_draining && _engineTask.Result.Failure is null ? 200 : 503;
             return Task.CompletedTask;
         });
         app.MapGet("/metrics", async (HttpContext ctx) =>
@@ -201,6 +202,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             CheckApiKey(ctx);
             if (!_engineTask.IsCompletedSuccessfully)
                 throw new ApiErrorException(503, "the model is still loading; retry when /health answers 200", "server_error", null, "model_loading");
+            if (_engineTask.Result.Failure is { } failure)
+                throw new ApiErrorException(503, new EngineFailedException(failure).Message, "server_error", null, "engine_failed");
             JsonRequest? body = null;
             if (needsBody)
             {
@@ -232,6 +235,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         catch (InvalidRequestException e)
         {
             await WriteError(ctx, ApiErrorException.BadRequest(e.Message, e.Param)).ConfigureAwait(false);
+        }
+        catch (EngineFailedException e)
+        {
+            await WriteError(ctx, new ApiErrorException(503, e.Message, "server_error", null, "engine_failed")).ConfigureAwait(false);
         }
         catch (EngineOverloadedException e)
         {

@@ -27,8 +27,17 @@ public static class DummyModelFactory
         string name = IsDummy(model) ? model[Prefix.Length..] : model;
         if (!DummyPresets.All.TryGetValue(name, out var preset))
             throw new ArgumentException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})", nameof(model));
+        return Create(preset, name.ToLowerInvariant(), dtype, seed, tokenizer, blockCount);
+    }
+
+    /// <summary>A dummy model of any shape (a preset scaled down for tests); <paramref name="name"/> follows <c>dummy:</c>.</summary>
+    /// <param name="tokenizer">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
+    /// <param name="blockCount">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
+    public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
+    {
         if (!SupportedDTypes.Contains(dtype))
             throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
+        preset.Config.Validate(Prefix + name);
 
         var c = preset.Config;
         if (blockCount is int n)
@@ -75,7 +84,7 @@ public static class DummyModelFactory
                 OutputNorm = Ones(c.EmbeddingLength),
                 Output = preset.TiedEmbeddings ? embedding : Matrix("output.weight", c.VocabSize, c.EmbeddingLength),
             };
-            return new Model($"{Prefix}{name.ToLowerInvariant()}", c, weights, tokenizer, owners);
+            return new Model($"{Prefix}{name}", c, weights, tokenizer, owners);
         }
         catch
         {
