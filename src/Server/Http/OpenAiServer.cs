@@ -46,6 +46,9 @@ public sealed record ServerOptions
 
     /// <summary>Tokens (prompt + max_tokens × choices) per minute per client; 0 = unlimited.</summary>
     public int RateLimitTokensPerMinute { get; init; }
+
+    /// <summary>What one rendering of the chat template may spend (output size, steps, macro depth, time).</summary>
+    public ChatTemplateLimits ChatTemplateLimits { get; init; } = ChatTemplateLimits.Default;
 }
 
 /// <summary>
@@ -550,7 +553,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         try
         {
-            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra);
+            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra, _options.ChatTemplateLimits);
+        }
+        catch (ChatTemplateException e) when (e.Limit is not null)
+        {
+            // The conversation (its size, or what the template does with it) drove the template past a limit.
+            throw ApiErrorException.BadRequest($"the chat template stopped at a limit while rendering these messages: {e.Message}", "messages");
         }
         catch (ChatTemplateException e)
         {
