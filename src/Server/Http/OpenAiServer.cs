@@ -182,6 +182,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         var clock = Stopwatch.StartNew();
         Interlocked.Increment(ref _inflight);
+        JsonDocument? doc = null; // its buffers are pooled: returned when the request is done
         try
         {
             if (_draining)
@@ -199,7 +200,6 @@ public sealed class OpenAiServer : IAsyncDisposable
                 await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
                 if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
                     throw ApiErrorException.BadRequest("the request body is not valid UTF-8");
-                JsonDocument doc;
                 try
                 {
                     doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
@@ -244,6 +244,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         finally
         {
+            doc?.Dispose();
             Interlocked.Decrement(ref _inflight);
             _metrics?.RecordResponse(ctx.Response.StatusCode);
             LogRequest(ctx, clock.Elapsed);

@@ -380,6 +380,7 @@ public sealed class GgufMalformedTests : IDisposable
         Assert.Equal("tensor 'b' dimension 0", e.Field);
         e = Fails(Patch64(Patch64(bytes, layout.TensorInfos[3].Dimensions, 1L << 40), layout.TensorInfos[3].Dimensions + 8, 1L << 40));
         Assert.Equal("tensor 'd' dimensions", e.Field); // the element count overflows
+        Assert.Contains("more bytes than a 64-bit size can count", e.Message);
     }
 
     [Fact]
