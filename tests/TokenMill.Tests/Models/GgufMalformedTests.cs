@@ -392,4 +392,17 @@ public sealed class GgufMalformedTests : IDisposable
         Assert.Equal("tensor 'x'", e.Field);
         Assert.Contains("duplicate tensor name", e.Message);
     }
+
+    [Fact]
+    public void Control_characters_in_a_name_are_escaped_in_the_message()
+    {
+        // A crafted name must not put a line break or a terminal escape sequence into a log line.
+        const string name = "x\n\u001b[31mred\0";
+        var w = new GgufTestWriter();
+        w.AddTensor(name, GgmlType.F32, [2], new byte[8]).AddTensor(name, GgmlType.F32, [2], new byte[8]);
+        var e = Fails(w.Build());
+        Assert.Equal($"tensor '{name}'", e.Field);
+        Assert.Contains("tensor 'x\\x0A\\x1B[31mred\\x00': duplicate tensor name", e.Message);
+        Assert.DoesNotContain(e.Message, c => char.IsControl(c));
+    }
 }
