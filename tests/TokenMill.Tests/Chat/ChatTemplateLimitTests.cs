@@ -51,9 +51,12 @@ public class ChatTemplateLimitTests
     [Fact]
     public void Templates_that_loop_stop_at_MaxSteps_and_the_limit_is_an_option()
     {
-        Stopped("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", nameof(ChatTemplateLimits.MaxSteps));
+        // (the default million is ChatTemplateTests' to check; a tenth of it keeps this test quick)
+        var e = Stopped("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", nameof(ChatTemplateLimits.MaxSteps),
+            Untimed with { MaxSteps = 100_000 });
+        Assert.Contains("more than 100000 statements", e.Message);
         var small = Untimed with { MaxSteps = 50 };
-        var e = Stopped("{% for i in range(100) %}{{ i }}{% endfor %}", nameof(ChatTemplateLimits.MaxSteps), small);
+        e = Stopped("{% for i in range(100) %}{{ i }}{% endfor %}", nameof(ChatTemplateLimits.MaxSteps), small);
         Assert.Contains("more than 50 statements", e.Message);
         Assert.Equal("0123456789", ChatTemplate.Parse("{% for i in range(10) %}{{ i }}{% endfor %}").Render(Hi, true, limits: small));
     }
@@ -66,7 +69,7 @@ public class ChatTemplateLimitTests
         var limits = Untimed with { MaxCallDepth = depth };
         var e = Stopped("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", nameof(ChatTemplateLimits.MaxCallDepth), limits);
         Assert.Contains($"nested more than {depth} deep", e.Message);
-        // Mutual recursion through a caller() block is counted the same way.
+        // Recursion through a {% call %} block is counted the same way.
         Stopped("{% macro g() %}{% call g() %}x{% endcall %}{% endmacro %}{{ g() }}", nameof(ChatTemplateLimits.MaxCallDepth), limits);
         // Recursion that ends within the limit renders.
         string bounded = ChatTemplate.Parse("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}.{% endmacro %}{{ f(20) }}").Render(Hi, true, limits: limits);

@@ -5,7 +5,7 @@ namespace TokenMill.Tests.Fuzz;
 /// <summary>
 /// Memory whose last readable byte sits right before an inaccessible page (PROT_NONE), so a parser
 /// that reads even one byte past the input faults at once instead of reading a neighbour's memory
-/// unnoticed — the guard page that AddressSanitizer and libFuzzer's -malloc_limit tooling rely on.
+/// unnoticed, as Electric Fence and Windows' page heap do for native code.
 /// A fault ends the test process, which a campaign reports as a crash. On systems without mmap
 /// (Windows) the buffer is plain native memory and only the parser's own checks apply.
 /// </summary>

@@ -159,12 +159,20 @@ public class HttpFuzzTests(ITestOutputHelper output)
         }
 
         await LlmEngineTests.WaitFor(() => engine.Stats is var s && s.FreeKvBlocks == s.TotalKvBlocks && s.Running == 0 && s.Waiting == 0);
+        var idle = new List<string>();
+        for (int waited = 10; waited <= FuzzSettings.IdleSeconds; waited += 10)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(10));
+            long heap = GC.GetTotalMemory(forceFullCollection: true);
+            idle.Add($"{waited} s: {heap >> 20}");
+        }
         long endHeap = GC.GetTotalMemory(forceFullCollection: true);
         long endRss = Environment.WorkingSet;
         output.WriteLine($"{iterations:N0} requests, seed {seed}, {bytesSent / (1 << 20):N0} MiB sent, {clock.Elapsed.TotalSeconds:F1} s, slowest {slowest.TotalMilliseconds:F0} ms; "
                          + $"managed heap after GC {warmHeap >> 20} → {endHeap >> 20} MiB (peak seen {peakHeap >> 20} MiB), RSS {warmRss >> 20} → {endRss >> 20} MiB; "
                          + $"KV blocks free {engine.Stats.FreeKvBlocks}/{engine.Stats.TotalKvBlocks}");
         output.WriteLine($"  heap after GC every tenth of the run (MiB): {string.Join(" ", trajectory)}");
+        if (idle.Count > 0) output.WriteLine($"  heap after GC while idle after the run (MiB): {string.Join(", ", idle)}");
         var gc = GC.GetGCMemoryInfo(GCKind.FullBlocking).GenerationInfo;
         output.WriteLine($"  after the last full GC (MiB): gen0-2 {(gc[0].SizeAfterBytes + gc[1].SizeAfterBytes + gc[2].SizeAfterBytes) >> 20}, "
                          + $"large-object heap {gc[3].SizeAfterBytes >> 20} (fragmentation {gc[3].FragmentationAfterBytes >> 20}), pinned-object heap {gc[4].SizeAfterBytes >> 20}; "
