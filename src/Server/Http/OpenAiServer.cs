@@ -49,6 +49,9 @@ public sealed record ServerOptions
 
     /// <summary>Serve the browser playground at <c>/</c> (<c>--no-ui</c> turns it off; the engine endpoints stay).</summary>
     public bool EnableUi { get; init; } = true;
+
+    /// <summary>What one rendering of the chat template may spend (output size, steps, macro depth, time).</summary>
+    public ChatTemplateLimits ChatTemplateLimits { get; init; } = ChatTemplateLimits.Default;
 }
 
 /// <summary>
@@ -195,6 +198,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         var clock = Stopwatch.StartNew();
         Interlocked.Increment(ref _inflight);
+        JsonDocument? doc = null; // its buffers are pooled: returned when the request is done
         try
         {
             if (_draining)
@@ -214,7 +218,6 @@ public sealed class OpenAiServer : IAsyncDisposable
                 await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
                 if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
                     throw ApiErrorException.BadRequest("the request body is not valid UTF-8");
-                JsonDocument doc;
                 try
                 {
                     doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
@@ -263,6 +266,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         finally
         {
+            doc?.Dispose();
             Interlocked.Decrement(ref _inflight);
             _metrics?.RecordResponse(ctx.Response.StatusCode);
             LogRequest(ctx, clock.Elapsed);
@@ -613,7 +617,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         try
         {
-            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra);
+            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra, _options.ChatTemplateLimits);
+        }
+        catch (ChatTemplateException e) when (e.Limit is not null)
+        {
+            // The conversation (its size, or what the template does with it) drove the template past a limit.
+            throw ApiErrorException.BadRequest($"the chat template stopped at a limit while rendering these messages: {e.Message}", "messages");
         }
         catch (ChatTemplateException e)
         {
