@@ -40,6 +40,18 @@ internal static partial class UnicodeNormalization
         return sb.ToString();
     }
 
+    /// <summary>
+    /// The first codepoint of <paramref name="cp"/>'s canonical decomposition (NFD), e.g. <c>Ä</c> → <c>A</c>,
+    /// <c>ử</c> → <c>u</c>, <c>한</c> → <c>ᄒ</c>: what llama.cpp's WordPiece normalizer keeps of an accented
+    /// character (<c>unicode_cpts_normalize_nfd</c>).
+    /// </summary>
+    public static int FirstOfDecomposition(int cp)
+    {
+        if (cp is >= SBase and < SBase + SCount) return LBase + (cp - SBase) / NCount;
+        int i = cp < '\u00C0' ? -1 : DecomposableCodepoints.BinarySearch(cp);
+        return i < 0 ? cp : Decompositions[DecompositionOffsets[i]];
+    }
+
     public static int CombiningClass(int cp)
     {
         if (cp < FirstCombining) return 0;
