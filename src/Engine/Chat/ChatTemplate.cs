@@ -78,10 +78,15 @@ public sealed class ChatTemplate
     /// Renders the prompt. <paramref name="extra"/> adds or overrides template variables, e.g.
     /// <c>tools</c> (a list of OpenAI tool dictionaries), <c>enable_thinking</c>; its values must be
     /// plain data: null, strings, booleans, numbers, lists, string-keyed dictionaries or <see cref="JsonElement"/>.
+    /// A template that runs into one of <paramref name="limits"/> (default <see cref="ChatTemplateLimits.Default"/>)
+    /// stops with a <see cref="ChatTemplateException"/> whose <see cref="ChatTemplateException.Limit"/> names it.
     /// </summary>
-    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? extra = null)
+    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, IReadOnlyDictionary<string, object?>? extra = null,
+                         ChatTemplateLimits? limits = null)
     {
         ArgumentNullException.ThrowIfNull(messages);
+        limits ??= ChatTemplateLimits.Default;
+        limits.Validate();
         var vars = new Dictionary<string, object?>(StringComparer.Ordinal)
         {
             ["messages"] = messages.Select(m => (object?)ToValue(m)).ToList(),
@@ -92,7 +97,7 @@ public sealed class ChatTemplate
         };
         if (extra is not null)
             foreach (var (k, v) in extra) vars[k] = FromClr(v, k);
-        return JinjaInterpreter.Render(_body, vars, Clock);
+        return JinjaInterpreter.Render(_body, vars, Clock, limits);
     }
 
     static Dictionary<string, object?> ToValue(ChatMessage m)

@@ -28,4 +28,10 @@ public sealed class ChatTemplateException : Exception
 
     /// <summary>The text passed to <c>raise_exception</c> when the template itself refused the input; otherwise null.</summary>
     public string? TemplateMessage { get; init; }
+
+    /// <summary>
+    /// The <see cref="ChatTemplateLimits"/> property (e.g. <c>MaxSteps</c>) the template ran into when it
+    /// was stopped for looping, recursing, growing its output or running too long; otherwise null.
+    /// </summary>
+    public string? Limit { get; init; }
 }

@@ -8,3 +8,10 @@ public sealed class InvalidRequestException(string message, Exception? inner = n
 {
     public string? Param { get; } = param;
 }
+
+/// <summary>
+/// The engine has stopped after a fatal error (a tensor-parallel rank failed or stalled) and serves nothing
+/// more: HTTP 503. <see cref="Exception.InnerException"/> is the error that stopped it.
+/// </summary>
+public sealed class EngineFailedException(Exception cause)
+    : Exception(cause is EngineFailedException ? cause.Message : $"the engine has stopped: {cause.Message}", cause is EngineFailedException ? cause.InnerException : cause);

@@ -45,6 +45,15 @@ public sealed record EngineOptions
     /// <summary>CPU threads of the forward pass; 0 = one per processor.</summary>
     public int Threads { get; init; }
 
+    /// <summary>
+    /// Ranks the model is split across (<c>--tensor-parallel-size</c>, <c>-tp</c>): on the CPU, threads of one process
+    /// joined by a shared-memory communicator, each holding 1/N of the weights and its KV heads.
+    /// </summary>
+    public int TensorParallelSize { get; init; } = 1;
+
+    /// <summary>How long a tensor-parallel rank waits in one collective for the others before the engine stops with an error.</summary>
+    public TimeSpan TensorParallelTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
     public const long DefaultKvCacheMemoryBytes = 2L << 30;
     public const int DefaultMaxModelLenCap = 4096;
 
@@ -64,6 +73,8 @@ public sealed record EngineOptions
         Check(KvCache.EvictionPolicies.Names.Contains(EvictionPolicy.ToLowerInvariant()),
             $"--eviction-policy must be one of {string.Join(", ", KvCache.EvictionPolicies.Names)}, got '{EvictionPolicy}'");
         Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
+        Check(TensorParallelSize is >= 1 and <= 64, $"--tensor-parallel-size must be in [1, 64], got {TensorParallelSize}");
+        Check(TensorParallelTimeout > TimeSpan.Zero, $"the tensor-parallel timeout must be positive, got {TensorParallelTimeout}");
         Check(MaxPreemptionsPerRequest >= 0, $"--max-preemptions must be ≥ 0, got {MaxPreemptionsPerRequest}");
     }
 }

@@ -37,9 +37,7 @@ public sealed record EngineSnapshot(EngineStats Stats, KvCacheSnapshot KvCache);
 public sealed class LlmEngine : IDisposable
 {
     readonly Model _model;
-    readonly CpuWorkerPool _pool;
-    readonly CpuForward _forward;
-    readonly PagedKvStore _kvStore;
+    readonly CpuExecutor _executor;
     readonly KvCacheManager _kv;
     readonly Scheduler _scheduler;
     readonly ForwardBatch _batch = new();
@@ -54,6 +52,7 @@ public sealed class LlmEngine : IDisposable
     int _queued; // submitted but not yet run (or ended): the overload bound counts these
     long _steps, _finished, _generatedTokens;
     volatile bool _stopping;
+    volatile Exception? _failure;
     volatile EngineStats _stats;
 
     public LlmEngine(Model model, EngineOptions? options = null)
@@ -66,7 +65,11 @@ public sealed class LlmEngine : IDisposable
         if (MaxModelLen > model.Config.ContextLength)
             throw new ArgumentException($"--max-model-len {MaxModelLen} exceeds the model's context length {model.Config.ContextLength}");
 
-        long bytesPerBlock = PagedKvStore.BytesPerBlock(model.Config, options.BlockSize);
+        // Under tensor parallelism every rank stores its own KV heads (replicated ones once per rank): the budget covers them all.
+        int tp = options.TensorParallelSize;
+        TensorParallelShard.CheckSplit(model.Config, model.Weights, tp, model.Name);
+        var kvConfig = model.Config with { HeadCountKv = Math.Max(model.Config.HeadCountKv, tp) };
+        long bytesPerBlock = PagedKvStore.BytesPerBlock(kvConfig, options.BlockSize);
         int blocksPerSequence = KvCacheManager.BlocksFor(MaxModelLen, options.BlockSize);
         int blocks;
         if (options.NumKvBlocks is { } n) blocks = n;
@@ -85,9 +88,8 @@ public sealed class LlmEngine : IDisposable
                 $"--max-model-len {MaxModelLen} ({blocksPerSequence} blocks, {FormatBytes(blocksPerSequence * bytesPerBlock)}); " +
                 "raise --kv-cache-memory / --num-kv-blocks or lower --max-model-len");
 
-        _pool = new CpuWorkerPool(options.Threads);
-        _forward = new CpuForward(model, maxBatchTokens: Math.Min(options.MaxNumBatchedTokens, 512), _pool);
-        _kvStore = new PagedKvStore(model.Config, blocks, options.BlockSize);
+        _executor = new CpuExecutor(model, tp, options.Threads, maxBatchTokens: Math.Min(options.MaxNumBatchedTokens, 512), blocks, options.BlockSize,
+            options.TensorParallelTimeout);
         _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy),
             options.CacheAdmission);
         _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs) { MaxPreemptionsPerRequest = options.MaxPreemptionsPerRequest };
@@ -101,6 +103,21 @@ public sealed class LlmEngine : IDisposable
     public Model Model => _model;
     public int MaxModelLen { get; }
     public EngineStats Stats => _stats;
+
+    /// <summary>
+    /// The fatal error that stopped the engine (a tensor-parallel rank failed or stalled), or null while it runs.
+    /// A stopped engine fails every request, running or new, with this error; the server's /health answers 503.
+    /// </summary>
+    public Exception? Failure => _failure;
+
+    /// <summary>Rank 0's collective calls (counts and time); all zero with one rank.</summary>
+    public Distributed.CommunicatorStats TensorParallelStats => _executor.CommunicatorStats;
+
+    /// <summary>Threads of each tensor-parallel rank's worker pool.</summary>
+    public int ThreadsPerRank => _executor.ThreadsPerRank;
+
+    /// <summary>Test hook (fault injection): runs on each rank's thread at the start of every layer (rank, layer).</summary>
+    internal Action<int, int>? LayerHook { set => _executor.LayerHook = value; }
 
     /// <summary>
     /// KV block events (allocated, cached, hit, evicted), raised on the engine thread as they happen:
@@ -137,6 +154,7 @@ public sealed class LlmEngine : IDisposable
     public IAsyncEnumerable<CompletionChunk> Generate(GenerationRequest request, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_stopping, this);
+        if (_failure is { } failure) throw new EngineFailedException(failure);
         var seq = CreateSequence(request, out var reader);
         if (Interlocked.Increment(ref _queued) > Options.MaxQueuedRequests)
         {
@@ -220,6 +238,12 @@ public sealed class LlmEngine : IDisposable
         else if (request.Prompt is { } text)
         {
             prompt = _model.Tokenizer.Encode(text, addSpecial: true, parseSpecial: true);
+            // A tokenizer may know special tokens the model has no rows for (Gemma 3 1B and <image_soft_token>).
+            foreach (int t in prompt)
+                if ((uint)t >= (uint)_model.Config.VocabSize)
+                    throw new InvalidRequestException(
+                        $"the prompt holds token {t} ({_model.Tokenizer.Decode([t], renderSpecial: true)}), which is outside the model's vocabulary of {_model.Config.VocabSize}",
+                        param: "prompt");
         }
         else
         {
@@ -305,6 +329,14 @@ public sealed class LlmEngine : IDisposable
         while (!_stopping)
         {
             Admit();
+            if (_failure is { } failure)
+            {
+                // Stopped: whatever was admitted meanwhile ends with the error that stopped the engine.
+                foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, failure);
+                PublishStats();
+                _wake.Wait();
+                continue;
+            }
             bool worked = _scheduler.HasWork && Step();
             PublishStats();
             AnswerSnapshotRequests();
@@ -345,7 +377,7 @@ public sealed class LlmEngine : IDisposable
                 "raise --kv-cache-memory or lower --max-num-seqs"));
         _scheduler.ClearExhausted();
         // Copy-on-write before anything is written: a shared block's new private copy gets its content first.
-        foreach (var copy in _kv.PendingCopies) _kvStore.CopyBlock(copy.Source, copy.Destination);
+        foreach (var copy in _kv.PendingCopies) _executor.CopyBlock(copy.Source, copy.Destination);
         _kv.ClearPendingCopies();
         if (work.Count == 0) return false;
         _steps++;
@@ -366,7 +398,14 @@ public sealed class LlmEngine : IDisposable
 
         try
         {
-            _forward.Forward(_batch, _kvStore, _logits.AsSpan(0, _batch.LogitRowCount * vocab));
+            _executor.Forward(_batch, _logits.AsSpan(0, _batch.LogitRowCount * vocab));
+        }
+        catch (Distributed.CommunicatorException e)
+        {
+            // A rank failed or stalled: the ranks' KV caches no longer agree, so the engine stops, every request with it.
+            _failure = new EngineFailedException(e);
+            foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+            return true;
         }
         catch (Exception e)
         {
@@ -652,9 +691,7 @@ public sealed class LlmEngine : IDisposable
         _stopping = true;
         _wake.Release();
         _thread.Join();
-        _forward.Dispose();
-        _kvStore.Dispose();
-        _pool.Dispose();
+        _executor.Dispose();
         _wake.Dispose();
     }
 }

@@ -37,7 +37,12 @@ public static class ModelLoader
         Model loaded;
         if (DummyModelFactory.IsDummy(model))
         {
-            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed);
+            // --tokenizer gives a dummy model a real tokenizer (and chat template), e.g. the family's tokenizer.json.
+            var (tokenizer, template) = options.Tokenizer is { } given ? (given, null)
+                : options.TokenizerPath is { } path ? LoadTokenizer(path) : (null, null);
+            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed, tokenizer);
+            if (template is not null)
+                loaded = new Model(loaded.Name, loaded.Config, loaded.Weights, loaded.Tokenizer, [loaded], template);
         }
         else
         {
@@ -63,26 +68,25 @@ public static class ModelLoader
             return HuggingFace.HfModelLoader.Load(directory, given);
 
         // The tokenizer: --tokenizer (a GGUF, or a folder with tokenizer.json), else the model folder's own tokenizer.json.
-        string source = options.TokenizerPath ?? directory;
-        ITokenizer tokenizer;
-        Chat.ChatTemplate? template;
+        var (tokenizer, template) = LoadTokenizer(options.TokenizerPath ?? directory);
+        var model = HuggingFace.HfModelLoader.Load(directory, tokenizer);
+        return template is null ? model : new Model(model.Name, model.Config, model.Weights, model.Tokenizer, [model], template);
+    }
+
+    /// <summary>The tokenizer and chat template of a folder with <c>tokenizer.json</c>, or of a GGUF file (its weights untouched).</summary>
+    public static (ITokenizer Tokenizer, Chat.ChatTemplate? Template) LoadTokenizer(string source)
+    {
         if (Directory.Exists(source))
         {
             if (!HfTokenizerLoader.HasTokenizer(source))
                 throw new FileNotFoundException(
                     $"{source}: no {HfTokenizerLoader.TokenizerFileName}; pass --tokenizer FILE.gguf, a GGUF file of the same model whose tokenizer and chat template will be used",
                     Path.Combine(source, HfTokenizerLoader.TokenizerFileName));
-            tokenizer = HfTokenizerLoader.Load(source);
-            template = Template(source, () => HfTokenizerLoader.ChatTemplate(source, tokenizer));
+            var tokenizer = HfTokenizerLoader.Load(source);
+            return (tokenizer, Template(source, () => HfTokenizerLoader.ChatTemplate(source, tokenizer)));
         }
-        else
-        {
-            using var gguf = GgufFile.Open(source);
-            tokenizer = TokenizerLoader.FromGguf(gguf);
-            template = Template(source, () => Chat.ChatTemplate.FromGguf(gguf));
-        }
-        var model = HuggingFace.HfModelLoader.Load(directory, tokenizer);
-        return template is null ? model : new Model(model.Name, model.Config, model.Weights, model.Tokenizer, [model], template);
+        using var gguf = GgufFile.Open(source);
+        return (TokenizerLoader.FromGguf(gguf), Template(source, () => Chat.ChatTemplate.FromGguf(gguf)));
     }
 
     static Chat.ChatTemplate? Template(string source, Func<Chat.ChatTemplate?> read)

@@ -80,7 +80,7 @@ internal sealed class WpmTokenizer : GgufTokenizer
 
         foreach (var rune in text.EnumerateRunes())
         {
-            int cp = _stripAccents ? NfdFirstCharacter.Of(rune.Value) : rune.Value;
+            int cp = _stripAccents ? UnicodeNormalization.FirstOfDecomposition(rune.Value) : rune.Value;
             var flags = CodepointFlags.Of(cp);
             if (flags.IsWhitespace)
             {

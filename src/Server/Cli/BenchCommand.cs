@@ -93,6 +93,8 @@ public static class BenchCommand
             ["model"] = model.Name,
             ["weights"] = model.Weights.Layers[0].Wq.Type.ToString(),
             ["threads"] = engineOptions.Threads == 0 ? Environment.ProcessorCount : engineOptions.Threads,
+            ["tensor_parallel_size"] = engineOptions.TensorParallelSize,
+            ["threads_per_rank"] = engine.ThreadsPerRank,
             ["input_len"] = inputLen,
             ["output_len"] = outputLen,
             ["load_seconds"] = loadSeconds,
@@ -141,17 +143,39 @@ public static class BenchCommand
             var clock = Stopwatch.StartNew();
             TimeSpan? first = null;
             int tokens = 0;
+            // Rank 0's time in all-reduce (waiting for the other ranks included), read as the first token arrives and at the end.
+            var comm = engine.TensorParallelStats;
+            comm.Reset();
+            TimeSpan allReduceAtFirst = TimeSpan.Zero, arrivalAtFirst = TimeSpan.Zero;
             foreach (var chunk in engine.Generate(Request(p, outputLen)).ToBlockingEnumerable())
             {
                 if (chunk.TokenIds.Length == 0) continue;
-                first ??= clock.Elapsed;
+                if (first is null)
+                {
+                    first = clock.Elapsed;
+                    allReduceAtFirst = comm.AllReduceTime;
+                    arrivalAtFirst = comm.AllReduceArrivalWait;
+                }
                 tokens += chunk.TokenIds.Length;
             }
             var total = clock.Elapsed;
             double prefill = p.Length / first!.Value.TotalSeconds;
-            double decode = (tokens - 1) / Math.Max((total - first.Value).TotalSeconds, 1e-9);
+            var decodeTime = total - first.Value;
+            double decode = (tokens - 1) / Math.Max(decodeTime.TotalSeconds, 1e-9);
             if (r < 0) continue;
-            runs.Add(new JsonObject { ["prefill_tokens_per_s"] = prefill, ["decode_tokens_per_s"] = decode, ["ttft_s"] = first.Value.TotalSeconds });
+            var run = new JsonObject { ["prefill_tokens_per_s"] = prefill, ["decode_tokens_per_s"] = decode, ["ttft_s"] = first.Value.TotalSeconds };
+            if (engine.Options.TensorParallelSize > 1)
+            {
+                var decodeAllReduce = comm.AllReduceTime - allReduceAtFirst;
+                run["prefill_allreduce_share"] = allReduceAtFirst / first.Value;
+                run["decode_allreduce_share"] = decodeAllReduce / decodeTime;
+                // Of that, waiting for the other rank to arrive (skew, or its thread not scheduled) vs the reduction itself.
+                run["decode_allreduce_arrival_wait_share"] = (comm.AllReduceArrivalWait - arrivalAtFirst) / decodeTime;
+                run["decode_allreduce_ms_per_step"] = decodeAllReduce.TotalMilliseconds / Math.Max(tokens - 1, 1);
+                run["decode_ms_per_step"] = decodeTime.TotalMilliseconds / Math.Max(tokens - 1, 1);
+                run["allreduce_calls"] = comm.AllReduceCalls;
+            }
+            runs.Add(run);
             bestPrefill = Math.Max(bestPrefill, prefill);
             bestDecode = Math.Max(bestDecode, decode);
         }

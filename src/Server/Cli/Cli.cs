@@ -75,7 +75,8 @@ public static class Cli
         catch (Exception e) when (e is GgufFormatException or FileNotFoundException or DirectoryNotFoundException
                                       or NotSupportedException or ArgumentException or InvalidDataException
                                       or InvalidOperationException or IOException or UnauthorizedAccessException
-                                      or TokenMill.Core.InvalidRequestException or TokenMill.Core.EngineOverloadedException)
+                                      or TokenMill.Core.InvalidRequestException or TokenMill.Core.EngineOverloadedException
+                                      or TokenMill.Core.EngineFailedException)
         {
             stderr.WriteLine($"tokenmill {command}: error: {e.Message}");
             return ExitFailure;

@@ -18,6 +18,8 @@ public sealed class CliArguments
     public CliArguments(string command, IEnumerable<string> args, IReadOnlySet<string> valueOptions, IReadOnlySet<string> flags)
     {
         Command = command;
+        // Short forms as vLLM spells them: -tp N is --tensor-parallel-size N.
+        args = args.Select(a => ShortForms.TryGetValue(a, out var full) && valueOptions.Contains(full[2..]) ? full : a);
         using var e = args.GetEnumerator();
         bool onlyPositional = false;
         while (e.MoveNext())
@@ -95,6 +97,8 @@ public sealed class CliArguments
     }
 
     string? configFile;
+
+    static readonly Dictionary<string, string> ShortForms = new(StringComparer.Ordinal) { ["-tp"] = "--tensor-parallel-size" };
 
     public string Command { get; }
     public IReadOnlyList<string> Positional => _positional;

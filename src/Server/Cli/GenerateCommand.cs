@@ -51,7 +51,10 @@ public static class GenerateCommand
           --max-num-seqs N           sequences running at once (default 256)
           --max-queued-requests N    waiting requests before refusing more (default 4096)
           --max-preemptions N        recomputations one request may suffer before it fails with an error (default 32)
-          --threads N                CPU threads (default: all processors)
+          --threads N                CPU threads (default: all processors); with tensor parallelism each rank gets N / tp
+          --tensor-parallel-size N, -tp N
+                                     split the model across N ranks (threads of this process on the CPU, joined by a
+                                     shared-memory communicator): heads, FFN, vocabulary and KV cache each 1/N per rank
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
           --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
 
@@ -62,7 +65,7 @@ public static class GenerateCommand
     internal static readonly string[] EngineValueOptions =
     [
         "model", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
-        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy",
+        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 
@@ -129,6 +132,7 @@ public static class GenerateCommand
         MaxQueuedRequests = a.Int("max-queued-requests", 4096, min: 0),
         MaxPreemptionsPerRequest = a.Int("max-preemptions", 32, min: 0),
         Threads = a.Int("threads", 0, min: 0, max: 1024),
+        TensorParallelSize = a.Int("tensor-parallel-size", 1, min: 1, max: 64),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
     };

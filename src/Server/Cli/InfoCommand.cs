@@ -48,8 +48,9 @@ public static class InfoCommand
                 throw new UsageException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})");
             config = preset.Config;
             info["format"] = "dummy (random weights; dtype chosen with --dtype)";
-            info["parameters"] = DummyParameters(config, preset.TiedEmbeddings);
-            info["tokenizer"] = "cl100k_base fitted to the vocabulary";
+            info["parameters"] = DummyParameters(preset);
+            info["tokenizer"] = "cl100k_base fitted to the vocabulary"
+                + (preset.TokenizerFamily is { } family ? $"; with --tokenizer DIR, the real {family} tokenizer.json" : "");
             info["chat_template"] = false;
         }
         else
@@ -80,7 +81,10 @@ public static class InfoCommand
         info["rope"] = $"{config.RopeType}, base {config.RopeFreqBase.ToString(CultureInfo.InvariantCulture)}"
                        + (config.RopeFreqFactors is null ? "" : ", Llama 3 frequency factors")
                        + (config.RopeLinearScale != 1 ? $", linear scale {config.RopeLinearScale.ToString(CultureInfo.InvariantCulture)}" : "")
-                       + (config.SlidingWindow > 0 ? $", sliding window {config.SlidingWindow}" : "");
+                       + (config.SlidingWindow > 0 ? $", sliding window {config.SlidingWindow}" : "")
+                       + (config.SlidingWindow > 0 && config.SlidingWindowPattern > 1
+                           ? $" on {config.SlidingWindowPattern - 1} of every {config.SlidingWindowPattern} layers" : "")
+                       + (config.RopeFreqBaseSwa is float swa ? $" (their rope base {swa.ToString(CultureInfo.InvariantCulture)})" : "");
         info["kv_bytes_per_token"] = perToken;
         info["kv_budget_bytes"] = budget;
         info["kv_tokens_in_budget"] = blocks * blockSize;
@@ -101,10 +105,12 @@ public static class InfoCommand
         return Cli.ExitOk;
     }
 
-    static long DummyParameters(ModelConfig c, bool tied)
+    static long DummyParameters(DummyPreset preset)
     {
-        long d = c.EmbeddingLength, perLayer = d * c.QDim + 2 * d * c.KvDim + c.QDim * d + 3 * d * c.FeedForwardLength + 2 * d;
-        return c.BlockCount * perLayer + c.VocabSize * d * (tied ? 1 : 2) + d;
+        var c = preset.Config;
+        long d = c.EmbeddingLength, perLayer = d * c.QDim + 2 * d * c.KvDim + c.QDim * d + 3 * d * c.FeedForwardLength + 2 * d
+            + (preset.HasQkvBias ? c.QDim + 2 * c.KvDim : 0) + (preset.HasQkNorm ? 2 * c.HeadDim : 0) + (preset.HasPostNorms ? 2 * d : 0);
+        return c.BlockCount * perLayer + c.VocabSize * d * (preset.TiedEmbeddings ? 1 : 2) + d;
     }
 
     static string FormatCount(long n) => n >= 1_000_000_000 ? $"{n / 1e9:F2} B" : n >= 1_000_000 ? $"{n / 1e6:F2} M" : n.ToString(CultureInfo.InvariantCulture);

@@ -26,8 +26,13 @@ public static class ServeCommand
           --rate-limit-rpm N         generation requests per minute per client (API key, else address); 0 = off (default)
           --rate-limit-tpm N         tokens per minute per client (prompt + max_tokens × n, charged on admission); 0 = off
           --no-ui                    do not serve the browser playground at / (the /v1/engine endpoints stay)
+          --chat-template-max-output N   longest chat-template output, and longest string or list it builds (default 16777216)
+          --chat-template-max-steps N    statements plus loop iterations one rendering may run (default 1000000)
+          --chat-template-max-depth N    macro calls nested inside each other, 1..1000 (default 100)
+          --chat-template-timeout MS     time one rendering may take (default 1000); a template past a limit is a 400
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
-          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads)
+          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
+          --tensor-parallel-size / -tp)
 
         example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
                  then open http://127.0.0.1:8000/ for the playground and the live KV-cache view
@@ -37,6 +42,7 @@ public static class ServeCommand
     [
         .. GenerateCommand.EngineValueOptions, "host", "port", "served-model-name", "api-key", "api-key-file", "shutdown-timeout",
         "max-request-body", "rate-limit-rpm", "rate-limit-tpm", "log-format",
+        "chat-template-max-output", "chat-template-max-steps", "chat-template-max-depth", "chat-template-timeout",
     ];
     internal static readonly HashSet<string> Flags = [.. GenerateCommand.EngineFlags, "no-ui"];
     internal static readonly string[] LogFormats = ["text", "json"];
@@ -82,6 +88,13 @@ public static class ServeCommand
             },
             RateLimitTokensPerMinute = a.Int("rate-limit-tpm", 0, min: 0),
             EnableUi = !a.Flag("no-ui"),
+            ChatTemplateLimits = new Chat.ChatTemplateLimits
+            {
+                MaxOutputChars = a.Int("chat-template-max-output", Chat.ChatTemplateLimits.Default.MaxOutputChars, min: 1, max: 1 << 30),
+                MaxSteps = a.Int("chat-template-max-steps", (int)Chat.ChatTemplateLimits.Default.MaxSteps, min: 1),
+                MaxCallDepth = a.Int("chat-template-max-depth", Chat.ChatTemplateLimits.Default.MaxCallDepth, min: 1, max: 1000),
+                TimeBudget = TimeSpan.FromMilliseconds(a.Int("chat-template-timeout", (int)Chat.ChatTemplateLimits.Default.TimeBudget.TotalMilliseconds, min: 1)),
+            },
             MaxRequestBodyBytes = a.String("max-request-body") is { } m ? GenerateCommand.ParseSize("max-request-body", m) : 4 << 20,
             Log = stderr,
         };
@@ -96,10 +109,14 @@ public static class ServeCommand
         {
             var engine = server.Ready.GetAwaiter().GetResult();
             var c = engine.Model.Config;
-            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(c, engine.Options.BlockSize);
+            long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(
+                c with { HeadCountKv = Math.Max(c.HeadCountKv, engine.Options.TensorParallelSize) }, engine.Options.BlockSize); // replicated KV heads count once per rank
+            string tensorParallel = engine.Options.TensorParallelSize > 1
+                ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
+                : "";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
-                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads), " +
+                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel}), " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
                 $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

@@ -1,21 +1,23 @@
 using TokenMill.Models;
 using TokenMill.Models.Dummy;
-using TokenMill.Models.Gguf;
 using TokenMill.Tokenization;
 
 namespace TokenMill.Server.Cli;
 
 /// <summary>
 /// <c>tokenmill tokenize --model M "text"</c>: the ids of the bare text (no BOS/EOS, special-token
-/// text not parsed), space-separated on one line — the convention of llama.cpp's tokenizer tests.
+/// text not parsed unless <c>--parse-special</c>), space-separated on one line — the convention of llama.cpp's
+/// tokenizer tests. M may be a GGUF (a vocab-only one is enough), a folder holding <c>tokenizer.json</c> (no weights
+/// or <c>config.json</c> needed) or a dummy preset.
 /// </summary>
 public static class TokenizeCommand
 {
     internal const string Help = """
-        usage: tokenmill tokenize --model <file.gguf | dummy:preset> [--add-special] [--parse-special] TEXT
+        usage: tokenmill tokenize --model <file.gguf | DIR | dummy:preset> [--add-special] [--parse-special] TEXT
 
-          --add-special      add BOS/EOS as the model's metadata says
-          --parse-special    turn the text of special tokens (e.g. <s>) into those tokens
+          DIR                a folder with tokenizer.json (and tokenizer_config.json); weights are not needed
+          --add-special      add BOS/EOS as the model's metadata says (tokenizer.json: its post-processor template)
+          --parse-special    turn the text of special tokens (e.g. <s>, <|im_start|>) into those tokens
 
         example: tokenmill tokenize --model stories260K.gguf --add-special "Once upon a time"
         """;
@@ -44,9 +46,8 @@ public static class TokenizeCommand
         }
         else
         {
-            // Only the tokenizer is needed: no weights are touched, so a vocab-only GGUF works too.
-            using var file = GgufFile.Open(modelName);
-            tokenizer = TokenizerLoader.FromGguf(file);
+            // Only the tokenizer is needed: no weights are touched, so a vocab-only GGUF or a folder of tokenizer files works.
+            tokenizer = ModelLoader.LoadTokenizer(modelName).Tokenizer;
         }
         var ids = tokenizer.Encode(a.Positional[0], addSpecial: a.Flag("add-special"), parseSpecial: a.Flag("parse-special"));
         stdout.WriteLine(string.Join(' ', ids));

@@ -49,6 +49,9 @@ public sealed record ServerOptions
 
     /// <summary>Serve the browser playground at <c>/</c> (<c>--no-ui</c> turns it off; the engine endpoints stay).</summary>
     public bool EnableUi { get; init; } = true;
+
+    /// <summary>What one rendering of the chat template may spend (output size, steps, macro depth, time).</summary>
+    public ChatTemplateLimits ChatTemplateLimits { get; init; } = ChatTemplateLimits.Default;
 }
 
 /// <summary>
@@ -149,7 +152,8 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         app.MapGet("/health", (HttpContext ctx) =>
         {
-            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully && !_draining ? 200 : 503;
+            // 503 while loading, draining, or after the engine stopped on a fatal error (a tensor-parallel rank failed).
+            ctx.Response.StatusCode = _engineTask.IsCompletedSuccessfully && !_draining && _engineTask.Result.Failure is null ? 200 : 503;
             return Task.CompletedTask;
         });
         app.MapGet("/metrics", async (HttpContext ctx) =>
@@ -194,6 +198,7 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         var clock = Stopwatch.StartNew();
         Interlocked.Increment(ref _inflight);
+        JsonDocument? doc = null; // its buffers are pooled: returned when the request is done
         try
         {
             if (_draining)
@@ -201,6 +206,8 @@ public sealed class OpenAiServer : IAsyncDisposable
             CheckApiKey(ctx);
             if (!_engineTask.IsCompletedSuccessfully)
                 throw new ApiErrorException(503, "the model is still loading; retry when /health answers 200", "server_error", null, "model_loading");
+            if (_engineTask.Result.Failure is { } failure)
+                throw new ApiErrorException(503, new EngineFailedException(failure).Message, "server_error", null, "engine_failed");
             JsonRequest? body = null;
             if (needsBody)
             {
@@ -211,7 +218,6 @@ public sealed class OpenAiServer : IAsyncDisposable
                 await ctx.Request.Body.CopyToAsync(buffer, ctx.RequestAborted).ConfigureAwait(false);
                 if (!System.Text.Unicode.Utf8.IsValid(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)))
                     throw ApiErrorException.BadRequest("the request body is not valid UTF-8");
-                JsonDocument doc;
                 try
                 {
                     doc = JsonDocument.Parse(buffer.GetBuffer().AsMemory(0, (int)buffer.Length));
@@ -232,6 +238,10 @@ public sealed class OpenAiServer : IAsyncDisposable
         catch (InvalidRequestException e)
         {
             await WriteError(ctx, ApiErrorException.BadRequest(e.Message, e.Param)).ConfigureAwait(false);
+        }
+        catch (EngineFailedException e)
+        {
+            await WriteError(ctx, new ApiErrorException(503, e.Message, "server_error", null, "engine_failed")).ConfigureAwait(false);
         }
         catch (EngineOverloadedException e)
         {
@@ -256,6 +266,7 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         finally
         {
+            doc?.Dispose();
             Interlocked.Decrement(ref _inflight);
             _metrics?.RecordResponse(ctx.Response.StatusCode);
             LogRequest(ctx, clock.Elapsed);
@@ -606,7 +617,12 @@ public sealed class OpenAiServer : IAsyncDisposable
         }
         try
         {
-            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra);
+            return _chat.Render(messages, b.Bool("add_generation_prompt") ?? true, extra, _options.ChatTemplateLimits);
+        }
+        catch (ChatTemplateException e) when (e.Limit is not null)
+        {
+            // The conversation (its size, or what the template does with it) drove the template past a limit.
+            throw ApiErrorException.BadRequest($"the chat template stopped at a limit while rendering these messages: {e.Message}", "messages");
         }
         catch (ChatTemplateException e)
         {

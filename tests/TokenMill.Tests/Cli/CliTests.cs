@@ -24,6 +24,26 @@ public class CliTests
     }
 
     [SkippableFact]
+    public void Generate_with_tensor_parallelism_prints_the_same_greedy_completion_and_refuses_a_size_that_does_not_divide()
+    {
+        var model = TestData.Require("models/stories260K.gguf");
+        string[] args = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0"];
+        var one = Run(args);
+        var two = Run([.. args, "-tp", "2"]);
+        var four = Run([.. args, "--tensor-parallel-size", "4"]);
+        Assert.Equal((0, 0, 0), (one.Code, two.Code, four.Code));
+        Assert.Equal(one.Out, two.Out);
+        Assert.Equal(one.Out, four.Out);
+
+        var three = Run([.. args, "-tp", "3"]);
+        Assert.Equal(1, three.Code);
+        Assert.Contains("--tensor-parallel-size 3 does not divide the 8 attention heads of", three.Err);
+        var zero = Run([.. args, "-tp", "0"]);
+        Assert.Equal(2, zero.Code);
+        Assert.Contains("--tensor-parallel-size must be between 1 and 64, got 0", zero.Err);
+    }
+
+    [SkippableFact]
     public void Tokenize_prints_the_ids_of_the_bare_text()
     {
         var model = TestData.Require("models/stories260K.gguf");
@@ -34,6 +54,27 @@ public class CliTests
         Assert.Equal(4, ids.Length);
         var (_, withBos, _) = Run("tokenize", "--model", model, "--add-special", "Once upon a time");
         Assert.Equal("1 " + stdout.Trim(), withBos.Trim());
+    }
+
+    [SkippableFact]
+    public void Tokenize_works_on_a_folder_holding_only_tokenizer_files()
+    {
+        string source = Path.GetDirectoryName(TestData.Require("hf-tokenizers/qwen3/tokenizer.json"))!;
+        var dir = Directory.CreateTempSubdirectory("tokenmill-tokonly-");
+        try
+        {
+            foreach (var f in new[] { "tokenizer.json", "tokenizer_config.json" }) File.Copy(Path.Combine(source, f), Path.Combine(dir.FullName, f));
+            // Raw input: the text of <|im_start|> is ordinary text; with --parse-special it is the one token 151644.
+            var (code, plain, _) = Run("tokenize", "--model", dir.FullName, "<|im_start|>user");
+            Assert.Equal(0, code);
+            Assert.DoesNotContain("151644", plain);
+            var (_, parsed, _) = Run("tokenize", "--model", dir.FullName, "--parse-special", "<|im_start|>user");
+            Assert.Equal("151644 872", parsed.Trim());
+        }
+        finally
+        {
+            dir.Delete(recursive: true);
+        }
     }
 
     [Fact]

@@ -14,4 +14,11 @@ public static class FuzzSettings
     /// <summary>Seed of a campaign: fixed by default so CI is repeatable; TOKENMILL_FUZZ_SEED explores new ground.</summary>
     public static int Seed(int fallback) =>
         int.TryParse(Environment.GetEnvironmentVariable("TOKENMILL_FUZZ_SEED"), out int s) ? s : fallback;
+
+    /// <summary>
+    /// Seconds a campaign idles at its end, reporting what the heap gives back (TOKENMILL_FUZZ_IDLE_SECONDS; 0 in CI):
+    /// pooled buffers are trimmed only after they have gone unused for a while.
+    /// </summary>
+    public static int IdleSeconds =>
+        int.TryParse(Environment.GetEnvironmentVariable("TOKENMILL_FUZZ_IDLE_SECONDS"), out int s) && s > 0 ? s : 0;
 }

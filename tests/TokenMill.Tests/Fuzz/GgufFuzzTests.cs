@@ -1,6 +1,7 @@
 using TokenMill.Models;
 using TokenMill.Models.Gguf;
 using TokenMill.Tokenization;
+using Xunit.Abstractions;
 
 namespace TokenMill.Tests.Fuzz;
 
@@ -8,10 +9,11 @@ namespace TokenMill.Tests.Fuzz;
 /// Structure-aware mutation of real GGUF files: counts, lengths, offsets, types and truncation are
 /// corrupted where the header keeps them. Every input must either load or be rejected with a
 /// <see cref="GgufFormatException"/> (or the loader's NotSupported/InvalidData for well-formed but
-/// unusable files) — never another exception, a hang, or a read outside the buffer.
+/// unusable files) — never another exception, a hang, or a read outside the buffer. The input ends
+/// right before a guard page (<see cref="GuardedBuffer"/>), so a read past its end faults.
 /// </summary>
 [Trait("Category", "Fuzz")]
-public class GgufFuzzTests
+public class GgufFuzzTests(ITestOutputHelper output)
 {
     [SkippableTheory]
     [InlineData("models/stories260K.gguf", 3000)]
@@ -28,42 +30,46 @@ public class GgufFuzzTests
             headerEnd = f.DataOffset;
 
         var buffer = new byte[original.Length];
-        int loaded = 0, rejected = 0;
+        using var guarded = new GuardedBuffer(original.Length);
+        var census = new RejectionCensus();
         for (int i = 0; i < iterations; i++)
         {
             original.CopyTo(buffer, 0);
             int length = Mutate(buffer, (int)headerEnd, random);
+            string name = $"fuzz#{i}";
+            byte* p = guarded.Place(buffer.AsSpan(0, length));
             try
             {
-                fixed (byte* p = buffer)
-                using (var f = GgufFile.Parse($"fuzz#{i}", p, length))
+                using var f = GgufFile.Parse(name, p, length);
+                // Whatever parsed must be readable in full, within the input: touch each tensor's last byte.
+                foreach (var t in f.Tensors)
                 {
-                    // Whatever parsed must be readable in full, within the buffer.
-                    foreach (var t in f.Tensors)
-                    {
-                        long end = f.DataOffset + t.RelativeOffset + t.ByteCount;
-                        Assert.True(end <= length, $"input {i}: tensor {t.Name} ends at {end}, past {length}");
-                    }
-                    try
-                    {
-                        _ = ModelConfig.FromGguf(f);
-                        _ = TokenizerLoader.FromGguf(f).Encode("Hello world");
-                    }
-                    catch (Exception e) when (e is GgufFormatException or NotSupportedException or InvalidDataException
-                                                  or ArgumentException or OverflowException)
-                    {
-                        Assert.False(string.IsNullOrWhiteSpace(e.Message));
-                    }
+                    long end = f.DataOffset + t.RelativeOffset + t.ByteCount;
+                    Assert.True(end <= length, $"input {i}: tensor {t.Name} ends at {end}, past {length}");
+                    if (t.ByteCount > 0) _ = f.GetTensorPointer(t)[t.ByteCount - 1];
                 }
-                loaded++;
+                try
+                {
+                    _ = ModelConfig.FromGguf(f);
+                    _ = TokenizerLoader.FromGguf(f).Encode("Hello world");
+                    census.Add("loaded, config and tokenizer usable");
+                }
+                catch (Exception e) when (e is GgufFormatException or NotSupportedException or InvalidDataException
+                                              or ArgumentException or OverflowException)
+                {
+                    Assert.False(string.IsNullOrWhiteSpace(e.Message));
+                    census.Add($"loaded, model refused ({e.GetType().Name}): {RejectionCensus.KindOf(e.Message, name)}");
+                }
             }
             catch (GgufFormatException e)
             {
-                Assert.StartsWith($"fuzz#{i}: ", e.Message);
-                rejected++;
+                Assert.StartsWith($"{name}: ", e.Message);
+                census.Add($"rejected: {RejectionCensus.KindOf(e.Message, name)}");
             }
         }
-        Assert.Equal(iterations, loaded + rejected);
+        output.WriteLine(census.Report($"GGUF {file}, seed {FuzzSettings.Seed(20261125)}, guard page {(GuardedBuffer.IsGuarded ? "on" : "off")}"));
+        long rejected = census.CountWhere(kind => kind.StartsWith("rejected: ", StringComparison.Ordinal));
+        Assert.Equal(iterations, census.Total);
         Assert.True(rejected > iterations / 10, $"only {rejected} of {iterations} mutations were rejected: the mutator is too gentle");
     }
 

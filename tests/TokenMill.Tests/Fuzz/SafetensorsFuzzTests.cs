@@ -3,6 +3,7 @@ using System.Text.Json;
 using CsCheck;
 using TokenMill.Models.Safetensors;
 using TokenMill.Tests.Models;
+using Xunit.Abstractions;
 
 namespace TokenMill.Tests.Fuzz;
 
@@ -11,9 +12,10 @@ namespace TokenMill.Tests.Fuzz;
 /// load — and then every tensor lies inside the data section, no two overlap and each holds exactly
 /// product(shape) × dtype size bytes — or be rejected with a <see cref="SafetensorsFormatException"/>
 /// (or NotSupported for a dtype the format does not define) whose message starts with the file's name.
+/// Each input ends right before a guard page (<see cref="GuardedBuffer"/>), so a read past its end faults.
 /// </summary>
 [Trait("Category", "Fuzz")]
-public class SafetensorsFuzzTests
+public class SafetensorsFuzzTests(ITestOutputHelper output)
 {
     static readonly string[] DTypes = ["F32", "F16", "BF16", "I64", "U8", "BOOL", "F64", "F8_E4M3", "Q4", "f32", ""];
 
@@ -24,12 +26,13 @@ public class SafetensorsFuzzTests
         .Add("position_ids", "I64", [1, 2], new byte[16])
         .Build();
 
-    /// <summary>Parses <paramref name="bytes"/>[0..length); true when it loaded (and checks what loaded).</summary>
-    static unsafe bool Check(string name, byte[] bytes, int length)
+    /// <summary>Parses <paramref name="bytes"/>[0..length); null when it loaded (and checks what loaded), else the kind of rejection.</summary>
+    static unsafe string? Check(string name, byte[] bytes, int length)
     {
+        using var guarded = new GuardedBuffer(length);
+        byte* p = guarded.Place(bytes.AsSpan(0, length));
         try
         {
-            fixed (byte* p = bytes)
             using (var f = SafetensorsFile.Parse(name, p, length))
             {
                 long dataLength = length - f.DataOffset;
@@ -45,17 +48,17 @@ public class SafetensorsFuzzTests
                 ranges.Sort();
                 for (int i = 1; i < ranges.Count; i++) Assert.True(ranges[i].Begin >= ranges[i - 1].End, $"{name}: overlapping tensors loaded");
             }
-            return true;
+            return null;
         }
         catch (SafetensorsFormatException e)
         {
             Assert.StartsWith(name + ": ", e.Message);
-            return false;
+            return RejectionCensus.KindOf(e.Message, name);
         }
         catch (NotSupportedException e)
         {
             Assert.StartsWith(name + ": tensor '", e.Message);
-            return false;
+            return "not supported: " + RejectionCensus.KindOf(e.Message, name);
         }
     }
 
@@ -68,14 +71,18 @@ public class SafetensorsFuzzTests
         var random = new Random(FuzzSettings.Seed(20261125));
         var buffer = new byte[original.Length + 64];
         int loaded = 0, rejected = 0;
+        var census = new RejectionCensus();
         for (int i = 0; i < iterations; i++)
         {
             Array.Clear(buffer);
             original.CopyTo(buffer, 0);
             int length = Mutate(buffer, original.Length, headerEnd, random);
-            if (Check($"fuzz#{i}", buffer, length)) loaded++;
+            string? rejection = Check($"fuzz#{i}", buffer, length);
+            census.Add(rejection is null ? "loaded" : "rejected: " + rejection);
+            if (rejection is null) loaded++;
             else rejected++;
         }
+        output.WriteLine(census.Report($"safetensors mutated, seed {FuzzSettings.Seed(20261125)}, guard page {(GuardedBuffer.IsGuarded ? "on" : "off")}"));
         Assert.Equal(iterations, loaded + rejected);
         Assert.True(rejected > iterations / 10, $"only {rejected} of {iterations} mutations were rejected: the mutator is too gentle");
         Assert.True(loaded > iterations / 50, $"only {loaded} of {iterations} mutations loaded: the mutator never keeps a file valid");
@@ -126,9 +133,10 @@ public class SafetensorsFuzzTests
                 header[$"t{i}"] = new { dtype = DTypes[dtype], shape, data_offsets = new[] { begin, begin + size } };
             }
             var bytes = SafetensorsTestWriter.Raw(JsonSerializer.Serialize(header), new byte[dataLength]);
-            if (Check("generated", bytes, bytes.Length)) Interlocked.Increment(ref loaded);
+            if (Check("generated", bytes, bytes.Length) is null) Interlocked.Increment(ref loaded);
             else Interlocked.Increment(ref rejected);
         }, iter: FuzzSettings.Iterations(2000));
+        output.WriteLine($"safetensors generated: {loaded + rejected:N0} inputs, {loaded:N0} loaded, {rejected:N0} rejected");
         Assert.True(loaded > 0 && rejected > 0, $"{loaded} loaded, {rejected} rejected: the generator misses one side");
     }
 

@@ -380,6 +380,7 @@ public sealed class GgufMalformedTests : IDisposable
         Assert.Equal("tensor 'b' dimension 0", e.Field);
         e = Fails(Patch64(Patch64(bytes, layout.TensorInfos[3].Dimensions, 1L << 40), layout.TensorInfos[3].Dimensions + 8, 1L << 40));
         Assert.Equal("tensor 'd' dimensions", e.Field); // the element count overflows
+        Assert.Contains("more bytes than a 64-bit size can count", e.Message);
     }
 
     [Fact]
@@ -390,5 +391,18 @@ public sealed class GgufMalformedTests : IDisposable
         var e = Fails(w.Build());
         Assert.Equal("tensor 'x'", e.Field);
         Assert.Contains("duplicate tensor name", e.Message);
+    }
+
+    [Fact]
+    public void Control_characters_in_a_name_are_escaped_in_the_message()
+    {
+        // A crafted name must not put a line break or a terminal escape sequence into a log line.
+        const string name = "x\n\u001b[31mred\0";
+        var w = new GgufTestWriter();
+        w.AddTensor(name, GgmlType.F32, [2], new byte[8]).AddTensor(name, GgmlType.F32, [2], new byte[8]);
+        var e = Fails(w.Build());
+        Assert.Equal($"tensor '{name}'", e.Field);
+        Assert.Contains("tensor 'x\\x0A\\x1B[31mred\\x00': duplicate tensor name", e.Message);
+        Assert.DoesNotContain(e.Message, c => char.IsControl(c));
     }
 }

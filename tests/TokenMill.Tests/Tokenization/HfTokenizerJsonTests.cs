@@ -66,11 +66,19 @@ public class HfTokenizerJsonTests
     }
 
     [SkippableFact]
-    public void Gemma_style_tokenizer_is_refused_by_name()
+    public void Gemma_tokenizer_is_sentencepiece_style_bpe_with_byte_fallback()
     {
-        var e = Assert.Throws<NotSupportedException>(() => Load("gemma3"));
-        Assert.Contains("byte_fallback", e.Message);
-        Assert.Contains("tokenizer.json", e.Message);
+        var gemma = Load("gemma3");
+        Assert.Equal(262145, gemma.VocabSize); // 262,144 + <image_soft_token>
+        Assert.Equal(2, gemma.BosId);
+        Assert.Equal(106, gemma.EosId); // <end_of_turn> (tokenizer_config.json)
+        Assert.True(gemma.AddBos);
+        Assert.Equal([2, 9259, 1902], gemma.Encode("Hello world", addSpecial: true)); // ▁ stands for the space
+        Assert.Equal(" world", System.Text.Encoding.UTF8.GetString(gemma.TokenToBytes(1902)));
+        // A character outside the vocabulary falls back to its UTF-8 bytes, which decode back to it.
+        int[] ids = gemma.Encode("\U0010FFFD");
+        Assert.Equal(4, ids.Length); // <0xF4> <0x8F> <0xBF> <0xBD>
+        Assert.Equal("\U0010FFFD", gemma.Decode(ids));
     }
 }
 
@@ -100,9 +108,10 @@ public sealed class HfFolderTokenizerTests : IDisposable
         seq.Feed(model.Tokenizer.Encode("Hello world", addSpecial: true), logits);
         Assert.All(logits, l => Assert.True(float.IsFinite(l)));
 
-        // --tokenizer naming a folder of another family: a Gemma tokenizer.json is refused by name.
+        // --tokenizer naming a folder of another family whose tokens the model has no rows for is refused with both sizes.
         string gemma = Path.GetDirectoryName(TestData.Require("hf-tokenizers/gemma3/tokenizer.json"))!;
-        var e = Assert.Throws<NotSupportedException>(() => TokenMill.Models.ModelLoader.Load(folder, new TokenMill.Models.ModelLoadOptions { TokenizerPath = gemma }));
-        Assert.Contains("byte_fallback", e.Message);
+        var e = Assert.Throws<InvalidDataException>(() => TokenMill.Models.ModelLoader.Load(folder, new TokenMill.Models.ModelLoadOptions { TokenizerPath = gemma }));
+        Assert.Contains("262145 tokens", e.Message);
+        Assert.Contains("128256", e.Message);
     }
 }

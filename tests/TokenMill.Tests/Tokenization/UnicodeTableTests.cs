@@ -11,7 +11,18 @@ public class UnicodeTableTests
     [InlineData(0x2126, 0x03A9)] // OHM SIGN is a canonical singleton for GREEK CAPITAL LETTER OMEGA
     [InlineData('한', 0x1112)]  // Hangul syllable -> its leading jamo (algorithmic)
     [InlineData('中', '中')]
-    public void Nfd_first_character(int codepoint, int expected) => Assert.Equal(expected, NfdFirstCharacter.Of(codepoint));
+    public void Nfd_first_character(int codepoint, int expected) => Assert.Equal(expected, UnicodeNormalization.FirstOfDecomposition(codepoint));
+
+    [Fact]
+    public void Nfd_first_character_is_the_first_codepoint_of_the_full_decomposition()
+    {
+        for (int cp = 0; cp < 0x30000; cp++)
+        {
+            if (cp is >= 0xD800 and <= 0xDFFF) continue;
+            string nfd = UnicodeNormalization.ToNfd(char.ConvertFromUtf32(cp));
+            Assert.True(char.ConvertToUtf32(nfd, 0) == UnicodeNormalization.FirstOfDecomposition(cp), $"U+{cp:X4}");
+        }
+    }
 
     [Theory]
     [InlineData(0x09, true)]

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using TokenMill.Distributed;
 using TokenMill.KvCache;
 using TokenMill.Memory;
 using TokenMill.Models;
@@ -14,6 +15,13 @@ namespace TokenMill.Backends.Cpu;
 /// split across a persistent <see cref="CpuWorkerPool"/>. Scratch buffers are allocated once for
 /// <c>maxBatchTokens</c> rows (longer batches run in chunks of that many) so a step allocates nothing.
 /// </summary>
+/// <remarks>
+/// Tensor parallelism is this same code on a <see cref="TensorParallelShard"/> with a communicator: the rank
+/// computes its query/KV heads and its slice of the FFN, and three collectives join the ranks — one all-reduce
+/// after the attention output projection, one after the down projection (before Gemma's post-norms), one after
+/// the vocabulary-parallel embedding lookup — and an all-gather assembles the logits of the vocabulary-parallel
+/// output head. With one rank the communicator is <see cref="SingleRankCommunicator"/>, whose calls do nothing.
+/// </remarks>
 public sealed unsafe class CpuForward : IDisposable
 {
     /// <summary>Weight rows per parallel work item: enough to amortize the hand-out, small enough to balance.</summary>
@@ -33,6 +41,9 @@ public sealed unsafe class CpuForward : IDisposable
 
     readonly ModelConfig _c;
     readonly ModelWeights _w;
+    readonly ICommunicator _comm;
+    readonly int _vocabStart, _vocabCount, _vocabPerRank;
+    float[] _localLogits = [], _gatheredLogits = [];
     readonly CpuWorkerPool _pool;
     readonly int _maxTokens;
     readonly List<NativeBuffer> _buffers = [];
@@ -46,10 +57,22 @@ public sealed unsafe class CpuForward : IDisposable
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
+        : this(TensorParallelShard.Whole(model), SingleRankCommunicator.Instance, maxBatchTokens, pool)
+    {
+    }
+
+    /// <summary>One tensor-parallel rank: its shard of the weights and its view of the group.</summary>
+    public CpuForward(TensorParallelShard shard, ICommunicator communicator, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
-        _c = model.Config;
-        _w = model.Weights;
+        if (communicator.Rank != shard.Rank || communicator.WorldSize != shard.WorldSize)
+            throw new ArgumentException($"the communicator (rank {communicator.Rank} of {communicator.WorldSize}) does not match the shard (rank {shard.Rank} of {shard.WorldSize})");
+        _c = shard.Config;
+        _w = shard.Weights;
+        _comm = communicator;
+        _vocabStart = shard.VocabStart;
+        _vocabCount = shard.VocabCount;
+        _vocabPerRank = shard.VocabPerRank;
         _pool = pool ?? CpuWorkerPool.Shared;
         _maxTokens = maxBatchTokens;
 
@@ -119,20 +142,19 @@ public sealed unsafe class CpuForward : IDisposable
         return (float*)b.Pointer;
     }
 
+    /// <summary>The shape this forward pass computes: one rank's heads and FFN slice under tensor parallelism.</summary>
     public ModelConfig Config => _c;
 
-    /// <summary>
-    /// Runs one flattened step: writes every token's key and value into its slot of
-    /// <paramref name="kv"/>, attends each token to its own sequence's positions 0..p through that
-    /// sequence's block table, and writes the logits of <see cref="ForwardBatch.LogitRows"/> into
-    /// <paramref name="logits"/> (row-major, one vocabulary-sized row each).
-    /// </summary>
-    public void Forward(ForwardBatch batch, PagedKvStore kv, Span<float> logits)
+    /// <summary>Test hook (fault injection): runs with the layer index at the start of every layer.</summary>
+    internal Action<int>? LayerHook { get; set; }
+
+    /// <summary>The checks <see cref="Forward"/> makes before it computes anything; throws <see cref="ArgumentException"/>.</summary>
+    public void Validate(ForwardBatch batch, PagedKvStore kv, int logitsLength)
     {
         int vocab = _c.VocabSize;
         if (batch.TokenCount == 0) throw new ArgumentException("the batch has no tokens", nameof(batch));
-        if (logits.Length != batch.LogitRowCount * vocab)
-            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logits));
+        if (logitsLength != batch.LogitRowCount * vocab)
+            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logitsLength));
         if (kv.KvDim != _c.KvDim) throw new ArgumentException("the KV store was made for another model", nameof(kv));
         var tokens = batch.TokenIds;
         var positions = batch.Positions;
@@ -146,7 +168,18 @@ public sealed unsafe class CpuForward : IDisposable
             if ((uint)slots[t] >= (uint)kv.SlotCount)
                 throw new ArgumentOutOfRangeException(nameof(batch), $"slot {slots[t]} is outside the KV store of {kv.SlotCount} slots");
         }
+    }
 
+    /// <summary>
+    /// Runs one flattened step: writes every token's key and value into its slot of
+    /// <paramref name="kv"/>, attends each token to its own sequence's positions 0..p through that
+    /// sequence's block table, and writes the logits of <see cref="ForwardBatch.LogitRows"/> into
+    /// <paramref name="logits"/> (row-major, one vocabulary-sized row each).
+    /// </summary>
+    public void Forward(ForwardBatch batch, PagedKvStore kv, Span<float> logits)
+    {
+        Validate(batch, kv, logits.Length);
+        var tokens = batch.TokenIds;
         _batch = batch;
         _kv = kv;
         var logitRows = batch.LogitRows;
@@ -166,8 +199,14 @@ public sealed unsafe class CpuForward : IDisposable
                 nextLogit++;
             }
             if (nextLogit > first)
-                fixed (float* y = logits.Slice(first * vocab, (nextLogit - first) * vocab))
-                    MatMul(_h, nextLogit - first, _w.Output, y);
+            {
+                var rows = logits.Slice(first * _c.VocabSize, (nextLogit - first) * _c.VocabSize);
+                if (_comm.WorldSize == 1)
+                    fixed (float* y = rows)
+                        MatMul(_h, nextLogit - first, _w.Output, y);
+                else
+                    VocabParallelLogits(nextLogit - first, rows);
+            }
         }
         _batch = null;
         _kv = null;
@@ -175,6 +214,31 @@ public sealed unsafe class CpuForward : IDisposable
 
     ForwardBatch? _batch;
     PagedKvStore? _kv;
+
+    /// <summary>
+    /// The output head split by vocabulary: this rank's ⌈V/N⌉ logits of each row, all-gathered (rank-major), then
+    /// laid out as whole rows for the sampler. Its buffers grow with the most logit rows one chunk has had.
+    /// </summary>
+    void VocabParallelLogits(int rows, Span<float> logits)
+    {
+        int per = _vocabPerRank, n = _comm.WorldSize, vocab = _c.VocabSize;
+        if (_localLogits.Length < rows * per)
+        {
+            _localLogits = GC.AllocateUninitializedArray<float>(rows * per, pinned: true);
+            _gatheredLogits = GC.AllocateUninitializedArray<float>(rows * per * n, pinned: true);
+        }
+        fixed (float* y = _localLogits)
+            MatMul(_h, rows, _w.Output, y); // rows × this rank's count, row-major
+        var gathered = _gatheredLogits.AsSpan(0, rows * per * n);
+        _comm.AllGather(_localLogits.AsSpan(0, rows * per), gathered);
+        for (int r = 0; r < n; r++)
+        {
+            int first = Math.Min(vocab, r * per), count = Math.Min(per, vocab - first);
+            var part = gathered.Slice(r * rows * per, rows * per);
+            for (int t = 0; t < rows; t++)
+                part.Slice(t * count, count).CopyTo(logits.Slice(t * vocab + first, count));
+        }
+    }
 
     /// <summary>All layers for batch rows [start, start + n).</summary>
     void RunChunk(int start, int n)
@@ -186,14 +250,22 @@ public sealed unsafe class CpuForward : IDisposable
         var positions = batch.Positions.Slice(start, n);
         var slots = batch.SlotMapping.Slice(start, n);
 
+        // Vocabulary-parallel embedding: a rank looks up the tokens in its rows and zeroes the rest; the sum over ranks is the lookup.
         for (int t = 0; t < n; t++)
-            Dequantize.Row(_w.TokenEmbedding.Type, _w.TokenEmbedding.Row(tokens[t]), new Span<float>(_x + (long)t * d, d));
+        {
+            int local = tokens[t] - _vocabStart;
+            var row = new Span<float>(_x + (long)t * d, d);
+            if ((uint)local < (uint)_vocabCount) Dequantize.Row(_w.TokenEmbedding.Type, _w.TokenEmbedding.Row(local), row);
+            else row.Clear();
+        }
+        _comm.AllReduceSum(new Span<float>(_x, n * d));
         if (_c.EmbeddingScale != 1f)
             TensorPrimitives.Multiply(new ReadOnlySpan<float>(_x, n * d), _c.EmbeddingScale, new Span<float>(_x, n * d));
 
         for (int layer = 0; layer < _c.BlockCount; layer++)
         {
             var lw = _w.Layers[layer];
+            LayerHook?.Invoke(layer);
             bool windowed = _c.IsSlidingWindowLayer(layer);
             var ropeInvFreq = windowed ? _ropeInvFreqSwa : _ropeInvFreq;
 
@@ -220,6 +292,7 @@ public sealed unsafe class CpuForward : IDisposable
             _pool.For(n * _c.HeadCount, _attentionBody);
 
             MatMul(_att, n, lw.Wo, _h);
+            _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel wo: each rank holds a partial sum over its heads
             if (lw.PostAttnNorm is { } pan) NormRows(_h, n, pan);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
 
@@ -231,6 +304,7 @@ public sealed unsafe class CpuForward : IDisposable
             else SiluInPlace(gate);
             TensorPrimitives.Multiply(gate, new ReadOnlySpan<float>(_up, n * ff), gate);
             MatMul(_gate, n, lw.Down, _h);
+            _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel down: a partial sum over this rank's FFN slice
             if (lw.PostFfnNorm is { } pfn) NormRows(_h, n, pfn);
             TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
         }

@@ -12,6 +12,36 @@ static class Builtins
 {
     static JinjaRuntimeException Err(string message) => new(message);
 
+    // The size limit of the rendering running on this thread (a rendering is synchronous, start to end).
+    [ThreadStatic] static int t_maxChars;
+
+    /// <summary>Sets the largest string or list a built-in may build on this thread until the scope is disposed.</summary>
+    public static SizeLimitScope LimitSizes(int maxChars)
+    {
+        int previous = t_maxChars;
+        t_maxChars = maxChars;
+        return new SizeLimitScope(previous);
+    }
+
+    public readonly struct SizeLimitScope(int previous) : IDisposable
+    {
+        public void Dispose() => t_maxChars = previous;
+    }
+
+    static int MaxChars => t_maxChars > 0 ? t_maxChars : ChatTemplateLimits.Default.MaxOutputChars;
+
+    /// <summary>
+    /// Checks, before it is allocated, that a string or list of <paramref name="size"/> characters or items
+    /// stays within the limit: a template must not get a gigabyte out of <c>"x" * 10**9</c> or a doubling loop.
+    /// </summary>
+    public static void CheckSize(long size, string what)
+    {
+        if (size > MaxChars)
+            throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxOutputChars), $"{what} would hold {size} characters or items, more than {MaxChars}");
+    }
+
+    static long Product(long a, long b) => a > 0 && b > long.MaxValue / a ? long.MaxValue : a * b;
+
     /// <summary>Filter names <see cref="Filter"/> knows; the parser refuses others, as Jinja does when it compiles.</summary>
     public static readonly HashSet<string> FilterNames = new(StringComparer.Ordinal)
     {
@@ -199,13 +229,21 @@ static class Builtins
         }
         switch (op)
         {
-            case "+" when l is string a && r is string b: return a + b;
-            case "+" when l is List<object?> a && r is List<object?> b: return a.Concat(b).ToList();
+            case "+" when l is string a && r is string b:
+                CheckSize((long)a.Length + b.Length, "the concatenated string");
+                return a + b;
+            case "+" when l is List<object?> a && r is List<object?> b:
+                CheckSize((long)a.Count + b.Count, "the concatenated list");
+                return a.Concat(b).ToList();
             case "+" when l is PyTuple a && r is PyTuple b: return new PyTuple(a.Items.Concat(b.Items).ToList());
             case "*" when l is string s && Py.IsInteger(r): return Repeat(s, Py.ToLong(r));
             case "*" when r is string s && Py.IsInteger(l): return Repeat(s, Py.ToLong(l));
             case "*" when l is List<object?> a && Py.IsInteger(r):
-                return Enumerable.Repeat(a, (int)Math.Max(0, Py.ToLong(r))).SelectMany(x => x).ToList();
+            {
+                long times = Math.Max(0, Py.ToLong(r));
+                CheckSize(Product(a.Count, times), "the repeated list");
+                return Enumerable.Repeat(a, (int)times).SelectMany(x => x).ToList();
+            }
             case "%" when l is string fmt:
                 return PercentFormat(fmt, r);
             case "+" when l is string:
@@ -214,7 +252,12 @@ static class Builtins
         throw Err($"unsupported operand type(s) for {op}: '{Py.TypeName(l)}' and '{Py.TypeName(r)}'");
     }
 
-    static string Repeat(string s, long n) => n <= 0 ? "" : new StringBuilder(s.Length * (int)n).Insert(0, s, (int)n).ToString();
+    static string Repeat(string s, long n)
+    {
+        if (n <= 0) return "";
+        CheckSize(Product(s.Length, n), "the repeated string");
+        return new StringBuilder(s.Length * (int)n).Insert(0, s, (int)n).ToString();
+    }
 
     static object? Defined(object? v) => v is Undefined u ? throw Err($"'{u.Name}' is undefined") : v;
 
@@ -310,8 +353,9 @@ static class Builtins
             {
                 string sep = Py.Str(Arg(a, kw, 0, "d", ""));
                 var attr = Arg(a, kw, 1, "attribute");
-                var items = Seq(v).Select(x => attr is null ? x : Lookup(x, attr));
-                return string.Join(sep, items.Select(Py.Str));
+                var items = Seq(v).Select(x => Py.Str(attr is null ? x : Lookup(x, attr))).ToList();
+                CheckSize(items.Sum(x => (long)x.Length) + Product(sep.Length, Math.Max(0, items.Count - 1)), "the joined string");
+                return string.Join(sep, items);
             }
             case "int":
                 return ToInt(v, Arg(a, kw, 0, "default", 0L), Py.ToLong(Arg(a, kw, 1, "base", 10L)));
@@ -346,8 +390,10 @@ static class Builtins
             case "center":
             {
                 string s = Str(v, name);
-                int width = (int)Py.ToLong(Arg(a, kw, 0, "width", 80L));
-                if (s.Length >= width) return s;
+                long wide = Py.ToLong(Arg(a, kw, 0, "width", 80L));
+                if (s.Length >= wide) return s;
+                CheckSize(wide, "the centred string");
+                int width = (int)wide;
                 int left = (width - s.Length) / 2 + ((width - s.Length) % 2 & width % 2);
                 return new string(' ', left) + s + new string(' ', width - s.Length - left);
             }
@@ -555,6 +601,14 @@ static class Builtins
     static string Replace(string s, string old, string @new, object? count)
     {
         long max = count is null or Undefined ? -1 : Py.ToLong(count);
+        if (@new.Length > old.Length)
+        {
+            long hits = 0;
+            if (old.Length == 0) hits = Py.StringElements(s).Count + 1;
+            else for (int i = s.IndexOf(old, StringComparison.Ordinal); i >= 0; i = s.IndexOf(old, i + old.Length, StringComparison.Ordinal)) hits++;
+            if (max >= 0) hits = Math.Min(hits, max);
+            CheckSize(s.Length + Product(hits, @new.Length - old.Length), "the replaced string");
+        }
         if (max < 0) return old.Length == 0 ? string.Join(@new, Py.StringElements(s).Prepend("").Append("")) : s.Replace(old, @new, StringComparison.Ordinal);
         var sb = new StringBuilder();
         int pos = 0;
@@ -609,8 +663,11 @@ static class Builtins
     // trailing line break survives; empty lines stay unindented unless blank; first indents line one.
     static string Indent(string s, object? width, bool first, bool blank)
     {
-        string pad = width is string w ? w : new string(' ', (int)Py.ToLong(width));
+        long padLength = width is string w0 ? w0.Length : Math.Max(0, Py.ToLong(width));
+        CheckSize(padLength, "the indent");
+        string pad = width is string w ? w : new string(' ', (int)padLength);
         var lines = SplitLines(s + "\n");
+        CheckSize(s.Length + Product(padLength, lines.Count), "the indented string");
         string rv;
         if (blank) rv = string.Join("\n" + pad, lines);
         else
@@ -655,6 +712,7 @@ static class Builtins
                 int start = ++i;
                 while (i < format.Length && char.IsAsciiDigit(format[i])) i++;
                 precision = int.Parse(format.AsSpan(start, i - start), CultureInfo.InvariantCulture);
+                CheckSize(precision, "the formatted number");
                 if (i >= format.Length) throw Err("incomplete format");
             }
             switch (format[i])
@@ -666,6 +724,7 @@ static class Builtins
                 case 'f': sb.Append(Py.ToDouble(Defined(Take())).ToString("F" + (precision < 0 ? 6 : precision), CultureInfo.InvariantCulture)); break;
                 default: throw Err($"unsupported format character '{format[i]}'");
             }
+            CheckSize(sb.Length, "the formatted string");
         }
         if (next < values.Count && args is PyTuple) throw Err("not all arguments converted during string formatting");
         return sb.ToString();
@@ -691,6 +750,7 @@ static class Builtins
                 : int.TryParse(field, NumberStyles.None, CultureInfo.InvariantCulture, out int k) ? (k < args.Count ? args[k] : throw Err("replacement index out of range"))
                 : kwargs.TryGetValue(field, out var named) ? named : throw Err($"no argument named '{field}'");
             sb.Append(Py.Str(value));
+            CheckSize(sb.Length, "the formatted string");
             i = end;
         }
         return sb.ToString();
@@ -742,8 +802,13 @@ static class Builtins
             for (int i = s.IndexOf(sub, StringComparison.Ordinal); i >= 0; i = s.IndexOf(sub, i + sub.Length, StringComparison.Ordinal)) n++;
             return n;
         }),
-        "join" => Method("str.join", (a, _) => string.Join(s, Seq(a.Count > 0 ? a[0] : null).Select(x =>
-            x as string ?? throw Err($"sequence item: expected str instance, {Py.TypeName(x)} found")))),
+        "join" => Method("str.join", (a, _) =>
+        {
+            var parts = Seq(a.Count > 0 ? a[0] : null).Select(x =>
+                x as string ?? throw Err($"sequence item: expected str instance, {Py.TypeName(x)} found")).ToList();
+            CheckSize(parts.Sum(x => (long)x.Length) + Product(s.Length, Math.Max(0, parts.Count - 1)), "the joined string");
+            return string.Join(s, parts);
+        }),
         "format" => Method("str.format", (a, kw) => BraceFormat(s, a, kw)),
         "isdigit" => Method("str.isdigit", (_, _) => s.Length > 0 && s.All(char.IsDigit)),
         "isalpha" => Method("str.isalpha", (_, _) => s.Length > 0 && s.All(char.IsLetter)),

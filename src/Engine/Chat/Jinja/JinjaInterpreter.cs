@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text;
 
 namespace TokenMill.Chat.Jinja;
@@ -24,6 +25,12 @@ sealed class Scope(Scope? parent)
 sealed class JinjaRuntimeException(string message) : Exception(message)
 {
     public string? RaisedByTemplate { get; init; }
+
+    /// <summary>The <see cref="ChatTemplateLimits"/> property the template ran into, if that is why it stopped.</summary>
+    public string? Limit { get; init; }
+
+    public static JinjaRuntimeException OverLimit(string limit, string what) =>
+        new($"{what} (the limit ChatTemplateLimits.{limit})") { Limit = limit };
 }
 
 /// <summary>
@@ -34,22 +41,29 @@ sealed class JinjaInterpreter
 {
     enum Flow { Normal, Break, Continue }
 
-    // Budgets a chat template never comes near; they turn a runaway template (deep macro recursion,
-    // nested loops over long ranges) into an error instead of a stack overflow or a hung request.
-    const int MaxCallDepth = 100;
-    const long MaxSteps = 1_000_000;
-    const int MaxOutputChars = 16 << 20;
+    // How often the clock is read: every 64 steps costs nothing measurable and still catches a
+    // budget overrun within microseconds, since a step is bounded by the size limits.
+    const long ClockEverySteps = 64;
 
     readonly TimeProvider _clock;
+    readonly ChatTemplateLimits _limits;
+    readonly long _deadline;
     Stmt? _current;
     int _callDepth;
     long _steps;
 
-    JinjaInterpreter(TimeProvider clock) => _clock = clock;
-
-    public static string Render(List<Stmt> template, IReadOnlyDictionary<string, object?> variables, TimeProvider clock)
+    JinjaInterpreter(TimeProvider clock, ChatTemplateLimits limits)
     {
-        var interp = new JinjaInterpreter(clock);
+        _clock = clock;
+        _limits = limits;
+        long budgetTicks = (long)Math.Min(limits.TimeBudget.TotalSeconds * Stopwatch.Frequency, long.MaxValue / 2);
+        _deadline = Stopwatch.GetTimestamp() + budgetTicks;
+    }
+
+    public static string Render(List<Stmt> template, IReadOnlyDictionary<string, object?> variables, TimeProvider clock, ChatTemplateLimits limits)
+    {
+        var interp = new JinjaInterpreter(clock, limits);
+        using var sizeLimit = Builtins.LimitSizes(limits.MaxOutputChars);
         var globals = new Scope(null);
         interp.AddGlobals(globals);
         foreach (var (k, v) in variables) globals.Set(k, v);
@@ -63,7 +77,7 @@ sealed class JinjaInterpreter
         {
             int line = interp._current?.Line ?? 0, col = interp._current?.Column ?? 0;
             string message = e.RaisedByTemplate is not null ? $"the template refused the conversation: {e.RaisedByTemplate}" : e.Message;
-            throw new ChatTemplateException(message, line, col) { TemplateMessage = e.RaisedByTemplate };
+            throw new ChatTemplateException(message, line, col) { TemplateMessage = e.RaisedByTemplate, Limit = e.Limit };
         }
         catch (Exception e) when (e is InvalidOperationException or ArgumentException or OverflowException or FormatException
                                       or DivideByZeroException or InvalidCastException)
@@ -111,7 +125,8 @@ sealed class JinjaInterpreter
     {
         if (stmt is not TextStmt) _current = stmt;
         Step();
-        if (sb.Length > MaxOutputChars) throw new JinjaRuntimeException($"the template's output passed {MaxOutputChars} characters");
+        if (sb.Length > _limits.MaxOutputChars)
+            throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxOutputChars), $"the template's output passed {_limits.MaxOutputChars} characters");
         switch (stmt)
         {
             case TextStmt t:
@@ -174,7 +189,10 @@ sealed class JinjaInterpreter
 
     void Step()
     {
-        if (++_steps > MaxSteps) throw new JinjaRuntimeException($"the template ran more than {MaxSteps} statements and loop iterations");
+        if (++_steps > _limits.MaxSteps)
+            throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxSteps), $"the template ran more than {_limits.MaxSteps} statements and loop iterations");
+        if (_steps % ClockEverySteps == 0 && Stopwatch.GetTimestamp() > _deadline)
+            throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.TimeBudget), $"the template ran longer than {_limits.TimeBudget.TotalMilliseconds:F0} ms");
     }
 
     void ExecFor(ForStmt f, Scope scope, StringBuilder sb)
@@ -279,7 +297,8 @@ sealed class JinjaInterpreter
             }
             if (kwargs.TryGetValue("caller", out var c)) scope.Set("caller", c);
             else if (caller is not null) scope.Set("caller", caller);
-            if (++_callDepth > MaxCallDepth) throw new JinjaRuntimeException($"macro calls nested more than {MaxCallDepth} deep");
+            if (++_callDepth > _limits.MaxCallDepth)
+                throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxCallDepth), $"macro calls nested more than {_limits.MaxCallDepth} deep");
             var saved = _current;
             var sb = new StringBuilder();
             Exec(body, scope, sb);

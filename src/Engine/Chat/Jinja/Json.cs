@@ -16,7 +16,7 @@ static class Json
         {
             null or Undefined => null,
             string s => s,
-            _ => new string(' ', (int)Math.Max(0, Py.ToLong(indent))),
+            _ => Spaces(Math.Max(0, Py.ToLong(indent))),
         };
         string item = pad is null ? ", " : ",", key = ": ";
         if (separators is PyTuple or List<object?>)
@@ -81,9 +81,17 @@ static class Json
         }
     }
 
+    static string Spaces(long n)
+    {
+        Builtins.CheckSize(n, "the JSON indent");
+        return new string(' ', (int)n);
+    }
+
     static void NewLine(StringBuilder sb, string? pad, int depth)
     {
         if (pad is null) return;
+        // Indentation multiplies the output by the depth: check before each line grows it.
+        Builtins.CheckSize(sb.Length + 1 + (long)pad.Length * depth, "the JSON text");
         sb.Append('\n');
         for (int i = 0; i < depth; i++) sb.Append(pad);
     }

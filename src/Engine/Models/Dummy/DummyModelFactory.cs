@@ -20,15 +20,32 @@ public static class DummyModelFactory
 
     public static bool IsDummy(string model) => model.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
-    public static Model Create(string model, GgmlType dtype, ulong seed = 0)
+    /// <param name="tokenizer">The tokenizer to use (e.g. the family's real <c>tokenizer.json</c>); null: cl100k_base fitted to the vocabulary.</param>
+    /// <param name="blockCount">Build only this many layers (tests: the exact widths at a fraction of the memory); null: the preset's.</param>
+    public static Model Create(string model, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
     {
         string name = IsDummy(model) ? model[Prefix.Length..] : model;
         if (!DummyPresets.All.TryGetValue(name, out var preset))
             throw new ArgumentException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})", nameof(model));
+        return Create(preset, name.ToLowerInvariant(), dtype, seed, tokenizer, blockCount);
+    }
+
+    /// <summary>A dummy model of any shape (a preset scaled down for tests); <paramref name="name"/> follows <c>dummy:</c>.</summary>
+    /// <param name="tokenizer">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
+    /// <param name="blockCount">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
+    public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
+    {
         if (!SupportedDTypes.Contains(dtype))
             throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
+        preset.Config.Validate(Prefix + name);
 
         var c = preset.Config;
+        if (blockCount is int n)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(n, 1, nameof(blockCount));
+            c = c with { BlockCount = Math.Min(n, c.BlockCount) };
+        }
+        tokenizer = FitTokenizer(tokenizer, c.VocabSize, name) ?? TokenizerLoader.Cl100kFitted(c.VocabSize);
         var owners = new List<IDisposable>();
         try
         {
@@ -49,6 +66,10 @@ public static class DummyModelFactory
                     Bq = preset.HasQkvBias ? random.Vector(p + "attn_q.bias", c.QDim, 0.1f) : null,
                     Bk = preset.HasQkvBias ? random.Vector(p + "attn_k.bias", c.KvDim, 0.1f) : null,
                     Bv = preset.HasQkvBias ? random.Vector(p + "attn_v.bias", c.KvDim, 0.1f) : null,
+                    QNorm = preset.HasQkNorm ? Ones(c.HeadDim) : null,
+                    KNorm = preset.HasQkNorm ? Ones(c.HeadDim) : null,
+                    PostAttnNorm = preset.HasPostNorms ? Ones(c.EmbeddingLength) : null,
+                    PostFfnNorm = preset.HasPostNorms ? Ones(c.EmbeddingLength) : null,
                     FfnNorm = Ones(c.EmbeddingLength),
                     Gate = Matrix(p + "ffn_gate.weight", c.FeedForwardLength, c.EmbeddingLength),
                     Up = Matrix(p + "ffn_up.weight", c.FeedForwardLength, c.EmbeddingLength),
@@ -63,14 +84,25 @@ public static class DummyModelFactory
                 OutputNorm = Ones(c.EmbeddingLength),
                 Output = preset.TiedEmbeddings ? embedding : Matrix("output.weight", c.VocabSize, c.EmbeddingLength),
             };
-            var tokenizer = TokenizerLoader.Cl100kFitted(c.VocabSize);
-            return new Model($"{Prefix}{name.ToLowerInvariant()}", c, weights, tokenizer, owners);
+            return new Model($"{Prefix}{name}", c, weights, tokenizer, owners);
         }
         catch
         {
             foreach (var o in owners) o.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// <paramref name="tokenizer"/> made to fit <paramref name="vocab"/> rows: a <c>tokenizer.json</c> is padded with
+    /// ids that decode to nothing (the model's padding rows) or may exceed the rows by special tokens only.
+    /// </summary>
+    static ITokenizer? FitTokenizer(ITokenizer? tokenizer, int vocab, string preset)
+    {
+        if (tokenizer is Tokenization.HuggingFace.HfTokenizer hf && hf.FitsVocabulary(vocab)) return hf.PaddedTo(vocab);
+        if (tokenizer is not null && tokenizer.VocabSize > vocab)
+            throw new ArgumentException($"the tokenizer has {tokenizer.VocabSize} tokens but dummy:{preset} has {vocab} vocabulary rows", nameof(tokenizer));
+        return tokenizer;
     }
 
     static float[] Ones(int n)

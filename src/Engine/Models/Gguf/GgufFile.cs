@@ -91,7 +91,12 @@ public sealed unsafe class GgufFile : IDisposable
             {
                 _ = info.ByteCount;
             }
-            catch (Exception e) when (e is ArgumentException or OverflowException)
+            catch (OverflowException)
+            {
+                throw new GgufFormatException(path, $"{field} dimensions",
+                    $"[{string.Join(", ", dims)}] of {type} holds more bytes than a 64-bit size can count");
+            }
+            catch (ArgumentException e)
             {
                 throw new GgufFormatException(path, $"{field} dimensions", e.Message);
             }

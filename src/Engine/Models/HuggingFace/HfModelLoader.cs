@@ -21,7 +21,12 @@ public static class HfModelLoader
         if (!File.Exists(configPath))
             throw new FileNotFoundException($"{directory}: no {ConfigFileName}; not a Hugging Face model folder", configPath);
         var (config, tied) = HfConfig.Read(configPath);
-        if (tokenizer.VocabSize > config.VocabSize)
+        if (tokenizer is Tokenization.HuggingFace.HfTokenizer hf)
+        {
+            // Padding rows beyond the tokenizer decode to nothing; special tokens beyond the rows are refused in prompts.
+            if (hf.FitsVocabulary(config.VocabSize)) tokenizer = hf.PaddedTo(config.VocabSize);
+        }
+        if (tokenizer.VocabSize > config.VocabSize && !(tokenizer is Tokenization.HuggingFace.HfTokenizer h && h.FitsVocabulary(config.VocabSize)))
             throw new InvalidDataException(
                 $"{directory}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
 

@@ -1,0 +1,202 @@
+using TokenMill.Distributed;
+using TokenMill.KvCache;
+using TokenMill.Models;
+
+namespace TokenMill.Backends.Cpu;
+
+/// <summary>
+/// Runs the model on the CPU as one or several tensor-parallel ranks. Each rank has its shard of the
+/// weights (<see cref="TensorParallelShard"/>), its own <see cref="CpuForward"/>, worker pool and KV store
+/// (only its KV heads); the block tables are the scheduler's, the same for every rank, so each step's
+/// <see cref="ForwardBatch"/> is handed to all ranks as it is. Rank 0 runs on the caller's thread (the engine
+/// loop), ranks 1…N−1 on threads of their own, joined through a <see cref="SharedMemoryGroup"/>.
+/// With one rank nothing changes: the caller runs the one forward pass directly.
+/// </summary>
+/// <remarks>
+/// A rank that throws aborts the group; a rank that stalls makes the others' next collective time out.
+/// Either way the step throws one <see cref="CommunicatorException"/> naming the rank and the operation, and
+/// the executor stays failed (<see cref="Failure"/>): its ranks' states no longer agree.
+/// </remarks>
+public sealed class CpuExecutor : IDisposable
+{
+    readonly TensorParallelShard[] _shards;
+    readonly CpuWorkerPool[] _pools;
+    readonly CpuForward[] _forwards;
+    readonly PagedKvStore[] _kvStores;
+    readonly SharedMemoryGroup? _group;
+    readonly Thread[] _threads;
+    readonly SemaphoreSlim[] _start;
+    readonly float[][] _rankLogits;
+    ForwardBatch? _batch;
+    int _logitsLength;
+    volatile bool _stopping;
+    CommunicatorException? _failure;
+
+    /// <param name="threads">CPU threads in all: each rank's pool gets threads / N of them (at least one).</param>
+    /// <param name="timeout">How long a rank waits in one collective for the others.</param>
+    public CpuExecutor(Model model, int tensorParallelSize, int threads, int maxBatchTokens, int kvBlocks, int blockSize, TimeSpan timeout)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(tensorParallelSize, 1);
+        int n = tensorParallelSize;
+        TensorParallelShard.CheckSplit(model.Config, model.Weights, n, model.Name);
+        WorldSize = n;
+        ThreadsPerRank = Math.Max(1, (threads > 0 ? threads : Environment.ProcessorCount) / n);
+        _shards = new TensorParallelShard[n];
+        _pools = new CpuWorkerPool[n];
+        _forwards = new CpuForward[n];
+        _kvStores = new PagedKvStore[n];
+        _start = new SemaphoreSlim[n];
+        _rankLogits = new float[n][];
+        _threads = new Thread[n];
+        try
+        {
+            if (n > 1) _group = new SharedMemoryGroup(n, maxBatchTokens * model.Config.EmbeddingLength, timeout);
+            for (int r = 0; r < n; r++)
+            {
+                _shards[r] = TensorParallelShard.Create(model, r, n);
+                _pools[r] = new CpuWorkerPool(n == 1 ? threads : ThreadsPerRank);
+                ICommunicator comm = _group?.Communicator(r) ?? SingleRankCommunicator.Instance;
+                _forwards[r] = new CpuForward(_shards[r], comm, maxBatchTokens, _pools[r]);
+                _kvStores[r] = new PagedKvStore(_shards[r].Config, kvBlocks, blockSize);
+                _start[r] = new SemaphoreSlim(0);
+                _rankLogits[r] = [];
+            }
+        }
+        catch
+        {
+            DisposeRanks(n);
+            throw;
+        }
+        for (int r = 1; r < n; r++)
+        {
+            int rank = r;
+            _threads[r] = new Thread(() => RankLoop(rank)) { IsBackground = true, Name = $"tokenmill-tp-rank-{rank}" };
+            _threads[r].Start();
+        }
+    }
+
+    public int WorldSize { get; }
+    public int ThreadsPerRank { get; }
+
+    /// <summary>The error that stopped the ranks, or null while they work.</summary>
+    public CommunicatorException? Failure => Volatile.Read(ref _failure);
+
+    /// <summary>Rank 0's collective calls: how much of a step tensor parallelism costs.</summary>
+    public CommunicatorStats CommunicatorStats => _group?.Communicator(0).Stats ?? SingleRankCommunicator.Instance.Stats;
+
+    /// <summary>Test hook (fault injection): runs on rank <c>rank</c>'s thread at the start of every layer (rank, layer).</summary>
+    internal Action<int, int>? LayerHook
+    {
+        set
+        {
+            for (int r = 0; r < WorldSize; r++)
+            {
+                int rank = r;
+                _forwards[r].LayerHook = value is null ? null : layer => value(rank, layer);
+            }
+        }
+    }
+
+    /// <summary>One step on every rank; the logits (gathered from all ranks) land in <paramref name="logits"/>.</summary>
+    /// <exception cref="ArgumentException">The batch is invalid; nothing ran, the ranks are unharmed.</exception>
+    /// <exception cref="CommunicatorException">A rank failed or stalled; this executor is done for.</exception>
+    public void Forward(ForwardBatch batch, Span<float> logits)
+    {
+        if (Failure is { } failed) throw new CommunicatorException(failed.Rank, failed.Operation, failed.Message, failed.InnerException);
+        if (WorldSize == 1)
+        {
+            _forwards[0].Forward(batch, _kvStores[0], logits);
+            return;
+        }
+        _forwards[0].Validate(batch, _kvStores[0], logits.Length); // every rank would refuse the same batch: refuse it here, before any rank starts
+        _batch = batch;
+        _logitsLength = logits.Length;
+        for (int r = 1; r < WorldSize; r++) _start[r].Release();
+        try
+        {
+            RunRank(0, logits);
+        }
+        catch (CommunicatorException e)
+        {
+            Interlocked.CompareExchange(ref _failure, _group!.Error ?? e, null);
+            throw;
+        }
+        finally
+        {
+            _batch = null;
+        }
+    }
+
+    /// <summary>Copy-on-write of a KV block, on every rank's store (between steps, when no rank runs).</summary>
+    public void CopyBlock(int source, int destination)
+    {
+        foreach (var kv in _kvStores) kv.CopyBlock(source, destination);
+    }
+
+    /// <summary>One rank's step: its forward pass, then a barrier, after which no rank reads the batch any more.</summary>
+    void RunRank(int rank, Span<float> logits)
+    {
+        var comm = _group!.Communicator(rank);
+        try
+        {
+            _forwards[rank].Forward(_batch!, _kvStores[rank], logits);
+            comm.Barrier();
+        }
+        catch (CommunicatorException)
+        {
+            throw;
+        }
+        catch (Exception e)
+        {
+            var error = new CommunicatorException(rank, "forward", $"tensor-parallel rank {rank} failed in its forward pass: {e.Message}", e);
+            comm.Abort(error);
+            throw new CommunicatorException(rank, "forward", error.Message, e);
+        }
+    }
+
+    void RankLoop(int rank)
+    {
+        while (true)
+        {
+            _start[rank].Wait();
+            if (_stopping) return;
+            if (_rankLogits[rank].Length < _logitsLength) _rankLogits[rank] = new float[_logitsLength];
+            try
+            {
+                RunRank(rank, _rankLogits[rank].AsSpan(0, _logitsLength));
+            }
+            catch (CommunicatorException)
+            {
+                // The group is aborted and rank 0 reports it; this rank waits to be stopped.
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_stopping) return;
+        _stopping = true;
+        _group?.Dispose(); // wakes a rank blocked in a collective
+        int joined = 1;
+        for (int r = 1; r < WorldSize; r++)
+        {
+            _start[r].Release();
+            // A rank stuck outside any collective (a stalled kernel) is left behind rather than waited for; its
+            // buffers are then not freed under it (only ranks that stopped give theirs back).
+            if (_threads[r].Join(TimeSpan.FromSeconds(5))) joined++;
+            else break;
+        }
+        DisposeRanks(joined);
+    }
+
+    void DisposeRanks(int count)
+    {
+        for (int r = 0; r < count; r++)
+        {
+            _forwards[r]?.Dispose();
+            _kvStores[r]?.Dispose();
+            _pools[r]?.Dispose();
+            _shards[r]?.Dispose();
+        }
+    }
+}
