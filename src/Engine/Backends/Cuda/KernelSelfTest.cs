@@ -87,6 +87,9 @@ public sealed class KernelSelfTest : IDisposable
 
     CudaKernel K(string file, string name) => _modules[file].GetKernel(name);
 
+    /// <summary>The block the backend launches <paramref name="kernel"/> with (<see cref="KernelLaunches"/>).</summary>
+    static Dim3 Block(string kernel) => new((uint)KernelLaunches.For(kernel).BlockSize);
+
     void Check(string kernel, string name, ReadOnlySpan<float> actual, ReadOnlySpan<double> expected, double tolerance)
     {
         double max = actual.Length == expected.Length ? 0 : double.PositiveInfinity;
@@ -130,7 +133,7 @@ public sealed class KernelSelfTest : IDisposable
             var encoded = Encode(type, table, vocab, dim);
             var decoded = Decode(type, encoded, vocab, dim);
             var output = Zeros<float>(tokens.Length * dim);
-            K("embedding.cu", kernel).Launch(new Dim3((uint)tokens.Length), new Dim3(256),
+            K("embedding.cu", kernel).Launch(new Dim3((uint)tokens.Length), Block(kernel),
                 new KernelArgs().Add(Upload(encoded)).Add(dTokens).Add(output).Add(dim).Add(scale));
             var expected = new double[tokens.Length * dim];
             for (int t = 0; t < tokens.Length; t++)
@@ -162,12 +165,12 @@ public sealed class KernelSelfTest : IDisposable
         var dx = Upload(x);
         var dw = Upload(w);
         var dy = Zeros<float>(rows * dim);
-        K("rms_norm.cu", "rms_norm").Launch(new Dim3(rows), new Dim3(256), new KernelArgs().Add(dx).Add(dw).Add(dy).Add(dim).Add(eps));
+        K("rms_norm.cu", "rms_norm").Launch(new Dim3(rows), Block("rms_norm"), new KernelArgs().Add(dx).Add(dw).Add(dy).Add(dim).Add(eps));
         Check("rms_norm", $"{rows} × {dim}", Download<float>(dy, rows * dim), Reference(x), 1e-4);
 
         var sum = new float[rows * dim];
         for (int i = 0; i < sum.Length; i++) sum[i] = x[i] + delta[i];
-        K("rms_norm.cu", "fused_add_rms_norm").Launch(new Dim3(rows), new Dim3(256),
+        K("rms_norm.cu", "fused_add_rms_norm").Launch(new Dim3(rows), Block("fused_add_rms_norm"),
             new KernelArgs().Add(dx).Add(Upload(delta)).Add(dw).Add(dy).Add(dim).Add(eps));
         Check("fused_add_rms_norm", "normalized", Download<float>(dy, rows * dim), Reference(sum), 1e-4);
         Check("fused_add_rms_norm", "residual x += delta", Download<float>(dx, rows * dim), [.. sum.Select(v => (double)v)], 0);
@@ -188,7 +191,7 @@ public sealed class KernelSelfTest : IDisposable
                     const float ropeBase = 10000f, linear = 2f;
                     var dq = Upload(q);
                     var dk = Upload(k);
-                    K("rope.cu", "rope").Launch(new Dim3((uint)n), new Dim3(128), new KernelArgs()
+                    K("rope.cu", "rope").Launch(new Dim3((uint)n), Block("rope"), new KernelArgs()
                         .Add(dq).Add(dk).Add(Upload(positions))
                         .Add(ff is null ? new CUdeviceptr(0) : Upload(ff).Pointer)
                         .Add(heads).Add(kvHeads).Add(headDim).Add(rotDim).Add(ropeBase).Add(linear).Add(neox ? 1 : 0));
@@ -243,7 +246,7 @@ public sealed class KernelSelfTest : IDisposable
                 var v = Random(tokens * kvDim);
                 var kCache = Zeros<byte>(slots * kvDim * elementBytes);
                 var vCache = Zeros<byte>(slots * kvDim * elementBytes);
-                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), new Dim3(256), new KernelArgs()
+                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), Block($"reshape_and_cache_{type}"), new KernelArgs()
                     .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
                 // What the cache must hold: each token's row at its slot, rounded to f16 for an f16 cache.
                 float Stored(float x) => f16 ? Fp16.ToSingle(Fp16.FromSingle(x)) : x;
@@ -269,7 +272,7 @@ public sealed class KernelSelfTest : IDisposable
                 foreach (int window in new[] { 0, 10 })
                 {
                     var output = Zeros<float>(q.Length);
-                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), new Dim3(128),
+                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), Block($"paged_attention_decode_{type}"),
                         new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(contextLens))
                             .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
                     var expected = new double[q.Length];
@@ -309,9 +312,9 @@ public sealed class KernelSelfTest : IDisposable
         var dUp = Upload(up);
         var output = Zeros<float>(n);
         uint grid = (n + 255) / 256;
-        K("activation.cu", "silu_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+        K("activation.cu", "silu_and_mul").Launch(new Dim3(grid), Block("silu_and_mul"), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
         Check("silu_and_mul", $"n {n}", Download<float>(output, n), [.. gate.Select((g, i) => g / (1 + Math.Exp(-g)) * up[i])], 1e-5);
-        K("activation.cu", "gelu_tanh_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+        K("activation.cu", "gelu_tanh_and_mul").Launch(new Dim3(grid), Block("gelu_tanh_and_mul"), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
         Check("gelu_tanh_and_mul", $"n {n}", Download<float>(output, n),
             [.. gate.Select((g, i) => 0.5 * g * (1 + Math.Tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i])], 1e-5);
     }
@@ -327,7 +330,8 @@ public sealed class KernelSelfTest : IDisposable
             var encoded = Encode(type, w, rows, cols);
             var decoded = Decode(type, encoded, rows, cols);
             var y = Zeros<float>(vectors * rows);
-            K("gemv.cu", kernel).Launch(new Dim3((rows + 3) / 4, vectors), new Dim3(128),
+            var block = Block(kernel);   // one warp per row
+            K("gemv.cu", kernel).Launch(new Dim3((uint)(rows + block.X / 32 - 1) / (block.X / 32), vectors), block,
                 new KernelArgs().Add(Upload(encoded)).Add(dx).Add(y).Add(rows).Add(cols));
             var expected = new double[vectors * rows];
             for (int t = 0; t < vectors; t++)
@@ -350,7 +354,7 @@ public sealed class KernelSelfTest : IDisposable
         logits[vocab + 100] = 5f;
         Array.Fill(logits, 0.25f, 2 * vocab, vocab); // row 2: all equal → 0
         var output = Zeros<int>(3);
-        K("argmax.cu", "argmax").Launch(new Dim3(3), new Dim3(1024), new KernelArgs().Add(Upload(logits)).Add(vocab).Add(output));
+        K("argmax.cu", "argmax").Launch(new Dim3(3), Block("argmax"), new KernelArgs().Add(Upload(logits)).Add(vocab).Add(output));
         var got = Download<int>(output, 3);
         int expected0 = 0;
         for (int i = 1; i < vocab; i++) if (logits[i] > logits[expected0]) expected0 = i;
