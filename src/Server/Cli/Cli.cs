@@ -20,7 +20,7 @@ public static class Cli
           info       what a model is (architecture, parameters, weight types, context) and what its KV cache costs
           bench      latency (prefill and decode tokens/s) and throughput (many requests at once)
           simulate   replay a request trace through the scheduler and KV cache (eviction-policy research)
-          kernels    compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)
+          kernels    compile, check and test the CUDA kernels ('kernels check', 'kernels test --emulate': no GPU needed)
           help       show this text; 'tokenmill <command> --help' shows a command's options
         """;
 

@@ -19,12 +19,15 @@ public static class KernelsCommand
     const string Help = """
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--ptxas PATH] [--no-cache]
                tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]
-               tokenmill kernels selftest [--kernels-dir DIR] [--device N] [--no-cache]
+               tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
           sass      print the SASS of kernel NAME (ptxas, then cuobjdump -sass)
-          selftest  run every kernel on GPU N (default 0) against scalar references (needs a GPU)
+          test      run every kernel against the CPU reference (tolerance per dtype), print a pass/fail table:
+                    on GPU N (default 0), or with --emulate on the CPU through the shim of tools/cuda-emu
+                    (built with g++ at run time from the kernel sources; no GPU, no driver). 'selftest' is
+                    the same command.
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -32,12 +35,17 @@ public static class KernelsCommand
                              for sass one architecture, default sm_90)
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
+          --kernel LIST      test only these kernels (comma-separated names)
           --no-cache         compile even when the PTX cache has the result
-                             (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels)
+                             (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
+                             shim's objects go to its emulation/ folder)
         """;
 
-    static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas"];
-    static readonly HashSet<string> Flags = ["no-cache", "help"];
+    /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
+    public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
+
+    static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
+    static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -47,9 +55,9 @@ public static class KernelsCommand
             stdout.WriteLine(Help);
             return a.Flag("help") ? Cli.ExitOk : Cli.ExitUsage;
         }
-        if (a.Positional is ["selftest"]) return SelfTest(a, stdout, stderr);
+        if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, selftest)");
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -130,12 +138,12 @@ public static class KernelsCommand
                 string sm = RealArchitecture(c.Architecture);
                 var kernels = sources.First(s => s.FileName == c.FileName).Kernels();
                 var output = Ptxas.Assemble(ptxas, c.Kernel!.Ptx, sm, Path.Combine(work, $"{Path.GetFileNameWithoutExtension(c.FileName)}-{sm}.cubin"));
-                var reported = output.ExitCode == 0 ? Ptxas.ParseResources(output.Output) : [];
+                var reported = output.ExitCode == 0 ? Ptxas.ParseResources(output.Text) : [];
                 foreach (var (name, _) in kernels)
                 {
                     if (output.ExitCode != 0)
                     {
-                        rows.Add(new ResourceRow(name, sm, null, null, null, $"ptxas failed on {c.FileName}: {output.Output.Trim()}"));
+                        rows.Add(new ResourceRow(name, sm, null, null, null, $"ptxas failed on {c.FileName}: {output.Text.Trim()}"));
                         continue;
                     }
                     var r = reported.FirstOrDefault(k => k.Kernel == name);
@@ -216,20 +224,20 @@ public static class KernelsCommand
             var assembled = Ptxas.Assemble(ptxas, compiled.Ptx, $"sm_{cc}", cubin);
             if (assembled.ExitCode != 0)
             {
-                stderr.WriteLine($"tokenmill kernels: error: ptxas -arch=sm_{cc} failed on {file.FileName}:\n{assembled.Output.Trim()}");
+                stderr.WriteLine($"tokenmill kernels: error: ptxas -arch=sm_{cc} failed on {file.FileName}:\n{assembled.Text.Trim()}");
                 return Cli.ExitFailure;
             }
-            var resources = Ptxas.ParseResources(assembled.Output).FirstOrDefault(r => r.Kernel == name);
+            var resources = Ptxas.ParseResources(assembled.Text).FirstOrDefault(r => r.Kernel == name);
             if (resources is not null)
                 stdout.WriteLine($"// {name} for sm_{cc}: {resources.Registers} registers, {resources.SpillStoreBytes}/{resources.SpillLoadBytes} bytes spill stores/loads, " +
                                  $"{resources.StackFrameBytes} bytes stack, {resources.StaticSharedBytes} bytes static shared memory");
-            var sass = Ptxas.Run(cuobjdump, ["-sass", "-fun", name, cubin], TimeSpan.FromMinutes(1));
+            var sass = ExternalTool.Run(cuobjdump, ["-sass", "-fun", name, cubin], TimeSpan.FromMinutes(1));
             if (sass.ExitCode != 0)
             {
-                stderr.WriteLine($"tokenmill kernels: error: cuobjdump -sass failed:\n{sass.Output.Trim()}");
+                stderr.WriteLine($"tokenmill kernels: error: cuobjdump -sass failed:\n{sass.Text.Trim()}");
                 return Cli.ExitFailure;
             }
-            stdout.Write(sass.Output);
+            stdout.Write(sass.Text);
             return Cli.ExitOk;
         }
         finally { Directory.Delete(work, recursive: true); }
@@ -238,13 +246,51 @@ public static class KernelsCommand
     static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
     {
         int device = a.Int("device", 0, min: 0);
+        bool emulate = a.Flag("emulate");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
-        foreach (var lib in new[] { CudaLibrary.Nvrtc, CudaLibrary.Driver })
-            if (!NativeLibraryResolver.TryLoad(lib, out string reason))
+        var known = sources.Where(s => !s.IsHeader).SelectMany(s => s.Kernels().Select(k => k.Name)).ToHashSet(StringComparer.Ordinal);
+        HashSet<string>? only = null;
+        if (a.String("kernel") is { } list)
+        {
+            only = [.. list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)];
+            if (only.Count == 0) throw new UsageException("--kernel needs at least one kernel name");
+            foreach (string k in only.Where(k => !known.Contains(k)))
+                throw new UsageException($"--kernel {k}: no such kernel (kernels: {string.Join(", ", known.Order(StringComparer.Ordinal))})");
+        }
+        if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtcReason))
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {nvrtcReason}");
+            return Cli.ExitFailure;
+        }
+        IReadOnlyList<EmulationFailure> shimFailures = [];
+        if (emulate)
+        {
+            if (device != 0) throw new UsageException("--device has no meaning with --emulate (the shim is one device)");
+            EmulatedDriver driver;
+            // --no-cache: build into a scratch folder, removed once the driver is loaded (Linux keeps a mapped file alive).
+            string? scratch = a.Flag("no-cache") ? Directory.CreateTempSubdirectory("tokenmill-emu-objects").FullName : null;
+            try
             {
-                stderr.WriteLine($"tokenmill kernels: error: {reason}");
+                driver = KernelEmulation.Build(sources, scratch ?? KernelCompiler.DefaultCacheDirectory());
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+            }
+            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
                 return Cli.ExitFailure;
             }
+            finally
+            {
+                if (scratch is not null) Directory.Delete(scratch, recursive: true);
+            }
+            stdout.WriteLine($"CPU shim built in {driver.Elapsed.TotalSeconds:F1} s: {driver.LibraryPath}");
+            shimFailures = [.. driver.Failures.Where(f => only is null || only.Contains(f.Kernel))];
+        }
+        else if (!NativeLibraryResolver.TryLoad(CudaLibrary.Driver, out string reason))
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {reason} (without a GPU, 'kernels test --emulate' runs the kernels on the CPU)");
+            return Cli.ExitFailure;
+        }
         int count = CudaContext.DeviceCount();
         if (device >= count)
         {
@@ -253,7 +299,24 @@ public static class KernelsCommand
         }
         using var ctx = CudaContext.Create(device);
         stdout.WriteLine($"device {device}: {ctx.DeviceName}, compute capability {ctx.ComputeCapability.Major}.{ctx.ComputeCapability.Minor}, {ctx.TotalMemory >> 20} MiB");
-        var checks = KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources);
+        if (emulate && ctx.DeviceName != EmulatedDeviceName)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: --emulate loaded a driver whose device is '{ctx.DeviceName}', not the CPU shim");
+            return Cli.ExitFailure;
+        }
+        // A kernel the shim could not build is a failing row with the compiler's message, never left out.
+        var checks = shimFailures.Select(f => new KernelCheck(f.Kernel, f.Message, double.NaN, 0)).Concat(
+            KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources,
+                k => (only is null || only.Contains(k)) && !shimFailures.Any(f => f.Kernel == k))).ToList();
+        // Every kernel of the sources is tested: one without a check in KernelSelfTest fails rather than passing unseen.
+        var tested = checks.Select(c => c.Kernel.Split(' ')[0]).ToHashSet(StringComparer.Ordinal);
+        checks.AddRange(known.Where(k => (only is null || only.Contains(k)) && !tested.Contains(k)).Order(StringComparer.Ordinal)
+            .Select(k => new KernelCheck(k, "no test for this kernel (KernelSelfTest)", double.NaN, 0)));
+        if (checks.Count == 0)
+        {
+            stderr.WriteLine("tokenmill kernels: error: no checks ran");
+            return Cli.ExitFailure;
+        }
         int kWidth = Math.Max(6, checks.Max(c => c.Kernel.Length)), cWidth = Math.Max(4, checks.Max(c => c.Case.Length));
         stdout.WriteLine($"{"kernel".PadRight(kWidth)}  {"case".PadRight(cWidth)}  {"max error",10}  {"tolerance",9}  result");
         foreach (var c in checks)

@@ -7,16 +7,22 @@ namespace TokenMill.Tests.Backends;
 /// occupancy calculator rules), the parser against ptxas's own report format, and
 /// 'tokenmill kernels check --ptxas' / 'kernels sass' end to end where ptxas is installed (.ci/install-deps).
 /// </summary>
-public sealed class KernelResourceTests : IDisposable
+public sealed class KernelResourceTests(Xunit.Abstractions.ITestOutputHelper output) : IDisposable
 {
     readonly string _dir = Directory.CreateTempSubdirectory("tm-ptxas").FullName;
     readonly string? _savedCache = Environment.GetEnvironmentVariable("TOKENMILL_CACHE_DIR");
 
-    public KernelResourceTests() => Environment.SetEnvironmentVariable("TOKENMILL_CACHE_DIR", Path.Combine(_dir, "cache"));
+    bool _cacheSet;
+
+    void UseOwnCache()
+    {
+        Environment.SetEnvironmentVariable("TOKENMILL_CACHE_DIR", Path.Combine(_dir, "cache"));
+        _cacheSet = true;
+    }
 
     public void Dispose()
     {
-        Environment.SetEnvironmentVariable("TOKENMILL_CACHE_DIR", _savedCache);
+        if (_cacheSet) Environment.SetEnvironmentVariable("TOKENMILL_CACHE_DIR", _savedCache);
         Directory.Delete(_dir, recursive: true);
     }
 
@@ -82,8 +88,9 @@ public sealed class KernelResourceTests : IDisposable
 
     // ---- end to end through ptxas ----------------------------------------------------------------------
 
-    static string RequirePtxas()
+    string RequirePtxas()
     {
+        UseOwnCache();
         Skip.IfNot(TokenMill.Interop.NativeLibraryResolver.TryLoad(TokenMill.Interop.CudaLibrary.Nvrtc, out string reason), "NVRTC cannot be loaded: " + reason);
         string? ptxas = Ptxas.Find("ptxas");
         Skip.If(ptxas is null, $"ptxas not found on PATH or in {Ptxas.InstallDirectory} (.ci/install-deps installs it from Debian's nvidia-cuda-toolkit)");
@@ -103,7 +110,7 @@ public sealed class KernelResourceTests : IDisposable
     {
         string ptxas = RequirePtxas();
         var (code, stdout, stderr) = Run("kernels", "check", "--ptxas", ptxas);
-        Console.WriteLine(stdout);   // the resource table, in CI's test log
+        output.WriteLine(stdout);   // the resource table, in the test log
         Assert.True(code == 0, stdout + stderr);
         foreach (var launch in KernelLaunches.All)
             foreach (string sm in new[] { "sm_80", "sm_90" })

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
 
@@ -32,35 +31,16 @@ public static partial class Ptxas
         return folders.Select(f => Path.Combine(f, tool)).FirstOrDefault(File.Exists);
     }
 
-    /// <summary>The output of a tool run: its exit code and stdout + stderr.</summary>
-    public sealed record ToolOutput(int ExitCode, string Output);
-
-    /// <summary>Runs <paramref name="file"/> with <paramref name="args"/>; kills it after <paramref name="timeout"/>.</summary>
-    public static ToolOutput Run(string file, IEnumerable<string> args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {file}");
-        var stderr = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            p.WaitForExit();
-            return new ToolOutput(-1, $"{Path.GetFileName(file)} did not finish within {timeout.TotalSeconds:F0} s and was killed");
-        }
-        return new ToolOutput(p.ExitCode, stdout.Result + stderr.Result);
-    }
-
     /// <summary>
     /// Assembles <paramref name="ptx"/> (compiled for <c>compute_NN</c>) into <paramref name="cubinPath"/> for
     /// <paramref name="smArchitecture"/> with <c>ptxas -v</c>. ptxas refuses PTX whose <c>.target</c> is newer
     /// than its <c>-arch</c>, so the PTX must come from the same or an older virtual architecture.
     /// </summary>
-    public static ToolOutput Assemble(string ptxas, byte[] ptx, string smArchitecture, string cubinPath)
+    public static ExternalTool.Output Assemble(string ptxas, byte[] ptx, string smArchitecture, string cubinPath)
     {
         string ptxPath = Path.ChangeExtension(cubinPath, ".ptx");
         File.WriteAllBytes(ptxPath, ptx);
-        return Run(ptxas, ["-v", $"-arch={smArchitecture}", "-o", cubinPath, ptxPath], TimeSpan.FromMinutes(2));
+        return ExternalTool.Run(ptxas, ["-v", $"-arch={smArchitecture}", "-o", cubinPath, ptxPath], TimeSpan.FromMinutes(2));
     }
 
     /// <summary>
