@@ -168,7 +168,7 @@ public static class KernelsCommand
     {
         var inv = CultureInfo.InvariantCulture;
         int nameWidth = Math.Max("kernel".Length, rows.Count == 0 ? 0 : rows.Max(r => r.Kernel.Length));
-        w.WriteLine(string.Create(inv, $"{"kernel".PadRight(nameWidth)}  {"arch",-5}  {"regs",4}  {"spill st/ld",11}  {"stack",5}  {"smem",5}  {"block",5}  {"blocks/SM",9}  {"occupancy",9}  {"limited by",-13}  {"budget",6}  result"));
+        w.WriteLine(string.Create(inv, $"{"kernel".PadRight(nameWidth)}  {"arch",-5}  {"regs",4}  {"spill st/ld",11}  {"stack",5}  {"smem",5}  {"block",5}  {"blocks/SM",9}  {"occupancy",9}  {"limited by",-13}  {"budget",7}  result"));
         foreach (var r in rows)
         {
             var k = r.Resources;
@@ -178,7 +178,7 @@ public static class KernelsCommand
                 $"{r.Kernel.PadRight(nameWidth)}  {r.Architecture,-5}  {(k is null ? "-" : k.Registers.ToString(inv)),4}  {spill,11}  {(k is null ? "-" : k.StackFrameBytes.ToString(inv)),5}  " +
                 $"{(k is null ? "-" : k.StaticSharedBytes.ToString(inv)),5}  {(r.Launch is null ? "-" : r.Launch.BlockSize.ToString(inv)),5}  " +
                 $"{(r.Occupancy is null ? "-" : r.Occupancy.BlocksPerSm.ToString(inv)),9}  {occ,9}  {r.Occupancy?.LimitedBy ?? "-",-13}  " +
-                $"{(r.Launch is null ? "-" : r.Launch.MinOccupancy.ToString("P0", inv)),6}  {(r.Problem is null ? "OK" : "FAIL: " + r.Problem)}"));
+                $"{(r.Launch is null ? "-" : r.Launch.MinOccupancy.ToString("P1", inv)),7}  {(r.Problem is null ? "OK" : "FAIL: " + r.Problem)}"));
         }
     }
 
