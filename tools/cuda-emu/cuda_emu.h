@@ -17,7 +17,10 @@
 // This checks indexing, reductions, barriers and formulas — not timing or memory coalescing.
 #pragma once
 #include <cmath>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -189,6 +192,18 @@ T shfl_xor(T v, int mask)
 // it, then publishes block i + 1 — so one block's accesses to the static __shared__ arrays are ordered
 // before the next block's, as separate shared memories would be. Publication and completion use their own
 // mutexes, never a block's barrier mutex, so they add no ordering between the threads of one block.
+// A launch that does not finish within TM_EMU_LAUNCH_TIMEOUT_S seconds (default 120) is a deadlock — threads of
+// one block waiting at different barriers, say a shuffle some lanes skip while others wait at __syncthreads —
+// or an endless loop: the process says which kernel and block, and exits with status 124 rather than hang.
+inline std::string current_kernel = "kernel";
+
+inline int launch_timeout_seconds()
+{
+    const char* s = std::getenv("TM_EMU_LAUNCH_TIMEOUT_S");
+    int v = s ? std::atoi(s) : 0;
+    return v > 0 ? v : 120;
+}
+
 inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body)
 {
     gridDim = grid;
@@ -234,7 +249,14 @@ inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body
         }
         block->open();
         std::unique_lock lock(done_m);
-        done_cv.wait(lock, [&] { return done == n; });
+        if (!done_cv.wait_for(lock, std::chrono::seconds(launch_timeout_seconds()), [&] { return done == n; }))
+        {
+            std::fprintf(stderr, "cuda-emu: %s, block %lld of %lld (%d threads): %d of %d threads did not finish within %d s "
+                                 "(a deadlock: threads of the block waiting at different barriers, or an endless loop)\n",
+                         current_kernel.c_str(), i, blocks, n, n - done, n, launch_timeout_seconds());
+            std::fflush(stderr);
+            std::_Exit(124);
+        }
         done = 0;
     }
     for (auto& th : threads) th.join();

@@ -84,6 +84,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
 {
     if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
     auto* fn = static_cast<Function*>(f);
+    emu::current_kernel = fn->name;
     emu::launch({gx, gy, gz}, {bx, by, bz}, [&] { (*fn->run)(params); });
     return OK;
 }

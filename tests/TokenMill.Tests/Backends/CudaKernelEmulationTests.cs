@@ -31,10 +31,12 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
         Skip.IfNot(TokenMill.Interop.NativeLibraryResolver.TryLoad(TokenMill.Interop.CudaLibrary.Nvrtc, out string reason), "NVRTC cannot be loaded: " + reason);
     }
 
-    (int Code, string Output) Tokenmill(params string[] args)
+    (int Code, string Output) Tokenmill(params string[] args) => Tokenmill(new Dictionary<string, string>(), args);
+
+    (int Code, string Output) Tokenmill(Dictionary<string, string> environment, params string[] args)
     {
-        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5),
-            new Dictionary<string, string> { ["TOKENMILL_CACHE_DIR"] = cache.Directory });
+        environment["TOKENMILL_CACHE_DIR"] = cache.Directory;
+        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5), environment);
         Assert.True(run.ExitCode != -1, run.Text);
         return (run.ExitCode, run.Text);
     }
@@ -117,6 +119,18 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
         Assert.Matches(@"(?m)^gemv_f32\s+not built: another kernel of gemv\.cu does not compile in the CPU shim.*FAIL$", output);
         Assert.Matches(@"(?m)^rms_norm\s.*PASS$", output);
         Assert.Matches(@"(?m)^my_kernel\s+no test for this kernel \(KernelSelfTest\).*FAIL$", output);
+    }
+
+    [SkippableFact]
+    public void A_deadlocked_kernel_ends_the_run_with_its_name_instead_of_hanging()
+    {
+        Require();
+        // Lanes 0..15 wait in the shuffles, lanes 16..31 at __syncthreads: neither barrier can ever complete.
+        string dir = BrokenCopy("argmax.cu", "\n    for (int offset = TM_WARP / 2; offset > 0; offset >>= 1)\n        tm_arg_better",
+                                             "\n    if (lane < 16)\n    for (int offset = TM_WARP / 2; offset > 0; offset >>= 1)\n        tm_arg_better");
+        var (code, output) = Tokenmill(new Dictionary<string, string> { ["TM_EMU_LAUNCH_TIMEOUT_S"] = "3" }, "kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "argmax");
+        Assert.Equal(124, code);
+        Assert.Matches(@"cuda-emu: argmax, block 0 of 3 \(1024 threads\): \d+ of 1024 threads did not finish within 3 s \(a deadlock", output);
     }
 
     [SkippableFact]
