@@ -89,6 +89,20 @@ public static class NativeLibraryResolver
         }
     }
 
+    /// <summary>
+    /// Makes <paramref name="library"/> the one at <paramref name="path"/> for the rest of the process (the emulated
+    /// driver of <c>kernels test --emulate</c>). Throws when that library is already loaded, so a process that has
+    /// loaded the real driver never silently mixes in another.
+    /// </summary>
+    public static void UseLibrary(CudaLibrary library, string path)
+    {
+        lock (Gate)
+        {
+            if (Loaded.ContainsKey(library)) throw new InvalidOperationException($"{Describe(library)} is already loaded in this process; cannot switch it to {path}");
+            Loaded[library] = NativeLibrary.Load(path);
+        }
+    }
+
     /// <summary>True when the library loads; otherwise <paramref name="reason"/> is the resolver's message (for test skips and diagnostics).</summary>
     public static bool TryLoad(CudaLibrary library, out string reason)
     {

@@ -1,16 +1,32 @@
 // cuda_emu.h — just enough of CUDA to run TokenMill's kernels on the CPU with g++, for checking their
-// logic where no GPU exists. Every CUDA thread of a block is an OS thread; blocks run one after
-// another, so `__shared__` can be `static` (one instance, reused block by block). __syncthreads is a
-// barrier over the block; warp shuffles exchange through a per-warp slot array between two barriers.
+// logic where no GPU exists ('tokenmill kernels test --emulate' compiles it with the .cu files at run time).
+// Every CUDA thread of a block is an OS thread; blocks run one after another, so `__shared__` can be
+// `static` (one instance, reused block by block).
+//
+// Two schedules:
+//  - serialized warps (the default): only one warp of a block runs at a time; it runs until each of its
+//    threads has reached __syncthreads or returned, then the next warp runs. Even blocks run their warps in
+//    ascending order, odd blocks in descending order. A missing __syncthreads then fails deterministically:
+//    the warp that runs first reads shared memory the others have not written yet (ascending), or a warp
+//    overwrites what another has not read yet (descending).
+//  - free-running (TM_EMU_FREE_RUNNING): all threads of a block run at once, for ThreadSanitizer, which
+//    reports shared-memory accesses not ordered by a barrier whatever the timing.
+// The 32 threads of a warp always run together; warp shuffles exchange through a per-warp slot array between
+// two warp barriers. Barriers are a mutex and a condition variable (which ThreadSanitizer understands).
 // Threads that return early drop out of both barriers, as on hardware.
-// This checks indexing, reductions and formulas — not timing, memory coalescing or races the real
-// memory model would expose.
+// This checks indexing, reductions, barriers and formulas — not timing or memory coalescing.
 #pragma once
-#include <barrier>
 #include <cmath>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -20,6 +36,7 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __shared__ static
+#define __launch_bounds__(...)
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
@@ -32,18 +49,123 @@ inline float __expf(float x) { return std::exp(x); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
 
-
 inline _Float16 tm_emu_bits_to_half(unsigned short b) { _Float16 h; std::memcpy(&h, &b, 2); return h; }
 inline unsigned short tm_emu_half_to_bits(_Float16 h) { unsigned short b; std::memcpy(&b, &h, 2); return b; }
 
 namespace emu {
+#ifdef TM_EMU_FREE_RUNNING
+inline constexpr bool serialize_warps = false;
+#else
+inline constexpr bool serialize_warps = true;
+#endif
+
+// A barrier over a fixed set of threads; a thread that leaves for good calls drop() and is no longer waited for.
+class Barrier
+{
+public:
+    explicit Barrier(int n) : _expected(n) {}
+    void arrive_and_wait()
+    {
+        std::unique_lock lock(_m);
+        long long gen = _generation;
+        if (++_arrived == _expected) release();
+        else _cv.wait(lock, [&] { return _generation != gen; });
+    }
+    void drop()
+    {
+        std::lock_guard lock(_m);
+        if (--_expected > 0 && _arrived == _expected) release();
+    }
+private:
+    void release() { _arrived = 0; _generation++; _cv.notify_all(); }
+    std::mutex _m;
+    std::condition_variable _cv;
+    int _expected, _arrived = 0;
+    long long _generation = 0;
+};
+
+// One block's threads: __syncthreads, and (serialized) which warp may run.
+class Block
+{
+public:
+    Block(int threads, bool descending) : _live_total(threads), _descending(descending)
+    {
+        for (int t = 0; t < threads; t += 32) _live.push_back(threads - t < 32 ? threads - t : 32);
+        _waiting.assign(_live.size(), 0);
+        _running = first_runnable(descending ? (int)_live.size() - 1 : 0);
+    }
+    // Free-running, threads wait at a gate of their own (not _m) until all exist: a thread that has already
+    // returned then orders nothing before another's start, so ThreadSanitizer sees only the barriers' ordering.
+    void start(int warp)
+    {
+        if (!serialize_warps)
+        {
+            std::unique_lock lock(_gate_m);
+            _gate_cv.wait(lock, [&] { return _open; });
+            return;
+        }
+        std::unique_lock lock(_m);
+        _cv.wait(lock, [&] { return _running == warp; });
+    }
+    void open()
+    {
+        std::lock_guard lock(_gate_m);
+        _open = true;
+        _gate_cv.notify_all();
+    }
+    void sync(int warp)
+    {
+        std::unique_lock lock(_m);
+        long long gen = _generation;
+        _waiting[warp]++;
+        _waiting_total++;
+        if (_waiting_total == _live_total) release();
+        else if (serialize_warps && _waiting[warp] == _live[warp]) hand_over(warp);
+        _cv.wait(lock, [&] { return _generation != gen && (!serialize_warps || _running == warp); });
+    }
+    void exit(int warp)
+    {
+        std::lock_guard lock(_m);
+        _live[warp]--;
+        _live_total--;
+        if (_waiting_total > 0 && _waiting_total == _live_total) release();
+        else if (serialize_warps && _running == warp && _waiting[warp] == _live[warp]) hand_over(warp);
+    }
+private:
+    int step() const { return _descending ? -1 : 1; }
+    // The first warp from `from` on (in schedule order) that still has threads that are not waiting; -1 if none.
+    int first_runnable(int from) const
+    {
+        int n = (int)_live.size();
+        for (int i = 0, w = from; i < n; i++, w = ((w + step()) % n + n) % n)
+            if (_waiting[w] < _live[w]) return w;
+        return -1;
+    }
+    void hand_over(int warp) { _running = first_runnable(((warp + step()) % (int)_live.size() + (int)_live.size()) % (int)_live.size()); _cv.notify_all(); }
+    void release()
+    {
+        _waiting_total = 0;
+        for (auto& w : _waiting) w = 0;
+        _generation++;
+        _running = first_runnable(_descending ? (int)_live.size() - 1 : 0);
+        _cv.notify_all();
+    }
+    std::mutex _m, _gate_m;
+    std::condition_variable _cv, _gate_cv;
+    bool _open = false;
+    std::vector<int> _live, _waiting;
+    int _live_total, _waiting_total = 0, _running = 0;
+    long long _generation = 0;
+    bool _descending;
+};
+
 struct Warp
 {
     explicit Warp(int n) : bar(n) {}
-    std::barrier<> bar;
+    Barrier bar;
     long long slot[32];
 };
-inline std::unique_ptr<std::barrier<>> block_barrier;
+inline std::unique_ptr<Block> block;
 inline std::vector<std::unique_ptr<Warp>> warps;
 
 inline int linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
@@ -57,40 +179,104 @@ T shfl_xor(T v, int mask)
     std::memcpy(&bits, &v, sizeof(T));
     w.slot[t % 32] = bits;
     w.bar.arrive_and_wait();
-    long long other = w.slot[(t % 32) ^ mask];
+    long long other = w.slot[(t % 32) ^ (mask & 31)];
     w.bar.arrive_and_wait();
     T r;
     std::memcpy(&r, &other, sizeof(T));
     return r;
 }
 
-// Runs body once per thread of every block of the grid; blocks in order, threads of a block together.
-inline void launch(dim3 grid, dim3 block, const std::function<void()>& body)
+// Runs body once per thread of every block of the grid; blocks in order, the threads of a block together.
+// One OS thread per thread of a block, reused block after block (creating threads is what costs, above all
+// under ThreadSanitizer): the launching thread publishes block i, waits until every thread has returned from
+// it, then publishes block i + 1 — so one block's accesses to the static __shared__ arrays are ordered
+// before the next block's, as separate shared memories would be. Publication and completion use their own
+// mutexes, never a block's barrier mutex, so they add no ordering between the threads of one block.
+// A launch that does not finish within TM_EMU_LAUNCH_TIMEOUT_S seconds (default 120) is a deadlock — threads of
+// one block waiting at different barriers, say a shuffle some lanes skip while others wait at __syncthreads —
+// or an endless loop: the process says which kernel and block, and exits with status 124 rather than hang.
+inline std::string current_kernel = "kernel";
+
+inline int launch_timeout_seconds()
+{
+    const char* s = std::getenv("TM_EMU_LAUNCH_TIMEOUT_S");
+    int v = s ? std::atoi(s) : 0;
+    return v > 0 ? v : 120;
+}
+
+inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body)
 {
     gridDim = grid;
-    blockDim = block;
-    int n = block.x * block.y * block.z;
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++)
+    blockDim = blockShape;
+    const int n = blockShape.x * blockShape.y * blockShape.z;
+    const long long blocks = (long long)grid.x * grid.y * grid.z;
+    std::mutex publish_m, done_m;
+    std::condition_variable publish_cv, done_cv;
+    long long published = -1;
+    int done = 0;
+    auto setup = [&](long long i) {
+        block = std::make_unique<Block>(n, i % 2 == 1);
+        warps.clear();
+        for (int w = 0; w < n; w += 32) warps.push_back(std::make_unique<Warp>(n - w < 32 ? n - w : 32));
+    };
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    for (int t = 0; t < n; t++)
+        threads.emplace_back([&, t] {
+            threadIdx = {(unsigned)(t % blockShape.x), (unsigned)(t / blockShape.x % blockShape.y), (unsigned)(t / (blockShape.x * blockShape.y))};
+            for (long long i = 0; i < blocks; i++)
             {
-                block_barrier = std::make_unique<std::barrier<>>(n);
-                warps.clear();
-                for (int w = 0; w < n; w += 32) warps.push_back(std::make_unique<Warp>(n - w < 32 ? n - w : 32));
-                std::vector<std::thread> threads;
-                for (int t = 0; t < n; t++)
-                    threads.emplace_back([=] {
-                        blockIdx = {bx, by, bz};
-                        threadIdx = {(unsigned)(t % block.x), (unsigned)(t / block.x % block.y), (unsigned)(t / (block.x * block.y))};
-                        body();
-                        block_barrier->arrive_and_drop();
-                        warps[t / 32]->bar.arrive_and_drop();
-                    });
-                for (auto& th : threads) th.join();
+                {
+                    std::unique_lock lock(publish_m);
+                    publish_cv.wait(lock, [&] { return published == i; });
+                }
+                blockIdx = {(unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y), (unsigned)(i / ((long long)grid.x * grid.y))};
+                block->start(t / 32);
+                body();
+                warps[t / 32]->bar.drop();
+                block->exit(t / 32);
+                std::lock_guard lock(done_m);
+                if (++done == n) done_cv.notify_one();
             }
+        });
+    for (long long i = 0; i < blocks; i++)
+    {
+        setup(i);
+        {
+            std::lock_guard lock(publish_m);
+            published = i;
+            publish_cv.notify_all();
+        }
+        block->open();
+        std::unique_lock lock(done_m);
+        if (!done_cv.wait_for(lock, std::chrono::seconds(launch_timeout_seconds()), [&] { return done == n; }))
+        {
+            std::fprintf(stderr, "cuda-emu: %s, block %lld of %lld (%d threads): %d of %d threads did not finish within %d s "
+                                 "(a deadlock: threads of the block waiting at different barriers, or an endless loop)\n",
+                         current_kernel.c_str(), i, blocks, n, n - done, n, launch_timeout_seconds());
+            std::fflush(stderr);
+            std::_Exit(124);
+        }
+        done = 0;
+    }
+    for (auto& th : threads) th.join();
 }
+
+// Kernels by name, for the emulated driver: each kernel file's translation unit registers its kernels.
+using Invoker = std::function<void(void**)>;
+inline std::map<std::string, Invoker>& registry() { static std::map<std::string, Invoker> r; return r; }
+
+// kernelParams[i] points at argument i: read each as the kernel's parameter type.
+template <typename... A, size_t... I>
+void call(void (*k)(A...), void** p, std::index_sequence<I...>) { k(*static_cast<std::remove_cv_t<A>*>(p[I])...); }
+
+struct Registration
+{
+    template <typename... A>
+    Registration(const char* name, void (*k)(A...)) { registry()[name] = [k](void** p) { call(k, p, std::index_sequence_for<A...>{}); }; }
+};
 } // namespace emu
 
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emu::block->sync(emu::linear_thread() / 32); }
 inline float __shfl_xor_sync(unsigned, float v, int mask) { return emu::shfl_xor(v, mask); }
 inline int __shfl_xor_sync(unsigned, int v, int mask) { return emu::shfl_xor(v, mask); }

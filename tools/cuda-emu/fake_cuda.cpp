@@ -1,10 +1,11 @@
 // fake_cuda.cpp — an emulated CUDA driver (libcuda) for machines without a GPU: the driver-API
 // entry points TokenMill calls, with "device" memory in host RAM and cuLaunchKernel running the
-// kernels of src/Kernels/cuda on the CPU through cuda_emu.h. Point the resolver at it:
-//   TOKENMILL_CUDA_LIBRARY=/path/libcuda-emu.so tokenmill kernels selftest
-// so the whole host path runs for real — NVRTC compilation of PTX for the reported compute_90,
-// module loading (the PTX must declare every kernel looked up), argument packing, launch shapes,
-// copies — and only the kernels' execution is emulated. Build: tools/cuda-emu/build-fake-driver.sh.
+// kernels of src/Kernels/cuda on the CPU through cuda_emu.h. 'tokenmill kernels test --emulate' builds it
+// at run time (one translation unit per .cu file registers that file's kernels in emu::registry(), so a
+// file the shim cannot compile fails only its own kernels) and points the resolver at it, so the whole
+// host path runs for real — NVRTC compilation of PTX for the reported compute_90, module loading (the
+// PTX must declare every kernel looked up), argument packing, launch shapes, copies — and only the
+// kernels' execution is emulated.
 #include "cuda_emu.h"
 #include <cstdio>
 #include <cstdlib>
@@ -12,53 +13,31 @@
 #include <string>
 #include <utility>
 
-#include "../../src/Kernels/cuda/embedding.cu"
-#include "../../src/Kernels/cuda/rms_norm.cu"
-#include "../../src/Kernels/cuda/rope.cu"
-#include "../../src/Kernels/cuda/reshape_and_cache.cu"
-#include "../../src/Kernels/cuda/paged_attention.cu"
-#include "../../src/Kernels/cuda/activation.cu"
-#include "../../src/Kernels/cuda/gemv.cu"
-#include "../../src/Kernels/cuda/argmax.cu"
-
 typedef int CUresult;
 enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500 };
 
 namespace {
-using Invoker = std::function<void(void**)>;
-
-// kernelParams[i] points at argument i: read each as the kernel's parameter type.
-template <typename... A, size_t... I>
-void call(void (*k)(A...), void** p, std::index_sequence<I...>) { k(*static_cast<std::remove_cv_t<A>*>(p[I])...); }
-
-template <typename... A>
-Invoker invoker(void (*k)(A...)) { return [k](void** p) { call(k, p, std::index_sequence_for<A...>{}); }; }
-
-const std::map<std::string, Invoker>& kernels()
-{
-    static const std::map<std::string, Invoker> table = {
-#define K(name) {#name, invoker(&name)}
-        K(embedding_f32), K(embedding_f16), K(embedding_bf16), K(embedding_q8_0),
-        K(rms_norm), K(fused_add_rms_norm), K(rope),
-        K(reshape_and_cache_f32), K(reshape_and_cache_f16),
-        K(paged_attention_decode_f32), K(paged_attention_decode_f16),
-        K(silu_and_mul), K(gelu_tanh_and_mul),
-        K(gemv_f32), K(gemv_f16), K(gemv_bf16), K(gemv_q8_0), K(gemv_q4_0),
-        K(argmax),
-#undef K
-    };
-    return table;
-}
-
 struct Module { std::string ptx; };
-struct Function { std::string name; const Invoker* run; };
+struct Function { std::string name; const emu::Invoker* run; };
 std::map<unsigned long long, size_t> allocations;
 int context_token;
 } // namespace
 
 extern "C" {
-CUresult cuGetErrorName(CUresult e, const char** s) { *s = e == OK ? "CUDA_SUCCESS" : "CUDA_ERROR_EMULATED"; return OK; }
-CUresult cuGetErrorString(CUresult e, const char** s) { *s = e == OK ? "no error" : "error in the emulated driver"; return OK; }
+CUresult cuGetErrorName(CUresult e, const char** s)
+{
+    *s = e == OK ? "CUDA_SUCCESS" : e == INVALID_VALUE ? "CUDA_ERROR_INVALID_VALUE" : e == OUT_OF_MEMORY ? "CUDA_ERROR_OUT_OF_MEMORY"
+       : e == INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : e == NOT_FOUND ? "CUDA_ERROR_NOT_FOUND" : "CUDA_ERROR_UNKNOWN";
+    return OK;
+}
+CUresult cuGetErrorString(CUresult e, const char** s)
+{
+    *s = e == OK ? "no error"
+       : e == NOT_FOUND ? "the emulated driver has no such kernel (its file did not build in the CPU shim, or the PTX does not declare it)"
+       : e == INVALID_VALUE ? "invalid value (the emulated driver checks launch shapes, shared memory and copy bounds)"
+       : "error in the emulated driver";
+    return OK;
+}
 CUresult cuInit(unsigned) { return OK; }
 CUresult cuDriverGetVersion(int* v) { *v = 12000; return OK; }
 CUresult cuDeviceGetCount(int* n) { *n = 1; return OK; }
@@ -93,8 +72,8 @@ CUresult cuModuleUnload(void* module) { delete static_cast<Module*>(module); ret
 CUresult cuModuleGetFunction(void** f, void* module, const char* name)
 {
     auto* m = static_cast<Module*>(module);
-    auto it = kernels().find(name);
-    if (it == kernels().end() || m->ptx.find(std::string(".entry ") + name + "(") == std::string::npos) return NOT_FOUND;
+    auto it = emu::registry().find(name);
+    if (it == emu::registry().end() || m->ptx.find(std::string(".entry ") + name + "(") == std::string::npos) return NOT_FOUND;
     *f = new Function{name, &it->second};   // leaked: a handful per process
     return OK;
 }
@@ -105,6 +84,7 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
 {
     if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
     auto* fn = static_cast<Function*>(f);
+    emu::current_kernel = fn->name;
     emu::launch({gx, gy, gz}, {bx, by, bz}, [&] { (*fn->run)(params); });
     return OK;
 }

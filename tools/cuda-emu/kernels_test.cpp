@@ -1,20 +1,23 @@
 // kernels_test.cpp — runs every kernel of src/Kernels/cuda on the CPU through cuda_emu.h and compares
 // it with a scalar reference written from the formulas (the same ones CpuForward uses).
-// Build and run: tools/cuda-emu/run.sh. Prints one line per check; exit code 1 if any fails.
+// 'tokenmill kernels test --emulate' is the kernel test (C# references, the backend's host path); this
+// standalone harness is what runs under ThreadSanitizer (no .NET runtime in the process), with all of a
+// block's threads at once (TM_EMU_FREE_RUNNING): see CudaKernelSanitizerTests.
+// Build and run: tools/cuda-emu/run.sh [KERNELS_DIR] [g++ flags]. Prints one line per check; exit code 1 if any fails.
 #include "cuda_emu.h"
 #include <cstdio>
 #include <cstdint>
 #include <algorithm>
 #include <string>
 
-#include "../../src/Kernels/cuda/embedding.cu"
-#include "../../src/Kernels/cuda/rms_norm.cu"
-#include "../../src/Kernels/cuda/rope.cu"
-#include "../../src/Kernels/cuda/reshape_and_cache.cu"
-#include "../../src/Kernels/cuda/paged_attention.cu"
-#include "../../src/Kernels/cuda/activation.cu"
-#include "../../src/Kernels/cuda/gemv.cu"
-#include "../../src/Kernels/cuda/argmax.cu"
+#include "embedding.cu"
+#include "rms_norm.cu"
+#include "rope.cu"
+#include "reshape_and_cache.cu"
+#include "paged_attention.cu"
+#include "activation.cu"
+#include "gemv.cu"
+#include "argmax.cu"
 
 static int failures = 0, checks = 0;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -264,15 +267,21 @@ static void argmax_check()
     check("argmax (random, tie, all equal, -inf + NaN)", out, std::vector<int>{e0, 100, 0, 5}, 0);
 }
 
-int main()
+// With arguments, runs only the named groups (embedding, norms, rope, attention, activations, gemv, argmax).
+int main(int argc, char** argv)
 {
-    embedding();
-    norms();
-    rope_check();
-    cache_and_attention();
-    activations();
-    gemv();
-    argmax_check();
+    const std::pair<const char*, void (*)()> groups[] = {
+        {"embedding", embedding}, {"norms", norms}, {"rope", rope_check}, {"attention", cache_and_attention},
+        {"activations", activations}, {"gemv", gemv}, {"argmax", argmax_check},
+    };
+    for (int i = 1; i < argc; i++)
+        if (std::none_of(std::begin(groups), std::end(groups), [&](auto& g) { return std::string(g.first) == argv[i]; }))
+        {
+            std::fprintf(stderr, "unknown group '%s'\n", argv[i]);
+            return 2;
+        }
+    for (auto& [name, run] : groups)
+        if (argc == 1 || std::any_of(argv + 1, argv + argc, [&](const char* a) { return std::string(a) == name; })) run();
     std::printf("%d of %d checks passed\n", checks - failures, checks);
     return failures == 0 ? 0 : 1;
 }

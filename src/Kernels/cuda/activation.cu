@@ -7,7 +7,11 @@
 //   gelu_tanh_and_mul: gelu(g) ≈ ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³)))  (Gemma)
 #include "common.cuh"
 
-extern "C" __global__ void silu_and_mul(const float* gate, const float* __restrict__ up, float* out, tm_i64 n)
+// __launch_bounds__(256, 8): 8 resident blocks of 256 threads (full occupancy) caps registers at 32; without it
+// CUDA 11.8's ptxas gives silu_and_mul 34 registers on sm_80, 6 blocks per SM (75 %). No spills either way
+// ('tokenmill kernels check' shows both).
+
+extern "C" __global__ void __launch_bounds__(256, 8) silu_and_mul(const float* gate, const float* __restrict__ up, float* out, tm_i64 n)
 {
     for (tm_i64 i = (tm_i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (tm_i64)gridDim.x * blockDim.x)
     {

@@ -76,7 +76,9 @@ extern "C" __global__ void gemv_q8_0(const tm_u8* __restrict__ w, const float* _
     if (lane == 0) yt[row] = sum;
 }
 
-extern "C" __global__ void gemv_q4_0(const tm_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
+// __launch_bounds__(128, 16): 16 blocks of 4 warps (full occupancy) caps registers at 32; without it ptxas 11.8
+// uses 34 (75 % occupancy on sm_80 and sm_90), and no spills with it ('tokenmill kernels check').
+extern "C" __global__ void __launch_bounds__(128, 16) gemv_q4_0(const tm_u8* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,
                                      int rows, int cols)
 {
     TM_GEMV_ROW;

@@ -28,8 +28,8 @@ public static class Cli
             BenchCommand.Help + BenchServe.Help, Subcommands: ["latency", "throughput", "serve"]),
         new("simulate", "replay a request trace through the scheduler and KV cache (eviction-policy research)",
             SimulateCommand.Run, SimulateCommand.ValueOptions, SimulateCommand.Flags, SimulateCommand.Help, Subcommands: ["generate-trace"]),
-        new("kernels", "compile and check the CUDA kernels ('kernels check'; needs NVRTC, not a GPU)",
-            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "selftest"]),
+        new("kernels", "compile, check and test the CUDA kernels ('kernels check', 'kernels test --emulate': no GPU needed)",
+            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "sass", "test", "selftest"]),
         new("completion", "print a shell completion script: bash, zsh, fish or pwsh", CompletionCommand.Run,
             new HashSet<string>(), CompletionCommand.Flags, CompletionCommand.Help, Subcommands: CompletionCommand.Shells),
     ];

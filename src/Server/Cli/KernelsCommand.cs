@@ -8,29 +8,47 @@ namespace TokenMill.Server.Cli;
 /// <summary>
 /// <c>tokenmill kernels check</c>: compiles every CUDA kernel file with NVRTC for each architecture and
 /// prints one row per (file, architecture) — compile time, PTX size, OK/FAIL — then NVRTC's log for each
-/// failure. Needs NVRTC only, no GPU. Exit code 1 when any compilation fails or NVRTC cannot be loaded.
+/// failure; where ptxas is found, assembles every kernel for the matching sm_NN and prints its registers,
+/// spills, stack, shared memory and occupancy at the backend's launch configuration against the kernel's
+/// budget (<see cref="KernelLaunches"/>). Needs NVRTC (and ptxas) only, no GPU. Exit code 1 when any
+/// compilation fails, a budget is exceeded, or NVRTC cannot be loaded.
+/// <c>tokenmill kernels sass NAME</c> prints one kernel's SASS (ptxas + cuobjdump).
 /// </summary>
 public static class KernelsCommand
 {
     internal const string Help = """
-        usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--no-cache]
-               tokenmill kernels selftest [--kernels-dir DIR] [--device N] [--no-cache]
+        usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--ptxas PATH] [--no-cache]
+               tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]
+               tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
 
-          check     compile every kernel with NVRTC (no GPU needed)
-          selftest  run every kernel on GPU N (default 0) against scalar references (needs a GPU)
+          check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
+                    and check its registers, spills and occupancy against its budget
+          sass      print the SASS of kernel NAME (ptxas, then cuobjdump -sass)
+          test      run every kernel against the CPU reference (tolerance per dtype), print a pass/fail table:
+                    on GPU N (default 0), or with --emulate on the CPU through the shim of tools/cuda-emu
+                    (built with g++ at run time from the kernel sources; no GPU, no driver). 'selftest' is
+                    the same command.
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
-          --arch LIST        compute capabilities to compile for (default 80,90: compute_80, compute_90)
-          --device N         selftest: the GPU to run on (default 0)
+          --arch LIST        compute capabilities to compile for (default 80,90: compute_80, compute_90;
+                             for sass one architecture, default sm_90)
+          --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
+                             where .ci/install-deps puts it); cuobjdump is looked for next to it
+          --kernel LIST      test only these kernels (comma-separated names)
           --no-cache         compile even when the PTX cache has the result
-                             (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels)
+                             (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
+                             shim's objects go to its emulation/ folder)
 
         example: tokenmill kernels check --arch 80,90
+                 tokenmill kernels test --emulate --kernels-dir my-kernels/
         """;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device"];
-    internal static readonly HashSet<string> Flags = ["no-cache", "help"];
+    /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
+    public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
+
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
+    internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
@@ -40,11 +58,18 @@ public static class KernelsCommand
             stdout.WriteLine(Help);
             return a.Flag("help") ? Cli.ExitOk : Cli.ExitUsage;
         }
-        if (a.Positional is ["selftest"]) return SelfTest(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, selftest)");
+        if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
+        if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
+        string? ptxas = FindPtxas(a, stderr, out bool ptxasMissing);
+        if (ptxasMissing) return Cli.ExitFailure;
+        if (ptxas is not null)
+            foreach (string arch in archs)
+                if (SmLimits.Find(RealArchitecture(arch)) is null)
+                    throw new UsageException($"--arch {arch}: no SM limits known for {RealArchitecture(arch)} to compute occupancy with (known: {string.Join(", ", SmLimits.All.Select(l => l.Architecture))})");
         if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string reason))
         {
             stderr.WriteLine($"tokenmill kernels: error: {reason}");
@@ -63,19 +88,212 @@ public static class KernelsCommand
         }
         int failed = results.Count(r => r.Error is not null);
         stdout.WriteLine(failed == 0 ? $"all {results.Count} compilations OK" : $"{failed} of {results.Count} compilations FAILED");
-        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+
+        int overBudget = 0;
+        if (ptxas is null)
+        {
+            stdout.WriteLine();
+            stdout.WriteLine($"ptxas not found on PATH or in {Ptxas.InstallDirectory} (.ci/install-deps installs it; or pass --ptxas PATH): " +
+                             "registers, spills and occupancy NOT checked");
+        }
+        else
+        {
+            stdout.WriteLine();
+            stdout.WriteLine($"ptxas {ptxas}: resources per kernel at the backend's launch configuration (budgets: KernelLaunches)");
+            var rows = CheckResources(ptxas, sources, results);
+            WriteResourceTable(stdout, rows);
+            overBudget = rows.Count(r => r.Problem is not null);
+            stdout.WriteLine(overBudget == 0 ? $"all {rows.Count} kernel resource budgets met" : $"{overBudget} of {rows.Count} kernel resource checks FAILED");
+        }
+        return failed == 0 && overBudget == 0 ? Cli.ExitOk : Cli.ExitFailure;
+    }
+
+    /// <summary>ptxas from --ptxas (missing = error), else found on PATH or in the install folder (null = not found).</summary>
+    static string? FindPtxas(CliArguments a, TextWriter stderr, out bool missing)
+    {
+        missing = false;
+        if (a.String("ptxas") is not { } path) return Ptxas.Find("ptxas");
+        if (File.Exists(path)) return Path.GetFullPath(path);
+        stderr.WriteLine($"tokenmill kernels: error: --ptxas {path}: no such file");
+        missing = true;
+        return null;
+    }
+
+    /// <summary>compute_90 → sm_90: the real architecture ptxas assembles the compute_90 PTX for.</summary>
+    static string RealArchitecture(string computeArch) => "sm_" + computeArch["compute_".Length..];
+
+    /// <summary>
+    /// One kernel on one architecture: what ptxas reported, the occupancy at its launch configuration, and
+    /// what is wrong (over budget, no budget declared, ptxas failed) — null when it is within budget.
+    /// </summary>
+    public sealed record ResourceRow(string Kernel, string Architecture, KernelResources? Resources, KernelLaunch? Launch,
+                                     OccupancyResult? Occupancy, string? Problem);
+
+    /// <summary>Assembles every compiled kernel file with ptxas for its sm_NN and checks each kernel against its budget.</summary>
+    public static IReadOnlyList<ResourceRow> CheckResources(string ptxas, IReadOnlyList<KernelSource> sources, IReadOnlyList<CheckResult> compiled)
+    {
+        var rows = new List<ResourceRow>();
+        string work = Directory.CreateTempSubdirectory("tokenmill-ptxas").FullName;
+        try
+        {
+            foreach (var c in compiled.Where(c => c.Kernel is not null))
+            {
+                string sm = RealArchitecture(c.Architecture);
+                var kernels = sources.First(s => s.FileName == c.FileName).Kernels();
+                var output = Ptxas.Assemble(ptxas, c.Kernel!.Ptx, sm, Path.Combine(work, $"{Path.GetFileNameWithoutExtension(c.FileName)}-{sm}.cubin"));
+                var reported = output.ExitCode == 0 ? Ptxas.ParseResources(output.Text) : [];
+                foreach (var (name, _) in kernels)
+                {
+                    if (output.ExitCode != 0)
+                    {
+                        rows.Add(new ResourceRow(name, sm, null, null, null, $"ptxas failed on {c.FileName}: {output.Text.Trim()}"));
+                        continue;
+                    }
+                    var r = reported.FirstOrDefault(k => k.Kernel == name);
+                    var launch = KernelLaunches.Find(name);
+                    if (r is null) { rows.Add(new ResourceRow(name, sm, null, launch, null, "ptxas reported nothing for this kernel")); continue; }
+                    if (launch is null) { rows.Add(new ResourceRow(name, sm, r, null, null, "no launch configuration or budget declared (KernelLaunches)")); continue; }
+                    var occupancy = Occupancy.Compute(SmLimits.Find(sm)!, launch.BlockSize, r.Registers, r.StaticSharedBytes, launch.DynamicSharedBytes);
+                    string? problem =
+                        occupancy.BlocksPerSm == 0 ? $"cannot launch {launch.BlockSize} threads per block ({occupancy.LimitedBy})" :
+                        r.SpillStoreBytes + r.SpillLoadBytes > launch.MaxSpillBytes ? $"spills {r.SpillStoreBytes} + {r.SpillLoadBytes} bytes (budget {launch.MaxSpillBytes})" :
+                        occupancy.Occupancy < launch.MinOccupancy ? $"occupancy {occupancy.Occupancy:P1} below budget {launch.MinOccupancy:P1} (limited by {occupancy.LimitedBy})" :
+                        null;
+                    rows.Add(new ResourceRow(name, sm, r, launch, occupancy, problem));
+                }
+            }
+        }
+        finally { Directory.Delete(work, recursive: true); }
+        return rows;
+    }
+
+    static void WriteResourceTable(TextWriter w, IReadOnlyList<ResourceRow> rows)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        int nameWidth = Math.Max("kernel".Length, rows.Count == 0 ? 0 : rows.Max(r => r.Kernel.Length));
+        w.WriteLine(string.Create(inv, $"{"kernel".PadRight(nameWidth)}  {"arch",-5}  {"regs",4}  {"spill st/ld",11}  {"stack",5}  {"smem",5}  {"block",5}  {"blocks/SM",9}  {"occupancy",9}  {"limited by",-13}  {"budget",7}  result"));
+        foreach (var r in rows)
+        {
+            var k = r.Resources;
+            string spill = k is null ? "-" : $"{k.SpillStoreBytes}/{k.SpillLoadBytes}";
+            string occ = r.Occupancy is { } o ? o.Occupancy.ToString("P1", inv) : "-";
+            w.WriteLine(string.Create(inv,
+                $"{r.Kernel.PadRight(nameWidth)}  {r.Architecture,-5}  {(k is null ? "-" : k.Registers.ToString(inv)),4}  {spill,11}  {(k is null ? "-" : k.StackFrameBytes.ToString(inv)),5}  " +
+                $"{(k is null ? "-" : k.StaticSharedBytes.ToString(inv)),5}  {(r.Launch is null ? "-" : r.Launch.BlockSize.ToString(inv)),5}  " +
+                $"{(r.Occupancy is null ? "-" : r.Occupancy.BlocksPerSm.ToString(inv)),9}  {occ,9}  {r.Occupancy?.LimitedBy ?? "-",-13}  " +
+                $"{(r.Launch is null ? "-" : r.Launch.MinOccupancy.ToString("P1", inv)),7}  {(r.Problem is null ? "OK" : "FAIL: " + r.Problem)}"));
+        }
+    }
+
+    static int Sass(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        if (a.Positional is not ["sass", var name]) throw new UsageException("usage: tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]");
+        string arch = a.String("arch") ?? "sm_90";
+        string digits = arch.StartsWith("sm_", StringComparison.Ordinal) ? arch[3..] : arch.StartsWith("compute_", StringComparison.Ordinal) ? arch[8..] : arch;
+        if (!int.TryParse(digits, NumberStyles.None, CultureInfo.InvariantCulture, out int cc) || cc < 50 || cc > 200)
+            throw new UsageException($"--arch for sass takes one architecture like sm_90 (or 90); got '{arch}'");
+        var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
+        var file = sources.FirstOrDefault(s => !s.IsHeader && s.Kernels().Any(k => k.Name == name));
+        if (file is null)
+        {
+            var all = sources.Where(s => !s.IsHeader).SelectMany(s => s.Kernels().Select(k => k.Name)).Order(StringComparer.Ordinal);
+            stderr.WriteLine($"tokenmill kernels: error: no kernel named '{name}' (kernels: {string.Join(", ", all)})");
+            return Cli.ExitFailure;
+        }
+        string? ptxas = FindPtxas(a, stderr, out bool missing);
+        if (missing) return Cli.ExitFailure;
+        string? cuobjdump = ptxas is null ? null : Ptxas.Find("cuobjdump", near: ptxas);
+        if (ptxas is null || cuobjdump is null)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {(ptxas is null ? "ptxas" : "cuobjdump")} not found on PATH or in {Ptxas.InstallDirectory} (.ci/install-deps installs both)");
+            return Cli.ExitFailure;
+        }
+        if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string reason))
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {reason}");
+            return Cli.ExitFailure;
+        }
+        CompiledKernel compiled;
+        try { compiled = new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()).Compile(file, sources, $"compute_{cc}"); }
+        catch (NvrtcException e)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {file.FileName} does not compile for compute_{cc}:\n{e.Message}");
+            return Cli.ExitFailure;
+        }
+        string work = Directory.CreateTempSubdirectory("tokenmill-sass").FullName;
+        try
+        {
+            string cubin = Path.Combine(work, $"{Path.GetFileNameWithoutExtension(file.FileName)}.cubin");
+            var assembled = Ptxas.Assemble(ptxas, compiled.Ptx, $"sm_{cc}", cubin);
+            if (assembled.ExitCode != 0)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: ptxas -arch=sm_{cc} failed on {file.FileName}:\n{assembled.Text.Trim()}");
+                return Cli.ExitFailure;
+            }
+            var resources = Ptxas.ParseResources(assembled.Text).FirstOrDefault(r => r.Kernel == name);
+            if (resources is not null)
+                stdout.WriteLine($"// {name} for sm_{cc}: {resources.Registers} registers, {resources.SpillStoreBytes}/{resources.SpillLoadBytes} bytes spill stores/loads, " +
+                                 $"{resources.StackFrameBytes} bytes stack, {resources.StaticSharedBytes} bytes static shared memory");
+            var sass = ExternalTool.Run(cuobjdump, ["-sass", "-fun", name, cubin], TimeSpan.FromMinutes(1));
+            if (sass.ExitCode != 0)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: cuobjdump -sass failed:\n{sass.Text.Trim()}");
+                return Cli.ExitFailure;
+            }
+            stdout.Write(sass.Text);
+            return Cli.ExitOk;
+        }
+        finally { Directory.Delete(work, recursive: true); }
     }
 
     static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
     {
         int device = a.Int("device", 0, min: 0);
+        bool emulate = a.Flag("emulate");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
-        foreach (var lib in new[] { CudaLibrary.Nvrtc, CudaLibrary.Driver })
-            if (!NativeLibraryResolver.TryLoad(lib, out string reason))
+        var known = sources.Where(s => !s.IsHeader).SelectMany(s => s.Kernels().Select(k => k.Name)).ToHashSet(StringComparer.Ordinal);
+        HashSet<string>? only = null;
+        if (a.String("kernel") is { } list)
+        {
+            only = [.. list.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)];
+            if (only.Count == 0) throw new UsageException("--kernel needs at least one kernel name");
+            foreach (string k in only.Where(k => !known.Contains(k)))
+                throw new UsageException($"--kernel {k}: no such kernel (kernels: {string.Join(", ", known.Order(StringComparer.Ordinal))})");
+        }
+        if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtcReason))
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {nvrtcReason}");
+            return Cli.ExitFailure;
+        }
+        IReadOnlyList<EmulationFailure> shimFailures = [];
+        if (emulate)
+        {
+            if (device != 0) throw new UsageException("--device has no meaning with --emulate (the shim is one device)");
+            EmulatedDriver driver;
+            // --no-cache: build into a scratch folder, removed once the driver is loaded (Linux keeps a mapped file alive).
+            string? scratch = a.Flag("no-cache") ? Directory.CreateTempSubdirectory("tokenmill-emu-objects").FullName : null;
+            try
             {
-                stderr.WriteLine($"tokenmill kernels: error: {reason}");
+                driver = KernelEmulation.Build(sources, scratch ?? KernelCompiler.DefaultCacheDirectory());
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+            }
+            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
                 return Cli.ExitFailure;
             }
+            finally
+            {
+                if (scratch is not null) Directory.Delete(scratch, recursive: true);
+            }
+            stdout.WriteLine($"CPU shim built in {driver.Elapsed.TotalSeconds:F1} s: {driver.LibraryPath}");
+            shimFailures = [.. driver.Failures.Where(f => only is null || only.Contains(f.Kernel))];
+        }
+        else if (!NativeLibraryResolver.TryLoad(CudaLibrary.Driver, out string reason))
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {reason} (without a GPU, 'kernels test --emulate' runs the kernels on the CPU)");
+            return Cli.ExitFailure;
+        }
         int count = CudaContext.DeviceCount();
         if (device >= count)
         {
@@ -84,7 +302,24 @@ public static class KernelsCommand
         }
         using var ctx = CudaContext.Create(device);
         stdout.WriteLine($"device {device}: {ctx.DeviceName}, compute capability {ctx.ComputeCapability.Major}.{ctx.ComputeCapability.Minor}, {ctx.TotalMemory >> 20} MiB");
-        var checks = KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources);
+        if (emulate && ctx.DeviceName != EmulatedDeviceName)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: --emulate loaded a driver whose device is '{ctx.DeviceName}', not the CPU shim");
+            return Cli.ExitFailure;
+        }
+        // A kernel the shim could not build is a failing row with the compiler's message, never left out.
+        var checks = shimFailures.Select(f => new KernelCheck(f.Kernel, f.Message, double.NaN, 0)).Concat(
+            KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources,
+                k => (only is null || only.Contains(k)) && !shimFailures.Any(f => f.Kernel == k))).ToList();
+        // Every kernel of the sources is tested: one without a check in KernelSelfTest fails rather than passing unseen.
+        var tested = checks.Select(c => c.Kernel.Split(' ')[0]).ToHashSet(StringComparer.Ordinal);
+        checks.AddRange(known.Where(k => (only is null || only.Contains(k)) && !tested.Contains(k)).Order(StringComparer.Ordinal)
+            .Select(k => new KernelCheck(k, "no test for this kernel (KernelSelfTest)", double.NaN, 0)));
+        if (checks.Count == 0)
+        {
+            stderr.WriteLine("tokenmill kernels: error: no checks ran");
+            return Cli.ExitFailure;
+        }
         int kWidth = Math.Max(6, checks.Max(c => c.Kernel.Length)), cWidth = Math.Max(4, checks.Max(c => c.Case.Length));
         stdout.WriteLine($"{"kernel".PadRight(kWidth)}  {"case".PadRight(cWidth)}  {"max error",10}  {"tolerance",9}  result");
         foreach (var c in checks)

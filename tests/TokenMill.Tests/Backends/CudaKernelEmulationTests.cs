@@ -1,70 +1,143 @@
-using System.Diagnostics;
+using TokenMill.Backends.Cuda;
 
 namespace TokenMill.Tests.Backends;
 
+/// <summary>One object cache for the class: the broken copies below rebuild only their own file's unit.</summary>
+public sealed class EmulationCache : IDisposable
+{
+    public string Directory { get; } = System.IO.Directory.CreateTempSubdirectory("tm-emu-cache").FullName;
+    public void Dispose() => System.IO.Directory.Delete(Directory, recursive: true);
+}
+
 /// <summary>
-/// Runs every CUDA kernel on the CPU through tools/cuda-emu (g++ with a small CUDA emulation: one OS
-/// thread per CUDA thread, real barriers and warp shuffles) against scalar references. It checks the
-/// kernels' indexing, reductions and formulas where no GPU exists; it says nothing about the hardware.
+/// 'tokenmill kernels test --emulate': the CUDA backend's kernel self test (NVRTC PTX, module loading, argument
+/// packing, launches, copies — all real) with only the kernels' execution on the CPU, through the shim of
+/// tools/cuda-emu built by g++ from the kernel sources. It checks the kernels' indexing, barriers, shuffles and
+/// formulas where no GPU exists; it says nothing about the hardware. Deliberately broken copies of kernels, given
+/// with --kernels-dir as a kernel tuner would, must each be caught. Runs as a child process: the emulated driver
+/// must never be loaded into the test host, where the GPU tests would take it for a GPU.
 /// </summary>
-public class CudaKernelEmulationTests
+public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstractions.ITestOutputHelper log) : IClassFixture<EmulationCache>
 {
     static bool HasGxx()
     {
-        try
-        {
-            using var p = Process.Start(new ProcessStartInfo("g++", "--version") { RedirectStandardOutput = true, RedirectStandardError = true });
-            p!.WaitForExit();
-            return p.ExitCode == 0;
-        }
+        try { return ExternalTool.Run("g++", ["--version"], TimeSpan.FromSeconds(30)).ExitCode == 0; }
         catch (System.ComponentModel.Win32Exception) { return false; }
     }
 
-    static (int Code, string Output) RunProcess(string file, IEnumerable<string> args, Dictionary<string, string> env)
+    static void Require()
     {
-        var psi = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stderr = p.StandardError.ReadToEndAsync();
-        string stdout = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return (p.ExitCode, stdout + stderr.Result);
-    }
-
-    static string Tool(string name) => Path.Combine(TestData.RepoRoot, "tools", "cuda-emu", name);
-
-    static void RequireGxx() =>
-        Skip.IfNot(OperatingSystem.IsLinux() && HasGxx(), "g++ not found (the CPU emulation of the CUDA kernels, tools/cuda-emu, needs g++ 12+)");
-
-    [SkippableFact]
-    public void Every_kernel_matches_its_scalar_reference_in_the_CPU_emulation()
-    {
-        RequireGxx();
-        string tmp = Directory.CreateTempSubdirectory("tm-emu").FullName;
-        var (code, output) = RunProcess("bash", [Tool("run.sh")], new() { ["TMPDIR"] = tmp });
-        Assert.True(code == 0, output);
-        Assert.DoesNotContain("FAIL", output);
-        Assert.Matches(@"(\d+) of \1 checks passed", output);
-    }
-
-    /// <summary>
-    /// 'tokenmill kernels selftest' end to end against the emulated driver (fake_cuda.cpp): NVRTC really
-    /// compiles PTX for compute_90, modules are loaded and kernels looked up by name, arguments packed,
-    /// launched with the C# launch shapes and copied back — only the kernels' execution is emulated.
-    /// </summary>
-    [SkippableFact]
-    public void Kernels_selftest_passes_on_the_emulated_driver()
-    {
-        RequireGxx();
+        Skip.IfNot(OperatingSystem.IsLinux() && HasGxx(), "g++ not found (the CPU shim of the CUDA kernels, tools/cuda-emu, needs g++ 12+)");
         Skip.IfNot(TokenMill.Interop.NativeLibraryResolver.TryLoad(TokenMill.Interop.CudaLibrary.Nvrtc, out string reason), "NVRTC cannot be loaded: " + reason);
-        string tmp = Directory.CreateTempSubdirectory("tm-emu").FullName;
-        var (built, library) = RunProcess("bash", [Tool("build-fake-driver.sh")], new() { ["TMPDIR"] = tmp });
-        Assert.True(built == 0, library);
-        var (code, output) = RunProcess("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), "kernels", "selftest", "--no-cache"],
-            new() { ["TOKENMILL_CUDA_LIBRARY"] = library.Trim().Split('\n')[^1] });
+    }
+
+    (int Code, string Output) Tokenmill(params string[] args) => Tokenmill(new Dictionary<string, string>(), args);
+
+    (int Code, string Output) Tokenmill(Dictionary<string, string> environment, params string[] args)
+    {
+        environment["TOKENMILL_CACHE_DIR"] = cache.Directory;
+        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5), environment);
+        Assert.True(run.ExitCode != -1, run.Text);
+        return (run.ExitCode, run.Text);
+    }
+
+    /// <summary>A copy of the embedded kernels in a fresh folder, with <paramref name="file"/>'s <paramref name="from"/> replaced by <paramref name="to"/>.</summary>
+    static string BrokenCopy(string file, string from, string to)
+    {
+        string dir = Directory.CreateTempSubdirectory("tm-emu-broken").FullName;
+        foreach (var s in KernelSources.Embedded())
+        {
+            string text = s.Text;
+            if (s.FileName == file)
+            {
+                Assert.Contains(from, text);   // the kernel changed: update the breakage, do not let the test pass vacuously
+                text = text.Replace(from, to, StringComparison.Ordinal);
+            }
+            File.WriteAllText(Path.Combine(dir, s.FileName), text);
+        }
+        return dir;
+    }
+
+    [SkippableFact]
+    public void Every_kernel_passes_on_the_CPU_shim()
+    {
+        Require();
+        var (code, output) = Tokenmill("kernels", "test", "--emulate");
+        log.WriteLine(output);   // the pass table, in the test log
         Assert.True(code == 0, output);
-        Assert.Contains("TokenMill CPU emulation (no GPU), compute capability 9.0", output);
+        Assert.Contains($"device 0: {TokenMill.Server.Cli.KernelsCommand.EmulatedDeviceName}, compute capability 9.0", output);
         Assert.DoesNotContain("FAIL", output);
+        foreach (var launch in KernelLaunches.All) Assert.Matches($@"(?m)^{launch.Kernel}\s.*PASS$", output);
         Assert.Matches(@"all \d+ checks passed", output);
+    }
+
+    [SkippableFact]
+    public void An_off_by_one_index_is_caught()
+    {
+        Require();
+        // gemv_q8_0 reads its quants one byte early: the scale's high byte becomes the first quant.
+        string dir = BrokenCopy("gemv.cu", "(float)(tm_i8)block[2 + lane]", "(float)(tm_i8)block[1 + lane]");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "gemv_q8_0,gemv_q4_0");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^gemv_q8_0\s.*FAIL$", output);
+        Assert.Matches(@"(?m)^gemv_q4_0\s.*PASS$", output);
+    }
+
+    [SkippableFact]
+    public void A_missing_syncthreads_is_caught()
+    {
+        Require();
+        // Warp 0 reads the other warps' partial results before they are written (the shim runs one warp at a time).
+        string dir = BrokenCopy("argmax.cu", "    }\n    __syncthreads();\n    if (warp == 0)", "    }\n    if (warp == 0)");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "argmax");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^argmax\s.*FAIL$", output);
+    }
+
+    [SkippableFact]
+    public void A_wrong_shuffle_offset_is_caught()
+    {
+        Require();
+        // The index is exchanged with the lane at half the offset of its value's: each (value, index) pair comes apart.
+        string dir = BrokenCopy("argmax.cu", "__shfl_xor_sync(TM_FULL_MASK, idx, offset)", "__shfl_xor_sync(TM_FULL_MASK, idx, offset / 2)");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "argmax,rms_norm");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^argmax\s.*FAIL$", output);
+        Assert.Matches(@"(?m)^rms_norm\s.*PASS$", output);   // its own shuffles are right
+    }
+
+    [SkippableFact]
+    public void A_construct_the_shim_cannot_express_fails_its_kernel_by_name()
+    {
+        Require();
+        // __ldg (a read-only cache load) is not in the shim: gemv_f16 cannot be built, and neither can the rest of gemv.cu.
+        string dir = BrokenCopy("gemv.cu", "tm_f16_to_f32(wr[i])", "tm_f16_to_f32(__ldg(&wr[i]))");
+        File.WriteAllText(Path.Combine(dir, "mine.cu"), "extern \"C\" __global__ void my_kernel(float* y) { y[threadIdx.x] = 1.0f; }\n");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "gemv_f16,gemv_f32,rms_norm,my_kernel");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^gemv_f16\s+the CPU shim cannot compile it: .*gemv\.cu:\d+:\d+: error: .*__ldg.*FAIL$", output);
+        Assert.Matches(@"(?m)^gemv_f32\s+not built: another kernel of gemv\.cu does not compile in the CPU shim.*FAIL$", output);
+        Assert.Matches(@"(?m)^rms_norm\s.*PASS$", output);
+        Assert.Matches(@"(?m)^my_kernel\s+no test for this kernel \(KernelSelfTest\).*FAIL$", output);
+    }
+
+    [SkippableFact]
+    public void A_deadlocked_kernel_ends_the_run_with_its_name_instead_of_hanging()
+    {
+        Require();
+        // Lanes 0..15 wait in the shuffles, lanes 16..31 at __syncthreads: neither barrier can ever complete.
+        string dir = BrokenCopy("argmax.cu", "\n    for (int offset = TM_WARP / 2; offset > 0; offset >>= 1)\n        tm_arg_better",
+                                             "\n    if (lane < 16)\n    for (int offset = TM_WARP / 2; offset > 0; offset >>= 1)\n        tm_arg_better");
+        var (code, output) = Tokenmill(new Dictionary<string, string> { ["TM_EMU_LAUNCH_TIMEOUT_S"] = "3" }, "kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "argmax");
+        Assert.Equal(124, code);
+        Assert.Matches(@"cuda-emu: argmax, block 0 of 3 \(1024 threads\): \d+ of 1024 threads did not finish within 3 s \(a deadlock", output);
+    }
+
+    [SkippableFact]
+    public void Bad_arguments_are_errors()
+    {
+        Require();
+        Assert.Equal(2, Tokenmill("kernels", "test", "--emulate", "--kernel", "nope").Code);
+        Assert.Equal(2, Tokenmill("kernels", "test", "--emulate", "--device", "1").Code);
     }
 }

@@ -23,16 +23,29 @@ public sealed class KernelSelfTest : IDisposable
     readonly Dictionary<string, CudaModule> _modules = [];
     readonly List<DeviceBuffer> _buffers = [];
     readonly List<KernelCheck> _results = [];
+    readonly Dictionary<string, string> _moduleErrors = [];
+    Func<string, bool> _include = _ => true;
+    string? _current;
+    static readonly bool[] FalseTrue = [false, true];
+    static readonly int[] Windows = [0, 10];   // full context, and a sliding window shorter than it
     ulong _rng = 0x9E3779B97F4A7C15;
 
     KernelSelfTest(CudaContext ctx) => _ctx = ctx;
 
-    /// <summary>Compiles the kernels for the context's device, loads them and runs every check.</summary>
-    public static IReadOnlyList<KernelCheck> Run(CudaContext ctx, KernelCompiler compiler, IReadOnlyList<KernelSource> sources)
+    /// <summary>
+    /// Compiles the kernels for the context's device, loads them and runs every check (or those of the kernels
+    /// <paramref name="include"/> accepts). A kernel that cannot be compiled, loaded or launched gets a failing
+    /// check carrying the error; the others still run.
+    /// </summary>
+    public static IReadOnlyList<KernelCheck> Run(CudaContext ctx, KernelCompiler compiler, IReadOnlyList<KernelSource> sources,
+                                                 Func<string, bool>? include = null)
     {
-        using var t = new KernelSelfTest(ctx);
+        using var t = new KernelSelfTest(ctx) { _include = include ?? (_ => true) };
         foreach (var kernel in sources.Where(s => !s.IsHeader))
-            t._modules[kernel.FileName] = ctx.LoadModule(compiler.Compile(kernel, sources, ctx.Architecture).Ptx);
+        {
+            try { t._modules[kernel.FileName] = ctx.LoadModule(compiler.Compile(kernel, sources, ctx.Architecture).Ptx); }
+            catch (CudaInteropException e) { t._moduleErrors[kernel.FileName] = e.Message; }
+        }
         t.Embedding();
         t.Norms();
         t.Rope();
@@ -85,7 +98,36 @@ public sealed class KernelSelfTest : IDisposable
         return a;
     }
 
-    CudaKernel K(string file, string name) => _modules[file].GetKernel(name);
+    CudaKernel K(string file, string name)
+    {
+        _current = name;
+        return _modules.TryGetValue(file, out var m) ? m.GetKernel(name)
+            : throw new InvalidOperationException($"{file} was not loaded: {_moduleErrors.GetValueOrDefault(file, "no such kernel file")}");
+    }
+
+    void Guarded(string kernel, Action checks) => Guarded([kernel], checks);
+
+    /// <summary>
+    /// Runs checks that use <paramref name="kernels"/> when one of them is selected. An exception (a kernel
+    /// missing from its module, a failed launch) becomes a failing check of the kernel last looked up, and the
+    /// group's other kernels that got no result are reported as not run — the rest of the self test goes on.
+    /// </summary>
+    void Guarded(string[] kernels, Action checks)
+    {
+        if (!kernels.Any(_include)) return;
+        _current = null;
+        try { checks(); }
+        catch (Exception e) when (e is CudaInteropException or InvalidOperationException)
+        {
+            string failed = _current ?? kernels[0];
+            _results.Add(new KernelCheck(failed, "error: " + e.Message.ReplaceLineEndings(" "), double.NaN, 0));
+            foreach (string k in kernels.Where(k => k != failed && _include(k) && !_results.Any(r => r.Kernel == k)))
+                _results.Add(new KernelCheck(k, $"not run: {failed} failed", double.NaN, 0));
+        }
+    }
+
+    /// <summary>The block the backend launches <paramref name="kernel"/> with (<see cref="KernelLaunches"/>).</summary>
+    static Dim3 Block(string kernel) => new((uint)KernelLaunches.For(kernel).BlockSize);
 
     void Check(string kernel, string name, ReadOnlySpan<float> actual, ReadOnlySpan<double> expected, double tolerance)
     {
@@ -126,17 +168,18 @@ public sealed class KernelSelfTest : IDisposable
         var table = Random(vocab * dim);
         var dTokens = Upload(tokens);
         foreach (var (type, kernel) in new[] { (GgmlType.F32, "embedding_f32"), (GgmlType.F16, "embedding_f16"), (GgmlType.BF16, "embedding_bf16"), (GgmlType.Q8_0, "embedding_q8_0") })
+            Guarded(kernel, () =>
         {
             var encoded = Encode(type, table, vocab, dim);
             var decoded = Decode(type, encoded, vocab, dim);
             var output = Zeros<float>(tokens.Length * dim);
-            K("embedding.cu", kernel).Launch(new Dim3((uint)tokens.Length), new Dim3(256),
+            K("embedding.cu", kernel).Launch(new Dim3((uint)tokens.Length), Block(kernel),
                 new KernelArgs().Add(Upload(encoded)).Add(dTokens).Add(output).Add(dim).Add(scale));
             var expected = new double[tokens.Length * dim];
             for (int t = 0; t < tokens.Length; t++)
                 for (int i = 0; i < dim; i++) expected[t * dim + i] = decoded[tokens[t] * dim + i] * (double)scale;
             Check(kernel, $"{tokens.Length} tokens × {dim}", Download<float>(output, expected.Length), expected, 1e-6);
-        }
+        });
     }
 
     void Norms()
@@ -162,23 +205,31 @@ public sealed class KernelSelfTest : IDisposable
         var dx = Upload(x);
         var dw = Upload(w);
         var dy = Zeros<float>(rows * dim);
-        K("rms_norm.cu", "rms_norm").Launch(new Dim3(rows), new Dim3(256), new KernelArgs().Add(dx).Add(dw).Add(dy).Add(dim).Add(eps));
-        Check("rms_norm", $"{rows} × {dim}", Download<float>(dy, rows * dim), Reference(x), 1e-4);
+        Guarded("rms_norm", () =>
+        {
+            K("rms_norm.cu", "rms_norm").Launch(new Dim3(rows), Block("rms_norm"), new KernelArgs().Add(dx).Add(dw).Add(dy).Add(dim).Add(eps));
+            Check("rms_norm", $"{rows} × {dim}", Download<float>(dy, rows * dim), Reference(x), 1e-4);
+        });
 
         var sum = new float[rows * dim];
         for (int i = 0; i < sum.Length; i++) sum[i] = x[i] + delta[i];
-        K("rms_norm.cu", "fused_add_rms_norm").Launch(new Dim3(rows), new Dim3(256),
-            new KernelArgs().Add(dx).Add(Upload(delta)).Add(dw).Add(dy).Add(dim).Add(eps));
-        Check("fused_add_rms_norm", "normalized", Download<float>(dy, rows * dim), Reference(sum), 1e-4);
-        Check("fused_add_rms_norm", "residual x += delta", Download<float>(dx, rows * dim), [.. sum.Select(v => (double)v)], 0);
+        Guarded("fused_add_rms_norm", () =>
+        {
+            K("rms_norm.cu", "fused_add_rms_norm").Launch(new Dim3(rows), Block("fused_add_rms_norm"),
+                new KernelArgs().Add(dx).Add(Upload(delta)).Add(dw).Add(dy).Add(dim).Add(eps));
+            Check("fused_add_rms_norm", "normalized", Download<float>(dy, rows * dim), Reference(sum), 1e-4);
+            Check("fused_add_rms_norm", "residual x += delta", Download<float>(dx, rows * dim), [.. sum.Select(v => (double)v)], 0);
+        });
     }
 
     void Rope()
     {
         const int heads = 4, kvHeads = 2, headDim = 64;
         int[] positions = [0, 7, 3000];
-        foreach (bool neox in new[] { false, true })
-            foreach (bool factors in new[] { false, true })
+        Guarded("rope", () =>
+        {
+        foreach (bool neox in FalseTrue)
+            foreach (bool factors in FalseTrue)
                 foreach (int rotDim in new[] { headDim, 32 })
                 {
                     int n = positions.Length;
@@ -188,7 +239,7 @@ public sealed class KernelSelfTest : IDisposable
                     const float ropeBase = 10000f, linear = 2f;
                     var dq = Upload(q);
                     var dk = Upload(k);
-                    K("rope.cu", "rope").Launch(new Dim3((uint)n), new Dim3(128), new KernelArgs()
+                    K("rope.cu", "rope").Launch(new Dim3((uint)n), Block("rope"), new KernelArgs()
                         .Add(dq).Add(dk).Add(Upload(positions))
                         .Add(ff is null ? new CUdeviceptr(0) : Upload(ff).Pointer)
                         .Add(heads).Add(kvHeads).Add(headDim).Add(rotDim).Add(ropeBase).Add(linear).Add(neox ? 1 : 0));
@@ -217,6 +268,7 @@ public sealed class KernelSelfTest : IDisposable
                     Check("rope (q)", name, Download<float>(dq, q.Length), Rotate(q, heads), 1e-5);
                     Check("rope (k)", name, Download<float>(dk, k.Length), Rotate(k, kvHeads), 1e-5);
                 }
+        });
     }
 
     void CacheAndAttention()
@@ -230,6 +282,7 @@ public sealed class KernelSelfTest : IDisposable
 
         foreach (var (heads, kvHeads, headDim) in new[] { (8, 2, 64), (4, 4, 80), (2, 1, 256) })
             foreach (bool f16 in new[] { false, true })
+                Guarded([$"reshape_and_cache_{(f16 ? "f16" : "f32")}", $"paged_attention_decode_{(f16 ? "f16" : "f32")}"], () =>
             {
                 int kvDim = kvHeads * headDim, slots = numBlocks * blockSize, elementBytes = f16 ? 2 : 4;
                 string type = f16 ? "f16" : "f32";
@@ -243,7 +296,7 @@ public sealed class KernelSelfTest : IDisposable
                 var v = Random(tokens * kvDim);
                 var kCache = Zeros<byte>(slots * kvDim * elementBytes);
                 var vCache = Zeros<byte>(slots * kvDim * elementBytes);
-                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), new Dim3(256), new KernelArgs()
+                K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), Block($"reshape_and_cache_{type}"), new KernelArgs()
                     .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
                 // What the cache must hold: each token's row at its slot, rounded to f16 for an f16 cache.
                 float Stored(float x) => f16 ? Fp16.ToSingle(Fp16.FromSingle(x)) : x;
@@ -266,10 +319,10 @@ public sealed class KernelSelfTest : IDisposable
 
                 var q = Random(contextLens.Length * heads * headDim);
                 float scale = 1f / MathF.Sqrt(headDim);
-                foreach (int window in new[] { 0, 10 })
+                foreach (int window in Windows)
                 {
                     var output = Zeros<float>(q.Length);
-                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), new Dim3(128),
+                    K("paged_attention.cu", $"paged_attention_decode_{type}").Launch(new Dim3((uint)heads, (uint)contextLens.Length), Block($"paged_attention_decode_{type}"),
                         new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(contextLens))
                             .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
                     var expected = new double[q.Length];
@@ -297,7 +350,7 @@ public sealed class KernelSelfTest : IDisposable
                     Check($"paged_attention_decode_{type}", $"H{heads}/KV{kvHeads} d{headDim}{(window > 0 ? $" window {window}" : "")}",
                         Download<float>(output, q.Length), expected, 1e-5);
                 }
-            }
+            });
     }
 
     void Activations()
@@ -309,11 +362,17 @@ public sealed class KernelSelfTest : IDisposable
         var dUp = Upload(up);
         var output = Zeros<float>(n);
         uint grid = (n + 255) / 256;
-        K("activation.cu", "silu_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
-        Check("silu_and_mul", $"n {n}", Download<float>(output, n), [.. gate.Select((g, i) => g / (1 + Math.Exp(-g)) * up[i])], 1e-5);
-        K("activation.cu", "gelu_tanh_and_mul").Launch(new Dim3(grid), new Dim3(256), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
-        Check("gelu_tanh_and_mul", $"n {n}", Download<float>(output, n),
-            [.. gate.Select((g, i) => 0.5 * g * (1 + Math.Tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i])], 1e-5);
+        Guarded("silu_and_mul", () =>
+        {
+            K("activation.cu", "silu_and_mul").Launch(new Dim3(grid), Block("silu_and_mul"), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+            Check("silu_and_mul", $"n {n}", Download<float>(output, n), [.. gate.Select((g, i) => g / (1 + Math.Exp(-g)) * up[i])], 1e-5);
+        });
+        Guarded("gelu_tanh_and_mul", () =>
+        {
+            K("activation.cu", "gelu_tanh_and_mul").Launch(new Dim3(grid), Block("gelu_tanh_and_mul"), new KernelArgs().Add(dGate).Add(dUp).Add(output).Add((long)n));
+            Check("gelu_tanh_and_mul", $"n {n}", Download<float>(output, n),
+                [.. gate.Select((g, i) => 0.5 * g * (1 + Math.Tanh(0.7978845608028654 * (g + 0.044715 * g * g * g))) * up[i])], 1e-5);
+        });
     }
 
     void Gemv()
@@ -323,11 +382,13 @@ public sealed class KernelSelfTest : IDisposable
         var x = Random(vectors * cols);
         var dx = Upload(x);
         foreach (var (type, kernel) in new[] { (GgmlType.F32, "gemv_f32"), (GgmlType.F16, "gemv_f16"), (GgmlType.BF16, "gemv_bf16"), (GgmlType.Q8_0, "gemv_q8_0"), (GgmlType.Q4_0, "gemv_q4_0") })
+            Guarded(kernel, () =>
         {
             var encoded = Encode(type, w, rows, cols);
             var decoded = Decode(type, encoded, rows, cols);
             var y = Zeros<float>(vectors * rows);
-            K("gemv.cu", kernel).Launch(new Dim3((rows + 3) / 4, vectors), new Dim3(128),
+            var block = Block(kernel);   // one warp per row
+            K("gemv.cu", kernel).Launch(new Dim3((uint)(rows + block.X / 32 - 1) / (block.X / 32), vectors), block,
                 new KernelArgs().Add(Upload(encoded)).Add(dx).Add(y).Add(rows).Add(cols));
             var expected = new double[vectors * rows];
             for (int t = 0; t < vectors; t++)
@@ -339,7 +400,7 @@ public sealed class KernelSelfTest : IDisposable
                 }
             // 256-term float sums of values up to ~5: a few 1e-5 of rounding, whatever the summation order.
             Check(kernel, $"{rows} × {cols}, {vectors} vectors", Download<float>(y, vectors * rows), expected, 1e-3);
-        }
+        });
     }
 
     void ArgMax()
@@ -349,11 +410,14 @@ public sealed class KernelSelfTest : IDisposable
         logits[vocab + 20000] = 5f;                 // row 1: a tie, the lower index must win
         logits[vocab + 100] = 5f;
         Array.Fill(logits, 0.25f, 2 * vocab, vocab); // row 2: all equal → 0
-        var output = Zeros<int>(3);
-        K("argmax.cu", "argmax").Launch(new Dim3(3), new Dim3(1024), new KernelArgs().Add(Upload(logits)).Add(vocab).Add(output));
-        var got = Download<int>(output, 3);
-        int expected0 = 0;
-        for (int i = 1; i < vocab; i++) if (logits[i] > logits[expected0]) expected0 = i;
-        Check("argmax", "3 rows × 32000 (tie, all equal)", [.. got.Select(i => (float)i)], [expected0, 100, 0], 0);
+        Guarded("argmax", () =>
+        {
+            var output = Zeros<int>(3);
+            K("argmax.cu", "argmax").Launch(new Dim3(3), Block("argmax"), new KernelArgs().Add(Upload(logits)).Add(vocab).Add(output));
+            var got = Download<int>(output, 3);
+            int expected0 = 0;
+            for (int i = 1; i < vocab; i++) if (logits[i] > logits[expected0]) expected0 = i;
+            Check("argmax", "3 rows × 32000 (tie, all equal)", [.. got.Select(i => (float)i)], [expected0, 100, 0], 0);
+        });
     }
 }

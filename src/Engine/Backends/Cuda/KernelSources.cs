@@ -1,11 +1,19 @@
 using System.Reflection;
+using System.Text.RegularExpressions;
 
 namespace TokenMill.Backends.Cuda;
 
 /// <summary>One CUDA source file: a kernel file (<c>.cu</c>) or a header (<c>.cuh</c>) it includes.</summary>
-public sealed record KernelSource(string FileName, string Text)
+public sealed partial record KernelSource(string FileName, string Text)
 {
     public bool IsHeader => FileName.EndsWith(".cuh", StringComparison.Ordinal);
+
+    /// <summary>The kernels this file defines (<c>extern "C" __global__ void [__launch_bounds__(…)] NAME(</c>), with the line each starts on (1-based), in file order.</summary>
+    public IReadOnlyList<(string Name, int Line)> Kernels() =>
+        [.. EntryPoint().Matches(Text).Select(m => (m.Groups[1].Value, 1 + Text.AsSpan(0, m.Index).Count('\n')))];
+
+    [GeneratedRegex(@"extern\s+""C""\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(")]
+    private static partial Regex EntryPoint();
 }
 
 /// <summary>

@@ -1,0 +1,54 @@
+namespace TokenMill.Backends.Cuda;
+
+/// <summary>
+/// How the backend launches one kernel, and the resources it may take on the GPU.
+/// <paramref name="BlockSize"/> and <paramref name="DynamicSharedBytes"/> are what every launch uses (the
+/// grid varies with the batch); <paramref name="MinOccupancy"/> (resident warps ÷ the SM's maximum) and
+/// <paramref name="MaxSpillBytes"/> are the budget <c>tokenmill kernels check --ptxas</c> holds ptxas's
+/// figures to, on every architecture it checks.
+/// </summary>
+public sealed record KernelLaunch(string Kernel, string FileName, int BlockSize, int DynamicSharedBytes, double MinOccupancy, int MaxSpillBytes = 0);
+
+/// <summary>
+/// Every kernel's launch configuration and budget, in one place: the self test launches with these block
+/// sizes, and <c>kernels check --ptxas</c> computes occupancy at them. A kernel missing here fails the check.
+/// </summary>
+public static class KernelLaunches
+{
+    // Budgets: no spills anywhere. Minimum occupancy = what CUDA 11.8's ptxas gives today on sm_80 and sm_90, so a
+    // change that costs registers (or shared memory) enough to lose resident blocks fails: full occupancy for the
+    // memory-bound kernels, which need every warp to hide latency; paged attention's 48 registers give 10 blocks
+    // of 4 warps (62.5 %). rope sits at exactly 32 registers on sm_90 (its libdevice sin/cos slow path also takes
+    // a 48-byte stack frame), so one more register would cost a quarter: its budget allows that, not more.
+    public static readonly IReadOnlyList<KernelLaunch> All =
+    [
+        new("embedding_f32", "embedding.cu", 256, 0, 1.0),
+        new("embedding_f16", "embedding.cu", 256, 0, 1.0),
+        new("embedding_bf16", "embedding.cu", 256, 0, 1.0),
+        new("embedding_q8_0", "embedding.cu", 256, 0, 1.0),
+        new("rms_norm", "rms_norm.cu", 256, 0, 1.0),
+        new("fused_add_rms_norm", "rms_norm.cu", 256, 0, 1.0),
+        new("rope", "rope.cu", 128, 0, 0.75),
+        new("reshape_and_cache_f32", "reshape_and_cache.cu", 256, 0, 1.0),
+        new("reshape_and_cache_f16", "reshape_and_cache.cu", 256, 0, 1.0),
+        new("paged_attention_decode_f32", "paged_attention.cu", 128, 0, 0.625),
+        new("paged_attention_decode_f16", "paged_attention.cu", 128, 0, 0.625),
+        new("silu_and_mul", "activation.cu", 256, 0, 1.0),
+        new("gelu_tanh_and_mul", "activation.cu", 256, 0, 1.0),
+        new("gemv_f32", "gemv.cu", 128, 0, 1.0),
+        new("gemv_f16", "gemv.cu", 128, 0, 1.0),
+        new("gemv_bf16", "gemv.cu", 128, 0, 1.0),
+        new("gemv_q8_0", "gemv.cu", 128, 0, 1.0),
+        new("gemv_q4_0", "gemv.cu", 128, 0, 1.0),
+        new("argmax", "argmax.cu", 1024, 0, 1.0),
+    ];
+
+    static readonly Dictionary<string, KernelLaunch> ByName = All.ToDictionary(k => k.Kernel, StringComparer.Ordinal);
+
+    /// <summary>The launch of <paramref name="kernel"/>, or null when it has none declared.</summary>
+    public static KernelLaunch? Find(string kernel) => ByName.GetValueOrDefault(kernel);
+
+    /// <summary>The launch of <paramref name="kernel"/>; throws when it has none declared.</summary>
+    public static KernelLaunch For(string kernel) =>
+        Find(kernel) ?? throw new KeyNotFoundException($"kernel '{kernel}' has no launch configuration in KernelLaunches");
+}
