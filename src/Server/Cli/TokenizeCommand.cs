@@ -12,13 +12,13 @@ namespace TokenMill.Server.Cli;
 public static class TokenizeCommand
 {
     const string Help = """
-        usage: tokenmill tokenize --model <file.gguf | dummy:preset> [--add-special] [--parse-special] TEXT
+        usage: tokenmill tokenize --model <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--add-special] [--parse-special] TEXT
 
           --add-special      add BOS/EOS as the model's metadata says
           --parse-special    turn the text of special tokens (e.g. <s>) into those tokens
         """;
 
-    static readonly HashSet<string> ValueOptions = ["model"];
+    static readonly HashSet<string> ValueOptions = ["model", "revision"];
     static readonly HashSet<string> Flags = ["add-special", "parse-special", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -43,7 +43,11 @@ public static class TokenizeCommand
         else
         {
             // Only the tokenizer is needed: no weights are touched, so a vocab-only GGUF works too.
-            using var file = GgufFile.Open(modelName);
+            string path = ModelLoader.LocalPath(modelName, new ModelLoadOptions
+            {
+                Revision = a.String("revision"), Hub = TokenMill.Models.Hub.HubOptions.FromEnvironment() with { Progress = stderr },
+            });
+            using var file = GgufFile.Open(path);
             tokenizer = TokenizerLoader.FromGguf(file);
         }
         var ids = tokenizer.Encode(a.Positional[0], addSpecial: a.Flag("add-special"), parseSpecial: a.Flag("parse-special"));
