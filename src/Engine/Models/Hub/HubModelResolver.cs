@@ -24,6 +24,7 @@ public static partial class HubModelResolver
         var cache = client.Cache(reference.RepoId);
         string commit;
         IReadOnlyList<string> files;
+        bool fromCache = options.Offline;
         if (options.Offline)
         {
             commit = cache.ResolveCommit(revision) ?? throw new HubException(
@@ -33,12 +34,40 @@ public static partial class HubModelResolver
         }
         else
         {
-            var info = await client.GetModelInfoAsync(reference.RepoId, revision, cancellationToken).ConfigureAwait(false);
-            cache.WriteRef(revision, info.Commit);
-            (commit, files) = (info.Commit, info.Files);
+            HubRepoInfo? info = null;
+            try
+            {
+                info = await client.GetModelInfoAsync(reference.RepoId, revision, cancellationToken).ConfigureAwait(false);
+            }
+            catch (HttpRequestException e) when (cache.ResolveCommit(revision) is { } cached && cache.SnapshotFiles(cached).Count > 0)
+            {
+                // As huggingface_hub: the Hub cannot be reached, but the cache holds this revision.
+                options.Progress?.WriteLine($"{reference.RepoId}: cannot reach {options.Endpoint} ({e.Message}); using the cached revision '{revision}'");
+            }
+            catch (HttpRequestException e)
+            {
+                throw new HubException($"{reference.RepoId}: cannot reach {options.Endpoint} ({e.Message}) and revision '{revision}' is not in the cache", inner: e);
+            }
+            if (info is null)
+            {
+                fromCache = true;
+                commit = cache.ResolveCommit(revision)!;
+                files = cache.SnapshotFiles(commit);
+            }
+            else
+            {
+                cache.WriteRef(revision, info.Commit);
+                (commit, files) = (info.Commit, info.Files);
+            }
         }
 
-        var chosen = Choose(reference, revision, files, options.Offline);
+        var chosen = Choose(reference, revision, files, fromCache);
+        if (fromCache && !options.Offline)
+        {
+            // Nothing more can be fetched: the chosen files are the cached ones.
+            string only = chosen.Count == 1 && chosen[0].EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? cache.SnapshotPath(commit, chosen[0]) : cache.SnapshotDirectory(commit);
+            return only;
+        }
         string? first = null;
         foreach (var file in chosen)
         {

@@ -206,5 +206,12 @@ public sealed class FakeHub : IAsyncDisposable
         await ctx.Response.Body.WriteAsync(body);
     }
 
-    public async ValueTask DisposeAsync() => await _app.DisposeAsync();
+    bool _disposed;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        await _app.DisposeAsync();
+    }
 }

@@ -144,6 +144,19 @@ public sealed class HubDownloadTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task An_unreachable_hub_falls_back_to_the_cached_revision_and_else_says_it_cannot_reach_it()
+    {
+        string online = Resolve($"{GgufRepo}:Q8_0");
+        string endpoint = _hub.Endpoint;
+        await _hub.DisposeAsync(); // nothing listens there any more
+        var unreachable = new HubOptions { Endpoint = endpoint, CacheDirectory = _cache };
+        Assert.Equal(online, Resolve($"{GgufRepo}:Q8_0", unreachable));
+        var e = Assert.Throws<HubException>(() => Resolve("tm-test/never-fetched", unreachable));
+        Assert.Contains("cannot reach", e.Message);
+        Assert.Contains("not in the cache", e.Message);
+    }
+
+    [Fact]
     public void A_cache_laid_out_by_huggingface_hub_is_reused_without_downloading()
     {
         // What huggingface_hub's hf_hub_download leaves: the blob named by its sha256, a relative symlink, refs/main.
