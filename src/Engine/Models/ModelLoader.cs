@@ -73,7 +73,17 @@ public static class ModelLoader
     {
         options ??= new ModelLoadOptions();
         if (HubModelReference.TryParse(model, out var reference))
-            return HubModelResolver.Resolve(reference, options.Revision ?? "main", options.Hub ?? HubOptions.FromEnvironment());
+        {
+            try
+            {
+                return HubModelResolver.Resolve(reference, options.Revision ?? "main", options.Hub ?? HubOptions.FromEnvironment());
+            }
+            catch (HubException e) when (e.Status is System.Net.HttpStatusCode.Unauthorized or System.Net.HttpStatusCode.NotFound)
+            {
+                // 'models/llama' may be a mistyped local path rather than a repository: say both.
+                throw new HubException($"{e.Message} (and there is no local file or folder '{model}')", e.Status, e);
+            }
+        }
         if (options.Revision is not null)
             throw new ArgumentException($"--revision applies to Hub models (Org/Name) only, not to the local path '{model}'");
         return model;

