@@ -80,6 +80,8 @@ public sealed class TokenMillChatClient : IChatClient
         CompletionChunk? last = null;
         await foreach (var chunk in _engine.Generate(request, cancellationToken).ConfigureAwait(false))
         {
+            // Chunks the engine made before the abort reached it may still be queued: a cancelled caller gets none of them.
+            cancellationToken.ThrowIfCancellationRequested();
             last = chunk;
             if (chunk.IsFinal) break;
             if (chunk.Text.Length == 0) continue;

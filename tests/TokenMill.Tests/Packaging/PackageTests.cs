@@ -54,7 +54,7 @@ public sealed class PackageTests : IDisposable
     public async Task The_packages_pack_and_the_tool_installs_from_a_folder_feed_and_runs()
     {
         string feed = Path.Combine(_tmp, "feed");
-        var pack = Run("dotnet", ["pack", "Engine.sln", "-c", Configuration, "--no-build", "-o", feed, "-v", "q"]);
+        var pack = Run("dotnet", ["pack", "Engine.sln", "-c", Configuration, "--no-build", "-o", feed, "-v", "q", "--disable-build-servers"]);
         Assert.True(pack.Code == 0, pack.Stdout + pack.Stderr);
 
         // The libraries: XML docs, README, license, symbols; the engine depends on the interop package of the same version.
