@@ -293,6 +293,20 @@ public sealed class HubDownloadTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public void Revision_is_refused_for_a_local_path_and_a_missing_repository_mentions_the_local_reading()
+    {
+        string local = Path.Combine(_cache, "model.gguf");
+        File.WriteAllBytes(local, [1]);
+        var e = Assert.Throws<ArgumentException>(() => ModelLoader.LocalPath(local, new ModelLoadOptions { Revision = "v1", Hub = Options() }));
+        Assert.Contains("--revision applies to Hub models", e.Message);
+        Assert.Equal(local, ModelLoader.LocalPath(local, new ModelLoadOptions { Hub = Options() }));
+
+        var missing = Assert.Throws<HubException>(() => ModelLoader.LocalPath("models/llama", new ModelLoadOptions { Hub = Options() }));
+        Assert.Contains("repository not found (401)", missing.Message);
+        Assert.Contains("no local file or folder 'models/llama'", missing.Message);
+    }
+
+    [Fact]
     public void The_environment_is_read_as_huggingface_hub_reads_it()
     {
         var env = new Dictionary<string, string>
