@@ -23,6 +23,16 @@ public sealed unsafe class MappedFile : IDisposable
     public byte* Pointer { get; }
     public long Length { get; }
 
+    /// <summary>
+    /// The file <paramref name="path"/> names, symlinks followed: a Hugging Face cache snapshot is a symlink to its blob,
+    /// and a link's own length is that of its target's name, not of the file.
+    /// </summary>
+    public static FileInfo Stat(string path)
+    {
+        var info = new FileInfo(path);
+        return info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target ? target : info;
+    }
+
     /// <summary>Maps <paramref name="path"/>, which must exist and be non-empty (a zero-length file cannot be mapped).</summary>
     public static MappedFile Open(string path, long length)
     {

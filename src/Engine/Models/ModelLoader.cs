@@ -1,5 +1,6 @@
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
+using TokenMill.Models.Hub;
 using TokenMill.Tokenization;
 
 namespace TokenMill.Models;
@@ -23,9 +24,18 @@ public sealed record ModelLoadOptions
 
     /// <summary>A tokenizer for a Hugging Face folder given in-process (tests, embedders); wins over <see cref="TokenizerPath"/>.</summary>
     public ITokenizer? Tokenizer { get; init; }
+
+    /// <summary>Branch, tag or commit of a Hub model (<c>--revision</c>); default <c>main</c>.</summary>
+    public string? Revision { get; init; }
+
+    /// <summary>How Hub models are fetched; null reads the environment (<see cref="HubOptions.FromEnvironment"/>).</summary>
+    public HubOptions? Hub { get; init; }
 }
 
-/// <summary>Loads what the user named: a <c>.gguf</c> file, a Hugging Face folder or a <c>dummy:&lt;preset&gt;</c>.</summary>
+/// <summary>
+/// Loads what the user named: a <c>.gguf</c> file, a Hugging Face folder, a <c>dummy:&lt;preset&gt;</c>, or a Hub model
+/// <c>Org/Name[:QUANT]</c> (fetched into the Hugging Face cache first, <see cref="HubModelResolver"/>).
+/// </summary>
 public static class ModelLoader
 {
     public const string DefaultModel = "dummy:tinyllama-1.1b";
@@ -48,7 +58,8 @@ public static class ModelLoader
         {
             if (options.DType is { } t)
                 throw new ArgumentException($"--dtype {t} applies to dummy models only; a model file runs in the types it stores");
-            loaded = Directory.Exists(model) ? LoadFolder(model, options) : GgufModelLoader.Load(model);
+            string path = LocalPath(model, options);
+            loaded = Directory.Exists(path) ? LoadFolder(path, options) : GgufModelLoader.Load(path);
         }
         if (options.MaxModelLen is { } len)
         {
@@ -57,6 +68,30 @@ public static class ModelLoader
             return resized;
         }
         return loaded;
+    }
+
+    /// <summary>
+    /// The file or folder <paramref name="model"/> names: itself, or for a Hub model (<c>Org/Name[:QUANT]</c> that is not a
+    /// local path) the cached snapshot, downloaded first when missing.
+    /// </summary>
+    public static string LocalPath(string model, ModelLoadOptions? options = null)
+    {
+        options ??= new ModelLoadOptions();
+        if (HubModelReference.TryParse(model, out var reference))
+        {
+            try
+            {
+                return HubModelResolver.Resolve(reference, options.Revision ?? "main", options.Hub ?? HubOptions.FromEnvironment());
+            }
+            catch (HubException e) when (e.Status is System.Net.HttpStatusCode.Unauthorized or System.Net.HttpStatusCode.NotFound)
+            {
+                // 'models/llama' may be a mistyped local path rather than a repository: say both.
+                throw new HubException($"{e.Message} (and there is no local file or folder '{model}')", e.Status, e);
+            }
+        }
+        if (options.Revision is not null)
+            throw new ArgumentException($"--revision applies to Hub models (Org/Name) only, not to the local path '{model}'");
+        return model;
     }
 
     static Model LoadFolder(string directory, ModelLoadOptions options)

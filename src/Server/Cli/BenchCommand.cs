@@ -73,7 +73,7 @@ public static class BenchCommand
         }
         if (a.Positional.Count > 0) throw new UsageException($"unexpected argument '{a.Positional[0]}'");
 
-        var (modelName, loadOptions) = Cli.ParseModel(a);
+        var (modelName, loadOptions) = Cli.ParseModel(a, stderr);
         int inputLen = a.Int("input-len", mode == "latency" ? 512 : 128, min: 1);
         int outputLen = a.Int("output-len", 128, min: 1);
         int seed = a.Int("seed", 0, min: 0);

@@ -89,13 +89,19 @@ public static class Cli
     /// and <c>--max-model-len</c>, which may exceed the context length the file states (as llama.cpp's -c may:
     /// some converters write too small a value, e.g. stories260K's 128 for a model trained at 512).
     /// </summary>
-    public static (string Model, TokenMill.Models.ModelLoadOptions Load) ParseModel(CliArguments a) =>
+    /// <remarks>
+    /// <c>--model Org/Name[:QUANT]</c> fetches from the Hugging Face Hub (with <c>--revision</c>), drawing progress on
+    /// <paramref name="progress"/>.
+    /// </remarks>
+    public static (string Model, TokenMill.Models.ModelLoadOptions Load) ParseModel(CliArguments a, TextWriter? progress = null) =>
         (a.String("model") ?? TokenMill.Models.ModelLoader.DefaultModel,
          new TokenMill.Models.ModelLoadOptions
          {
              DType = a.String("dtype") is { } dt ? ParseDType(dt) : null,
              MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
              TokenizerPath = a.String("tokenizer"),
+             Revision = a.String("revision"),
+             Hub = TokenMill.Models.Hub.HubOptions.FromEnvironment() with { Progress = progress },
          });
 
     /// <summary>The weight types a dummy model can be made in, as <c>--dtype</c> takes them.</summary>

@@ -21,6 +21,10 @@ public static class GenerateCommand
                                      or dummy:<preset> (random weights in a real shape; its text is noise)
                                      presets: tinyllama-1.1b, llama-3.2-1b, llama-2-7b, llama-3.1-8b, qwen2.5-0.5b, qwen2.5-1.5b
                                      default: dummy:tinyllama-1.1b
+                                     or a Hugging Face Hub model, Org/Name or Org/Name:QUANT (one GGUF file of a
+                                     repository of quantizations, e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M),
+                                     fetched into the huggingface_hub cache (HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE)
+          --revision R               branch, tag or commit of a Hub model (default main)
           --tokenizer T              tokenizer and chat template of a Hugging Face folder (--model DIR): a GGUF file or a
                                      folder with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
@@ -64,7 +68,7 @@ public static class GenerateCommand
     /// <summary>The model and engine options every model-running command takes (parsed by <see cref="ParseEngineOptions"/>).</summary>
     internal static readonly string[] EngineValueOptions =
     [
-        "model", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
+        "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
@@ -91,7 +95,7 @@ public static class GenerateCommand
         if (a.Flag("jsonl") && a.String("prompts-file") is null)
             throw new UsageException("--jsonl goes with --prompts-file");
 
-        var (modelName, loadOptions) = Cli.ParseModel(a);
+        var (modelName, loadOptions) = Cli.ParseModel(a, stderr);
         var engineOptions = ParseEngineOptions(a);
         var sampling = new SamplingParams
         {

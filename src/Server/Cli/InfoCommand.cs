@@ -16,7 +16,7 @@ namespace TokenMill.Server.Cli;
 public static class InfoCommand
 {
     internal const string Help = """
-        usage: tokenmill info <file.gguf | dummy:preset> [--kv-cache-memory SIZE] [--json]
+        usage: tokenmill info <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--kv-cache-memory SIZE] [--json]
 
           --kv-cache-memory SIZE   the budget to size contexts against (default 2GiB)
           --json                   print the facts as one JSON object
@@ -24,7 +24,7 @@ public static class InfoCommand
         example: tokenmill info ../shared/testdata/arch/arch-qwen3.gguf --kv-cache-memory 512MiB
         """;
 
-    internal static readonly HashSet<string> ValueOptions = ["kv-cache-memory"];
+    internal static readonly HashSet<string> ValueOptions = ["kv-cache-memory", "revision"];
     internal static readonly HashSet<string> Flags = ["json", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -55,7 +55,12 @@ public static class InfoCommand
         }
         else
         {
-            using var f = GgufFile.Open(model);
+            // A Hub model (Org/Name:QUANT) is looked at in the cache, downloaded first when missing.
+            string path = ModelLoader.LocalPath(model, new ModelLoadOptions
+            {
+                Revision = a.String("revision"), Hub = TokenMill.Models.Hub.HubOptions.FromEnvironment() with { Progress = stderr },
+            });
+            using var f = GgufFile.Open(path);
             config = ModelConfig.FromGguf(f);
             info["format"] = $"GGUF v{f.Version}";
             info["name"] = f.GetString("general.name");

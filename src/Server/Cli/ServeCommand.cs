@@ -8,10 +8,12 @@ namespace TokenMill.Server.Cli;
 public static class ServeCommand
 {
     internal const string Help = """
-        usage: tokenmill serve [--model <file.gguf | dummy:preset>] [options]
+        usage: tokenmill serve [--model <file.gguf | dummy:preset | Org/Name[:QUANT]>] [options]
 
           --model M                  a GGUF file, a Hugging Face folder (config.json + safetensors), or dummy:<preset>
-                                     (default dummy:tinyllama-1.1b; its text is noise)
+                                     (default dummy:tinyllama-1.1b; its text is noise), or a Hugging Face Hub model
+                                     Org/Name or Org/Name:QUANT, fetched into the huggingface_hub cache
+          --revision R               branch, tag or commit of a Hub model, --model Org/Name[:QUANT] (default main)
           --tokenizer T              tokenizer and chat template of a Hugging Face folder: a GGUF file or a folder
                                      with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model (default Q8_0)
@@ -69,14 +71,16 @@ public static class ServeCommand
             return Cli.ExitOk;
         }
         if (a.Positional.Count > 0) throw new UsageException($"unexpected argument '{a.Positional[0]}'");
-        var (modelName, loadOptions) = Cli.ParseModel(a);
+        var (modelName, loadOptions) = Cli.ParseModel(a, stderr);
         var engineOptions = GenerateCommand.ParseEngineOptions(a);
         engineOptions.Validate();
         var options = new ServerOptions
         {
             Host = a.String("host") ?? "127.0.0.1",
             Port = a.Int("port", 8000, min: 0, max: 65535),
-            ServedModelName = a.String("served-model-name"),
+            // A Hub model is served under the name it was asked by (Org/Name[:QUANT]), as vLLM does, not its cache path.
+            ServedModelName = a.String("served-model-name")
+                ?? (TokenMill.Models.Hub.HubModelReference.TryParse(modelName, out var hub) ? hub.ToString() : null),
             ApiKey = ApiKey(a),
             ShutdownTimeout = TimeSpan.FromSeconds(a.Float("shutdown-timeout", 30, min: 0, max: 3600)),
             RateLimitRequestsPerMinute = a.Int("rate-limit-rpm", 0, min: 0),

@@ -13,7 +13,7 @@ namespace TokenMill.Server.Cli;
 public static class TokenizeCommand
 {
     internal const string Help = """
-        usage: tokenmill tokenize --model <file.gguf | DIR | dummy:preset> [--add-special] [--parse-special] TEXT
+        usage: tokenmill tokenize --model <file.gguf | DIR | dummy:preset | Org/Name:QUANT> [--revision R] [--add-special] [--parse-special] TEXT
 
           DIR                a folder with tokenizer.json (and tokenizer_config.json); weights are not needed
           --add-special      add BOS/EOS as the model's metadata says (tokenizer.json: its post-processor template)
@@ -22,7 +22,7 @@ public static class TokenizeCommand
         example: tokenmill tokenize --model stories260K.gguf --add-special "Once upon a time"
         """;
 
-    internal static readonly HashSet<string> ValueOptions = ["model"];
+    internal static readonly HashSet<string> ValueOptions = ["model", "revision"];
     internal static readonly HashSet<string> Flags = ["add-special", "parse-special", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -47,7 +47,11 @@ public static class TokenizeCommand
         else
         {
             // Only the tokenizer is needed: no weights are touched, so a vocab-only GGUF or a folder of tokenizer files works.
-            tokenizer = ModelLoader.LoadTokenizer(modelName).Tokenizer;
+            string path = ModelLoader.LocalPath(modelName, new ModelLoadOptions
+            {
+                Revision = a.String("revision"), Hub = TokenMill.Models.Hub.HubOptions.FromEnvironment() with { Progress = stderr },
+            });
+            tokenizer = ModelLoader.LoadTokenizer(path).Tokenizer;
         }
         var ids = tokenizer.Encode(a.Positional[0], addSpecial: a.Flag("add-special"), parseSpecial: a.Flag("parse-special"));
         stdout.WriteLine(string.Join(' ', ids));

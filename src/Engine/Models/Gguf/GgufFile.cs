@@ -144,7 +144,7 @@ public sealed unsafe class GgufFile : IDisposable
 
     public static GgufFile Open(string path)
     {
-        var info = new FileInfo(path);
+        var info = MappedFile.Stat(path);
         if (!info.Exists) throw new FileNotFoundException($"{path}: no such file", path);
         if (info.Length < 8)
             throw new GgufFormatException(path, "header", $"file is truncated ({info.Length} bytes; a GGUF header needs at least 24)");

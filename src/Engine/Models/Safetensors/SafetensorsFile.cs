@@ -210,7 +210,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
     /// <summary>Opens and validates a file; the tensor data stays mapped until <see cref="Dispose"/>.</summary>
     public static SafetensorsFile Open(string path)
     {
-        var info = new FileInfo(path);
+        var info = MappedFile.Stat(path);
         if (!info.Exists) throw new FileNotFoundException($"{path}: no such file", path);
         if (info.Length < 8)
             throw new SafetensorsFormatException(path, "header length", $"file is truncated ({info.Length} bytes; the header length alone takes 8)");
