@@ -33,7 +33,7 @@ public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, l
     object? _packLock;
 
     /// <summary>
-    /// This matrix repacked by <paramref name="pack"/> for a backend's kernel (e.g. <see cref="PackedQ4_0"/>): made
+    /// This matrix repacked by <paramref name="pack"/> for a backend's kernel (e.g. <see cref="Quantization.PackedQ4_0"/>): made
     /// once, on first use, and kept as long as this view lives, so every forward pass over the model shares it.
     /// A tensor has one packed form; asking for another type is a bug.
     /// </summary>

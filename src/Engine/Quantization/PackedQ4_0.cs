@@ -90,7 +90,7 @@ public sealed unsafe class PackedQ4_0
     }
 
     /// <summary>
-    /// xc[b] = −8·Σ q[32b … 32b + 31] for one quantized activation row of <paramref name="blocks"/> blocks: the
+    /// xc[b] = −8·Σ q[32b … 32b + 31] for one quantized activation row (<paramref name="q"/>, a whole number of blocks): the
     /// start of each block's accumulator in <see cref="Multiply"/>.
     /// </summary>
     public static void BlockSums(ReadOnlySpan<sbyte> q, Span<int> xc)

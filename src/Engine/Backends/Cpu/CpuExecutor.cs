@@ -32,7 +32,12 @@ public sealed class CpuExecutor : IDisposable
     volatile bool _stopping;
     CommunicatorException? _failure;
 
+    /// <param name="model">The whole model; each rank takes its shard of it.</param>
+    /// <param name="tensorParallelSize">N, the number of ranks (1: no tensor parallelism).</param>
     /// <param name="threads">CPU threads in all: each rank's pool gets threads / N of them (at least one).</param>
+    /// <param name="maxBatchTokens">The most tokens one forward pass takes.</param>
+    /// <param name="kvBlocks">KV blocks of each rank's paged store (the same block tables on every rank).</param>
+    /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="timeout">How long a rank waits in one collective for the others.</param>
     public CpuExecutor(Model model, int tensorParallelSize, int threads, int maxBatchTokens, int kvBlocks, int blockSize, TimeSpan timeout)
     {

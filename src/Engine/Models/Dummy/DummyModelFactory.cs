@@ -20,6 +20,10 @@ public static class DummyModelFactory
 
     public static bool IsDummy(string model) => model.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
+    /// <summary>The model <c>dummy:&lt;preset&gt;</c> names, with seeded random weights.</summary>
+    /// <param name="model">The name, <c>dummy:&lt;preset&gt;</c> or just the preset.</param>
+    /// <param name="dtype">The weight type (<see cref="SupportedDTypes"/>).</param>
+    /// <param name="seed">Seed of the random weights: the same seed gives the same model.</param>
     /// <param name="tokenizer">The tokenizer to use (e.g. the family's real <c>tokenizer.json</c>); null: cl100k_base fitted to the vocabulary.</param>
     /// <param name="blockCount">Build only this many layers (tests: the exact widths at a fraction of the memory); null: the preset's.</param>
     public static Model Create(string model, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
@@ -31,6 +35,10 @@ public static class DummyModelFactory
     }
 
     /// <summary>A dummy model of any shape (a preset scaled down for tests); <paramref name="name"/> follows <c>dummy:</c>.</summary>
+    /// <param name="preset">The shape.</param>
+    /// <param name="name">The model's name after <c>dummy:</c>.</param>
+    /// <param name="dtype">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
+    /// <param name="seed">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
     /// <param name="tokenizer">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
     /// <param name="blockCount">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
     public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
