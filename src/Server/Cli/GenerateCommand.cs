@@ -56,9 +56,8 @@ public static class GenerateCommand
           --max-queued-requests N    waiting requests before refusing more (default 4096)
           --max-preemptions N        recomputations one request may suffer before it fails with an error (default 32)
           --threads N                CPU threads (default: all processors); with tensor parallelism each rank gets N / tp
-          --tensor-parallel-size N, -tp N
-                                     split the model across N ranks (threads of this process on the CPU, joined by a
-                                     shared-memory communicator): heads, FFN, vocabulary and KV cache each 1/N per rank
+          --tensor-parallel-size N   split the model across N ranks (-tp N; threads of this process on the CPU, joined by
+                                     a shared-memory communicator): heads, FFN, vocabulary and KV cache each 1/N per rank
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
           --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
 

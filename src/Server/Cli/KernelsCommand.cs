@@ -36,6 +36,8 @@ public static class KernelsCommand
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
           --kernel LIST      test only these kernels (comma-separated names)
+          --emulate          test: run on the CPU through the shim instead of on a GPU
+          --device N         test: the GPU to run on (default 0)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
