@@ -112,16 +112,20 @@ public class EngineViewTests
         Assert.Contains("'since' must be an event cursor", await bad.Content.ReadAsStringAsync());
         Assert.Equal(HttpStatusCode.BadRequest, (await http.GetAsync("/v1/engine/events?interval_ms=1")).StatusCode);
 
-        engine.BeforeStepHook = () => Thread.Sleep(10);
-        var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = SecretPrompt } }, max_tokens = 40, ignore_eos = true });
+        engine.BeforeStepHook = () => Thread.Sleep(25); // 72 prompt tokens + 50 generated fit the 128 of MaxModelLen
+        var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = SecretPrompt } }, max_tokens = 50, ignore_eos = true });
         var chat = http.PostAsync("/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
+        // Poll the view until it shows the running chat (a deadline, not a count of polls: CI machines stall).
         JsonElement frame = default;
-        await TokenMill.Tests.Core.LlmEngineTests.WaitFor(() =>
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
         {
-            if (chat.IsCompleted) Assert.Fail("the chat ended before the view saw it: " + chat.Result.Content.ReadAsStringAsync().Result);
-            frame = JsonDocument.Parse(http.GetStringAsync("/v1/engine/kv").GetAwaiter().GetResult()).RootElement.Clone();
-            return frame.GetProperty("sequences").GetArrayLength() == 1;
-        });
+            frame = JsonDocument.Parse(await http.GetStringAsync("/v1/engine/kv")).RootElement.Clone();
+            if (frame.GetProperty("sequences").GetArrayLength() == 1) break;
+            if (chat.IsCompleted) Assert.Fail("the chat ended before the view saw it: " + await (await chat).Content.ReadAsStringAsync());
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "the view never showed the running chat within 30 s: " + frame.GetRawText());
+            await Task.Delay(10);
+        }
         string json = frame.GetRawText();
         Assert.DoesNotContain("submarine", json);
         Assert.DoesNotContain("swordfish", json);
