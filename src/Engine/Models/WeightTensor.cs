@@ -38,6 +38,11 @@ public sealed unsafe class WeightTensor(string name, GgmlType type, long rows, l
     /// A tensor has one packed form; asking for another type is a bug.
     /// </summary>
     internal T Packed<T>(Func<WeightTensor, T> pack) where T : class =>
+        // Every matrix product asks: the hot path is one read, and the factory's closure lives in another method
+        // (a lambda here would allocate its captures on every call, even when it never runs).
+        Volatile.Read(ref _packed) as T ?? MakePacked(pack);
+
+    T MakePacked<T>(Func<WeightTensor, T> pack) where T : class =>
         (T)LazyInitializer.EnsureInitialized(ref _packed, ref _packedMade, ref _packLock, () => pack(this))!;
 
     /// <summary>The bytes of the whole matrix.</summary>

@@ -163,8 +163,9 @@ internal static unsafe class IntegerTile
         }
     }
 
+    /// <summary>The first <paramref name="count"/> lanes of <paramref name="v"/> to <paramref name="y"/> (all 8 in one store when count is 8).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store(Vector256<float> v, float* scratch, float* y, int count)
+    internal static void Store(Vector256<float> v, float* scratch, float* y, int count)
     {
         if (count == Rows)
         {

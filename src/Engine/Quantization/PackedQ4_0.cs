@@ -151,8 +151,8 @@ public sealed unsafe class PackedQ4_0
                         f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
                         f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e1, o1)), Avx.Multiply(scales, Vector256.Create(d1[b])), f1);
                     }
-                    Store(f0, result, y + (long)i * yStride + g, rowsHere);
-                    Store(f1, result, y + (long)(i + 1) * yStride + g, rowsHere);
+                    IntegerTile.Store(f0, result, y + (long)i * yStride + g, rowsHere);
+                    IntegerTile.Store(f1, result, y + (long)(i + 1) * yStride + g, rowsHere);
                 }
                 for (; i < n; i++) // the same arithmetic for one row
                 {
@@ -176,7 +176,7 @@ public sealed unsafe class PackedQ4_0
                         var scales = Avx.LoadVector256((float*)(t + 128));
                         f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
                     }
-                    Store(f0, result, y + (long)i * yStride + g, rowsHere);
+                    IntegerTile.Store(f0, result, y + (long)i * yStride + g, rowsHere);
                 }
             }
         }
@@ -199,17 +199,5 @@ public sealed unsafe class PackedQ4_0
         if (AvxVnni.IsSupported) return AvxVnni.MultiplyWideningAndAdd(acc, u, s);
         // u ≤ 15 and |s| ≤ 127: the 16-bit pair sums of vpmaddubsw cannot saturate.
         return Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1)));
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store(Vector256<float> v, float* scratch, float* y, int count)
-    {
-        if (count == Rows)
-        {
-            Avx.Store(y, v);
-            return;
-        }
-        Avx.Store(scratch, v);
-        for (int r = 0; r < count; r++) y[r] = scratch[r];
     }
 }
