@@ -33,18 +33,44 @@ internal static unsafe class DotAvx2
         return Avx.Or(Avx.BlendVariable(scaled, infNan, special.AsSingle()), sign.AsSingle());
     }
 
+    /// <summary><see cref="F16x8"/> for sixteen lanes (AVX-512F): the same arithmetic, so the same values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> F16x16(ushort* h)
+    {
+        var v = Avx512F.ConvertToVector512Int32(Avx.LoadVector256(h));
+        var sign = Vector512.ShiftLeft(v & Vector512.Create(0x8000), 16);
+        var em = Vector512.ShiftLeft(v & Vector512.Create(0x7FFF), 13);
+        var scaled = em.AsSingle() * Vector512.Create(0x77800000).AsSingle(); // 2^112
+        var special = Vector512.GreaterThan(em, Vector512.Create(0x0F7FFFFF)); // f16 exponent all ones
+        var infNan = (em | Vector512.Create(0x70000000)).AsSingle();
+        return Vector512.ConditionalSelect(special.AsSingle(), infNan, scaled) | sign.AsSingle();
+    }
+
     public static float F16(byte* w, float* x, int n)
     {
-        var acc0 = Vector256<float>.Zero;
-        var acc1 = Vector256<float>.Zero;
         ushort* h = (ushort*)w;
         int i = 0;
+        float sum = 0;
+        if (Avx512F.IsSupported && n >= 32)
+        {
+            // Decode is bound by this conversion, not by memory: sixteen lanes convert twice as many weights per op.
+            var a0 = Vector512<float>.Zero;
+            var a1 = Vector512<float>.Zero;
+            for (; i + 32 <= n; i += 32)
+            {
+                a0 = Avx512F.FusedMultiplyAdd(F16x16(h + i), Avx512F.LoadVector512(x + i), a0);
+                a1 = Avx512F.FusedMultiplyAdd(F16x16(h + i + 16), Avx512F.LoadVector512(x + i + 16), a1);
+            }
+            sum = Vector512.Sum(a0 + a1);
+        }
+        var acc0 = Vector256<float>.Zero;
+        var acc1 = Vector256<float>.Zero;
         for (; i + 16 <= n; i += 16)
         {
             acc0 = Fma.MultiplyAdd(F16x8(h + i), Avx.LoadVector256(x + i), acc0);
             acc1 = Fma.MultiplyAdd(F16x8(h + i + 8), Avx.LoadVector256(x + i + 8), acc1);
         }
-        float sum = Vector256.Sum(Avx.Add(acc0, acc1));
+        sum += Vector256.Sum(Avx.Add(acc0, acc1));
         for (; i < n; i++) sum += Fp16.ToSingle(h[i]) * x[i];
         return sum;
     }

@@ -132,17 +132,21 @@ public class QuantizedDotTests
     [Fact]
     public void F16_dot_decodes_every_pattern_exactly()
     {
-        // One non-zero element in a 16-element row (the vector path) against all-ones activations: the
-        // dot is that element's value, including subnormals, infinities and NaN.
-        var row = new byte[32];
-        var ones = Enumerable.Repeat(1f, 16).ToArray();
-        for (int h = 0; h <= 0xFFFF; h++)
+        // One non-zero element in a 48-element row against all-ones activations: the dot is that element's
+        // value, including subnormals, infinities and NaN — at element 3 (the 16-lane AVX-512 path where there
+        // is one) and at element 40 (the 8-lane AVX2 path after it).
+        var ones = Enumerable.Repeat(1f, 48).ToArray();
+        foreach (int at in new[] { 3, 40 })
         {
-            row[6] = (byte)h;
-            row[7] = (byte)(h >> 8);
-            float expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
-            float actual = QuantizedDot.Dot(GgmlType.F16, row, ones);
-            Assert.True(expected == actual || (float.IsNaN(expected) && float.IsNaN(actual)), $"0x{h:X4}: expected {expected}, got {actual}");
+            var row = new byte[96];
+            for (int h = 0; h <= 0xFFFF; h++)
+            {
+                row[2 * at] = (byte)h;
+                row[2 * at + 1] = (byte)(h >> 8);
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)h);
+                float actual = QuantizedDot.Dot(GgmlType.F16, row, ones);
+                Assert.True(expected == actual || (float.IsNaN(expected) && float.IsNaN(actual)), $"element {at}, 0x{h:X4}: expected {expected}, got {actual}");
+            }
         }
     }
 
