@@ -97,13 +97,7 @@ public sealed class KernelResourceTests(Xunit.Abstractions.ITestOutputHelper out
         return ptxas!;
     }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = TokenMill.Server.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => TokenMill.Tests.Cli.CliRun.Capture(args);
 
     [SkippableFact]
     public void Kernels_check_with_ptxas_reports_every_kernel_on_sm_80_and_sm_90_within_budget()

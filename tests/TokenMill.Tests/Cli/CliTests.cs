@@ -4,13 +4,7 @@ namespace TokenMill.Tests.Cli;
 
 public class CliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = TokenMill.Server.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Capture(args);
 
     [SkippableFact]
     public void Generate_prints_the_reference_greedy_completion_on_stdout_and_statistics_on_stderr()

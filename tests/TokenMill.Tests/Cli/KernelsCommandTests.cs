@@ -15,13 +15,7 @@ public sealed class KernelsCommandTests : IDisposable
         Directory.Delete(_dir, recursive: true);
     }
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = TokenMill.Server.Cli.Cli.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRun.Capture(args);
 
     static void RequireNvrtc() =>
         Skip.IfNot(NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string reason), "NVRTC cannot be loaded: " + reason);
