@@ -446,6 +446,9 @@ public sealed unsafe class CpuForward : IDisposable
     float* _mmX;
     int _mmN;
     int _xqColumns;
+    // What the current products need besides the quants and scales: block sums (repacked Q4_0) and the +128
+    // offset form (the VNNI eight-row kernels for Q8_0, and for Q4_0 where it is not repacked).
+    bool _needBlockSums, _needOffset;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -457,6 +460,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmX = x;
         _mmN = n;
         _mmCount = 0;
+        _needBlockSums = _needOffset = false;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
@@ -483,7 +487,12 @@ public sealed unsafe class CpuForward : IDisposable
         _mmY[_mmCount] = (IntPtr)y;
         _mmFirstChunk[_mmCount + 1] = _mmFirstChunk[_mmCount] + (int)((w.Rows + RowsPerChunk - 1) / RowsPerChunk);
         _mmCount++;
-        integer |= IsInteger(w);
+        if (IsInteger(w))
+        {
+            integer = true;
+            if (UsesPackedQ4(w)) _needBlockSums = true;
+            else if (UsesPackedQ8(w) || (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))) _needOffset = true;
+        }
         work += w.Rows * w.Columns * _mmN;
     }
 
@@ -494,8 +503,8 @@ public sealed unsafe class CpuForward : IDisposable
         int cols = _xqColumns;
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
-        PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
-        QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
+        if (_needBlockSums) PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
+        if (_needOffset) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
     void MatMulChunk(int item, int worker)
