@@ -777,11 +777,7 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (includeUsage)
                 await Sse(ctx, w =>
                 {
-                    w.WriteStartObject();
-                    w.WriteString("id", id);
-                    w.WriteString("object", chat ? "chat.completion.chunk" : "text_completion");
-                    w.WriteNumber("created", created);
-                    w.WriteString("model", model);
+                    ResponseHead(w, id, chat ? "chat.completion.chunk" : "text_completion", created, model);
                     w.WriteStartArray("choices");
                     w.WriteEndArray();
                     Usage(w, promptTokens, completionTokens, cachedTokens);
@@ -794,11 +790,7 @@ public sealed class OpenAiServer : IAsyncDisposable
 
         await WriteJson(ctx, w =>
         {
-            w.WriteStartObject();
-            w.WriteString("id", id);
-            w.WriteString("object", chat ? "chat.completion" : "text_completion");
-            w.WriteNumber("created", created);
-            w.WriteString("model", model);
+            ResponseHead(w, id, chat ? "chat.completion" : "text_completion", created, model);
             w.WriteStartArray("choices");
             for (int i = 0; i < results.Length; i++)
             {
@@ -901,15 +893,21 @@ public sealed class OpenAiServer : IAsyncDisposable
             if (logprobs is null) w.WriteNull("logprobs"); else CompletionLogprobs(w, logprobs, tok, 0);
         });
 
-    /// <summary>One streamed chunk: the envelope both endpoints share around one choice's body.</summary>
-    static void ChunkEnvelope(Utf8JsonWriter w, string id, string kind, long created, string model, int index, string? finish,
-        bool includeUsage, Action writeChoiceBody)
+    /// <summary>Opens a response object and writes the fields every completion response and chunk starts with.</summary>
+    static void ResponseHead(Utf8JsonWriter w, string id, string kind, long created, string model)
     {
         w.WriteStartObject();
         w.WriteString("id", id);
         w.WriteString("object", kind);
         w.WriteNumber("created", created);
         w.WriteString("model", model);
+    }
+
+    /// <summary>One streamed chunk: the envelope both endpoints share around one choice's body.</summary>
+    static void ChunkEnvelope(Utf8JsonWriter w, string id, string kind, long created, string model, int index, string? finish,
+        bool includeUsage, Action writeChoiceBody)
+    {
+        ResponseHead(w, id, kind, created, model);
         w.WriteStartArray("choices");
         w.WriteStartObject();
         w.WriteNumber("index", index);
