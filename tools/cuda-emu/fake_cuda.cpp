@@ -7,6 +7,7 @@
 // PTX must declare every kernel looked up), argument packing, launch shapes, copies — and only the
 // kernels' execution is emulated.
 #include "cuda_emu.h"
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -127,9 +128,17 @@ CUresult cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n)
 CUresult cuStreamCreate(void** s, unsigned) { *s = new int(0); return OK; }
 CUresult cuStreamDestroy_v2(void* s) { delete static_cast<int*>(s); return OK; }
 CUresult cuStreamSynchronize(void*) { return OK; }
-CUresult cuEventCreate(void** e, unsigned) { *e = new int(0); return OK; }
-CUresult cuEventDestroy_v2(void* e) { delete static_cast<int*>(e); return OK; }
-CUresult cuEventRecord(void*, void*) { return OK; }
+// Launches run to completion inside cuLaunchKernel, so an event records the host clock when it is queued, and
+// the time between two events is the CPU time the emulated kernels took ('kernels bench --emulate').
+CUresult cuEventCreate(void** e, unsigned) { *e = new std::chrono::steady_clock::time_point(); return OK; }
+CUresult cuEventDestroy_v2(void* e) { delete static_cast<std::chrono::steady_clock::time_point*>(e); return OK; }
+CUresult cuEventRecord(void* e, void*) { *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now(); return OK; }
 CUresult cuEventSynchronize(void*) { return OK; }
-CUresult cuEventElapsedTime(float* ms, void*, void*) { *ms = 0; return OK; }
+CUresult cuEventElapsedTime(float* ms, void* start, void* end)
+{
+    auto* a = static_cast<std::chrono::steady_clock::time_point*>(start);
+    auto* b = static_cast<std::chrono::steady_clock::time_point*>(end);
+    *ms = std::chrono::duration<float, std::milli>(*b - *a).count();
+    return OK;
+}
 }

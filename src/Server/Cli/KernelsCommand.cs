@@ -20,6 +20,8 @@ public static class KernelsCommand
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--ptxas PATH] [--no-cache]
                tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]
                tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
+               tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
+                                       [--samples N] [--launches N] [--output-json F] [--no-cache]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -28,6 +30,10 @@ public static class KernelsCommand
                     on GPU N (default 0), or with --emulate on the CPU through the shim of tools/cuda-emu
                     (built with g++ at run time from the kernel sources; no GPU, no driver). 'selftest' is
                     the same command.
+          bench     time every kernel over a sweep of shapes (CUDA events around --launches back-to-back
+                    launches, median of --samples samples) and print µs per launch with the achieved GB/s and
+                    GFLOP/s (from the bytes and operations the shape needs at the least); with --emulate the
+                    times are the CPU shim's and say nothing about a GPU
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -36,20 +42,26 @@ public static class KernelsCommand
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
           --kernel LIST      test only these kernels (comma-separated names)
-          --emulate          test: run on the CPU through the shim instead of on a GPU
-          --device N         test: the GPU to run on (default 0)
+          --emulate          test, bench: run on the CPU through the shim instead of on a GPU
+          --device N         test, bench: the GPU to run on (default 0)
+          --sweep S          bench: full (TinyLlama and Llama 3 8B sizes; default on a GPU) or small
+                             (default with --emulate)
+          --samples N        bench: timed samples per shape, the median is reported (default 10; 3 emulated)
+          --launches N       bench: launches per sample (default 10; 1 emulated)
+          --output-json F    bench: write every row as JSON
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
 
         example: tokenmill kernels check --arch 80,90
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
+                 tokenmill kernels bench --kernel gemv_q4_0,gemv_q8_0 --output-json gemv.json
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -62,7 +74,8 @@ public static class KernelsCommand
         }
         if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test)");
+        if (a.Positional is ["bench"]) return Bench(a, stdout, stderr);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: bench, check, sass, test)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -248,7 +261,19 @@ public static class KernelsCommand
         finally { Directory.Delete(work, recursive: true); }
     }
 
-    static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
+    /// <summary>
+    /// The kernel sources, the --kernel selection and the device that <c>test</c> and <c>bench</c> run on: GPU
+    /// --device N, or with --emulate the CPU shim built from the sources. Null (after an error on stderr) when
+    /// NVRTC, the driver, the shim or the device cannot be had.
+    /// </summary>
+    sealed record DeviceRun(IReadOnlyList<KernelSource> Sources, HashSet<string> Known, HashSet<string>? Only,
+                            IReadOnlyList<EmulationFailure> ShimFailures, CudaContext Context) : IDisposable
+    {
+        public bool Selected(string kernel) => Only is null || Only.Contains(kernel);
+        public void Dispose() => Context.Dispose();
+    }
+
+    static DeviceRun? OpenDevice(CliArguments a, string subcommand, TextWriter stdout, TextWriter stderr)
     {
         int device = a.Int("device", 0, min: 0);
         bool emulate = a.Flag("emulate");
@@ -265,7 +290,7 @@ public static class KernelsCommand
         if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtcReason))
         {
             stderr.WriteLine($"tokenmill kernels: error: {nvrtcReason}");
-            return Cli.ExitFailure;
+            return null;
         }
         IReadOnlyList<EmulationFailure> shimFailures = [];
         if (emulate)
@@ -282,7 +307,7 @@ public static class KernelsCommand
             catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
             {
                 stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
-                return Cli.ExitFailure;
+                return null;
             }
             finally
             {
@@ -293,22 +318,31 @@ public static class KernelsCommand
         }
         else if (!NativeLibraryResolver.TryLoad(CudaLibrary.Driver, out string reason))
         {
-            stderr.WriteLine($"tokenmill kernels: error: {reason} (without a GPU, 'kernels test --emulate' runs the kernels on the CPU)");
-            return Cli.ExitFailure;
+            stderr.WriteLine($"tokenmill kernels: error: {reason} (without a GPU, 'kernels {subcommand} --emulate' runs the kernels on the CPU)");
+            return null;
         }
         int count = CudaContext.DeviceCount();
         if (device >= count)
         {
             stderr.WriteLine($"tokenmill kernels: error: no CUDA device {device} (the driver reports {count})");
-            return Cli.ExitFailure;
+            return null;
         }
-        using var ctx = CudaContext.Create(device);
+        var ctx = CudaContext.Create(device);
         stdout.WriteLine($"device {device}: {ctx.DeviceName}, compute capability {ctx.ComputeCapability.Major}.{ctx.ComputeCapability.Minor}, {ctx.TotalMemory >> 20} MiB");
         if (emulate && ctx.DeviceName != EmulatedDeviceName)
         {
             stderr.WriteLine($"tokenmill kernels: error: --emulate loaded a driver whose device is '{ctx.DeviceName}', not the CPU shim");
-            return Cli.ExitFailure;
+            ctx.Dispose();
+            return null;
         }
+        return new DeviceRun(sources, known, only, shimFailures, ctx);
+    }
+
+    static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        using var run = OpenDevice(a, "test", stdout, stderr);
+        if (run is null) return Cli.ExitFailure;
+        var (sources, known, only, shimFailures, ctx) = (run.Sources, run.Known, run.Only, run.ShimFailures, run.Context);
         // A kernel the shim could not build is a failing row with the compiler's message, never left out.
         var checks = shimFailures.Select(f => new KernelCheck(f.Kernel, f.Message, double.NaN, 0)).Concat(
             KernelSelfTest.Run(ctx, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), sources,
@@ -328,6 +362,70 @@ public static class KernelsCommand
             stdout.WriteLine($"{c.Kernel.PadRight(kWidth)}  {c.Case.PadRight(cWidth)}  {c.MaxError,10:G3}  {c.Tolerance,9:G3}  {(c.Passed ? "PASS" : "FAIL")}");
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+    }
+
+    static int Bench(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        bool emulate = a.Flag("emulate");
+        var sweep = a.String("sweep") switch
+        {
+            null => emulate ? KernelBenchSweep.Small : KernelBenchSweep.Full,
+            "full" => KernelBenchSweep.Full,
+            "small" => KernelBenchSweep.Small,
+            var other => throw new UsageException($"--sweep {other}: expected full or small"),
+        };
+        var options = new KernelBenchOptions(sweep, a.Int("samples", emulate ? 3 : 10, min: 1), a.Int("launches", emulate ? 1 : 10, min: 1), WarmupLaunches: emulate ? 1 : 3);
+        using var run = OpenDevice(a, "bench", stdout, stderr);
+        if (run is null) return Cli.ExitFailure;
+        if (emulate) stdout.WriteLine("emulated: the times below are the CPU shim's, not a GPU's");
+        var rows = run.ShimFailures.Select(f => new KernelTiming(f.Kernel, "-", 0, 0, double.NaN, double.NaN, 0, 0, f.Message)).Concat(
+            KernelBench.Run(run.Context, new KernelCompiler(a.Flag("no-cache") ? null : KernelCompiler.DefaultCacheDirectory()), run.Sources, options,
+                k => run.Selected(k) && !run.ShimFailures.Any(f => f.Kernel == k))).ToList();
+        if (rows.Count == 0)
+        {
+            stderr.WriteLine("tokenmill kernels: error: no kernels were timed");
+            return Cli.ExitFailure;
+        }
+        int kWidth = Math.Max(6, rows.Max(r => r.Kernel.Length)), sWidth = Math.Max(5, rows.Max(r => r.Shape.Length));
+        stdout.WriteLine($"{"kernel".PadRight(kWidth)}  {"shape".PadRight(sWidth)}  {"median µs",10}  {"min µs",10}  {"GB/s",8}  {"GFLOP/s",8}");
+        foreach (var r in rows)
+        {
+            if (r.Error is not null)
+            {
+                stdout.WriteLine($"{r.Kernel.PadRight(kWidth)}  {r.Shape.PadRight(sWidth)}  ERROR: {r.Error}");
+                continue;
+            }
+            string flops = r.Flops > 0 ? r.GigaflopsPerSecond.ToString("F1", CultureInfo.InvariantCulture) : "-";
+            stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{r.Kernel.PadRight(kWidth)}  {r.Shape.PadRight(sWidth)}  {r.MedianMicroseconds,10:F1}  {r.MinMicroseconds,10:F1}  {r.GigabytesPerSecond,8:F1}  {flops,8}"));
+        }
+        if (a.String("output-json") is { } path)
+        {
+            var json = new System.Text.Json.Nodes.JsonObject
+            {
+                ["device"] = run.Context.DeviceName,
+                ["emulated"] = emulate,
+                ["sweep"] = sweep.ToString().ToLowerInvariant(),
+                ["rows"] = new System.Text.Json.Nodes.JsonArray([.. rows.Select(r => (System.Text.Json.Nodes.JsonNode)new System.Text.Json.Nodes.JsonObject
+                {
+                    ["kernel"] = r.Kernel,
+                    ["shape"] = r.Shape,
+                    ["samples"] = r.Samples,
+                    ["launches_per_sample"] = r.LaunchesPerSample,
+                    ["median_us"] = r.Error is null ? r.MedianMicroseconds : null,
+                    ["min_us"] = r.Error is null ? r.MinMicroseconds : null,
+                    ["bytes"] = r.Bytes,
+                    ["flops"] = r.Flops,
+                    ["gb_per_s"] = r.Error is null ? r.GigabytesPerSecond : null,
+                    ["gflop_per_s"] = r.Error is null && r.Flops > 0 ? r.GigaflopsPerSecond : null,
+                    ["error"] = r.Error,
+                })]),
+            };
+            File.WriteAllText(path, json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        }
+        int failed = rows.Count(r => r.Error is not null);
+        stdout.WriteLine(failed == 0 ? $"{rows.Count} timings" : $"{failed} of {rows.Count} rows FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 

@@ -72,6 +72,41 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
     }
 
     [SkippableFact]
+    public void Bench_times_every_kernel_with_a_shape_and_writes_json()
+    {
+        Require();
+        string json = Path.Combine(cache.Directory, "bench.json");
+        var (code, output) = Tokenmill("kernels", "bench", "--emulate", "--samples", "2", "--output-json", json);
+        log.WriteLine(output);
+        Assert.True(code == 0, output);
+        Assert.Contains("emulated: the times below are the CPU shim's, not a GPU's", output);
+        var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json)).RootElement;
+        Assert.True(doc.GetProperty("emulated").GetBoolean());
+        var rows = doc.GetProperty("rows").EnumerateArray().ToList();
+        // Every kernel of the sources has at least one timed row: a new kernel without a shape fails here.
+        foreach (var launch in KernelLaunches.All)
+            Assert.Contains(rows, r => r.GetProperty("kernel").GetString() == launch.Kernel && r.GetProperty("error").ValueKind == System.Text.Json.JsonValueKind.Null);
+        foreach (var r in rows)
+        {
+            // The shim's events time the launches on the host clock: a timing of 0 would mean nothing was measured.
+            Assert.True(r.GetProperty("median_us").GetDouble() > 0, r.ToString());
+            Assert.True(r.GetProperty("bytes").GetDouble() > 0, r.ToString());
+        }
+        var gemv = rows.First(r => r.GetProperty("kernel").GetString() == "gemv_q4_0" && r.GetProperty("shape").GetString() == "128 × 256, 1 vector");
+        // 128 rows × 8 blocks × 18 bytes of weights, 256 floats in, 128 out.
+        Assert.Equal(128 * 8 * 18 + 4.0 * (256 + 128), gemv.GetProperty("bytes").GetDouble());
+        Assert.Equal(2.0 * 128 * 256, gemv.GetProperty("flops").GetDouble());
+    }
+
+    [SkippableFact]
+    public void Bench_rejects_an_unknown_sweep()
+    {
+        var (code, output) = Tokenmill("kernels", "bench", "--emulate", "--sweep", "huge");
+        Assert.Equal(2, code);
+        Assert.Contains("--sweep huge: expected full or small", output);
+    }
+
+    [SkippableFact]
     public void An_off_by_one_index_is_caught()
     {
         Require();
