@@ -1,5 +1,6 @@
 using System.Globalization;
 using TokenMill.Backends.Cuda;
+using TokenMill.Distributed;
 using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 
@@ -20,6 +21,7 @@ public static class KernelsCommand
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--ptxas PATH] [--no-cache]
                tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]
                tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
+               tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -28,6 +30,10 @@ public static class KernelsCommand
                     on GPU N (default 0), or with --emulate on the CPU through the shim of tools/cuda-emu
                     (built with g++ at run time from the kernel sources; no GPU, no driver). 'selftest' is
                     the same command.
+          nccl      the NCCL communicator's tests (all-reduce, all-gather, broadcast, barrier on device
+                    buffers, checked against the host) with N ranks in this process, rank r on GPU r; with
+                    --emulate on the fake NCCL and emulated driver of tools/cuda-emu (ranks are threads);
+                    with --stall-rank R, rank R never calls and the others must time out naming it
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -38,18 +44,22 @@ public static class KernelsCommand
           --kernel LIST      test only these kernels (comma-separated names)
           --emulate          test: run on the CPU through the shim instead of on a GPU
           --device N         test: the GPU to run on (default 0)
+          --ranks N          nccl: ranks of the group (default 1)
+          --stall-rank R     nccl: the rank that never calls the all-reduce (checks the timeout instead)
+          --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
 
         example: tokenmill kernels check --arch 80,90
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
+                 tokenmill kernels nccl --ranks 2 --emulate
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "ranks", "stall-rank", "timeout"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -62,7 +72,8 @@ public static class KernelsCommand
         }
         if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test)");
+        if (a.Positional is ["nccl"]) return NcclTest(a, stdout, stderr);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test, nccl)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -246,6 +257,70 @@ public static class KernelsCommand
             return Cli.ExitOk;
         }
         finally { Directory.Delete(work, recursive: true); }
+    }
+
+    /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>
+    static int NcclTest(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        int ranks = a.Int("ranks", 1, min: 1, max: 64);
+        int? stall = a.String("stall-rank") is null ? null : a.Int("stall-rank", 0, min: 0, max: ranks - 1);
+        var timeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2));
+        bool emulate = a.Flag("emulate");
+        if (emulate)
+        {
+            try
+            {
+                // The driver alone, no kernels: the fake NCCL is part of the same library.
+                var driver = KernelEmulation.Build([], KernelCompiler.DefaultCacheDirectory());
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Nccl, driver.LibraryPath);
+            }
+            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+                return Cli.ExitFailure;
+            }
+        }
+        foreach (var library in new[] { CudaLibrary.Driver, CudaLibrary.Nccl })
+            if (!NativeLibraryResolver.TryLoad(library, out string reason))
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {reason} (without GPUs, 'kernels nccl --emulate' runs on the fake NCCL)");
+                return Cli.ExitFailure;
+            }
+        int count = CudaContext.DeviceCount();
+        if (count == 0)
+        {
+            stderr.WriteLine("tokenmill kernels: error: the CUDA driver reports no device");
+            return Cli.ExitFailure;
+        }
+        var contexts = new List<CudaContext> { CudaContext.Create(0) };
+        try
+        {
+            // The emulated driver (chosen by --emulate or by TOKENMILL_CUDA_LIBRARY) is one device that every rank shares:
+            // the fake NCCL allows it, real NCCL refuses two ranks on one GPU.
+            bool shared = contexts[0].DeviceName == EmulatedDeviceName;
+            if (!shared && count < ranks)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: --ranks {ranks} needs {ranks} GPUs (one per rank), the driver reports {count}");
+                return Cli.ExitFailure;
+            }
+            for (int r = 1; r < ranks; r++) contexts.Add(CudaContext.Create(shared ? 0 : r));
+            int version = NcclCommunicator.Version();
+            stdout.WriteLine($"NCCL {version / 10000}.{version / 100 % 100}.{version % 100}, {ranks} rank{(ranks == 1 ? "" : "s")}, timeout {timeout.TotalSeconds:0.###} s");
+            for (int r = 0; r < ranks; r++) stdout.WriteLine($"rank {r}: device {contexts[r].Device.Value}, {contexts[r].DeviceName}");
+            var checks = NcclSelfTest.Run(contexts, timeout, stall);
+            int width = Math.Max(5, checks.Max(c => c.Name.Length));
+            stdout.WriteLine($"{"check".PadRight(width)}  rank  result");
+            foreach (var c in checks)
+                stdout.WriteLine($"{c.Name.PadRight(width)}  {c.Rank,4}  {(c.Passed ? "PASS" : "FAIL: " + c.Failure)}");
+            int failed = checks.Count(c => !c.Passed);
+            stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
+            return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+        }
+        finally
+        {
+            foreach (var c in contexts) c.Dispose();
+        }
     }
 
     static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
