@@ -159,7 +159,11 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
     {
         const string Op = "all-reduce";
         long start = Begin(Op, count, stream);
-        Enqueue(Op, () => NcclApi.ncclAllReduce((void*)buffer.Value, (void*)buffer.Value, (nuint)count, ncclDataType_t.ncclFloat32, ncclRedOp_t.ncclSum, _comm.Comm, stream.Stream));
+        lock (_native)
+        {
+            try { NcclApi.ncclAllReduce((void*)buffer.Value, (void*)buffer.Value, (nuint)count, ncclDataType_t.ncclFloat32, ncclRedOp_t.ncclSum, Comm(), stream.Stream); }
+            catch (NcclException e) { throw EnqueueFailed(Op, e); }
+        }
         Complete(Op, stream, start);
         Stats.AddAllReduce(Stopwatch.GetTimestamp() - start, 0);
     }
@@ -168,7 +172,11 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
     {
         const string Op = "all-gather";
         long start = Begin(Op, count, stream);
-        Enqueue(Op, () => NcclApi.ncclAllGather((void*)send.Value, (void*)receive.Value, (nuint)count, ncclDataType_t.ncclFloat32, _comm.Comm, stream.Stream));
+        lock (_native)
+        {
+            try { NcclApi.ncclAllGather((void*)send.Value, (void*)receive.Value, (nuint)count, ncclDataType_t.ncclFloat32, Comm(), stream.Stream); }
+            catch (NcclException e) { throw EnqueueFailed(Op, e); }
+        }
         Complete(Op, stream, start);
         Stats.AddAllGather(Stopwatch.GetTimestamp() - start);
     }
@@ -178,7 +186,11 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
         const string Op = "broadcast";
         if (root < 0 || root >= WorldSize) throw new ArgumentOutOfRangeException(nameof(root), $"broadcast root {root} is outside the group of {WorldSize}");
         long start = Begin(Op, count, stream);
-        Enqueue(Op, () => NcclApi.ncclBroadcast((void*)buffer.Value, (void*)buffer.Value, (nuint)count, ncclDataType_t.ncclFloat32, root, _comm.Comm, stream.Stream));
+        lock (_native)
+        {
+            try { NcclApi.ncclBroadcast((void*)buffer.Value, (void*)buffer.Value, (nuint)count, ncclDataType_t.ncclFloat32, root, Comm(), stream.Stream); }
+            catch (NcclException e) { throw EnqueueFailed(Op, e); }
+        }
         Complete(Op, stream, start);
     }
 
@@ -187,7 +199,11 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
         const string Op = "barrier";
         long start = Begin(Op, 1, stream);
         var p = _barrier.Pointer;
-        Enqueue(Op, () => NcclApi.ncclAllReduce((void*)p.Value, (void*)p.Value, 1, ncclDataType_t.ncclFloat32, ncclRedOp_t.ncclSum, _comm.Comm, stream.Stream));
+        lock (_native)
+        {
+            try { NcclApi.ncclAllReduce((void*)p.Value, (void*)p.Value, 1, ncclDataType_t.ncclFloat32, ncclRedOp_t.ncclSum, Comm(), stream.Stream); }
+            catch (NcclException e) { throw EnqueueFailed(Op, e); }
+        }
         Complete(Op, stream, start);
     }
 
@@ -212,21 +228,11 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
         return Stopwatch.GetTimestamp();
     }
 
-    void Enqueue(string operation, Action call)
-    {
-        try
-        {
-            lock (_native)
-            {
-                if (_comm.IsClosed) throw Closed();
-                call();
-            }
-        }
-        catch (NcclException e)
-        {
-            throw Fail(new CommunicatorException(Rank, operation, $"tensor-parallel {operation} failed on rank {Rank}: {e.Message}", e));
-        }
-    }
+    /// <summary>The communicator for a native call, under <see cref="_native"/>; throws the group's error once it was aborted.</summary>
+    ncclComm_t Comm() => _comm.IsClosed ? throw Closed() : _comm.Comm;
+
+    CommunicatorException EnqueueFailed(string operation, NcclException e) =>
+        Fail(new CommunicatorException(Rank, operation, $"tensor-parallel {operation} failed on rank {Rank}: {e.Message}", e));
 
     /// <summary>Waits for the stream with the deadline; on a timeout, an NCCL error or a CUDA error, aborts and throws.</summary>
     void Complete(string operation, CudaStream stream, long start)
@@ -238,10 +244,12 @@ public sealed unsafe class NcclCommunicator : IDeviceCommunicator
             ncclResult_t async;
             lock (_native)
             {
-                if (_comm.IsClosed) throw Closed();
+                var comm = Comm();
                 status = CudaApi.cuStreamQuery(stream.Stream);
-                NcclApi.ncclCommGetAsyncError(_comm.Comm, &async);
+                NcclApi.ncclCommGetAsyncError(comm, &async);
             }
+            // A rank of this process that failed releases the others at once, whether or not NCCL tells them.
+            if (_group?.Failure is { } peerFailure) throw Fail(peerFailure);
             if (async is not (ncclResult_t.ncclSuccess or ncclResult_t.ncclInProgress))
                 throw Fail(_group?.Failure ?? new CommunicatorException(Rank, operation,
                     $"tensor-parallel {operation} failed on rank {Rank}: {NcclException.FromStatus(async, "ncclCommGetAsyncError").Message}"));

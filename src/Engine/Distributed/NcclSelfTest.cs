@@ -4,7 +4,7 @@ using TokenMill.Interop.Driver;
 namespace TokenMill.Distributed;
 
 /// <summary>One check of <see cref="NcclSelfTest"/>: what ran, on which rank, and what went wrong (null when it passed).</summary>
-public sealed record NcclCheck(string Name, int Rank, string? Failure)
+public sealed record NcclCheck(string Name, int Rank, string? Failure, string? Detail = null)
 {
     public bool Passed => Failure is null;
 }
@@ -12,10 +12,12 @@ public sealed record NcclCheck(string Name, int Rank, string? Failure)
 /// <summary>
 /// The communicator tests of the CPU communicator (SharedMemoryCommunicatorTests), on device buffers through
 /// <see cref="NcclCommunicator"/>: every rank all-reduces, all-gathers and broadcasts buffers of several lengths and
-/// compares what comes back with the sequential result computed on the host (exactly: a sum in rank order is what
-/// NCCL's ring gives for two ranks; for more, see the tolerance below), then meets the others at a barrier. With a
-/// stalled rank, that rank never calls the all-reduce, and each other rank must fail within the timeout with a
-/// <see cref="CommunicatorException"/> for the all-reduce, instead of hanging. <c>tokenmill kernels nccl</c> runs it.
+/// compares what comes back with the sequential result computed on the host (all-gather and broadcast exactly, the
+/// all-reduce within a few ulps: NCCL may add in another order than rank 0, 1, …), then meets the others at a barrier.
+/// With a stalled rank, that rank first never calls the all-reduce, and each other rank must fail after the timeout
+/// with a <see cref="CommunicatorException"/> naming it and the all-reduce instead of hanging; then, in a new group, it
+/// aborts with an error of its own, which the others waiting in an all-gather must get at once. <c>tokenmill kernels
+/// nccl</c> runs it.
 /// </summary>
 public static class NcclSelfTest
 {
@@ -30,7 +32,17 @@ public static class NcclSelfTest
     {
         ArgumentNullException.ThrowIfNull(contexts);
         int n = contexts.Count;
-        if (stallRank is { } s && (s < 0 || s >= n)) throw new ArgumentOutOfRangeException(nameof(stallRank), $"rank {s} is outside the group of {n}");
+        if (stallRank is not { } s) return OnRanks(contexts, timeout, (context, comm) => Full(context, comm));
+        if (s < 0 || s >= n) throw new ArgumentOutOfRangeException(nameof(stallRank), $"rank {s} is outside the group of {n}");
+        // The two ways a rank fails, each in a group of its own (a failed group stays failed): it stalls, and the others
+        // time out; it throws and aborts the group, and the others get its error at once, long before the timeout.
+        return [.. OnRanks(contexts, timeout, (context, comm) => Stall(context, comm, s)),
+                .. OnRanks(contexts, timeout, (context, comm) => Fail(context, comm, s))];
+    }
+
+    static List<NcclCheck> OnRanks(IReadOnlyList<CudaContext> contexts, TimeSpan timeout, Func<CudaContext, NcclCommunicator, List<NcclCheck>> body)
+    {
+        int n = contexts.Count;
         NcclCommunicator[] comms;
         try { comms = NcclCommunicator.CreateInProcess(contexts, timeout); }
         catch (CommunicatorException e) { return [new NcclCheck("init", e.Rank, e.Message)]; }
@@ -38,8 +50,15 @@ public static class NcclSelfTest
         var results = new List<NcclCheck>[n];
         var threads = Enumerable.Range(0, n).Select(r => new Thread(() =>
         {
-            contexts[r].MakeCurrent();
-            results[r] = stallRank is { } stalled ? Stall(contexts[r], comms[r], stalled) : Full(contexts[r], comms[r]);
+            try
+            {
+                contexts[r].MakeCurrent();
+                results[r] = body(contexts[r], comms[r]);
+            }
+            catch (Exception e) when (e is CommunicatorException or Interop.CudaInteropException or ArgumentException)
+            {
+                results[r] = [new NcclCheck("setup", r, $"{e.GetType().Name}: {e.Message}")];   // e.g. a device allocation failed
+            }
         }) { IsBackground = true, Name = $"nccl-selftest-rank{r}" }).ToList();
         threads.ForEach(t => t.Start());
         // Each collective waits at most the timeout; a rank still running long after that is the hang the timeout must prevent.
@@ -52,6 +71,18 @@ public static class NcclSelfTest
         if (hung.Count > 0) return hung;   // the communicators are in use by the hung threads: leave them
         foreach (var c in comms) c.Dispose();
         return [.. results.SelectMany(x => x)];
+    }
+
+    /// <summary>
+    /// The full checks on this process's one rank of a group whose other ranks are other processes running the same
+    /// checks (a multi-process group from <see cref="NcclCommunicator.FromEnvironment"/>); the calling thread must
+    /// have <paramref name="context"/> current.
+    /// </summary>
+    public static IReadOnlyList<NcclCheck> RunRank(CudaContext context, NcclCommunicator comm)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(comm);
+        return Full(context, comm);
     }
 
     static float[] RankData(int rank, int length, int round) =>
@@ -110,6 +141,7 @@ public static class NcclSelfTest
     static List<NcclCheck> Stall(CudaContext context, NcclCommunicator comm, int stalled)
     {
         if (comm.Rank == stalled) return [];   // stalled: never calls
+        string? detail = null;
         return [Check($"rank {stalled} stalls: all-reduce times out", comm.Rank, () =>
         {
             using var stream = context.CreateStream();
@@ -125,9 +157,41 @@ public static class NcclSelfTest
                 if (clock.Elapsed < comm.Timeout * 0.9) return $"failed after {clock.Elapsed.TotalSeconds:0.###} s, before the timeout: {e.Message}";
                 if (e.Operation != "all-reduce") return $"the error names operation '{e.Operation}', not the all-reduce: {e.Message}";
                 if (e.Rank != stalled) return $"the error names rank {e.Rank}, not the stalled rank {stalled}: {e.Message}";
+                detail = e.Message;
                 return null;
             }
-        })];
+        }) with { Detail = detail }];
+    }
+
+    static List<NcclCheck> Fail(CudaContext context, NcclCommunicator comm, int failing)
+    {
+        string? detail = null;
+        if (comm.Rank == failing)
+        {
+            // Fails in its own work (its forward pass, say) while the others already wait in an all-gather.
+            Thread.Sleep(comm.Timeout / 10);
+            comm.Abort(new CommunicatorException(failing, "forward", $"tensor-parallel rank {failing} failed in its forward pass: injected by the self test"));
+            return [];
+        }
+        return [Check($"rank {failing} aborts: all-gather fails with its error", comm.Rank, () =>
+        {
+            using var stream = context.CreateStream();
+            using var send = context.Allocate(4 * sizeof(float));
+            using var receive = context.Allocate(4L * comm.WorldSize * sizeof(float));
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                comm.AllGather(send, receive, 4, stream);
+                return "the all-gather completed although a rank aborted the group";
+            }
+            catch (CommunicatorException e)
+            {
+                if (clock.Elapsed > comm.Timeout * 0.6) return $"released only after {clock.Elapsed.TotalSeconds:0.###} s, not at the abort: {e.Message}";
+                if ((e.Rank, e.Operation) != (failing, "forward")) return $"the error names rank {e.Rank} and '{e.Operation}', not rank {failing}'s forward pass: {e.Message}";
+                detail = e.Message;
+                return null;
+            }
+        }) with { Detail = detail }];
     }
 
     static NcclCheck Check(string name, int rank, Func<string?> body)

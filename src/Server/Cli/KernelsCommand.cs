@@ -33,7 +33,10 @@ public static class KernelsCommand
           nccl      the NCCL communicator's tests (all-reduce, all-gather, broadcast, barrier on device
                     buffers, checked against the host) with N ranks in this process, rank r on GPU r; with
                     --emulate on the fake NCCL and emulated driver of tools/cuda-emu (ranks are threads);
-                    with --stall-rank R, rank R never calls and the others must time out naming it
+                    with --stall-rank R, rank R first never calls (the others must time out naming it),
+                    then aborts with an error (the others must get it at once).
+                    With torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set, this
+                    process is one rank of a group of processes (on GPU LOCAL_RANK)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -45,7 +48,7 @@ public static class KernelsCommand
           --emulate          test: run on the CPU through the shim instead of on a GPU
           --device N         test: the GPU to run on (default 0)
           --ranks N          nccl: ranks of the group (default 1)
-          --stall-rank R     nccl: the rank that never calls the all-reduce (checks the timeout instead)
+          --stall-rank R     nccl: the rank that stalls, then fails (checks the timeout and the abort instead)
           --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
@@ -293,6 +296,35 @@ public static class KernelsCommand
             stderr.WriteLine("tokenmill kernels: error: the CUDA driver reports no device");
             return Cli.ExitFailure;
         }
+        // Started by torchrun (or with its variables set by hand): this process is one rank of a group of processes,
+        // on the GPU of its LOCAL_RANK, and gets the unique id from rank 0 over MASTER_ADDR:MASTER_PORT.
+        TorchrunEnvironment? env;
+        try { env = TorchrunEnvironment.FromProcess(); }
+        catch (DistributedEnvironmentException e)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+            return Cli.ExitFailure;
+        }
+        if (env is not null)
+        {
+            if (a.String("ranks") is not null || stall is not null)
+                throw new UsageException($"--ranks and --stall-rank are for ranks in this process; with RANK/WORLD_SIZE set this process is rank {env.Rank} of {env.WorldSize}");
+            using var context = CudaContext.Create(0);
+            using var own = context.DeviceName == EmulatedDeviceName || env.LocalRank == 0 ? null : CudaContext.Create(env.LocalRank);
+            var device = own ?? context;
+            device.MakeCurrent();
+            stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, rank {env.Rank} of {env.WorldSize} (LOCAL_RANK {env.LocalRank}, " +
+                             $"MASTER_ADDR={env.MasterAddress} MASTER_PORT={env.MasterPort}), timeout {timeout.TotalSeconds:0.###} s");
+            stdout.WriteLine($"rank {env.Rank}: device {device.Device.Value}, {device.DeviceName}");
+            NcclCommunicator comm;
+            try { comm = NcclCommunicator.FromEnvironment(env, device, timeout); }
+            catch (CommunicatorException e)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+                return Cli.ExitFailure;
+            }
+            using (comm) return WriteNcclChecks(NcclSelfTest.RunRank(device, comm), stdout);
+        }
         var contexts = new List<CudaContext> { CudaContext.Create(0) };
         try
         {
@@ -305,22 +337,28 @@ public static class KernelsCommand
                 return Cli.ExitFailure;
             }
             for (int r = 1; r < ranks; r++) contexts.Add(CudaContext.Create(shared ? 0 : r));
-            int version = NcclCommunicator.Version();
-            stdout.WriteLine($"NCCL {version / 10000}.{version / 100 % 100}.{version % 100}, {ranks} rank{(ranks == 1 ? "" : "s")}, timeout {timeout.TotalSeconds:0.###} s");
+            stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, {ranks} rank{(ranks == 1 ? "" : "s")}, timeout {timeout.TotalSeconds:0.###} s");
             for (int r = 0; r < ranks; r++) stdout.WriteLine($"rank {r}: device {contexts[r].Device.Value}, {contexts[r].DeviceName}");
-            var checks = NcclSelfTest.Run(contexts, timeout, stall);
-            int width = Math.Max(5, checks.Max(c => c.Name.Length));
-            stdout.WriteLine($"{"check".PadRight(width)}  rank  result");
-            foreach (var c in checks)
-                stdout.WriteLine($"{c.Name.PadRight(width)}  {c.Rank,4}  {(c.Passed ? "PASS" : "FAIL: " + c.Failure)}");
-            int failed = checks.Count(c => !c.Passed);
-            stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
-            return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+            return WriteNcclChecks(NcclSelfTest.Run(contexts, timeout, stall), stdout);
         }
         finally
         {
             foreach (var c in contexts) c.Dispose();
         }
+    }
+
+    /// <summary>NCCL's version code (major·10000 + minor·100 + patch since 2.9) as 2.18.5.</summary>
+    static string FormatVersion(int code) => $"{code / 10000}.{code / 100 % 100}.{code % 100}";
+
+    static int WriteNcclChecks(IReadOnlyList<NcclCheck> checks, TextWriter stdout)
+    {
+        int width = Math.Max(5, checks.Max(c => c.Name.Length));
+        stdout.WriteLine($"{"check".PadRight(width)}  rank  result");
+        foreach (var c in checks)
+            stdout.WriteLine($"{c.Name.PadRight(width)}  {c.Rank,4}  {(c.Passed ? "PASS" : "FAIL: " + c.Failure)}{(c.Detail is null ? "" : "  (" + c.Detail + ")")}");
+        int failed = checks.Count(c => !c.Passed);
+        stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 
     static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)

@@ -77,7 +77,7 @@ public sealed class NcclCommunicatorTests(FakeNcclLibrary fake, Xunit.Abstractio
     }
 
     [SkippableFact]
-    public void A_stalled_rank_makes_the_others_time_out_naming_it_and_the_all_reduce_without_hanging()
+    public void A_stalled_rank_makes_the_others_time_out_naming_it_and_a_failed_rank_releases_them_at_once()
     {
         fake.Require();
         var (code, output, elapsed) = Tokenmill(new(), "kernels", "nccl", "--emulate", "--ranks", "3", "--stall-rank", "1", "--timeout", "1.5");
@@ -86,8 +86,36 @@ public sealed class NcclCommunicatorTests(FakeNcclLibrary fake, Xunit.Abstractio
         // rank, operation and that it came no earlier than the timeout), and the process ended.
         Assert.Matches(@"(?m)^rank 1 stalls: all-reduce times out\s+0  PASS", output);
         Assert.Matches(@"(?m)^rank 1 stalls: all-reduce times out\s+2  PASS", output);
-        Assert.Contains("all 2 checks passed", output);
+        // Then, in a new group, rank 1 aborts with an error of its own: ranks 0 and 2, waiting in an all-gather, get it at once.
+        Assert.Matches(@"(?m)^rank 1 aborts: all-gather fails with its error\s+0  PASS", output);
+        Assert.Matches(@"(?m)^rank 1 aborts: all-gather fails with its error\s+2  PASS", output);
+        Assert.Contains("tensor-parallel all-reduce timed out after 1.5 s on rank ", output);
+        Assert.Contains(": rank 1 never reached it (stalled or dead)", output);
+        Assert.Contains("tensor-parallel rank 1 failed in its forward pass: injected by the self test", output);
+        Assert.Contains("all 4 checks passed", output);
         Assert.True(elapsed < TimeSpan.FromSeconds(90), $"took {elapsed}");
+    }
+
+    [SkippableFact]
+    public void With_torchrun_variables_the_process_is_one_rank_of_a_group_and_bad_variables_are_an_error()
+    {
+        string library = fake.Require();
+        Dictionary<string, string> Env(params (string, string)[] vars)
+        {
+            var env = new Dictionary<string, string> { ["TOKENMILL_CUDA_LIBRARY"] = library, ["TOKENMILL_NCCL_LIBRARY"] = library };
+            foreach (var (k, v) in vars) env[k] = v;
+            return env;
+        }
+        // A group of one process (the fake NCCL's ranks meet only within a process): the id exchange, init and checks.
+        var (code, output, _) = Tokenmill(Env(("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                                              ("MASTER_PORT", FreePort().ToString(System.Globalization.CultureInfo.InvariantCulture))), "kernels", "nccl");
+        Assert.True(code == 0, output);
+        Assert.Contains("rank 0 of 1 (LOCAL_RANK 0, MASTER_ADDR=127.0.0.1", output);
+        Assert.Contains($"all {NcclSelfTest.Lengths.Length * 4} checks passed", output);
+
+        (code, output, _) = Tokenmill(Env(("RANK", "0"), ("WORLD_SIZE", "2")), "kernels", "nccl");
+        Assert.Equal(1, code);
+        Assert.Contains("RANK, WORLD_SIZE are set but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not", output);
     }
 
     [Fact]
