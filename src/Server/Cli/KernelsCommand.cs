@@ -309,10 +309,13 @@ public static class KernelsCommand
         {
             if (a.String("ranks") is not null || stall is not null)
                 throw new UsageException($"--ranks and --stall-rank are for ranks in this process; with RANK/WORLD_SIZE set this process is rank {env.Rank} of {env.WorldSize}");
-            using var context = CudaContext.Create(0);
-            using var own = context.DeviceName == EmulatedDeviceName || env.LocalRank == 0 ? null : CudaContext.Create(env.LocalRank);
-            var device = own ?? context;
-            device.MakeCurrent();
+            // The GPU of LOCAL_RANK; the emulated driver's one device serves every local rank.
+            using var device = CudaContext.Create(env.LocalRank < count ? env.LocalRank : 0);
+            if (env.LocalRank >= count && device.DeviceName != EmulatedDeviceName)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: LOCAL_RANK={env.LocalRank} needs GPU {env.LocalRank}, the driver reports {count}");
+                return Cli.ExitFailure;
+            }
             stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, rank {env.Rank} of {env.WorldSize} (LOCAL_RANK {env.LocalRank}, " +
                              $"MASTER_ADDR={env.MasterAddress} MASTER_PORT={env.MasterPort}), timeout {timeout.TotalSeconds:0.###} s");
             stdout.WriteLine($"rank {env.Rank}: device {device.Device.Value}, {device.DeviceName}");
