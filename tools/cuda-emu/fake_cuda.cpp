@@ -5,8 +5,10 @@
 // file the shim cannot compile fails only its own kernels) and points the resolver at it, so the whole
 // host path runs for real — NVRTC compilation of PTX for the reported compute_90, module loading (the
 // PTX must declare every kernel looked up), argument packing, launch shapes, copies — and only the
-// kernels' execution is emulated.
+// kernels' execution is emulated. Streams (emu_stream.h) are queues with a worker thread, so the fake NCCL
+// (fake_nccl.cpp, linked into the same library) can leave a collective pending on one.
 #include "cuda_emu.h"
+#include "emu_stream.h"
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -15,20 +17,36 @@
 #include <utility>
 
 typedef int CUresult;
-enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500 };
+enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500, NOT_READY = 600 };
 
 namespace {
 struct Module { std::string ptx; };
 struct Function { std::string name; const emu::Invoker* run; };
+// Tensor-parallel ranks are threads of one process that allocate and copy at once: the map needs a lock.
+std::mutex allocations_lock;
 std::map<unsigned long long, size_t> allocations;
 int context_token;
+std::mutex streams_lock;
+std::set<emu::Stream*> streams;
 } // namespace
+
+namespace emu {
+Stream& default_stream() { static Stream s; return s; }
+Stream* stream_of(void* handle) { return handle ? static_cast<Stream*>(handle) : &default_stream(); }
+void wait_all_streams()
+{
+    default_stream().Wait();
+    std::set<Stream*> live;
+    { std::lock_guard<std::mutex> lock(streams_lock); live = streams; }
+    for (Stream* s : live) s->Wait();
+}
+} // namespace emu
 
 extern "C" {
 CUresult cuGetErrorName(CUresult e, const char** s)
 {
     *s = e == OK ? "CUDA_SUCCESS" : e == INVALID_VALUE ? "CUDA_ERROR_INVALID_VALUE" : e == OUT_OF_MEMORY ? "CUDA_ERROR_OUT_OF_MEMORY"
-       : e == INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : e == NOT_FOUND ? "CUDA_ERROR_NOT_FOUND" : "CUDA_ERROR_UNKNOWN";
+       : e == INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : e == NOT_FOUND ? "CUDA_ERROR_NOT_FOUND" : e == NOT_READY ? "CUDA_ERROR_NOT_READY" : "CUDA_ERROR_UNKNOWN";
     return OK;
 }
 CUresult cuGetErrorString(CUresult e, const char** s)
@@ -60,7 +78,7 @@ CUresult cuCtxCreate_v2(void** ctx, unsigned, int) { *ctx = &context_token; retu
 CUresult cuCtxDestroy_v2(void*) { return OK; }
 CUresult cuCtxSetCurrent(void*) { return OK; }
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = &context_token; return OK; }
-CUresult cuCtxSynchronize() { return OK; }
+CUresult cuCtxSynchronize() { emu::wait_all_streams(); return OK; }
 
 CUresult cuModuleLoadData(void** module, const void* image)
 {
@@ -81,8 +99,9 @@ CUresult cuModuleGetFunction(void** f, void* module, const char* name)
 CUresult cuFuncGetAttribute(int* v, int, void*) { *v = 0; return OK; }
 CUresult cuFuncSetAttribute(void*, int, int) { return OK; }
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned shared, void*, void** params, void** extra)
+                        unsigned shared, void* stream, void** params, void** extra)
 {
+    emu::stream_of(stream)->Wait();   // after whatever was queued on the stream before it
     if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
     auto* fn = static_cast<Function*>(f);
     emu::current_kernel = fn->name;
@@ -97,42 +116,80 @@ CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
     if (!m) return OUT_OF_MEMORY;
     std::memset(m, 0xCD, bytes);                                   // like the GPU: fresh memory is not zero
     *p = reinterpret_cast<unsigned long long>(m);
+    std::lock_guard<std::mutex> lock(allocations_lock);
     allocations[*p] = bytes;
     return OK;
 }
 CUresult cuMemFree_v2(unsigned long long p)
 {
+    std::lock_guard<std::mutex> lock(allocations_lock);
     if (!allocations.erase(p)) return INVALID_VALUE;
     std::free(reinterpret_cast<void*>(p));
     return OK;
 }
 static bool inside(unsigned long long p, size_t n)
 {
+    std::lock_guard<std::mutex> lock(allocations_lock);
     auto it = allocations.upper_bound(p);
     if (it == allocations.begin()) return false;
     --it;
     return p >= it->first && p + n <= it->first + it->second;
 }
-CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
-CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
-CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }
-CUresult cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void*) { return cuMemcpyHtoD_v2(d, h, n); }
-CUresult cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void*) { return cuMemcpyDtoH_v2(h, d, n); }
-CUresult cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { if (!inside(d, n)) return INVALID_VALUE; std::memset((void*)d, v, n); return OK; }
+// Synchronous copies and memsets wait for the default stream only. On a GPU they would also wait for the blocking
+// streams of their own context, but here every rank's context is the one emulated device: waiting for another
+// rank's stream, whose collective waits for this rank, would deadlock ranks that real GPUs keep apart.
+CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
+CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
+CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { emu::default_stream().Wait(); if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }
+CUresult cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void* s)
+{
+    emu::stream_of(s)->Wait();
+    if (!inside(d, n)) return INVALID_VALUE;
+    std::memcpy((void*)d, h, n);
+    return OK;
+}
+CUresult cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void* s)
+{
+    emu::stream_of(s)->Wait();
+    if (!inside(d, n)) return INVALID_VALUE;
+    std::memcpy(h, (void*)d, n);
+    return OK;
+}
+CUresult cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memset((void*)d, v, n); return OK; }
 CUresult cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n)
 {
+    emu::default_stream().Wait();
     if (!inside(d, n * 4)) return INVALID_VALUE;
     for (size_t i = 0; i < n; i++) reinterpret_cast<unsigned*>(d)[i] = v;
     return OK;
 }
-CUresult cuStreamCreate(void** s, unsigned) { *s = new int(0); return OK; }
-CUresult cuStreamDestroy_v2(void* s) { delete static_cast<int*>(s); return OK; }
-CUresult cuStreamSynchronize(void*) { return OK; }
-// Launches run to completion inside cuLaunchKernel, so an event records the host clock when it is queued, and
-// the time between two events is the CPU time the emulated kernels took ('kernels bench --emulate').
+CUresult cuStreamCreate(void** s, unsigned)
+{
+    auto* stream = new emu::Stream();
+    { std::lock_guard<std::mutex> lock(streams_lock); streams.insert(stream); }
+    *s = stream;
+    return OK;
+}
+CUresult cuStreamDestroy_v2(void* s)
+{
+    auto* stream = static_cast<emu::Stream*>(s);
+    { std::lock_guard<std::mutex> lock(streams_lock); if (!streams.erase(stream)) return INVALID_VALUE; }
+    delete stream;
+    return OK;
+}
+CUresult cuStreamSynchronize(void* s) { emu::stream_of(s)->Wait(); return OK; }
+CUresult cuStreamQuery(void* s) { return emu::stream_of(s)->Idle() ? OK : NOT_READY; }
+// Launches run to completion inside cuLaunchKernel, so an event records the host clock once the work queued on
+// its stream before it is done, and the time between two events is the CPU time the emulated kernels took
+// ('kernels bench --emulate').
 CUresult cuEventCreate(void** e, unsigned) { *e = new std::chrono::steady_clock::time_point(); return OK; }
 CUresult cuEventDestroy_v2(void* e) { delete static_cast<std::chrono::steady_clock::time_point*>(e); return OK; }
-CUresult cuEventRecord(void* e, void*) { *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now(); return OK; }
+CUresult cuEventRecord(void* e, void* stream)
+{
+    emu::stream_of(stream)->Wait();
+    *static_cast<std::chrono::steady_clock::time_point*>(e) = std::chrono::steady_clock::now();
+    return OK;
+}
 CUresult cuEventSynchronize(void*) { return OK; }
 CUresult cuEventElapsedTime(float* ms, void* start, void* end)
 {

@@ -350,6 +350,12 @@ public static unsafe partial class CudaApi
     [LibraryImport(Library, EntryPoint = "cuStreamSynchronize")]
     private static partial CUresult cuStreamSynchronize_Raw(CUstream hStream);
 
+    /// <summary><c>CUresult cuStreamQuery(CUstream hStream)</c>; the status is returned, not thrown.</summary>
+    public static CUresult cuStreamQuery(CUstream hStream /* CUstream */) => cuStreamQuery_Raw(hStream);
+
+    [LibraryImport(Library, EntryPoint = "cuStreamQuery")]
+    private static partial CUresult cuStreamQuery_Raw(CUstream hStream);
+
     /// <summary><c>CUresult cuEventCreate(CUevent* phEvent, unsigned int Flags)</c>; throws CudaException unless CUDA_SUCCESS.</summary>
     public static void cuEventCreate(CUevent* phEvent /* CUevent* */, uint Flags /* unsigned int */) => ThrowIfFailed(cuEventCreate_Raw(phEvent, Flags), "cuEventCreate");
 

@@ -137,4 +137,34 @@ public static unsafe partial class NcclApi
 
     [LibraryImport(Library, EntryPoint = "ncclAllReduce")]
     private static partial ncclResult_t ncclAllReduce_Raw(void* sendbuff, void* recvbuff, nuint count, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, CUstream stream);
+
+    /// <summary><c>ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream)</c>; throws NcclException unless ncclSuccess.</summary>
+    public static void ncclBroadcast(void* sendbuff /* const void* */, void* recvbuff /* void* */, nuint count /* size_t */, ncclDataType_t datatype /* ncclDataType_t */, int root /* int */, ncclComm_t comm /* ncclComm_t */, CUstream stream /* cudaStream_t */) => ThrowIfFailed(ncclBroadcast_Raw(sendbuff, recvbuff, count, datatype, root, comm, stream), "ncclBroadcast");
+
+    [LibraryImport(Library, EntryPoint = "ncclBroadcast")]
+    private static partial ncclResult_t ncclBroadcast_Raw(void* sendbuff, void* recvbuff, nuint count, ncclDataType_t datatype, int root, ncclComm_t comm, CUstream stream);
+
+    /// <summary><c>ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream)</c>; throws NcclException unless ncclSuccess.</summary>
+    public static void ncclAllGather(void* sendbuff /* const void* */, void* recvbuff /* void* */, nuint sendcount /* size_t */, ncclDataType_t datatype /* ncclDataType_t */, ncclComm_t comm /* ncclComm_t */, CUstream stream /* cudaStream_t */) => ThrowIfFailed(ncclAllGather_Raw(sendbuff, recvbuff, sendcount, datatype, comm, stream), "ncclAllGather");
+
+    [LibraryImport(Library, EntryPoint = "ncclAllGather")]
+    private static partial ncclResult_t ncclAllGather_Raw(void* sendbuff, void* recvbuff, nuint sendcount, ncclDataType_t datatype, ncclComm_t comm, CUstream stream);
+
+    /// <summary><c>ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream)</c>; throws NcclException unless ncclSuccess.</summary>
+    public static void ncclReduceScatter(void* sendbuff /* const void* */, void* recvbuff /* void* */, nuint recvcount /* size_t */, ncclDataType_t datatype /* ncclDataType_t */, ncclRedOp_t op /* ncclRedOp_t */, ncclComm_t comm /* ncclComm_t */, CUstream stream /* cudaStream_t */) => ThrowIfFailed(ncclReduceScatter_Raw(sendbuff, recvbuff, recvcount, datatype, op, comm, stream), "ncclReduceScatter");
+
+    [LibraryImport(Library, EntryPoint = "ncclReduceScatter")]
+    private static partial ncclResult_t ncclReduceScatter_Raw(void* sendbuff, void* recvbuff, nuint recvcount, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm, CUstream stream);
+
+    /// <summary><c>ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError)</c>; throws NcclException unless ncclSuccess.</summary>
+    public static void ncclCommGetAsyncError(ncclComm_t comm /* ncclComm_t */, ncclResult_t* asyncError /* ncclResult_t* */) => ThrowIfFailed(ncclCommGetAsyncError_Raw(comm, asyncError), "ncclCommGetAsyncError");
+
+    [LibraryImport(Library, EntryPoint = "ncclCommGetAsyncError")]
+    private static partial ncclResult_t ncclCommGetAsyncError_Raw(ncclComm_t comm, ncclResult_t* asyncError);
+
+    /// <summary><c>ncclResult_t ncclCommAbort(ncclComm_t comm)</c>; the status is returned, not thrown.</summary>
+    public static ncclResult_t ncclCommAbort(ncclComm_t comm /* ncclComm_t */) => ncclCommAbort_Raw(comm);
+
+    [LibraryImport(Library, EntryPoint = "ncclCommAbort")]
+    private static partial ncclResult_t ncclCommAbort_Raw(ncclComm_t comm);
 }

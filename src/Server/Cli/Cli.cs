@@ -29,7 +29,7 @@ public static class Cli
         new("simulate", "replay a request trace through the scheduler and KV cache (eviction-policy research)",
             SimulateCommand.Run, SimulateCommand.ValueOptions, SimulateCommand.Flags, SimulateCommand.Help, Subcommands: ["generate-trace"]),
         new("kernels", "compile, check and test the CUDA kernels ('kernels check', 'kernels test --emulate': no GPU needed)",
-            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "sass", "test", "selftest"]),
+            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "sass", "test", "selftest", "nccl"]),
         new("completion", "print a shell completion script: bash, zsh, fish or pwsh", CompletionCommand.Run,
             new HashSet<string>(), CompletionCommand.Flags, CompletionCommand.Help, Subcommands: CompletionCommand.Shells),
     ];

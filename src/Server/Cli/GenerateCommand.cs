@@ -58,6 +58,8 @@ public static class GenerateCommand
           --threads N                CPU threads (default: all processors); with tensor parallelism each rank gets N / tp
           --tensor-parallel-size N   split the model across N ranks (-tp N; threads of this process on the CPU, joined by
                                      a shared-memory communicator): heads, FFN, vocabulary and KV cache each 1/N per rank
+          --tensor-parallel-timeout SECONDS  how long a rank waits in one collective for the others before the engine
+                                     stops with an error naming the rank that never arrived (default 60)
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)
           --eviction-policy P        which cached KV block goes first when blocks run out: lru, lfu, fifo, priority-lru (default lru)
 
@@ -69,6 +71,7 @@ public static class GenerateCommand
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
+        "tensor-parallel-timeout",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 
@@ -136,9 +139,25 @@ public static class GenerateCommand
         MaxPreemptionsPerRequest = a.Int("max-preemptions", 32, min: 0),
         Threads = a.Int("threads", 0, min: 0, max: 1024),
         TensorParallelSize = a.Int("tensor-parallel-size", 1, min: 1, max: 64),
+        TensorParallelTimeout = ParseTimeout("tensor-parallel-timeout", a.String("tensor-parallel-timeout"), TimeSpan.FromSeconds(60)),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
     };
+
+    /// <summary>
+    /// A positive number of seconds (fractions allowed). Zero or a negative value is refused rather than taken to mean
+    /// "no timeout": a group that waits forever is exactly the hang the timeout exists to prevent.
+    /// </summary>
+    internal static TimeSpan ParseTimeout(string option, string? s, TimeSpan defaultValue)
+    {
+        if (s is null) return defaultValue;
+        if (!double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double seconds) || !double.IsFinite(seconds))
+            throw new UsageException($"--{option} must be a number of seconds, got '{s}'");
+        // TimeSpan holds about 29,000 years; a day is already far past any collective's honest duration.
+        if (seconds <= 0 || seconds > 86400)
+            throw new UsageException($"--{option} must be more than 0 and at most 86400 seconds, got {s}");
+        return TimeSpan.FromSeconds(seconds);
+    }
 
     internal static string ParseEvictionPolicy(string name) =>
         TokenMill.KvCache.EvictionPolicies.Names.Contains(name.ToLowerInvariant())

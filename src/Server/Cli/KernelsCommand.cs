@@ -1,5 +1,6 @@
 using System.Globalization;
 using TokenMill.Backends.Cuda;
+using TokenMill.Distributed;
 using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 
@@ -22,6 +23,7 @@ public static class KernelsCommand
                tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
                tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
+               tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -34,6 +36,13 @@ public static class KernelsCommand
                     launches, median of --samples samples) and print µs per launch with the achieved GB/s and
                     GFLOP/s (from the bytes and operations the shape needs at the least); with --emulate the
                     times are the CPU shim's and say nothing about a GPU
+          nccl      the NCCL communicator's tests (all-reduce, all-gather, broadcast, barrier on device
+                    buffers, checked against the host) with N ranks in this process, rank r on GPU r; with
+                    --emulate on the fake NCCL and emulated driver of tools/cuda-emu (ranks are threads);
+                    with --stall-rank R, rank R first never calls (the others must time out naming it),
+                    then aborts with an error (the others must get it at once).
+                    With torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set, this
+                    process is one rank of a group of processes (on GPU LOCAL_RANK)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -42,13 +51,16 @@ public static class KernelsCommand
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
           --kernel LIST      test only these kernels (comma-separated names)
-          --emulate          test, bench: run on the CPU through the shim instead of on a GPU
+          --emulate          test, bench, nccl: run on the CPU through the shim instead of on a GPU
           --device N         test, bench: the GPU to run on (default 0)
           --sweep S          bench: full (TinyLlama and Llama 3 8B sizes; default on a GPU) or small
                              (default with --emulate)
           --samples N        bench: timed samples per shape, the median is reported (default 10; 3 emulated)
           --launches N       bench: launches per sample (default 10; 1 emulated)
           --output-json F    bench: write every row as JSON
+          --ranks N          nccl: ranks of the group (default 1)
+          --stall-rank R     nccl: the rank that stalls, then fails (checks the timeout and the abort instead)
+          --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -56,12 +68,13 @@ public static class KernelsCommand
         example: tokenmill kernels check --arch 80,90
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
                  tokenmill kernels bench --kernel gemv_q4_0,gemv_q8_0 --output-json gemv.json
+                 tokenmill kernels nccl --ranks 2 --emulate
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -75,7 +88,8 @@ public static class KernelsCommand
         if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
         if (a.Positional is ["bench"]) return Bench(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: bench, check, sass, test)");
+        if (a.Positional is ["nccl"]) return NcclTest(a, stdout, stderr);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: bench, check, nccl, sass, test)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -259,6 +273,108 @@ public static class KernelsCommand
             return Cli.ExitOk;
         }
         finally { Directory.Delete(work, recursive: true); }
+    }
+
+    /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>
+    static int NcclTest(CliArguments a, TextWriter stdout, TextWriter stderr)
+    {
+        int ranks = a.Int("ranks", 1, min: 1, max: 64);
+        int? stall = a.String("stall-rank") is null ? null : a.Int("stall-rank", 0, min: 0, max: ranks - 1);
+        var timeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2));
+        bool emulate = a.Flag("emulate");
+        if (emulate)
+        {
+            try
+            {
+                // The driver alone, no kernels: the fake NCCL is part of the same library.
+                var driver = KernelEmulation.Build([], KernelCompiler.DefaultCacheDirectory());
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+                NativeLibraryResolver.UseLibrary(CudaLibrary.Nccl, driver.LibraryPath);
+            }
+            catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+                return Cli.ExitFailure;
+            }
+        }
+        foreach (var library in new[] { CudaLibrary.Driver, CudaLibrary.Nccl })
+            if (!NativeLibraryResolver.TryLoad(library, out string reason))
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {reason} (without GPUs, 'kernels nccl --emulate' runs on the fake NCCL)");
+                return Cli.ExitFailure;
+            }
+        int count = CudaContext.DeviceCount();
+        if (count == 0)
+        {
+            stderr.WriteLine("tokenmill kernels: error: the CUDA driver reports no device");
+            return Cli.ExitFailure;
+        }
+        // Started by torchrun (or with its variables set by hand): this process is one rank of a group of processes,
+        // on the GPU of its LOCAL_RANK, and gets the unique id from rank 0 over MASTER_ADDR:MASTER_PORT.
+        TorchrunEnvironment? env;
+        try { env = TorchrunEnvironment.FromProcess(); }
+        catch (DistributedEnvironmentException e)
+        {
+            stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+            return Cli.ExitFailure;
+        }
+        if (env is not null)
+        {
+            if (a.String("ranks") is not null || stall is not null)
+                throw new UsageException($"--ranks and --stall-rank are for ranks in this process; with RANK/WORLD_SIZE set this process is rank {env.Rank} of {env.WorldSize}");
+            // The GPU of LOCAL_RANK; the emulated driver's one device serves every local rank.
+            using var device = CudaContext.Create(env.LocalRank < count ? env.LocalRank : 0);
+            if (env.LocalRank >= count && device.DeviceName != EmulatedDeviceName)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: LOCAL_RANK={env.LocalRank} needs GPU {env.LocalRank}, the driver reports {count}");
+                return Cli.ExitFailure;
+            }
+            stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, rank {env.Rank} of {env.WorldSize} (LOCAL_RANK {env.LocalRank}, " +
+                             $"MASTER_ADDR={env.MasterAddress} MASTER_PORT={env.MasterPort}), timeout {timeout.TotalSeconds:0.###} s");
+            stdout.WriteLine($"rank {env.Rank}: device {device.Device.Value}, {device.DeviceName}");
+            NcclCommunicator comm;
+            try { comm = NcclCommunicator.FromEnvironment(env, device, timeout); }
+            catch (CommunicatorException e)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: {e.Message}");
+                return Cli.ExitFailure;
+            }
+            using (comm) return WriteNcclChecks(NcclSelfTest.RunRank(device, comm), stdout);
+        }
+        var contexts = new List<CudaContext> { CudaContext.Create(0) };
+        try
+        {
+            // The emulated driver (chosen by --emulate or by TOKENMILL_CUDA_LIBRARY) is one device that every rank shares:
+            // the fake NCCL allows it, real NCCL refuses two ranks on one GPU.
+            bool shared = contexts[0].DeviceName == EmulatedDeviceName;
+            if (!shared && count < ranks)
+            {
+                stderr.WriteLine($"tokenmill kernels: error: --ranks {ranks} needs {ranks} GPUs (one per rank), the driver reports {count}");
+                return Cli.ExitFailure;
+            }
+            for (int r = 1; r < ranks; r++) contexts.Add(CudaContext.Create(shared ? 0 : r));
+            stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, {ranks} rank{(ranks == 1 ? "" : "s")}, timeout {timeout.TotalSeconds:0.###} s");
+            for (int r = 0; r < ranks; r++) stdout.WriteLine($"rank {r}: device {contexts[r].Device.Value}, {contexts[r].DeviceName}");
+            return WriteNcclChecks(NcclSelfTest.Run(contexts, timeout, stall), stdout);
+        }
+        finally
+        {
+            foreach (var c in contexts) c.Dispose();
+        }
+    }
+
+    /// <summary>NCCL's version code (major·10000 + minor·100 + patch since 2.9) as 2.18.5.</summary>
+    static string FormatVersion(int code) => $"{code / 10000}.{code / 100 % 100}.{code % 100}";
+
+    static int WriteNcclChecks(IReadOnlyList<NcclCheck> checks, TextWriter stdout)
+    {
+        int width = Math.Max(5, checks.Max(c => c.Name.Length));
+        stdout.WriteLine($"{"check".PadRight(width)}  rank  result");
+        foreach (var c in checks)
+            stdout.WriteLine($"{c.Name.PadRight(width)}  {c.Rank,4}  {(c.Passed ? "PASS" : "FAIL: " + c.Failure)}{(c.Detail is null ? "" : "  (" + c.Detail + ")")}");
+        int failed = checks.Count(c => !c.Passed);
+        stdout.WriteLine(failed == 0 ? $"all {checks.Count} checks passed" : $"{failed} of {checks.Count} checks FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 
     /// <summary>

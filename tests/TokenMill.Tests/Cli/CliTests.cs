@@ -1,3 +1,4 @@
+using TokenMill.Core;
 using TokenMill.Server.Cli;
 
 namespace TokenMill.Tests.Cli;
@@ -35,6 +36,34 @@ public class CliTests
         var zero = Run([.. args, "-tp", "0"]);
         Assert.Equal(2, zero.Code);
         Assert.Contains("--tensor-parallel-size must be between 1 and 64, got 0", zero.Err);
+    }
+
+    [Fact]
+    public void Tensor_parallel_timeout_reaches_the_engine_options_and_a_non_positive_or_non_numeric_value_is_a_usage_error()
+    {
+        static EngineOptions Parse(params string[] args) =>
+            GenerateCommand.ParseEngineOptions(new CliArguments("generate", args, GenerateCommand.ValueOptions, GenerateCommand.Flags));
+        Assert.Equal(TimeSpan.FromSeconds(60), Parse().TensorParallelTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(2.5), Parse("--tensor-parallel-timeout", "2.5").TensorParallelTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(90), Parse("-tp", "2", "--tensor-parallel-timeout=90").TensorParallelTimeout);
+
+        // generate, serve and bench all take it, and all refuse the same bad values before loading anything.
+        foreach (string[] command in new[] { new[] { "generate" }, ["serve"], ["bench", "latency"] })
+        {
+            foreach (var (value, message) in new[]
+            {
+                ("0", "--tensor-parallel-timeout must be more than 0 and at most 86400 seconds, got 0"),
+                ("-3", "--tensor-parallel-timeout must be more than 0 and at most 86400 seconds, got -3"),
+                ("1e9", "--tensor-parallel-timeout must be more than 0 and at most 86400 seconds, got 1e9"),
+                ("ten", "--tensor-parallel-timeout must be a number of seconds, got 'ten'"),
+                ("NaN", "--tensor-parallel-timeout must be a number of seconds, got 'NaN'"),
+            })
+            {
+                var (code, _, err) = Run([.. command, "--model", "dummy:no-such-preset", "--tensor-parallel-timeout", value]);
+                Assert.True(code == 2, $"{string.Join(' ', command)} --tensor-parallel-timeout {value}: exit {code}, {err}");
+                Assert.Contains(message, err);
+            }
+        }
     }
 
     [SkippableFact]

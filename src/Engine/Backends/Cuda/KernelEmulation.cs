@@ -20,6 +20,8 @@ public sealed record EmulatedDriver(string LibraryPath, IReadOnlyList<EmulationF
 /// Each <c>.cu</c> file is its own translation unit that registers its kernels: a construct the shim cannot
 /// express fails that file's kernels by name (with g++'s error, attributed to the kernel whose lines it is
 /// in), and every other kernel still runs. Objects are cached by a hash of everything that goes into them.
+/// The same library is also the fake NCCL (fake_nccl.cpp: ranks as threads meeting in memory), so the NCCL
+/// communicator runs without GPUs when both <c>TOKENMILL_CUDA_LIBRARY</c> and <c>TOKENMILL_NCCL_LIBRARY</c> point at it.
 /// </summary>
 public static partial class KernelEmulation
 {
@@ -27,7 +29,7 @@ public static partial class KernelEmulation
     /// <summary>C++20 and _Float16 (the shim's f16 conversions): g++ 12 or newer.</summary>
     static readonly string[] CompileFlags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"];
 
-    /// <summary>The embedded shim sources: cuda_emu.h and fake_cuda.cpp.</summary>
+    /// <summary>The embedded shim sources: cuda_emu.h, emu_stream.h, fake_cuda.cpp and fake_nccl.cpp.</summary>
     public static IReadOnlyList<KernelSource> Shim()
     {
         var asm = typeof(KernelEmulation).Assembly;
@@ -65,9 +67,10 @@ public static partial class KernelEmulation
             string common = string.Join('\0', [version.Text.Trim(), .. CompileFlags, .. extraFlags, .. shim.Select(s => s.Text),
                                                .. sources.Where(s => s.IsHeader).Select(s => s.FileName + "\0" + s.Text)]);
 
-            // One translation unit per kernel file; the driver is one more.
+            // One translation unit per kernel file; the driver and the fake NCCL are two more, last.
             var units = sources.Where(s => !s.IsHeader).Select(s => (Source: (KernelSource?)s, Name: Path.GetFileNameWithoutExtension(s.FileName), Text: UnitText(s))).ToList();
             units.Add((null, "fake_cuda", "#include \"fake_cuda.cpp\"\n"));
+            units.Add((null, "fake_nccl", "#include \"fake_nccl.cpp\"\n"));
             var results = new (string? Object, string Log)[units.Count];
             Parallel.For(0, units.Count, new ParallelOptions { MaxDegreeOfParallelism = Math.Clamp(Environment.ProcessorCount, 1, 4) }, i =>
             {
@@ -85,9 +88,10 @@ public static partial class KernelEmulation
             });
 
             var failures = new List<EmulationFailure>();
-            for (int i = 0; i < units.Count - 1; i++)
+            for (int i = 0; i < units.Count - 2; i++)
                 if (results[i].Object is null) failures.AddRange(Attribute(units[i].Source!, results[i].Log));
-            if (results[^1].Object is null) throw new InvalidOperationException($"the emulated driver (fake_cuda.cpp) does not compile:\n{results[^1].Log}");
+            foreach (int i in new[] { units.Count - 2, units.Count - 1 })
+                if (results[i].Object is null) throw new InvalidOperationException($"the emulated driver ({units[i].Name}.cpp) does not compile:\n{results[i].Log}");
 
             var linked = results.Where(r => r.Object is not null).Select(r => r.Object!).ToList();
             string library = Path.Combine(objects, $"libcuda-emu-{Hash(string.Join('\0', [.. linked, .. extraFlags]))[..24]}.so");
