@@ -18,7 +18,9 @@ public static class KernelLaunches
     // Budgets: no spills anywhere. Minimum occupancy = what CUDA 11.8's ptxas gives today on sm_80 and sm_90, so a
     // change that costs registers (or shared memory) enough to lose resident blocks fails: full occupancy for the
     // memory-bound kernels, which need every warp to hide latency; paged attention's 48 registers give 10 blocks
-    // of 4 warps (62.5 %). rope sits at exactly 32 registers on sm_90 (its libdevice sin/cos slow path also takes
+    // of 4 warps (62.5 %), and its split-K form the same. Prefill attention keeps four rows' q and output per lane
+    // (~128 registers) next to 32 KiB of key/value tiles: 4 blocks of 4 warps (25 %), registers and shared memory
+    // both at their limit, so any growth of either fails. rope sits at exactly 32 registers on sm_90 (its libdevice sin/cos slow path also takes
     // a 48-byte stack frame), so one more register would cost a quarter: its budget allows that, not more.
     public static readonly IReadOnlyList<KernelLaunch> All =
     [
@@ -33,6 +35,11 @@ public static class KernelLaunches
         new("reshape_and_cache_f16", "reshape_and_cache.cu", 256, 0, 1.0),
         new("paged_attention_decode_f32", "paged_attention.cu", 128, 0, 0.625),
         new("paged_attention_decode_f16", "paged_attention.cu", 128, 0, 0.625),
+        new("paged_attention_decode_split_f32", "paged_attention.cu", 128, 0, 0.625),
+        new("paged_attention_decode_split_f16", "paged_attention.cu", 128, 0, 0.625),
+        new("paged_attention_reduce", "paged_attention.cu", 128, 0, 1.0),
+        new("paged_attention_prefill_f32", "paged_attention_prefill.cu", 128, 0, 0.25),
+        new("paged_attention_prefill_f16", "paged_attention_prefill.cu", 128, 0, 0.25),
         new("silu_and_mul", "activation.cu", 256, 0, 1.0),
         new("gelu_tanh_and_mul", "activation.cu", 256, 0, 1.0),
         new("gemv_f32", "gemv.cu", 128, 0, 1.0),

@@ -50,6 +50,8 @@ public sealed class KernelSelfTest : IDisposable
         t.Norms();
         t.Rope();
         t.CacheAndAttention();
+        t.SplitDecodeAttention();
+        t.PrefillAttention();
         t.Activations();
         t.Gemv();
         t.ArgMax();
@@ -351,6 +353,174 @@ public sealed class KernelSelfTest : IDisposable
                         Download<float>(output, q.Length), expected, 1e-5);
                 }
             });
+    }
+
+    /// <summary>
+    /// Writes every (sequence, position) of <paramref name="slotOf"/>'s sequences into a fresh cache through
+    /// reshape_and_cache (random keys and values) and returns the device cache and what it holds, read back
+    /// (reshape_and_cache itself is checked in <see cref="CacheAndAttention"/>).
+    /// </summary>
+    (DeviceBuffer K, DeviceBuffer V, float[] Keys, float[] Values) FillCache(bool f16, int kvDim, int slots, int[] contextLens, Func<int, int, int> slotOf)
+    {
+        string kernel = $"reshape_and_cache_{(f16 ? "f16" : "f32")}";
+        var slotMapping = new List<int>();
+        for (int s = 0; s < contextLens.Length; s++)
+            for (int j = 0; j < contextLens[s]; j++) slotMapping.Add(slotOf(s, j));
+        int tokens = slotMapping.Count, elementBytes = f16 ? 2 : 4;
+        var kCache = Zeros<byte>(slots * kvDim * elementBytes);
+        var vCache = Zeros<byte>(slots * kvDim * elementBytes);
+        K("reshape_and_cache.cu", kernel).Launch(new Dim3((uint)tokens), Block(kernel), new KernelArgs()
+            .Add(Upload(Random(tokens * kvDim))).Add(Upload(Random(tokens * kvDim))).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
+        float[] Read(DeviceBuffer b) => f16 ? [.. Download<ushort>(b, slots * kvDim).Select(Fp16.ToSingle)] : Download<float>(b, slots * kvDim);
+        return (kCache, vCache, Read(kCache), Read(vCache));
+    }
+
+    /// <summary>
+    /// The plain reference every attention kernel is checked against (CpuForward.AttentionItem's formula, in double):
+    /// softmax(q·k · scale)·v over positions <paramref name="first"/> … <paramref name="last"/> of a sequence, added to <paramref name="output"/>.
+    /// </summary>
+    static void Attend(ReadOnlySpan<float> q, float[] keys, float[] values, Func<int, int> slotOf, int kvOffset, int kvDim,
+                       int first, int last, float scale, Span<double> output)
+    {
+        var scores = new double[last + 1 - first];
+        for (int j = first; j <= last; j++)
+        {
+            double dot = 0;
+            for (int d = 0; d < q.Length; d++) dot += (double)q[d] * keys[slotOf(j) * kvDim + kvOffset + d];
+            scores[j - first] = dot * scale;
+        }
+        double max = scores.Max(), total = scores.Sum(x => Math.Exp(x - max));
+        for (int j = first; j <= last; j++)
+        {
+            double p = Math.Exp(scores[j - first] - max) / total;
+            for (int d = 0; d < q.Length; d++) output[d] += p * values[slotOf(j) * kvDim + kvOffset + d];
+        }
+    }
+
+    /// <summary>
+    /// Split-K decode: a context of 1, one of exactly one partition, one of several partitions and a remainder, each
+    /// with and without a sliding window that starts mid-context, at a small partition size (the emulated run stays
+    /// short) and once at the backend's <see cref="PagedAttentionDecodePlan.PartitionSize"/>. The partial buffers start
+    /// as NaN, so a reduce that reads a partition nobody wrote fails.
+    /// </summary>
+    void SplitDecodeAttention()
+    {
+        const int blockSize = 16;
+        var cases = new (int Heads, int KvHeads, int HeadDim, int PartitionSize, int[] ContextLens, int[] Windows)[]
+        {
+            (4, 2, 64, 32, [1, 32, 100], [0, 40]),    // 100 = 3 partitions + 4; window 40 of 100: positions 60…99, 32 + 8
+            (2, 1, 256, 32, [1, 32, 100], [0, 40]),
+            (1, 1, 128, PagedAttentionDecodePlan.PartitionSize, [1100], [0]),   // 2 × 512 + 76
+        };
+        foreach (var (heads, kvHeads, headDim, partitionSize, contextLens, windows) in cases)
+            foreach (bool f16 in FalseTrue)
+            {
+                string type = f16 ? "f16" : "f32", split = $"paged_attention_decode_split_{type}";
+                Guarded([$"reshape_and_cache_{type}", split, "paged_attention_reduce"], () =>
+                {
+                    int kvDim = kvHeads * headDim, maxBlocks = (contextLens.Max() + blockSize - 1) / blockSize;
+                    // Sequence s's block i is physical block (i · 3 + s) mod blocks, reversed: not in order, never shared.
+                    int numBlocks = maxBlocks * contextLens.Length;
+                    int[][] tables = [.. contextLens.Select((_, s) => Enumerable.Range(0, maxBlocks).Select(i => numBlocks - 1 - (i * contextLens.Length + s)).ToArray())];
+                    int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
+                    var (kCache, vCache, keys, values) = FillCache(f16, kvDim, numBlocks * blockSize, contextLens, Slot);
+                    var q = Random(contextLens.Length * heads * headDim);
+                    float scale = 1f / MathF.Sqrt(headDim);
+                    foreach (int window in windows)
+                    {
+                        int maxSeen = contextLens.Max(c => window > 0 ? Math.Min(c, window) : c);
+                        int parts = (maxSeen + partitionSize - 1) / partitionSize;
+                        if (partitionSize == PagedAttentionDecodePlan.PartitionSize)
+                        {
+                            var plan = PagedAttentionDecodePlan.Choose(contextLens.Max(), contextLens.Length, heads, window);
+                            if (!plan.SplitK || plan.MaxPartitions != parts)
+                                throw new InvalidOperationException($"PagedAttentionDecodePlan chose {plan} for a {contextLens.Max()}-position context of {heads} head(s)");
+                        }
+                        int stats = contextLens.Length * heads * parts;
+                        var maxLogits = Upload(Enumerable.Repeat(float.NaN, stats).ToArray());
+                        var expSums = Upload(Enumerable.Repeat(float.NaN, stats).ToArray());
+                        var partial = Upload(Enumerable.Repeat(float.NaN, stats * headDim).ToArray());
+                        var dContext = Upload(contextLens);
+                        K("paged_attention.cu", split).Launch(new Dim3((uint)heads, (uint)contextLens.Length, (uint)parts), Block(split),
+                            new KernelArgs().Add(maxLogits).Add(expSums).Add(partial).Add(Upload(q)).Add(kCache).Add(vCache)
+                                .Add(Upload(tables.SelectMany(t => t).ToArray())).Add(dContext).Add(maxBlocks).Add(heads).Add(kvHeads)
+                                .Add(headDim).Add(blockSize).Add(scale).Add(window).Add(partitionSize));
+                        var output = Upload(Enumerable.Repeat(float.NaN, q.Length).ToArray());
+                        K("paged_attention.cu", "paged_attention_reduce").Launch(new Dim3((uint)heads, (uint)contextLens.Length), Block("paged_attention_reduce"),
+                            new KernelArgs().Add(output).Add(maxLogits).Add(expSums).Add(partial).Add(dContext).Add(parts).Add(heads).Add(headDim)
+                                .Add(window).Add(partitionSize));
+                        var expected = new double[q.Length];
+                        for (int s = 0; s < contextLens.Length; s++)
+                            for (int h = 0; h < heads; h++)
+                            {
+                                int ctx = contextLens[s], first = window > 0 && ctx > window ? ctx - window : 0, seq = s;
+                                Attend(q.AsSpan((s * heads + h) * headDim, headDim), keys, values, j => Slot(seq, j), h / (heads / kvHeads) * headDim, kvDim,
+                                       first, ctx - 1, scale, expected.AsSpan((s * heads + h) * headDim, headDim));
+                            }
+                        string name = $"H{heads}/KV{kvHeads} d{headDim} ctx {string.Join('/', contextLens)}, {parts} × {partitionSize}{(window > 0 ? $" window {window}" : "")}";
+                        var got = Download<float>(output, q.Length);
+                        Check(split, name, got, expected, 1e-5);
+                        Check("paged_attention_reduce", $"{name} ({type})", got, expected, 1e-5);
+                    }
+                });
+            }
+    }
+
+    /// <summary>
+    /// Prefill over the paged cache, four sequences in one launch: a prompt of 19 rows (a full query tile and 3 more), a
+    /// chunked prefill whose positions 0…12 were cached by an earlier chunk (rows at positions 13…29, across a key tile
+    /// boundary and into a second query tile), a prompt of 3 rows and a single decode row at position 20; GQA, every
+    /// head dim the kernels take, with and without a sliding window shorter than a key tile.
+    /// </summary>
+    void PrefillAttention()
+    {
+        const int blockSize = 16;
+        int[] contextLens = [19, 30, 3, 21];   // each sequence's cached positions after this step's rows are written
+        int[] firstQuery = [0, 13, 0, 20];     // the position of each sequence's first query row
+        int[][] tables = [[3, 8], [0, 6], [9], [2, 5]];
+        int maxBlocks = tables.Max(t => t.Length), numBlocks = tables.Sum(t => t.Length);
+        var flatTables = new int[tables.Length * maxBlocks];
+        for (int s = 0; s < tables.Length; s++) tables[s].CopyTo(flatTables, s * maxBlocks);
+        int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
+        var queryStart = new int[tables.Length + 1];
+        var positions = new List<int>();
+        for (int s = 0; s < tables.Length; s++)
+        {
+            for (int p = firstQuery[s]; p < contextLens[s]; p++) positions.Add(p);
+            queryStart[s + 1] = positions.Count;
+        }
+        int rows = positions.Count, maxQueryLength = Enumerable.Range(0, tables.Length).Max(s => queryStart[s + 1] - queryStart[s]);
+
+        foreach (var (heads, kvHeads, headDim) in new[] { (4, 2, 64), (2, 2, 80), (2, 1, 128), (2, 1, 256) })
+            foreach (bool f16 in FalseTrue)
+            {
+                string type = f16 ? "f16" : "f32", kernel = $"paged_attention_prefill_{type}";
+                Guarded([$"reshape_and_cache_{type}", kernel], () =>
+                {
+                    int kvDim = kvHeads * headDim;
+                    var (kCache, vCache, keys, values) = FillCache(f16, kvDim, (numBlocks + 1) * blockSize, contextLens, Slot);
+                    var q = Random(rows * heads * headDim);
+                    float scale = 1f / MathF.Sqrt(headDim);
+                    foreach (int window in Windows)
+                    {
+                        var output = Upload(Enumerable.Repeat(float.NaN, q.Length).ToArray());
+                        K("paged_attention_prefill.cu", kernel).Launch(PagedAttentionPrefill.Grid(maxQueryLength, heads, tables.Length), Block(kernel),
+                            new KernelArgs().Add(output).Add(Upload(q)).Add(kCache).Add(vCache).Add(Upload(flatTables)).Add(Upload(queryStart))
+                                .Add(Upload(positions.ToArray())).Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(scale).Add(window));
+                        var expected = new double[q.Length];
+                        for (int s = 0; s < tables.Length; s++)
+                            for (int row = queryStart[s]; row < queryStart[s + 1]; row++)
+                                for (int h = 0; h < heads; h++)
+                                {
+                                    int pos = positions[row], first = window > 0 ? Math.Max(0, pos + 1 - window) : 0, seq = s;
+                                    Attend(q.AsSpan((row * heads + h) * headDim, headDim), keys, values, j => Slot(seq, j), h / (heads / kvHeads) * headDim, kvDim,
+                                           first, pos, scale, expected.AsSpan((row * heads + h) * headDim, headDim));
+                                }
+                        Check(kernel, $"H{heads}/KV{kvHeads} d{headDim}, rows 19 + 17 (from 13) + 3 + 1{(window > 0 ? $" window {window}" : "")}",
+                            Download<float>(output, q.Length), expected, 1e-5);
+                    }
+                });
+            }
     }
 
     void Activations()
