@@ -15,6 +15,7 @@
 #include "rope.cu"
 #include "reshape_and_cache.cu"
 #include "paged_attention.cu"
+#include "paged_attention_prefill.cu"
 #include "activation.cu"
 #include "gemv.cu"
 #include "argmax.cu"
@@ -199,6 +200,102 @@ static void cache_and_attention()
         }
 }
 
+// softmax(q·k · scale)·v over positions first … last, keys and values at slot(j), added to out (double).
+template <typename Slot>
+static void attend(const float* q, const std::vector<float>& kc, const std::vector<float>& vc, Slot slot, int kvoff, int kvdim, int hd,
+                   int first, int last, float scale, double* out)
+{
+    std::vector<double> sc;
+    for (int j = first; j <= last; j++)
+    {
+        double d = 0; for (int e = 0; e < hd; e++) d += (double)q[e] * kc[slot(j) * kvdim + kvoff + e];
+        sc.push_back(d * scale);
+    }
+    double mx = *std::max_element(sc.begin(), sc.end()), tot = 0; for (double x : sc) tot += std::exp(x - mx);
+    for (int j = first; j <= last; j++)
+    {
+        double p = std::exp(sc[j - first] - mx) / tot;
+        for (int e = 0; e < hd; e++) out[e] += p * vc[slot(j) * kvdim + kvoff + e];
+    }
+}
+
+// A float cache holding random keys and values at every slot (what reshape_and_cache writes; checked above).
+struct Cache { std::vector<float> k, v; std::vector<unsigned short> kh, vh; };
+static Cache random_cache(int slots, int kvdim, bool f16)
+{
+    Cache c{rnds(slots * kvdim), rnds(slots * kvdim), {}, {}};
+    if (f16)
+        for (size_t i = 0; i < c.k.size(); i++)
+        {
+            c.kh.push_back(half_bits(c.k[i])); c.k[i] = half_round(c.k[i]);
+            c.vh.push_back(half_bits(c.v[i])); c.v[i] = half_round(c.v[i]);
+        }
+    return c;
+}
+
+// Split-K decode and its reduce: contexts 1, one partition exactly, 3 partitions + 4; a window over 2 partitions.
+static void split_attention()
+{
+    const int bs = 16, ps = 32, maxb = 7, h = 2, kv = 1, hd = 64, kvdim = kv * hd;
+    std::vector<int> ctx = {1, 32, 100};
+    std::vector<int> flat(ctx.size() * maxb);
+    for (size_t i = 0; i < flat.size(); i++) flat[i] = (int)flat.size() - 1 - (int)i;   // reversed, never shared
+    for (int f16 = 0; f16 < 2; f16++)
+    {
+        Cache c = random_cache((int)flat.size() * bs, kvdim, f16);
+        auto q = rnds(ctx.size() * h * hd);
+        float scale = 1 / std::sqrt((float)hd);
+        for (int window : {0, 40})
+        {
+            int parts = (window ? window : 100) / ps + 1;
+            std::vector<float> ml(ctx.size() * h * parts, NAN), es(ml.size(), NAN), po(ml.size() * hd, NAN), out(q.size(), NAN);
+            emu::launch({(unsigned)h, (unsigned)ctx.size(), (unsigned)parts}, {128}, [&] {
+                if (f16) paged_attention_decode_split_f16(ml.data(), es.data(), po.data(), q.data(), c.kh.data(), c.vh.data(), flat.data(), ctx.data(), maxb, h, kv, hd, bs, scale, window, ps);
+                else paged_attention_decode_split_f32(ml.data(), es.data(), po.data(), q.data(), c.k.data(), c.v.data(), flat.data(), ctx.data(), maxb, h, kv, hd, bs, scale, window, ps); });
+            emu::launch({(unsigned)h, (unsigned)ctx.size()}, {128}, [&] {
+                paged_attention_reduce(out.data(), ml.data(), es.data(), po.data(), ctx.data(), parts, h, hd, window, ps); });
+            std::vector<double> exp(q.size(), 0.0);
+            for (size_t s = 0; s < ctx.size(); s++) for (int hh = 0; hh < h; hh++)
+            {
+                int first = window > 0 && ctx[s] > window ? ctx[s] - window : 0;
+                attend(&q[(s * h + hh) * hd], c.k, c.v, [&](int j) { return flat[s * maxb + j / bs] * bs + j % bs; }, hh / (h / kv) * hd, kvdim, hd,
+                       first, ctx[s] - 1, scale, &exp[(s * h + hh) * hd]);
+            }
+            check(std::string("paged_attention_decode_split + reduce H2/KV1 d64 ctx 1/32/100") + (f16 ? " f16" : " f32") + (window ? " window 40" : ""), out, exp, 1e-5);
+        }
+    }
+}
+
+// Prefill: a 19-row prompt, a chunk at positions 13…29 over a cached 0…12, 3 rows, one decode row at 20.
+static void prefill_attention()
+{
+    const int bs = 16, maxb = 2, h = 2, kv = 1, hd = 64;   // few heads: this harness also runs under TSan (the C# self test sweeps the shapes)
+    std::vector<int> ctx = {19, 30, 3, 21}, first_q = {0, 13, 0, 20}, flat = {3, 8, 0, 6, 9, 0, 2, 5};
+    std::vector<int> start = {0}, pos;
+    for (size_t s = 0; s < ctx.size(); s++) { for (int p = first_q[s]; p < ctx[s]; p++) pos.push_back(p); start.push_back((int)pos.size()); }
+    const int rows = (int)pos.size();
+    for (int f16 = 0; f16 < 2; f16++)
+    {
+        int kvdim = kv * hd;
+        Cache c = random_cache(10 * bs, kvdim, f16);
+        auto q = rnds(rows * h * hd);
+        float scale = 1 / std::sqrt((float)hd);
+        for (int window : {0, 10})
+        {
+            std::vector<float> out(q.size(), NAN);
+            emu::launch({2, (unsigned)h, (unsigned)ctx.size()}, {128}, [&] {
+                if (f16) paged_attention_prefill_f16(out.data(), q.data(), c.kh.data(), c.vh.data(), flat.data(), start.data(), pos.data(), maxb, h, kv, hd, bs, scale, window);
+                else paged_attention_prefill_f32(out.data(), q.data(), c.k.data(), c.v.data(), flat.data(), start.data(), pos.data(), maxb, h, kv, hd, bs, scale, window); });
+            std::vector<double> exp(q.size(), 0.0);
+            for (size_t s = 0; s < ctx.size(); s++)
+                for (int r = start[s]; r < start[s + 1]; r++) for (int hh = 0; hh < h; hh++)
+                    attend(&q[(r * h + hh) * hd], c.k, c.v, [&](int j) { return flat[s * maxb + j / bs] * bs + j % bs; }, hh / (h / kv) * hd, kvdim, hd,
+                           window > 0 ? std::max(0, pos[r] + 1 - window) : 0, pos[r], scale, &exp[(r * h + hh) * hd]);
+            check(std::string("paged_attention_prefill H2/KV1 d64 rows 19 + 17 (from 13) + 3 + 1") + (f16 ? " f16" : " f32") + (window ? " window 10" : ""), out, exp, 1e-5);
+        }
+    }
+}
+
 static void activations()
 {
     const long long n = 1000;
@@ -267,11 +364,12 @@ static void argmax_check()
     check("argmax (random, tie, all equal, -inf + NaN)", out, std::vector<int>{e0, 100, 0, 5}, 0);
 }
 
-// With arguments, runs only the named groups (embedding, norms, rope, attention, activations, gemv, argmax).
+// With arguments, runs only the named groups (embedding, norms, rope, attention, split, prefill, activations, gemv, argmax).
 int main(int argc, char** argv)
 {
     const std::pair<const char*, void (*)()> groups[] = {
         {"embedding", embedding}, {"norms", norms}, {"rope", rope_check}, {"attention", cache_and_attention},
+        {"split", split_attention}, {"prefill", prefill_attention},
         {"activations", activations}, {"gemv", gemv}, {"argmax", argmax_check},
     };
     for (int i = 1; i < argc; i++)

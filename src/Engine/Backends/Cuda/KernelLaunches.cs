@@ -18,10 +18,11 @@ public static class KernelLaunches
     // Budgets: no spills anywhere. Minimum occupancy = what CUDA 11.8's ptxas gives today on sm_80 and sm_90, so a
     // change that costs registers (or shared memory) enough to lose resident blocks fails: full occupancy for the
     // memory-bound kernels, which need every warp to hide latency; paged attention's 48 registers give 10 blocks
-    // of 4 warps (62.5 %), and its split-K form the same. Prefill attention keeps four rows' q and output per lane
-    // (~128 registers) next to 32 KiB of key/value tiles: 4 blocks of 4 warps (25 %), registers and shared memory
-    // both at their limit, so any growth of either fails. rope sits at exactly 32 registers on sm_90 (its libdevice sin/cos slow path also takes
-    // a 48-byte stack frame), so one more register would cost a quarter: its budget allows that, not more.
+    // of 4 warps (62.5 %), its split-K form the same. Prefill attention keeps four query rows and their outputs per
+    // lane (126–128 registers) beside 32 KiB of key/value tiles: 4 blocks of 4 warps (25 %), registers and shared
+    // memory both at that limit, so growth in either fails. rope sits at exactly 32 registers on sm_90 (its libdevice
+    // sin/cos slow path also takes a 48-byte stack frame), so one more register would cost a quarter: its budget
+    // allows that, not more.
     public static readonly IReadOnlyList<KernelLaunch> All =
     [
         new("embedding_f32", "embedding.cu", 256, 0, 1.0),

@@ -1,0 +1,50 @@
+using TokenMill.Backends.Cuda;
+using TokenMill.Interop.Driver;
+
+namespace TokenMill.Tests.Backends;
+
+/// <summary>The host's choice between one-pass and split-K decode attention, and the launch shapes it implies.</summary>
+public sealed class PagedAttentionPlanTests
+{
+    [Theory]
+    // context, sequences, heads, window → split, partitions
+    [InlineData(1, 1, 32, 0, false, 1)]
+    [InlineData(512, 1, 32, 0, false, 1)]          // exactly one partition: nothing to split
+    [InlineData(513, 1, 32, 0, true, 2)]           // a small grid (32 blocks) over two partitions
+    [InlineData(4000, 16, 32, 0, true, 8)]         // 512 blocks: still fewer than the GPU holds
+    [InlineData(4000, 17, 32, 0, false, 1)]        // 544 blocks fill the GPU in one pass
+    [InlineData(8192, 64, 32, 0, false, 1)]
+    [InlineData(8193, 64, 32, 0, true, 17)]        // long context: always split
+    [InlineData(32768, 256, 64, 0, true, 64)]
+    [InlineData(32768, 1, 32, 1024, true, 2)]      // a sliding window bounds what is seen
+    [InlineData(32768, 1, 32, 512, false, 1)]
+    [InlineData(100, 1, 8, 4096, false, 1)]        // a window longer than the context changes nothing
+    public void Chooses_split_K_for_long_contexts_and_grids_too_small_to_fill_the_GPU(int context, int sequences, int heads, int window, bool split, int partitions)
+    {
+        var plan = PagedAttentionDecodePlan.Choose(context, sequences, heads, window);
+        Assert.Equal(split, plan.SplitK);
+        Assert.Equal(partitions, plan.MaxPartitions);
+    }
+
+    [Fact]
+    public void Split_buffers_and_grid_follow_the_partitions()
+    {
+        var plan = PagedAttentionDecodePlan.Choose(1100, 3, 8);
+        Assert.Equal(new PagedAttentionDecodePlan(true, 3), plan);
+        Assert.Equal(3 * 8 * 3, plan.StatisticsLength(3, 8));
+        Assert.Equal(3 * 8 * 3 * 128, plan.PartialOutputLength(3, 8, 128));
+        Assert.Equal(new Dim3(8, 3, 3), plan.SplitGrid(3, 8));
+        Assert.Equal(new Dim3(2, 8, 4), PagedAttentionPrefill.Grid(17, 8, 4));   // 17 rows: a full tile of 16 and one more
+        Assert.Equal(new Dim3(1, 8, 4), PagedAttentionPrefill.Grid(16, 8, 4));
+    }
+
+    [Fact]
+    public void Bad_shapes_are_errors()
+    {
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(0, 1, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 1, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 1, 1, -1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionPrefill.Grid(0, 1, 1));
+    }
+}
