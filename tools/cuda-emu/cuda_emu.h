@@ -11,8 +11,8 @@
 //    overwrites what another has not read yet (descending).
 //  - free-running (TM_EMU_FREE_RUNNING): all threads of a block run at once, for ThreadSanitizer, which
 //    reports shared-memory accesses not ordered by a barrier whatever the timing.
-// The 32 threads of a warp always run together; warp shuffles exchange through a per-warp slot array between
-// two warp barriers. Barriers are a mutex and a condition variable (which ThreadSanitizer understands).
+// The 32 threads of a warp always run together; warp shuffles exchange through two per-warp slot arrays, used
+// alternately, with one warp barrier each. Barriers are a mutex and a condition variable (which ThreadSanitizer understands).
 // Threads that return early drop out of both barriers, as on hardware.
 // This checks indexing, reductions, barriers and formulas — not timing or memory coalescing.
 #pragma once
@@ -163,24 +163,30 @@ struct Warp
 {
     explicit Warp(int n) : bar(n) {}
     Barrier bar;
-    long long slot[32];
+    long long slot[2][32];
 };
 inline std::unique_ptr<Block> block;
 inline std::vector<std::unique_ptr<Warp>> warps;
 
 inline int linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
+// How many shuffles this thread has made in the current block: consecutive shuffles alternate between the two
+// slot arrays, so one barrier per shuffle suffices. A lane writes array p again only two shuffles later, after the
+// barrier of the shuffle in between, which every lane reaches only once it has read array p: the barriers order
+// each read before the next write, as ThreadSanitizer checks. Reset per block (lanes that returned early made fewer).
+inline thread_local unsigned shuffles;
+
 template <typename T>
 T shfl_xor(T v, int mask)
 {
     int t = linear_thread();
     Warp& w = *warps[t / 32];
+    long long* slot = w.slot[shuffles++ & 1];
     long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    w.slot[t % 32] = bits;
+    slot[t % 32] = bits;
     w.bar.arrive_and_wait();
-    long long other = w.slot[(t % 32) ^ (mask & 31)];
-    w.bar.arrive_and_wait();
+    long long other = slot[(t % 32) ^ (mask & 31)];
     T r;
     std::memcpy(&r, &other, sizeof(T));
     return r;
@@ -232,6 +238,7 @@ inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body
                 }
                 blockIdx = {(unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y), (unsigned)(i / ((long long)grid.x * grid.y))};
                 block->start(t / 32);
+                shuffles = 0;
                 body();
                 warps[t / 32]->bar.drop();
                 block->exit(t / 32);
