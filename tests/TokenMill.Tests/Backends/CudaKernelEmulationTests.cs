@@ -119,6 +119,18 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
     }
 
     [SkippableFact]
+    public void A_causal_mask_that_shows_a_query_the_next_position_is_caught()
+    {
+        Require();
+        // Every prefill row also attends to the position after its own (when that key is in the block's tiles).
+        string dir = BrokenCopy("paged_attention_prefill.cu", "j >= first[r] && j <= pos[r] ?", "j >= first[r] && j <= pos[r] + 1 ?");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "paged_attention_prefill_f32");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^paged_attention_prefill_f32\s.*FAIL$", output);
+        Assert.DoesNotMatch(@"(?m)^paged_attention_prefill_f32\s.*PASS$", output);
+    }
+
+    [SkippableFact]
     public void A_missing_syncthreads_is_caught()
     {
         Require();
