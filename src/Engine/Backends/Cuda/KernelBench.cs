@@ -179,6 +179,19 @@ public sealed class KernelBench : IDisposable
         return b;
     }
 
+    /// <summary>Block ids 0 … count − 1 in a shuffled order: the gathers a real block table makes.</summary>
+    int[] ShuffledBlocks(int count)
+    {
+        var tables = new int[count];
+        for (int i = 0; i < count; i++) tables[i] = i;
+        for (int i = count - 1; i > 0; i--)
+        {
+            int j = (int)((Next() + 1) / 2 * (i + 1)) % (i + 1);
+            (tables[i], tables[j]) = (tables[j], tables[i]);
+        }
+        return tables;
+    }
+
     static Dim3 Block(string kernel) => new((uint)KernelLaunches.For(kernel).BlockSize);
 
     static double WeightBytes(GgmlType type, long rows, long cols) => rows * GgmlTypeInfo.RowBytes(type, cols);
@@ -299,6 +312,75 @@ public sealed class KernelBench : IDisposable
                     double kv = 2.0 * seqs * context * kvDim * element;
                     return new Launch(() => k.Launch(new Dim3((uint)heads, (uint)seqs), Block(kernel), args),
                         kv + 8.0 * seqs * heads * headDim, 4.0 * seqs * heads * context * headDim);
+                }));
+        }
+        else if (kernel.StartsWith("paged_attention_decode_split_", StringComparison.Ordinal))
+        {
+            // The long contexts split-K is for (PagedAttentionDecodePlan), next to the one-pass kernel's shapes above.
+            int element = kernel.EndsWith("f16", StringComparison.Ordinal) ? 2 : 4;
+            (int Seqs, int Context, int Heads, int KvHeads, int HeadDim)[] cases = full
+                ? [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (32, 4096, 32, 8, 128), (8, 16384, 32, 8, 128)]
+                : [(1, 600, 1, 1, 64)];   // two partitions: 512 + 88
+            foreach (var (seqs, context, heads, kvHeads, headDim) in cases)
+                shapes.Add(new($"{seqs} seq × {context} ctx, H{heads}/KV{kvHeads} d{headDim}", (b, k) =>
+                {
+                    const int blockSize = 16;
+                    int maxBlocks = (context + blockSize - 1) / blockSize, kvDim = kvHeads * headDim;
+                    var plan = new PagedAttentionDecodePlan(true, PagedAttentionDecodePlan.Partitions(context));
+                    var tables = b.ShuffledBlocks(seqs * maxBlocks);
+                    long cacheBytes = (long)tables.Length * blockSize * kvDim * element, stats = plan.StatisticsLength(seqs, heads);
+                    var args = new KernelArgs().Add(b.Zeros(stats * 4)).Add(b.Zeros(stats * 4)).Add(b.Zeros(stats * headDim * 4))
+                        .Add(b.Floats((long)seqs * heads * headDim)).Add(b.Zeros(cacheBytes)).Add(b.Zeros(cacheBytes))
+                        .Add(b.Upload(tables)).Add(b.Upload(Enumerable.Repeat(context, seqs).ToArray()))
+                        .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(1f / MathF.Sqrt(headDim)).Add(0)
+                        .Add(PagedAttentionDecodePlan.PartitionSize);
+                    double kv = 2.0 * seqs * context * kvDim * element;
+                    return new Launch(() => k.Launch(plan.SplitGrid(seqs, heads), Block(kernel), args),
+                        kv + 4.0 * seqs * heads * headDim + 4.0 * stats * (headDim + 2), 4.0 * seqs * heads * context * headDim);
+                }));
+        }
+        else if (kernel == "paged_attention_reduce")
+        {
+            (int Seqs, int Partitions, int Heads, int HeadDim)[] cases = full ? [(1, 64, 32, 128), (32, 8, 32, 128)] : [(1, 2, 4, 64)];
+            foreach (var (seqs, partitions, heads, headDim) in cases)
+                shapes.Add(new($"{seqs} seq × {partitions} partitions, H{heads} d{headDim}", (b, k) =>
+                {
+                    long stats = (long)seqs * heads * partitions;
+                    var sums = new float[stats];
+                    Array.Fill(sums, 1f);   // a partition's exp sum is ≥ 1 (its maximum contributes e^0)
+                    int context = partitions * PagedAttentionDecodePlan.PartitionSize;
+                    var args = new KernelArgs().Add(b.Zeros((long)seqs * heads * headDim * 4)).Add(b.Floats(stats)).Add(b.Upload(sums))
+                        .Add(b.Floats(stats * headDim)).Add(b.Upload(Enumerable.Repeat(context, seqs).ToArray()))
+                        .Add(partitions).Add(heads).Add(headDim).Add(0).Add(PagedAttentionDecodePlan.PartitionSize);
+                    return new Launch(() => k.Launch(new Dim3((uint)heads, (uint)seqs), Block(kernel), args),
+                        4.0 * stats * (headDim + 2) + 4.0 * seqs * heads * headDim + 4.0 * seqs, 2.0 * stats * headDim);
+                }));
+        }
+        else if (kernel.StartsWith("paged_attention_prefill_", StringComparison.Ordinal))
+        {
+            int element = kernel.EndsWith("f16", StringComparison.Ordinal) ? 2 : 4;
+            // Sequences of `rows` query rows each, the first at position `start` (> 0: a chunk after cached ones).
+            (int Seqs, int Rows, int Start, int Heads, int KvHeads, int HeadDim)[] cases = full
+                ? [(1, 512, 0, 32, 8, 128), (8, 256, 0, 32, 8, 128), (1, 512, 3584, 32, 8, 128), (1, 1024, 0, 32, 4, 64)]
+                : [(1, 16, 0, 2, 1, 64)];
+            foreach (var (seqs, rows, start, heads, kvHeads, headDim) in cases)
+                shapes.Add(new($"{seqs} seq × {rows} rows{(start > 0 ? $" from {start}" : "")}, H{heads}/KV{kvHeads} d{headDim}", (b, k) =>
+                {
+                    const int blockSize = 16;
+                    int context = start + rows, maxBlocks = (context + blockSize - 1) / blockSize, kvDim = kvHeads * headDim, tokens = seqs * rows;
+                    var tables = b.ShuffledBlocks(seqs * maxBlocks);
+                    long cacheBytes = (long)tables.Length * blockSize * kvDim * element;
+                    var positions = new int[tokens];
+                    for (int t = 0; t < tokens; t++) positions[t] = start + t % rows;
+                    var args = new KernelArgs().Add(b.Zeros((long)tokens * heads * headDim * 4)).Add(b.Floats((long)tokens * heads * headDim))
+                        .Add(b.Zeros(cacheBytes)).Add(b.Zeros(cacheBytes)).Add(b.Upload(tables))
+                        .Add(b.Upload(Enumerable.Range(0, seqs + 1).Select(s => s * rows).ToArray())).Add(b.Upload(positions))
+                        .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(1f / MathF.Sqrt(headDim)).Add(0);
+                    // Keys and values read once per sequence at least; q·k and p·v over every (row, seen position) pair.
+                    double seen = (double)seqs * (rows * (double)start + rows * (rows + 1.0) / 2);
+                    return new Launch(() => k.Launch(PagedAttentionPrefill.Grid(rows, heads, seqs), Block(kernel), args),
+                        2.0 * seqs * context * kvDim * element + 8.0 * tokens * heads * headDim + 4.0 * (tokens + seqs + 1),
+                        4.0 * seen * heads * headDim);
                 }));
         }
         else if (kernel is "silu_and_mul" or "gelu_tanh_and_mul")
