@@ -18,7 +18,8 @@
 // That is 32 + log2(vocab) passes per cut: exact, deterministic (no atomics), and fine next to a forward pass; a
 // radix select would take fewer.
 // The draw needs no order: any fixed order of the kept tokens gives each its probability. Each thread sums its own
-// tokens, thread 0 finds the thread whose running total passes u·total, and that thread walks its tokens.
+// tokens, thread 0 finds the thread whose running total passes u·total, and that thread walks its tokens. (That
+// order depends on the block size: the same seed draws the same tokens at the block size KernelLaunches declares.)
 // The uniform u comes from Philox4x32-10 keyed by the request's seed, counter = the request's step: a run with a seed
 // is reproducible on any GPU and batch, but it is NOT the CPU sampler's random stream (System.Random), so seeded
 // GPU samples differ from seeded CPU samples.
@@ -323,7 +324,7 @@ extern "C" __global__ void sample(const float* __restrict__ logits, int vocab, c
         float m = TM_NEG_INF;
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) m = fmaxf(m, raw[i]);
         unsigned mk = tm_order_key(m);
-        int unused = 0;
+        int unused = 0;                                 // the maximum's id is not needed: all threads pass the same
         tm_block_first(mk, unused, first_key, first_id);
         m = tm_key_value(mk);
         double sum = 0;

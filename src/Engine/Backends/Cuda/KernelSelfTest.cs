@@ -455,7 +455,7 @@ public sealed class KernelSelfTest : IDisposable
                 new("top-k 1 is greedy", new SamplingParams { TopK = 1 }, [], []),
                 new("T 0.7, top-k 8, ties at the cut", new SamplingParams { Temperature = 0.7f, TopK = 8 }, [], []),
             ];
-            var llamaTokens = SamplingBatch(kernel, vocab, logits, llama);
+            SamplingBatch(kernel, vocab, logits, Seeded(llama));
 
             // An odd vocabulary (GPT-2's 50257): ties at the greedy pick and at a top-p cut, top-k just below the vocabulary.
             const int odd = 50257;
@@ -470,22 +470,28 @@ public sealed class KernelSelfTest : IDisposable
                 new("T 1.5, top-k vocab − 1", new SamplingParams { Temperature = 1.5f, TopK = odd - 1 }, [], []),
                 new("T 0.7, top-k 100, min-p 0.2, repetition 1.2, logprobs 20", new SamplingParams { Temperature = 0.7f, TopK = 100, MinP = 0.2f, RepetitionPenalty = 1.2f, Logprobs = 20 }, [12, 13, 14, 50256], [12, 12]),
             ];
+            gpt2 = Seeded(gpt2);
             var gpt2Tokens = SamplingBatch(kernel, odd, oddLogits, gpt2);
 
-            // The same seeds and history again: the same tokens.
-            var again = SamplingBatch(kernel, odd, oddLogits, gpt2, compare: false);
-            _results.Add(new KernelCheck(CudaSampler.KernelName, $"seeded rerun, vocab {odd}: tokens that differ", gpt2Tokens.Zip(again).Count(t => t.First != t.Second), 0));
-            _ = llamaTokens;
+            // The same seeds and history again, the rows in reverse order: each request draws the same token wherever
+            // it sits in the batch.
+            var reversedLogits = new float[oddLogits.Length];
+            for (int r = 0; r < gpt2.Length; r++) oddLogits.AsSpan(r * odd, odd).CopyTo(reversedLogits.AsSpan((gpt2.Length - 1 - r) * odd));
+            var again = Enumerable.Reverse(SamplingBatch(kernel, odd, reversedLogits, [.. Enumerable.Reverse(gpt2)], compare: false));
+            _results.Add(new KernelCheck(CudaSampler.KernelName, $"vocab {odd}, seeded rerun in reverse row order: tokens that differ",
+                                         gpt2Tokens.Zip(again).Count(t => t.First != t.Second), 0));
 
             SamplingDistribution(kernel);
         });
     }
 
-    static SamplingParams Seeded(SamplingParams p, int row) => p with { Seed = 1234 + (ulong)row };
+    /// <summary>The cases with seeds 1234, 1235, … in order.</summary>
+    static SamplingCase[] Seeded(SamplingCase[] cases) => [.. cases.Select((c, i) => c with { Params = c.Params with { Seed = 1234 + (ulong)i } })];
 
-    static Sampler NewSampler(SamplingCase c, int row)
+    /// <summary>A sampler in the case's state: its prompt, and its output accepted as generated tokens.</summary>
+    static Sampler NewSampler(SamplingCase c)
     {
-        var s = new Sampler(Seeded(c.Params, row), c.Prompt);
+        var s = new Sampler(c.Params, c.Prompt);
         foreach (int t in c.Output) s.Accept(t);
         return s;
     }
@@ -512,7 +518,7 @@ public sealed class KernelSelfTest : IDisposable
             var c = cases[r];
             string name = $"vocab {vocab}, {c.Name}";
             var raw = logits.AsSpan(r * vocab, vocab);
-            var cpu = NewSampler(c, r);
+            var cpu = NewSampler(c);
             var adjusted = raw.ToArray();
             cpu.ApplyBiasAndPenalties(adjusted, c.Suppress);
             sampler.ReadAdjustedLogits(r, device);
@@ -563,7 +569,7 @@ public sealed class KernelSelfTest : IDisposable
         var logits = new float[draws * vocab];
         for (int d = 0; d < draws; d++) row.CopyTo(logits, d * vocab);
         var parameters = new SamplingParams { MinP = 0.05f };
-        var cases = Enumerable.Repeat(new SamplingCase("min-p 0.05", parameters, [], []), draws).ToArray();
+        var cases = Enumerable.Range(0, draws).Select(d => new SamplingCase("min-p 0.05", parameters with { Seed = 1 + (ulong)d }, [], [])).ToArray();
         var tokens = SamplingBatch(kernel, vocab, logits, cases, compare: false);
 
         var kept = new Sampler(parameters).Kept(row).ToArray();
