@@ -6,7 +6,9 @@
 // Launch: grid = (num_rows), block = (256) — any multiple of 32 up to 1024 works; one block per row.
 //   logits        [num_rows][vocab]  raw, as the model produced them (read only: logprobs are of these)
 //   rows          [num_rows]         tm_sampling_row, packed by CudaSampler
-//   adjustments   the rows' token adjustments, row r's at [rows[r].adjust_begin, + adjust_count), one per token id
+//   adjustments   the rows' token adjustments, row r's at [rows[r].adjust_begin, + adjust_count), one per token id:
+//                 a sparse list of the tokens seen (with their output counts), the biased and the suppressed ones —
+//                 hundreds of entries per row, where a dense count array would be a vocabulary of ints per row per step
 //   work          [num_rows][vocab]  out: the logits after bias, penalties and suppression
 //   probs         [num_rows][vocab]  out: the distribution the token was drawn from (0 for tokens that cannot be
 //                                    drawn; one-hot for greedy rows); scratch while the kernel runs
