@@ -57,9 +57,7 @@ public sealed class CudaSampler : IDisposable
     readonly DeviceBuffer _rows, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs;
     DeviceBuffer _adjustments;
     // Host staging, reused every step: a step allocates only the top-logprob arrays a request asked for.
-    readonly Row[] _hostRows;
-    Adjustment[] _hostAdjustments = new Adjustment[256];
-    readonly Dictionary<int, Adjustment> _rowAdjustments = [];
+    readonly Packer _packer;
     readonly int[] _hostTokens;
     readonly float[] _hostTokenLogprobs;
     readonly int[] _hostTopIds;
@@ -81,14 +79,14 @@ public sealed class CudaSampler : IDisposable
         MaxRows = maxRows;
         long cells = (long)maxRows * vocabSize;
         _rows = context.Allocate(maxRows * Marshal.SizeOf<Row>());
-        _adjustments = context.Allocate(_hostAdjustments.Length * Marshal.SizeOf<Adjustment>());
+        _packer = new Packer(vocabSize, maxRows);
+        _adjustments = context.Allocate(_packer.AdjustmentCapacity * Marshal.SizeOf<Adjustment>());
         _work = context.Allocate(cells * sizeof(float));
         _probs = context.Allocate(cells * sizeof(float));
         _tokens = context.Allocate(maxRows * sizeof(int));
         _tokenLogprobs = context.Allocate(maxRows * sizeof(float));
         _topIds = context.Allocate(maxRows * SamplingParams.MaxLogprobs * sizeof(int));
         _topLogprobs = context.Allocate(maxRows * SamplingParams.MaxLogprobs * sizeof(float));
-        _hostRows = new Row[maxRows];
         _hostTokens = new int[maxRows];
         _hostTokenLogprobs = new float[maxRows];
         _hostTopIds = new int[maxRows * SamplingParams.MaxLogprobs];
@@ -116,17 +114,16 @@ public sealed class CudaSampler : IDisposable
         if (logits.Bytes < (long)n * VocabSize * sizeof(float))
             throw new ArgumentException($"logits holds {logits.Bytes} bytes, {n} rows × {VocabSize} floats need {(long)n * VocabSize * sizeof(float)}", nameof(logits));
 
-        int adjustments = 0;
-        for (int r = 0; r < n; r++) adjustments = Pack(r, samplers[r], suppress?[r], adjustments);
-        _rows.CopyFrom<Row>(_hostRows.AsSpan(0, n));
-        if (adjustments > 0)
+        _packer.Pack(samplers, suppress);
+        _rows.CopyFrom<Row>(_packer.Rows);
+        if (_packer.Adjustments.Length > 0)
         {
-            if (_adjustments.Bytes < (long)adjustments * Marshal.SizeOf<Adjustment>())
+            if (_adjustments.Bytes < (long)_packer.Adjustments.Length * Marshal.SizeOf<Adjustment>())
             {
                 _adjustments.Dispose();
-                _adjustments = _context.Allocate((long)_hostAdjustments.Length * Marshal.SizeOf<Adjustment>());
+                _adjustments = _context.Allocate((long)_packer.AdjustmentCapacity * Marshal.SizeOf<Adjustment>());
             }
-            _adjustments.CopyFrom<Adjustment>(_hostAdjustments.AsSpan(0, adjustments));
+            _adjustments.CopyFrom<Adjustment>(_packer.Adjustments);
         }
 
         _kernel.Launch(new Dim3((uint)n), new Dim3((uint)_launch.BlockSize), _args.Clear()
@@ -162,54 +159,77 @@ public sealed class CudaSampler : IDisposable
     /// <summary>Reads row <paramref name="row"/> of the distribution the last call drew from (0 for tokens it could not pick).</summary>
     internal void ReadProbabilities(int row, Span<float> destination) => _probs.CopyTo(destination[..VocabSize], (long)row * VocabSize * sizeof(float));
 
-    /// <summary>Packs one row's parameters, and its adjustments from <paramref name="first"/> on; returns the adjustments' new end.</summary>
-    int Pack(int r, Sampler sampler, IReadOnlyCollection<int>? suppress, int first)
+    /// <summary>
+    /// The host side of a launch: each row's parameters, and its adjustments — one per token id, merging the logit
+    /// bias, whether the repetition penalty applies, the output count and suppression — packed back to back. Kept
+    /// apart from the device buffers so the packing is tested without a GPU.
+    /// </summary>
+    internal sealed class Packer(int vocabSize, int maxRows)
     {
-        var p = sampler.Parameters;
-        _rowAdjustments.Clear();
-        void Add(int token, float bias, int count, int flags, string what)
+        readonly Row[] _rows = new Row[maxRows];
+        Adjustment[] _adjustments = new Adjustment[256];
+        readonly Dictionary<int, Adjustment> _row = [];
+        int _rowCount, _adjustmentCount;
+
+        public ReadOnlySpan<Row> Rows => _rows.AsSpan(0, _rowCount);
+        public ReadOnlySpan<Adjustment> Adjustments => _adjustments.AsSpan(0, _adjustmentCount);
+        public int AdjustmentCapacity => _adjustments.Length;
+
+        /// <summary>Packs every row; a token id outside the vocabulary is an error naming the row and where the id came from.</summary>
+        public void Pack(IReadOnlyList<Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?>? suppress)
         {
-            if ((uint)token >= (uint)VocabSize)
-                throw new ArgumentOutOfRangeException(nameof(sampler), token, $"row {r}: {what} token {token} is outside the vocabulary [0, {VocabSize})");
-            var a = _rowAdjustments.GetValueOrDefault(token, new Adjustment { Token = token });
+            _rowCount = _adjustmentCount = 0;
+            for (int r = 0; r < samplers.Count; r++) PackRow(r, samplers[r], suppress?[r]);
+            _rowCount = samplers.Count;
+        }
+
+        void PackRow(int r, Sampler sampler, IReadOnlyCollection<int>? suppress)
+        {
+            var p = sampler.Parameters;
+            _row.Clear();
+            if (p.LogitBias is { } bias)
+                foreach (var (id, b) in bias) Add(r, id, b, 0, 0, "logit_bias");
+            if (p.RepetitionPenalty != 1f)
+                foreach (int id in sampler.RepetitionTokens) Add(r, id, 0, 0, Repeated, "prompt or output");
+            if (p.PresencePenalty != 0f || p.FrequencyPenalty != 0f)
+                foreach (var (id, count) in sampler.OutputCounts) Add(r, id, 0, count, 0, "output");
+            if (suppress is not null)
+                foreach (int id in suppress) Add(r, id, 0, 0, Suppressed, "suppressed");
+
+            int first = _adjustmentCount, end = first + _row.Count;
+            if (_adjustments.Length < end) Array.Resize(ref _adjustments, Math.Max(end, _adjustments.Length * 2));
+            foreach (var a in _row.Values) _adjustments[_adjustmentCount++] = a;
+
+            ulong step = (ulong)sampler.Generated;
+            _rows[r] = new Row
+            {
+                Temperature = p.IsGreedy ? 0f : p.Temperature,   // top_k = 1 is greedy too: the kernel knows one way
+                TopK = p.TopK,
+                TopP = p.TopP,
+                MinP = p.MinP,
+                RepetitionPenalty = p.RepetitionPenalty,
+                PresencePenalty = p.PresencePenalty,
+                FrequencyPenalty = p.FrequencyPenalty,
+                TopLogprobs = p.Logprobs ?? -1,
+                AdjustBegin = first,
+                AdjustCount = end - first,
+                SeedLo = (uint)sampler.Seed,
+                SeedHi = (uint)(sampler.Seed >> 32),
+                StepLo = (uint)step,
+                StepHi = (uint)(step >> 32),
+            };
+        }
+
+        void Add(int r, int token, float bias, int count, int flags, string what)
+        {
+            if ((uint)token >= (uint)vocabSize)
+                throw new ArgumentOutOfRangeException(nameof(token), token, $"row {r}: {what} token {token} is outside the vocabulary [0, {vocabSize})");
+            var a = _row.GetValueOrDefault(token, new Adjustment { Token = token });
             a.Bias += bias;
             a.OutputCount += count;
             a.Flags |= flags;
-            _rowAdjustments[token] = a;
+            _row[token] = a;
         }
-        if (p.LogitBias is { } bias)
-            foreach (var (id, b) in bias) Add(id, b, 0, 0, "logit_bias");
-        if (p.RepetitionPenalty != 1f)
-            foreach (int id in sampler.RepetitionTokens) Add(id, 0, 0, Repeated, "prompt or output");
-        if (p.PresencePenalty != 0f || p.FrequencyPenalty != 0f)
-            foreach (var (id, count) in sampler.OutputCounts) Add(id, 0, count, 0, "output");
-        if (suppress is not null)
-            foreach (int id in suppress) Add(id, 0, 0, Suppressed, "suppressed");
-
-        int end = first + _rowAdjustments.Count;
-        if (_hostAdjustments.Length < end) Array.Resize(ref _hostAdjustments, Math.Max(end, _hostAdjustments.Length * 2));
-        int at = first;
-        foreach (var a in _rowAdjustments.Values) _hostAdjustments[at++] = a;
-
-        ulong step = (ulong)sampler.Generated;
-        _hostRows[r] = new Row
-        {
-            Temperature = p.IsGreedy ? 0f : p.Temperature,
-            TopK = p.TopK,
-            TopP = p.TopP,
-            MinP = p.MinP,
-            RepetitionPenalty = p.RepetitionPenalty,
-            PresencePenalty = p.PresencePenalty,
-            FrequencyPenalty = p.FrequencyPenalty,
-            TopLogprobs = p.Logprobs ?? -1,
-            AdjustBegin = first,
-            AdjustCount = end - first,
-            SeedLo = (uint)sampler.Seed,
-            SeedHi = (uint)(sampler.Seed >> 32),
-            StepLo = (uint)step,
-            StepHi = (uint)(step >> 32),
-        };
-        return end;
     }
 
     public void Dispose()
