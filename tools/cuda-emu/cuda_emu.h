@@ -46,6 +46,9 @@ inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; 
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __expf(float x) { return std::exp(x); }
+// Round-to-nearest products that nvcc may not contract into an FMA: on the host (no -ffp-contract) every product rounds.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
 
@@ -92,6 +95,7 @@ public:
     {
         for (int t = 0; t < threads; t += 32) _live.push_back(threads - t < 32 ? threads - t : 32);
         _waiting.assign(_live.size(), 0);
+        _warp_cv = std::make_unique<std::condition_variable[]>(_live.size());
         _running = first_runnable(descending ? (int)_live.size() - 1 : 0);
     }
     // Free-running, threads wait at a gate of their own (not _m) until all exist: a thread that has already
@@ -105,7 +109,7 @@ public:
             return;
         }
         std::unique_lock lock(_m);
-        _cv.wait(lock, [&] { return _running == warp; });
+        _warp_cv[warp].wait(lock, [&] { return _running == warp; });
     }
     void open()
     {
@@ -121,7 +125,7 @@ public:
         _waiting_total++;
         if (_waiting_total == _live_total) release();
         else if (serialize_warps && _waiting[warp] == _live[warp]) hand_over(warp);
-        _cv.wait(lock, [&] { return _generation != gen && (!serialize_warps || _running == warp); });
+        (serialize_warps ? _warp_cv[warp] : _cv).wait(lock, [&] { return _generation != gen && (!serialize_warps || _running == warp); });
     }
     void exit(int warp)
     {
@@ -141,17 +145,25 @@ private:
             if (_waiting[w] < _live[w]) return w;
         return -1;
     }
-    void hand_over(int warp) { _running = first_runnable(((warp + step()) % (int)_live.size() + (int)_live.size()) % (int)_live.size()); _cv.notify_all(); }
+    void hand_over(int warp) { _running = first_runnable(((warp + step()) % (int)_live.size() + (int)_live.size()) % (int)_live.size()); wake(); }
+    // Serialized, only the warp that may run next is woken: waking every thread of the block at each hand-over made
+    // a __syncthreads cost (warps × threads) wake-ups, most of a 1024-thread launch's time.
+    void wake()
+    {
+        if (!serialize_warps) _cv.notify_all();
+        else if (_running >= 0) _warp_cv[_running].notify_all();
+    }
     void release()
     {
         _waiting_total = 0;
         for (auto& w : _waiting) w = 0;
         _generation++;
         _running = first_runnable(_descending ? (int)_live.size() - 1 : 0);
-        _cv.notify_all();
+        wake();
     }
     std::mutex _m, _gate_m;
     std::condition_variable _cv, _gate_cv;
+    std::unique_ptr<std::condition_variable[]> _warp_cv;   // one per warp: serialized, each waits on its own
     bool _open = false;
     std::vector<int> _live, _waiting;
     int _live_total, _waiting_total = 0, _running = 0;
@@ -287,3 +299,5 @@ struct Registration
 inline void __syncthreads() { emu::block->sync(emu::linear_thread() / 32); }
 inline float __shfl_xor_sync(unsigned, float v, int mask) { return emu::shfl_xor(v, mask); }
 inline int __shfl_xor_sync(unsigned, int v, int mask) { return emu::shfl_xor(v, mask); }
+inline unsigned __shfl_xor_sync(unsigned, unsigned v, int mask) { return emu::shfl_xor(v, mask); }
+inline double __shfl_xor_sync(unsigned, double v, int mask) { return emu::shfl_xor(v, mask); }

@@ -19,6 +19,7 @@
 #include "activation.cu"
 #include "gemv.cu"
 #include "argmax.cu"
+#include "sampling.cu"
 
 static int failures = 0, checks = 0;
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -364,13 +365,94 @@ static void argmax_check()
     check("argmax (random, tie, all equal, -inf + NaN)", out, std::vector<int>{e0, 100, 0, 5}, 0);
 }
 
-// With arguments, runs only the named groups (embedding, norms, rope, attention, split, prefill, activations, gemv, argmax).
+static void sampling_check()
+{
+    // Philox4x32-10 against Random123's known-answer vectors (kat_vectors): counter, key, result.
+    const unsigned kat[3][10] = {
+        {0, 0, 0, 0, 0, 0, 0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8},
+        {~0u, ~0u, ~0u, ~0u, ~0u, ~0u, 0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd},
+        {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344, 0xa4093822, 0x299f31d0, 0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1},
+    };
+    std::vector<double> got, want;
+    for (auto& v : kat)
+    {
+        unsigned c[4] = {v[0], v[1], v[2], v[3]};
+        tm_philox4x32_10(c, v[4], v[5]);
+        for (int i = 0; i < 4; i++) { got.push_back(c[i]); want.push_back(v[6 + i]); }
+    }
+    check("philox4x32_10 (Random123 known answers)", got, want, 0);
+
+    // Three rows: greedy after bias / repetition / suppression; temperature + top-k + top-p with logprobs; min-p.
+    const int vocab = 1000, rows = 3, max_top = 20;
+    auto l = rnds(rows * vocab, 4.0f);
+    std::vector<tm_sampling_row> p(rows);
+    p[0] = {0.0f, 0, 1.0f, 0.0f, 2.0f, 0.0f, 0.0f, -1, 0, 3, 1, 0, 0, 0};
+    p[1] = {0.8f, 20, 0.9f, 0.0f, 1.0f, 0.0f, 0.0f, 5, 3, 0, 2, 0, 5, 0};
+    p[2] = {1.0f, 0, 1.0f, 0.2f, 1.0f, 0.0f, 0.0f, -1, 3, 0, 3, 0, 0, 0};
+    std::vector<tm_token_adjustment> adj = {{7, 9.0f, 0, 0}, {8, 0.0f, 0, TM_ADJUST_SUPPRESSED}, {3, 0.0f, 0, TM_ADJUST_REPEATED}};
+    int best = 0;
+    for (int i = 1; i < vocab; i++) if (l[i] > l[best]) best = i;
+    l[8] = l[best] + 1;   // the raw argmax, suppressed
+    std::vector<float> work(rows * vocab), probs(rows * vocab), tlp(rows), top_lp(rows * max_top);
+    std::vector<int> tokens(rows), top_ids(rows * max_top);
+    emu::launch({rows}, {256}, [&] { sample(l.data(), vocab, p.data(), adj.data(), work.data(), probs.data(), tokens.data(), tlp.data(), top_ids.data(), top_lp.data(), max_top); });
+
+    std::vector<float> adjusted(l.begin(), l.begin() + vocab);
+    adjusted[7] += 9.0f;
+    adjusted[3] = adjusted[3] > 0 ? adjusted[3] / 2.0f : adjusted[3] * 2.0f;
+    adjusted[8] = -INFINITY;
+    check("sample: bias, repetition penalty, suppression", std::vector<float>(work.begin(), work.begin() + vocab), adjusted, 0);
+    int greedy = 0;
+    for (int i = 1; i < vocab; i++) if (adjusted[i] > adjusted[greedy]) greedy = i;
+    check("sample: greedy pick of the adjusted logits", std::vector<int>{tokens[0]}, std::vector<int>{greedy}, 0);
+
+    // Row 1: sort, keep 20, softmax at 0.8, keep the prefix whose mass reaches 0.9; row 2: p ≥ 0.2 · p_max.
+    for (int r = 1; r < rows; r++)
+    {
+        const float* x = &l[r * vocab];
+        std::vector<int> order(vocab);
+        for (int i = 0; i < vocab; i++) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](int a, int b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+        int n = p[r].top_k > 0 ? p[r].top_k : vocab;
+        std::vector<double> e(n);
+        double sum = 0;
+        for (int j = 0; j < n; j++) sum += e[j] = std::exp(((double)x[order[j]] - x[order[0]]) / p[r].temperature);
+        double cum = 0;
+        int keep = n;
+        for (int j = 0; j < n && p[r].top_p < 1; j++) if ((cum += e[j] / sum) >= p[r].top_p) { keep = j + 1; break; }
+        while (p[r].min_p > 0 && keep > 1 && e[keep - 1] < p[r].min_p) keep--;
+        double total = 0;
+        for (int j = 0; j < keep; j++) total += e[j];
+        std::vector<double> expected(vocab);
+        for (int j = 0; j < keep; j++) expected[order[j]] = e[j] / total;
+        check("sample row " + std::to_string(r) + ": kept tokens' probabilities (" + std::to_string(keep) + " kept)",
+              std::vector<float>(probs.begin() + r * vocab, probs.begin() + (r + 1) * vocab), expected, 1e-5);
+        check("sample row " + std::to_string(r) + ": the pick can be drawn", std::vector<int>{expected[tokens[r]] > 0}, std::vector<int>{1}, 0);
+        if (p[r].top_logprobs > 0)
+        {
+            double m = x[order[0]], s = 0;
+            for (int i = 0; i < vocab; i++) s += std::exp((double)x[i] - m);
+            double lse = m + std::log(s);
+            std::vector<double> ids, lps, want_ids, want_lps;
+            for (int j = 0; j < p[r].top_logprobs; j++)
+            {
+                ids.push_back(top_ids[r * max_top + j]); lps.push_back(top_lp[r * max_top + j]);
+                want_ids.push_back(order[j]); want_lps.push_back(x[order[j]] - lse);
+            }
+            check("sample row " + std::to_string(r) + ": top logprob ids", ids, want_ids, 0);
+            check("sample row " + std::to_string(r) + ": top logprobs", lps, want_lps, 1e-5);
+            check("sample row " + std::to_string(r) + ": logprob of the pick", std::vector<float>{tlp[r]}, std::vector<double>{x[tokens[r]] - lse}, 1e-5);
+        }
+    }
+}
+
+// With arguments, runs only the named groups (embedding, norms, rope, attention, split, prefill, activations, gemv, argmax, sampling).
 int main(int argc, char** argv)
 {
     const std::pair<const char*, void (*)()> groups[] = {
         {"embedding", embedding}, {"norms", norms}, {"rope", rope_check}, {"attention", cache_and_attention},
         {"split", split_attention}, {"prefill", prefill_attention},
-        {"activations", activations}, {"gemv", gemv}, {"argmax", argmax_check},
+        {"activations", activations}, {"gemv", gemv}, {"argmax", argmax_check}, {"sampling", sampling_check},
     };
     for (int i = 1; i < argc; i++)
         if (std::none_of(std::begin(groups), std::end(groups), [&](auto& g) { return std::string(g.first) == argv[i]; }))

@@ -27,6 +27,7 @@ public sealed class Sampler
         parameters.Validate();
         _p = parameters;
         ulong seed = parameters.Seed ?? (ulong)Random.Shared.NextInt64();
+        Seed = seed;
         // Random(int) is a fixed algorithm for a given seed: fold the 64-bit seed into it.
         _random = new Random(unchecked((int)seed ^ (int)(seed >> 32)));
         if (parameters.RepetitionPenalty != 1f)
@@ -35,16 +36,25 @@ public sealed class Sampler
 
     public SamplingParams Parameters => _p;
 
+    /// <summary>The request's seed, or the one drawn for it: the CUDA sampler keys its own random stream with it.</summary>
+    public ulong Seed { get; }
+
+    /// <summary>Tokens accepted so far: the step the CUDA sampler's random stream is at.</summary>
+    public long Generated { get; private set; }
+
+    /// <summary>Tokens the repetition penalty applies to (prompt and output); empty when it is off.</summary>
+    internal IReadOnlyCollection<int> RepetitionTokens => _promptTokens;
+
+    /// <summary>How often each token was generated: the presence and frequency penalties.</summary>
+    internal IReadOnlyDictionary<int, int> OutputCounts => _outputCounts;
+
     /// <summary>Picks the next token; <paramref name="suppress"/> (e.g. EOS before min_tokens) can never be picked.</summary>
     public SampledToken Sample(ReadOnlySpan<float> rawLogits, IReadOnlyCollection<int>? suppress = null)
     {
         if (_work.Length < rawLogits.Length) _work = new float[rawLogits.Length];
         var logits = _work.AsSpan(0, rawLogits.Length);
         rawLogits.CopyTo(logits);
-        ApplyBiasAndPenalties(logits);
-        if (suppress is not null)
-            foreach (int id in suppress)
-                if ((uint)id < (uint)logits.Length) logits[id] = float.NegativeInfinity;
+        ApplyBiasAndPenalties(logits, suppress);
 
         int token = _p.IsGreedy ? ArgMax(logits) : Draw(logits);
         Accept(token);
@@ -52,14 +62,19 @@ public sealed class Sampler
         return new SampledToken(token, LogSoftmaxAt(rawLogits, token), TopLogprobs(rawLogits, _p.Logprobs.Value));
     }
 
-    /// <summary>Counts a token as generated (for the penalties); <see cref="Sample"/> calls it itself.</summary>
-    void Accept(int token)
+    /// <summary>
+    /// Counts a token as generated (for the penalties and the step). <see cref="Sample"/> calls it itself; a token
+    /// picked elsewhere (the CUDA sampler) is accepted here, so the request's state stays in one place.
+    /// </summary>
+    public void Accept(int token)
     {
+        Generated++;
         _outputCounts[token] = _outputCounts.GetValueOrDefault(token) + 1;
         if (_p.RepetitionPenalty != 1f) _promptTokens.Add(token);
     }
 
-    void ApplyBiasAndPenalties(Span<float> logits)
+    /// <summary>Logit bias, then the penalties, then <paramref name="suppress"/> set to −∞, in place.</summary>
+    internal void ApplyBiasAndPenalties(Span<float> logits, IReadOnlyCollection<int>? suppress = null)
     {
         if (_p.LogitBias is { } bias)
             foreach (var (id, b) in bias)
@@ -74,9 +89,35 @@ public sealed class Sampler
             foreach (var (id, count) in _outputCounts)
                 if ((uint)id < (uint)logits.Length)
                     logits[id] -= _p.PresencePenalty + _p.FrequencyPenalty * count;
+
+        if (suppress is not null)
+            foreach (int id in suppress)
+                if ((uint)id < (uint)logits.Length) logits[id] = float.NegativeInfinity;
     }
 
     int Draw(ReadOnlySpan<float> logits)
+    {
+        var c = Kept(logits);
+        if (float.IsNegativeInfinity(c[0].Value)) return c[0].Id; // everything suppressed: nothing sensible to draw
+
+        double total = 0;
+        for (int i = 0; i < c.Length; i++) total += c[i].Value;
+        double r = _random.NextDouble() * total;
+        for (int i = 0; i < c.Length; i++)
+        {
+            r -= c[i].Value;
+            if (r < 0) return c[i].Id;
+        }
+        return c[^1].Id;
+    }
+
+    /// <summary>
+    /// The tokens a draw picks from, after top-k, softmax at the temperature, top-p and min-p: in the sampler's order
+    /// (logit descending, ties by lower id), each with its probability under the softmax over the top-k survivors
+    /// (the draw renormalizes over the kept ones). When every logit is −∞ it is the first token alone, its value −∞.
+    /// The CUDA sampler's self test holds the kernel's distribution to this.
+    /// </summary>
+    internal ReadOnlySpan<(float Value, int Id)> Kept(ReadOnlySpan<float> logits)
     {
         if (_candidates.Length < logits.Length) _candidates = new (float, int)[logits.Length];
         var c = _candidates.AsSpan(0, logits.Length);
@@ -95,7 +136,7 @@ public sealed class Sampler
 
         // Softmax over the survivors at this temperature (probabilities kept in the Value slot).
         float max = c[0].Value;
-        if (float.IsNegativeInfinity(max)) return c[0].Id; // everything suppressed: nothing sensible to draw
+        if (float.IsNegativeInfinity(max)) return c[..1];
         double sum = 0;
         for (int i = 0; i < n; i++)
         {
@@ -121,16 +162,7 @@ public sealed class Sampler
             while (keep < n && c[keep].Value >= threshold) keep++;
             n = keep;
         }
-
-        double total = 0;
-        for (int i = 0; i < n; i++) total += c[i].Value;
-        double r = _random.NextDouble() * total;
-        for (int i = 0; i < n; i++)
-        {
-            r -= c[i].Value;
-            if (r < 0) return c[i].Id;
-        }
-        return c[n - 1].Id;
+        return c[..n];
     }
 
     /// <summary>Moves the k largest (by value, then lower id) to the front, in no particular order (quickselect).</summary>
@@ -166,9 +198,9 @@ public sealed class Sampler
         return (float)(max + Math.Log(sum));
     }
 
-    static float LogSoftmaxAt(ReadOnlySpan<float> logits, int id) => logits[id] - LogSumExp(logits);
+    internal static float LogSoftmaxAt(ReadOnlySpan<float> logits, int id) => logits[id] - LogSumExp(logits);
 
-    static TokenLogprob[] TopLogprobs(ReadOnlySpan<float> logits, int k)
+    internal static TokenLogprob[] TopLogprobs(ReadOnlySpan<float> logits, int k)
     {
         if (k == 0) return [];
         float lse = LogSumExp(logits);

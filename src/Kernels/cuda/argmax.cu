@@ -5,16 +5,6 @@
 // Sampler.ArgMax does; NaN logits never win (comparisons with NaN are false).
 #include "common.cuh"
 
-// The better of two candidates: larger value, or the same value at a lower index.
-__device__ __forceinline__ void tm_arg_better(float& v, int& i, float ov, int oi)
-{
-    if (ov > v || (ov == v && oi < i))
-    {
-        v = ov;
-        i = oi;
-    }
-}
-
 extern "C" __global__ void argmax(const float* __restrict__ logits, int vocab, int* __restrict__ out)
 {
     __shared__ float best_v[32];

@@ -76,6 +76,16 @@ __device__ __forceinline__ float tm_warp_max(float v)
     return v;
 }
 
+// The better of two argmax candidates: larger value, or the same value at a lower index (Sampler.ArgMax's tie rule).
+__device__ __forceinline__ void tm_arg_better(float& v, int& i, float ov, int oi)
+{
+    if (ov > v || (ov == v && oi < i))
+    {
+        v = ov;
+        i = oi;
+    }
+}
+
 // Sum over the whole block; every thread gets the result. blockDim.x must be a multiple of 32
 // (at most 1024); `scratch` is shared memory of at least 32 floats. Contains __syncthreads, so
 // every thread of the block must call it.

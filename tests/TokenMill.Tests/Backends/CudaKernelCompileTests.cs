@@ -30,6 +30,7 @@ public sealed class CudaKernelCompileTests : IDisposable
         ["reshape_and_cache.cu"] = ["reshape_and_cache_f32", "reshape_and_cache_f16"],
         ["rms_norm.cu"] = ["rms_norm", "fused_add_rms_norm"],
         ["rope.cu"] = ["rope"],
+        ["sampling.cu"] = ["sample"],
     };
 
     [Fact]

@@ -154,6 +154,18 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
     }
 
     [SkippableFact]
+    public void A_sampling_cut_that_keeps_every_tie_is_caught()
+    {
+        Require();
+        // Ties at a top-k / top-p cut go by token id; keeping every token with the cut's logit keeps 10 tokens for top-k 8.
+        string dir = BrokenCopy("sampling.cu", "return key > cut.key || (key == cut.key && id <= cut.id);", "return key >= cut.key;");
+        var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "sample");
+        Assert.Equal(1, code);
+        Assert.Matches(@"(?m)^sample\s+vocab 32000, T 0\.7, top-k 8, ties at the cut: kept tokens that differ.*FAIL$", output);
+        Assert.Matches(@"(?m)^sample\s+vocab 32000, T 0\.8, top-k 40: kept tokens that differ.*PASS$", output);   // no ties at its cut
+    }
+
+    [SkippableFact]
     public void A_construct_the_shim_cannot_express_fails_its_kernel_by_name()
     {
         Require();

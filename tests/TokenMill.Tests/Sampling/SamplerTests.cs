@@ -117,4 +117,32 @@ public class SamplerProcessingTests
             for (int i = 0; i < 20; i++) Assert.Contains(sampler.Sample(logits).TokenId, allowed);
         }, iter: 200);
     }
+
+    [Fact]
+    public void A_token_picked_elsewhere_and_accepted_counts_like_a_sampled_one()
+    {
+        // The CUDA sampler picks on the GPU and hands the token back through Accept: penalties and step follow it.
+        float[] logits = [2f, 1.5f, 0f];
+        var gpu = new Sampler(SamplingParams.Greedy with { PresencePenalty = 1f, Seed = 77 });
+        var cpu = new Sampler(SamplingParams.Greedy with { PresencePenalty = 1f, Seed = 77 });
+        gpu.Accept(cpu.Sample(logits).TokenId);
+        Assert.Equal((1L, 1L), (gpu.Generated, cpu.Generated));
+        Assert.Equal(cpu.Sample(logits).TokenId, gpu.Sample(logits).TokenId);   // both 1 now: 2 − 1 < 1.5
+        Assert.Equal(77UL, gpu.Seed);
+        Assert.NotEqual(new Sampler(SamplingParams.Greedy).Seed, new Sampler(SamplingParams.Greedy).Seed);   // drawn when not given
+    }
+
+    [Fact]
+    public void The_kept_tokens_are_top_k_then_top_p_then_min_p_in_order_with_probabilities_of_the_top_k_softmax()
+    {
+        float[] logits = [1f, 3f, 2.5f, -1f, 3f, 0f, 2f];
+        var kept = new Sampler(new SamplingParams { TopK = 5, TopP = 0.9f, MinP = 0.4f }).Kept(logits).ToArray();
+        // Top-k 5 keeps ids 1, 4 (tied 3, lower id first), 2, 6, 0; their softmax; top-p 0.9 cuts after the cumulative reaches
+        // it; min-p drops those below 0.3 × the first.
+        double[] e = [.. new[] { 3f, 3f, 2.5f, 2f, 1f }.Select(v => Math.Exp(v - 3))];
+        double sum = e.Sum();
+        // Probabilities 0.32, 0.32, 0.20, 0.12, 0.04: top-p stops at 6 (cumulative 0.96 ≥ 0.9); min-p drops 6 (0.12 < 0.4 · 0.32).
+        Assert.Equal([1, 4, 2], kept.Select(k => k.Id));
+        for (int i = 0; i < kept.Length; i++) Assert.Equal(e[i] / sum, kept[i].Value, 1e-6);
+    }
 }

@@ -394,6 +394,33 @@ public sealed class KernelBench : IDisposable
                     return new Launch(() => k.Launch(new Dim3(grid), Block(kernel), args), 12.0 * n, 8.0 * n);
                 }));
         }
+        else if (kernel == "sample")
+        {
+            // Greedy, and temperature 0.8 with top-k 50 and top-p 0.9 (the cuts are most of the kernel's passes).
+            (int Rows, int Vocab, bool Greedy)[] cases = full
+                ? [(1, 128256, true), (32, 32000, false), (32, 128256, false)]
+                : [(2, 1000, false)];
+            foreach (var (rows, vocab, greedy) in cases)
+                shapes.Add(new($"{rows} × {vocab}, {(greedy ? "greedy" : "T 0.8, top-k 50, top-p 0.9")}", (b, k) =>
+                {
+                    // tm_sampling_row as 14 ints: temperature, top_k, top_p, min_p, repetition, presence, frequency,
+                    // top_logprobs, adjust_begin, adjust_count, seed lo/hi, step lo/hi.
+                    var row = new int[14];
+                    row[0] = BitConverter.SingleToInt32Bits(greedy ? 0f : 0.8f);
+                    row[1] = greedy ? 0 : 50;
+                    row[2] = BitConverter.SingleToInt32Bits(greedy ? 1f : 0.9f);
+                    row[4] = BitConverter.SingleToInt32Bits(1f);
+                    row[7] = -1;
+                    row[10] = 42;
+                    var table = new int[rows * 14];
+                    for (int r = 0; r < rows; r++) row.CopyTo(table, r * 14);
+                    var args = new KernelArgs().Add(b.Floats((long)rows * vocab, 4f)).Add(vocab).Add(b.Upload(table)).Add(b.Zeros(16))
+                        .Add(b.Zeros((long)rows * vocab * 4)).Add(b.Zeros((long)rows * vocab * 4)).Add(b.Zeros(rows * 4L))
+                        .Add(b.Zeros(rows * 4L)).Add(b.Zeros(rows * 4L)).Add(b.Zeros(rows * 4L)).Add(1);
+                    // Reads the logits, writes the adjusted logits and the kept probabilities: the least a row takes.
+                    return new Launch(() => k.Launch(new Dim3((uint)rows), Block(kernel), args), 12.0 * rows * vocab, 0);
+                }));
+        }
         else if (kernel == "argmax")
         {
             foreach (var (rows, vocab) in full ? [(1, 128256), (32, 128256), (32, 32000)] : new[] { (1, 1000) })

@@ -49,6 +49,7 @@ public static class KernelLaunches
         new("gemv_q8_0", "gemv.cu", 128, 0, 1.0),
         new("gemv_q4_0", "gemv.cu", 128, 0, 1.0),
         new("argmax", "argmax.cu", 1024, 0, 1.0),
+        new("sample", "sampling.cu", 256, 0, 0.625),
     ];
 
     static readonly Dictionary<string, KernelLaunch> ByName = All.ToDictionary(k => k.Kernel, StringComparer.Ordinal);

@@ -2,6 +2,7 @@ using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
+using TokenMill.Sampling;
 
 namespace TokenMill.Backends.Cuda;
 
@@ -55,6 +56,7 @@ public sealed class KernelSelfTest : IDisposable
         t.Activations();
         t.Gemv();
         t.ArgMax();
+        t.Sampling();
         return t._results;
     }
 
@@ -590,5 +592,171 @@ public sealed class KernelSelfTest : IDisposable
             for (int i = 1; i < vocab; i++) if (logits[i] > logits[expected0]) expected0 = i;
             Check("argmax", "3 rows × 32000 (tie, all equal)", [.. got.Select(i => (float)i)], [expected0, 100, 0], 0);
         });
+    }
+
+    // ---- sampling: the kernel against the CPU sampler itself ----------------------------------------------------
+
+    /// <summary>One row of a sampling batch: its parameters, the request's history and what it suppresses.</summary>
+    sealed record SamplingCase(string Name, SamplingParams Params, int[] Prompt, int[] Output, int[]? Suppress = null);
+
+    void Sampling()
+    {
+        Guarded(CudaSampler.KernelName, () =>
+        {
+            var kernel = K("sampling.cu", CudaSampler.KernelName);
+            int[] prompt = [5, 9, 9, 31999, 7, 1000, 2000];
+            int[] output = [9, 42, 42, 42, 100, 7];
+            var penalties = new SamplingParams { RepetitionPenalty = 1.3f, PresencePenalty = 0.5f, FrequencyPenalty = 0.4f, LogitBias = new Dictionary<int, float> { [7] = 6.5f, [123] = -100f } };
+
+            // vocab 32000 (Llama 2): every cut, penalties, bias, suppression and ties at a top-k cut.
+            const int vocab = 32000;
+            var logits = Random(8 * vocab, 4f);
+            int rawTop = Sampler.ArgMax(logits.AsSpan(vocab, vocab));
+            int[] above = [100, 101, 102, 103, 104], tied = [31000, 50, 20000, 7, 15000];
+            foreach (int id in above) logits[7 * vocab + id] = 10f;   // 5 above the cut …
+            foreach (int id in tied) logits[7 * vocab + id] = 9f;     // … then ties: k = 8 keeps 7, 50, 15000
+            SamplingCase[] llama =
+            [
+                new("greedy, logprobs 5", SamplingParams.Greedy with { Logprobs = 5 }, [], []),
+                new("greedy, penalties + bias + suppressed argmax, logprobs 20", penalties with { Temperature = 0, Logprobs = 20 }, prompt, output, [rawTop]),
+                new("T 0.8, top-k 40", new SamplingParams { Temperature = 0.8f, TopK = 40, Logprobs = 0 }, [], []),
+                new("T 1.2, top-p 0.9", new SamplingParams { Temperature = 1.2f, TopP = 0.9f }, [], []),
+                new("T 1, min-p 0.1", new SamplingParams { MinP = 0.1f }, [], []),
+                new("top-k 50, top-p 0.8, min-p 0.05, penalties + bias", penalties with { TopK = 50, TopP = 0.8f, MinP = 0.05f, Logprobs = 3 }, prompt, output),
+                new("top-k 1 is greedy", new SamplingParams { TopK = 1 }, [], []),
+                new("T 0.7, top-k 8, ties at the cut", new SamplingParams { Temperature = 0.7f, TopK = 8 }, [], []),
+            ];
+            SamplingBatch(kernel, vocab, logits, Seeded(llama));
+
+            // An odd vocabulary (GPT-2's 50257): ties at the greedy pick and at a top-p cut, top-k just below the vocabulary.
+            const int odd = 50257;
+            var oddLogits = Random(4 * odd, 4f);
+            oddLogits[40000] = oddLogits[12345] = 10f;                                               // greedy: 12345
+            int[] tops = [50000, 3, 777, 20000, 9, 41000];
+            foreach (int id in tops) oddLogits[odd + id] = 8f;   // six tied tops, p ≈ 1/6 each: top-p 0.6 keeps 3, 9, 777, 20000
+            SamplingCase[] gpt2 =
+            [
+                new("greedy, tie at the max", SamplingParams.Greedy with { Logprobs = 2 }, [], []),
+                new("T 0.3, top-p 0.6, ties at the cut", new SamplingParams { Temperature = 0.3f, TopP = 0.6f }, [], []),
+                new("T 1.5, top-k vocab − 1", new SamplingParams { Temperature = 1.5f, TopK = odd - 1 }, [], []),
+                new("T 0.7, top-k 100, min-p 0.2, repetition 1.2, logprobs 20", new SamplingParams { Temperature = 0.7f, TopK = 100, MinP = 0.2f, RepetitionPenalty = 1.2f, Logprobs = 20 }, [12, 13, 14, 50256], [12, 12]),
+            ];
+            gpt2 = Seeded(gpt2);
+            var gpt2Tokens = SamplingBatch(kernel, odd, oddLogits, gpt2);
+
+            // The same seeds and history again, the rows in reverse order: each request draws the same token wherever
+            // it sits in the batch.
+            var reversedLogits = new float[oddLogits.Length];
+            for (int r = 0; r < gpt2.Length; r++) oddLogits.AsSpan(r * odd, odd).CopyTo(reversedLogits.AsSpan((gpt2.Length - 1 - r) * odd));
+            var again = Enumerable.Reverse(SamplingBatch(kernel, odd, reversedLogits, [.. Enumerable.Reverse(gpt2)], compare: false));
+            _results.Add(new KernelCheck(CudaSampler.KernelName, $"vocab {odd}, seeded rerun in reverse row order: tokens that differ",
+                                         gpt2Tokens.Zip(again).Count(t => t.First != t.Second), 0));
+
+            SamplingDistribution(kernel);
+        });
+    }
+
+    /// <summary>The cases with seeds 1234, 1235, … in order.</summary>
+    static SamplingCase[] Seeded(SamplingCase[] cases) => [.. cases.Select((c, i) => c with { Params = c.Params with { Seed = 1234 + (ulong)i } })];
+
+    /// <summary>A sampler in the case's state: its prompt, and its output accepted as generated tokens.</summary>
+    static Sampler NewSampler(SamplingCase c)
+    {
+        var s = new Sampler(c.Params, c.Prompt);
+        foreach (int t in c.Output) s.Accept(t);
+        return s;
+    }
+
+    /// <summary>
+    /// Samples <paramref name="cases"/> (one row each) on the device and checks every row against the CPU sampler in the
+    /// same state: the adjusted logits exactly; greedy picks equal; otherwise the distribution drawn from equal to the
+    /// CPU's kept tokens and probabilities, and the pick among them; logprobs of the raw logits within 1e-4.
+    /// </summary>
+    int[] SamplingBatch(CudaKernel kernel, int vocab, float[] logits, SamplingCase[] cases, bool compare = true)
+    {
+        int rows = cases.Length;
+        using var sampler = new CudaSampler(_ctx, kernel, vocab, rows);
+        var gpu = cases.Select(NewSampler).ToList();
+        var results = new SampledToken[rows];
+        sampler.Sample(Upload(logits), gpu, results, [.. cases.Select(c => (IReadOnlyCollection<int>?)c.Suppress)]);
+        _ctx.Synchronize();
+        var tokens = results.Select(r => r.TokenId).ToArray();
+        if (!compare) return tokens;
+
+        var device = new float[vocab];
+        for (int r = 0; r < rows; r++)
+        {
+            var c = cases[r];
+            string name = $"vocab {vocab}, {c.Name}";
+            var raw = logits.AsSpan(r * vocab, vocab);
+            var cpu = NewSampler(c);
+            var adjusted = raw.ToArray();
+            cpu.ApplyBiasAndPenalties(adjusted, c.Suppress);
+            sampler.ReadAdjustedLogits(r, device);
+            Check(CudaSampler.KernelName, $"{name}: adjusted logits", device, [.. adjusted.Select(v => (double)v)], 0);
+
+            int token = results[r].TokenId;
+            sampler.ReadProbabilities(r, device);
+            if (c.Params.IsGreedy)
+            {
+                var expected = cpu.Sample(raw, c.Suppress);
+                _results.Add(new KernelCheck(CudaSampler.KernelName, $"{name}: token {token} (CPU {expected.TokenId})", token == expected.TokenId ? 0 : 1, 0));
+            }
+            else
+            {
+                var kept = cpu.Kept(adjusted);
+                double total = 0;
+                foreach (var (p, _) in kept) total += p;
+                var expected = new double[vocab];
+                foreach (var (p, id) in kept) expected[id] = p / total;
+                int differ = 0;
+                for (int i = 0; i < vocab; i++) differ += (device[i] > 0) != (expected[i] > 0) ? 1 : 0;
+                _results.Add(new KernelCheck(CudaSampler.KernelName, $"{name}: kept tokens that differ ({kept.Length} kept)", differ, 0));
+                Check(CudaSampler.KernelName, $"{name}: probabilities", device, expected, 1e-6);
+                _results.Add(new KernelCheck(CudaSampler.KernelName, $"{name}: token {token} can be drawn", expected[token] > 0 ? 0 : 1, 0));
+            }
+
+            if (c.Params.Logprobs is { } k)
+            {
+                var top = Sampler.TopLogprobs(raw, k);
+                var got = results[r].TopLogprobs ?? [];
+                Check(CudaSampler.KernelName, $"{name}: logprob of the token", [results[r].Logprob], [Sampler.LogSoftmaxAt(raw, token)], 1e-4);
+                Check(CudaSampler.KernelName, $"{name}: top {k} ids", [.. got.Select(t => (float)t.TokenId)], [.. top.Select(t => (double)t.TokenId)], 0);
+                Check(CudaSampler.KernelName, $"{name}: top {k} logprobs", [.. got.Select(t => t.Logprob)], [.. top.Select(t => (double)t.Logprob)], 1e-4);
+            }
+        }
+        return tokens;
+    }
+
+    /// <summary>
+    /// Many seeded draws from one distribution (one row per seed, the same logits): their counts against the CPU
+    /// sampler's kept probabilities by a chi-square test, and no draw of a token min-p drops.
+    /// </summary>
+    void SamplingDistribution(CudaKernel kernel)
+    {
+        const int draws = 160;
+        float[] row = [2f, 1.5f, 1f, 0.5f, 0f, -0.5f, -3f, -4f];   // min-p 0.05 keeps logits ≥ 2 + ln 0.05 ≈ −1: six tokens
+        int vocab = row.Length;
+        var logits = new float[draws * vocab];
+        for (int d = 0; d < draws; d++) row.CopyTo(logits, d * vocab);
+        var parameters = new SamplingParams { MinP = 0.05f };
+        var cases = Enumerable.Range(0, draws).Select(d => new SamplingCase("min-p 0.05", parameters with { Seed = 1 + (ulong)d }, [], [])).ToArray();
+        var tokens = SamplingBatch(kernel, vocab, logits, cases, compare: false);
+
+        var kept = new Sampler(parameters).Kept(row).ToArray();
+        double total = 0;
+        foreach (var (p, _) in kept) total += p;
+        var counts = new int[vocab];
+        foreach (int t in tokens) counts[t]++;
+        double chi2 = 0;
+        foreach (var (p, id) in kept)
+        {
+            double expected = draws * p / total;
+            chi2 += (counts[id] - expected) * (counts[id] - expected) / expected;
+        }
+        int dropped = tokens.Count(t => !kept.Any(k => k.Id == t));
+        // df = kept − 1 = 5; 20.52 is the chi-square quantile at p = 0.001 for 5 degrees of freedom.
+        _results.Add(new KernelCheck(CudaSampler.KernelName, $"{draws} seeded draws over {kept.Length} tokens: chi-square (df 5, p 0.001 bound)", chi2, 20.52));
+        _results.Add(new KernelCheck(CudaSampler.KernelName, $"{draws} seeded draws: draws of tokens min-p drops", dropped, 0));
     }
 }
