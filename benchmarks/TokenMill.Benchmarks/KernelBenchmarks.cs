@@ -118,17 +118,33 @@ public class MatVecBenchmarks : WeightMatrixBenchmark
     }
 }
 
-/// <summary>Prefill's product: N activation rows against one dequantized tile of weights (<see cref="QuantizedDot.MatMul"/>), one thread.</summary>
+/// <summary>Which f32 tile kernel <see cref="MatMulBenchmarks"/> runs.</summary>
+public enum TileKernel
+{
+    /// <summary>The AVX2 4 × 2 kernel (Vector256), the only one before the AVX-512 kernel and the fallback without AVX-512.</summary>
+    Avx2,
+
+    /// <summary>The AVX-512 6 × 4 register-blocked kernel (Vector512, 512-column panels).</summary>
+    Avx512,
+}
+
+/// <summary>
+/// Prefill's product: N activation rows against one dequantized tile of weights (<see cref="QuantizedDot.MatMul"/>),
+/// one thread, with each tile kernel (<see cref="TileKernel"/>), so that one run compares them.
+/// </summary>
 [MemoryDiagnoser]
 public class MatMulBenchmarks : WeightMatrixBenchmark
 {
     float[] _xs = [], _ys = [];
 
-    [Params(GgmlType.F32, GgmlType.F16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K)]
+    [Params(GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K)]
     public override GgmlType Type { get; set; }
 
-    [Params(32)]
+    [Params(32, 128)]
     public int N { get; set; }
+
+    [Params(TileKernel.Avx2, TileKernel.Avx512)]
+    public TileKernel Kernel { get; set; } = TileKernel.Avx512;
 
     [GlobalSetup]
     public void Setup()
@@ -138,14 +154,22 @@ public class MatMulBenchmarks : WeightMatrixBenchmark
         _ys = new float[N * Rows];
     }
 
+    /// <summary>Throws <see cref="NotSupportedException"/> for <see cref="TileKernel.Avx512"/> on a CPU without AVX-512F.</summary>
     [Benchmark]
-    public void MatMul() => QuantizedDot.MatMul(Type, Weights, Rows, Cols, _xs, N, _ys);
+    public void MatMul() => QuantizedDot.MatMulWithTileKernel(Type, Weights, Rows, Cols, _xs, N, _ys, Kernel == TileKernel.Avx512);
 
+    /// <summary>The larger error of the two kernels (one where this CPU has no AVX-512).</summary>
     public override float Check()
     {
         Setup();
-        MatMul();
-        return RelativeError(_xs, N, _ys);
+        float error = 0;
+        foreach (bool avx512 in TileGemm.IsSupported ? new[] { false, true } : [false])
+        {
+            Array.Clear(_ys);
+            QuantizedDot.MatMulWithTileKernel(Type, Weights, Rows, Cols, _xs, N, _ys, avx512);
+            error = Math.Max(error, RelativeError(_xs, N, _ys));
+        }
+        return error;
     }
 }
 
@@ -212,4 +236,30 @@ public class IntegerDotBenchmarks : WeightMatrixBenchmark
         }
         return error;
     }
+}
+
+/// <summary>
+/// Decoding one 16 × 2048 tile of F16 weights to f32, as the several-row product does once per 16 rows: ours
+/// (<see cref="Dequantize.Row"/>, 16 lanes with AVX-512) against <see cref="System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(ReadOnlySpan{Half}, Span{float})"/>.
+/// </summary>
+public class F16TileDecodeBenchmarks
+{
+    const int Elements = 16 * 2048;
+    readonly byte[] _f16 = new byte[2 * Elements];
+    readonly float[] _tile = new float[Elements];
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var random = new Random(5);
+        for (int i = 0; i < Elements; i++)
+            System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(_f16.AsSpan(2 * i), (Half)(random.NextDouble() * 2 - 1));
+    }
+
+    [Benchmark(Baseline = true)]
+    public void TensorPrimitives() =>
+        System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(_f16), _tile);
+
+    [Benchmark]
+    public void Dequantize() => TokenMill.Quantization.Dequantize.Row(GgmlType.F16, _f16, _tile);
 }

@@ -61,10 +61,17 @@ public static class Dequantize
         {
             case GgmlType.F32: MemoryMarshal.Cast<byte, float>(src).CopyTo(dst); break;
             case GgmlType.F16:
-                if (simd) TensorPrimitives.ConvertToSingle(MemoryMarshal.Cast<byte, Half>(src), dst);
+                // The matrix product decodes a tile of 16 rows once per product: a 16 × 2048 tile took 1.4 µs here
+                // and 2.9 µs with TensorPrimitives (Zen 5), against ≈ 12 µs for multiplying it with 32 rows.
+                if (simd && DequantizeAvx512.IsSupported) DequantizeAvx512.F16(src, dst);
+                else if (simd) TensorPrimitives.ConvertToSingle(MemoryMarshal.Cast<byte, Half>(src), dst);
                 else F16(src, dst);
                 break;
-            case GgmlType.BF16: if (avx2) DequantizeAvx2.BF16(src, dst); else BF16(src, dst); break;
+            case GgmlType.BF16:
+                if (simd && DequantizeAvx512.IsSupported) DequantizeAvx512.BF16(src, dst);
+                else if (avx2) DequantizeAvx2.BF16(src, dst);
+                else BF16(src, dst);
+                break;
             case GgmlType.Q8_0: if (avx2) DequantizeAvx2.Q8_0(src, dst); else Q8_0(src, dst); break;
             case GgmlType.Q4_0: if (avx2) DequantizeAvx2.Q4_0(src, dst); else Q4_0(src, dst); break;
             case GgmlType.Q4_1: Q4_1(src, dst); break;

@@ -56,8 +56,13 @@ public static class QuantizedDot
     /// ys[i, r] = Σ_c W[r, c]·xs[i, c] for <paramref name="n"/> activation rows: <paramref name="xs"/> is
     /// n × cols and <paramref name="ys"/> is n × rows, both row-major.
     /// </summary>
-    public static void MatMul(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys)
+    public static void MatMul(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys) =>
+        MatMulWithTileKernel(type, weights, rows, cols, xs, n, ys, TileGemm.IsSupported);
+
+    /// <summary><see cref="MatMul"/> with the tile kernel chosen: <see cref="TileGemm"/> or the AVX2 one (the benchmarks compare them).</summary>
+    internal static void MatMulWithTileKernel(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys, bool avx512Tile)
     {
+        if (avx512Tile && !TileGemm.IsSupported) throw new NotSupportedException("QuantizedDot.MatMul: this CPU has no AVX-512F");
         int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMul");
         ArgumentOutOfRangeException.ThrowIfNegative(n);
         if (xs.Length != (long)n * cols)
@@ -73,7 +78,7 @@ public static class QuantizedDot
         }
         if (type == GgmlType.F32)
         {
-            DotTile(MemoryMarshal.Cast<byte, float>(weights), 0, rows, rows, cols, xs, n, ys);
+            DotTile(MemoryMarshal.Cast<byte, float>(weights), 0, rows, rows, cols, xs, n, ys, avx512Tile);
             return;
         }
 
@@ -87,7 +92,7 @@ public static class QuantizedDot
                 int count = Math.Min(tileRows, rows - r0);
                 for (int r = 0; r < count; r++)
                     Dequantize.Blocks(type, weights.Slice((r0 + r) * rowBytes, rowBytes), tile.Slice(r * cols, cols), simd: true);
-                DotTile(tile, r0, count, rows, cols, xs, n, ys);
+                DotTile(tile, r0, count, rows, cols, xs, n, ys, avx512Tile);
             }
         }
         finally
@@ -115,22 +120,39 @@ public static class QuantizedDot
             throw new ArgumentException($"QuantizedDot.MatMulRowRange: xs must be {n} × {cols} and ys {n} × {rows}");
         if (type == GgmlType.F32)
         {
-            DotTile(MemoryMarshal.Cast<byte, float>(weights).Slice(r0 * cols, count * cols), r0, count, rows, cols, xs, n, ys);
+            DotTile(MemoryMarshal.Cast<byte, float>(weights).Slice(r0 * cols, count * cols), r0, count, rows, cols, xs, n, ys, TileGemm.IsSupported);
             return;
         }
         if (tile.Length < count * cols)
             throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
         for (int r = 0; r < count; r++)
             Dequantize.Blocks(type, weights.Slice((r0 + r) * rowBytes, rowBytes), tile.Slice(r * cols, cols), simd: true);
-        DotTile(tile[..(count * cols)], r0, count, rows, cols, xs, n, ys);
+        DotTile(tile[..(count * cols)], r0, count, rows, cols, xs, n, ys, TileGemm.IsSupported);
     }
 
     /// <summary>
-    /// ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count. With FMA, a 4 × 2 register block: four weight rows
-    /// against two activation rows share their loads (6 loads for 8 FMAs instead of 16), and the 8
-    /// independent accumulators cover the FMA latency.
+    /// ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count: <see cref="TileGemm"/> where <paramref name="avx512"/>
+    /// (each result independent of n and of the other rows, bit for bit), else <see cref="DotTileAvx2"/>.
     /// </summary>
-    static unsafe void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys)
+    static unsafe void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys, bool avx512)
+    {
+        if (avx512)
+        {
+            fixed (float* t = tile)
+            fixed (float* xp = xs)
+            fixed (float* yp = ys)
+                TileGemm.Multiply(t, count, cols, xp, n, yp + r0, rows);
+            return;
+        }
+        DotTileAvx2(tile, r0, count, rows, cols, xs, n, ys);
+    }
+
+    /// <summary>
+    /// <see cref="DotTile"/> without AVX-512. With FMA, a 4 × 2 register block: four weight rows against two
+    /// activation rows share their loads (6 loads for 8 FMAs instead of 16), and the 8 independent accumulators
+    /// cover the FMA latency.
+    /// </summary>
+    static unsafe void DotTileAvx2(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys)
     {
         int i = 0;
         if (Fma.IsSupported)

@@ -18,6 +18,8 @@ public class BenchmarkSmokeTests
 
     [Theory]
     [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.Q4_K)]
     public void MatMul_benchmark_computes_the_product(GgmlType type) =>
