@@ -48,6 +48,11 @@ public static class GenerateCommand
           --stop TEXT                stop at this text (not included in the output)
           --ignore-eos               keep generating after an end-of-generation token
         engine:
+          --device D                 where the model runs: cpu (default), cuda (GPU 0 through libcuda, kernels compiled
+                                     by NVRTC; Llama-family models), or cuda-emulated (the CUDA path on the CPU through
+                                     the emulated driver of tools/cuda-emu, built with g++: slow, for testing without a GPU)
+          --gpu-memory-utilization F share of the GPU's memory to use, 0 < F ≤ 1 (default 0.9): the KV cache gets what
+                                     the weights leave of it; --kv-cache-memory / --num-kv-blocks override it
           --block-size N             tokens per KV block (default 16)
           --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
@@ -68,7 +73,7 @@ public static class GenerateCommand
     internal static readonly string[] EngineValueOptions =
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
-        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
+        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size", "device", "gpu-memory-utilization",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 
@@ -138,6 +143,19 @@ public static class GenerateCommand
         TensorParallelSize = a.Int("tensor-parallel-size", 1, min: 1, max: 64),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
+        Device = ParseDevice(a.String("device") ?? "cpu"),
+        GpuMemoryUtilization = a.Float("gpu-memory-utilization", 0.9f, min: 0.01f, max: 1),
+    };
+
+    /// <summary>The <c>--device</c> names, as <see cref="ParseDevice"/> takes them.</summary>
+    internal static readonly string[] DeviceNames = ["cpu", "cuda", "cuda-emulated"];
+
+    internal static EngineDevice ParseDevice(string name) => name.ToLowerInvariant() switch
+    {
+        "cpu" => EngineDevice.Cpu,
+        "cuda" => EngineDevice.Cuda,
+        "cuda-emulated" => EngineDevice.CudaEmulated,
+        _ => throw new UsageException($"--device must be one of {string.Join(", ", DeviceNames)}; got '{name}'"),
     };
 
     internal static string ParseEvictionPolicy(string name) =>

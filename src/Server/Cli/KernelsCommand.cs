@@ -47,7 +47,7 @@ public static class KernelsCommand
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
-    public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
+    public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
     internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
