@@ -31,7 +31,8 @@
 #include <vector>
 #include <algorithm>
 #include <atomic>
-#ifndef TM_EMU_FREE_RUNNING
+#include <cstdint>
+#if !defined(TM_EMU_FREE_RUNNING) && !defined(__x86_64__)
 #include <ucontext.h>
 #endif
 
@@ -178,10 +179,51 @@ inline int linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + bl
 #ifndef TM_EMU_FREE_RUNNING
 namespace fiber {
 enum State { Ready, AtSync, AtWarp, Done };
-struct Fiber { ucontext_t ctx; State state = Ready; dim3 index; };
+#if defined(__x86_64__)
+// A switch of stacks that saves only what the ABI says a call preserves (rbx, rbp, r12–r15): swapcontext also
+// saves and restores the signal mask, a system call on every switch, and that was most of a launch's time.
+// The caller's other registers are dead across the call, as across any call.
+__attribute__((naked, noinline)) static void switch_stack(void** /* rdi: where to save this stack */, void* /* rsi: the stack to run */)
+{
+    asm volatile("pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+                 "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+                 "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret\n\t");
+}
+struct Context
+{
+    void* sp = nullptr;
+};
+inline void switch_to(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
+// A fresh stack that "returns" into entry with the alignment of a call (rsp ≡ 8 mod 16 on entry), popping six
+// zeroed registers first, as switch_stack restores them.
+inline void start(Context& c, char* stack, size_t bytes, void (*entry)())
+{
+    auto top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15);
+    void** p = reinterpret_cast<void**>(top);
+    *--p = nullptr;                               // entry's return address: it never returns
+    *--p = reinterpret_cast<void*>(entry);
+    for (int i = 0; i < 6; i++) *--p = nullptr;   // rbp rbx r12 r13 r14 r15
+    c.sp = p;
+}
+#else
+struct Context
+{
+    ucontext_t uc;
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void start(Context& c, char* stack, size_t bytes, void (*entry)())
+{
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+struct Fiber { Context ctx; State state = Ready; dim3 index; };
 struct Scheduler
 {
-    ucontext_t main;
+    Context main;
     std::vector<Fiber> fibers;
     std::vector<std::unique_ptr<char[]>> stacks;
     std::vector<long long> slots;   // a shuffle's values, one per thread
@@ -197,7 +239,7 @@ inline void entry()
     Scheduler& s = scheduler();
     (*s.body)();
     s.fibers[s.current].state = Done;
-    swapcontext(&s.fibers[s.current].ctx, &s.main);   // never resumed
+    switch_to(s.fibers[s.current].ctx, s.main);   // never resumed
 }
 
 inline void resume(int t)
@@ -205,7 +247,7 @@ inline void resume(int t)
     Scheduler& s = scheduler();
     s.current = t;
     threadIdx = s.fibers[t].index;
-    swapcontext(&s.main, &s.fibers[t].ctx);
+    switch_to(s.main, s.fibers[t].ctx);
 }
 
 // The running thread waits at a barrier: back to the scheduler, which resumes it once the barrier completes.
@@ -214,7 +256,7 @@ inline void wait(State at)
     Scheduler& s = scheduler();
     Fiber& f = s.fibers[s.current];
     f.state = at;
-    swapcontext(&f.ctx, &s.main);
+    switch_to(f.ctx, s.main);
 }
 
 // Runs one block to its end; false on a deadlock (threads waiting at barriers that can never complete).
@@ -223,13 +265,8 @@ inline bool run_block(int n, bool descending)
     Scheduler& s = scheduler();
     for (int t = 0; t < n; t++)
     {
-        Fiber& f = s.fibers[t];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = s.stacks[t].get();
-        f.ctx.uc_stack.ss_size = stack_bytes;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, entry, 0);
-        f.state = Ready;
+        start(s.fibers[t].ctx, s.stacks[t].get(), stack_bytes, entry);
+        s.fibers[t].state = Ready;
     }
     const int warps = (n + 31) / 32;
     while (true)
