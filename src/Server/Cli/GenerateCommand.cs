@@ -28,6 +28,8 @@ public static class GenerateCommand
           --tokenizer T              tokenizer and chat template of a Hugging Face folder (--model DIR): a GGUF file or a
                                      folder with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
+          --dummy-layers N           build only the first N layers of a dummy model (its real widths, a fraction of
+                                     the time and memory: quick checks, --device cuda-emulated)
           --max-model-len N          longest sequence, prompt + output (default: min(model's context, 4096))
         input and output:
           --prompt TEXT              the prompt (default "Once upon a time"); BOS is added as the model's metadata says
@@ -73,7 +75,7 @@ public static class GenerateCommand
     internal static readonly string[] EngineValueOptions =
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
-        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size", "device", "gpu-memory-utilization",
+        "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size", "device", "gpu-memory-utilization", "dummy-layers",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 

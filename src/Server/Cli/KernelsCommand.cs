@@ -20,6 +20,7 @@ public static class KernelsCommand
         usage: tokenmill kernels check [--kernels-dir DIR] [--arch 80,90] [--ptxas PATH] [--no-cache]
                tokenmill kernels sass NAME [--arch sm_90] [--kernels-dir DIR] [--ptxas PATH]
                tokenmill kernels test [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--no-cache]
+               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -28,6 +29,9 @@ public static class KernelsCommand
                     on GPU N (default 0), or with --emulate on the CPU through the shim of tools/cuda-emu
                     (built with g++ at run time from the kernel sources; no GPU, no driver). 'selftest' is
                     the same command.
+          forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
+                    mixing prefills, a chunked prefill and decodes of three sequences; per step the largest
+                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -36,7 +40,9 @@ public static class KernelsCommand
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
           --kernel LIST      test only these kernels (comma-separated names)
-          --emulate          test: run on the CPU through the shim instead of on a GPU
+          --emulate          test, forward: run on the CPU through the shim instead of on a GPU
+          --model M          forward: the model (default dummy:tinyllama-1.1b; --dtype and --dummy-layers as
+                             'tokenmill generate' takes them)
           --device N         test: the GPU to run on (default 0)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
@@ -44,12 +50,13 @@ public static class KernelsCommand
 
         example: tokenmill kernels check --arch 80,90
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
+                 tokenmill kernels forward --emulate --model stories260K.gguf
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "model", "dtype", "dummy-layers"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -62,7 +69,8 @@ public static class KernelsCommand
         }
         if (a.Positional is ["selftest"] or ["test"]) return SelfTest(a, stdout, stderr);
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test)");
+        if (a.Positional is ["forward"]) return Forward(a, stdout);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: check, sass, test, forward)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -246,6 +254,37 @@ public static class KernelsCommand
             return Cli.ExitOk;
         }
         finally { Directory.Delete(work, recursive: true); }
+    }
+
+    /// <summary><c>kernels forward</c>: <see cref="ForwardComparison"/> of the CUDA executor against the CPU's, as a table.</summary>
+    static int Forward(CliArguments a, TextWriter stdout)
+    {
+        if (a.String("device") is not null) throw new UsageException("kernels forward runs on GPU 0 (or with --emulate on the shim); --device is for 'kernels test'");
+        if (a.String("kernels-dir") is not null || a.String("kernel") is not null)
+            throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
+        var (modelName, load) = Cli.ParseModel(a);
+        using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
+        // Four-token blocks, so the three short sequences still span several blocks each; eight rows per chunk, so the
+        // ten-token steps run in two chunks on both backends.
+        const int maxBatchTokens = 8;
+        int maxModelLen = Math.Min(model.Config.ContextLength, 32);
+        var options = new TokenMill.Core.EngineOptions
+        {
+            Device = a.Flag("emulate") ? TokenMill.Core.EngineDevice.CudaEmulated : TokenMill.Core.EngineDevice.Cuda,
+            BlockSize = ForwardComparison.BlockSize,
+            NumKvBlocks = ForwardComparison.BlocksNeeded,
+        };
+        using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
+        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens);
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}; reference: the CPU backend");
+        var checks = ForwardComparison.Run(model, cpu, cuda);
+        int width = checks.Max(c => c.Step.Length);
+        stdout.WriteLine($"{"step".PadRight(width)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        foreach (var c in checks)
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+        int failed = checks.Count(c => !c.Passed);
+        stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 
     static int SelfTest(CliArguments a, TextWriter stdout, TextWriter stderr)
