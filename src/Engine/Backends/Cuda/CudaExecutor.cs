@@ -62,9 +62,10 @@ public sealed class CudaExecutor : IModelExecutor
         try
         {
             if (options.Device == EngineDevice.CudaEmulated) UseEmulatedDriver(sources);
-            if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtc)) throw new InvalidOperationException($"{device}: {nvrtc}");
+            // The driver first: on a machine without a GPU, that is the thing to say.
             int count = CudaContext.DeviceCount();
             if (count == 0) throw new InvalidOperationException($"{device}: the CUDA driver reports no device");
+            if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtc)) throw new InvalidOperationException($"{device}: {nvrtc}");
             ctx = CudaContext.Create(0);
             if (options.Device == EngineDevice.CudaEmulated && ctx.DeviceName != KernelEmulation.DeviceName)
                 throw new InvalidOperationException($"{device} loaded a driver whose device is '{ctx.DeviceName}', not the CPU emulation");
