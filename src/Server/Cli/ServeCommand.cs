@@ -118,9 +118,12 @@ public static class ServeCommand
             string tensorParallel = engine.Options.TensorParallelSize > 1
                 ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
                 : "";
+            string device = engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
+                ? $"device {(engine.Options.Device == TokenMill.Core.EngineDevice.CudaEmulated ? "cuda-emulated" : "cuda")} ({cuda.DeviceName})"
+                : $"device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel})";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
-                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel}), " +
+                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, {device}, " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
                 $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

@@ -113,8 +113,9 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model);
         Assert.True(code == 0, output);
         Assert.Contains($"device: {KernelEmulation.DeviceName}", output);
-        Assert.Equal(4, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
-        Assert.Contains("all 4 steps within tolerance", output);
+        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Contains("D forks C (copy-on-write)", output);
+        Assert.Contains("all 5 steps within tolerance", output);
     }
 
     [SkippableFact]
@@ -125,7 +126,7 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         // 8 bits for its integer kernels, hence the looser tolerance (ForwardComparison.Tolerance).
         var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "Q8_0");
         Assert.True(code == 0, output);
-        Assert.Equal(4, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
+        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
     }
 
     [SkippableFact]

@@ -19,13 +19,14 @@ public sealed record ForwardCheck(string Step, int Tokens, int LogitRows, double
 /// Runs the same steps through two executors (the CPU reference and a candidate backend) on one model and compares
 /// their logits: three sequences whose prefills, a chunked prefill and decodes mix in one batch, as the scheduler
 /// mixes them, with block tables that are not in order — so the slot mapping, the per-sequence block tables, the
-/// causal prefill attention and the logit rows are all exercised. Both executors need at least
+/// causal prefill attention and the logit rows are all exercised — and a copy-on-write fork of a partly filled block
+/// (<see cref="IModelExecutor.CopyBlock"/>). Both executors need at least
 /// <see cref="BlocksNeeded"/> KV blocks of <see cref="BlockSize"/> tokens.
 /// </summary>
 public static class ForwardComparison
 {
     public const int BlockSize = 4;
-    public const int BlocksNeeded = 12;
+    public const int BlocksNeeded = 13;
 
     /// <summary>
     /// The error that passes for a model's weight type: F32/F16/BF16 products agree to float rounding (a different
@@ -46,9 +47,11 @@ public static class ForwardComparison
         var random = new Random(1234);
         int[] Prompt(int n) => [.. Enumerable.Range(0, n).Select(_ => random.Next(vocab))];
         // Physical blocks out of order, as a KV pool hands them out after some churn.
-        int[][] tables = [[7, 2, 9, 4], [0, 11, 5], [3, 10, 1, 8, 6]];
-        int[][] tokens = [Prompt(12), Prompt(12), Prompt(15)];
-        int[] done = new int[3];   // tokens of each sequence already in the KV cache
+        // D is a fork of C (parallel sampling, beam search): it shares C's full blocks and gets a copy of its partly
+        // filled last block (8 → 12) before either writes into it.
+        int[][] tables = [[7, 2, 9, 4], [0, 11, 5], [3, 10, 1, 8, 6], [3, 10, 1, 12]];
+        int[][] tokens = [Prompt(12), Prompt(12), Prompt(16), Prompt(16)];
+        int[] done = new int[4];   // tokens of each sequence already in the KV cache
 
         // (sequence, tokens this step) per step: prefill A and B together; a decode of A, B's last prompt tokens and
         // C's first chunk; decodes of A and B with C's second chunk; then decodes of all three.
@@ -58,6 +61,7 @@ public static class ForwardComparison
             ("decode A + prefill B (3) + prefill C (6)", [(0, 1), (1, 3), (2, 6)]),
             ("decode A + decode B + prefill C (8)", [(0, 1), (1, 1), (2, 8)]),
             ("decode A + decode B + decode C", [(0, 1), (1, 1), (2, 1)]),
+            ("D forks C (copy-on-write): decode C + decode D", [(2, 1), (3, 1)]),
         ];
         // A decode's token comes from the prompt too: the comparison is of logits, not of what a sampler would pick.
         var results = new List<ForwardCheck>();
@@ -65,6 +69,13 @@ public static class ForwardComparison
         foreach (var (name, work) in steps)
         {
             batch.Clear();
+            if (work.Any(w => w.Seq == 3) && done[3] == 0)
+            {
+                reference.CopyBlock(8, 12);
+                candidate.CopyBlock(8, 12);
+                done[3] = done[2];   // D holds what C holds so far, and goes on with a token of its own
+                Array.Copy(tokens[2], tokens[3], done[3]);
+            }
             foreach (var (seq, count) in work)
             {
                 int s = batch.AddSequence(tables[seq]);
