@@ -32,7 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#if !defined(TM_EMU_FREE_RUNNING) && !defined(__x86_64__)
+#if !defined(TM_EMU_FREE_RUNNING) && (!defined(__x86_64__) || defined(TM_EMU_UCONTEXT))
 #include <ucontext.h>
 #endif
 
@@ -179,7 +179,7 @@ inline int linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + bl
 #ifndef TM_EMU_FREE_RUNNING
 namespace fiber {
 enum State { Ready, AtSync, AtWarp, Done };
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(TM_EMU_UCONTEXT)   // TM_EMU_UCONTEXT: the portable switch, to test it here
 // A switch of stacks that saves only what the ABI says a call preserves (rbx, rbp, r12–r15): swapcontext also
 // saves and restores the signal mask, a system call on every switch, and that was most of a launch's time.
 // The caller's other registers are dead across the call, as across any call.
