@@ -29,6 +29,12 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#if !defined(TM_EMU_FREE_RUNNING) && (!defined(__x86_64__) || defined(TM_EMU_UCONTEXT))
+#include <ucontext.h>
+#endif
 
 #define TM_HOST_EMULATION 1
 #define __global__
@@ -188,9 +194,165 @@ inline int linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + bl
 // each read before the next write, as ThreadSanitizer checks. Reset per block (lanes that returned early made fewer).
 inline thread_local unsigned shuffles;
 
+#ifndef TM_EMU_FREE_RUNNING
+namespace fiber {
+enum State { Ready, AtSync, AtWarp, Done };
+#if defined(__x86_64__) && !defined(TM_EMU_UCONTEXT)   // TM_EMU_UCONTEXT: the portable switch, to test it here
+// A switch of stacks that saves only what the ABI says a call preserves (rbx, rbp, r12–r15): swapcontext also
+// saves and restores the signal mask, a system call on every switch, and that was most of a launch's time.
+// The caller's other registers are dead across the call, as across any call.
+__attribute__((naked, noinline)) static void switch_stack(void** /* rdi: where to save this stack */, void* /* rsi: the stack to run */)
+{
+    asm volatile("pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+                 "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+                 "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret\n\t");
+}
+struct Context
+{
+    void* sp = nullptr;
+};
+inline void switch_to(Context& from, Context& to) { switch_stack(&from.sp, to.sp); }
+// A fresh stack that "returns" into entry with the alignment of a call (rsp ≡ 8 mod 16 on entry), popping six
+// zeroed registers first, as switch_stack restores them.
+inline void start(Context& c, char* stack, size_t bytes, void (*entry)())
+{
+    auto top = reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15);
+    void** p = reinterpret_cast<void**>(top);
+    *--p = nullptr;                               // entry's return address: it never returns
+    *--p = reinterpret_cast<void*>(entry);
+    for (int i = 0; i < 6; i++) *--p = nullptr;   // rbp rbx r12 r13 r14 r15
+    c.sp = p;
+}
+#else
+struct Context
+{
+    ucontext_t uc;
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void start(Context& c, char* stack, size_t bytes, void (*entry)())
+{
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+struct Fiber { Context ctx; State state = Ready; dim3 index; };
+struct Scheduler
+{
+    Context main;
+    std::vector<Fiber> fibers;
+    std::vector<std::unique_ptr<char[]>> stacks;
+    std::vector<long long> slots;   // a shuffle's values, one per thread
+    int current = -1;
+    const std::function<void()>* body = nullptr;
+};
+// Kernels keep a few registers' worth of locals; libm's pow/sincos are the deepest calls they make.
+inline constexpr size_t stack_bytes = 256 * 1024;
+inline Scheduler& scheduler() { static Scheduler s; return s; }
+
+inline void entry()
+{
+    Scheduler& s = scheduler();
+    (*s.body)();
+    s.fibers[s.current].state = Done;
+    switch_to(s.fibers[s.current].ctx, s.main);   // never resumed
+}
+
+inline void resume(int t)
+{
+    Scheduler& s = scheduler();
+    s.current = t;
+    threadIdx = s.fibers[t].index;
+    switch_to(s.main, s.fibers[t].ctx);
+}
+
+// The running thread waits at a barrier: back to the scheduler, which resumes it once the barrier completes.
+inline void wait(State at)
+{
+    Scheduler& s = scheduler();
+    Fiber& f = s.fibers[s.current];
+    f.state = at;
+    switch_to(f.ctx, s.main);
+}
+
+// Runs one block to its end; false on a deadlock (threads waiting at barriers that can never complete).
+inline bool run_block(int n, bool descending)
+{
+    Scheduler& s = scheduler();
+    for (int t = 0; t < n; t++)
+    {
+        start(s.fibers[t].ctx, s.stacks[t].get(), stack_bytes, entry);
+        s.fibers[t].state = Ready;
+    }
+    const int warps = (n + 31) / 32;
+    while (true)
+    {
+        for (int k = 0; k < warps; k++)
+        {
+            int w = descending ? warps - 1 - k : k, first = w * 32, last = std::min(n, first + 32);
+            while (true)
+            {
+                bool ran = false;
+                for (int t = first; t < last; t++)
+                    if (s.fibers[t].state == Ready) { resume(t); ran = true; }
+                // A shuffle's barrier: every lane of the warp that has not returned is waiting at it.
+                int live = 0, waiting = 0;
+                for (int t = first; t < last; t++)
+                {
+                    live += s.fibers[t].state != Done;
+                    waiting += s.fibers[t].state == AtWarp;
+                }
+                if (waiting > 0 && waiting == live)
+                {
+                    for (int t = first; t < last; t++) if (s.fibers[t].state == AtWarp) s.fibers[t].state = Ready;
+                    continue;
+                }
+                if (!ran) break;
+            }
+        }
+        int live = 0, synced = 0;
+        for (int t = 0; t < n; t++)
+        {
+            live += s.fibers[t].state != Done;
+            synced += s.fibers[t].state == AtSync;
+        }
+        if (live == 0) return true;
+        if (synced != live) return false;
+        for (int t = 0; t < n; t++) if (s.fibers[t].state == AtSync) s.fibers[t].state = Ready;
+    }
+}
+
+inline int unfinished(int n)
+{
+    int count = 0;
+    for (int t = 0; t < n; t++) count += scheduler().fibers[t].state != Done;
+    return count;
+}
+} // namespace fiber
+#endif
+
 template <typename T>
 T shfl_xor(T v, int mask)
 {
+#ifndef TM_EMU_FREE_RUNNING
+    {
+        // Fibers: write this lane's value, wait until every lane of the warp has, read the partner's, and wait again
+        // so that no lane overwrites its slot (next shuffle) before every lane has read.
+        fiber::Scheduler& s = fiber::scheduler();
+        int self = s.current, lane = self % 32;
+        long long bits = 0;
+        std::memcpy(&bits, &v, sizeof(T));
+        s.slots[self] = bits;
+        fiber::wait(fiber::AtWarp);
+        long long other = s.slots[self - lane + ((lane ^ (mask & 31)))];
+        fiber::wait(fiber::AtWarp);
+        T r;
+        std::memcpy(&r, &other, sizeof(T));
+        return r;
+    }
+#endif
     int t = linear_thread();
     Warp& w = *warps[t / 32];
     long long* slot = w.slot[shuffles++ & 1];
@@ -222,6 +384,7 @@ inline int launch_timeout_seconds()
     return v > 0 ? v : 120;
 }
 
+#ifdef TM_EMU_FREE_RUNNING
 inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body)
 {
     gridDim = grid;
@@ -281,6 +444,58 @@ inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body
     for (auto& th : threads) th.join();
 }
 
+#else
+// Serialized warps on fibers: every CUDA thread of the block is a ucontext fiber on the launching OS thread, and a
+// barrier is a switch back to the scheduler below instead of a condition variable that wakes OS threads — the same
+// schedule as the thread version (one warp at a time until each of its threads reaches __syncthreads or returns;
+// even blocks ascending, odd blocks descending; lanes of a warp in order between shuffles), at a small fraction of
+// its cost: a launch of many blocks (a model's forward pass on --device cuda-emulated) spent nearly all its time
+// in wake-ups. A deadlock shows at once (no fiber can run); an endless loop is caught by a watchdog thread.
+
+inline void launch(dim3 grid, dim3 blockShape, const std::function<void()>& body)
+{
+    gridDim = grid;
+    blockDim = blockShape;
+    const int n = blockShape.x * blockShape.y * blockShape.z;
+    const long long blocks = (long long)grid.x * grid.y * grid.z;
+    fiber::Scheduler& s = fiber::scheduler();
+    s.body = &body;
+    s.fibers.resize(std::max<size_t>(s.fibers.size(), n));
+    s.slots.resize(std::max<size_t>(s.slots.size(), n));
+    while ((int)s.stacks.size() < n) s.stacks.push_back(std::make_unique<char[]>(fiber::stack_bytes));
+    for (int t = 0; t < n; t++)
+        s.fibers[t].index = {(unsigned)(t % blockShape.x), (unsigned)(t / blockShape.x % blockShape.y), (unsigned)(t / (blockShape.x * blockShape.y))};
+
+    std::atomic<long long> running_block{0};
+    auto report = [&](long long i) {
+        std::fprintf(stderr, "cuda-emu: %s, block %lld of %lld (%d threads): %d of %d threads did not finish within %d s "
+                             "(a deadlock: threads of the block waiting at different barriers, or an endless loop)\n",
+                     current_kernel.c_str(), i, blocks, n, fiber::unfinished(n), n, launch_timeout_seconds());
+        std::fflush(stderr);
+        std::_Exit(124);
+    };
+    std::mutex done_m;
+    std::condition_variable done_cv;
+    bool done = false;
+    std::thread watchdog([&] {
+        std::unique_lock lock(done_m);
+        if (!done_cv.wait_for(lock, std::chrono::seconds(launch_timeout_seconds()), [&] { return done; })) report(running_block.load());
+    });
+    for (long long i = 0; i < blocks; i++)
+    {
+        running_block = i;
+        blockIdx = {(unsigned)(i % grid.x), (unsigned)(i / grid.x % grid.y), (unsigned)(i / ((long long)grid.x * grid.y))};
+        if (!fiber::run_block(n, i % 2 == 1)) report(i);
+    }
+    {
+        std::lock_guard lock(done_m);
+        done = true;
+    }
+    done_cv.notify_one();
+    watchdog.join();
+}
+#endif
+
 // Kernels by name, for the emulated driver: each kernel file's translation unit registers its kernels.
 using Invoker = std::function<void(void**)>;
 inline std::map<std::string, Invoker>& registry() { static std::map<std::string, Invoker> r; return r; }
@@ -296,7 +511,11 @@ struct Registration
 };
 } // namespace emu
 
+#ifdef TM_EMU_FREE_RUNNING
 inline void __syncthreads() { emu::block->sync(emu::linear_thread() / 32); }
+#else
+inline void __syncthreads() { emu::fiber::wait(emu::fiber::AtSync); }
+#endif
 inline float __shfl_xor_sync(unsigned, float v, int mask) { return emu::shfl_xor(v, mask); }
 inline int __shfl_xor_sync(unsigned, int v, int mask) { return emu::shfl_xor(v, mask); }
 inline unsigned __shfl_xor_sync(unsigned, unsigned v, int mask) { return emu::shfl_xor(v, mask); }

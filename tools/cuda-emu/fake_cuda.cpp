@@ -109,7 +109,18 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     return OK;
 }
 
-CUresult cuMemGetInfo_v2(size_t* free, size_t* total) { *free = *total = size_t(1) << 30; return OK; }
+// 1 GiB, of which what is allocated is not free: the backend sizes its KV cache from what the weights leave.
+CUresult cuMemGetInfo_v2(size_t* free, size_t* total)
+{
+    size_t used = 0;
+    {
+        std::lock_guard<std::mutex> lock(allocations_lock);   // ranks of the fake NCCL allocate from other threads
+        for (auto& a : allocations) used += a.second;
+    }
+    *total = size_t(1) << 30;
+    *free = used < *total ? *total - used : 0;
+    return OK;
+}
 CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 {
     void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);   // device allocations are 256-byte aligned

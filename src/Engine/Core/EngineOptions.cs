@@ -1,5 +1,18 @@
 namespace TokenMill.Core;
 
+/// <summary>Where the model runs (<c>--device</c>).</summary>
+public enum EngineDevice
+{
+    /// <summary>The SIMD CPU backend, the reference every other backend is tested against.</summary>
+    Cpu,
+
+    /// <summary>One CUDA GPU through the driver API (libcuda), kernels compiled at start-up by NVRTC.</summary>
+    Cuda,
+
+    /// <summary>The CUDA backend on the emulated driver of tools/cuda-emu (built with g++): the kernels run on the CPU, slowly; for testing without a GPU.</summary>
+    CudaEmulated,
+}
+
 /// <summary>Engine settings, named as vLLM's engine arguments.</summary>
 public sealed record EngineOptions
 {
@@ -54,6 +67,16 @@ public sealed record EngineOptions
     /// <summary>How long a tensor-parallel rank waits in one collective for the others before the engine stops with an error.</summary>
     public TimeSpan TensorParallelTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
+    /// <summary>Where the model runs (<c>--device cpu|cuda|cuda-emulated</c>; default cpu).</summary>
+    public EngineDevice Device { get; init; } = EngineDevice.Cpu;
+
+    /// <summary>
+    /// Share of the GPU's memory the engine may use (<c>--gpu-memory-utilization</c>, vLLM's name, default 0.9): the KV
+    /// cache gets what of it the weights and activations leave. CUDA devices only; <see cref="NumKvBlocks"/> and
+    /// <see cref="KvCacheMemoryBytes"/> override it.
+    /// </summary>
+    public double GpuMemoryUtilization { get; init; } = 0.9;
+
     public const long DefaultKvCacheMemoryBytes = 2L << 30;
     public const int DefaultMaxModelLenCap = 4096;
 
@@ -75,6 +98,8 @@ public sealed record EngineOptions
         Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
         Check(TensorParallelSize is >= 1 and <= 64, $"--tensor-parallel-size must be in [1, 64], got {TensorParallelSize}");
         Check(TensorParallelTimeout > TimeSpan.Zero, $"the tensor-parallel timeout must be positive, got {TensorParallelTimeout}");
+        Check(Enum.IsDefined(Device), $"unknown device {Device}");
+        Check(GpuMemoryUtilization is > 0 and <= 1, $"--gpu-memory-utilization must be in (0, 1], got {GpuMemoryUtilization}");
         Check(MaxPreemptionsPerRequest >= 0, $"--max-preemptions must be ≥ 0, got {MaxPreemptionsPerRequest}");
     }
 }

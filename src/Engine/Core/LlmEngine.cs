@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Threading.Channels;
 using TokenMill.Backends;
 using TokenMill.Backends.Cpu;
+using TokenMill.Backends.Cuda;
 using TokenMill.KvCache;
 using TokenMill.Models;
 using TokenMill.Sampling;
@@ -37,7 +38,7 @@ public sealed record EngineSnapshot(EngineStats Stats, KvCacheSnapshot KvCache);
 public sealed class LlmEngine : IDisposable
 {
     readonly Model _model;
-    readonly CpuExecutor _executor;
+    readonly IModelExecutor _executor;
     readonly KvCacheManager _kv;
     readonly Scheduler _scheduler;
     readonly ForwardBatch _batch = new();
@@ -65,12 +66,39 @@ public sealed class LlmEngine : IDisposable
         if (MaxModelLen > model.Config.ContextLength)
             throw new ArgumentException($"--max-model-len {MaxModelLen} exceeds the model's context length {model.Config.ContextLength}");
 
+        int maxBatchTokens = Math.Min(options.MaxNumBatchedTokens, 512);
+        int blocks;
+        if (options.Device == EngineDevice.Cpu)
+        {
+            blocks = CpuKvBlocks(model, options, MaxModelLen);
+            _executor = new CpuExecutor(model, options.TensorParallelSize, options.Threads, maxBatchTokens, blocks, options.BlockSize,
+                options.TensorParallelTimeout);
+        }
+        else
+        {
+            // The device's memory decides the KV cache (--gpu-memory-utilization): the executor sizes it after uploading the weights.
+            var cuda = CudaExecutor.Create(model, options, MaxModelLen, maxBatchTokens);
+            blocks = cuda.KvBlockCount;
+            _executor = cuda;
+        }
+        _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy),
+            options.CacheAdmission);
+        _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs) { MaxPreemptionsPerRequest = options.MaxPreemptionsPerRequest };
+        _eog = model.Tokenizer.EndOfGenerationIds;
+        _stats = new EngineStats(0, 0, blocks, blocks, 0, 0, 0);
+        _thread = new Thread(Loop) { IsBackground = true, Name = "tokenmill-engine" };
+        _thread.Start();
+    }
+
+    /// <summary>The CPU's KV blocks: --num-kv-blocks, --kv-cache-memory, or the default budget; at least one full sequence.</summary>
+    static int CpuKvBlocks(Model model, EngineOptions options, int maxModelLen)
+    {
         // Under tensor parallelism every rank stores its own KV heads (replicated ones once per rank): the budget covers them all.
         int tp = options.TensorParallelSize;
         TensorParallelShard.CheckSplit(model.Config, model.Weights, tp, model.Name);
         var kvConfig = model.Config with { HeadCountKv = Math.Max(model.Config.HeadCountKv, tp) };
         long bytesPerBlock = PagedKvStore.BytesPerBlock(kvConfig, options.BlockSize);
-        int blocksPerSequence = KvCacheManager.BlocksFor(MaxModelLen, options.BlockSize);
+        int blocksPerSequence = KvCacheManager.BlocksFor(maxModelLen, options.BlockSize);
         int blocks;
         if (options.NumKvBlocks is { } n) blocks = n;
         else if (options.KvCacheMemoryBytes is { } bytes) blocks = (int)Math.Min(int.MaxValue, bytes / bytesPerBlock);
@@ -85,18 +113,10 @@ public sealed class LlmEngine : IDisposable
         if (blocks < blocksPerSequence)
             throw new ArgumentException(
                 $"the KV cache ({blocks} blocks of {options.BlockSize} tokens, {FormatBytes(blocks * bytesPerBlock)}) cannot hold one sequence of " +
-                $"--max-model-len {MaxModelLen} ({blocksPerSequence} blocks, {FormatBytes(blocksPerSequence * bytesPerBlock)}); " +
+                $"--max-model-len {maxModelLen} ({blocksPerSequence} blocks, {FormatBytes(blocksPerSequence * bytesPerBlock)}); " +
                 "raise --kv-cache-memory / --num-kv-blocks or lower --max-model-len");
 
-        _executor = new CpuExecutor(model, tp, options.Threads, maxBatchTokens: Math.Min(options.MaxNumBatchedTokens, 512), blocks, options.BlockSize,
-            options.TensorParallelTimeout);
-        _kv = new KvCacheManager(blocks, options.BlockSize, options.EnablePrefixCaching, EvictionPolicies.Create(options.EvictionPolicy),
-            options.CacheAdmission);
-        _scheduler = new Scheduler(_kv, options.MaxNumBatchedTokens, options.MaxNumSeqs) { MaxPreemptionsPerRequest = options.MaxPreemptionsPerRequest };
-        _eog = model.Tokenizer.EndOfGenerationIds;
-        _stats = new EngineStats(0, 0, blocks, blocks, 0, 0, 0);
-        _thread = new Thread(Loop) { IsBackground = true, Name = "tokenmill-engine" };
-        _thread.Start();
+        return blocks;
     }
 
     public EngineOptions Options { get; }
@@ -111,13 +131,21 @@ public sealed class LlmEngine : IDisposable
     public Exception? Failure => _failure;
 
     /// <summary>Rank 0's collective calls (counts and time); all zero with one rank.</summary>
-    public Distributed.CommunicatorStats TensorParallelStats => _executor.CommunicatorStats;
+    public Distributed.CommunicatorStats TensorParallelStats => (_executor as CpuExecutor)?.CommunicatorStats ?? s_noCollectives;
+
+    static readonly Distributed.CommunicatorStats s_noCollectives = new();
 
     /// <summary>Threads of each tensor-parallel rank's worker pool.</summary>
-    public int ThreadsPerRank => _executor.ThreadsPerRank;
+    public int ThreadsPerRank => (_executor as CpuExecutor)?.ThreadsPerRank ?? 0;
+
+    /// <summary>The backend that runs the model (<see cref="EngineOptions.Device"/>).</summary>
+    public IModelExecutor Executor => _executor;
 
     /// <summary>Test hook (fault injection): runs on each rank's thread at the start of every layer (rank, layer).</summary>
-    internal Action<int, int>? LayerHook { set => _executor.LayerHook = value; }
+    internal Action<int, int>? LayerHook
+    {
+        set => (_executor as CpuExecutor ?? throw new NotSupportedException("layer hooks are a CPU-backend test hook")).LayerHook = value;
+    }
 
     /// <summary>
     /// KV block events (allocated, cached, hit, evicted), raised on the engine thread as they happen:
@@ -404,6 +432,13 @@ public sealed class LlmEngine : IDisposable
         {
             // A rank failed or stalled: the ranks' KV caches no longer agree, so the engine stops, every request with it.
             _failure = new EngineFailedException(e);
+            foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+            return true;
+        }
+        catch (Exception e) when (_executor.Failure is { } fatal)
+        {
+            // The backend cannot run another step (a CUDA error poisons the context): the engine stops, every request with it.
+            _failure = new EngineFailedException(fatal == e ? e : new InvalidOperationException(e.Message, fatal));
             foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
             return true;
         }

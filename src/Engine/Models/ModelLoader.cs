@@ -16,6 +16,9 @@ public sealed record ModelLoadOptions
     /// <summary>Seed of a dummy model's random weights.</summary>
     public ulong Seed { get; init; }
 
+    /// <summary>Build only this many layers of a dummy model (<c>--dummy-layers</c>): the preset's widths at a fraction of the time and memory.</summary>
+    public int? DummyLayers { get; init; }
+
     /// <summary>
     /// Where a Hugging Face folder's tokenizer and chat template come from (<c>--tokenizer</c>): a GGUF file, or a folder
     /// with <c>tokenizer.json</c>; by default the model folder's own <c>tokenizer.json</c>.
@@ -50,7 +53,7 @@ public static class ModelLoader
             // --tokenizer gives a dummy model a real tokenizer (and chat template), e.g. the family's tokenizer.json.
             var (tokenizer, template) = options.Tokenizer is { } given ? (given, null)
                 : options.TokenizerPath is { } path ? LoadTokenizer(path) : (null, null);
-            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed, tokenizer);
+            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed, tokenizer, options.DummyLayers);
             if (template is not null)
                 loaded = new Model(loaded.Name, loaded.Config, loaded.Weights, loaded.Tokenizer, [loaded], template);
         }
@@ -58,6 +61,8 @@ public static class ModelLoader
         {
             if (options.DType is { } t)
                 throw new ArgumentException($"--dtype {t} applies to dummy models only; a model file runs in the types it stores");
+            if (options.DummyLayers is { } layers)
+                throw new ArgumentException($"--dummy-layers {layers} applies to dummy models only");
             string path = LocalPath(model, options);
             loaded = Directory.Exists(path) ? LoadFolder(path, options) : GgufModelLoader.Load(path);
         }

@@ -155,6 +155,18 @@ public sealed unsafe class DeviceBuffer(DeviceMemoryHandle handle) : IDisposable
         fixed (T* p = destination) CudaApi.cuMemcpyDtoH_v2(p, new CUdeviceptr(Pointer.Value + (ulong)byteOffset), (nuint)bytes);
     }
 
+    /// <summary>Copies <paramref name="bytes"/> bytes from <paramref name="sourceOffset"/> of this buffer to <paramref name="destinationOffset"/> of <paramref name="destination"/>, on the device.</summary>
+    /// <param name="destination">The buffer written (may be this one, for non-overlapping ranges).</param>
+    /// <param name="sourceOffset">Byte offset in this buffer.</param>
+    /// <param name="destinationOffset">Byte offset in <paramref name="destination"/>.</param>
+    /// <param name="bytes">How many bytes.</param>
+    public void CopyTo(DeviceBuffer destination, long sourceOffset, long destinationOffset, long bytes)
+    {
+        CheckRange(sourceOffset, bytes);
+        destination.CheckRange(destinationOffset, bytes);
+        CudaApi.cuMemcpyDtoD_v2(new CUdeviceptr(destination.Pointer.Value + (ulong)destinationOffset), new CUdeviceptr(Pointer.Value + (ulong)sourceOffset), (nuint)bytes);
+    }
+
     public void Clear() => CudaApi.cuMemsetD8_v2(Pointer, 0, (nuint)Bytes);
 
     void CheckRange(long offset, long bytes)

@@ -30,7 +30,8 @@ public static class BenchCommand
           --seed S           seed of the random prompts (default 0)
           --repeat N         latency: runs, of which the best is reported (default 3)
           --output-json F    write the full result as JSON
-          engine options as 'tokenmill generate --help' lists them (--max-num-seqs 1 runs requests one at a time)
+          engine options as 'tokenmill generate --help' lists them (--max-num-seqs 1 runs requests one at a time;
+                        --device cpu|cuda|cuda-emulated)
 
         example: tokenmill bench throughput --model dummy:qwen2.5-0.5b --num-prompts 16 --output-len 32
         """;

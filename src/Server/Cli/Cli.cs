@@ -29,7 +29,7 @@ public static class Cli
         new("simulate", "replay a request trace through the scheduler and KV cache (eviction-policy research)",
             SimulateCommand.Run, SimulateCommand.ValueOptions, SimulateCommand.Flags, SimulateCommand.Help, Subcommands: ["generate-trace"]),
         new("kernels", "compile, check and test the CUDA kernels ('kernels check', 'kernels test --emulate': no GPU needed)",
-            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "sass", "test", "selftest", "nccl"]),
+            KernelsCommand.Run, KernelsCommand.ValueOptions, KernelsCommand.Flags, KernelsCommand.Help, Subcommands: ["check", "sass", "test", "selftest", "nccl", "forward", "bench"]),
         new("completion", "print a shell completion script: bash, zsh, fish or pwsh", CompletionCommand.Run,
             new HashSet<string>(), CompletionCommand.Flags, CompletionCommand.Help, Subcommands: CompletionCommand.Shells),
     ];
@@ -98,6 +98,7 @@ public static class Cli
          new TokenMill.Models.ModelLoadOptions
          {
              DType = a.String("dtype") is { } dt ? ParseDType(dt) : null,
+             DummyLayers = a.String("dummy-layers") is null ? null : a.Int("dummy-layers", 0, min: 1),
              MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
              TokenizerPath = a.String("tokenizer"),
              Revision = a.String("revision"),

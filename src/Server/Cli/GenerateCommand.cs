@@ -28,6 +28,8 @@ public static class GenerateCommand
           --tokenizer T              tokenizer and chat template of a Hugging Face folder (--model DIR): a GGUF file or a
                                      folder with tokenizer.json (default: the model folder's own tokenizer.json)
           --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
+          --dummy-layers N           build only the first N layers of a dummy model (its real widths, a fraction of
+                                     the time and memory: quick checks, --device cuda-emulated)
           --max-model-len N          longest sequence, prompt + output (default: min(model's context, 4096))
         input and output:
           --prompt TEXT              the prompt (default "Once upon a time"); BOS is added as the model's metadata says
@@ -48,6 +50,11 @@ public static class GenerateCommand
           --stop TEXT                stop at this text (not included in the output)
           --ignore-eos               keep generating after an end-of-generation token
         engine:
+          --device D                 where the model runs: cpu (default), cuda (GPU 0 through libcuda, kernels compiled
+                                     by NVRTC; Llama-family models), or cuda-emulated (the CUDA path on the CPU through
+                                     the emulated driver of tools/cuda-emu, built with g++: slow, for testing without a GPU)
+          --gpu-memory-utilization F share of the GPU's memory to use, 0 < F ≤ 1 (default 0.9): the KV cache gets what
+                                     the weights leave of it; --kv-cache-memory / --num-kv-blocks override it
           --block-size N             tokens per KV block (default 16)
           --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
@@ -71,7 +78,7 @@ public static class GenerateCommand
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
-        "tensor-parallel-timeout",
+        "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
 
@@ -142,6 +149,19 @@ public static class GenerateCommand
         TensorParallelTimeout = ParseTimeout("tensor-parallel-timeout", a.String("tensor-parallel-timeout"), TimeSpan.FromSeconds(60)),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
+        Device = ParseDevice(a.String("device") ?? "cpu"),
+        GpuMemoryUtilization = a.Float("gpu-memory-utilization", 0.9f, min: 0.01f, max: 1),
+    };
+
+    /// <summary>The <c>--device</c> names, as <see cref="ParseDevice"/> takes them.</summary>
+    internal static readonly string[] DeviceNames = ["cpu", "cuda", "cuda-emulated"];
+
+    internal static EngineDevice ParseDevice(string name) => name.ToLowerInvariant() switch
+    {
+        "cpu" => EngineDevice.Cpu,
+        "cuda" => EngineDevice.Cuda,
+        "cuda-emulated" => EngineDevice.CudaEmulated,
+        _ => throw new UsageException($"--device must be one of {string.Join(", ", DeviceNames)}; got '{name}'"),
     };
 
     /// <summary>

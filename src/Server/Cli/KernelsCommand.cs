@@ -24,6 +24,7 @@ public static class KernelsCommand
                tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
+               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -43,6 +44,9 @@ public static class KernelsCommand
                     then aborts with an error (the others must get it at once).
                     With torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set, this
                     process is one rank of a group of processes (on GPU LOCAL_RANK)
+          forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
+                    mixing prefills, a chunked prefill and decodes of three sequences; per step the largest
+                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -51,7 +55,7 @@ public static class KernelsCommand
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
           --kernel LIST      test only these kernels (comma-separated names)
-          --emulate          test, bench, nccl: run on the CPU through the shim instead of on a GPU
+          --emulate          test, bench, nccl, forward: run on the CPU through the shim instead of on a GPU
           --device N         test, bench: the GPU to run on (default 0)
           --sweep S          bench: full (TinyLlama and Llama 3 8B sizes; default on a GPU) or small
                              (default with --emulate)
@@ -61,6 +65,8 @@ public static class KernelsCommand
           --ranks N          nccl: ranks of the group (default 1)
           --stall-rank R     nccl: the rank that stalls, then fails (checks the timeout and the abort instead)
           --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
+          --model M          forward: the model (default dummy:tinyllama-1.1b; --dtype and --dummy-layers as
+                             'tokenmill generate' takes them)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -69,12 +75,13 @@ public static class KernelsCommand
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
                  tokenmill kernels bench --kernel gemv_q4_0,gemv_q8_0 --output-json gemv.json
                  tokenmill kernels nccl --ranks 2 --emulate
+                 tokenmill kernels forward --emulate --model stories260K.gguf
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
-    public const string EmulatedDeviceName = "TokenMill CPU emulation (no GPU)";
+    public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout", "model", "dtype", "dummy-layers"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -89,7 +96,8 @@ public static class KernelsCommand
         if (a.Positional is ["sass", ..]) return Sass(a, stdout, stderr);
         if (a.Positional is ["bench"]) return Bench(a, stdout, stderr);
         if (a.Positional is ["nccl"]) return NcclTest(a, stdout, stderr);
-        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: bench, check, nccl, sass, test)");
+        if (a.Positional is ["forward"]) return Forward(a, stdout);
+        if (a.Positional is not ["check"]) throw new UsageException($"unknown kernels subcommand '{string.Join(' ', a.Positional)}' (subcommands: bench, check, forward, nccl, sass, test)");
 
         var archs = ParseArchs(a.String("arch") ?? "80,90");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
@@ -273,6 +281,37 @@ public static class KernelsCommand
             return Cli.ExitOk;
         }
         finally { Directory.Delete(work, recursive: true); }
+    }
+
+    /// <summary><c>kernels forward</c>: <see cref="ForwardComparison"/> of the CUDA executor against the CPU's, as a table.</summary>
+    static int Forward(CliArguments a, TextWriter stdout)
+    {
+        if (a.String("device") is not null) throw new UsageException("kernels forward runs on GPU 0 (or with --emulate on the shim); --device is for 'kernels test'");
+        if (a.String("kernels-dir") is not null || a.String("kernel") is not null)
+            throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
+        var (modelName, load) = Cli.ParseModel(a);
+        using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
+        // Four-token blocks, so the three short sequences still span several blocks each; eight rows per chunk, so the
+        // ten-token steps run in two chunks on both backends.
+        const int maxBatchTokens = 8;
+        int maxModelLen = Math.Min(model.Config.ContextLength, 32);
+        var options = new TokenMill.Core.EngineOptions
+        {
+            Device = a.Flag("emulate") ? TokenMill.Core.EngineDevice.CudaEmulated : TokenMill.Core.EngineDevice.Cuda,
+            BlockSize = ForwardComparison.BlockSize,
+            NumKvBlocks = ForwardComparison.BlocksNeeded,
+        };
+        using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
+        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens);
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}; reference: the CPU backend");
+        var checks = ForwardComparison.Run(model, cpu, cuda);
+        int width = checks.Max(c => c.Step.Length);
+        stdout.WriteLine($"{"step".PadRight(width)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        foreach (var c in checks)
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+        int failed = checks.Count(c => !c.Passed);
+        stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
+        return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
 
     /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>

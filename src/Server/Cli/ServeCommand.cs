@@ -34,7 +34,8 @@ public static class ServeCommand
           --chat-template-timeout MS     time one rendering may take (default 1000); a template past a limit is a 400
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
-          -tp / --tensor-parallel-size, --tensor-parallel-timeout)
+          -tp / --tensor-parallel-size, --tensor-parallel-timeout, --device cpu|cuda|cuda-emulated,
+          --gpu-memory-utilization)
 
         example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
                  then open http://127.0.0.1:8000/ for the playground and the live KV-cache view
@@ -118,9 +119,12 @@ public static class ServeCommand
             string tensorParallel = engine.Options.TensorParallelSize > 1
                 ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
                 : "";
+            string device = engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
+                ? $"device {(engine.Options.Device == TokenMill.Core.EngineDevice.CudaEmulated ? "cuda-emulated" : "cuda")} ({cuda.DeviceName})"
+                : $"device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel})";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
-                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel}), " +
+                $"weights {engine.Model.Weights.Layers[0].Wq.Type}, {device}, " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
                 $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();

@@ -17,7 +17,7 @@ namespace TokenMill.Backends.Cpu;
 /// Either way the step throws one <see cref="CommunicatorException"/> naming the rank and the operation, and
 /// the executor stays failed (<see cref="Failure"/>): its ranks' states no longer agree.
 /// </remarks>
-public sealed class CpuExecutor : IDisposable
+public sealed class CpuExecutor : IModelExecutor
 {
     readonly TensorParallelShard[] _shards;
     readonly CpuWorkerPool[] _pools;
@@ -85,6 +85,8 @@ public sealed class CpuExecutor : IDisposable
 
     /// <summary>The error that stopped the ranks, or null while they work.</summary>
     public CommunicatorException? Failure => Volatile.Read(ref _failure);
+
+    Exception? IModelExecutor.Failure => Failure;
 
     /// <summary>Rank 0's collective calls: how much of a step tensor parallelism costs.</summary>
     public CommunicatorStats CommunicatorStats => _group?.Communicator(0).Stats ?? SingleRankCommunicator.Instance.Stats;

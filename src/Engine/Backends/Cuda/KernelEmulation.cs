@@ -26,6 +26,9 @@ public sealed record EmulatedDriver(string LibraryPath, IReadOnlyList<EmulationF
 public static partial class KernelEmulation
 {
     const string ResourcePrefix = "TokenMill.Kernels.emulation.";
+
+    /// <summary>What the emulated driver calls its device (fake_cuda.cpp's cuDeviceGetName): the proof a context really is the shim.</summary>
+    public const string DeviceName = "TokenMill CPU emulation (no GPU)";
     /// <summary>C++20 and _Float16 (the shim's f16 conversions): g++ 12 or newer.</summary>
     static readonly string[] CompileFlags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"];
 

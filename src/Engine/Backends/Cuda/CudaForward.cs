@@ -1,0 +1,468 @@
+using TokenMill.Interop;
+using TokenMill.Interop.Driver;
+using TokenMill.Models;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+
+namespace TokenMill.Backends.Cuda;
+
+/// <summary>
+/// The paged KV cache in device memory, laid out as <see cref="KvCache.PagedKvStore"/> is (and as
+/// reshape_and_cache.cu expects): keys and values each [layer][slot][kv_dim] floats, slot = block · block_size + offset.
+/// </summary>
+public sealed class CudaKvCache : IDisposable
+{
+    readonly DeviceBuffer _keys, _values;
+
+    /// <param name="context">The device's context.</param>
+    /// <param name="config">The model: its layers and KV width.</param>
+    /// <param name="blockCount">KV blocks (the same block tables as the scheduler's).</param>
+    /// <param name="blockSize">Tokens per block.</param>
+    public CudaKvCache(CudaContext context, ModelConfig config, int blockCount, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        BlockCount = blockCount;
+        BlockSize = blockSize;
+        KvDim = config.KvDim;
+        Layers = config.BlockCount;
+        long bytes = BytesPerBlock(config, blockSize) / 2 * blockCount;
+        _keys = context.Allocate(bytes);
+        try { _values = context.Allocate(bytes); }
+        catch
+        {
+            _keys.Dispose();
+            throw;
+        }
+    }
+
+    public int BlockCount { get; }
+    public int BlockSize { get; }
+    public int KvDim { get; }
+    public int Layers { get; }
+    public int SlotCount => BlockCount * BlockSize;
+
+    /// <summary>Keys and values of one block over all layers, in bytes (float storage, as the CPU's store).</summary>
+    public static long BytesPerBlock(ModelConfig config, int blockSize) => 2L * config.BlockCount * blockSize * config.KvDim * sizeof(float);
+
+    long LayerBytes => (long)SlotCount * KvDim * sizeof(float);
+
+    /// <summary>Layer <paramref name="layer"/>'s keys: the pointer reshape_and_cache and paged attention take.</summary>
+    public CUdeviceptr Keys(int layer) => new(_keys.Pointer.Value + (ulong)(layer * LayerBytes));
+
+    /// <summary>Layer <paramref name="layer"/>'s values.</summary>
+    public CUdeviceptr Values(int layer) => new(_values.Pointer.Value + (ulong)(layer * LayerBytes));
+
+    /// <summary>Copy-on-write: block <paramref name="source"/>'s keys and values, every layer, into block <paramref name="destination"/>.</summary>
+    public void CopyBlock(int source, int destination)
+    {
+        if ((uint)source >= (uint)BlockCount || (uint)destination >= (uint)BlockCount)
+            throw new ArgumentOutOfRangeException(nameof(source), $"blocks {source} → {destination}: the cache has {BlockCount} blocks");
+        long blockBytes = (long)BlockSize * KvDim * sizeof(float);
+        for (int layer = 0; layer < Layers; layer++)
+        {
+            long layerStart = layer * LayerBytes;
+            _keys.CopyTo(_keys, layerStart + source * blockBytes, layerStart + destination * blockBytes, blockBytes);
+            _values.CopyTo(_values, layerStart + source * blockBytes, layerStart + destination * blockBytes, blockBytes);
+        }
+    }
+
+    public void Dispose()
+    {
+        _keys.Dispose();
+        _values.Dispose();
+    }
+}
+
+/// <summary>
+/// The Llama-family forward pass on a CUDA device, step for step the one of <see cref="Cpu.CpuForward"/> over the
+/// same <see cref="ForwardBatch"/>: embedding, then per layer RMSNorm, q/k/v GEMVs, rotary embedding, the keys and
+/// values written into the paged cache through the slot mapping, paged attention, output projection with the
+/// residual add fused into the next RMSNorm, SwiGLU MLP; final norm and the classifier for the logit rows only.
+/// </summary>
+/// <remarks>
+/// Weights are uploaded once, in their file's format: F32/F16/BF16/Q8_0/Q4_0 go to the dequantizing GEMV kernels of
+/// gemv.cu as they are (one launch covers all of a chunk's tokens: grid.y = token), any other type (K-quants) is
+/// dequantized to F32 at load. The embedding table is looked up in its own type where embedding.cu has a kernel
+/// (F32/F16/BF16/Q8_0), else it is dequantized to F32 for the lookup. Activations stay F32 (the CPU quantizes them
+/// to 8 bits for its Q8_0/Q4_0 integer kernels, so quantized models differ from the CPU by that rounding).
+/// Prefill attention runs paged_attention_decode with one "sequence" per query token whose context is its position
+/// + 1 (causal) and whose block table is its sequence's: correct and simple; a flash-style prefill kernel is faster.
+/// A step's metadata (token ids, positions, slot mapping, context lengths, block tables, logit rows) is uploaded
+/// once per chunk of at most <c>maxBatchTokens</c> rows; the logit rows come back to the host for the sampler.
+/// UNVERIFIED ON HARDWARE: this runs on the emulated driver (tools/cuda-emu) in the tests; no GPU has run it yet.
+/// </remarks>
+public sealed class CudaForward : IDisposable
+{
+    /// <summary>Architectures whose forward pass this is (Llama's shape: no biases, no q/k norms, no post norms, SwiGLU).</summary>
+    public static readonly IReadOnlySet<string> SupportedArchitectures = new HashSet<string>(StringComparer.Ordinal) { "llama", "mistral" };
+
+    /// <summary>The kernels this forward pass launches: their files are the ones compiled and loaded.</summary>
+    internal static readonly string[] UsedKernels =
+    [
+        "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
+        "reshape_and_cache_f32", "paged_attention_decode_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+    ];
+
+    /// <summary>paged_attention.cu keeps a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
+    const int MaxHeadDim = 256;
+
+    /// <summary>Host staging of a dequantized weight: 16 MiB of floats at a time.</summary>
+    const int StagingFloats = 4 << 20;
+
+    /// <summary>A weight on the device in the type its GEMV kernel reads.</summary>
+    sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, int Rows, int Columns);
+
+    sealed record DeviceLayer(DeviceBuffer AttnNorm, DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
+                              DeviceBuffer FfnNorm, DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
+
+    readonly CudaContext _ctx;
+    readonly ModelConfig _c;
+    readonly int _maxTokens, _maxBlocksPerSequence;
+    readonly List<IDisposable> _owned = [];
+    readonly Dictionary<(WeightTensor, GgmlType), DeviceBuffer> _uploaded = [];
+    readonly Dictionary<string, CudaModule> _modules = [];
+    readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _reshapeAndCache, _attention, _siluAndMul;
+    readonly DeviceBuffer _embedding;
+    readonly DeviceLayer[] _layers;
+    readonly DeviceBuffer _outputNorm;
+    readonly DeviceMatrix _output;
+    readonly DeviceBuffer? _ropeFreqFactors;
+    // Activations, maxBatchTokens rows each: x is the residual stream, h the normed input of a product, delta a
+    // product's output on its way into the residual stream, hl the normed rows that want logits.
+    readonly DeviceBuffer _x, _h, _delta, _q, _k, _v, _att, _gate, _up, _hl, _logits;
+    // The chunk's metadata.
+    readonly DeviceBuffer _tokens, _positions, _slots, _contextLens, _blockTables, _logitRowIndex;
+    readonly int[] _hostContextLens, _hostBlockTables, _hostLogitRows;
+    readonly KernelArgs _args = new();
+    readonly int _gemvRowsPerBlock;
+
+    /// <param name="context">The device's context, current on the calling thread.</param>
+    /// <param name="model">The model; its weights are uploaded now.</param>
+    /// <param name="compiler">Compiles the kernels for the device (PTX cached on disk).</param>
+    /// <param name="sources">The kernel sources (the embedded ones, or <c>--kernels-dir</c>'s).</param>
+    /// <param name="maxBatchTokens">Rows of the activation buffers: longer batches run in chunks of that many.</param>
+    /// <param name="maxModelLen">Longest sequence: sizes a token's row of block table.</param>
+    /// <param name="blockSize">Tokens per KV block.</param>
+    public CudaForward(CudaContext context, Model model, KernelCompiler compiler, IReadOnlyList<KernelSource> sources,
+                       int maxBatchTokens, int maxModelLen, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxModelLen, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        CheckSupported(model);
+        _ctx = context;
+        _c = model.Config;
+        _maxTokens = maxBatchTokens;
+        _maxBlocksPerSequence = (maxModelLen + blockSize - 1) / blockSize;
+        try
+        {
+            foreach (string fileName in UsedKernels.Select(k => KernelLaunches.For(k).FileName).Distinct())
+            {
+                var file = sources.FirstOrDefault(s => s.FileName == fileName)
+                    ?? throw new InvalidOperationException($"kernel file {fileName} is not among the kernel sources");
+                var module = context.LoadModule(compiler.Compile(file, sources, context.Architecture).Ptx);
+                _owned.Add(module);
+                _modules[fileName] = module;
+            }
+            _gemvRowsPerBlock = KernelLaunches.For("gemv_f32").BlockSize / 32;   // one warp per weight row
+            _gatherRows = Kernel("embedding_f32");
+            _rmsNorm = Kernel("rms_norm");
+            _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
+            _rope = Kernel("rope");
+            _reshapeAndCache = Kernel("reshape_and_cache_f32");
+            _attention = Kernel("paged_attention_decode_f32");
+            _siluAndMul = Kernel("silu_and_mul");
+
+            var w = model.Weights;
+            (_embedding, _embeddingKernel) = UploadEmbedding(w.TokenEmbedding);
+            _layers = [.. w.Layers.Select(l => new DeviceLayer(
+                UploadFloats(l.AttnNorm), Matrix(l.Wq), Matrix(l.Wk), Matrix(l.Wv), Matrix(l.Wo),
+                UploadFloats(l.FfnNorm), Matrix(l.Gate), Matrix(l.Up), Matrix(l.Down)))];
+            _outputNorm = UploadFloats(w.OutputNorm);
+            _output = Matrix(w.Output);
+            _ropeFreqFactors = _c.RopeFreqFactors is { } ff ? UploadFloats(ff) : null;
+
+            int n = maxBatchTokens, d = _c.EmbeddingLength;
+            _x = Floats((long)n * d);
+            _h = Floats((long)n * d);
+            _delta = Floats((long)n * d);
+            _q = Floats((long)n * _c.QDim);
+            _k = Floats((long)n * _c.KvDim);
+            _v = Floats((long)n * _c.KvDim);
+            _att = Floats((long)n * _c.QDim);
+            _gate = Floats((long)n * _c.FeedForwardLength);
+            _up = Floats((long)n * _c.FeedForwardLength);
+            _hl = Floats((long)n * d);
+            _logits = Floats((long)n * _c.VocabSize);
+            _tokens = Ints(n);
+            _positions = Ints(n);
+            _slots = Ints(n);
+            _contextLens = Ints(n);
+            _logitRowIndex = Ints(n);
+            _blockTables = Ints((long)n * _maxBlocksPerSequence);
+            _hostContextLens = new int[n];
+            _hostLogitRows = new int[n];
+            _hostBlockTables = new int[n * _maxBlocksPerSequence];
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Throws <see cref="NotSupportedException"/> naming what of <paramref name="model"/> this forward pass does not compute.</summary>
+    public static void CheckSupported(Model model)
+    {
+        var c = model.Config;
+        string Refuse(string what) =>
+            $"the CUDA backend does not run {model.Name} yet: {what} (it runs the Llama family: {string.Join(", ", SupportedArchitectures)}); run it with --device cpu";
+        if (!SupportedArchitectures.Contains(c.Architecture)) throw new NotSupportedException(Refuse($"architecture '{c.Architecture}'"));
+        var l = model.Weights.Layers;
+        if (l.Any(x => x.Bq is not null || x.Bk is not null || x.Bv is not null)) throw new NotSupportedException(Refuse("q/k/v biases"));
+        if (l.Any(x => x.QNorm is not null || x.KNorm is not null)) throw new NotSupportedException(Refuse("q/k norms"));
+        if (l.Any(x => x.PostAttnNorm is not null || x.PostFfnNorm is not null)) throw new NotSupportedException(Refuse("post-attention/post-FFN norms"));
+        if (c.SlidingWindow > 0) throw new NotSupportedException(Refuse($"sliding-window attention ({c.SlidingWindow})"));
+        if (c.Activation != FfnActivation.Silu) throw new NotSupportedException(Refuse($"the {c.Activation} activation"));
+        if (c.EmbeddingScale != 1f) throw new NotSupportedException(Refuse($"embedding scale {c.EmbeddingScale}"));
+        if (c.HeadDim > MaxHeadDim) throw new NotSupportedException(Refuse($"head dimension {c.HeadDim} (paged_attention.cu takes at most {MaxHeadDim})"));
+    }
+
+    public ModelConfig Config => _c;
+
+    /// <summary>Device memory this forward pass holds: weights, activations and metadata buffers.</summary>
+    public long DeviceBytes => _owned.OfType<DeviceBuffer>().Sum(b => b.Bytes);
+
+    CudaKernel Kernel(string name)
+    {
+        string file = KernelLaunches.For(name).FileName;
+        return _modules.TryGetValue(file, out var module)
+            ? module.GetKernel(name)
+            : throw new InvalidOperationException($"kernel file {file} (for {name}) is not among the kernel sources");
+    }
+
+    static Dim3 Block(CudaKernel kernel) => new((uint)KernelLaunches.For(kernel.Name).BlockSize);
+
+    // ---- upload ----------------------------------------------------------------------------------
+
+    DeviceBuffer Floats(long count) => Own(_ctx.Allocate(Math.Max(1, count) * sizeof(float)));
+    DeviceBuffer Ints(long count) => Own(_ctx.Allocate(Math.Max(1, count) * sizeof(int)));
+
+    DeviceBuffer Own(DeviceBuffer b)
+    {
+        _owned.Add(b);
+        return b;
+    }
+
+    DeviceBuffer UploadFloats(float[] values)
+    {
+        var b = Floats(values.Length);
+        b.CopyFrom<float>(values);
+        return b;
+    }
+
+    /// <summary>A tensor's bytes as they are, uploaded once however many uses share it (tied embeddings).</summary>
+    unsafe DeviceBuffer UploadRaw(WeightTensor w)
+    {
+        if (_uploaded.TryGetValue((w, w.Type), out var done)) return done;
+        long bytes = w.Rows * w.RowBytes;
+        var b = Own(_ctx.Allocate(bytes));
+        for (long offset = 0; offset < bytes; offset += 1 << 30)   // spans are int-sized: 1 GiB at a time
+        {
+            int count = (int)Math.Min(1 << 30, bytes - offset);
+            b.CopyFrom(new ReadOnlySpan<byte>(w.Data + offset, count), offset);
+        }
+        _uploaded[(w, w.Type)] = b;
+        return b;
+    }
+
+    /// <summary>A tensor dequantized to F32 on the host, a few rows at a time, for a type no kernel reads.</summary>
+    DeviceBuffer UploadDequantized(WeightTensor w)
+    {
+        if (_uploaded.TryGetValue((w, GgmlType.F32), out var done)) return done;
+        if (!Dequantize.IsSupported(w.Type)) throw new NotSupportedException($"{w}: no CUDA kernel reads {w.Type} and it cannot be dequantized");
+        int cols = checked((int)w.Columns);
+        var b = Floats(w.Rows * cols);
+        int rowsPerCopy = Math.Max(1, StagingFloats / cols);
+        var staging = new float[(long)Math.Min(rowsPerCopy, w.Rows) * cols];
+        for (long r0 = 0; r0 < w.Rows; r0 += rowsPerCopy)
+        {
+            int rows = (int)Math.Min(rowsPerCopy, w.Rows - r0);
+            for (int r = 0; r < rows; r++) Dequantize.Row(w.Type, w.Row(r0 + r), staging.AsSpan(r * cols, cols));
+            b.CopyFrom<float>(staging.AsSpan(0, rows * cols), r0 * cols * sizeof(float));
+        }
+        _uploaded[(w, GgmlType.F32)] = b;
+        return b;
+    }
+
+    DeviceMatrix Matrix(WeightTensor w)
+    {
+        if (w.Rows > int.MaxValue || w.Columns > int.MaxValue) throw new NotSupportedException($"{w} is too large for the GEMV kernels' int sizes");
+        string? kernel = w.Type switch
+        {
+            GgmlType.F32 => "gemv_f32",
+            GgmlType.F16 => "gemv_f16",
+            GgmlType.BF16 => "gemv_bf16",
+            GgmlType.Q8_0 => "gemv_q8_0",
+            GgmlType.Q4_0 => "gemv_q4_0",
+            _ => null,
+        };
+        return kernel is null
+            ? new DeviceMatrix(UploadDequantized(w), Kernel("gemv_f32"), (int)w.Rows, (int)w.Columns)
+            : new DeviceMatrix(UploadRaw(w), Kernel(kernel), (int)w.Rows, (int)w.Columns);
+    }
+
+    (DeviceBuffer, CudaKernel) UploadEmbedding(WeightTensor w)
+    {
+        string? kernel = w.Type switch
+        {
+            GgmlType.F32 => "embedding_f32",
+            GgmlType.F16 => "embedding_f16",
+            GgmlType.BF16 => "embedding_bf16",
+            GgmlType.Q8_0 => "embedding_q8_0",
+            _ => null,
+        };
+        return kernel is null ? (UploadDequantized(w), Kernel("embedding_f32")) : (UploadRaw(w), Kernel(kernel));
+    }
+
+    // ---- forward ---------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The checks <see cref="Forward"/> makes before it launches anything (the kernels trust their indices): throws
+    /// <see cref="ArgumentException"/> for a token, position, slot or block table that would reach outside its buffer.
+    /// </summary>
+    public void Validate(ForwardBatch batch, CudaKvCache kv, int logitsLength)
+    {
+        int vocab = _c.VocabSize;
+        if (batch.TokenCount == 0) throw new ArgumentException("the batch has no tokens", nameof(batch));
+        if (logitsLength != batch.LogitRowCount * vocab)
+            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logitsLength));
+        if (kv.KvDim != _c.KvDim || kv.Layers != _c.BlockCount) throw new ArgumentException("the KV cache was made for another model", nameof(kv));
+        var tokens = batch.TokenIds;
+        var positions = batch.Positions;
+        var slots = batch.SlotMapping;
+        var sequenceOf = batch.SequenceOf;
+        for (int t = 0; t < tokens.Length; t++)
+        {
+            if ((uint)tokens[t] >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"token id {tokens[t]} is outside the vocabulary of {vocab}");
+            if ((uint)positions[t] >= (uint)_c.ContextLength)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"position {positions[t]} is beyond the context length {_c.ContextLength}");
+            if ((uint)slots[t] >= (uint)kv.SlotCount)
+                throw new ArgumentOutOfRangeException(nameof(batch), $"slot {slots[t]} is outside the KV cache of {kv.SlotCount} slots");
+            int blocks = positions[t] / kv.BlockSize + 1;
+            var table = batch.BlockTable(sequenceOf[t]);
+            if (blocks > table.Count || blocks > _maxBlocksPerSequence)
+                throw new ArgumentOutOfRangeException(nameof(batch),
+                    $"position {positions[t]} needs {blocks} KV blocks; its block table has {table.Count} (at most {_maxBlocksPerSequence})");
+            for (int i = 0; i < blocks; i++)
+                if ((uint)table[i] >= (uint)kv.BlockCount)
+                    throw new ArgumentOutOfRangeException(nameof(batch), $"block {table[i]} is outside the KV cache of {kv.BlockCount} blocks");
+        }
+    }
+
+    /// <summary>
+    /// Runs one flattened step as <see cref="Cpu.CpuForward.Forward"/> does: every token's key and value go into its
+    /// slot of <paramref name="kv"/>, each token attends to its own sequence's positions 0..p through that sequence's
+    /// block table, and the logits of <see cref="ForwardBatch.LogitRows"/> land in <paramref name="logits"/>.
+    /// </summary>
+    public void Forward(ForwardBatch batch, CudaKvCache kv, Span<float> logits)
+    {
+        Validate(batch, kv, logits.Length);
+        var logitRows = batch.LogitRows;
+        int nextLogit = 0, vocab = _c.VocabSize;
+        for (int start = 0; start < batch.TokenCount; start += _maxTokens)
+        {
+            int n = Math.Min(_maxTokens, batch.TokenCount - start);
+            int first = nextLogit;
+            while (nextLogit < logitRows.Length && logitRows[nextLogit] < start + n)
+            {
+                _hostLogitRows[nextLogit - first] = logitRows[nextLogit] - start;
+                nextLogit++;
+            }
+            RunChunk(batch, kv, start, n, nextLogit - first);
+            if (nextLogit > first)
+                _logits.CopyTo(logits.Slice(first * vocab, (nextLogit - first) * vocab));   // waits for the chunk's kernels
+        }
+    }
+
+    /// <summary>All layers for batch rows [start, start + n), then the classifier for the chunk's <paramref name="logitCount"/> logit rows.</summary>
+    void RunChunk(ForwardBatch batch, CudaKvCache kv, int start, int n, int logitCount)
+    {
+        int d = _c.EmbeddingLength, ff = _c.FeedForwardLength;
+        float eps = _c.RmsNormEps;
+        var positions = batch.Positions.Slice(start, n);
+
+        // Metadata, uploaded once for the chunk. Each token is its own attention "sequence": context = position + 1
+        // (causal), block table = its sequence's, rows `width` blocks apart (the most any token of the chunk needs).
+        int width = 1;
+        for (int t = 0; t < n; t++) width = Math.Max(width, positions[t] / kv.BlockSize + 1);
+        for (int t = 0; t < n; t++)
+        {
+            _hostContextLens[t] = positions[t] + 1;
+            var table = batch.BlockTable(batch.SequenceOf[start + t]);
+            int blocks = positions[t] / kv.BlockSize + 1;
+            var row = _hostBlockTables.AsSpan(t * width, width);
+            for (int i = 0; i < blocks; i++) row[i] = table[i];
+            row[blocks..].Clear();   // never read (beyond the context), but defined
+        }
+        _tokens.CopyFrom(batch.TokenIds.Slice(start, n));
+        _positions.CopyFrom(positions);
+        _slots.CopyFrom(batch.SlotMapping.Slice(start, n));
+        _contextLens.CopyFrom<int>(_hostContextLens.AsSpan(0, n));
+        _blockTables.CopyFrom<int>(_hostBlockTables.AsSpan(0, n * width));
+        if (logitCount > 0) _logitRowIndex.CopyFrom<int>(_hostLogitRows.AsSpan(0, logitCount));
+
+        var rows = new Dim3((uint)n);
+        _embeddingKernel.Launch(rows, Block(_embeddingKernel), _args.Clear().Add(_embedding).Add(_tokens).Add(_x).Add(d).Add(1f));
+        _rmsNorm.Launch(rows, Block(_rmsNorm), _args.Clear().Add(_x).Add(_layers[0].AttnNorm).Add(_h).Add(d).Add(eps));
+        float scale = 1f / MathF.Sqrt(_c.HeadDim);
+        for (int layer = 0; layer < _layers.Length; layer++)
+        {
+            var lw = _layers[layer];
+            Gemv(lw.Wq, _h, _q, n);
+            Gemv(lw.Wk, _h, _k, n);
+            Gemv(lw.Wv, _h, _v, n);
+            _rope.Launch(rows, Block(_rope), _args.Clear().Add(_q).Add(_k).Add(_positions)
+                .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
+                .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
+                .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0));
+            _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
+                .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim));
+            _attention.Launch(new Dim3((uint)_c.HeadCount, (uint)n), Block(_attention), _args.Clear().Add(_att).Add(_q)
+                .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_blockTables).Add(_contextLens).Add(width)
+                .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(0));
+            Gemv(lw.Wo, _att, _delta, n);
+            // x += attention output; h = ffn_norm(x)
+            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps));
+            Gemv(lw.Gate, _h, _gate, n);
+            Gemv(lw.Up, _h, _up, n);
+            long elements = (long)n * ff;
+            _siluAndMul.Launch(new Dim3((uint)Math.Min((elements + 255) / 256, 65535 * 8)), Block(_siluAndMul),
+                _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements));
+            Gemv(lw.Down, _gate, _delta, n);
+            // x += MLP output; h = the next layer's attn_norm(x), or after the last layer the output norm.
+            var nextNorm = layer + 1 < _layers.Length ? _layers[layer + 1].AttnNorm : _outputNorm;
+            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(nextNorm).Add(_h).Add(d).Add(eps));
+        }
+        if (logitCount == 0) return;
+        // Gather the rows that want logits (embedding_f32 with the normed rows as its table: a row copy, × 1), then the classifier.
+        _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f));
+        Gemv(_output, _hl, _logits, logitCount);
+    }
+
+    /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
+    void Gemv(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        uint blocks = (uint)((w.Rows + _gemvRowsPerBlock - 1) / _gemvRowsPerBlock);
+        w.Gemv.Launch(new Dim3(blocks, (uint)n), Block(w.Gemv), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns));
+    }
+
+    public void Dispose()
+    {
+        for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
+        _owned.Clear();
+        _uploaded.Clear();
+    }
+}

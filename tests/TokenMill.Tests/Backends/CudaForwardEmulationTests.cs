@@ -1,0 +1,190 @@
+using System.Text.Json;
+using TokenMill.Backends.Cuda;
+using TokenMill.Tests.Cli;
+
+namespace TokenMill.Tests.Backends;
+
+/// <summary>
+/// The emulated driver built once for the class (g++ is the slow part), into a cache folder the child processes share
+/// through <c>TOKENMILL_CACHE_DIR</c>; null with the reason when it cannot be built here.
+/// </summary>
+public sealed class EmulatedDriverFixture : IDisposable
+{
+    public string CacheRoot { get; } = Directory.CreateTempSubdirectory("tm-cuda-forward").FullName;
+    public string? SkipReason { get; }
+
+    public EmulatedDriverFixture()
+    {
+        bool gxx;
+        try { gxx = OperatingSystem.IsLinux() && ExternalTool.Run("g++", ["--version"], TimeSpan.FromSeconds(30)).ExitCode == 0; }
+        catch (System.ComponentModel.Win32Exception) { gxx = false; }
+        if (!gxx)
+        {
+            SkipReason = "g++ not found (the emulated CUDA driver, tools/cuda-emu, needs g++ 12+)";
+            return;
+        }
+        if (!TokenMill.Interop.NativeLibraryResolver.TryLoad(TokenMill.Interop.CudaLibrary.Nvrtc, out string reason))
+        {
+            SkipReason = "NVRTC cannot be loaded: " + reason;
+            return;
+        }
+        // The same objects the child's CudaExecutor asks for: embedded sources, default flags, $TOKENMILL_CACHE_DIR/kernels.
+        KernelEmulation.Build(KernelSources.Embedded(), Path.Combine(CacheRoot, "kernels"));
+    }
+
+    public void Dispose() => Directory.Delete(CacheRoot, recursive: true);
+}
+
+/// <summary>
+/// <c>--device cuda-emulated</c>: the CUDA backend's whole host path (NVRTC, module loading, weight upload, metadata
+/// upload, launches, the KV cache in device memory, logits copied back) with the kernels executed on the CPU by the
+/// emulated driver, against the CPU backend. Greedy generation must give the same token ids; the logits of mixed
+/// prefill/decode steps must agree within the stated tolerance (<see cref="ForwardComparison.Tolerance"/>). It says
+/// nothing about real hardware. Child processes: the emulated driver must never be loaded into the test host.
+/// </summary>
+public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xunit.Abstractions.ITestOutputHelper log) : IClassFixture<EmulatedDriverFixture>
+{
+    void Require() => Skip.If(driver.SkipReason is not null, driver.SkipReason);
+
+    (int Code, string Output) Tokenmill(params string[] args)
+    {
+        var env = new Dictionary<string, string> { ["TOKENMILL_CACHE_DIR"] = driver.CacheRoot };
+        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5), env);
+        Assert.True(run.ExitCode != -1, run.Text);
+        log.WriteLine(run.Text);
+        return (run.ExitCode, run.Text);
+    }
+
+    /// <summary>Each prompt's generated token ids, from <c>generate --prompts-file --jsonl</c> on one device.</summary>
+    List<int[]> GreedyTokenIds(string device, string[] prompts, params string[] modelArgs)
+    {
+        string file = Path.GetTempFileName();
+        File.WriteAllLines(file, prompts);
+        try
+        {
+            var (code, output) = Tokenmill(["generate", .. modelArgs, "--prompts-file", file, "--jsonl", "--temperature", "0", "--ignore-eos", "--device", device]);
+            Assert.True(code == 0, output);
+            var ids = output.Split('\n').Where(l => l.StartsWith("{\"index\"", StringComparison.Ordinal))
+                .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToList();
+            Assert.Equal(prompts.Length, ids.Count);
+            return ids;
+        }
+        finally { File.Delete(file); }
+    }
+
+    [SkippableFact]
+    public void Greedy_generate_on_stories260K_gives_the_same_token_ids_as_the_CPU()
+    {
+        Require();
+        string model = TestData.Require("models/stories260K.gguf");
+        string[] prompts = ["Once upon a time", "The little dog", "Lily and Ben went to the park"];
+        // Three prompts at once: batched prefill and batched decode, sequences of different lengths in one step.
+        string[] args = ["--model", model, "--max-tokens", "32"];
+        var cpu = GreedyTokenIds("cpu", prompts, args);
+        var cuda = GreedyTokenIds("cuda-emulated", prompts, args);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.True(cpu[i].Length > 10, $"prompt {i} generated only {cpu[i].Length} tokens");
+            Assert.Equal(cpu[i], cuda[i]);
+        }
+    }
+
+    [SkippableFact]
+    public void Greedy_generate_on_a_one_layer_dummy_model_gives_the_same_token_ids_as_the_CPU()
+    {
+        Require();
+        // TinyLlama's widths (2048, 32 heads over 4 KV heads, vocabulary 32000) in F16: gemv_f16 and embedding_f16.
+        string[] prompts = ["Once upon a time", "The quick brown fox"];
+        string[] args = ["--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "F16", "--max-model-len", "64", "--max-tokens", "9"];
+        var cpu = GreedyTokenIds("cpu", prompts, args);
+        var cuda = GreedyTokenIds("cuda-emulated", prompts, args);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.True(cpu[i].Length >= 3, $"prompt {i} generated only {cpu[i].Length} tokens");
+            Assert.Equal(cpu[i], cuda[i]);
+        }
+    }
+
+    [SkippableFact]
+    public void Logits_of_mixed_prefill_and_decode_steps_match_the_CPU_on_stories260K()
+    {
+        Require();
+        string model = TestData.Require("models/stories260K.gguf");
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model);
+        Assert.True(code == 0, output);
+        Assert.Contains($"device: {KernelEmulation.DeviceName}", output);
+        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Contains("D forks C (copy-on-write)", output);
+        Assert.Contains("all 5 steps within tolerance", output);
+    }
+
+    [SkippableFact]
+    public void Logits_of_a_Q8_0_dummy_model_match_the_CPU_within_its_activation_quantization()
+    {
+        Require();
+        // Q8_0 weights stay quantized on the device (gemv_q8_0, embedding_q8_0); the CPU quantizes its activations to
+        // 8 bits for its integer kernels, hence the looser tolerance (ForwardComparison.Tolerance).
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "Q8_0");
+        Assert.True(code == 0, output);
+        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
+    }
+
+    [SkippableFact]
+    public void A_KV_cache_that_does_not_fit_the_memory_share_is_a_precise_error()
+    {
+        Require();
+        // One F32 layer of TinyLlama plus its embedding and classifier take about 0.6 GiB of the emulated 1 GiB: half
+        // of the device leaves nothing for the KV cache.
+        var (code, output) = Tokenmill("generate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "F32",
+            "--device", "cuda-emulated", "--gpu-memory-utilization", "0.5", "--max-tokens", "4");
+        Assert.Equal(1, code);
+        Assert.Contains("cannot hold one sequence of --max-model-len 2048", output);
+        Assert.Contains("--gpu-memory-utilization 0.5 of --device cuda-emulated's 1.00 GiB", output);
+    }
+
+    [SkippableFact]
+    public void A_model_outside_the_Llama_family_is_refused_by_name()
+    {
+        Require();
+        var (code, output) = Tokenmill("generate", "--model", "dummy:qwen3-0.6b", "--dummy-layers", "1", "--dtype", "F16",
+            "--device", "cuda-emulated", "--max-tokens", "2");
+        Assert.Equal(1, code);
+        Assert.Contains("the CUDA backend does not run dummy:qwen3-0.6b yet: architecture 'qwen3'", output);
+    }
+}
+
+/// <summary><c>--device</c> on the command line: bad names and a missing driver are precise errors (no emulator involved).</summary>
+public sealed class DeviceOptionTests
+{
+    [Theory]
+    [InlineData("generate")]
+    [InlineData("bench")]
+    [InlineData("serve")]
+    public void A_bad_device_name_is_a_usage_error(string command)
+    {
+        string[] args = command == "bench" ? ["bench", "latency", "--device", "tpu"] : [command, "--device", "tpu"];
+        var (code, _, err) = CliRun.Capture(args);
+        Assert.Equal(2, code);
+        Assert.Contains("--device must be one of cpu, cuda, cuda-emulated; got 'tpu'", err);
+    }
+
+    [Fact]
+    public void Gpu_memory_utilization_outside_0_to_1_is_a_usage_error()
+    {
+        var (code, _, err) = CliRun.Capture("generate", "--device", "cuda", "--gpu-memory-utilization", "1.5");
+        Assert.Equal(2, code);
+        Assert.Contains("--gpu-memory-utilization must be between", err);
+    }
+
+    [SkippableFact]
+    public void Device_cuda_without_a_driver_says_what_was_tried()
+    {
+        Skip.If(TokenMill.Interop.NativeLibraryResolver.TryLoad(TokenMill.Interop.CudaLibrary.Driver, out _), "a CUDA driver is installed here");
+        string model = TestData.Require("models/stories260K.gguf");
+        var (code, _, err) = CliRun.Capture("generate", "--model", model, "--device", "cuda", "--max-tokens", "2");
+        Assert.Equal(1, code);
+        Assert.Contains("--device cuda: could not load the CUDA driver library (libcuda); tried: ", err);
+        Assert.Contains("libcuda.so.1", err);
+        Assert.Contains("--device cuda-emulated", err);
+    }
+}
