@@ -111,6 +111,18 @@ public sealed unsafe class PackedQ4_0
     {
         int blocks = q.Length / QK;
         if (q.Length % QK != 0 || xc.Length < blocks) throw new ArgumentException($"BlockSums: {q.Length} quants need {q.Length / QK} sums");
+        if (Avx2.IsSupported)
+        {
+            // Every product of a prefill's rows needs these (the Q8_0 kernel too): vpmaddubsw by 1 and vpmaddwd by 1
+            // sum a block in two instructions (|pair| ≤ 254, no saturation) where the scalar loop takes 32 adds.
+            fixed (sbyte* pq = q)
+                for (int b = 0; b < blocks; b++)
+                {
+                    var pairs = Avx2.MultiplyAddAdjacent(Vector256<byte>.One, Avx.LoadVector256(pq + b * QK));
+                    xc[b] = -8 * Vector256.Sum(Avx2.MultiplyAddAdjacent(pairs, Vector256<short>.One));
+                }
+            return;
+        }
         for (int b = 0; b < blocks; b++)
         {
             int sum = 0;

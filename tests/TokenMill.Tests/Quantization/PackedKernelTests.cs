@@ -129,6 +129,35 @@ public class PackedKernelTests
     }
 
     [Fact]
+    public void Block_sums_are_minus_8_times_each_blocks_sum()
+    {
+        var rng = new Random(133);
+        for (int blocks = 1; blocks <= 37; blocks++)
+        {
+            var q = new sbyte[blocks * 32];
+            for (int b = 0; b < blocks; b++)
+            {
+                var block = q.AsSpan(b * 32, 32);
+                switch (b % 4)
+                {
+                    case 0: block.Fill(127); break;
+                    case 1: block.Fill(-127); break;
+                    default: for (int j = 0; j < 32; j++) block[j] = (sbyte)rng.Next(-127, 128); break;
+                }
+            }
+            var xc = new int[blocks];
+            PackedQ4_0.BlockSums(q, xc);
+            for (int b = 0; b < blocks; b++)
+            {
+                int sum = 0;
+                for (int j = 0; j < 32; j++) sum += q[b * 32 + j];
+                Assert.Equal(-8 * sum, xc[b]);
+            }
+        }
+        Assert.Throws<ArgumentException>(() => PackedQ4_0.BlockSums(new sbyte[33], new int[2]));
+    }
+
+    [Fact]
     public void Q8_0_rejects_ranges_that_do_not_start_at_a_group_and_matrices_of_the_wrong_size()
     {
         if (!PackedQ8_0.IsSupported) return;
