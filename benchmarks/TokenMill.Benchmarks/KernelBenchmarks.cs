@@ -175,20 +175,24 @@ public class MatMulBenchmarks : WeightMatrixBenchmark
 
 /// <summary>
 /// The integer kernels: activations quantized to 8-bit blocks, then vpdpbusd/maddubs dot products — one row at a
-/// time (<see cref="QuantizedDot.MatMulQ8RowRange"/>, decode) or 8 repacked weight rows at a time
-/// (<see cref="QuantizedDot.MatMulQ8Packed"/>, batches and prefill).
+/// time (<see cref="QuantizedDot.MatMulQ8RowRange"/>), 8 weight rows repacked on each call
+/// (<see cref="QuantizedDot.MatMulQ8Packed"/>), or weights repacked once at load (<see cref="PackedQ4_0"/>,
+/// <see cref="PackedQ8_0"/>: what CpuForward runs for decode, batched decode and prefill (N = 512)).
 /// </summary>
 [MemoryDiagnoser]
-public class IntegerDotBenchmarks : WeightMatrixBenchmark
+public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
 {
     float[] _xs = [], _xd = [], _ys = [];
     sbyte[] _xq = [];
+    int[] _xc = [];
     byte[] _xu = [], _scratch = [];
+    PackedQ4_0? _packedQ4;
+    PackedQ8_0? _packedQ8;
 
     [Params(GgmlType.Q8_0, GgmlType.Q4_0)]
     public override GgmlType Type { get; set; }
 
-    [Params(1, 4, 32)]
+    [Params(1, 4, 32, 512)]
     public int N { get; set; }
 
     [GlobalSetup]
@@ -201,7 +205,11 @@ public class IntegerDotBenchmarks : WeightMatrixBenchmark
         _xd = new float[N * Cols / 32];
         _ys = new float[N * Rows];
         _scratch = new byte[QuantizedDot.PackedScratchBytes(Cols)];
+        _xc = new int[N * Cols / 32];
         QuantizeActivations();
+        for (int i = 0; i < N; i++) PackedQ4_0.BlockSums(_xq.AsSpan(i * Cols, Cols), _xc.AsSpan(i * Cols / 32, Cols / 32));
+        _packedQ4 = Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported ? PackedQ4_0.Pack(Weights, Rows, Cols) : null;
+        _packedQ8 = Type == GgmlType.Q8_0 && PackedQ8_0.IsSupported ? PackedQ8_0.Pack(Weights, Rows, Cols) : null;
     }
 
     [Benchmark]
@@ -222,6 +230,19 @@ public class IntegerDotBenchmarks : WeightMatrixBenchmark
             QuantizedDot.MatMulQ8Packed(Type, Weights, Rows, Cols, 0, Rows, _xu, _xd, N, _ys, _scratch);
     }
 
+    /// <summary>The weights repacked once (<see cref="Setup"/>); whole matrix, one thread.</summary>
+    [Benchmark]
+    public void Repacked()
+    {
+        fixed (sbyte* q = _xq)
+        fixed (float* d = _xd, y = _ys)
+        fixed (int* c = _xc)
+        {
+            _packedQ4?.Multiply(0, Rows, q, d, c, N, y, Rows);
+            _packedQ8?.Multiply(0, Rows, q, d, c, N, y, Rows);
+        }
+    }
+
     public override float Check()
     {
         Setup();
@@ -232,6 +253,12 @@ public class IntegerDotBenchmarks : WeightMatrixBenchmark
         {
             Array.Clear(_ys);
             Packed();
+            error = Math.Max(error, RelativeError(_xs, N, _ys));
+        }
+        if (_packedQ4 is not null || _packedQ8 is not null)
+        {
+            Array.Clear(_ys);
+            Repacked();
             error = Math.Max(error, RelativeError(_xs, N, _ys));
         }
         return error;

@@ -60,7 +60,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly sbyte* _xq;
     readonly byte* _xu; // _xq + 128, for the packed batched kernel
     readonly float* _xd;
-    readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 kernel
+    readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -455,8 +455,8 @@ public sealed unsafe class CpuForward : IDisposable
     float* _mmX;
     int _mmN;
     int _xqColumns;
-    // What the current products need besides the quants and scales: block sums (repacked Q4_0) and the +128
-    // offset form (the VNNI eight-row kernels for Q8_0, and for Q4_0 where it is not repacked).
+    // What the current products need besides the quants and scales: block sums (repacked Q4_0 and Q8_0) and the
+    // +128 offset form (the VNNI eight-row kernel for Q8_0/Q4_0 weights that are not repacked).
     bool _needBlockSums, _needOffset;
 
     /// <summary>
@@ -500,8 +500,8 @@ public sealed unsafe class CpuForward : IDisposable
         if (IsInteger(w))
         {
             integer = true;
-            if (UsesPackedQ4(w)) _needBlockSums = true;
-            else if (UsesPackedQ8(w) || (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))) _needOffset = true;
+            if (UsesPackedQ4(w) || UsesPackedQ8(w)) _needBlockSums = true;
+            else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
         work += w.Rows * w.Columns * _mmN;
     }
@@ -545,7 +545,7 @@ public sealed unsafe class CpuForward : IDisposable
         }
         if (integer && UsesPackedQ8(w))
         {
-            w.Packed(s_packQ8).Multiply((int)r0, (int)(r1 - r0), _xu, _xd, _mmN, y, (int)rows);
+            w.Packed(s_packQ8).Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
             return;
         }
         if (integer && _mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))
