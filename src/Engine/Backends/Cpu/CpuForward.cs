@@ -61,6 +61,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly byte* _xu; // _xq + 128, for the packed batched kernel
     readonly float* _xd;
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 kernel
+    readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -100,6 +101,7 @@ public sealed unsafe class CpuForward : IDisposable
         _xd = Alloc((long)n * _maxColumns / 32 + 1);
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
+        _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         PackWeights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
@@ -457,11 +459,11 @@ public sealed unsafe class CpuForward : IDisposable
     int _xqColumns;
     // What the current products need besides the quants and scales: block sums (repacked Q4_0) and the +128
     // offset form (the VNNI eight-row kernels for Q8_0, and for Q4_0 where it is not repacked).
-    bool _needBlockSums, _needOffset;
+    bool _needBlockSums, _needOffset, _needKSums;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
-    /// all in one parallel region: one hand-out of work instead of one per weight. Q8_0/Q4_0 weights use
+    /// all in one parallel region: one hand-out of work instead of one per weight. Q8_0/Q4_0/Q4_K/Q6_K weights use
     /// the integer kernels on x quantized once to 8-bit blocks (as llama.cpp does), shared by all.
     /// </summary>
     void MatMul(float* x, int n, WeightTensor w0, float* y0, WeightTensor? w1 = null, float* y1 = null, WeightTensor? w2 = null, float* y2 = null)
@@ -469,7 +471,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmX = x;
         _mmN = n;
         _mmCount = 0;
-        _needBlockSums = _needOffset = false;
+        _needBlockSums = _needOffset = _needKSums = false;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
@@ -501,6 +503,7 @@ public sealed unsafe class CpuForward : IDisposable
         {
             integer = true;
             if (UsesPackedQ4(w)) _needBlockSums = true;
+            else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (UsesPackedQ8(w) || (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type))) _needOffset = true;
         }
         work += w.Rows * w.Columns * _mmN;
@@ -523,6 +526,7 @@ public sealed unsafe class CpuForward : IDisposable
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
         if (_needBlockSums) PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
+        if (_needKSums) QuantizedDot.ActivationBlockSums(q, new Span<int>(_xs + (long)t * (cols / 32), cols / 32));
         if (_needOffset) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
@@ -558,7 +562,8 @@ public sealed unsafe class CpuForward : IDisposable
         if (integer)
         {
             QuantizedDot.MatMulQ8RowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, (int)(r1 - r0),
-                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)));
+                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)),
+                new ReadOnlySpan<int>(_xs, _mmN * (cols / 32)));
             return;
         }
         if (_mmN >= TiledMinRows && rows * w.RowBytes <= int.MaxValue)
