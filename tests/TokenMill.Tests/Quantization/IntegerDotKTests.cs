@@ -163,6 +163,50 @@ public unsafe class IntegerDotKTests
     }
 
     [Fact]
+    public void The_repacked_q4_k_kernel_matches_the_f64_dot_and_does_not_depend_on_the_batch()
+    {
+        if (!PackedQ4_K.IsSupported) return;
+        var rng = new Random(71);
+        foreach (var (rows, superBlocks) in new[] { (8, 1), (13, 3), (24, 2), (3, 5) })
+        {
+            int cols = superBlocks * QK_K;
+            var weights = Rows(GgmlType.Q4_K, rows, cols, rng);
+            var packed = PackedQ4_K.Pack(weights, rows, cols);
+            var (q, d, s) = Quantized(Activations(33, cols, rng));
+            var alone = new float[33 * rows];
+            fixed (sbyte* pq = q)
+            fixed (float* pd = d, pa = alone)
+            fixed (int* ps = s)
+                for (int i = 0; i < 33; i++)
+                    packed.Multiply(0, rows, pq + i * cols, pd + i * cols / 32, ps + i * cols / 32, 1, pa + i * rows, rows);
+            AssertMatchesReference(GgmlType.Q4_K, weights, rows, cols, 0, rows, q, d, 33, alone, $"packed, {rows} × {cols}");
+            foreach (int n in new[] { 2, 3, 8, 33 })
+            {
+                var ys = new float[n * rows];
+                Array.Fill(ys, float.NaN);
+                int r0 = rows > 8 ? 8 : 0, count = rows - r0; // a range that starts at a group
+                fixed (sbyte* pq = q)
+                fixed (float* pd = d, py = ys)
+                fixed (int* ps = s)
+                    packed.Multiply(r0, count, pq, pd, ps, n, py, rows);
+                for (int i = 0; i < n; i++)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        if (r < r0) Assert.True(float.IsNaN(ys[i * rows + r]), $"row {r} is outside {r0}..{rows}");
+                        else Assert.Equal(alone[i * rows + r], ys[i * rows + r]);
+                    }
+            }
+        }
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
+        {
+            var p = PackedQ4_K.Pack(new byte[16 * Q4_KBytes], 16, QK_K);
+            p.Multiply(4, 4, null, null, null, 1, null, 16);
+        });
+        Assert.Contains("multiple of 8", e.Message);
+        Assert.Throws<ArgumentException>(() => PackedQ4_K.Pack(new byte[Q4_KBytes], 2, QK_K));
+    }
+
+    [Fact]
     public void Block_sums_are_the_sums_of_the_quants_and_q4_k_refuses_to_run_without_them()
     {
         var rng = new Random(51);
