@@ -112,7 +112,7 @@ internal static unsafe class IntegerDotK
 
     // Per activation row and super-block: sl = d·sc·da (8 lanes, one per sub-block), then for each sub-block j
     // lo/hi += f32(Σ q·aq) · sl[j] (low-nibble sub-blocks 0, 2, 4, 6 into lo, high-nibble ones into hi: two FMA
-    // chains), and mn += f32(m·Σaq)·da · dmin. The result is Σ(lo + hi) − Σ mn. Dot1 and Dot4 do exactly this.
+    // chains), and mn += f32(m·Σaq)·da · dmin. The result is Σ(lo + hi) − Σ mn. DotQ4_K and DotQ4_K4 do exactly this.
 
     /// <summary>One Q4_K weight row × one activation row (<paramref name="a"/> quants, <paramref name="ad"/> scales, <paramref name="asum"/> block sums).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -233,7 +233,7 @@ internal static unsafe class IntegerDotK
         Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(absW, Avx2.Sign(Avx.LoadVector256(a), w)), scales);
 
     // Per activation row: block b of each super-block adds f32(its 8 lanes) · d·da[b] to accumulator b & 1
-    // (two FMA chains), and the result is Σ(acc0 + acc1). Dot1 and Dot4 do exactly this.
+    // (two FMA chains), and the result is Σ(acc0 + acc1). DotQ6_K and DotQ6_K4 do exactly this.
 
     /// <summary>One Q6_K weight row × one activation row (<paramref name="a"/> quants, <paramref name="ad"/> scales).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
