@@ -37,7 +37,7 @@ public abstract class WeightMatrixBenchmark
     }
 
     /// <summary>
-    /// K-quant blocks (we have no K-quant encoder): random quants and sub-block scales, with the f16 super-block
+    /// K-quant blocks of the types we have no encoder for (Q5_K): random quants and sub-block scales, with the f16 super-block
     /// scales set to small finite values so that no block decodes to infinities.
     /// </summary>
     void RandomKQuantBlocks(Random random, Span<byte> row)

@@ -26,8 +26,8 @@ internal static unsafe class IntegerDot
     /// <summary>Whether the SIMD kernels run here (AVX2 + FMA; AVX-VNNI is used when present).</summary>
     public static bool IsSupported => Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Whether <paramref name="type"/> has an integer kernel.</summary>
-    public static bool HasKernel(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0;
+    /// <summary>Whether <paramref name="type"/> has an integer kernel (Q4_K / Q6_K: <see cref="IntegerDotK"/>).</summary>
+    public static bool HasKernel(GgmlType type) => type is GgmlType.Q8_0 or GgmlType.Q4_0 || IntegerDotK.HasKernel(type);
 
     // ---- activation quantization -------------------------------------------------------------------
 

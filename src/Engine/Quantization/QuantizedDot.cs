@@ -219,7 +219,7 @@ public static class QuantizedDot
     }
 
     /// <summary>
-    /// Whether <paramref name="type"/> has an integer kernel here (<see cref="MatMulQ8RowRange"/>): Q8_0 and Q4_0
+    /// Whether <paramref name="type"/> has an integer kernel here (<see cref="MatMulQ8RowRange"/>): Q8_0, Q4_0, Q4_K and Q6_K
     /// weights against activations quantized by <see cref="QuantizeActivations"/>, on AVX2 (+ AVX-VNNI).
     /// </summary>
     public static bool HasIntegerDot(GgmlType type) => IntegerDot.IsSupported && IntegerDot.HasKernel(type);
@@ -233,12 +233,13 @@ public static class QuantizedDot
     /// <summary>
     /// Rows [r0, r0 + count) of W · xsᵀ with integer block dot products: ys[i, r] = Σ_b dw·da·(Σ w·a) for the
     /// <paramref name="n"/> activation rows quantized by <see cref="QuantizeActivations"/> (<paramref name="xq"/>
-    /// n × cols quants, <paramref name="xd"/> n × cols/32 scales). Four activation rows share each decoded
-    /// weight block; each result equals the one-row result bit for bit.
+    /// n × cols quants, <paramref name="xd"/> n × cols/32 scales; Q4_K also needs <paramref name="xs"/>, their
+    /// <see cref="ActivationBlockSums"/>, n × cols/32). Four activation rows share each decoded weight block; each
+    /// result equals the one-row result bit for bit.
     /// </summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static unsafe void MatMulQ8RowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<sbyte> xq, ReadOnlySpan<float> xd, int n, Span<float> ys)
+        ReadOnlySpan<sbyte> xq, ReadOnlySpan<float> xd, int n, Span<float> ys, ReadOnlySpan<int> xs = default)
     {
         int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulQ8RowRange");
         if (!HasIntegerDot(type)) throw new NotSupportedException($"QuantizedDot.MatMulQ8RowRange: no integer kernel for {type} here");
@@ -247,12 +248,16 @@ public static class QuantizedDot
         int blocks = cols / BlockFormats.QK;
         if (xq.Length < (long)n * cols || xd.Length < (long)n * blocks || ys.Length < (long)n * rows)
             throw new ArgumentException($"QuantizedDot.MatMulQ8RowRange: xq must hold {n} × {cols}, xd {n} × {blocks} and ys {n} × {rows}");
+        if (IntegerDotK.NeedsBlockSums(type) && xs.Length < (long)n * blocks)
+            throw new ArgumentException($"QuantizedDot.MatMulQ8RowRange: {type} needs the activations' block sums, xs must hold {n} × {blocks}", nameof(xs));
         fixed (byte* pw = weights)
         fixed (sbyte* pq = xq)
         fixed (float* pd = xd)
         fixed (float* py = ys)
+        fixed (int* ps = xs)
         {
-            if (type == GgmlType.Q4_0) MatMulQ8<IntegerDot.Q4_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
+            if (IntegerDotK.HasKernel(type)) IntegerDotK.MatMul(type, pw, rowBytes, rows, cols, r0, count, pq, pd, ps, n, py);
+            else if (type == GgmlType.Q4_0) MatMulQ8<IntegerDot.Q4_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
             else MatMulQ8<IntegerDot.Q8_0Blocks>(pw, rowBytes, rows, cols, r0, count, pq, pd, n, py);
         }
     }
@@ -261,7 +266,10 @@ public static class QuantizedDot
     /// Whether <paramref name="type"/> has the packed batched kernel (<see cref="MatMulQ8Packed"/>): AVX-VNNI here
     /// and Q8_0/Q4_0 weights.
     /// </summary>
-    public static bool HasPackedIntegerDot(GgmlType type) => IntegerTile.IsSupported && IntegerDot.HasKernel(type);
+    public static bool HasPackedIntegerDot(GgmlType type) => IntegerTile.IsSupported && type is GgmlType.Q8_0 or GgmlType.Q4_0;
+
+    /// <summary>s[b] = Σ of block b's quants: what <see cref="MatMulQ8RowRange"/> needs besides the quants for Q4_K (its mins).</summary>
+    public static void ActivationBlockSums(ReadOnlySpan<sbyte> q, Span<int> s) => IntegerDotK.BlockSums(q, s);
 
     /// <summary>u[i] = q[i] + 128: the activations <see cref="MatMulQ8Packed"/> takes (vpdpbusd's unsigned operand).</summary>
     public static void OffsetActivations(ReadOnlySpan<sbyte> q, Span<byte> u) => IntegerTile.OffsetActivations(q, u);

@@ -106,7 +106,7 @@ public static class Cli
          });
 
     /// <summary>The weight types a dummy model can be made in, as <c>--dtype</c> takes them.</summary>
-    public static readonly string[] DTypeNames = ["F32", "F16", "BF16", "Q8_0", "Q4_0"];
+    public static readonly string[] DTypeNames = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>
     public static GgmlType ParseDType(string s) =>

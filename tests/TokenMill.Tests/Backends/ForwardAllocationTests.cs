@@ -7,7 +7,7 @@ namespace TokenMill.Tests.Backends;
 
 /// <summary>
 /// The per-token path allocates nothing: a prefill chunk and a decode step of every kernel family (the repacked
-/// Q4_0 and Q8_0 kernels, the f32-activation F16 kernel), on a one-thread pool so that every allocation lands on
+/// Q4_0, Q8_0 and Q4_K kernels, the in-place Q6_K integer kernels, the f32-activation F16 kernel), on a one-thread pool so that every allocation lands on
 /// the thread measured. (A closure hoisted by the compiler once allocated 32 bytes per matrix-product chunk.)
 /// </summary>
 public class ForwardAllocationTests
@@ -16,6 +16,8 @@ public class ForwardAllocationTests
     [InlineData(GgmlType.Q4_0)]
     [InlineData(GgmlType.Q8_0)]
     [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
     public void A_forward_step_allocates_nothing(GgmlType type)
     {
         using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);

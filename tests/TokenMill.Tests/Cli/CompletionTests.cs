@@ -68,7 +68,7 @@ public class CompletionTests
         }
         Assert.Equal(["--no-prefix-caching", "--no-ui"], BashComplete(script, "tokenmill", "serve", "--no-").Order());
         Assert.Equal(["lfu", "lru"], BashComplete(script, "tokenmill", "generate", "--eviction-policy", "l").Order());
-        Assert.Equal(["Q4_0", "Q8_0"], BashComplete(script, "tokenmill", "serve", "--dtype", "Q").Order());
+        Assert.Equal(["Q4_0", "Q4_K", "Q6_K", "Q8_0"], BashComplete(script, "tokenmill", "serve", "--dtype", "Q").Order());
         Assert.Equal(["latency", "serve", "throughput"], BashComplete(script, "tokenmill", "bench", "").Order());
         Assert.Empty(BashComplete(script, "tokenmill", "serve", "--port", "")); // a number: nothing to offer
     }

@@ -33,6 +33,12 @@ public class BenchmarkSmokeTests
     public void Integer_benchmarks_compute_the_product_within_activation_rounding(GgmlType type, int n) =>
         // 8-bit activations: each block's rounding error is at most half a step of 1/127 of its largest value.
         Assert.InRange(new IntegerDotBenchmarks { Type = type, N = n }.Check(), 0, 2e-2f);
+
+    [Theory]
+    [InlineData(GgmlType.Q4_K, 1)]
+    [InlineData(GgmlType.Q6_K, 5)]
+    public void KQuant_integer_benchmark_computes_the_product_within_activation_rounding(GgmlType type, int n) =>
+        Assert.InRange(new KQuantDotBenchmarks { Type = type, N = n }.Check(), 0, 2e-2f);
 }
 
 public class Fp16TableTests

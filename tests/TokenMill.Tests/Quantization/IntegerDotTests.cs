@@ -224,7 +224,7 @@ public class IntegerDotTests
     [Fact]
     public void Other_types_are_refused()
     {
-        Assert.False(QuantizedDot.HasIntegerDot(GgmlType.Q4_K));
+        Assert.False(QuantizedDot.HasIntegerDot(GgmlType.Q5_K));
         Assert.False(QuantizedDot.HasIntegerDot(GgmlType.F32));
         Assert.Throws<NotSupportedException>(() =>
             QuantizedDot.MatMulQ8RowRange(GgmlType.F16, new byte[64], 1, 32, 0, 1, new sbyte[32], new float[1], 1, new float[1]));

@@ -162,8 +162,8 @@ public class QuantizedDotTests
             var e3 = Assert.Throws<NotSupportedException>(() => QuantizedDot.MatVec(type, new byte[64], 1, 32, new float[32], new float[1]));
             Assert.Contains(type.ToString(), e3.Message);
         }
-        var e4 = Assert.Throws<NotSupportedException>(() => Quantize.Row(GgmlType.Q4_K, new float[256], new byte[144]));
-        Assert.Contains("Q4_K", e4.Message);
+        var e4 = Assert.Throws<NotSupportedException>(() => Quantize.Row(GgmlType.Q5_K, new float[256], new byte[176]));
+        Assert.Contains("Q5_K", e4.Message);
     }
 
     [Fact]

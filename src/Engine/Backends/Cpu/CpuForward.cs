@@ -61,6 +61,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly byte* _xu; // _xq + 128, for the packed batched kernel
     readonly float* _xd;
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
+    readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -100,6 +101,7 @@ public sealed unsafe class CpuForward : IDisposable
         _xd = Alloc((long)n * _maxColumns / 32 + 1);
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
+        _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         PackWeights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
@@ -112,7 +114,7 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>
-    /// Repacks every Q4_0 and Q8_0 matrix for the eight-row kernels now (once per model: the packed form is kept
+    /// Repacks every Q4_0, Q8_0 and Q4_K matrix for the eight-row kernels now (once per model: the packed form is kept
     /// with the weight), so that the first step is not the one that pays for it.
     /// </summary>
     void PackWeights()
@@ -121,6 +123,7 @@ public sealed unsafe class CpuForward : IDisposable
         {
             if (UsesPackedQ4(w)) w.Packed(s_packQ4);
             else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
+            else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
         }
     }
 
@@ -129,6 +132,15 @@ public sealed unsafe class CpuForward : IDisposable
 
     static bool UsesPackedQ4(WeightTensor w) => w.Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
     static bool UsesPackedQ8(WeightTensor w) => w.Type == GgmlType.Q8_0 && PackedQ8_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+
+    static readonly Func<WeightTensor, PackedQ4_K> s_packQ4K = w => PackedQ4_K.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
+
+    /// <summary>
+    /// Q4_K repacked eight rows at a time (KQuantDotBenchmarks, one thread, 2048 × 2048: ≈ 1.3× the one-row integer
+    /// kernel for one activation row, ≈ 2.7× for 4 and 32); the packed form is 4/3 of the weights' bytes.
+    /// </summary>
+    static bool UsesPackedQ4K(WeightTensor w) => w.Type == GgmlType.Q4_K && PackedQ4_K.IsSupported && w.Rows * w.RowBytes <= int.MaxValue
+        && (w.Rows + PackedQ4_K.Rows - 1) / PackedQ4_K.Rows * (w.Columns / 32) * PackedQ4_K.GroupBlockBytes <= Array.MaxLength;
 
     /// <summary>θ_i = pos / linear_scale · base^(−2i/d) / freq_factor_i (llama.cpp's rope with freq factors).</summary>
     double[] RopeInverseFrequencies(float ropeBase, float linearScale, float[]? factors)
@@ -455,13 +467,14 @@ public sealed unsafe class CpuForward : IDisposable
     float* _mmX;
     int _mmN;
     int _xqColumns;
-    // What the current products need besides the quants and scales: block sums (repacked Q4_0 and Q8_0) and the
-    // +128 offset form (the VNNI eight-row kernel for Q8_0/Q4_0 weights that are not repacked).
-    bool _needBlockSums, _needOffset;
+    // What the current products need besides the quants and scales: block sums (repacked Q4_0 and Q8_0), plain
+    // block sums (Q4_K's mins) and the +128 offset form (the VNNI eight-row kernel for Q8_0/Q4_0 weights that are
+    // not repacked).
+    bool _needBlockSums, _needOffset, _needKSums;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
-    /// all in one parallel region: one hand-out of work instead of one per weight. Q8_0/Q4_0 weights use
+    /// all in one parallel region: one hand-out of work instead of one per weight. Q8_0/Q4_0/Q4_K/Q6_K weights use
     /// the integer kernels on x quantized once to 8-bit blocks (as llama.cpp does), shared by all.
     /// </summary>
     void MatMul(float* x, int n, WeightTensor w0, float* y0, WeightTensor? w1 = null, float* y1 = null, WeightTensor? w2 = null, float* y2 = null)
@@ -469,7 +482,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmX = x;
         _mmN = n;
         _mmCount = 0;
-        _needBlockSums = _needOffset = false;
+        _needBlockSums = _needOffset = _needKSums = false;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
@@ -501,6 +514,7 @@ public sealed unsafe class CpuForward : IDisposable
         {
             integer = true;
             if (UsesPackedQ4(w) || UsesPackedQ8(w)) _needBlockSums = true;
+            else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
         work += w.Rows * w.Columns * _mmN;
@@ -509,7 +523,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Weight rows per work item of a product with this weight: a multiple of 16 (the repacked kernels take 8-row groups).</summary>
     int ChunkRows(WeightTensor w)
     {
-        bool streams = IsInteger(w) ? UsesPackedQ4(w) || UsesPackedQ8(w) || _mmN < PackedMinRows : _mmN < TiledMinRows;
+        bool streams = IsInteger(w) ? UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || _mmN < PackedMinRows : _mmN < TiledMinRows;
         if (!streams) return RowsPerChunk;
         long per = (w.Rows + _pool.ThreadCount * StreamChunksPerThread - 1) / (_pool.ThreadCount * StreamChunksPerThread);
         return (int)Math.Max(RowsPerChunk, (per + RowsPerChunk - 1) / RowsPerChunk * RowsPerChunk);
@@ -523,6 +537,7 @@ public sealed unsafe class CpuForward : IDisposable
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
         if (_needBlockSums) PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
+        if (_needKSums) QuantizedDot.ActivationBlockSums(q, new Span<int>(_xs + (long)t * (cols / 32), cols / 32));
         if (_needOffset) QuantizedDot.OffsetActivations(q, new Span<byte>(_xu + (long)t * cols, cols));
     }
 
@@ -543,6 +558,11 @@ public sealed unsafe class CpuForward : IDisposable
             w.Packed(s_packQ4).Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
             return;
         }
+        if (integer && UsesPackedQ4K(w))
+        {
+            w.Packed(s_packQ4K).Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xs, _mmN, y, (int)rows);
+            return;
+        }
         if (integer && UsesPackedQ8(w))
         {
             w.Packed(s_packQ8).Multiply((int)r0, (int)(r1 - r0), _xq, _xd, _xc, _mmN, y, (int)rows);
@@ -558,7 +578,8 @@ public sealed unsafe class CpuForward : IDisposable
         if (integer)
         {
             QuantizedDot.MatMulQ8RowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, (int)(r1 - r0),
-                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)));
+                new ReadOnlySpan<sbyte>(_xq, _mmN * cols), new ReadOnlySpan<float>(_xd, _mmN * (cols / 32)), _mmN, new Span<float>(y, (int)(_mmN * rows)),
+                new ReadOnlySpan<int>(_xs, _mmN * (cols / 32)));
             return;
         }
         if (_mmN >= TiledMinRows && rows * w.RowBytes <= int.MaxValue)

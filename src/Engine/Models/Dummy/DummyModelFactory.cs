@@ -16,7 +16,7 @@ public static class DummyModelFactory
     public const string Prefix = "dummy:";
 
     /// <summary>Weight types a dummy model can be stored in.</summary>
-    public static IReadOnlyList<GgmlType> SupportedDTypes { get; } = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0];
+    public static IReadOnlyList<GgmlType> SupportedDTypes { get; } = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     public static bool IsDummy(string model) => model.StartsWith(Prefix, StringComparison.OrdinalIgnoreCase);
 
@@ -53,6 +53,13 @@ public static class DummyModelFactory
             ArgumentOutOfRangeException.ThrowIfLessThan(n, 1, nameof(blockCount));
             c = c with { BlockCount = Math.Min(n, c.BlockCount) };
         }
+        // A matrix row is whole blocks (256 elements for the K-quants). llama.cpp would fall back to another type
+        // for a tensor that does not fit; a dummy model has one type, so it is refused instead.
+        int blockSize = GgmlTypeInfo.Of(dtype).BlockSize;
+        foreach (var (what, columns) in new[] { ("embedding length", c.EmbeddingLength), ("query width", c.QDim), ("feed-forward length", c.FeedForwardLength) })
+            if (columns % blockSize != 0)
+                throw new ArgumentException(
+                    $"dtype {dtype} stores rows in blocks of {blockSize}, but {Prefix}{name}'s {what} is {columns}; choose another dtype", nameof(dtype));
         tokenizer = FitTokenizer(tokenizer, c.VocabSize, name) ?? TokenizerLoader.Cl100kFitted(c.VocabSize);
         var owners = new List<IDisposable>();
         try

@@ -1,0 +1,194 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using static TokenMill.Quantization.BlockFormats;
+
+namespace TokenMill.Quantization;
+
+/// <summary>
+/// A Q4_K matrix repacked once, eight rows interleaved, in <see cref="PackedQ4_0"/>'s way: one <c>vpdpbusd</c> computes a
+/// 4-element partial dot for all eight rows at once (lane r = row r), where the one-row kernel
+/// (<see cref="IntegerDotK"/>) converts, broadcasts a scale and multiplies for each row and sub-block on its own.
+/// <para>
+/// Layout, per group of 8 rows and sub-block of 32 columns (<see cref="GroupBlockBytes"/> = 192 bytes, 0.75 bytes per
+/// weight against Q4_K's 0.5625): 4 × 32 bytes of nibble pairs (byte 4r + e of chunk c: row r's element 4c + e in
+/// the low nibble, 4(c + 4) + e in the high one; quants 0…15), then 8 f32 d·sc, then 8 f32 dmin·m — the sub-block's
+/// scale and min with the super-block's f16 factors applied once at packing.
+/// </para>
+/// <para>
+/// Per activation block: Σ w·a = (d·sc)·da·Σ(q·aq) − (dmin·m)·(da·Σaq), Σ q·aq an exact int32 (quants unsigned, so no
+/// offset to cancel) and Σaq the activation's block sum (<see cref="IntegerDotK.BlockSums"/>). Each activation row's
+/// arithmetic is the same whatever its batch mates, so a row's result does not depend on the batch.
+/// </para>
+/// </summary>
+public sealed unsafe class PackedQ4_K
+{
+    /// <summary>Rows per interleaved group.</summary>
+    public const int Rows = 8;
+
+    /// <summary>Bytes of one group's sub-block: quants, scales, mins.</summary>
+    public const int GroupBlockBytes = 4 * 32 + 2 * Rows * sizeof(float);
+
+    readonly byte[] _data; // pinned: the kernels take its address once
+
+    PackedQ4_K(byte[] data, int rows, int columns) => (_data, RowCount, Columns) = (data, rows, columns);
+
+    /// <summary>Whether the repacked kernel runs here (AVX-VNNI, AVX2 and FMA).</summary>
+    public static bool IsSupported => AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+
+    /// <summary>Rows of the matrix.</summary>
+    public int RowCount { get; }
+
+    /// <summary>Columns of the matrix (a multiple of 256).</summary>
+    public int Columns { get; }
+
+    int Blocks => Columns / QK;
+    long GroupBytes => (long)Blocks * GroupBlockBytes;
+
+    /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> Q4_K matrix (missing rows of the last group are zero).</summary>
+    public static PackedQ4_K Pack(ReadOnlySpan<byte> weights, int rows, int columns)
+    {
+        if (!IsSupported) throw new NotSupportedException("PackedQ4_K needs AVX-VNNI, AVX2 and FMA");
+        if (rows < 0 || columns <= 0 || columns % QK_K != 0)
+            throw new ArgumentException($"PackedQ4_K.Pack: a {rows} × {columns} matrix is not a whole number of Q4_K super-blocks ({QK_K}) per row");
+        long rowBytes = (long)columns / QK_K * Q4_KBytes;
+        if (weights.Length != rowBytes * rows)
+            throw new ArgumentException($"PackedQ4_K.Pack: a {rows} × {columns} Q4_K matrix takes {rowBytes * rows} bytes, but weights has {weights.Length}");
+        int groups = (rows + Rows - 1) / Rows, blocks = columns / QK;
+        long bytes = (long)groups * blocks * GroupBlockBytes;
+        if (bytes > Array.MaxLength) throw new NotSupportedException($"PackedQ4_K.Pack: {bytes} bytes is more than one array holds");
+        var data = GC.AllocateUninitializedArray<byte>((int)bytes, pinned: true);
+        fixed (byte* w = weights)
+        fixed (byte* dst = data)
+        {
+            Vector256<byte>* rowsV = stackalloc Vector256<byte>[Rows];
+            var k = stackalloc Vector256<int>[Rows];
+            var mask = Vector256.Create((byte)0xF);
+            for (int g = 0; g < groups; g++)
+                for (int b = 0; b < blocks; b++)
+                {
+                    byte* t = dst + ((long)g * blocks + b) * GroupBlockBytes;
+                    float* scales = (float*)(t + 128), mins = scales + Rows;
+                    int j = b % 8; // sub-block of its super-block
+                    for (int r = 0; r < Rows; r++)
+                    {
+                        int row = g * Rows + r;
+                        if (row < rows)
+                        {
+                            byte* block = w + row * rowBytes + (long)(b / 8) * Q4_KBytes;
+                            var qs = Avx.LoadVector256(block + 16 + 32 * (j / 2));
+                            rowsV[r] = j % 2 == 0 ? Avx2.And(qs, mask) : Avx2.And(Avx2.ShiftRightLogical(qs.AsUInt16(), 4).AsByte(), mask);
+                            var (sc, m) = ScaleMinK4(j, new ReadOnlySpan<byte>(block + 4, 12));
+                            scales[r] = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block)) * sc;
+                            mins[r] = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block + 2)) * m;
+                        }
+                        else
+                        {
+                            rowsV[r] = Vector256<byte>.Zero;
+                            scales[r] = mins[r] = 0;
+                        }
+                    }
+                    IntegerTile.Transpose8x8((Vector256<int>*)rowsV, k);
+                    for (int c = 0; c < 4; c++)
+                        Avx.Store(t + 32 * c, Avx2.Or(k[c].AsByte(), Avx2.ShiftLeftLogical(k[c + 4].AsUInt16(), 4).AsByte()));
+                }
+        }
+        return new PackedQ4_K(data, rows, columns);
+    }
+
+    /// <summary>
+    /// y[i·<paramref name="yStride"/> + r] = row r · activation row i for rows [r0, r0 + count) (r0 a multiple of 8) and
+    /// i &lt; n: activations quantized by <see cref="QuantizedDot.QuantizeActivations"/> (<paramref name="xq"/> n × columns,
+    /// scales <paramref name="xd"/> n × blocks) with their <see cref="QuantizedDot.ActivationBlockSums"/> (<paramref name="xs"/> n × blocks).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public void Multiply(int r0, int count, sbyte* xq, float* xd, int* xs, int n, float* y, int yStride)
+    {
+        if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
+            throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ4_K.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
+        int blocks = Blocks, cols = Columns;
+        var result = stackalloc float[Rows];
+        fixed (byte* data = _data)
+        {
+            for (int g = r0; g < r0 + count; g += Rows)
+            {
+                byte* tile = data + g / Rows * GroupBytes;
+                int rowsHere = Math.Min(Rows, r0 + count - g);
+                int i = 0;
+                for (; i + 2 <= n; i += 2)
+                {
+                    sbyte* a0 = xq + (long)i * cols, a1 = a0 + cols;
+                    float* d0 = xd + (long)i * blocks, d1 = d0 + blocks;
+                    int* s0 = xs + (long)i * blocks, s1 = s0 + blocks;
+                    Vector256<float> f0 = Vector256<float>.Zero, f1 = f0;
+                    byte* t = tile;
+                    for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK)
+                    {
+                        Vector256<int> e0 = Vector256<int>.Zero, o0 = e0, e1 = e0, o1 = e0;
+                        for (int c = 0; c < 4; c += 2)
+                        {
+                            var (lo0, hi0) = Nibbles(t + 32 * c);
+                            var (lo1, hi1) = Nibbles(t + 32 * c + 32);
+                            e0 = Dot(e0, lo0, a0 + 4 * c);
+                            e1 = Dot(e1, lo0, a1 + 4 * c);
+                            o0 = Dot(o0, lo1, a0 + 4 * c + 4);
+                            o1 = Dot(o1, lo1, a1 + 4 * c + 4);
+                            e0 = Dot(e0, hi0, a0 + 4 * c + 16);
+                            e1 = Dot(e1, hi0, a1 + 4 * c + 16);
+                            o0 = Dot(o0, hi1, a0 + 4 * c + 20);
+                            o1 = Dot(o1, hi1, a1 + 4 * c + 20);
+                        }
+                        var scales = Avx.LoadVector256((float*)(t + 128));
+                        var mins = Avx.LoadVector256((float*)(t + 160));
+                        f0 = Step(f0, Avx2.Add(e0, o0), scales, mins, d0[b], s0[b]);
+                        f1 = Step(f1, Avx2.Add(e1, o1), scales, mins, d1[b], s1[b]);
+                    }
+                    IntegerTile.Store(f0, result, y + (long)i * yStride + g, rowsHere);
+                    IntegerTile.Store(f1, result, y + (long)(i + 1) * yStride + g, rowsHere);
+                }
+                for (; i < n; i++) // the same arithmetic for one row
+                {
+                    sbyte* a0 = xq + (long)i * cols;
+                    float* d0 = xd + (long)i * blocks;
+                    int* s0 = xs + (long)i * blocks;
+                    var f0 = Vector256<float>.Zero;
+                    byte* t = tile;
+                    for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+                    {
+                        Vector256<int> e0 = Vector256<int>.Zero, o0 = e0;
+                        for (int c = 0; c < 4; c += 2)
+                        {
+                            var (lo0, hi0) = Nibbles(t + 32 * c);
+                            var (lo1, hi1) = Nibbles(t + 32 * c + 32);
+                            e0 = Dot(e0, lo0, a0 + 4 * c);
+                            o0 = Dot(o0, lo1, a0 + 4 * c + 4);
+                            e0 = Dot(e0, hi0, a0 + 4 * c + 16);
+                            o0 = Dot(o0, hi1, a0 + 4 * c + 20);
+                        }
+                        f0 = Step(f0, Avx2.Add(e0, o0), Avx.LoadVector256((float*)(t + 128)), Avx.LoadVector256((float*)(t + 160)), d0[b], s0[b]);
+                    }
+                    IntegerTile.Store(f0, result, y + (long)i * yStride + g, rowsHere);
+                }
+            }
+        }
+    }
+
+    /// <summary>acc + f32(Σ q·aq)·(d·sc)·da − (dmin·m)·(da·Σaq), for the eight rows of one sub-block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<float> Step(Vector256<float> acc, Vector256<int> dot, Vector256<float> scales, Vector256<float> mins, float da, int sum) =>
+        Fma.MultiplyAddNegated(mins, Vector256.Create(da * sum), Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Avx.Multiply(scales, Vector256.Create(da)), acc));
+
+    /// <summary>The low and high nibbles of 32 packed bytes: two vectors of 8 rows × 4 unsigned weights.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static (Vector256<byte> Low, Vector256<byte> High) Nibbles(byte* chunk)
+    {
+        var v = Avx.LoadVector256(chunk);
+        var mask = Vector256.Create((byte)0xF);
+        return (Avx2.And(v, mask), Avx2.And(Avx2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask));
+    }
+
+    /// <summary>acc + Σ over each 4-byte group of u·s, with the activation's 4 bytes at <paramref name="a"/> broadcast to every lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector256<int> Dot(Vector256<int> acc, Vector256<byte> u, sbyte* a) =>
+        AvxVnni.MultiplyWideningAndAdd(acc, u, Vector256.Create(Unsafe.ReadUnaligned<int>(a)).AsSByte());
+}
