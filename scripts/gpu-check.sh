@@ -2,7 +2,9 @@
 # gpu-check.sh — take TokenMill's CUDA kernels to a GPU machine and run them there.
 #
 #   scripts/gpu-check.sh publish   (here)   self-contained, trimmed linux-x64 build + tarball; no .NET needed on the GPU box
-#   scripts/gpu-check.sh run       (there)  in the unpacked folder: driver/NVRTC info, compile check, GPU self-test
+#   scripts/gpu-check.sh run       (there)  in the unpacked folder: driver/NVRTC info, compile check, GPU self-test,
+#                                            kernel timings, NCCL on one rank, the forward pass and greedy generate
+#                                            compared with the CPU
 #
 # The GPU box needs the NVIDIA driver (libcuda.so.1) and NVRTC 11.2+ (libnvrtc.so.11.2/12/13: the CUDA
 # toolkit's, or 'pip install nvidia-cuda-nvrtc-cu12' and TOKENMILL_CUDA_LIB_DIR=<site-packages>/nvidia/cuda_nvrtc/lib).
@@ -27,6 +29,17 @@ run)
   status=0
   ./tokenmill kernels check --arch 80,90 || status=1      # NVRTC only
   ./tokenmill kernels selftest --device "${DEVICE:-0}" || status=1   # every kernel on the GPU vs scalar references
+  ./tokenmill kernels bench --device "${DEVICE:-0}" --output-json kernels-bench.json || status=1
+  ./tokenmill kernels nccl --ranks 1 || status=1          # needs libnccl (TOKENMILL_NCCL_LIBRARY or the CUDA lib dir)
+  ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 || status=1
+  # Greedy generate on both devices: the token ids must be identical.
+  for model in "${STORIES:-stories260K.gguf}" dummy:tinyllama-1.1b; do
+    [ -e "$model" ] || [[ "$model" == dummy:* ]] || { echo "skip $model (not found; set STORIES=path)"; continue; }
+    for device in cpu cuda; do
+      ./tokenmill generate --model "$model" --prompt "Once upon a time" --max-tokens 40 --temperature 0 --device $device > "generate-$device.txt" || status=1
+    done
+    if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model: cuda == cpu"; else echo "generate $model: cuda != cpu"; diff generate-cpu.txt generate-cuda.txt; status=1; fi
+  done
   exit $status
   ;;
 *)
