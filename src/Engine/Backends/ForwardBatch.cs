@@ -28,6 +28,28 @@ public sealed class ForwardBatch
 
     public IReadOnlyList<int> BlockTable(int sequence) => _blockTables[sequence];
 
+    /// <summary>
+    /// What every backend's forward pass checks before it reads a row: a token, a logits span of
+    /// <see cref="LogitRowCount"/> rows of <paramref name="vocabSize"/>, and for each row a token id in the vocabulary,
+    /// a position below <paramref name="contextLength"/> and a slot in the KV cache's <paramref name="slotCount"/> slots.
+    /// Throws <see cref="ArgumentException"/> naming the first row that is not.
+    /// </summary>
+    public void Validate(int vocabSize, int contextLength, long slotCount, int logitsLength)
+    {
+        if (TokenCount == 0) throw new ArgumentException("the batch has no tokens");
+        if (logitsLength != LogitRowCount * vocabSize)
+            throw new ArgumentException($"logits must hold {LogitRowCount} rows of {vocabSize}", nameof(logitsLength));
+        for (int t = 0; t < TokenCount; t++)
+        {
+            if ((uint)_tokens[t] >= (uint)vocabSize)
+                throw new ArgumentException($"token id {_tokens[t]} is outside the vocabulary of {vocabSize}");
+            if ((uint)_positions[t] >= (uint)contextLength)
+                throw new ArgumentException($"position {_positions[t]} is beyond the context length {contextLength}");
+            if ((ulong)(uint)_slots[t] >= (ulong)slotCount)
+                throw new ArgumentException($"slot {_slots[t]} is outside the KV cache of {slotCount} slots");
+        }
+    }
+
     public void Clear()
     {
         TokenCount = 0;

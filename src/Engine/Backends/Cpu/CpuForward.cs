@@ -171,23 +171,8 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>The checks <see cref="Forward"/> makes before it computes anything; throws <see cref="ArgumentException"/>.</summary>
     public void Validate(ForwardBatch batch, PagedKvStore kv, int logitsLength)
     {
-        int vocab = _c.VocabSize;
-        if (batch.TokenCount == 0) throw new ArgumentException("the batch has no tokens", nameof(batch));
-        if (logitsLength != batch.LogitRowCount * vocab)
-            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logitsLength));
         if (kv.KvDim != _c.KvDim) throw new ArgumentException("the KV store was made for another model", nameof(kv));
-        var tokens = batch.TokenIds;
-        var positions = batch.Positions;
-        var slots = batch.SlotMapping;
-        for (int t = 0; t < tokens.Length; t++)
-        {
-            if ((uint)tokens[t] >= (uint)vocab)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"token id {tokens[t]} is outside the vocabulary of {vocab}");
-            if ((uint)positions[t] >= (uint)_c.ContextLength)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"position {positions[t]} is beyond the context length {_c.ContextLength}");
-            if ((uint)slots[t] >= (uint)kv.SlotCount)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"slot {slots[t]} is outside the KV store of {kv.SlotCount} slots");
-        }
+        batch.Validate(_c.VocabSize, _c.ContextLength, kv.SlotCount, logitsLength);
     }
 
     /// <summary>

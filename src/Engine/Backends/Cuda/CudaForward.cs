@@ -334,23 +334,13 @@ public sealed class CudaForward : IDisposable
     /// </summary>
     public void Validate(ForwardBatch batch, CudaKvCache kv, int logitsLength)
     {
-        int vocab = _c.VocabSize;
-        if (batch.TokenCount == 0) throw new ArgumentException("the batch has no tokens", nameof(batch));
-        if (logitsLength != batch.LogitRowCount * vocab)
-            throw new ArgumentException($"logits must hold {batch.LogitRowCount} rows of {vocab}", nameof(logitsLength));
         if (kv.KvDim != _c.KvDim || kv.Layers != _c.BlockCount) throw new ArgumentException("the KV cache was made for another model", nameof(kv));
-        var tokens = batch.TokenIds;
+        batch.Validate(_c.VocabSize, _c.ContextLength, kv.SlotCount, logitsLength);
+        // The kernels also walk each row's block table: every block it needs must be in it and in the cache.
         var positions = batch.Positions;
-        var slots = batch.SlotMapping;
         var sequenceOf = batch.SequenceOf;
-        for (int t = 0; t < tokens.Length; t++)
+        for (int t = 0; t < positions.Length; t++)
         {
-            if ((uint)tokens[t] >= (uint)vocab)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"token id {tokens[t]} is outside the vocabulary of {vocab}");
-            if ((uint)positions[t] >= (uint)_c.ContextLength)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"position {positions[t]} is beyond the context length {_c.ContextLength}");
-            if ((uint)slots[t] >= (uint)kv.SlotCount)
-                throw new ArgumentOutOfRangeException(nameof(batch), $"slot {slots[t]} is outside the KV cache of {kv.SlotCount} slots");
             int blocks = positions[t] / kv.BlockSize + 1;
             var table = batch.BlockTable(sequenceOf[t]);
             if (blocks > table.Count || blocks > _maxBlocksPerSequence)
