@@ -27,12 +27,36 @@ public sealed unsafe partial class NativeBuffer : SafeHandle
         ByteCount = byteCount;
         bool huge = byteCount >= HugePageBytes && OperatingSystem.IsLinux();
         void* p = NativeMemory.AlignedAlloc((nuint)Math.Max(byteCount, 1), huge ? (nuint)HugePageBytes : Alignment);
-        if (huge) _ = madvise(p, (nuint)byteCount, MadvHugePage);   // best effort: the result changes nothing we do
+        if (huge) AdviseHugePages(p, byteCount);
         if (zero) NativeMemory.Clear(p, (nuint)byteCount);
         SetHandle((IntPtr)p);
     }
 
     const int MadvHugePage = 14;
+
+    /// <summary>
+    /// Advises <c>MADV_HUGEPAGE</c> for the whole 2 MiB pages inside [<paramref name="start"/>, +<paramref name="byteCount"/>),
+    /// before they are first touched, on Linux. Best effort: a refusal changes nothing we do.
+    /// </summary>
+    internal static void AdviseHugePages(void* start, long byteCount)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        long first = ((long)start + HugePageBytes - 1) & ~(HugePageBytes - 1), end = ((long)start + byteCount) & ~(HugePageBytes - 1);
+        if (end > first) _ = madvise((void*)first, (nuint)(end - first), MadvHugePage);
+    }
+
+    /// <summary>
+    /// A pinned, uninitialized array of <paramref name="byteCount"/> bytes for a copy of weights that kernels stream
+    /// (the repacked matrices), its whole huge pages advised as <see cref="NativeBuffer"/>'s are. <paramref name="owner"/>
+    /// names the caller in the error when the copy is larger than one array holds.
+    /// </summary>
+    internal static byte[] PinnedStreamingArray(long byteCount, string owner)
+    {
+        if (byteCount > Array.MaxLength) throw new NotSupportedException($"{owner}: {byteCount} bytes is more than one array holds");
+        var data = GC.AllocateUninitializedArray<byte>((int)byteCount, pinned: true);
+        fixed (byte* p = data) AdviseHugePages(p, byteCount);
+        return data;
+    }
 
     [LibraryImport("libc")]
     private static partial int madvise(void* address, nuint length, int advice);

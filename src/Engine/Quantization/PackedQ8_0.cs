@@ -50,8 +50,7 @@ public sealed unsafe class PackedQ8_0
             throw new ArgumentException($"PackedQ8_0.Pack: a {rows} × {columns} Q8_0 matrix takes {rowBytes * rows} bytes, but weights has {weights.Length}");
         int groups = (rows + Rows - 1) / Rows, blocks = columns / QK;
         long bytes = (long)groups * blocks * GroupBlockBytes;
-        if (bytes > Array.MaxLength) throw new NotSupportedException($"PackedQ8_0.Pack: {bytes} bytes is more than one array holds");
-        var data = GC.AllocateUninitializedArray<byte>((int)bytes, pinned: true);
+        var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "PackedQ8_0.Pack");
         fixed (byte* w = weights)
         fixed (byte* dst = data)
         {
