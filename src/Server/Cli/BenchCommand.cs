@@ -21,8 +21,10 @@ public static class BenchCommand
 
           latency       prefill tokens/s for one prompt of --input-len tokens (time to first token), and decode
                         tokens/s of that one sequence for --output-len tokens; best of --repeat runs
-          throughput    --num-prompts requests submitted at once through the engine: total generated tokens/s,
-                        prompt tokens/s, requests/s
+          throughput    --num-prompts requests submitted at once through the engine: generated tokens/s and
+                        total tokens/s over the whole run, requests/s, and batch_decode_tokens_per_s: tokens/s
+                        while every request decodes in one batch (after the last first token, before the first
+                        request finishes; llama-batched-bench's S_TG)
 
           --model M          a GGUF file or dummy:<preset> (default dummy:tinyllama-1.1b)
           --tokenizer T      tokenizer of a Hugging Face folder (--model DIR): a GGUF file or a folder with tokenizer.json
@@ -189,15 +191,32 @@ public static class BenchCommand
     {
         var prompts = Enumerable.Range(0, numPrompts).Select(_ => prompt()).ToArray();
         engine.CompleteAsync(Request(prompts[0][..Math.Min(16, prompts[0].Length)], 2)).GetAwaiter().GetResult(); // warm-up
+        // Every token's arrival time, so the run splits into phases: until the last request has its first token
+        // (prefills, mixed with early decodes) and after it, when every request decodes in the same batch — the
+        // steady state that llama-batched-bench's S_TG measures.
+        var arrivals = new List<(double Seconds, int Tokens)>[numPrompts];
+        var firstToken = new double[numPrompts];
         var clock = Stopwatch.StartNew();
-        var results = Task.WhenAll(prompts.Select(p => engine.CompleteAsync(Request(p, outputLen)))).GetAwaiter().GetResult();
+        var runs = prompts.Select((p, i) => Task.Run(async () =>
+        {
+            arrivals[i] = new List<(double, int)>(outputLen);
+            await foreach (var chunk in engine.Generate(Request(p, outputLen)))
+                if (chunk.TokenIds.Length > 0) arrivals[i].Add((clock.Elapsed.TotalSeconds, chunk.TokenIds.Length));
+            firstToken[i] = arrivals[i].Count > 0 ? arrivals[i][0].Seconds : double.NaN;
+        })).ToArray();
+        Task.WaitAll(runs);
         double seconds = clock.Elapsed.TotalSeconds;
-        int generated = results.Sum(r => r.CompletionTokens), prompted = results.Sum(r => r.PromptTokens);
+        int generated = arrivals.Sum(a => a.Sum(x => x.Tokens)), prompted = prompts.Sum(p => p.Length);
+        // The steady phase ends when the first request finishes: after that the batch shrinks.
+        double allDecoding = firstToken.Max(), firstDone = arrivals.Min(a => a[^1].Seconds);
+        int steadyTokens = arrivals.Sum(a => a.Where(x => x.Seconds > allDecoding && x.Seconds <= firstDone).Sum(x => x.Tokens));
         result["num_prompts"] = numPrompts;
         result["elapsed_s"] = seconds;
         result["requests_per_s"] = numPrompts / seconds;
         result["generated_tokens_per_s"] = generated / seconds;
         result["total_tokens_per_s"] = (generated + prompted) / seconds;
+        result["prefill_phase_s"] = allDecoding;
+        result["batch_decode_tokens_per_s"] = firstDone > allDecoding ? steadyTokens / (firstDone - allDecoding) : double.NaN;
         result["preemptions"] = engine.Stats.Preemptions;
     }
 }
