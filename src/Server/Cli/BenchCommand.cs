@@ -216,7 +216,9 @@ public static class BenchCommand
         result["generated_tokens_per_s"] = generated / seconds;
         result["total_tokens_per_s"] = (generated + prompted) / seconds;
         result["prefill_phase_s"] = allDecoding;
-        result["batch_decode_tokens_per_s"] = firstDone > allDecoding ? steadyTokens / (firstDone - allDecoding) : double.NaN;
+        // No steady phase when a request finished before the last one started decoding (few output tokens, or
+        // --max-num-seqs below --num-prompts): then the field is null rather than a rate of nothing.
+        result["batch_decode_tokens_per_s"] = firstDone > allDecoding && steadyTokens > 0 ? steadyTokens / (firstDone - allDecoding) : null;
         result["preemptions"] = engine.Stats.Preemptions;
     }
 }

@@ -307,6 +307,7 @@ public class BenchCommandTests
     [SkippableTheory]
     [InlineData("latency", "prefill_tokens_per_s")]
     [InlineData("throughput", "generated_tokens_per_s")]
+    [InlineData("throughput", "batch_decode_tokens_per_s")]
     public void Bench_writes_a_summary_and_json(string mode, string key)
     {
         var model = TestData.Require("models/stories260K.gguf");
