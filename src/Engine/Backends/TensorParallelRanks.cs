@@ -50,6 +50,9 @@ internal sealed class TensorParallelRanks
 
     public int WorldSize => _threads.Length;
 
+    /// <summary>Rank <paramref name="rank"/>'s view of an executor's layer hook (rank, layer): the forward pass's hook (layer).</summary>
+    public static Action<int>? LayerHookOf(Action<int, int>? hook, int rank) => hook is null ? null : layer => hook(rank, layer);
+
     /// <summary>The error that stopped the ranks, or null while they work.</summary>
     public CommunicatorException? Failure => Volatile.Read(ref _failure);
 

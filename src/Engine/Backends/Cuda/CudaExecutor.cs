@@ -229,11 +229,7 @@ public sealed class CudaExecutor : IModelExecutor
     {
         set
         {
-            for (int r = 0; r < WorldSize; r++)
-            {
-                int rank = r;
-                _forwards[r].LayerHook = value is null ? null : layer => value(rank, layer);
-            }
+            for (int r = 0; r < WorldSize; r++) _forwards[r].LayerHook = TensorParallelRanks.LayerHookOf(value, r);
         }
     }
 
