@@ -17,7 +17,7 @@ internal sealed class TensorParallelRanks
 
     readonly RankStep _step;
     readonly Action<int, CommunicatorException> _abort;
-    readonly Func<CommunicatorException?> _groupError;
+    readonly Func<CommunicatorException?>? _groupError;
     readonly Thread[] _threads;
     readonly SemaphoreSlim[] _start;
     readonly float[][] _rankLogits;
@@ -28,8 +28,8 @@ internal sealed class TensorParallelRanks
     /// <param name="worldSize">N, the number of ranks (at least 2: one rank needs no threads).</param>
     /// <param name="step">A rank's part of a step (called on that rank's thread).</param>
     /// <param name="abort">Aborts the group from rank r's side with the error of a rank that threw.</param>
-    /// <param name="groupError">The group's first error, when the communicator keeps one (the one to report).</param>
-    public TensorParallelRanks(int worldSize, RankStep step, Action<int, CommunicatorException> abort, Func<CommunicatorException?> groupError)
+    /// <param name="groupError">The group's first error, where the communicator keeps one apart from what rank 0 throws (the one to report); null where rank 0 throws it.</param>
+    public TensorParallelRanks(int worldSize, RankStep step, Action<int, CommunicatorException> abort, Func<CommunicatorException?>? groupError)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(worldSize, 2);
         _step = step;
@@ -75,7 +75,7 @@ internal sealed class TensorParallelRanks
         }
         catch (CommunicatorException e)
         {
-            Interlocked.CompareExchange(ref _failure, _groupError() ?? e, null);
+            Interlocked.CompareExchange(ref _failure, _groupError?.Invoke() ?? e, null);
             throw;
         }
     }

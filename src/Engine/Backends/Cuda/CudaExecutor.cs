@@ -51,8 +51,9 @@ public sealed class CudaExecutor : IModelExecutor
         _comms = comms;
         _currentThread = new int[contexts.Length];
         _currentThread[0] = Environment.CurrentManagedThreadId;   // Create leaves rank 0's context current
+        // No group error to ask for: the NCCL ranks of one process share a record, and every rank throws its first error.
         if (comms.Length > 1)
-            _ranks = new TensorParallelRanks(comms.Length, RunRank, (rank, error) => _comms[rank].Abort(error), () => null);
+            _ranks = new TensorParallelRanks(comms.Length, RunRank, (rank, error) => _comms[rank].Abort(error), groupError: null);
     }
 
     /// <summary>
