@@ -35,14 +35,16 @@ public sealed class CudaTensorParallelEmulationTests(EmulatedDriverFixture drive
         }
     }
 
-    [SkippableFact]
-    public void Greedy_generate_on_a_two_layer_dummy_model_with_two_ranks_gives_the_token_ids_of_the_CPU()
+    [SkippableTheory]
+    [InlineData("F16")]
+    [InlineData("Q8_0")]   // embedding_q8_0 with the zero row, gemv_q8_0 on the repacked column slices of wo and down
+    public void Greedy_generate_on_a_two_layer_dummy_model_with_two_ranks_gives_the_token_ids_of_the_CPU(string dtype)
     {
         Require();
-        // TinyLlama's widths in F16 (32 heads over 4 KV heads, FFN 5632, vocabulary 32000 split 16000 a rank), two layers.
+        // TinyLlama's widths (32 heads over 4 KV heads, FFN 5632, vocabulary 32000 split 16000 a rank), two layers.
         // CUDA with one rank against the CPU is CudaForwardEmulationTests' check; here two CUDA ranks against the CPU's one and two.
         string[] prompts = ["Once upon a time", "The quick brown fox"];
-        string[] args = ["--model", "dummy:tinyllama-1.1b", "--dummy-layers", "2", "--dtype", "F16", "--max-model-len", "64", "--max-tokens", "9"];
+        string[] args = ["--model", "dummy:tinyllama-1.1b", "--dummy-layers", "2", "--dtype", dtype, "--max-model-len", "64", "--max-tokens", "9"];
         var cpu = driver.GreedyTokenIds(log, ["--device", "cpu", "-tp", "1"], prompts, args);
         var cpuTwoRanks = driver.GreedyTokenIds(log, ["--device", "cpu", "-tp", "2"], prompts, args);
         var cudaTwoRanks = driver.GreedyTokenIds(log, ["--device", "cuda-emulated", "-tp", "2"], prompts, args);
