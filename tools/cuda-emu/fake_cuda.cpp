@@ -22,10 +22,21 @@ enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_F
 namespace {
 struct Module { std::string ptx; };
 struct Function { std::string name; const emu::Invoker* run; };
+// Tensor parallelism puts rank r on device r, so the driver reports several devices. Every one is this CPU, with
+// its own 1 GiB: an allocation belongs to the device of the context current on the calling thread, and
+// cuMemGetInfo counts that device's allocations only (each rank sizes its KV cache from its own device).
+constexpr int device_count = 8;
+constexpr size_t device_bytes = size_t(1) << 30;
+struct Context { int device; };
+thread_local Context* current_context;
+int current_device() { return current_context ? current_context->device : 0; }
+struct Allocation { size_t bytes; int device; };
 // Tensor-parallel ranks are threads of one process that allocate and copy at once: the map needs a lock.
 std::mutex allocations_lock;
-std::map<unsigned long long, size_t> allocations;
-int context_token;
+std::map<unsigned long long, Allocation> allocations;
+// The kernels run on the calling thread through one fiber scheduler, with their static __shared__ arrays in global
+// memory: two ranks' launches at once would share both, so launches from any thread run one at a time.
+std::mutex launch_lock;
 std::mutex streams_lock;
 std::set<emu::Stream*> streams;
 } // namespace
@@ -59,8 +70,8 @@ CUresult cuGetErrorString(CUresult e, const char** s)
 }
 CUresult cuInit(unsigned) { return OK; }
 CUresult cuDriverGetVersion(int* v) { *v = 12000; return OK; }
-CUresult cuDeviceGetCount(int* n) { *n = 1; return OK; }
-CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal != 0) return INVALID_DEVICE; *d = 0; return OK; }
+CUresult cuDeviceGetCount(int* n) { *n = device_count; return OK; }
+CUresult cuDeviceGet(int* d, int ordinal) { if (ordinal < 0 || ordinal >= device_count) return INVALID_DEVICE; *d = ordinal; return OK; }
 CUresult cuDeviceGetName(char* name, int len, int) { std::snprintf(name, len, "TokenMill CPU emulation (no GPU)"); return OK; }
 CUresult cuDeviceGetAttribute(int* v, int attr, int)
 {
@@ -73,11 +84,22 @@ CUresult cuDeviceGetAttribute(int* v, int attr, int)
     default: *v = 0; return OK;
     }
 }
-CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = size_t(1) << 30; return OK; }
-CUresult cuCtxCreate_v2(void** ctx, unsigned, int) { *ctx = &context_token; return OK; }
-CUresult cuCtxDestroy_v2(void*) { return OK; }
-CUresult cuCtxSetCurrent(void*) { return OK; }
-CUresult cuCtxGetCurrent(void** ctx) { *ctx = &context_token; return OK; }
+CUresult cuDeviceTotalMem_v2(size_t* b, int) { *b = device_bytes; return OK; }
+CUresult cuCtxCreate_v2(void** ctx, unsigned, int device)
+{
+    if (device < 0 || device >= device_count) return INVALID_DEVICE;
+    current_context = new Context{device};
+    *ctx = current_context;
+    return OK;
+}
+CUresult cuCtxDestroy_v2(void* ctx)
+{
+    if (current_context == ctx) current_context = nullptr;
+    delete static_cast<Context*>(ctx);
+    return OK;
+}
+CUresult cuCtxSetCurrent(void* ctx) { current_context = static_cast<Context*>(ctx); return OK; }
+CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_context; return OK; }
 CUresult cuCtxSynchronize() { emu::wait_all_streams(); return OK; }
 
 CUresult cuModuleLoadData(void** module, const void* image)
@@ -104,20 +126,23 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
     emu::stream_of(stream)->Wait();   // after whatever was queued on the stream before it
     if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
     auto* fn = static_cast<Function*>(f);
+    std::lock_guard<std::mutex> lock(launch_lock);
     emu::current_kernel = fn->name;
     emu::launch({gx, gy, gz}, {bx, by, bz}, [&] { (*fn->run)(params); });
     return OK;
 }
 
-// 1 GiB, of which what is allocated is not free: the backend sizes its KV cache from what the weights leave.
+// 1 GiB per device, of which what is allocated on it is not free: the backend sizes its KV cache from what the weights leave.
 CUresult cuMemGetInfo_v2(size_t* free, size_t* total)
 {
     size_t used = 0;
+    int device = current_device();
     {
         std::lock_guard<std::mutex> lock(allocations_lock);   // ranks of the fake NCCL allocate from other threads
-        for (auto& a : allocations) used += a.second;
+        for (auto& a : allocations)
+            if (a.second.device == device) used += a.second.bytes;
     }
-    *total = size_t(1) << 30;
+    *total = device_bytes;
     *free = used < *total ? *total - used : 0;
     return OK;
 }
@@ -128,7 +153,7 @@ CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
     std::memset(m, 0xCD, bytes);                                   // like the GPU: fresh memory is not zero
     *p = reinterpret_cast<unsigned long long>(m);
     std::lock_guard<std::mutex> lock(allocations_lock);
-    allocations[*p] = bytes;
+    allocations[*p] = {bytes, current_device()};
     return OK;
 }
 CUresult cuMemFree_v2(unsigned long long p)
@@ -144,11 +169,11 @@ static bool inside(unsigned long long p, size_t n)
     auto it = allocations.upper_bound(p);
     if (it == allocations.begin()) return false;
     --it;
-    return p >= it->first && p + n <= it->first + it->second;
+    return p >= it->first && p + n <= it->first + it->second.bytes;
 }
 // Synchronous copies and memsets wait for the default stream only. On a GPU they would also wait for the blocking
-// streams of their own context, but here every rank's context is the one emulated device: waiting for another
-// rank's stream, whose collective waits for this rank, would deadlock ranks that real GPUs keep apart.
+// streams of their own context, but here streams are not tracked per context: waiting for another rank's stream,
+// whose collective waits for this rank, would deadlock ranks that real GPUs keep apart.
 CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
 CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
 CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { emu::default_stream().Wait(); if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }

@@ -60,7 +60,8 @@ public sealed record EngineOptions
 
     /// <summary>
     /// Ranks the model is split across (<c>--tensor-parallel-size</c>, <c>-tp</c>): on the CPU, threads of one process
-    /// joined by a shared-memory communicator, each holding 1/N of the weights and its KV heads.
+    /// joined by a shared-memory communicator; on CUDA, rank r on device r, joined by NCCL. Each rank holds 1/N of the
+    /// weights and its KV heads.
     /// </summary>
     public int TensorParallelSize { get; init; } = 1;
 

@@ -131,7 +131,12 @@ public sealed class LlmEngine : IDisposable
     public Exception? Failure => _failure;
 
     /// <summary>Rank 0's collective calls (counts and time); all zero with one rank.</summary>
-    public Distributed.CommunicatorStats TensorParallelStats => (_executor as CpuExecutor)?.CommunicatorStats ?? s_noCollectives;
+    public Distributed.CommunicatorStats TensorParallelStats => _executor switch
+    {
+        CpuExecutor cpu => cpu.CommunicatorStats,
+        CudaExecutor cuda => cuda.CommunicatorStats,
+        _ => s_noCollectives,
+    };
 
     static readonly Distributed.CommunicatorStats s_noCollectives = new();
 
@@ -144,7 +149,11 @@ public sealed class LlmEngine : IDisposable
     /// <summary>Test hook (fault injection): runs on each rank's thread at the start of every layer (rank, layer).</summary>
     internal Action<int, int>? LayerHook
     {
-        set => (_executor as CpuExecutor ?? throw new NotSupportedException("layer hooks are a CPU-backend test hook")).LayerHook = value;
+        set
+        {
+            if (_executor is CpuExecutor cpu) cpu.LayerHook = value;
+            else ((CudaExecutor)_executor).LayerHook = value;
+        }
     }
 
     /// <summary>

@@ -154,6 +154,29 @@ public sealed unsafe class TensorParallelShard : IDisposable
         }
     }
 
+    /// <summary>
+    /// Lays out the all-gathered logits of a vocabulary-parallel output head as whole rows: <paramref name="gathered"/>
+    /// holds, rank after rank, that rank's <paramref name="rows"/> × its count of logits (row-major, each rank's block
+    /// <paramref name="rows"/> × <paramref name="perRank"/> floats long, the last ranks' count possibly smaller);
+    /// row t of <paramref name="logits"/> gets every rank's part at that rank's first token id.
+    /// </summary>
+    /// <param name="gathered">What the all-gather returned: rows × perRank floats per rank.</param>
+    /// <param name="rows">Logit rows.</param>
+    /// <param name="perRank">⌈V/N⌉ (<see cref="VocabPerRank"/>).</param>
+    /// <param name="vocab">V, the whole vocabulary.</param>
+    /// <param name="logits">rows × V floats.</param>
+    public static void VocabRowsFromGathered(ReadOnlySpan<float> gathered, int rows, int perRank, int vocab, Span<float> logits)
+    {
+        int ranks = gathered.Length / (rows * perRank);
+        for (int r = 0; r < ranks; r++)
+        {
+            int first = Math.Min(vocab, r * perRank), count = Math.Min(perRank, vocab - first);
+            var part = gathered.Slice(r * rows * perRank, rows * perRank);
+            for (int t = 0; t < rows; t++)
+                part.Slice(t * count, count).CopyTo(logits.Slice(t * vocab + first, count));
+        }
+    }
+
     /// <summary>Columns [first, first + count) of every row, copied once into a buffer of their own (whole blocks only).</summary>
     static WeightTensor ColumnSlice(WeightTensor w, long first, long count, List<IDisposable> owners)
     {

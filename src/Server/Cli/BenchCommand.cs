@@ -172,8 +172,10 @@ public static class BenchCommand
                 var decodeAllReduce = comm.AllReduceTime - allReduceAtFirst;
                 run["prefill_allreduce_share"] = allReduceAtFirst / first.Value;
                 run["decode_allreduce_share"] = decodeAllReduce / decodeTime;
-                // Of that, waiting for the other rank to arrive (skew, or its thread not scheduled) vs the reduction itself.
-                run["decode_allreduce_arrival_wait_share"] = (comm.AllReduceArrivalWait - arrivalAtFirst) / decodeTime;
+                // Of that, waiting for the other rank to arrive (skew, or its thread not scheduled) vs the reduction itself;
+                // the CPU communicator measures it, NCCL does not tell the two apart.
+                if (engine.Options.Device == TokenMill.Core.EngineDevice.Cpu)
+                    run["decode_allreduce_arrival_wait_share"] = (comm.AllReduceArrivalWait - arrivalAtFirst) / decodeTime;
                 run["decode_allreduce_ms_per_step"] = decodeAllReduce.TotalMilliseconds / Math.Max(tokens - 1, 1);
                 run["decode_ms_per_step"] = decodeTime.TotalMilliseconds / Math.Max(tokens - 1, 1);
                 run["allreduce_calls"] = comm.AllReduceCalls;

@@ -64,7 +64,8 @@ public static class GenerateCommand
           --max-preemptions N        recomputations one request may suffer before it fails with an error (default 32)
           --threads N                CPU threads (default: all processors); with tensor parallelism each rank gets N / tp
           --tensor-parallel-size N   split the model across N ranks (-tp N; threads of this process on the CPU, joined by
-                                     a shared-memory communicator): heads, FFN, vocabulary and KV cache each 1/N per rank
+                                     a shared-memory communicator; with --device cuda rank r on GPU r, joined by NCCL):
+                                     heads, FFN, vocabulary and KV cache each 1/N per rank
           --tensor-parallel-timeout SECONDS  how long a rank waits in one collective for the others before the engine
                                      stops with an error naming the rank that never arrived (default 60)
           --no-prefix-caching        compute every prompt in full (default: reuse cached KV blocks of shared prefixes)

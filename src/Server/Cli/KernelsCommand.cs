@@ -24,7 +24,8 @@ public static class KernelsCommand
                tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
-               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N]
+               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [-tp N]
+                                         [--stall-rank R | --fail-rank R] [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -46,7 +47,10 @@ public static class KernelsCommand
                     process is one rank of a group of processes (on GPU LOCAL_RANK)
           forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
                     mixing prefills, a chunked prefill and decodes of three sequences; per step the largest
-                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim)
+                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim);
+                    with -tp N the CUDA side runs N tensor-parallel ranks (rank r on GPU r, NCCL; with --emulate the
+                    fake NCCL); with --stall-rank R rank R stalls at layer 1 (the step must time out naming it), with
+                    --fail-rank R it throws there (the step must fail at once naming it)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -63,8 +67,12 @@ public static class KernelsCommand
           --launches N       bench: launches per sample (default 10; 1 emulated)
           --output-json F    bench: write every row as JSON
           --ranks N          nccl: ranks of the group (default 1)
-          --stall-rank R     nccl: the rank that stalls, then fails (checks the timeout and the abort instead)
-          --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
+          --stall-rank R     nccl: the rank that stalls, then fails (checks the timeout and the abort instead);
+                             forward: the rank that stalls at layer 1
+          --fail-rank R      forward: the rank that throws at layer 1
+          --timeout SECONDS  nccl, forward: how long a collective waits for the others (default 10; 2 with
+                             --stall-rank)
+          -tp N              forward: tensor-parallel ranks of the CUDA side (--tensor-parallel-size; default 1)
           --model M          forward: the model (default dummy:tinyllama-1.1b; --dtype and --dummy-layers as
                              'tokenmill generate' takes them)
           --no-cache         compile even when the PTX cache has the result
@@ -81,7 +89,7 @@ public static class KernelsCommand
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout", "model", "dtype", "dummy-layers"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -295,15 +303,26 @@ public static class KernelsCommand
         // ten-token steps run in two chunks on both backends.
         const int maxBatchTokens = 8;
         int maxModelLen = Math.Min(model.Config.ContextLength, 32);
+        int tp = a.Int("tensor-parallel-size", 1, min: 1, max: 64);
+        int? stall = a.String("stall-rank") is null ? null : a.Int("stall-rank", 0, min: 0, max: tp - 1);
+        int? fail = a.String("fail-rank") is null ? null : a.Int("fail-rank", 0, min: 0, max: tp - 1);
+        if (stall is not null && fail is not null) throw new UsageException("--stall-rank and --fail-rank are two tests: give one");
+        if ((stall ?? fail) is not null && tp == 1) throw new UsageException("--stall-rank and --fail-rank need tensor-parallel ranks (-tp 2 or more)");
+        // Rank 0 runs on the calling thread: stalled, nothing is left to notice it (its peers' error waits for it).
+        if (stall == 0) throw new UsageException($"--stall-rank 0 would stall the thread that reports the error (rank 0 runs on it); choose a rank in 1..{tp - 1}");
         var options = new TokenMill.Core.EngineOptions
         {
             Device = a.Flag("emulate") ? TokenMill.Core.EngineDevice.CudaEmulated : TokenMill.Core.EngineDevice.Cuda,
             BlockSize = ForwardComparison.BlockSize,
             NumKvBlocks = ForwardComparison.BlocksNeeded,
+            TensorParallelSize = tp,
+            TensorParallelTimeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2)),
         };
         using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
         using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens);
-        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}; reference: the CPU backend");
+        string ranks = tp == 1 ? "" : $"; tensor-parallel {tp} ranks on devices 0–{tp - 1}";
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend");
+        if ((stall ?? fail) is { } faulty) return RankFault(model, cpu, cuda, faulty, stalls: stall is not null, options.TensorParallelTimeout, stdout);
         var checks = ForwardComparison.Run(model, cpu, cuda);
         int width = checks.Max(c => c.Step.Length);
         stdout.WriteLine($"{"step".PadRight(width)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
@@ -312,6 +331,44 @@ public static class KernelsCommand
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
+    }
+
+    /// <summary>
+    /// <c>kernels forward -tp N --stall-rank R</c> or <c>--fail-rank R</c>: rank R stalls (or throws) at the start of
+    /// layer 1 of the first step. It passes when that step fails with a <see cref="CommunicatorException"/> naming rank R
+    /// and the operation (the all-reduce the others waited in, or the forward pass that threw), soon: a stall within a
+    /// few timeouts, a throw well before one.
+    /// </summary>
+    static int RankFault(TokenMill.Models.Model model, TokenMill.Backends.IModelExecutor cpu, CudaExecutor cuda, int faulty, bool stalls, TimeSpan timeout, TextWriter stdout)
+    {
+        using var release = new ManualResetEventSlim(false);
+        cuda.LayerHook = (rank, layer) =>
+        {
+            if (rank != faulty || layer != 1) return;
+            if (!stalls) throw new InvalidOperationException("injected fault (kernels forward --fail-rank)");
+            release.Wait(timeout * 10);   // stalls until the step has failed (or long after the timeout)
+        };
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        CommunicatorException? error = null;
+        try { ForwardComparison.Run(model, cpu, cuda); }
+        catch (CommunicatorException e) { error = e; }
+        finally { release.Set(); }   // the stalled rank goes on, finds the group aborted, and stops
+        var elapsed = clock.Elapsed;
+        string fault = stalls ? $"rank {faulty} stalls at layer 1" : $"rank {faulty} throws at layer 1";
+        string expected = stalls ? "all-reduce" : "forward";
+        var limit = stalls ? timeout * 3 + TimeSpan.FromSeconds(5) : timeout / 2;
+        if (error is null)
+        {
+            stdout.WriteLine($"{fault}: FAIL: the steps ran to the end without an error");
+            return Cli.ExitFailure;
+        }
+        stdout.WriteLine($"{fault}: the step failed after {elapsed.TotalSeconds:0.00} s with: {error.Message}");
+        bool passed = error.Rank == faulty && error.Operation == expected && elapsed < limit && cuda.Failure is not null;
+        stdout.WriteLine(passed
+            ? $"PASS: the error names rank {faulty} and the {expected}, within {limit.TotalSeconds:0.#} s, and the executor stays failed"
+            : $"FAIL: expected rank {faulty} and the {expected} within {limit.TotalSeconds:0.#} s and a failed executor; got rank {error.Rank}, " +
+              $"the {error.Operation}, {elapsed.TotalSeconds:0.00} s, executor {(cuda.Failure is null ? "not failed" : "failed")}");
+        return passed ? Cli.ExitOk : Cli.ExitFailure;
     }
 
     /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>
@@ -361,7 +418,7 @@ public static class KernelsCommand
         {
             if (a.String("ranks") is not null || stall is not null)
                 throw new UsageException($"--ranks and --stall-rank are for ranks in this process; with RANK/WORLD_SIZE set this process is rank {env.Rank} of {env.WorldSize}");
-            // The GPU of LOCAL_RANK; the emulated driver's one device serves every local rank.
+            // The GPU of LOCAL_RANK; on the emulated driver, device 0 serves local ranks beyond its devices.
             using var device = CudaContext.Create(env.LocalRank < count ? env.LocalRank : 0);
             if (env.LocalRank >= count && device.DeviceName != EmulatedDeviceName)
             {
@@ -383,15 +440,15 @@ public static class KernelsCommand
         var contexts = new List<CudaContext> { CudaContext.Create(0) };
         try
         {
-            // The emulated driver (chosen by --emulate or by TOKENMILL_CUDA_LIBRARY) is one device that every rank shares:
-            // the fake NCCL allows it, real NCCL refuses two ranks on one GPU.
+            // The emulated driver (chosen by --emulate or by TOKENMILL_CUDA_LIBRARY) reports a few devices, all the same CPU;
+            // ranks beyond them share device 0: the fake NCCL allows it, real NCCL refuses two ranks on one GPU.
             bool shared = contexts[0].DeviceName == EmulatedDeviceName;
             if (!shared && count < ranks)
             {
                 stderr.WriteLine($"tokenmill kernels: error: --ranks {ranks} needs {ranks} GPUs (one per rank), the driver reports {count}");
                 return Cli.ExitFailure;
             }
-            for (int r = 1; r < ranks; r++) contexts.Add(CudaContext.Create(shared ? 0 : r));
+            for (int r = 1; r < ranks; r++) contexts.Add(CudaContext.Create(shared && r >= count ? 0 : r));
             stdout.WriteLine($"NCCL {FormatVersion(NcclCommunicator.Version())}, {ranks} rank{(ranks == 1 ? "" : "s")}, timeout {timeout.TotalSeconds:0.###} s");
             for (int r = 0; r < ranks; r++) stdout.WriteLine($"rank {r}: device {contexts[r].Device.Value}, {contexts[r].DeviceName}");
             return WriteNcclChecks(NcclSelfTest.Run(contexts, timeout, stall), stdout);
@@ -450,7 +507,7 @@ public static class KernelsCommand
         IReadOnlyList<EmulationFailure> shimFailures = [];
         if (emulate)
         {
-            if (device != 0) throw new UsageException("--device has no meaning with --emulate (the shim is one device)");
+            if (device != 0) throw new UsageException("--device has no meaning with --emulate (every device of the shim is the same CPU)");
             EmulatedDriver driver;
             // --no-cache: build into a scratch folder, removed once the driver is loaded (Linux keeps a mapped file alive).
             string? scratch = a.Flag("no-cache") ? Directory.CreateTempSubdirectory("tokenmill-emu-objects").FullName : null;

@@ -120,7 +120,8 @@ public static class ServeCommand
                 ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
                 : "";
             string device = engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
-                ? $"device {(engine.Options.Device == TokenMill.Core.EngineDevice.CudaEmulated ? "cuda-emulated" : "cuda")} ({cuda.DeviceName})"
+                ? $"device {(engine.Options.Device == TokenMill.Core.EngineDevice.CudaEmulated ? "cuda-emulated" : "cuda")} ({cuda.DeviceName}" +
+                  $"{(cuda.WorldSize > 1 ? $", tensor-parallel {cuda.WorldSize} ranks on devices 0–{cuda.WorldSize - 1}" : "")})"
                 : $"device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel})";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +

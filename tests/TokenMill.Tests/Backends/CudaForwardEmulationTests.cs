@@ -32,6 +32,33 @@ public sealed class EmulatedDriverFixture : IDisposable
         KernelEmulation.Build(KernelSources.Embedded(), Path.Combine(CacheRoot, "kernels"));
     }
 
+    /// <summary>Runs <c>tokenmill ARGS</c> in a child process with this fixture's cache; its output goes to <paramref name="log"/>.</summary>
+    public (int Code, string Output) Tokenmill(Xunit.Abstractions.ITestOutputHelper log, params string[] args)
+    {
+        var env = new Dictionary<string, string> { ["TOKENMILL_CACHE_DIR"] = CacheRoot };
+        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5), env);
+        Assert.True(run.ExitCode != -1, run.Text);
+        log.WriteLine(run.Text);
+        return (run.ExitCode, run.Text);
+    }
+
+    /// <summary>Each prompt's generated token ids, from <c>generate --prompts-file --jsonl</c> with <paramref name="deviceArgs"/> (--device …).</summary>
+    public List<int[]> GreedyTokenIds(Xunit.Abstractions.ITestOutputHelper log, string[] deviceArgs, string[] prompts, params string[] modelArgs)
+    {
+        string file = Path.GetTempFileName();
+        File.WriteAllLines(file, prompts);
+        try
+        {
+            var (code, output) = Tokenmill(log, ["generate", .. modelArgs, "--prompts-file", file, "--jsonl", "--temperature", "0", "--ignore-eos", .. deviceArgs]);
+            Assert.True(code == 0, output);
+            var ids = output.Split('\n').Where(l => l.StartsWith("{\"index\"", StringComparison.Ordinal))
+                .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToList();
+            Assert.Equal(prompts.Length, ids.Count);
+            return ids;
+        }
+        finally { File.Delete(file); }
+    }
+
     public void Dispose() => Directory.Delete(CacheRoot, recursive: true);
 }
 
@@ -46,31 +73,10 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
 {
     void Require() => Skip.If(driver.SkipReason is not null, driver.SkipReason);
 
-    (int Code, string Output) Tokenmill(params string[] args)
-    {
-        var env = new Dictionary<string, string> { ["TOKENMILL_CACHE_DIR"] = driver.CacheRoot };
-        var run = ExternalTool.Run("dotnet", [Path.Combine(AppContext.BaseDirectory, "tokenmill.dll"), .. args], TimeSpan.FromMinutes(5), env);
-        Assert.True(run.ExitCode != -1, run.Text);
-        log.WriteLine(run.Text);
-        return (run.ExitCode, run.Text);
-    }
+    (int Code, string Output) Tokenmill(params string[] args) => driver.Tokenmill(log, args);
 
     /// <summary>Each prompt's generated token ids, from <c>generate --prompts-file --jsonl</c> on one device.</summary>
-    List<int[]> GreedyTokenIds(string device, string[] prompts, params string[] modelArgs)
-    {
-        string file = Path.GetTempFileName();
-        File.WriteAllLines(file, prompts);
-        try
-        {
-            var (code, output) = Tokenmill(["generate", .. modelArgs, "--prompts-file", file, "--jsonl", "--temperature", "0", "--ignore-eos", "--device", device]);
-            Assert.True(code == 0, output);
-            var ids = output.Split('\n').Where(l => l.StartsWith("{\"index\"", StringComparison.Ordinal))
-                .Select(l => JsonDocument.Parse(l).RootElement.GetProperty("token_ids").EnumerateArray().Select(e => e.GetInt32()).ToArray()).ToList();
-            Assert.Equal(prompts.Length, ids.Count);
-            return ids;
-        }
-        finally { File.Delete(file); }
-    }
+    List<int[]> GreedyTokenIds(string device, string[] prompts, params string[] modelArgs) => driver.GreedyTokenIds(log, ["--device", device], prompts, modelArgs);
 
     [SkippableFact]
     public void Greedy_generate_on_stories260K_gives_the_same_token_ids_as_the_CPU()

@@ -234,6 +234,29 @@ public class TensorParallelTests(ITestOutputHelper output)
         Assert.All(shards.Items, s => Assert.Equal(s.Rank * per, s.VocabStart));
     }
 
+    [Theory]
+    [InlineData(10, 4, 2)]   // ⌈10/4⌉ = 3 a rank: 3, 3, 3 and 1 rows
+    [InlineData(12, 4, 3)]   // even
+    [InlineData(5, 4, 1)]    // ⌈5/4⌉ = 2: 2, 2, 1 and none
+    public void Gathered_vocabulary_parallel_logits_are_laid_out_as_whole_rows(int vocab, int ranks, int rows)
+    {
+        // What each rank's head computes (rows × its count, row-major), padded to ⌈V/N⌉ per row as the all-gather sends it.
+        float Logit(int row, int token) => row * 100 + token;
+        int per = (vocab + ranks - 1) / ranks;
+        var gathered = new float[ranks * rows * per];
+        gathered.AsSpan().Fill(float.NaN);   // the padding must never be read
+        for (int r = 0; r < ranks; r++)
+        {
+            int first = Math.Min(vocab, r * per), count = Math.Min(per, vocab - first);
+            for (int t = 0; t < rows; t++)
+                for (int i = 0; i < count; i++) gathered[r * rows * per + t * count + i] = Logit(t, first + i);
+        }
+        var logits = new float[rows * vocab];
+        TensorParallelShard.VocabRowsFromGathered(gathered, rows, per, vocab, logits);
+        for (int t = 0; t < rows; t++)
+            for (int v = 0; v < vocab; v++) Assert.Equal(Logit(t, v), logits[t * vocab + v]);
+    }
+
     sealed class DisposableList<T>(T[] items) : IDisposable where T : IDisposable
     {
         public T[] Items { get; } = items;

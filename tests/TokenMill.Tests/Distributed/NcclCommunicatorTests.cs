@@ -64,7 +64,8 @@ public sealed class NcclCommunicatorTests(FakeNcclLibrary fake, Xunit.Abstractio
         var (code, output, _) = Tokenmill(new() { ["TOKENMILL_CUDA_LIBRARY"] = library, ["TOKENMILL_NCCL_LIBRARY"] = library },
                                           "kernels", "nccl", "--ranks", ranks.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(code == 0, output);
-        Assert.Contains($"rank {ranks - 1}: device 0, {TokenMill.Server.Cli.KernelsCommand.EmulatedDeviceName}", output);
+        // The emulated driver has a device per rank, as tensor parallelism on GPUs needs (rank r on device r).
+        Assert.Contains($"rank {ranks - 1}: device {ranks - 1}, {TokenMill.Server.Cli.KernelsCommand.EmulatedDeviceName}", output);
         int expected = ranks * NcclSelfTest.Lengths.Length * 4;
         Assert.Contains($"all {expected} checks passed", output);
         foreach (int len in NcclSelfTest.Lengths)

@@ -24,13 +24,9 @@ public sealed class CpuExecutor : IModelExecutor
     readonly CpuForward[] _forwards;
     readonly PagedKvStore[] _kvStores;
     readonly SharedMemoryGroup? _group;
-    readonly Thread[] _threads;
-    readonly SemaphoreSlim[] _start;
-    readonly float[][] _rankLogits;
+    readonly TensorParallelRanks? _ranks;
     ForwardBatch? _batch;
-    int _logitsLength;
-    volatile bool _stopping;
-    CommunicatorException? _failure;
+    bool _disposed;
 
     /// <param name="model">The whole model; each rank takes its shard of it.</param>
     /// <param name="tensorParallelSize">N, the number of ranks (1: no tensor parallelism).</param>
@@ -50,9 +46,6 @@ public sealed class CpuExecutor : IModelExecutor
         _pools = new CpuWorkerPool[n];
         _forwards = new CpuForward[n];
         _kvStores = new PagedKvStore[n];
-        _start = new SemaphoreSlim[n];
-        _rankLogits = new float[n][];
-        _threads = new Thread[n];
         try
         {
             if (n > 1) _group = new SharedMemoryGroup(n, maxBatchTokens * model.Config.EmbeddingLength, timeout);
@@ -63,8 +56,6 @@ public sealed class CpuExecutor : IModelExecutor
                 ICommunicator comm = _group?.Communicator(r) ?? SingleRankCommunicator.Instance;
                 _forwards[r] = new CpuForward(_shards[r], comm, maxBatchTokens, _pools[r]);
                 _kvStores[r] = new PagedKvStore(_shards[r].Config, kvBlocks, blockSize);
-                _start[r] = new SemaphoreSlim(0);
-                _rankLogits[r] = [];
             }
         }
         catch
@@ -72,19 +63,15 @@ public sealed class CpuExecutor : IModelExecutor
             DisposeRanks(n);
             throw;
         }
-        for (int r = 1; r < n; r++)
-        {
-            int rank = r;
-            _threads[r] = new Thread(() => RankLoop(rank)) { IsBackground = true, Name = $"tokenmill-tp-rank-{rank}" };
-            _threads[r].Start();
-        }
+        if (_group is { } group)
+            _ranks = new TensorParallelRanks(n, RunRank, (rank, error) => group.Communicator(rank).Abort(error), () => group.Error);
     }
 
     public int WorldSize { get; }
     public int ThreadsPerRank { get; }
 
     /// <summary>The error that stopped the ranks, or null while they work.</summary>
-    public CommunicatorException? Failure => Volatile.Read(ref _failure);
+    public CommunicatorException? Failure => _ranks?.Failure;
 
     Exception? IModelExecutor.Failure => Failure;
 
@@ -96,11 +83,7 @@ public sealed class CpuExecutor : IModelExecutor
     {
         set
         {
-            for (int r = 0; r < WorldSize; r++)
-            {
-                int rank = r;
-                _forwards[r].LayerHook = value is null ? null : layer => value(rank, layer);
-            }
+            for (int r = 0; r < WorldSize; r++) _forwards[r].LayerHook = TensorParallelRanks.LayerHookOf(value, r);
         }
     }
 
@@ -109,24 +92,17 @@ public sealed class CpuExecutor : IModelExecutor
     /// <exception cref="CommunicatorException">A rank failed or stalled; this executor is done for.</exception>
     public void Forward(ForwardBatch batch, Span<float> logits)
     {
-        if (Failure is { } failed) throw new CommunicatorException(failed.Rank, failed.Operation, failed.Message, failed.InnerException);
-        if (WorldSize == 1)
+        if (_ranks is null)
         {
             _forwards[0].Forward(batch, _kvStores[0], logits);
             return;
         }
+        _ranks.ThrowIfFailed();
         _forwards[0].Validate(batch, _kvStores[0], logits.Length); // every rank would refuse the same batch: refuse it here, before any rank starts
         _batch = batch;
-        _logitsLength = logits.Length;
-        for (int r = 1; r < WorldSize; r++) _start[r].Release();
         try
         {
-            RunRank(0, logits);
-        }
-        catch (CommunicatorException e)
-        {
-            Interlocked.CompareExchange(ref _failure, _group!.Error ?? e, null);
-            throw;
+            _ranks.Step(logits);
         }
         finally
         {
@@ -143,57 +119,16 @@ public sealed class CpuExecutor : IModelExecutor
     /// <summary>One rank's step: its forward pass, then a barrier, after which no rank reads the batch any more.</summary>
     void RunRank(int rank, Span<float> logits)
     {
-        var comm = _group!.Communicator(rank);
-        try
-        {
-            _forwards[rank].Forward(_batch!, _kvStores[rank], logits);
-            comm.Barrier();
-        }
-        catch (CommunicatorException)
-        {
-            throw;
-        }
-        catch (Exception e)
-        {
-            var error = new CommunicatorException(rank, "forward", $"tensor-parallel rank {rank} failed in its forward pass: {e.Message}", e);
-            comm.Abort(error);
-            throw new CommunicatorException(rank, "forward", error.Message, e);
-        }
-    }
-
-    void RankLoop(int rank)
-    {
-        while (true)
-        {
-            _start[rank].Wait();
-            if (_stopping) return;
-            if (_rankLogits[rank].Length < _logitsLength) _rankLogits[rank] = new float[_logitsLength];
-            try
-            {
-                RunRank(rank, _rankLogits[rank].AsSpan(0, _logitsLength));
-            }
-            catch (CommunicatorException)
-            {
-                // The group is aborted and rank 0 reports it; this rank waits to be stopped.
-            }
-        }
+        _forwards[rank].Forward(_batch!, _kvStores[rank], logits);
+        _group!.Communicator(rank).Barrier();
     }
 
     public void Dispose()
     {
-        if (_stopping) return;
-        _stopping = true;
-        _group?.Dispose(); // wakes a rank blocked in a collective
-        int joined = 1;
-        for (int r = 1; r < WorldSize; r++)
-        {
-            _start[r].Release();
-            // A rank stuck outside any collective (a stalled kernel) is left behind rather than waited for; its
-            // buffers are then not freed under it (only ranks that stopped give theirs back).
-            if (_threads[r].Join(TimeSpan.FromSeconds(5))) joined++;
-            else break;
-        }
-        DisposeRanks(joined);
+        if (_disposed) return;
+        _disposed = true;
+        // Disposing the group wakes a rank blocked in a collective; a rank that does not stop keeps its buffers.
+        DisposeRanks(_ranks?.Stop(() => _group!.Dispose()) ?? WorldSize);
     }
 
     void DisposeRanks(int count)

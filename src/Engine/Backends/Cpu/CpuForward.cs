@@ -236,13 +236,7 @@ public sealed unsafe class CpuForward : IDisposable
             MatMul(_h, rows, _w.Output, y); // rows × this rank's count, row-major
         var gathered = _gatheredLogits.AsSpan(0, rows * per * n);
         _comm.AllGather(_localLogits.AsSpan(0, rows * per), gathered);
-        for (int r = 0; r < n; r++)
-        {
-            int first = Math.Min(vocab, r * per), count = Math.Min(per, vocab - first);
-            var part = gathered.Slice(r * rows * per, rows * per);
-            for (int t = 0; t < rows; t++)
-                part.Slice(t * count, count).CopyTo(logits.Slice(t * vocab + first, count));
-        }
+        TensorParallelShard.VocabRowsFromGathered(gathered, rows, per, vocab, logits);
     }
 
     /// <summary>All layers for batch rows [start, start + n).</summary>

@@ -1,4 +1,5 @@
 using TokenMill.Core;
+using TokenMill.Distributed;
 using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 using TokenMill.KvCache;
@@ -11,90 +12,148 @@ namespace TokenMill.Backends.Cuda;
 /// (<c>--device cuda-emulated</c>: the same host path, NVRTC and PTX included, with the kernels executed on the CPU).
 /// Owns the context, the uploaded weights (<see cref="CudaForward"/>) and the KV cache in device memory
 /// (<see cref="CudaKvCache"/>), sized by <see cref="EngineOptions.GpuMemoryUtilization"/>.
+/// With <see cref="EngineOptions.TensorParallelSize"/> N &gt; 1 it runs N ranks as <see cref="Cpu.CpuExecutor"/> does,
+/// rank r on device r: each rank has its context, its <see cref="TensorParallelShard"/> of the weights, its KV heads'
+/// cache (the same block tables on every rank) and its rank of an NCCL group in this process; rank 0 runs on the
+/// caller's thread, the others on threads of their own (<see cref="TensorParallelRanks"/>).
 /// </summary>
 /// <remarks>
-/// The context is made current on whichever thread calls (the engine loop, which is not the thread that built it).
+/// A context is made current on whichever thread calls (the engine loop, which is not the thread that built it).
 /// A CUDA error inside a step leaves the context in an unknown state (a kernel fault is sticky), so it fails the
 /// executor for good (<see cref="Failure"/>) and the engine stops; a batch refused by validation fails only its requests.
-/// UNVERIFIED ON HARDWARE: tested on the emulated driver only.
+/// Under tensor parallelism a rank that throws or stalls fails the step with one <see cref="CommunicatorException"/>
+/// naming the rank and the operation, and the executor stays failed.
+/// UNVERIFIED ON HARDWARE: tested on the emulated driver (and, for tensor parallelism, the fake NCCL) only.
 /// </remarks>
 public sealed class CudaExecutor : IModelExecutor
 {
     static readonly Lock EmulationGate = new();
     static string? s_emulatedDriver;
 
-    readonly CudaContext _ctx;
-    readonly CudaForward _forward;
-    readonly CudaKvCache _kv;
-    int _currentThread;
+    // One entry per rank.
+    readonly CudaContext[] _contexts;
+    readonly TensorParallelShard[] _shards;
+    readonly CudaForward[] _forwards;
+    readonly CudaKvCache[] _kvs;
+    readonly NcclCommunicator[] _comms;   // empty with one rank
+    readonly int[] _currentThread;       // the managed thread each rank's context was last made current on
+    readonly TensorParallelRanks? _ranks;
+    ForwardBatch? _batch;
     Exception? _failure;
+    bool _disposed;
 
-    CudaExecutor(CudaContext ctx, CudaForward forward, CudaKvCache kv)
+    CudaExecutor(CudaContext[] contexts, TensorParallelShard[] shards, CudaForward[] forwards, CudaKvCache[] kvs, NcclCommunicator[] comms)
     {
-        _ctx = ctx;
-        _forward = forward;
-        _kv = kv;
-        _currentThread = Environment.CurrentManagedThreadId;
+        _contexts = contexts;
+        _shards = shards;
+        _forwards = forwards;
+        _kvs = kvs;
+        _comms = comms;
+        _currentThread = new int[contexts.Length];
+        _currentThread[0] = Environment.CurrentManagedThreadId;   // Create leaves rank 0's context current
+        // No group error to ask for: the NCCL ranks of one process share a record, and every rank throws its first error.
+        if (comms.Length > 1)
+            _ranks = new TensorParallelRanks(comms.Length, RunRank, (rank, error) => _comms[rank].Abort(error), groupError: null);
     }
 
     /// <summary>
-    /// Opens the device, uploads <paramref name="model"/> and allocates the KV cache: <see cref="EngineOptions.NumKvBlocks"/>
+    /// Opens the device(s), uploads <paramref name="model"/> (each rank its shard) and allocates the KV cache: <see cref="EngineOptions.NumKvBlocks"/>
     /// or <see cref="EngineOptions.KvCacheMemoryBytes"/> when given, else what <see cref="EngineOptions.GpuMemoryUtilization"/>
     /// of the device's memory leaves after the weights and activations (no more than <see cref="EngineOptions.MaxNumSeqs"/>
-    /// full-length sequences could use).
+    /// full-length sequences could use); under tensor parallelism every rank's device must hold that many blocks of its KV heads.
     /// </summary>
     /// <param name="model">The model (Llama family: <see cref="CudaForward.CheckSupported"/>).</param>
-    /// <param name="options">The engine's options: device, block size, KV sizing.</param>
+    /// <param name="options">The engine's options: device, tensor-parallel size and timeout, block size, KV sizing.</param>
     /// <param name="maxModelLen">Longest sequence: the KV cache must hold one.</param>
     /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
-    /// <exception cref="InvalidOperationException">No driver, no NVRTC, or a CUDA error while setting up; the message says which.</exception>
+    /// <exception cref="InvalidOperationException">No driver, no NVRTC, no NCCL, too few devices, or a CUDA error while setting up; the message says which.</exception>
     /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes.</exception>
-    /// <exception cref="ArgumentException">The KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
+    /// <exception cref="ArgumentException">The model does not split across the ranks, or the KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
+    /// <exception cref="CommunicatorException">The ranks' NCCL group did not form within the timeout.</exception>
     public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens)
     {
         CudaForward.CheckSupported(model);   // before minutes of emulated-driver build or upload
-        if (options.TensorParallelSize != 1)
-            throw new ArgumentException($"--tensor-parallel-size {options.TensorParallelSize}: the CUDA backend runs on one device (tensor parallelism is --device cpu only)");
+        int n = options.TensorParallelSize;
+        TensorParallelShard.CheckSplit(model.Config, model.Weights, n, model.Name);
         string device = options.Device == EngineDevice.CudaEmulated ? "--device cuda-emulated" : "--device cuda";
         var sources = KernelSources.Embedded();
-        CudaContext? ctx = null;
-        CudaForward? forward = null;
+        var contexts = new List<CudaContext>();
+        var shards = new List<TensorParallelShard>();
+        var forwards = new List<CudaForward>();
+        var kvs = new List<CudaKvCache>();
+        NcclCommunicator[] comms = [];
         try
         {
             if (options.Device == EngineDevice.CudaEmulated) UseEmulatedDriver(sources);
             // The driver first: on a machine without a GPU, that is the thing to say.
             int count = CudaContext.DeviceCount();
             if (count == 0) throw new InvalidOperationException($"{device}: the CUDA driver reports no device");
+            if (count < n) throw new InvalidOperationException($"{device} --tensor-parallel-size {n} needs {n} GPUs (rank r on GPU r), the driver reports {count}");
             if (!NativeLibraryResolver.TryLoad(CudaLibrary.Nvrtc, out string nvrtc)) throw new InvalidOperationException($"{device}: {nvrtc}");
-            ctx = CudaContext.Create(0);
-            if (options.Device == EngineDevice.CudaEmulated && ctx.DeviceName != KernelEmulation.DeviceName)
-                throw new InvalidOperationException($"{device} loaded a driver whose device is '{ctx.DeviceName}', not the CPU emulation");
-            forward = new CudaForward(ctx, model, new KernelCompiler(KernelCompiler.DefaultCacheDirectory()), sources,
-                maxBatchTokens, maxModelLen, options.BlockSize);
-            int blocks = KvBlocks(ctx, model, options, maxModelLen, device);
-            var kv = new CudaKvCache(ctx, model.Config, blocks, options.BlockSize);
-            return new CudaExecutor(ctx, forward, kv);
+            if (n > 1 && !NativeLibraryResolver.TryLoad(CudaLibrary.Nccl, out string nccl))
+                throw new InvalidOperationException($"{device} --tensor-parallel-size {n}: the ranks' all-reduce needs NCCL: {nccl}");
+            for (int r = 0; r < n; r++)
+            {
+                var ctx = CudaContext.Create(r);
+                contexts.Add(ctx);
+                if (options.Device == EngineDevice.CudaEmulated && ctx.DeviceName != KernelEmulation.DeviceName)
+                    throw new InvalidOperationException($"{device} loaded a driver whose device is '{ctx.DeviceName}', not the CPU emulation");
+            }
+            if (n > 1) comms = NcclCommunicator.CreateInProcess(contexts, options.TensorParallelTimeout);
+            var compiler = new KernelCompiler(KernelCompiler.DefaultCacheDirectory());
+            for (int r = 0; r < n; r++)
+            {
+                contexts[r].MakeCurrent();
+                shards.Add(TensorParallelShard.Create(model, r, n));
+                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize));
+            }
+            // Every rank has the same block tables: the pool is the fewest blocks any rank's device holds.
+            int blocks = int.MaxValue;
+            for (int r = 0; r < n; r++)
+            {
+                contexts[r].MakeCurrent();
+                blocks = Math.Min(blocks, KvBlocks(contexts[r], shards[r].Config, options, maxModelLen, n == 1 ? device : $"{device} rank {r}"));
+            }
+            for (int r = 0; r < n; r++)
+            {
+                contexts[r].MakeCurrent();
+                kvs.Add(new CudaKvCache(contexts[r], shards[r].Config, blocks, options.BlockSize));
+            }
+            contexts[0].MakeCurrent();
+            return new CudaExecutor([.. contexts], [.. shards], [.. forwards], [.. kvs], comms);
         }
         catch (Exception e) when (e is DllNotFoundException or CudaInteropException)
         {
-            forward?.Dispose();
-            ctx?.Dispose();
+            Release(contexts, shards, forwards, kvs, comms);
             string hint = e is DllNotFoundException && options.Device == EngineDevice.Cuda
                 ? " (without a GPU, --device cuda-emulated runs the CUDA path on the CPU, slowly)" : "";
             throw new InvalidOperationException($"{device}: {e.Message}{hint}", e);
         }
         catch
         {
-            forward?.Dispose();
-            ctx?.Dispose();
+            Release(contexts, shards, forwards, kvs, comms);
             throw;
         }
     }
 
-    /// <summary>How many KV blocks the device's cache gets (see <see cref="Create"/>); throws when one sequence does not fit.</summary>
-    static int KvBlocks(CudaContext ctx, Model model, EngineOptions options, int maxModelLen, string device)
+    /// <summary>Frees what a failed <see cref="Create"/> had made, rank by rank on its own context.</summary>
+    static void Release(List<CudaContext> contexts, List<TensorParallelShard> shards, List<CudaForward> forwards, List<CudaKvCache> kvs, NcclCommunicator[] comms)
     {
-        long bytesPerBlock = CudaKvCache.BytesPerBlock(model.Config, options.BlockSize);
+        foreach (var c in comms) c.Dispose();
+        for (int r = 0; r < contexts.Count; r++)
+        {
+            contexts[r].MakeCurrent();
+            if (r < kvs.Count) kvs[r].Dispose();
+            if (r < forwards.Count) forwards[r].Dispose();
+            if (r < shards.Count) shards[r].Dispose();
+            contexts[r].Dispose();
+        }
+    }
+
+    /// <summary>How many KV blocks the device's cache gets (see <see cref="Create"/>); throws when one sequence does not fit.</summary>
+    static int KvBlocks(CudaContext ctx, ModelConfig config, EngineOptions options, int maxModelLen, string device)
+    {
+        long bytesPerBlock = CudaKvCache.BytesPerBlock(config, options.BlockSize);
         int perSequence = KvCacheManager.BlocksFor(maxModelLen, options.BlockSize);
         var (free, total) = ctx.MemoryInfo();
         long blocks;
@@ -133,7 +192,7 @@ public sealed class CudaExecutor : IModelExecutor
 
     /// <summary>
     /// Builds the emulated driver from <paramref name="sources"/> (g++, cached by hash) and makes it the process's
-    /// libcuda. Once per process: the resolver never switches a loaded driver.
+    /// libcuda and libnccl. Once per process: the resolver never switches a loaded driver.
     /// </summary>
     static void UseEmulatedDriver(IReadOnlyList<KernelSource> sources)
     {
@@ -145,28 +204,50 @@ public sealed class CudaExecutor : IModelExecutor
             if (missing.Count > 0)
                 throw new InvalidOperationException($"the emulated driver cannot run {string.Join("; ", missing.Select(f => $"{f.Kernel}: {f.Message}"))}");
             NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+            NativeLibraryResolver.UseLibrary(CudaLibrary.Nccl, driver.LibraryPath);   // the fake NCCL is part of the same library
             s_emulatedDriver = driver.LibraryPath;
         }
     }
 
-    public int WorldSize => 1;
+    public int WorldSize => _contexts.Length;
 
-    /// <summary>KV blocks of the device's cache: the scheduler's pool has exactly these.</summary>
-    public int KvBlockCount => _kv.BlockCount;
+    /// <summary>KV blocks of each rank's cache: the scheduler's pool has exactly these.</summary>
+    public int KvBlockCount => _kvs[0].BlockCount;
 
-    /// <summary>The device's name, as the driver reports it.</summary>
-    public string DeviceName => _ctx.DeviceName;
+    /// <summary>The device's name, as the driver reports it (rank 0's).</summary>
+    public string DeviceName => _contexts[0].DeviceName;
 
-    /// <summary>Device memory of the weights, activations and KV cache.</summary>
-    public long DeviceBytes => _forward.DeviceBytes + CudaKvCache.BytesPerBlock(_forward.Config, _kv.BlockSize) * _kv.BlockCount;
+    /// <summary>Device memory of the weights, activations and KV cache, summed over the ranks.</summary>
+    public long DeviceBytes => Enumerable.Range(0, WorldSize).Sum(r => _forwards[r].DeviceBytes + CudaKvCache.BytesPerBlock(_forwards[r].Config, _kvs[r].BlockSize) * _kvs[r].BlockCount);
 
-    public Exception? Failure => Volatile.Read(ref _failure);
+    public Exception? Failure => (Exception?)_ranks?.Failure ?? Volatile.Read(ref _failure);
+
+    /// <summary>Rank 0's collective calls (all zero with one rank).</summary>
+    public CommunicatorStats CommunicatorStats => _comms.Length > 0 ? _comms[0].Stats : SingleRankCommunicator.Instance.Stats;
+
+    /// <summary>Test hook (fault injection): runs on rank <c>rank</c>'s thread at the start of every layer (rank, layer).</summary>
+    internal Action<int, int>? LayerHook
+    {
+        set
+        {
+            for (int r = 0; r < WorldSize; r++) _forwards[r].LayerHook = TensorParallelRanks.LayerHookOf(value, r);
+        }
+    }
 
     public void Forward(ForwardBatch batch, Span<float> logits)
     {
-        if (Failure is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
-        MakeCurrent();
-        try { _forward.Forward(batch, _kv, logits); }   // a batch refused by its validation throws ArgumentException: not a failure of the device
+        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+        if (_ranks is not null)
+        {
+            _ranks.ThrowIfFailed();
+            _forwards[0].Validate(batch, _kvs[0], logits.Length);   // every rank would refuse the same batch: refuse it before any rank starts
+            _batch = batch;
+            try { _ranks.Step(logits); }
+            finally { _batch = null; }
+            return;
+        }
+        MakeCurrent(0);
+        try { _forwards[0].Forward(batch, _kvs[0], logits); }   // a batch refused by its validation throws ArgumentException: not a failure of the device
         catch (CudaInteropException e)
         {
             Interlocked.CompareExchange(ref _failure, e, null);
@@ -174,31 +255,58 @@ public sealed class CudaExecutor : IModelExecutor
         }
     }
 
+    /// <summary>One rank's step on its own thread: its forward pass, then a barrier, after which no rank reads the batch any more.</summary>
+    void RunRank(int rank, Span<float> logits)
+    {
+        MakeCurrent(rank);
+        _forwards[rank].Forward(_batch!, _kvs[rank], logits);
+        _forwards[rank].Barrier();
+    }
+
+    /// <summary>Copy-on-write of a KV block, on every rank's cache (between steps, when no rank runs).</summary>
     public void CopyBlock(int source, int destination)
     {
-        MakeCurrent();
-        try { _kv.CopyBlock(source, destination); }
-        catch (CudaInteropException e)
+        if (_ranks is not null) _ranks.ThrowIfFailed();
+        for (int r = 0; r < WorldSize; r++)
         {
-            Interlocked.CompareExchange(ref _failure, e, null);
-            throw;
+            MakeCurrent(r);
+            try { _kvs[r].CopyBlock(source, destination); }
+            catch (CudaInteropException e)
+            {
+                var error = new CommunicatorException(r, "copy-block", $"tensor-parallel rank {r} failed to copy a KV block: {e.Message}", e);
+                Interlocked.CompareExchange(ref _failure, WorldSize == 1 ? e : error, null);
+                throw;
+            }
         }
     }
 
-    void MakeCurrent()
+    /// <summary>Makes rank <paramref name="rank"/>'s context current on the calling thread, unless it is already.</summary>
+    void MakeCurrent(int rank)
     {
         int thread = Environment.CurrentManagedThreadId;
-        if (thread == _currentThread) return;
-        _ctx.MakeCurrent();
-        _currentThread = thread;
+        if (_currentThread[rank] == thread) return;
+        _contexts[rank].MakeCurrent();
+        // A thread has one current context: the ranks that were current here are not any more.
+        for (int r = 0; r < _currentThread.Length; r++)
+            if (_currentThread[r] == thread) _currentThread[r] = 0;
+        _currentThread[rank] = thread;
     }
 
     public void Dispose()
     {
-        _currentThread = 0;
-        MakeCurrent();   // freeing device memory needs the context on this thread
-        _kv.Dispose();
-        _forward.Dispose();
-        _ctx.Dispose();
+        if (_disposed) return;
+        _disposed = true;
+        // A failed group was aborted (its pending collectives released); a working one has no rank inside a collective.
+        int stopped = _ranks?.Stop(wake: null) ?? 1;
+        foreach (var c in _comms.Take(stopped)) c.Dispose();
+        for (int r = 0; r < stopped; r++)
+        {
+            _currentThread[r] = 0;
+            MakeCurrent(r);   // freeing device memory needs the context on this thread
+            _kvs[r].Dispose();
+            _forwards[r].Dispose();
+            _shards[r].Dispose();
+            _contexts[r].Dispose();
+        }
     }
 }

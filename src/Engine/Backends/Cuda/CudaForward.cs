@@ -1,3 +1,4 @@
+using TokenMill.Distributed;
 using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 using TokenMill.Models;
@@ -90,6 +91,11 @@ public sealed class CudaKvCache : IDisposable
 /// + 1 (causal) and whose block table is its sequence's: correct and simple; a flash-style prefill kernel is faster.
 /// A step's metadata (token ids, positions, slot mapping, context lengths, block tables, logit rows) is uploaded
 /// once per chunk of at most <c>maxBatchTokens</c> rows; the logit rows come back to the host for the sampler.
+/// Tensor parallelism is this same pass on one rank's <see cref="TensorParallelShard"/> with an NCCL communicator, the
+/// collectives where <see cref="Cpu.CpuForward"/> has them: an all-reduce after the vocabulary-parallel embedding
+/// lookup (a token outside the rank's rows reads a zero row), after the attention output projection and after the down
+/// projection, and an all-gather of the vocabulary-parallel logits. They run on a stream of their own, which waits for
+/// the kernels of the legacy default stream before it, and each returns once done, before the next launch.
 /// UNVERIFIED ON HARDWARE: this runs on the emulated driver (tools/cuda-emu) in the tests; no GPU has run it yet.
 /// </remarks>
 public sealed class CudaForward : IDisposable
@@ -118,6 +124,13 @@ public sealed class CudaForward : IDisposable
 
     readonly CudaContext _ctx;
     readonly ModelConfig _c;
+    // Tensor parallelism: the group (null with one rank), the stream its collectives run on, this rank's vocabulary rows.
+    readonly IDeviceCommunicator? _comm;
+    readonly CudaStream? _collectives;
+    readonly int _vocabStart, _vocabCount, _vocabPerRank;
+    readonly DeviceBuffer? _gatheredLogits;
+    readonly int[] _hostTokens = [];
+    float[] _hostGathered = [];
     readonly int _maxTokens, _maxBlocksPerSequence;
     readonly List<IDisposable> _owned = [];
     readonly Dictionary<(WeightTensor, GgmlType), DeviceBuffer> _uploaded = [];
@@ -146,13 +159,37 @@ public sealed class CudaForward : IDisposable
     /// <param name="blockSize">Tokens per KV block.</param>
     public CudaForward(CudaContext context, Model model, KernelCompiler compiler, IReadOnlyList<KernelSource> sources,
                        int maxBatchTokens, int maxModelLen, int blockSize)
+        : this(context, Checked(model), null, compiler, sources, maxBatchTokens, maxModelLen, blockSize)
+    {
+    }
+
+    static TensorParallelShard Checked(Model model)
+    {
+        CheckSupported(model);
+        return TensorParallelShard.Whole(model);
+    }
+
+    /// <summary>One tensor-parallel rank on its own device: its shard of the weights and its rank of the NCCL group.</summary>
+    /// <param name="context">The rank's device's context, current on the calling thread.</param>
+    /// <param name="shard">The rank's weights (the model checked by <see cref="CheckSupported"/> first).</param>
+    /// <param name="communicator">The rank's communicator; null with one rank.</param>
+    /// <param name="compiler">Compiles the kernels for the device.</param>
+    /// <param name="sources">The kernel sources.</param>
+    /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
+    /// <param name="maxModelLen">Longest sequence.</param>
+    /// <param name="blockSize">Tokens per KV block.</param>
+    internal CudaForward(CudaContext context, TensorParallelShard shard, IDeviceCommunicator? communicator, KernelCompiler compiler,
+                         IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxModelLen, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
-        CheckSupported(model);
+        if ((communicator?.Rank ?? 0, communicator?.WorldSize ?? 1) != (shard.Rank, shard.WorldSize))
+            throw new ArgumentException($"the communicator (rank {communicator?.Rank ?? 0} of {communicator?.WorldSize ?? 1}) does not match the shard (rank {shard.Rank} of {shard.WorldSize})");
         _ctx = context;
-        _c = model.Config;
+        _c = shard.Config;
+        _comm = shard.WorldSize > 1 ? communicator : null;
+        (_vocabStart, _vocabCount, _vocabPerRank) = (shard.VocabStart, shard.VocabCount, shard.VocabPerRank);
         _maxTokens = maxBatchTokens;
         _maxBlocksPerSequence = (maxModelLen + blockSize - 1) / blockSize;
         try
@@ -174,7 +211,7 @@ public sealed class CudaForward : IDisposable
             _attention = Kernel("paged_attention_decode_f32");
             _siluAndMul = Kernel("silu_and_mul");
 
-            var w = model.Weights;
+            var w = shard.Weights;
             (_embedding, _embeddingKernel) = UploadEmbedding(w.TokenEmbedding);
             _layers = [.. w.Layers.Select(l => new DeviceLayer(
                 UploadFloats(l.AttnNorm), Matrix(l.Wq), Matrix(l.Wk), Matrix(l.Wv), Matrix(l.Wo),
@@ -194,7 +231,13 @@ public sealed class CudaForward : IDisposable
             _gate = Floats((long)n * _c.FeedForwardLength);
             _up = Floats((long)n * _c.FeedForwardLength);
             _hl = Floats((long)n * d);
-            _logits = Floats((long)n * _c.VocabSize);
+            _logits = Floats((long)n * (_comm is null ? _c.VocabSize : _vocabPerRank));
+            if (_comm is not null)
+            {
+                _collectives = Own(context.CreateStream());
+                _gatheredLogits = Floats((long)n * _vocabPerRank * _comm.WorldSize);
+                _hostTokens = new int[n];
+            }
             _tokens = Ints(n);
             _positions = Ints(n);
             _slots = Ints(n);
@@ -249,10 +292,10 @@ public sealed class CudaForward : IDisposable
     DeviceBuffer Floats(long count) => Own(_ctx.Allocate(Math.Max(1, count) * sizeof(float)));
     DeviceBuffer Ints(long count) => Own(_ctx.Allocate(Math.Max(1, count) * sizeof(int)));
 
-    DeviceBuffer Own(DeviceBuffer b)
+    T Own<T>(T owned) where T : IDisposable
     {
-        _owned.Add(b);
-        return b;
+        _owned.Add(owned);
+        return owned;
     }
 
     DeviceBuffer UploadFloats(float[] values)
@@ -262,12 +305,16 @@ public sealed class CudaForward : IDisposable
         return b;
     }
 
-    /// <summary>A tensor's bytes as they are, uploaded once however many uses share it (tied embeddings).</summary>
-    unsafe DeviceBuffer UploadRaw(WeightTensor w)
+    /// <summary>
+    /// A tensor's bytes as they are, uploaded once however many uses share it (tied embeddings); with
+    /// <paramref name="zeroRow"/>, one more row of zero bytes after the last (zero in every type the kernels read).
+    /// </summary>
+    unsafe DeviceBuffer UploadRaw(WeightTensor w, bool zeroRow = false)
     {
         if (_uploaded.TryGetValue((w, w.Type), out var done)) return done;
         long bytes = w.Rows * w.RowBytes;
-        var b = Own(_ctx.Allocate(bytes));
+        var b = Own(_ctx.Allocate(zeroRow ? bytes + w.RowBytes : bytes));
+        if (zeroRow) b.CopyFrom<byte>(new byte[w.RowBytes], bytes);
         for (long offset = 0; offset < bytes; offset += 1 << 30)   // spans are int-sized: 1 GiB at a time
         {
             int count = (int)Math.Min(1 << 30, bytes - offset);
@@ -277,13 +324,14 @@ public sealed class CudaForward : IDisposable
         return b;
     }
 
-    /// <summary>A tensor dequantized to F32 on the host, a few rows at a time, for a type no kernel reads.</summary>
-    DeviceBuffer UploadDequantized(WeightTensor w)
+    /// <summary>A tensor dequantized to F32 on the host, a few rows at a time, for a type no kernel reads (<paramref name="zeroRow"/>: as <see cref="UploadRaw"/>).</summary>
+    DeviceBuffer UploadDequantized(WeightTensor w, bool zeroRow = false)
     {
         if (_uploaded.TryGetValue((w, GgmlType.F32), out var done)) return done;
         if (!Dequantize.IsSupported(w.Type)) throw new NotSupportedException($"{w}: no CUDA kernel reads {w.Type} and it cannot be dequantized");
         int cols = checked((int)w.Columns);
-        var b = Floats(w.Rows * cols);
+        var b = Floats((w.Rows + (zeroRow ? 1 : 0)) * cols);
+        if (zeroRow) b.CopyFrom<float>(new float[cols], w.Rows * cols * sizeof(float));
         int rowsPerCopy = Math.Max(1, StagingFloats / cols);
         var staging = new float[(long)Math.Min(rowsPerCopy, w.Rows) * cols];
         for (long r0 = 0; r0 < w.Rows; r0 += rowsPerCopy)
@@ -313,8 +361,10 @@ public sealed class CudaForward : IDisposable
             : new DeviceMatrix(UploadRaw(w), Kernel(kernel), (int)w.Rows, (int)w.Columns);
     }
 
+    /// <summary>The embedding table in a type embedding.cu reads; under tensor parallelism with a zero row after this rank's rows, which the tokens of other ranks' rows look up.</summary>
     (DeviceBuffer, CudaKernel) UploadEmbedding(WeightTensor w)
     {
+        bool zeroRow = _comm is not null;
         string? kernel = w.Type switch
         {
             GgmlType.F32 => "embedding_f32",
@@ -323,7 +373,7 @@ public sealed class CudaForward : IDisposable
             GgmlType.Q8_0 => "embedding_q8_0",
             _ => null,
         };
-        return kernel is null ? (UploadDequantized(w), Kernel("embedding_f32")) : (UploadRaw(w), Kernel(kernel));
+        return kernel is null ? (UploadDequantized(w, zeroRow), Kernel("embedding_f32")) : (UploadRaw(w, zeroRow), Kernel(kernel));
     }
 
     // ---- forward ---------------------------------------------------------------------------------
@@ -372,8 +422,9 @@ public sealed class CudaForward : IDisposable
                 nextLogit++;
             }
             RunChunk(batch, kv, start, n, nextLogit - first);
-            if (nextLogit > first)
-                _logits.CopyTo(logits.Slice(first * vocab, (nextLogit - first) * vocab));   // waits for the chunk's kernels
+            if (nextLogit == first) continue;
+            if (_comm is null) _logits.CopyTo(logits.Slice(first * vocab, (nextLogit - first) * vocab));   // waits for the chunk's kernels
+            else GatherLogits(nextLogit - first, logits.Slice(first * vocab, (nextLogit - first) * vocab));
         }
     }
 
@@ -397,7 +448,15 @@ public sealed class CudaForward : IDisposable
             for (int i = 0; i < blocks; i++) row[i] = table[i];
             row[blocks..].Clear();   // never read (beyond the context), but defined
         }
-        _tokens.CopyFrom(batch.TokenIds.Slice(start, n));
+        if (_comm is null) _tokens.CopyFrom(batch.TokenIds.Slice(start, n));
+        else
+        {
+            // Vocabulary-parallel embedding: a token outside this rank's rows reads the zero row after them; the all-reduce sums the lookups.
+            var ids = batch.TokenIds.Slice(start, n);
+            for (int t = 0; t < n; t++)
+                _hostTokens[t] = (uint)(ids[t] - _vocabStart) < (uint)_vocabCount ? ids[t] - _vocabStart : _vocabCount;
+            _tokens.CopyFrom<int>(_hostTokens.AsSpan(0, n));
+        }
         _positions.CopyFrom(positions);
         _slots.CopyFrom(batch.SlotMapping.Slice(start, n));
         _contextLens.CopyFrom<int>(_hostContextLens.AsSpan(0, n));
@@ -406,11 +465,13 @@ public sealed class CudaForward : IDisposable
 
         var rows = new Dim3((uint)n);
         _embeddingKernel.Launch(rows, Block(_embeddingKernel), _args.Clear().Add(_embedding).Add(_tokens).Add(_x).Add(d).Add(1f));
+        _comm?.AllReduceSum(_x, _collectives!, (long)n * d);
         _rmsNorm.Launch(rows, Block(_rmsNorm), _args.Clear().Add(_x).Add(_layers[0].AttnNorm).Add(_h).Add(d).Add(eps));
         float scale = 1f / MathF.Sqrt(_c.HeadDim);
         for (int layer = 0; layer < _layers.Length; layer++)
         {
             var lw = _layers[layer];
+            LayerHook?.Invoke(layer);
             Gemv(lw.Wq, _h, _q, n);
             Gemv(lw.Wk, _h, _k, n);
             Gemv(lw.Wv, _h, _v, n);
@@ -424,6 +485,7 @@ public sealed class CudaForward : IDisposable
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_blockTables).Add(_contextLens).Add(width)
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(0));
             Gemv(lw.Wo, _att, _delta, n);
+            _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel wo: each rank holds a partial sum over its heads
             // x += attention output; h = ffn_norm(x)
             _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps));
             Gemv(lw.Gate, _h, _gate, n);
@@ -432,6 +494,7 @@ public sealed class CudaForward : IDisposable
             _siluAndMul.Launch(new Dim3((uint)Math.Min((elements + 255) / 256, 65535 * 8)), Block(_siluAndMul),
                 _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements));
             Gemv(lw.Down, _gate, _delta, n);
+            _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel down: a partial sum over this rank's FFN slice
             // x += MLP output; h = the next layer's attn_norm(x), or after the last layer the output norm.
             var nextNorm = layer + 1 < _layers.Length ? _layers[layer + 1].AttnNorm : _outputNorm;
             _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(nextNorm).Add(_h).Add(d).Add(eps));
@@ -441,6 +504,25 @@ public sealed class CudaForward : IDisposable
         _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f));
         Gemv(_output, _hl, _logits, logitCount);
     }
+
+    /// <summary>
+    /// The output head split by vocabulary: this rank's ⌈V/N⌉ logits of each of <paramref name="rows"/> rows, all-gathered
+    /// (rank-major) on the device, copied back and laid out as whole rows for the sampler.
+    /// </summary>
+    void GatherLogits(int rows, Span<float> logits)
+    {
+        int count = rows * _vocabPerRank * _comm!.WorldSize;
+        _comm.AllGather(_logits, _gatheredLogits!, (long)rows * _vocabPerRank, _collectives!);
+        if (_hostGathered.Length < count) _hostGathered = GC.AllocateUninitializedArray<float>(count);
+        _gatheredLogits!.CopyTo(_hostGathered.AsSpan(0, count));
+        TensorParallelShard.VocabRowsFromGathered(_hostGathered.AsSpan(0, count), rows, _vocabPerRank, _c.VocabSize, logits);
+    }
+
+    /// <summary>Under tensor parallelism, returns once every rank has called it (on the collectives' stream); with one rank, at once.</summary>
+    internal void Barrier() => _comm?.Barrier(_collectives!);
+
+    /// <summary>Test hook (fault injection): runs at the start of every layer with its index.</summary>
+    internal Action<int>? LayerHook { get; set; }
 
     /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
     void Gemv(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)
