@@ -24,7 +24,7 @@ public static class KernelsCommand
                tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
-               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N]
+               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [--partition-size N]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -45,8 +45,9 @@ public static class KernelsCommand
                     With torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set, this
                     process is one rank of a group of processes (on GPU LOCAL_RANK)
           forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
-                    mixing prefills, a chunked prefill and decodes of three sequences; per step the largest
-                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim)
+                    mixing prefills, chunked prefills and decodes of six sequences (up to 32 positions); per
+                    step the attention kernels the backend chose, the largest logit difference and its
+                    tolerance (on GPU 0, or with --emulate on the CPU through the shim)
 
           --kernels-dir DIR  compile the .cu/.cuh files of DIR instead of the embedded kernels
                              (edit a kernel and rerun without rebuilding)
@@ -67,6 +68,8 @@ public static class KernelsCommand
           --timeout SECONDS  nccl: how long a collective waits for the others (default 10; 2 with --stall-rank)
           --model M          forward: the model (default dummy:tinyllama-1.1b; --dtype and --dummy-layers as
                              'tokenmill generate' takes them)
+          --partition-size N forward: positions per split-K decode partition (default 512; 16 makes the
+                             32-position sequence's decodes split)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -75,13 +78,13 @@ public static class KernelsCommand
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
                  tokenmill kernels bench --kernel gemv_q4_0,gemv_q8_0 --output-json gemv.json
                  tokenmill kernels nccl --ranks 2 --emulate
-                 tokenmill kernels forward --emulate --model stories260K.gguf
+                 tokenmill kernels forward --emulate --model stories260K.gguf --partition-size 16
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout", "model", "dtype", "dummy-layers"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "timeout", "model", "dtype", "dummy-layers", "partition-size"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -289,12 +292,15 @@ public static class KernelsCommand
         if (a.String("device") is not null) throw new UsageException("kernels forward runs on GPU 0 (or with --emulate on the shim); --device is for 'kernels test'");
         if (a.String("kernels-dir") is not null || a.String("kernel") is not null)
             throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
+        int partitionSize = a.Int("partition-size", PagedAttentionDecodePlan.PartitionSize, min: 1);
         var (modelName, load) = Cli.ParseModel(a);
         using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
-        // Four-token blocks, so the three short sequences still span several blocks each; eight rows per chunk, so the
-        // ten-token steps run in two chunks on both backends.
+        // Four-token blocks, so the short sequences still span several blocks each; eight rows per chunk, so the
+        // ten-token steps run in two chunks on both backends (and the 30-token prompt in four).
         const int maxBatchTokens = 8;
-        int maxModelLen = Math.Min(model.Config.ContextLength, 32);
+        if (model.Config.ContextLength < ForwardComparison.ContextNeeded)
+            throw new UsageException($"kernels forward needs a model of at least {ForwardComparison.ContextNeeded} positions; {modelName} has {model.Config.ContextLength}");
+        int maxModelLen = ForwardComparison.ContextNeeded;
         var options = new TokenMill.Core.EngineOptions
         {
             Device = a.Flag("emulate") ? TokenMill.Core.EngineDevice.CudaEmulated : TokenMill.Core.EngineDevice.Cuda,
@@ -302,17 +308,25 @@ public static class KernelsCommand
             NumKvBlocks = ForwardComparison.BlocksNeeded,
         };
         using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
-        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens);
-        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}; reference: the CPU backend");
-        var checks = ForwardComparison.Run(model, cpu, cuda);
-        int width = checks.Max(c => c.Step.Length);
-        stdout.WriteLine($"{"step".PadRight(width)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens, partitionSize);
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}; reference: the CPU backend; split-K partitions of {partitionSize} positions");
+        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention));
+        int width = checks.Max(c => c.Step.Length), kernels = Math.Max("attention".Length, checks.Max(c => c.CandidatePath.Length));
+        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
         foreach (var c in checks)
-            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
     }
+
+    /// <summary>The attention kernels of a step, as <c>kernels forward</c> prints them: "prefill + decode split-K".</summary>
+    static string Describe(AttentionKernels kernels) => string.Join(" + ", new[]
+    {
+        kernels.HasFlag(AttentionKernels.Prefill) ? "prefill" : null,
+        kernels.HasFlag(AttentionKernels.Decode) ? "decode" : null,
+        kernels.HasFlag(AttentionKernels.DecodeSplitK) ? "decode split-K" : null,
+    }.Where(k => k is not null));
 
     /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>
     static int NcclTest(CliArguments a, TextWriter stdout, TextWriter stderr)

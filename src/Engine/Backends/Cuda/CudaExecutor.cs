@@ -47,10 +47,13 @@ public sealed class CudaExecutor : IModelExecutor
     /// <param name="options">The engine's options: device, block size, KV sizing.</param>
     /// <param name="maxModelLen">Longest sequence: the KV cache must hold one.</param>
     /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
+    /// <param name="partitionSize">Positions per split-K decode partition (<see cref="PagedAttentionDecodePlan.PartitionSize"/>
+    /// unless a test wants short contexts to split).</param>
     /// <exception cref="InvalidOperationException">No driver, no NVRTC, or a CUDA error while setting up; the message says which.</exception>
     /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes.</exception>
     /// <exception cref="ArgumentException">The KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
-    public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens)
+    public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens,
+                                      int partitionSize = PagedAttentionDecodePlan.PartitionSize)
     {
         CudaForward.CheckSupported(model);   // before minutes of emulated-driver build or upload
         if (options.TensorParallelSize != 1)
@@ -70,7 +73,7 @@ public sealed class CudaExecutor : IModelExecutor
             if (options.Device == EngineDevice.CudaEmulated && ctx.DeviceName != KernelEmulation.DeviceName)
                 throw new InvalidOperationException($"{device} loaded a driver whose device is '{ctx.DeviceName}', not the CPU emulation");
             forward = new CudaForward(ctx, model, new KernelCompiler(KernelCompiler.DefaultCacheDirectory()), sources,
-                maxBatchTokens, maxModelLen, options.BlockSize);
+                maxBatchTokens, maxModelLen, options.BlockSize, partitionSize);
             int blocks = KvBlocks(ctx, model, options, maxModelLen, device);
             var kv = new CudaKvCache(ctx, model.Config, blocks, options.BlockSize);
             return new CudaExecutor(ctx, forward, kv);
@@ -161,6 +164,9 @@ public sealed class CudaExecutor : IModelExecutor
     public long DeviceBytes => _forward.DeviceBytes + CudaKvCache.BytesPerBlock(_forward.Config, _kv.BlockSize) * _kv.BlockCount;
 
     public Exception? Failure => Volatile.Read(ref _failure);
+
+    /// <summary>The attention kernels the last <see cref="Forward"/> launched.</summary>
+    public AttentionKernels LastAttention => _forward.LastAttention;
 
     public void Forward(ForwardBatch batch, Span<float> logits)
     {
