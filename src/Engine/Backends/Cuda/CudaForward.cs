@@ -107,7 +107,7 @@ public sealed class CudaForward : IDisposable
         "paged_attention_prefill_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
     ];
 
-    /// <summary>paged_attention.cu keeps a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
+    /// <summary>paged_attention.cu and paged_attention_prefill.cu keep a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
     const int MaxHeadDim = 256;
 
     /// <summary>Host staging of a dequantized weight: 16 MiB of floats at a time.</summary>
@@ -225,10 +225,11 @@ public sealed class CudaForward : IDisposable
             _blockTables = Ints((long)n * _maxBlocksPerSequence);
             _hostLogitRows = new int[n];
 
+            // No buffers when the longest context is one partition: then nothing ever splits.
             int maxPartitions = PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, partitionSize);
             long perSequence = (long)_c.HeadCount * maxPartitions * (_c.HeadDim + 2) * sizeof(float);
             int splitSequences = (int)Math.Clamp(SplitBufferBytes / perSequence, 1, n);
-            long statistics = (long)splitSequences * _c.HeadCount * maxPartitions;
+            long statistics = maxPartitions > 1 ? (long)splitSequences * _c.HeadCount * maxPartitions : 0;
             _maxLogits = Floats(statistics);
             _expSums = Floats(statistics);
             _partialOut = Floats(statistics * _c.HeadDim);
