@@ -131,6 +131,21 @@ public sealed class ChunkAttentionPlanTests
     }
 
     [Fact]
+    public void Rows_of_a_sequence_out_of_position_order_are_refused_by_row()
+    {
+        var batch = new ForwardBatch();
+        int a = batch.AddSequence([4, 5]), b = batch.AddSequence([9]);
+        batch.AddToken(a, 0, 0, 16, false);
+        batch.AddToken(a, 0, 1, 17, false);
+        batch.AddToken(b, 0, 0, 36, false);
+        batch.AddToken(a, 0, 2, 18, false);   // a again after b: a group of its own, in order
+        ChunkAttentionPlan.CheckPositionOrder(batch);
+        batch.AddToken(a, 0, 2, 18, false);
+        var e = Assert.Throws<ArgumentException>(() => ChunkAttentionPlan.CheckPositionOrder(batch));
+        Assert.StartsWith("rows 3 and 4 of sequence 0 are at positions 2 and 2: a sequence's rows must be in increasing position order", e.Message);
+    }
+
+    [Fact]
     public void Bad_sizes_are_errors()
     {
         var batch = Batch(([1, 3, 5], 0, 3));

@@ -152,6 +152,21 @@ internal sealed class ChunkAttentionPlan
         }
     }
 
+    /// <summary>
+    /// Throws <see cref="ArgumentException"/> for consecutive rows of one sequence whose positions do not increase: the
+    /// prefill kernel sees a group's keys up to its last row's position, so a row after it would miss some of its own.
+    /// </summary>
+    public static void CheckPositionOrder(ForwardBatch batch)
+    {
+        var positions = batch.Positions;
+        var sequenceOf = batch.SequenceOf;
+        for (int t = 1; t < positions.Length; t++)
+            if (sequenceOf[t] == sequenceOf[t - 1] && positions[t] <= positions[t - 1])
+                throw new ArgumentException(
+                    $"rows {t - 1} and {t} of sequence {sequenceOf[t]} are at positions {positions[t - 1]} and {positions[t]}: a sequence's rows must be in increasing position order",
+                    nameof(batch));
+    }
+
     int Rows(int group) => _queryStart[group + 1] - _queryStart[group];
 
     int MaxContext(int firstGroup, int endGroup)

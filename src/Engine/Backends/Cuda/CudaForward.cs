@@ -381,11 +381,8 @@ public sealed class CudaForward : IDisposable
             for (int i = 0; i < blocks; i++)
                 if ((uint)table[i] >= (uint)kv.BlockCount)
                     throw new ArgumentOutOfRangeException(nameof(batch), $"block {table[i]} is outside the KV cache of {kv.BlockCount} blocks");
-            if (t > 0 && sequenceOf[t] == sequenceOf[t - 1] && positions[t] <= positions[t - 1])
-                throw new ArgumentException(
-                    $"rows {t - 1} and {t} of sequence {sequenceOf[t]} are at positions {positions[t - 1]} and {positions[t]}: a sequence's rows must be in increasing position order",
-                    nameof(batch));
         }
+        ChunkAttentionPlan.CheckPositionOrder(batch);
     }
 
     /// <summary>The attention kernels the last <see cref="Forward"/> launched (what <see cref="ChunkAttentionPlan"/> chose for its chunks).</summary>
