@@ -161,11 +161,24 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         Require();
         // Q8_0 weights stay quantized on the device (gemv_q8_0, embedding_q8_0); the CPU quantizes its activations to
         // 8 bits for its integer kernels, hence the looser tolerance (ForwardComparison.Tolerance).
-        // Partitions of 16 again, at TinyLlama's head dim (64, GQA 32/4) where stories260K's is 8.
-        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "Q8_0",
-                                       "--partition-size", "16");
+        // At the default partition size (512) nothing of 32 positions splits: the one-pass decode kernel throughout.
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "Q8_0");
         Assert.True(code == 0, output);
         Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
+        Assert.Equal("prefill + decode", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
+        Assert.Equal("decode", AttentionOf(output, "decode E (context 32) + decode F"));
+    }
+
+    [SkippableFact]
+    public void Logits_of_an_F16_dummy_model_match_the_CPU_through_prefill_and_split_K_attention_at_head_dim_64()
+    {
+        Require();
+        // Partitions of 16 again, at TinyLlama's head dim (64, GQA 32/4) where stories260K's is 8, and float weights:
+        // the 1e-4 tolerance (Q8_0's 5e-2 would hide a small attention error).
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "F16",
+                                       "--partition-size", "16");
+        Assert.True(code == 0, output);
+        Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
         Assert.Equal("prefill", AttentionOf(output, "prefill E (30)"));
         Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
         Assert.Equal("decode split-K", AttentionOf(output, "decode E (context 32) + decode F"));
