@@ -24,7 +24,7 @@ public static class KernelsCommand
                tokenmill kernels bench [--emulate] [--kernel NAME,...] [--kernels-dir DIR] [--device N] [--sweep full|small]
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
-               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [-tp N]
+               tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [--partition-size N] [-tp N]
                                          [--stall-rank R | --fail-rank R] [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
@@ -46,8 +46,9 @@ public static class KernelsCommand
                     With torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set, this
                     process is one rank of a group of processes (on GPU LOCAL_RANK)
           forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
-                    mixing prefills, a chunked prefill and decodes of three sequences; per step the largest
-                    logit difference and its tolerance (on GPU 0, or with --emulate on the CPU through the shim);
+                    mixing prefills, chunked prefills and decodes of six sequences (up to 32 positions); per
+                    step the attention kernels the backend chose, the largest logit difference and its
+                    tolerance (on GPU 0, or with --emulate on the CPU through the shim);
                     with -tp N the CUDA side runs N tensor-parallel ranks (rank r on GPU r, NCCL; with --emulate the
                     fake NCCL); with --stall-rank R rank R stalls at layer 1 (the step must time out naming it), with
                     --fail-rank R it throws there (the step must fail at once naming it)
@@ -75,6 +76,8 @@ public static class KernelsCommand
           -tp N              forward: tensor-parallel ranks of the CUDA side (--tensor-parallel-size; default 1)
           --model M          forward: the model (default dummy:tinyllama-1.1b; --dtype and --dummy-layers as
                              'tokenmill generate' takes them)
+          --partition-size N forward: positions per split-K decode partition (default 512; 16 makes the
+                             32-position sequence's decodes split)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -83,13 +86,13 @@ public static class KernelsCommand
                  tokenmill kernels test --emulate --kernels-dir my-kernels/
                  tokenmill kernels bench --kernel gemv_q4_0,gemv_q8_0 --output-json gemv.json
                  tokenmill kernels nccl --ranks 2 --emulate
-                 tokenmill kernels forward --emulate --model stories260K.gguf
+                 tokenmill kernels forward --emulate --model stories260K.gguf --partition-size 16
         """;
 
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size", "partition-size"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -297,12 +300,15 @@ public static class KernelsCommand
         if (a.String("device") is not null) throw new UsageException("kernels forward runs on GPU 0 (or with --emulate on the shim); --device is for 'kernels test'");
         if (a.String("kernels-dir") is not null || a.String("kernel") is not null)
             throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
+        int partitionSize = a.Int("partition-size", PagedAttentionDecodePlan.PartitionSize, min: 1);
         var (modelName, load) = Cli.ParseModel(a);
         using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
-        // Four-token blocks, so the three short sequences still span several blocks each; eight rows per chunk, so the
-        // ten-token steps run in two chunks on both backends.
+        // Four-token blocks, so the short sequences still span several blocks each; eight rows per chunk, so the
+        // ten-token steps run in two chunks on both backends (and the 30-token prompt in four).
         const int maxBatchTokens = 8;
-        int maxModelLen = Math.Min(model.Config.ContextLength, 32);
+        if (model.Config.ContextLength < ForwardComparison.ContextNeeded)
+            throw new UsageException($"kernels forward needs a model of at least {ForwardComparison.ContextNeeded} positions; {modelName} has {model.Config.ContextLength}");
+        int maxModelLen = ForwardComparison.ContextNeeded;
         int tp = a.Int("tensor-parallel-size", 1, min: 1, max: 64);
         int? stall = a.String("stall-rank") is null ? null : a.Int("stall-rank", 0, min: 0, max: tp - 1);
         int? fail = a.String("fail-rank") is null ? null : a.Int("fail-rank", 0, min: 0, max: tp - 1);
@@ -319,15 +325,15 @@ public static class KernelsCommand
             TensorParallelTimeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2)),
         };
         using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
-        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens);
+        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens, partitionSize);
         string ranks = tp == 1 ? "" : $"; tensor-parallel {tp} ranks on devices 0–{tp - 1}";
-        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend");
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions");
         if ((stall ?? fail) is { } faulty) return RankFault(model, cpu, cuda, faulty, stalls: stall is not null, options.TensorParallelTimeout, stdout);
-        var checks = ForwardComparison.Run(model, cpu, cuda);
-        int width = checks.Max(c => c.Step.Length);
-        stdout.WriteLine($"{"step".PadRight(width)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention));
+        int width = checks.Max(c => c.Step.Length), kernels = Math.Max("attention".Length, checks.Max(c => c.CandidatePath.Length));
+        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
         foreach (var c in checks)
-            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
@@ -370,6 +376,14 @@ public static class KernelsCommand
               $"the {error.Operation}, {elapsed.TotalSeconds:0.00} s, executor {(cuda.Failure is null ? "not failed" : "failed")}");
         return passed ? Cli.ExitOk : Cli.ExitFailure;
     }
+
+    /// <summary>The attention kernels of a step, as <c>kernels forward</c> prints them: "prefill + decode split-K".</summary>
+    static string Describe(AttentionKernels kernels) => string.Join(" + ", new[]
+    {
+        kernels.HasFlag(AttentionKernels.Prefill) ? "prefill" : null,
+        kernels.HasFlag(AttentionKernels.Decode) ? "decode" : null,
+        kernels.HasFlag(AttentionKernels.DecodeSplitK) ? "decode split-K" : null,
+    }.Where(k => k is not null));
 
     /// <summary><c>kernels nccl</c>: <see cref="NcclSelfTest"/> on GPUs 0 … N−1, or on the fake NCCL with --emulate.</summary>
     static int NcclTest(CliArguments a, TextWriter stdout, TextWriter stderr)

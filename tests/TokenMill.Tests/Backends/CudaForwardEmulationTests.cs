@@ -96,6 +96,25 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
     }
 
     [SkippableFact]
+    public void Greedy_generate_on_stories260K_with_chunked_prefill_gives_the_same_token_ids_as_the_CPU()
+    {
+        Require();
+        string model = TestData.Require("models/stories260K.gguf");
+        // A budget of 6 tokens a step: the long prompt's prefill runs in chunks, each continuing the cached context
+        // through the prefill kernel, in steps beside the other prompt's decodes.
+        string[] prompts = ["One day a little girl named Lily found a shiny red ball in the garden behind her house", "The cat"];
+        // --max-tokens is the whole sequence's length: the 36-token prompt generates 20.
+        string[] args = ["--model", model, "--max-tokens", "56", "--max-num-batched-tokens", "6"];
+        var cpu = GreedyTokenIds("cpu", prompts, args);
+        var cuda = GreedyTokenIds("cuda-emulated", prompts, args);
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            Assert.True(cpu[i].Length > 10, $"prompt {i} generated only {cpu[i].Length} tokens");
+            Assert.Equal(cpu[i], cuda[i]);
+        }
+    }
+
+    [SkippableFact]
     public void Greedy_generate_on_a_one_layer_dummy_model_gives_the_same_token_ids_as_the_CPU()
     {
         Require();
@@ -111,17 +130,35 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         }
     }
 
+    /// <summary>The attention column of <c>kernels forward</c>'s row for <paramref name="step"/>.</summary>
+    static string AttentionOf(string output, string step)
+    {
+        var row = System.Text.RegularExpressions.Regex.Match(output, $@"(?m)^{System.Text.RegularExpressions.Regex.Escape(step)}\s{{2,}}(?<kernels>\S.*?)\s{{2,}}\d+\s");
+        Assert.True(row.Success, $"no row for step '{step}' in:\n{output}");
+        return row.Groups["kernels"].Value;
+    }
+
     [SkippableFact]
-    public void Logits_of_mixed_prefill_and_decode_steps_match_the_CPU_on_stories260K()
+    public void Logits_of_mixed_prefill_and_decode_steps_match_the_CPU_on_stories260K_through_prefill_and_split_K_attention()
     {
         Require();
         string model = TestData.Require("models/stories260K.gguf");
-        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model);
+        // Partitions of 16 positions: the 31- and 32-position contexts of E split in two, the others (≤ 16) do not.
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model, "--partition-size", "16");
         Assert.True(code == 0, output);
         Assert.Contains($"device: {KernelEmulation.DeviceName}", output);
-        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
-        Assert.Contains("D forks C (copy-on-write)", output);
-        Assert.Contains("all 5 steps within tolerance", output);
+        Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Contains("all 8 steps within tolerance", output);
+        // Which kernels each step ran, as ChunkAttentionPlan chooses them (chunks of 8 rows). The first step's second
+        // chunk starts with A's ninth row alone: a one-row group, a decode launch.
+        Assert.Equal("prefill + decode", AttentionOf(output, "prefill A (9) + prefill B (7)"));
+        Assert.Equal("prefill + decode", AttentionOf(output, "decode A + prefill B (3) + prefill C (6)"));   // C continues in the next step: chunked prefill
+        Assert.Equal("prefill + decode", AttentionOf(output, "decode A + decode B + prefill C (8)"));
+        Assert.Equal("decode", AttentionOf(output, "decode A + decode B + decode C"));
+        Assert.Equal("decode", AttentionOf(output, "D forks C (copy-on-write): decode C + decode D"));
+        Assert.Equal("prefill", AttentionOf(output, "prefill E (30)"));   // four chunks, each continuing the cached ones
+        Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
+        Assert.Equal("decode split-K", AttentionOf(output, "decode E (context 32) + decode F"));
     }
 
     [SkippableFact]
@@ -130,9 +167,27 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         Require();
         // Q8_0 weights stay quantized on the device (gemv_q8_0, embedding_q8_0); the CPU quantizes its activations to
         // 8 bits for its integer kernels, hence the looser tolerance (ForwardComparison.Tolerance).
+        // At the default partition size (512) nothing of 32 positions splits: the one-pass decode kernel throughout.
         var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "Q8_0");
         Assert.True(code == 0, output);
-        Assert.Equal(5, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
+        Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)PASS$"));
+        Assert.Equal("prefill + decode", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
+        Assert.Equal("decode", AttentionOf(output, "decode E (context 32) + decode F"));
+    }
+
+    [SkippableFact]
+    public void Logits_of_an_F16_dummy_model_match_the_CPU_through_prefill_and_split_K_attention_at_head_dim_64()
+    {
+        Require();
+        // Partitions of 16 again, at TinyLlama's head dim (64, GQA 32/4) where stories260K's is 8, and float weights:
+        // the 1e-4 tolerance (Q8_0's 5e-2 would hide a small attention error).
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "F16",
+                                       "--partition-size", "16");
+        Assert.True(code == 0, output);
+        Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Equal("prefill", AttentionOf(output, "prefill E (30)"));
+        Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
+        Assert.Equal("decode split-K", AttentionOf(output, "decode E (context 32) + decode F"));
     }
 
     [SkippableFact]

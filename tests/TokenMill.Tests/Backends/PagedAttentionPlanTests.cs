@@ -26,6 +26,20 @@ public sealed class PagedAttentionPlanTests
         Assert.Equal(partitions, plan.MaxPartitions);
     }
 
+    [Theory]
+    // context, sequences, heads, partition size → split, partitions
+    [InlineData(16, 1, 8, 16, false, 1)]
+    [InlineData(17, 1, 8, 16, true, 2)]
+    [InlineData(32, 64, 8, 16, true, 2)]           // 512 blocks
+    [InlineData(32, 65, 8, 16, false, 1)]
+    [InlineData(8193, 65, 8, 16, true, 513)]       // the long-context threshold is in positions, whatever the partition
+    public void A_smaller_partition_size_splits_shorter_contexts_by_the_same_rule(int context, int sequences, int heads, int partitionSize, bool split, int partitions)
+    {
+        var plan = PagedAttentionDecodePlan.Choose(context, sequences, heads, 0, partitionSize);
+        Assert.Equal(split, plan.SplitK);
+        Assert.Equal(partitions, plan.MaxPartitions);
+    }
+
     [Fact]
     public void Split_buffers_and_grid_follow_the_partitions()
     {
@@ -45,6 +59,8 @@ public sealed class PagedAttentionPlanTests
         Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 0, 1));
         Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 1, 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 1, 1, -1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Choose(10, 1, 1, 0, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionDecodePlan.Partitions(10, 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => PagedAttentionPrefill.Grid(0, 1, 1));
     }
 }

@@ -59,5 +59,9 @@ public sealed class KernelsCommandTests : IDisposable
         Assert.Equal(2, Run("kernels", "frobnicate").Code);
         Assert.Equal(2, Run("kernels", "check", "--arch", "sm_x").Code);
         Assert.Equal(0, Run("kernels", "--help").Code);
+        // Before any model or driver is loaded.
+        var (code, _, err) = Run("kernels", "forward", "--emulate", "--partition-size", "0");
+        Assert.Equal(2, code);
+        Assert.Contains("--partition-size must be between 1 and", err);
     }
 }

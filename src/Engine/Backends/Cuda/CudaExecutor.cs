@@ -66,11 +66,14 @@ public sealed class CudaExecutor : IModelExecutor
     /// <param name="options">The engine's options: device, tensor-parallel size and timeout, block size, KV sizing.</param>
     /// <param name="maxModelLen">Longest sequence: the KV cache must hold one.</param>
     /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
+    /// <param name="partitionSize">Positions per split-K decode partition (<see cref="PagedAttentionDecodePlan.PartitionSize"/>
+    /// unless a test wants short contexts to split).</param>
     /// <exception cref="InvalidOperationException">No driver, no NVRTC, no NCCL, too few devices, or a CUDA error while setting up; the message says which.</exception>
     /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes.</exception>
     /// <exception cref="ArgumentException">The model does not split across the ranks, or the KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
     /// <exception cref="CommunicatorException">The ranks' NCCL group did not form within the timeout.</exception>
-    public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens)
+    public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens,
+                                      int partitionSize = PagedAttentionDecodePlan.PartitionSize)
     {
         CudaForward.CheckSupported(model);   // before minutes of emulated-driver build or upload
         int n = options.TensorParallelSize;
@@ -105,7 +108,7 @@ public sealed class CudaExecutor : IModelExecutor
             {
                 contexts[r].MakeCurrent();
                 shards.Add(TensorParallelShard.Create(model, r, n));
-                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize));
+                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize));
             }
             // Every rank has the same block tables: the pool is the fewest blocks any rank's device holds.
             int blocks = int.MaxValue;
@@ -233,6 +236,9 @@ public sealed class CudaExecutor : IModelExecutor
             for (int r = 0; r < WorldSize; r++) _forwards[r].LayerHook = TensorParallelRanks.LayerHookOf(value, r);
         }
     }
+
+    /// <summary>The attention kernels the last <see cref="Forward"/> launched (rank 0's; every rank launches the same).</summary>
+    public AttentionKernels LastAttention => _forwards[0].LastAttention;
 
     public void Forward(ForwardBatch batch, Span<float> logits)
     {

@@ -87,10 +87,12 @@ public sealed class CudaKvCache : IDisposable
 /// dequantized to F32 at load. The embedding table is looked up in its own type where embedding.cu has a kernel
 /// (F32/F16/BF16/Q8_0), else it is dequantized to F32 for the lookup. Activations stay F32 (the CPU quantizes them
 /// to 8 bits for its Q8_0/Q4_0 integer kernels, so quantized models differ from the CPU by that rounding).
-/// Prefill attention runs paged_attention_decode with one "sequence" per query token whose context is its position
-/// + 1 (causal) and whose block table is its sequence's: correct and simple; a flash-style prefill kernel is faster.
-/// A step's metadata (token ids, positions, slot mapping, context lengths, block tables, logit rows) is uploaded
-/// once per chunk of at most <c>maxBatchTokens</c> rows; the logit rows come back to the host for the sampler.
+/// Attention is planned once per chunk (<see cref="ChunkAttentionPlan"/>): the rows of a prompt chunk go to
+/// paged_attention_prefill (flash-style, causal, over the paged cache, continuing whatever context earlier chunks
+/// cached), decode rows to paged_attention_decode, one pass or split-K (<see cref="PagedAttentionDecodePlan"/>, vLLM's
+/// rule) for long contexts. A step's metadata (token ids, positions, slot mapping, and per group of a sequence's rows its
+/// context length, block table and first row; logit rows) is uploaded once per chunk of at most <c>maxBatchTokens</c>
+/// rows; the logit rows come back to the host for the sampler.
 /// Tensor parallelism is this same pass on one rank's <see cref="TensorParallelShard"/> with an NCCL communicator, the
 /// collectives where <see cref="Cpu.CpuForward"/> has them: an all-reduce after the vocabulary-parallel embedding
 /// lookup (a token outside the rank's rows reads a zero row), after the attention output projection and after the down
@@ -107,14 +109,21 @@ public sealed class CudaForward : IDisposable
     internal static readonly string[] UsedKernels =
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
-        "reshape_and_cache_f32", "paged_attention_decode_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+        "reshape_and_cache_f32", "paged_attention_decode_f32", "paged_attention_decode_split_f32", "paged_attention_reduce",
+        "paged_attention_prefill_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
     ];
 
-    /// <summary>paged_attention.cu keeps a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
+    /// <summary>paged_attention.cu and paged_attention_prefill.cu keep a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
     const int MaxHeadDim = 256;
 
     /// <summary>Host staging of a dequantized weight: 16 MiB of floats at a time.</summary>
     const int StagingFloats = 4 << 20;
+
+    /// <summary>
+    /// Split-K's partial results, at most: 32 MiB holds 250 sequences of 32 heads × 8 partitions (4 K positions) ×
+    /// (128 + 2) floats, whose launch is 64 000 blocks, hundreds per SM; more sequences go in further launches.
+    /// </summary>
+    const long SplitBufferBytes = 32L << 20;
 
     /// <summary>A weight on the device in the type its GEMV kernel reads.</summary>
     sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, int Rows, int Columns);
@@ -135,7 +144,8 @@ public sealed class CudaForward : IDisposable
     readonly List<IDisposable> _owned = [];
     readonly Dictionary<(WeightTensor, GgmlType), DeviceBuffer> _uploaded = [];
     readonly Dictionary<string, CudaModule> _modules = [];
-    readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _reshapeAndCache, _attention, _siluAndMul;
+    readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _reshapeAndCache, _siluAndMul;
+    readonly CudaKernel _decodeAttention, _splitDecodeAttention, _reduceAttention, _prefillAttention;
     readonly DeviceBuffer _embedding;
     readonly DeviceLayer[] _layers;
     readonly DeviceBuffer _outputNorm;
@@ -144,9 +154,13 @@ public sealed class CudaForward : IDisposable
     // Activations, maxBatchTokens rows each: x is the residual stream, h the normed input of a product, delta a
     // product's output on its way into the residual stream, hl the normed rows that want logits.
     readonly DeviceBuffer _x, _h, _delta, _q, _k, _v, _att, _gate, _up, _hl, _logits;
-    // The chunk's metadata.
-    readonly DeviceBuffer _tokens, _positions, _slots, _contextLens, _blockTables, _logitRowIndex;
-    readonly int[] _hostContextLens, _hostBlockTables, _hostLogitRows;
+    // The chunk's metadata: per row, then per group of a sequence's rows (the attention kernels' "sequences").
+    readonly DeviceBuffer _tokens, _positions, _slots, _contextLens, _blockTables, _queryStart, _logitRowIndex;
+    readonly int[] _hostLogitRows;
+    // Split-K decode's partial results: [sequence][head][partition] statistics, × head_dim outputs.
+    readonly DeviceBuffer _maxLogits, _expSums, _partialOut;
+    readonly ChunkAttentionPlan _plan;
+    readonly int _partitionSize;
     readonly KernelArgs _args = new();
     readonly int _gemvRowsPerBlock;
 
@@ -157,9 +171,11 @@ public sealed class CudaForward : IDisposable
     /// <param name="maxBatchTokens">Rows of the activation buffers: longer batches run in chunks of that many.</param>
     /// <param name="maxModelLen">Longest sequence: sizes a token's row of block table.</param>
     /// <param name="blockSize">Tokens per KV block.</param>
+    /// <param name="partitionSize">Positions per split-K decode partition (<see cref="PagedAttentionDecodePlan.PartitionSize"/>;
+    /// the tests take small ones so that short contexts split on the emulated driver).</param>
     public CudaForward(CudaContext context, Model model, KernelCompiler compiler, IReadOnlyList<KernelSource> sources,
-                       int maxBatchTokens, int maxModelLen, int blockSize)
-        : this(context, Checked(model), null, compiler, sources, maxBatchTokens, maxModelLen, blockSize)
+                       int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize = PagedAttentionDecodePlan.PartitionSize)
+        : this(context, Checked(model), null, compiler, sources, maxBatchTokens, maxModelLen, blockSize, partitionSize)
     {
     }
 
@@ -178,12 +194,14 @@ public sealed class CudaForward : IDisposable
     /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
     /// <param name="maxModelLen">Longest sequence.</param>
     /// <param name="blockSize">Tokens per KV block.</param>
+    /// <param name="partitionSize">Positions per split-K decode partition.</param>
     internal CudaForward(CudaContext context, TensorParallelShard shard, IDeviceCommunicator? communicator, KernelCompiler compiler,
-                         IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize)
+                         IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxModelLen, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(partitionSize, 1);
         if ((communicator?.Rank ?? 0, communicator?.WorldSize ?? 1) != (shard.Rank, shard.WorldSize))
             throw new ArgumentException($"the communicator (rank {communicator?.Rank ?? 0} of {communicator?.WorldSize ?? 1}) does not match the shard (rank {shard.Rank} of {shard.WorldSize})");
         _ctx = context;
@@ -192,6 +210,7 @@ public sealed class CudaForward : IDisposable
         (_vocabStart, _vocabCount, _vocabPerRank) = (shard.VocabStart, shard.VocabCount, shard.VocabPerRank);
         _maxTokens = maxBatchTokens;
         _maxBlocksPerSequence = (maxModelLen + blockSize - 1) / blockSize;
+        _partitionSize = partitionSize;
         try
         {
             foreach (string fileName in UsedKernels.Select(k => KernelLaunches.For(k).FileName).Distinct())
@@ -208,7 +227,10 @@ public sealed class CudaForward : IDisposable
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
             _rope = Kernel("rope");
             _reshapeAndCache = Kernel("reshape_and_cache_f32");
-            _attention = Kernel("paged_attention_decode_f32");
+            _decodeAttention = Kernel("paged_attention_decode_f32");
+            _splitDecodeAttention = Kernel("paged_attention_decode_split_f32");
+            _reduceAttention = Kernel("paged_attention_reduce");
+            _prefillAttention = Kernel("paged_attention_prefill_f32");
             _siluAndMul = Kernel("silu_and_mul");
 
             var w = shard.Weights;
@@ -242,11 +264,20 @@ public sealed class CudaForward : IDisposable
             _positions = Ints(n);
             _slots = Ints(n);
             _contextLens = Ints(n);
+            _queryStart = Ints(n + 1);
             _logitRowIndex = Ints(n);
             _blockTables = Ints((long)n * _maxBlocksPerSequence);
-            _hostContextLens = new int[n];
             _hostLogitRows = new int[n];
-            _hostBlockTables = new int[n * _maxBlocksPerSequence];
+
+            // No buffers when the longest context is one partition: then nothing ever splits.
+            int maxPartitions = PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, partitionSize);
+            long perSequence = (long)_c.HeadCount * maxPartitions * (_c.HeadDim + 2) * sizeof(float);
+            int splitSequences = (int)Math.Clamp(SplitBufferBytes / perSequence, 1, n);
+            long statistics = maxPartitions > 1 ? (long)splitSequences * _c.HeadCount * maxPartitions : 0;
+            _maxLogits = Floats(statistics);
+            _expSums = Floats(statistics);
+            _partialOut = Floats(statistics * _c.HeadDim);
+            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences);
         }
         catch
         {
@@ -380,7 +411,9 @@ public sealed class CudaForward : IDisposable
 
     /// <summary>
     /// The checks <see cref="Forward"/> makes before it launches anything (the kernels trust their indices): throws
-    /// <see cref="ArgumentException"/> for a token, position, slot or block table that would reach outside its buffer.
+    /// <see cref="ArgumentException"/> for a token, position, slot or block table that would reach outside its buffer,
+    /// and for consecutive rows of one sequence whose positions do not increase (the prefill kernel reads a group's keys
+    /// up to its last row's position).
     /// </summary>
     public void Validate(ForwardBatch batch, CudaKvCache kv, int logitsLength)
     {
@@ -400,7 +433,11 @@ public sealed class CudaForward : IDisposable
                 if ((uint)table[i] >= (uint)kv.BlockCount)
                     throw new ArgumentOutOfRangeException(nameof(batch), $"block {table[i]} is outside the KV cache of {kv.BlockCount} blocks");
         }
+        ChunkAttentionPlan.CheckPositionOrder(batch);
     }
+
+    /// <summary>The attention kernels the last <see cref="Forward"/> launched (what <see cref="ChunkAttentionPlan"/> chose for its chunks).</summary>
+    public AttentionKernels LastAttention { get; private set; }
 
     /// <summary>
     /// Runs one flattened step as <see cref="Cpu.CpuForward.Forward"/> does: every token's key and value go into its
@@ -410,6 +447,7 @@ public sealed class CudaForward : IDisposable
     public void Forward(ForwardBatch batch, CudaKvCache kv, Span<float> logits)
     {
         Validate(batch, kv, logits.Length);
+        LastAttention = AttentionKernels.None;
         var logitRows = batch.LogitRows;
         int nextLogit = 0, vocab = _c.VocabSize;
         for (int start = 0; start < batch.TokenCount; start += _maxTokens)
@@ -433,21 +471,10 @@ public sealed class CudaForward : IDisposable
     {
         int d = _c.EmbeddingLength, ff = _c.FeedForwardLength;
         float eps = _c.RmsNormEps;
-        var positions = batch.Positions.Slice(start, n);
 
-        // Metadata, uploaded once for the chunk. Each token is its own attention "sequence": context = position + 1
-        // (causal), block table = its sequence's, rows `width` blocks apart (the most any token of the chunk needs).
-        int width = 1;
-        for (int t = 0; t < n; t++) width = Math.Max(width, positions[t] / kv.BlockSize + 1);
-        for (int t = 0; t < n; t++)
-        {
-            _hostContextLens[t] = positions[t] + 1;
-            var table = batch.BlockTable(batch.SequenceOf[start + t]);
-            int blocks = positions[t] / kv.BlockSize + 1;
-            var row = _hostBlockTables.AsSpan(t * width, width);
-            for (int i = 0; i < blocks; i++) row[i] = table[i];
-            row[blocks..].Clear();   // never read (beyond the context), but defined
-        }
+        // Metadata, uploaded once for the chunk: the rows', then the attention plan's per group of a sequence's rows.
+        _plan.Build(batch, start, n, kv.BlockSize);
+        LastAttention |= _plan.Kernels;
         if (_comm is null) _tokens.CopyFrom(batch.TokenIds.Slice(start, n));
         else
         {
@@ -457,10 +484,11 @@ public sealed class CudaForward : IDisposable
                 _hostTokens[t] = (uint)(ids[t] - _vocabStart) < (uint)_vocabCount ? ids[t] - _vocabStart : _vocabCount;
             _tokens.CopyFrom<int>(_hostTokens.AsSpan(0, n));
         }
-        _positions.CopyFrom(positions);
+        _positions.CopyFrom(batch.Positions.Slice(start, n));
         _slots.CopyFrom(batch.SlotMapping.Slice(start, n));
-        _contextLens.CopyFrom<int>(_hostContextLens.AsSpan(0, n));
-        _blockTables.CopyFrom<int>(_hostBlockTables.AsSpan(0, n * width));
+        _contextLens.CopyFrom(_plan.ContextLens);
+        _blockTables.CopyFrom(_plan.BlockTables);
+        _queryStart.CopyFrom(_plan.QueryStart);
         if (logitCount > 0) _logitRowIndex.CopyFrom<int>(_hostLogitRows.AsSpan(0, logitCount));
 
         var rows = new Dim3((uint)n);
@@ -481,9 +509,7 @@ public sealed class CudaForward : IDisposable
                 .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0));
             _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim));
-            _attention.Launch(new Dim3((uint)_c.HeadCount, (uint)n), Block(_attention), _args.Clear().Add(_att).Add(_q)
-                .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_blockTables).Add(_contextLens).Add(width)
-                .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(0));
+            Attention(kv, layer, scale);
             Gemv(lw.Wo, _att, _delta, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel wo: each rank holds a partial sum over its heads
             // x += attention output; h = ffn_norm(x)
@@ -523,6 +549,54 @@ public sealed class CudaForward : IDisposable
 
     /// <summary>Test hook (fault injection): runs at the start of every layer with its index.</summary>
     internal Action<int>? LayerHook { get; set; }
+
+    /// <summary>
+    /// att = softmax(q·k · scale)·v of every row of the chunk over its sequence's cached positions 0 … its own, one
+    /// launch per run of <see cref="_plan"/>. A decode launch's "sequences" are its rows, so its q, output, context
+    /// lengths and block tables start at the run's first row and group; a prefill launch indexes rows through
+    /// query_start, which holds chunk rows, so only its per-group arrays are offset.
+    /// </summary>
+    void Attention(CudaKvCache kv, int layer, float scale)
+    {
+        const int NoWindow = 0;   // CheckSupported refuses sliding-window models
+        int width = _plan.Width;
+        foreach (var run in _plan.Runs)
+        {
+            var blockTables = Offset(_blockTables, (long)run.FirstGroup * width);
+            var contextLens = Offset(_contextLens, run.FirstGroup);
+            var q = Offset(_q, (long)run.FirstRow * _c.QDim);
+            var output = Offset(_att, (long)run.FirstRow * _c.QDim);
+            switch (run.Kind)
+            {
+                case AttentionKernels.Prefill:
+                    _prefillAttention.Launch(PagedAttentionPrefill.Grid(run.MaxQueryLength, _c.HeadCount, run.GroupCount), Block(_prefillAttention),
+                        _args.Clear().Add(_att).Add(_q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables)
+                            .Add(Offset(_queryStart, run.FirstGroup)).Add(_positions).Add(width)
+                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow));
+                    break;
+                case AttentionKernels.Decode:
+                    _decodeAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_decodeAttention),
+                        _args.Clear().Add(output).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables).Add(contextLens).Add(width)
+                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow));
+                    break;
+                case AttentionKernels.DecodeSplitK:
+                    var plan = run.Decode;
+                    _splitDecodeAttention.Launch(plan.SplitGrid(run.GroupCount, _c.HeadCount), Block(_splitDecodeAttention),
+                        _args.Clear().Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer))
+                            .Add(blockTables).Add(contextLens).Add(width).Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim)
+                            .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(_partitionSize));
+                    _reduceAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_reduceAttention),
+                        _args.Clear().Add(output).Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(contextLens).Add(plan.MaxPartitions)
+                            .Add(_c.HeadCount).Add(_c.HeadDim).Add(NoWindow).Add(_partitionSize));
+                    break;
+                default:
+                    throw new InvalidOperationException($"attention run of kind {run.Kind}");
+            }
+        }
+    }
+
+    /// <summary>The device address <paramref name="elements"/> 4-byte elements (float or int) into <paramref name="buffer"/>.</summary>
+    static CUdeviceptr Offset(DeviceBuffer buffer, long elements) => new(buffer.Pointer.Value + (ulong)(elements * sizeof(float)));
 
     /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
     void Gemv(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)

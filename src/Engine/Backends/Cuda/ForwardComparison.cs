@@ -10,7 +10,9 @@ namespace TokenMill.Backends.Cuda;
 /// <param name="MaxLogit">Largest |reference| over those rows: the scale the error is read against.</param>
 /// <param name="Tolerance">The largest error that passes.</param>
 /// <param name="SameArgMax">Whether every row's greedy token is the same on both.</param>
-public sealed record ForwardCheck(string Step, int Tokens, int LogitRows, double MaxError, double MaxLogit, double Tolerance, bool SameArgMax)
+/// <param name="CandidatePath">What the candidate says it ran for the step (the CUDA backend: its attention kernels), or empty.</param>
+public sealed record ForwardCheck(string Step, int Tokens, int LogitRows, double MaxError, double MaxLogit, double Tolerance, bool SameArgMax,
+                                  string CandidatePath = "")
 {
     public bool Passed => MaxError <= Tolerance;   // NaN fails
 }
@@ -20,13 +22,17 @@ public sealed record ForwardCheck(string Step, int Tokens, int LogitRows, double
 /// their logits: three sequences whose prefills, a chunked prefill and decodes mix in one batch, as the scheduler
 /// mixes them, with block tables that are not in order — so the slot mapping, the per-sequence block tables, the
 /// causal prefill attention and the logit rows are all exercised — and a copy-on-write fork of a partly filled block
-/// (<see cref="IModelExecutor.CopyBlock"/>). Both executors need at least
-/// <see cref="BlocksNeeded"/> KV blocks of <see cref="BlockSize"/> tokens.
+/// (<see cref="IModelExecutor.CopyBlock"/>); then a longer sequence (32 positions, its 30-token prompt in one step that
+/// the backends cut into chunks) whose decodes share steps with a short prompt's prefill and decode, in either order,
+/// for a backend whose decode attention splits long contexts (at a small partition size, 32 positions are long).
+/// Both executors need at least <see cref="BlocksNeeded"/> KV blocks of <see cref="BlockSize"/> tokens and a context
+/// of <see cref="ContextNeeded"/> positions.
 /// </summary>
 public static class ForwardComparison
 {
     public const int BlockSize = 4;
-    public const int BlocksNeeded = 13;
+    public const int BlocksNeeded = 23;
+    public const int ContextNeeded = 32;
 
     /// <summary>
     /// The error that passes for a model's weight type: F32/F16/BF16 products agree to float rounding (a different
@@ -40,8 +46,11 @@ public static class ForwardComparison
         return (quantized ? 5e-2 : 1e-4) * Math.Max(1, maxLogit);
     }
 
-    /// <summary>Runs the steps on both executors; <paramref name="reference"/>'s logits are the expected ones.</summary>
-    public static IReadOnlyList<ForwardCheck> Run(Model model, IModelExecutor reference, IModelExecutor candidate)
+    /// <summary>
+    /// Runs the steps on both executors; <paramref name="reference"/>'s logits are the expected ones.
+    /// <paramref name="candidatePath"/>, called after each step, says what the candidate ran for it.
+    /// </summary>
+    public static IReadOnlyList<ForwardCheck> Run(Model model, IModelExecutor reference, IModelExecutor candidate, Func<string>? candidatePath = null)
     {
         int vocab = model.Config.VocabSize;
         var random = new Random(1234);
@@ -49,12 +58,14 @@ public static class ForwardComparison
         // Physical blocks out of order, as a KV pool hands them out after some churn.
         // D is a fork of C (parallel sampling, beam search): it shares C's full blocks and gets a copy of its partly
         // filled last block (8 → 12) before either writes into it.
-        int[][] tables = [[7, 2, 9, 4], [0, 11, 5], [3, 10, 1, 8, 6], [3, 10, 1, 12]];
-        int[][] tokens = [Prompt(12), Prompt(12), Prompt(16), Prompt(16)];
-        int[] done = new int[4];   // tokens of each sequence already in the KV cache
+        // E (32 positions) and F (6) come after, on blocks 13 … 22.
+        int[][] tables = [[7, 2, 9, 4], [0, 11, 5], [3, 10, 1, 8, 6], [3, 10, 1, 12], [13, 20, 15, 22, 14, 18, 16, 21], [19, 17]];
+        int[][] tokens = [Prompt(12), Prompt(12), Prompt(16), Prompt(16), Prompt(32), Prompt(6)];
+        int[] done = new int[tables.Length];   // tokens of each sequence already in the KV cache
 
         // (sequence, tokens this step) per step: prefill A and B together; a decode of A, B's last prompt tokens and
-        // C's first chunk; decodes of A and B with C's second chunk; then decodes of all three.
+        // C's first chunk; decodes of A and B with C's second chunk; then decodes of all three. Then E's prompt; F's
+        // prompt with a decode of E after it (a prefill before a decode in the batch); decodes of E and F together.
         (string Name, (int Seq, int Count)[] Work)[] steps =
         [
             ("prefill A (9) + prefill B (7)", [(0, 9), (1, 7)]),
@@ -62,6 +73,9 @@ public static class ForwardComparison
             ("decode A + decode B + prefill C (8)", [(0, 1), (1, 1), (2, 8)]),
             ("decode A + decode B + decode C", [(0, 1), (1, 1), (2, 1)]),
             ("D forks C (copy-on-write): decode C + decode D", [(2, 1), (3, 1)]),
+            ("prefill E (30)", [(4, 30)]),
+            ("prefill F (5) + decode E (context 31)", [(5, 5), (4, 1)]),
+            ("decode E (context 32) + decode F", [(4, 1), (5, 1)]),
         ];
         // A decode's token comes from the prompt too: the comparison is of logits, not of what a sampler would pick.
         var results = new List<ForwardCheck>();
@@ -101,7 +115,8 @@ public static class ForwardComparison
                 }
                 sameArgMax &= System.Numerics.Tensors.TensorPrimitives.IndexOfMax(e) == System.Numerics.Tensors.TensorPrimitives.IndexOfMax(a);
             }
-            results.Add(new ForwardCheck(name, batch.TokenCount, batch.LogitRowCount, maxError, maxLogit, Tolerance(model, maxLogit), sameArgMax));
+            results.Add(new ForwardCheck(name, batch.TokenCount, batch.LogitRowCount, maxError, maxLogit, Tolerance(model, maxLogit), sameArgMax,
+                                         candidatePath?.Invoke() ?? ""));
         }
         return results;
     }

@@ -43,22 +43,28 @@ public readonly record struct PagedAttentionDecodePlan(bool SplitK, int MaxParti
     /// <summary>
     /// Chooses the decode kernel for a step whose longest sequence has <paramref name="maxContextLength"/> positions
     /// (its query included), over <paramref name="sequenceCount"/> sequences of <paramref name="headCount"/> query heads;
-    /// <paramref name="slidingWindow"/> as the kernels take it (0 for none).
+    /// <paramref name="slidingWindow"/> as the kernels take it (0 for none); partitions of <paramref name="partitionSize"/>
+    /// positions (the tests use small ones, so that short contexts on the emulated driver split).
     /// </summary>
-    public static PagedAttentionDecodePlan Choose(int maxContextLength, int sequenceCount, int headCount, int slidingWindow = 0)
+    public static PagedAttentionDecodePlan Choose(int maxContextLength, int sequenceCount, int headCount, int slidingWindow = 0,
+                                                  int partitionSize = PartitionSize)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxContextLength, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(sequenceCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(headCount, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
         int seen = slidingWindow > 0 ? Math.Min(maxContextLength, slidingWindow) : maxContextLength;
-        int partitions = Partitions(seen);
+        int partitions = Partitions(seen, partitionSize);
         bool split = partitions > 1 && (seen > SplitContextThreshold || (long)sequenceCount * headCount <= OnePassMinBlocks);
         return new PagedAttentionDecodePlan(split, split ? partitions : 1);
     }
 
-    /// <summary>Partitions of <see cref="PartitionSize"/> positions that <paramref name="seenPositions"/> positions make (the last one partial).</summary>
-    public static int Partitions(int seenPositions) => (seenPositions + PartitionSize - 1) / PartitionSize;
+    /// <summary>Partitions of <paramref name="partitionSize"/> positions that <paramref name="seenPositions"/> positions make (the last one partial).</summary>
+    public static int Partitions(int seenPositions, int partitionSize = PartitionSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(partitionSize, 1);
+        return (seenPositions + partitionSize - 1) / partitionSize;
+    }
 
     /// <summary>Floats of <c>max_logits</c> and of <c>exp_sums</c> (each) the split kernel writes: [sequences][heads][partitions].</summary>
     public long StatisticsLength(int sequenceCount, int headCount) => (long)sequenceCount * headCount * MaxPartitions;
