@@ -199,18 +199,28 @@ public static class BenchCommand
         var arrivals = new List<(double Seconds, int Tokens)>[numPrompts];
         var firstToken = new double[numPrompts];
         var clock = Stopwatch.StartNew();
-        var runs = prompts.Select((p, i) => Task.Run(async () =>
+        // Every request is queued here, before any is read, so that they start together however busy the thread pool is.
+        var streams = prompts.Select(p => engine.Generate(Request(p, outputLen))).ToArray();
+        // A thread of its own per request stamps each chunk as it arrives, not when a busy thread pool gets to it.
+        var errors = new Exception?[numPrompts];
+        var readers = streams.Select((stream, i) => new Thread(() =>
         {
             arrivals[i] = new List<(double, int)>(outputLen);
-            await foreach (var chunk in engine.Generate(Request(p, outputLen)))
-                if (chunk.TokenIds.Length > 0) arrivals[i].Add((clock.Elapsed.TotalSeconds, chunk.TokenIds.Length));
+            try
+            {
+                foreach (var chunk in stream.ToBlockingEnumerable())
+                    if (chunk.TokenIds.Length > 0) arrivals[i].Add((clock.Elapsed.TotalSeconds, chunk.TokenIds.Length));
+            }
+            catch (Exception e) { errors[i] = e; }   // thrown on the bench's thread below, not left to end the process
             firstToken[i] = arrivals[i].Count > 0 ? arrivals[i][0].Seconds : double.NaN;
-        })).ToArray();
-        Task.WaitAll(runs);
+        }) { IsBackground = true, Name = $"bench reader {i}" }).ToArray();
+        foreach (var reader in readers) reader.Start();
+        foreach (var reader in readers) reader.Join();
+        if (errors.FirstOrDefault(e => e is not null) is { } error) throw error;
         double seconds = clock.Elapsed.TotalSeconds;
         int generated = arrivals.Sum(a => a.Sum(x => x.Tokens)), prompted = prompts.Sum(p => p.Length);
         // The steady phase ends when the first request finishes: after that the batch shrinks.
-        double allDecoding = firstToken.Max(), firstDone = arrivals.Min(a => a[^1].Seconds);
+        double allDecoding = firstToken.Max(), firstDone = arrivals.Min(a => a.Count > 0 ? a[^1].Seconds : double.NaN);
         int steadyTokens = arrivals.Sum(a => a.Where(x => x.Seconds > allDecoding && x.Seconds <= firstDone).Sum(x => x.Tokens));
         result["num_prompts"] = numPrompts;
         result["elapsed_s"] = seconds;
