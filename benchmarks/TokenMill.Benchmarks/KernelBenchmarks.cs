@@ -187,6 +187,7 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
     int[] _xc = [];
     byte[] _xu = [], _scratch = [];
     PackedQ4_0? _packedQ4;
+    PackedQ4_0SeparateGroups? _separateQ4;
     PackedQ8_0? _packedQ8;
 
     [Params(GgmlType.Q8_0, GgmlType.Q4_0)]
@@ -209,6 +210,7 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
         QuantizeActivations();
         for (int i = 0; i < N; i++) PackedQ4_0.BlockSums(_xq.AsSpan(i * Cols, Cols), _xc.AsSpan(i * Cols / 32, Cols / 32));
         _packedQ4 = Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported ? PackedQ4_0.Pack(Weights, Rows, Cols) : null;
+        _separateQ4 = Type == GgmlType.Q4_0 && PackedQ4_0SeparateGroups.IsSupported ? PackedQ4_0SeparateGroups.Pack(Weights, Rows, Cols) : null;
         _packedQ8 = Type == GgmlType.Q8_0 && PackedQ8_0.IsSupported ? PackedQ8_0.Pack(Weights, Rows, Cols) : null;
     }
 
@@ -243,6 +245,19 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
         }
     }
 
+    /// <summary>
+    /// Q4_0 in the layout before its groups were paired (<see cref="PackedQ4_0SeparateGroups"/>): the ratio to
+    /// <see cref="Repacked"/> is what the pair layout gains; nothing for Q8_0.
+    /// </summary>
+    [Benchmark]
+    public void RepackedSeparateGroups()
+    {
+        fixed (sbyte* q = _xq)
+        fixed (float* d = _xd, y = _ys)
+        fixed (int* c = _xc)
+            _separateQ4?.Multiply(0, Rows, q, d, c, N, y, Rows);
+    }
+
     public override float Check()
     {
         Setup();
@@ -260,6 +275,14 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
             Array.Clear(_ys);
             Repacked();
             error = Math.Max(error, RelativeError(_xs, N, _ys));
+        }
+        if (_separateQ4 is not null)
+        {
+            var repacked = (float[])_ys.Clone();
+            Array.Clear(_ys);
+            RepackedSeparateGroups();
+            // The two layouts compute the same exact integer dots and the same f32 steps: equal bit for bit.
+            if (!repacked.AsSpan().SequenceEqual(_ys)) return float.PositiveInfinity;
         }
         return error;
     }

@@ -6,16 +6,19 @@ using static TokenMill.Quantization.BlockFormats;
 namespace TokenMill.Quantization;
 
 /// <summary>
-/// A Q4_0 matrix repacked once, eight rows interleaved, for the integer kernel (the idea of llama.cpp's
+/// A Q4_0 matrix repacked once, rows interleaved, for the integer kernel (the idea of llama.cpp's
 /// <c>block_q4_0x8</c> repacking, in a layout of our own): one <c>vpdpbusd</c> then computes a 4-element partial
-/// dot for all eight rows at once (lane r = row r), so a block of 8 rows × 32 weights takes 4 loads, 8 nibble
+/// dot for eight rows at once (lane r = row r), so a block of 8 rows × 32 weights takes 4 loads, 8 nibble
 /// unpacks and 8 <c>vpdpbusd</c> — where the one-row kernel decodes, sign-flips, sums and converts each row's
 /// block on its own. Decode (one activation row) is the product this speeds up most.
 /// <para>
-/// Layout, per group of 8 rows and block of 32 columns (<see cref="GroupBlockBytes"/> = 160 bytes, 0.625 bytes
-/// per weight against Q4_0's 0.5625): 4 × 32 bytes of nibble pairs, then 8 f32 weight scales. Byte 4r + e of
-/// 32-byte chunk c holds row r's element 4c + e in its low nibble and element 4(c + 4) + e in its high one;
-/// nibbles stay unsigned (0…15).
+/// Layout, per pair of 8-row groups (<see cref="PairRows"/> = 16 rows; the rows are padded with zero rows to a
+/// whole number of pairs) and block of 32 columns (<see cref="PairBlockBytes"/> = 320 bytes, 0.625 bytes per weight
+/// against Q4_0's 0.5625): 4 × 64 bytes of nibble pairs, then 16 f32 weight scales. Bytes 0…31 of 64-byte chunk c
+/// belong to the first group, 32…63 to the second; byte 4r + e of a group's 32 holds its row r's element 4c + e in
+/// its low nibble and element 4(c + 4) + e in its high one; nibbles stay unsigned (0…15). A chunk is then one
+/// 512-bit load of 16 rows × 4 weights (lane = row) for the AVX-512 kernel, and its halves the eight-row kernel's
+/// 256-bit loads; the two groups' scales are one 512-bit load.
 /// </para>
 /// <para>
 /// The weights are w = nibble − 8, and vpdpbusd multiplies unsigned by signed bytes, so each block's dot is
@@ -25,17 +28,21 @@ namespace TokenMill.Quantization;
 /// its batch mates: a row's result does not depend on the batch.
 /// </para>
 /// <para>
-/// Several activation rows (prefill, batched decode) run on AVX-512BW through <see cref="Multiply16"/>: two groups
-/// side by side in 512-bit registers, each block's nibbles unpacked once for eight activation rows, and 512-bit
-/// <c>vpmaddubsw</c> (64 products per instruction, where 256-bit <c>vpdpbusd</c> does 32). It computes the same
-/// integer dots and the same f32 steps as the eight-row kernel, so a row's result is the same bit for bit alone
-/// (decode) as in any batch.
+/// With AVX-512BW every product runs through <see cref="Multiply16"/>: a pair of groups in 512-bit registers, each
+/// block's nibbles unpacked once for eight activation rows, and 512-bit <c>vpmaddubsw</c> (64 products per
+/// instruction, where 256-bit <c>vpdpbusd</c> — .NET 10 has no 512-bit one — does 32). It computes the same integer
+/// dots and the same f32 steps as the eight-row kernel, so a row's result is the same bit for bit alone (decode) as
+/// in any batch, and on a machine with AVX2 only.
 /// </para>
 /// </summary>
 public sealed unsafe class PackedQ4_0
 {
+    /// <summary>Rows of one group: the eight lanes of a 256-bit register of int32 dots.</summary>
     public const int Rows = 8;
-    public const int GroupBlockBytes = 4 * 32 + Rows * sizeof(float);
+    /// <summary>Rows interleaved in the layout: two groups, the sixteen lanes of a 512-bit register.</summary>
+    public const int PairRows = 2 * Rows;
+    /// <summary>Bytes of one block (32 columns) of a pair of groups: 4 × 64 bytes of nibbles, 16 f32 scales.</summary>
+    public const int PairBlockBytes = 4 * 64 + PairRows * sizeof(float);
 
     /// <summary>
     /// Activation rows run over the whole row range before the next ones: with a prefill's 512 rows, every group
@@ -54,9 +61,9 @@ public sealed unsafe class PackedQ4_0
     public int RowCount { get; }
     public int Columns { get; }
     int Blocks => Columns / QK;
-    long GroupBytes => (long)Blocks * GroupBlockBytes;
+    long PairBytes => (long)Blocks * PairBlockBytes;
 
-    /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> Q4_0 matrix (missing rows of the last group are zero).</summary>
+    /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> Q4_0 matrix (missing rows of the last pair are zero).</summary>
     public static PackedQ4_0 Pack(ReadOnlySpan<byte> weights, int rows, int columns)
     {
         if (!IsSupported) throw new NotSupportedException("PackedQ4_0 needs AVX2 and FMA");
@@ -65,8 +72,8 @@ public sealed unsafe class PackedQ4_0
         long rowBytes = (long)columns / QK * Q4_0Bytes;
         if (weights.Length != rowBytes * rows)
             throw new ArgumentException($"PackedQ4_0.Pack: a {rows} × {columns} Q4_0 matrix takes {rowBytes * rows} bytes, but weights has {weights.Length}");
-        int groups = (rows + Rows - 1) / Rows, blocks = columns / QK;
-        long bytes = (long)groups * blocks * GroupBlockBytes;
+        int groups = (rows + PairRows - 1) / PairRows * 2, blocks = columns / QK;
+        long bytes = (long)groups / 2 * blocks * PairBlockBytes;
         var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "PackedQ4_0.Pack");
         fixed (byte* w = weights)
         fixed (byte* dst = data)
@@ -76,8 +83,9 @@ public sealed unsafe class PackedQ4_0
             for (int g = 0; g < groups; g++)
                 for (int b = 0; b < blocks; b++)
                 {
-                    byte* t = dst + ((long)g * blocks + b) * GroupBlockBytes;
-                    float* scales = (float*)(t + 128);
+                    // Group g is half g % 2 of pair g / 2: its 32 bytes of each chunk and its 8 scales come after the first half's.
+                    byte* t = dst + ((long)(g / 2) * blocks + b) * PairBlockBytes + g % 2 * 32;
+                    float* scales = (float*)(t + 4 * 64);
                     for (int r = 0; r < Rows; r++)
                     {
                         int row = g * Rows + r;
@@ -96,7 +104,7 @@ public sealed unsafe class PackedQ4_0
                     }
                     IntegerTile.Transpose8x8((Vector256<int>*)rowsV, k);
                     for (int c = 0; c < 4; c++)
-                        Avx.Store(t + 32 * c, Avx2.Or(k[c].AsByte(), Avx2.ShiftLeftLogical(k[c + 4].AsUInt16(), 4).AsByte()));
+                        Avx.Store(t + 64 * c, Avx2.Or(k[c].AsByte(), Avx2.ShiftLeftLogical(k[c + 4].AsUInt16(), 4).AsByte()));
                 }
         }
         return new PackedQ4_0(data, rows, columns);
@@ -141,7 +149,8 @@ public sealed unsafe class PackedQ4_0
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ4_0.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
         int blocks = Blocks;
-        var result = stackalloc float[2 * Rows];
+        long pairBytes = PairBytes;
+        var result = stackalloc float[PairRows];
         fixed (byte* data = _data)
         {
             for (int i0 = 0; i0 < n; i0 += ActivationRowsPerPass)
@@ -151,20 +160,33 @@ public sealed unsafe class PackedQ4_0
                 float* d = xd + (long)i0 * blocks;
                 int* c = xc + (long)i0 * blocks;
                 float* yi = y + (long)i0 * yStride;
-                int g = r0;
-                // Two groups side by side in 512-bit registers (AVX-512BW), several activation rows per pass; the last
-                // odd group, one activation row (decode) and machines without AVX-512 take the eight-row kernel.
+                int g = r0, end = r0 + count;
+                // A pair of groups in 512-bit registers (AVX-512BW), from decode's one activation row up; a range that
+                // starts at a pair's second group and machines without AVX-512 take the eight-row kernel on each group.
                 // Both compute the same exact integer block dots and the same f32 steps, so they agree bit for bit.
-                if (Avx512BW.IsSupported && m >= 2)
-                    for (; g + Rows < r0 + count; g += 2 * Rows)
-                        Multiply16(data + g / Rows * GroupBytes, GroupBytes, blocks, q, d, c, m, yi + g, yStride, Math.Min(2 * Rows, r0 + count - g), result);
-                for (; g < r0 + count; g += Rows)
-                    Multiply8(data + g / Rows * GroupBytes, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, r0 + count - g), result);
+                if (Avx512BW.IsSupported)
+                {
+                    if (g % PairRows != 0 && g < end)
+                    {
+                        Multiply8(data + g / PairRows * pairBytes + 32, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
+                        g += Rows;
+                    }
+                    for (; g < end; g += PairRows) // a last pair of fewer rows computes its zero rows too and stores only its own
+                    {
+                        byte* tile = data + g / PairRows * pairBytes;
+                        Multiply16(tile, g + PairRows < end ? tile + pairBytes : null, blocks, q, d, c, m, yi + g, yStride, Math.Min(PairRows, end - g), result);
+                    }
+                }
+                for (; g < end; g += Rows)
+                    Multiply8(data + g / PairRows * pairBytes + g / Rows % 2 * 32, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
             }
         }
     }
 
-    /// <summary>One group of 8 rows (<paramref name="tile"/>) against the n activation rows, two at a time (AVX2, vpdpbusd with AVX-VNNI).</summary>
+    /// <summary>
+    /// One group of 8 rows (<paramref name="tile"/>: its half of the pair's first chunk) against the n activation rows,
+    /// two at a time (AVX2, vpdpbusd with AVX-VNNI).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply8(byte* tile, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
     {
@@ -177,13 +199,13 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks, c1 = c0 + blocks;
             Vector256<float> f0 = Vector256<float>.Zero, f1 = f0;
             byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK)
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK)
             {
                 Vector256<int> e0 = Vector256.Create(c0[b]), o0 = Vector256<int>.Zero, e1 = Vector256.Create(c1[b]), o1 = o0;
                 for (int c = 0; c < 4; c += 2)
                 {
-                    var (lo0, hi0) = Nibbles(t + 32 * c);
-                    var (lo1, hi1) = Nibbles(t + 32 * c + 32);
+                    var (lo0, hi0) = Nibbles(t + 64 * c);
+                    var (lo1, hi1) = Nibbles(t + 64 * c + 64);
                     e0 = Dot(e0, lo0, a0 + 4 * c);
                     e1 = Dot(e1, lo0, a1 + 4 * c);
                     o0 = Dot(o0, lo1, a0 + 4 * c + 4);
@@ -193,7 +215,7 @@ public sealed unsafe class PackedQ4_0
                     o0 = Dot(o0, hi1, a0 + 4 * c + 20);
                     o1 = Dot(o1, hi1, a1 + 4 * c + 20);
                 }
-                var scales = Avx.LoadVector256((float*)(t + 128));
+                var scales = Avx.LoadVector256((float*)(t + 4 * 64));
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
                 f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e1, o1)), Avx.Multiply(scales, Vector256.Create(d1[b])), f1);
             }
@@ -207,19 +229,19 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks;
             var f0 = Vector256<float>.Zero;
             byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK)
             {
                 Vector256<int> e0 = Vector256.Create(c0[b]), o0 = Vector256<int>.Zero;
                 for (int c = 0; c < 4; c += 2)
                 {
-                    var (lo0, hi0) = Nibbles(t + 32 * c);
-                    var (lo1, hi1) = Nibbles(t + 32 * c + 32);
+                    var (lo0, hi0) = Nibbles(t + 64 * c);
+                    var (lo1, hi1) = Nibbles(t + 64 * c + 64);
                     e0 = Dot(e0, lo0, a0 + 4 * c);
                     o0 = Dot(o0, lo1, a0 + 4 * c + 4);
                     e0 = Dot(e0, hi0, a0 + 4 * c + 16);
                     o0 = Dot(o0, hi1, a0 + 4 * c + 20);
                 }
-                var scales = Avx.LoadVector256((float*)(t + 128));
+                var scales = Avx.LoadVector256((float*)(t + 4 * 64));
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
             }
             IntegerTile.Store(f0, result, y + (long)i * yStride, rowsHere);
@@ -227,8 +249,9 @@ public sealed unsafe class PackedQ4_0
     }
 
     /// <summary>
-    /// Two groups (<paramref name="tile"/> and the one <paramref name="groupBytes"/> after it, 16 rows, lanes 8..15 the
-    /// second) against the n activation rows, eight at a time, with AVX-512BW. Per block and activation row:
+    /// A pair of groups (<paramref name="tile"/>, 16 rows, lanes 8..15 the second group) against the n activation rows,
+    /// eight at a time, with AVX-512BW; <paramref name="next"/> (the pair this range computes next, or null) is brought
+    /// into L2 meanwhile. Per block and activation row:
     /// 8 <c>vpmaddubsw</c> (unsigned nibble × signed activation, pairs of products as int16: |pair| ≤ 2·15·127), their
     /// sum in int16 (8 pairs = 16 products, |Σ| ≤ 30480 &lt; 32767: no saturation), one <c>vpmaddwd</c> by 1 into the
     /// int32 block dot plus −8·Σa, then the eight-row kernel's f32 steps on 16 lanes. Each block's nibbles are
@@ -236,7 +259,7 @@ public sealed unsafe class PackedQ4_0
     /// 256-bit vpdpbusd does 32.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Multiply16(byte* tile, long groupBytes, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+    static void Multiply16(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
     {
         int cols = blocks * QK;
         int i = 0;
@@ -249,13 +272,29 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
             byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK, a4 += QK, a5 += QK, a6 += QK, a7 += QK)
+            // The first pass over this pair's weights streams them from memory at the rate it computes, the next ones
+            // find them in L2 and leave the memory idle: the second pass prefetches the next pair's block by block,
+            // whose first pass then finds them in L2. (At 32 activation rows, weights that do not fit in L3 — every
+            // decode step's — went from ~200 to ~300 GMAC/s a thread, as fast as weights in L3.)
+            byte* ahead = i == 8 ? next : null;
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK, a4 += QK, a5 += QK, a6 += QK, a7 += QK)
             {
-                var (l0, h0) = Nibbles16(t, groupBytes);
-                var (l1, h1) = Nibbles16(t + 32, groupBytes);
-                var (l2, h2) = Nibbles16(t + 64, groupBytes);
-                var (l3, h3) = Nibbles16(t + 96, groupBytes);
-                var scales = Vector512.Create(Avx.LoadVector256((float*)(t + 128)), Avx.LoadVector256((float*)(t + groupBytes + 128)));
+                if (ahead != null)
+                {
+                    // 320 bytes: five cache lines, six where the array does not start at a line.
+                    byte* p = ahead + (t - tile);
+                    Sse.Prefetch1(p);
+                    Sse.Prefetch1(p + 64);
+                    Sse.Prefetch1(p + 128);
+                    Sse.Prefetch1(p + 192);
+                    Sse.Prefetch1(p + 256);
+                    Sse.Prefetch1(p + PairBlockBytes - 1);
+                }
+                var (l0, h0) = Nibbles16(t);
+                var (l1, h1) = Nibbles16(t + 64);
+                var (l2, h2) = Nibbles16(t + 128);
+                var (l3, h3) = Nibbles16(t + 192);
+                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
                 f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c0[b + blocks], scales, d0[b + blocks]);
                 f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c0[b + 2 * blocks], scales, d0[b + 2 * blocks]);
@@ -281,13 +320,13 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks, c1 = c0 + blocks, c2 = c1 + blocks, c3 = c2 + blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
             {
-                var (l0, h0) = Nibbles16(t, groupBytes);
-                var (l1, h1) = Nibbles16(t + 32, groupBytes);
-                var (l2, h2) = Nibbles16(t + 64, groupBytes);
-                var (l3, h3) = Nibbles16(t + 96, groupBytes);
-                var scales = Vector512.Create(Avx.LoadVector256((float*)(t + 128)), Avx.LoadVector256((float*)(t + groupBytes + 128)));
+                var (l0, h0) = Nibbles16(t);
+                var (l1, h1) = Nibbles16(t + 64);
+                var (l2, h2) = Nibbles16(t + 128);
+                var (l3, h3) = Nibbles16(t + 192);
+                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
                 f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c1[b], scales, d1[b]);
                 f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c2[b], scales, d2[b]);
@@ -305,24 +344,24 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks;
             var f0 = Vector512<float>.Zero;
             byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK)
             {
-                var (l0, h0) = Nibbles16(t, groupBytes);
-                var (l1, h1) = Nibbles16(t + 32, groupBytes);
-                var (l2, h2) = Nibbles16(t + 64, groupBytes);
-                var (l3, h3) = Nibbles16(t + 96, groupBytes);
-                var scales = Vector512.Create(Avx.LoadVector256((float*)(t + 128)), Avx.LoadVector256((float*)(t + groupBytes + 128)));
+                var (l0, h0) = Nibbles16(t);
+                var (l1, h1) = Nibbles16(t + 64);
+                var (l2, h2) = Nibbles16(t + 128);
+                var (l3, h3) = Nibbles16(t + 192);
+                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
         }
     }
 
-    /// <summary>The nibbles of 32 packed bytes of two groups (the second <paramref name="groupBytes"/> on): 16 rows × 4 unsigned weights, low and high.</summary>
+    /// <summary>The nibbles of one 64-byte chunk of a pair of groups: 16 rows × 4 unsigned weights, low and high.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static (Vector512<byte> Low, Vector512<byte> High) Nibbles16(byte* chunk, long groupBytes)
+    static (Vector512<byte> Low, Vector512<byte> High) Nibbles16(byte* chunk)
     {
-        var v = Vector512.Create(Avx.LoadVector256(chunk), Avx.LoadVector256(chunk + groupBytes));
+        var v = Avx512F.LoadVector512(chunk);
         var mask = Vector512.Create((byte)0xF);
         return (Avx512F.And(v, mask), Avx512F.And(Avx512BW.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask));
     }
@@ -349,7 +388,7 @@ public sealed unsafe class PackedQ4_0
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Store16(Vector512<float> v, float* scratch, float* y, int count)
     {
-        if (count == 2 * Rows)
+        if (count == PairRows)
         {
             Avx512F.Store(y, v);
             return;

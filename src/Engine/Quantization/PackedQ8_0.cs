@@ -101,17 +101,21 @@ public sealed unsafe class PackedQ8_0
             {
                 int m = Math.Min(PackedQ4_0.ActivationRowsPerPass, n - i0);
                 for (int g = r0; g < r0 + count; g += Rows)
-                    Multiply8(data + g / Rows * GroupBytes, blocks, xq + (long)i0 * Columns, xd + (long)i0 * blocks, xc + (long)i0 * blocks, m,
+                {
+                    byte* tile = data + g / Rows * GroupBytes;
+                    Multiply8(tile, g + Rows < r0 + count ? tile + GroupBytes : null, blocks, xq + (long)i0 * Columns, xd + (long)i0 * blocks, xc + (long)i0 * blocks, m,
                         y + (long)i0 * yStride + g, yStride, Math.Min(Rows, r0 + count - g), result);
+                }
             }
     }
 
     /// <summary>
     /// One group of 8 rows against the n activation rows: four at a time (each weight chunk loaded once for four
-    /// vpdpbusd, 8 independent int32 chains), then one at a time with the same arithmetic.
+    /// vpdpbusd, 8 independent int32 chains), then one at a time with the same arithmetic. <paramref name="next"/>
+    /// (the group this range computes next, or null) is brought into L2 meanwhile.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Multiply8(byte* tile, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+    static void Multiply8(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
     {
         int cols = blocks * QK;
         int i = 0;
@@ -122,8 +126,22 @@ public sealed unsafe class PackedQ8_0
             int* c0 = xc + (long)i * blocks, c1 = c0 + blocks, c2 = c1 + blocks, c3 = c2 + blocks;
             Vector256<float> f0 = Vector256<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
+            // As in PackedQ4_0.Multiply16: the second pass over this group's weights (found in L2) prefetches the next
+            // group's, whose first pass would otherwise wait on memory.
+            byte* ahead = i == 4 ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
             {
+                if (ahead != null)
+                {
+                    // 288 bytes: five cache lines, six where the block does not start at a line.
+                    byte* p = ahead + (t - tile);
+                    Sse.Prefetch1(p);
+                    Sse.Prefetch1(p + 64);
+                    Sse.Prefetch1(p + 128);
+                    Sse.Prefetch1(p + 192);
+                    Sse.Prefetch1(p + 256);
+                    Sse.Prefetch1(p + GroupBlockBytes - 1);
+                }
                 // Two chains per activation row (even and odd k); the start −128·Σa goes in the even one.
                 Vector256<int> e0 = Start(c0[b]), e1 = Start(c1[b]), e2 = Start(c2[b]), e3 = Start(c3[b]);
                 Vector256<int> o0 = Vector256<int>.Zero, o1 = o0, o2 = o0, o3 = o0;

@@ -14,9 +14,9 @@ public class PackedKernelTests
 {
     public static TheoryData<GgmlType> Types() => new() { GgmlType.Q8_0, GgmlType.Q4_0 };
 
-    // Batch sizes: every n up to 33 (eight-, four- and one-row passes, 32 decode sequences and one more), and around
+    // Batch sizes: every n up to 40 (eight-, four- and one-row passes, 32 decode sequences and more), and around
     // the 64 activation rows of one pass over the weights.
-    static readonly int[] BatchSizes = [.. Enumerable.Range(1, 33), 63, 64, 65, 70];
+    static readonly int[] BatchSizes = [.. Enumerable.Range(1, 40), 63, 64, 65, 70];
 
     static bool Supported(GgmlType type) => type == GgmlType.Q4_0 ? PackedQ4_0.IsSupported : PackedQ8_0.IsSupported;
 
@@ -125,6 +125,49 @@ public class PackedKernelTests
                         Assert.Equal(0x7FC0BEEF, BitConverter.SingleToInt32Bits(ys[i * stride + r]));
                 }
             }
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void Every_row_range_that_starts_at_a_group_gives_the_scalar_models_result_bit_for_bit(GgmlType type)
+    {
+        if (!Supported(type)) return;
+        var rng = new Random(140 + (int)type);
+        // Ranges that start at either group of a Q4_0 pair (the 16-row kernel, or the 8-row one for a pair's second
+        // group) and end anywhere: inside a group, at a group's end, at a pair's end; partial last pairs.
+        foreach (var (rows, cols) in new[] { (5, 64), (8, 32), (17, 96), (40, 64), (45, 128) })
+        {
+            int blocks = cols / 32, rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols);
+            const int maxN = 40;
+            var w = IntegerDotTests.ExtremeRow(type, rows * cols, rng);
+            var q = new sbyte[maxN * cols];
+            var d = new float[maxN * blocks];
+            var c = new int[maxN * blocks];
+            QuantizedDot.QuantizeActivations(IntegerDotTests.Activations(maxN * cols, rng), q, d);
+            for (int i = 0; i < maxN; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
+            var packed = new Packed(type, w, rows, cols);
+            var model = new float[maxN * rows];
+            for (int i = 0; i < maxN; i++)
+                for (int r = 0; r < rows; r++)
+                    model[i * rows + r] = KernelModel(type, w.AsSpan(r * rowBytes, rowBytes), q.AsSpan(i * cols, cols), d.AsSpan(i * blocks, blocks));
+            var sentinel = BitConverter.Int32BitsToSingle(0x7FC0BEEF);
+            foreach (int n in new[] { 1, 2, 3, 7, 8, 9, 31, 32, 33, 40 })
+                for (int r0 = 0; r0 < rows; r0 += 8)
+                    for (int r1 = r0 + 1; r1 <= rows; r1++)
+                    {
+                        var ys = new float[n * rows];
+                        Array.Fill(ys, sentinel);
+                        packed.Multiply(r0, r1 - r0, q, d, c, n, ys, rows);
+                        for (int i = 0; i < n; i++)
+                            for (int r = 0; r < rows; r++)
+                            {
+                                int got = BitConverter.SingleToInt32Bits(ys[i * rows + r]);
+                                int want = r >= r0 && r < r1 ? BitConverter.SingleToInt32Bits(model[i * rows + r]) : 0x7FC0BEEF;
+                                if (got != want)
+                                    Assert.Fail($"{type} {rows}×{cols}, rows {r0}..{r1}, n = {n}: activation {i}, row {r} is {ys[i * rows + r]}, the model says {BitConverter.Int32BitsToSingle(want)}");
+                            }
+                    }
         }
     }
 
