@@ -197,7 +197,6 @@ public static class BenchCommand
         // (prefills, mixed with early decodes) and after it, when every request decodes in the same batch — the
         // steady state that llama-batched-bench's S_TG measures.
         var arrivals = new List<(double Seconds, int Tokens)>[numPrompts];
-        var firstToken = new double[numPrompts];
         var clock = Stopwatch.StartNew();
         // Every request is queued here, before any is read, so that they start together however busy the thread pool is.
         var streams = prompts.Select(p => engine.Generate(Request(p, outputLen))).ToArray();
@@ -212,25 +211,36 @@ public static class BenchCommand
                     if (chunk.TokenIds.Length > 0) arrivals[i].Add((clock.Elapsed.TotalSeconds, chunk.TokenIds.Length));
             }
             catch (Exception e) { errors[i] = e; }   // thrown on the bench's thread below, not left to end the process
-            firstToken[i] = arrivals[i].Count > 0 ? arrivals[i][0].Seconds : double.NaN;
         }) { IsBackground = true, Name = $"bench reader {i}" }).ToArray();
         foreach (var reader in readers) reader.Start();
         foreach (var reader in readers) reader.Join();
         if (errors.FirstOrDefault(e => e is not null) is { } error) throw error;
         double seconds = clock.Elapsed.TotalSeconds;
         int generated = arrivals.Sum(a => a.Sum(x => x.Tokens)), prompted = prompts.Sum(p => p.Length);
-        // The steady phase ends when the first request finishes: after that the batch shrinks.
-        double allDecoding = firstToken.Max(), firstDone = arrivals.Min(a => a.Count > 0 ? a[^1].Seconds : double.NaN);
-        int steadyTokens = arrivals.Sum(a => a.Where(x => x.Seconds > allDecoding && x.Seconds <= firstDone).Sum(x => x.Tokens));
+        var (allDecoding, steadyRate) = SteadyBatchDecode(arrivals);
         result["num_prompts"] = numPrompts;
         result["elapsed_s"] = seconds;
         result["requests_per_s"] = numPrompts / seconds;
         result["generated_tokens_per_s"] = generated / seconds;
         result["total_tokens_per_s"] = (generated + prompted) / seconds;
-        result["prefill_phase_s"] = allDecoding;
+        result["prefill_phase_s"] = double.IsNaN(allDecoding) ? null : allDecoding;
         // No steady phase when a request finished before the last one started decoding (few output tokens, or
         // --max-num-seqs below --num-prompts): then the field is null rather than a rate of nothing.
-        result["batch_decode_tokens_per_s"] = firstDone > allDecoding && steadyTokens > 0 ? steadyTokens / (firstDone - allDecoding) : null;
+        result["batch_decode_tokens_per_s"] = steadyRate;
         result["preemptions"] = engine.Stats.Preemptions;
+    }
+
+    /// <summary>
+    /// The steady phase of a batch of requests from each one's token arrivals (seconds since the start, tokens):
+    /// it starts when the last request has its first token and ends when the first request has its last — the
+    /// stretch in which every request decodes in the same batch. Returns when it starts (NaN when a request got no
+    /// token) and the tokens/s that arrived within it, or null when it is empty.
+    /// </summary>
+    internal static (double AllDecoding, double? TokensPerSecond) SteadyBatchDecode(IReadOnlyList<IReadOnlyList<(double Seconds, int Tokens)>> arrivals)
+    {
+        if (arrivals.Count == 0 || arrivals.Any(a => a.Count == 0)) return (double.NaN, null);
+        double allDecoding = arrivals.Max(a => a[0].Seconds), firstDone = arrivals.Min(a => a[^1].Seconds);
+        int tokens = arrivals.Sum(a => a.Where(x => x.Seconds > allDecoding && x.Seconds <= firstDone).Sum(x => x.Tokens));
+        return (allDecoding, firstDone > allDecoding && tokens > 0 ? tokens / (firstDone - allDecoding) : null);
     }
 }

@@ -67,8 +67,9 @@ public sealed class CudaTensorParallelEmulationTests(EmulatedDriverFixture drive
         var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model, "-tp", tp.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.True(code == 0, output);
         Assert.Contains($"tensor-parallel {tp} ranks on devices 0–{tp - 1}", output);
-        Assert.Equal(5, Regex.Count(output, @"(?m)\s+same\s+PASS$"));
-        Assert.Contains("all 5 steps within tolerance", output);
+        Assert.Equal(8, Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Contains("all 8 steps within tolerance", output);
+        Assert.Contains("prefill + decode", output);   // every rank attends through the prefill kernel too
     }
 
     [SkippableFact]
