@@ -126,21 +126,33 @@ internal static unsafe class TileGemm
     {
         int i = 0;
         for (; i + ActivationRows <= n; i += ActivationRows)
-            Block<Six, TW>(w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked);
-        float* x = xs + (long)i * cols;
-        float* y = ys + (long)i * ldy;
-        switch (n - i)
+            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch: i == 0);
+        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch: i == 0);
+    }
+
+    /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
+    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
+        where TW : struct, IWeightRows
+    {
+        switch (size)
         {
-            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked); break;
-            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked); break;
-            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked); break;
-            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked); break;
-            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked); break;
+            case 6: Block<Six, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
         }
     }
 
-    /// <summary>TN activation rows against up to <see cref="BlockRows"/> weight rows, panel by panel.</summary>
-    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked)
+    /// <summary>
+    /// TN activation rows against up to <see cref="BlockRows"/> weight rows, panel by panel. With
+    /// <paramref name="prefetch"/> (the first activation block, which brings the rows in from memory) the kernel on
+    /// 4 weight rows prefetches the next 4 rows' same columns, or the next panel of the first 4 after the last group:
+    /// a panel's worth of multiply-adds ahead of their use, enough to cover a DRAM access. One Zen 5 core, 2048 × 2048
+    /// out of L3 at 32 activation rows: 1.09× for F32, 1.12× for F16; 1.2–1.3× at 8 rows.
+    /// </summary>
+    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
         where TN : struct, ICount where TW : struct, IWeightRows
     {
         int whole = cols & ~15; // columns the vectors cover; the rest are added one by one at the end
@@ -151,9 +163,12 @@ internal static unsafe class TileGemm
             bool first = k0 == 0, last = k1 == whole;
             int r = 0;
             for (; r + WeightRows <= rows; r += WeightRows)
-                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy);
+            {
+                byte* pf = !prefetch ? null : r + 2 * WeightRows <= rows ? w + (r + WeightRows) * wld : w + (long)PanelColumns * TW.Bytes;
+                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf);
+            }
             for (; r < rows; r++)
-                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy);
+                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null);
             k0 = k1;
         }
         while (k0 < whole);
@@ -163,10 +178,11 @@ internal static unsafe class TileGemm
     /// The microkernel: TN (1–6) activation rows × TM (1 or 4) weight rows over columns [k0, k1). The generic
     /// arguments are structs, so the JIT compiles one body per shape with the unused accumulators gone.
     /// Accumulator (i, j) is parked at parked[i·TM + j] between panels: weight row r of a block owns
-    /// parked[6r .. 6r + 5], whichever kernel shape covers it.
+    /// parked[6r .. 6r + 5], whichever kernel shape covers it. Where <paramref name="pf"/> is not null, the lines at pf +
+    /// the columns' offset in each of 4 rows <paramref name="wld"/> apart are prefetched as the loop goes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy)
+    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf)
         where TN : struct, ICount where TM : struct, ICount where TW : struct, IWeightRows
     {
         int n = TN.Value, m = TM.Value;
@@ -196,6 +212,14 @@ internal static unsafe class TileGemm
             if (n > 3) v3 = Avx512F.LoadVector512(x + 3 * ld + k);
             if (n > 4) v4 = Avx512F.LoadVector512(x + 4 * ld + k);
             if (n > 5) v5 = Avx512F.LoadVector512(x + 5 * ld + k);
+            if (pf != null)
+            {
+                byte* p = pf + (k0 + k) * TW.Bytes;
+                Sse.Prefetch0(p);
+                Sse.Prefetch0(p + wld);
+                Sse.Prefetch0(p + 2 * wld);
+                Sse.Prefetch0(p + 3 * wld);
+            }
             var b = TW.Load(w0, k0 + k);
             a00 = Avx512F.FusedMultiplyAdd(b, v0, a00);
             if (n > 1) a10 = Avx512F.FusedMultiplyAdd(b, v1, a10);
@@ -298,10 +322,13 @@ internal static unsafe class TileGemm
     {
         static abstract Vector512<float> Load(byte* w, long k);
         static abstract float Scalar(byte* w, long k);
+        static abstract int Bytes { get; }
     }
 
     struct F32Rows : IWeightRows
     {
+        public static int Bytes => 4;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(byte* w, long k) => Avx512F.LoadVector512((float*)w + k);
 
@@ -317,6 +344,8 @@ internal static unsafe class TileGemm
     /// </summary>
     struct F16Rows : IWeightRows
     {
+        public static int Bytes => 2;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(byte* w, long k)
         {
@@ -345,6 +374,8 @@ internal static unsafe class TileGemm
     /// </summary>
     struct F16FiniteRows : IWeightRows
     {
+        public static int Bytes => 2;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(byte* w, long k) => F16Rows.Finite(F16Rows.Shifted(w, k));
 
@@ -370,6 +401,8 @@ internal static unsafe class TileGemm
 
     struct BF16Rows : IWeightRows
     {
+        public static int Bytes => 2;
+
         /// <summary>bf16 is the top half of an f32: zero-extend, shift into place.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load(byte* w, long k) =>
