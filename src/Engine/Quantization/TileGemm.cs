@@ -78,8 +78,8 @@ internal static unsafe class TileGemm
     /// The microkernel converts 16 weights per vector as it loads them, again for every block of activation rows:
     /// two or four more instructions per 6 multiply-adds, but the rows cross memory and L2 at half the bytes, and a
     /// panel of them takes half the L1. One Zen 5 core, 16-row work items of 2048 × 2048 weights out of L3, against
-    /// dequantize-then-multiply: 1.23× (F16) and 1.32× (BF16) at 32 activation rows, 1.02× and 1.22× at 512, 1.5–1.8×
-    /// at 2–8 (the pass over the weights was a larger share there).
+    /// dequantize-then-multiply (prefetching both): F16 1.45× at 32 activation rows, 1.03× at 512, 1.8× at 8 (the
+    /// pass over the weights was a larger share there); BF16 1.3–1.7× at 32, 1.2× at 512.
     /// </remarks>
     public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
     {
@@ -109,25 +109,28 @@ internal static unsafe class TileGemm
             int first = Math.Min(n, ActivationRows);
             if (typeof(TFinite) == typeof(TW) || n <= first)
             {
-                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked);
+                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
                 continue;
             }
             // The first activation rows bring the weights into L2; the scan then reads them from there.
-            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked);
+            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
             float* x = xs + (long)first * cols, y = ys + (long)first * ldy + r0;
-            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked);
-            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked);
+            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
+            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
         }
     }
 
-    /// <summary>n activation rows against one block of weight rows: blocks of 6, then one of the remainder.</summary>
-    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked)
+    /// <summary>
+    /// n activation rows against one block of weight rows: blocks of 6, then one of the remainder. With
+    /// <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
+    /// </summary>
+    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked, bool prefetch)
         where TW : struct, IWeightRows
     {
         int i = 0;
         for (; i + ActivationRows <= n; i += ActivationRows)
-            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch: i == 0);
-        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch: i == 0);
+            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
+        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
     }
 
     /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
