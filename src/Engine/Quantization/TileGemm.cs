@@ -78,8 +78,8 @@ internal static unsafe class TileGemm
     /// The microkernel converts 16 weights per vector as it loads them, again for every block of activation rows:
     /// two or four more instructions per 6 multiply-adds, but the rows cross memory and L2 at half the bytes, and a
     /// panel of them takes half the L1. One Zen 5 core, 16-row work items of 2048 × 2048 weights out of L3, against
-    /// dequantize-then-multiply (prefetching both): F16 1.45× at 32 activation rows, 1.03× at 512, 1.8× at 8 (the
-    /// pass over the weights was a larger share there); BF16 1.3–1.7× at 32, 1.2× at 512.
+    /// dequantize-then-multiply (prefetching both): F16 1.42× at 32 activation rows, 1.03× at 512, 1.9× at 8 (the
+    /// pass over the weights was a larger share there); BF16 1.50× at 32, 1.22× at 512.
     /// </remarks>
     public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
     {
