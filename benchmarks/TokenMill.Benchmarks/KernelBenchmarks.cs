@@ -124,8 +124,17 @@ public enum TileKernel
     /// <summary>The AVX2 4 × 2 kernel (Vector256), the only one before the AVX-512 kernel and the fallback without AVX-512.</summary>
     Avx2,
 
-    /// <summary>The AVX-512 6 × 4 register-blocked kernel (Vector512, 512-column panels).</summary>
+    /// <summary>
+    /// The AVX-512 6 × 4 register-blocked kernel (Vector512, 512-column panels); F16 and BF16 weights converted in its
+    /// microkernel (<see cref="TileGemm.MultiplyHalf"/>).
+    /// </summary>
     Avx512,
+
+    /// <summary>
+    /// The AVX-512 kernel with F16 and BF16 weights dequantized into the f32 tile first, as before
+    /// <see cref="TileGemm.MultiplyHalf"/> (the same as <see cref="Avx512"/> for every other type).
+    /// </summary>
+    Avx512Dequantized,
 }
 
 /// <summary>
@@ -143,7 +152,7 @@ public class MatMulBenchmarks : WeightMatrixBenchmark
     [Params(32, 128)]
     public int N { get; set; }
 
-    [Params(TileKernel.Avx2, TileKernel.Avx512)]
+    [Params(TileKernel.Avx2, TileKernel.Avx512, TileKernel.Avx512Dequantized)]
     public TileKernel Kernel { get; set; } = TileKernel.Avx512;
 
     [GlobalSetup]
@@ -154,19 +163,21 @@ public class MatMulBenchmarks : WeightMatrixBenchmark
         _ys = new float[N * Rows];
     }
 
-    /// <summary>Throws <see cref="NotSupportedException"/> for <see cref="TileKernel.Avx512"/> on a CPU without AVX-512F.</summary>
+    /// <summary>Throws <see cref="NotSupportedException"/> for the AVX-512 kernels on a CPU without AVX-512F.</summary>
     [Benchmark]
-    public void MatMul() => QuantizedDot.MatMulWithTileKernel(Type, Weights, Rows, Cols, _xs, N, _ys, Kernel == TileKernel.Avx512);
+    public void MatMul() =>
+        QuantizedDot.MatMulWithTileKernel(Type, Weights, Rows, Cols, _xs, N, _ys, Kernel != TileKernel.Avx2, fusedHalf: Kernel == TileKernel.Avx512);
 
-    /// <summary>The larger error of the two kernels (one where this CPU has no AVX-512).</summary>
+    /// <summary>The largest error of the kernels (the AVX2 one only where this CPU has no AVX-512).</summary>
     public override float Check()
     {
         Setup();
         float error = 0;
-        foreach (bool avx512 in TileGemm.IsSupported ? new[] { false, true } : [false])
+        foreach (var kernel in TileGemm.IsSupported ? Enum.GetValues<TileKernel>() : [TileKernel.Avx2])
         {
+            Kernel = kernel;
             Array.Clear(_ys);
-            QuantizedDot.MatMulWithTileKernel(Type, Weights, Rows, Cols, _xs, N, _ys, avx512);
+            MatMul();
             error = Math.Max(error, RelativeError(_xs, N, _ys));
         }
         return error;
@@ -290,13 +301,18 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
 
 /// <summary>
 /// Decoding one 16 × 2048 tile of F16 weights to f32, as the several-row product does once per 16 rows: ours
-/// (<see cref="Dequantize.Row"/>, 16 lanes with AVX-512) against <see cref="System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(ReadOnlySpan{Half}, Span{float})"/>.
+/// (<see cref="Dequantize.Row"/>, 16 lanes with AVX-512) against <see cref="System.Numerics.Tensors.TensorPrimitives.ConvertToSingle(ReadOnlySpan{Half}, Span{float})"/>;
+/// and the whole work item at 32 activation rows (batched decode) both ways: decoded into the tile and multiplied, or
+/// converted in the tile kernel. The tile stays in cache here, so the second pair shows the compute saved, not the
+/// memory traffic (MatMulBenchmarks' <see cref="TileKernel"/> runs whole matrices).
 /// </summary>
 public class F16TileDecodeBenchmarks
 {
     const int Elements = 16 * 2048;
     readonly byte[] _f16 = new byte[2 * Elements];
     readonly float[] _tile = new float[Elements];
+    readonly float[] _xs = new float[32 * 2048];
+    readonly float[] _ys = new float[32 * 16];
 
     [GlobalSetup]
     public void Setup()
@@ -304,6 +320,7 @@ public class F16TileDecodeBenchmarks
         var random = new Random(5);
         for (int i = 0; i < Elements; i++)
             System.Buffers.Binary.BinaryPrimitives.WriteHalfLittleEndian(_f16.AsSpan(2 * i), (Half)(random.NextDouble() * 2 - 1));
+        for (int i = 0; i < _xs.Length; i++) _xs[i] = (float)(random.NextDouble() * 2 - 1);
     }
 
     [Benchmark(Baseline = true)]
@@ -312,4 +329,17 @@ public class F16TileDecodeBenchmarks
 
     [Benchmark]
     public void Dequantize() => TokenMill.Quantization.Dequantize.Row(GgmlType.F16, _f16, _tile);
+
+    /// <summary>One work item of batched decode as CpuForward ran it before: decode the 16 rows into the tile, multiply it with 32 activation rows.</summary>
+    [Benchmark]
+    public void DequantizeThenMultiply32() =>
+        QuantizedDot.MatMulRowRangeWith(GgmlType.F16, _f16, 16, 2048, 0, 16, _xs, 32, _ys, _tile, fusedHalf: false);
+
+    /// <summary>The same work item with the rows converted in the tile kernel's registers (<see cref="TileGemm.MultiplyHalf"/>).</summary>
+    [Benchmark]
+    public void ConvertInKernel32()
+    {
+        if (!TileGemm.IsSupported) throw new NotSupportedException("the fused path is the AVX-512 tile kernel's");
+        QuantizedDot.MatMulRowRangeWith(GgmlType.F16, _f16, 16, 2048, 0, 16, _xs, 32, _ys, _tile, fusedHalf: true);
+    }
 }

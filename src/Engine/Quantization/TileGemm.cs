@@ -1,13 +1,15 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.Quantization;
 
 /// <summary>
 /// The f32 matrix product behind <see cref="QuantizedDot.MatMul"/> and <see cref="QuantizedDot.MatMulRowRange"/>
-/// on AVX-512: ys[i, r] = Σ_k tile[r, k]·xs[i, k] for a tile of weight rows (F32 weights in place, every other
-/// type dequantized into it) and n activation rows, both row-major with k contiguous.
+/// on AVX-512: ys[i, r] = Σ_k tile[r, k]·xs[i, k] for a tile of weight rows (F32 weights in place, F16 and BF16
+/// converted as the microkernel loads them, every other type dequantized into it) and n activation rows, both
+/// row-major with k contiguous.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -23,7 +25,9 @@ namespace TokenMill.Quantization;
 /// accumulator sums w[k]·x[k] for k ≡ j (mod 16) in increasing k by FMA, then the 16 lanes are added in one
 /// fixed tree (<see cref="HalfSums"/>, then two pairwise steps), then the columns past the last multiple of 16 are
 /// added one by one. Parking accumulators between panels stores them exactly. So a row's result does not depend
-/// on n, on its position in the batch, or on which rows share its tile: bit for bit.
+/// on n, on its position in the batch, or on which rows share its tile: bit for bit. F16 and BF16 weights are
+/// converted exactly (the f32 values <see cref="Dequantize.Row"/> gives), so converting them in the kernel changes
+/// no sum either.
 /// </para>
 /// </remarks>
 internal static unsafe class TileGemm
@@ -62,37 +66,97 @@ internal static unsafe class TileGemm
     /// ys[i·ldy + r] = Σ_k tile[r·cols + k]·xs[i·cols + k] for r &lt; <paramref name="count"/>, i &lt; <paramref name="n"/>.
     /// Callers check <see cref="IsSupported"/> and the extents.
     /// </summary>
+    public static void Multiply(float* tile, int count, int cols, float* xs, int n, float* ys, int ldy) =>
+        MultiplyCore<F32Rows, F32Rows>((byte*)tile, (long)cols * sizeof(float), count, cols, xs, n, ys, ldy);
+
+    /// <summary>
+    /// <see cref="Multiply"/> for F16 or BF16 weight rows (<paramref name="rowBytes"/> apart from
+    /// <paramref name="weights"/>): the sums of dequantizing the rows into an f32 tile with
+    /// <see cref="Dequantize.Row"/> and multiplying that, bit for bit, without the separate pass over the weights.
+    /// </summary>
+    /// <remarks>
+    /// The microkernel converts 16 weights per vector as it loads them, again for every block of activation rows:
+    /// two or four more instructions per 6 multiply-adds, but the rows cross memory and L2 at half the bytes, and a
+    /// panel of them takes half the L1. One Zen 5 core, 16-row work items of 2048 × 2048 weights out of L3, against
+    /// dequantize-then-multiply (prefetching both): F16 1.42× at 32 activation rows, 1.03× at 512, 1.9× at 8 (the
+    /// pass over the weights was a larger share there); BF16 1.50× at 32, 1.22× at 512.
+    /// </remarks>
+    public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
+    {
+        if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
+        else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
+        else throw new NotSupportedException($"TileGemm.MultiplyHalf: {type} is not a 16-bit float type");
+    }
+
+    /// <summary>
+    /// The block loops over weight rows read by TW. TFinite reads them as TW does where they hold no infinity or NaN
+    /// (<see cref="HasInfOrNaN"/>); it serves every activation block after the first.
+    /// </summary>
     /// <remarks>
     /// SkipLocalsInit: the 6 KiB of parked accumulators need no zeroing on every call (a work item of 16 rows × 2048
     /// columns at n = 2 is only ~130 k multiply-adds); every slot is written before it is read (a panel reads
     /// only what the previous one parked).
     /// </remarks>
     [SkipLocalsInit]
-    public static void Multiply(float* tile, int count, int cols, float* xs, int n, float* ys, int ldy)
+    static void MultiplyCore<TW, TFinite>(byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
+        where TW : struct, IWeightRows where TFinite : struct, IWeightRows
     {
         Vector512<float>* parked = stackalloc Vector512<float>[BlockRows / WeightRows * ActivationRows * WeightRows];
         for (int r0 = 0; r0 < count; r0 += BlockRows)
         {
             int rows = Math.Min(BlockRows, count - r0);
-            float* w = tile + (long)r0 * cols;
-            int i = 0;
-            for (; i + ActivationRows <= n; i += ActivationRows)
-                Block<Six>(w, rows, cols, xs + (long)i * cols, ys + (long)i * ldy + r0, ldy, parked);
-            float* x = xs + (long)i * cols;
-            float* y = ys + (long)i * ldy + r0;
-            switch (n - i)
+            byte* w = weights + r0 * rowBytes;
+            int first = Math.Min(n, ActivationRows);
+            if (typeof(TFinite) == typeof(TW) || n <= first)
             {
-                case 5: Block<Five>(w, rows, cols, x, y, ldy, parked); break;
-                case 4: Block<Four>(w, rows, cols, x, y, ldy, parked); break;
-                case 3: Block<Three>(w, rows, cols, x, y, ldy, parked); break;
-                case 2: Block<Two>(w, rows, cols, x, y, ldy, parked); break;
-                case 1: Block<One>(w, rows, cols, x, y, ldy, parked); break;
+                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
+                continue;
             }
+            // The first activation rows bring the weights into L2; the scan then reads them from there.
+            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
+            float* x = xs + (long)first * cols, y = ys + (long)first * ldy + r0;
+            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
+            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
         }
     }
 
-    /// <summary>TN activation rows against up to <see cref="BlockRows"/> weight rows, panel by panel.</summary>
-    static void Block<TN>(float* w, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked) where TN : struct, ICount
+    /// <summary>
+    /// n activation rows against one block of weight rows: blocks of 6, then one of the remainder. With
+    /// <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
+    /// </summary>
+    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked, bool prefetch)
+        where TW : struct, IWeightRows
+    {
+        int i = 0;
+        for (; i + ActivationRows <= n; i += ActivationRows)
+            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
+        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
+    }
+
+    /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
+    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
+        where TW : struct, IWeightRows
+    {
+        switch (size)
+        {
+            case 6: Block<Six, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+        }
+    }
+
+    /// <summary>
+    /// TN activation rows against up to <see cref="BlockRows"/> weight rows, panel by panel. With
+    /// <paramref name="prefetch"/> (the first activation block, which brings the rows in from memory) the kernel on
+    /// 4 weight rows prefetches the next 4 rows' same columns, or the next panel of the first 4 after the last group:
+    /// a panel's worth of multiply-adds ahead of their use, enough to cover a DRAM access. One Zen 5 core, 2048 × 2048
+    /// out of L3 at 32 activation rows: 1.09× for F32, 1.12× for F16; 1.2–1.3× at 8 rows.
+    /// </summary>
+    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
+        where TN : struct, ICount where TW : struct, IWeightRows
     {
         int whole = cols & ~15; // columns the vectors cover; the rest are added one by one at the end
         int k0 = 0;
@@ -102,9 +166,12 @@ internal static unsafe class TileGemm
             bool first = k0 == 0, last = k1 == whole;
             int r = 0;
             for (; r + WeightRows <= rows; r += WeightRows)
-                Kernel<TN, Four>(w + (long)r * cols, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy);
+            {
+                byte* pf = !prefetch ? null : r + 2 * WeightRows <= rows ? w + (r + WeightRows) * wld : w + (long)PanelColumns * TW.Bytes;
+                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf);
+            }
             for (; r < rows; r++)
-                Kernel<TN, One>(w + (long)r * cols, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy);
+                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null);
             k0 = k1;
         }
         while (k0 < whole);
@@ -114,14 +181,16 @@ internal static unsafe class TileGemm
     /// The microkernel: TN (1–6) activation rows × TM (1 or 4) weight rows over columns [k0, k1). The generic
     /// arguments are structs, so the JIT compiles one body per shape with the unused accumulators gone.
     /// Accumulator (i, j) is parked at parked[i·TM + j] between panels: weight row r of a block owns
-    /// parked[6r .. 6r + 5], whichever kernel shape covers it.
+    /// parked[6r .. 6r + 5], whichever kernel shape covers it. Where <paramref name="pf"/> is not null, the lines at pf +
+    /// the columns' offset in each of 4 rows <paramref name="wld"/> apart are prefetched as the loop goes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel<TN, TM>(float* w0, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy)
-        where TN : struct, ICount where TM : struct, ICount
+    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf)
+        where TN : struct, ICount where TM : struct, ICount where TW : struct, IWeightRows
     {
         int n = TN.Value, m = TM.Value;
         long ld = cols;
+        byte* w1 = w0 + wld, w2 = w1 + wld, w3 = w2 + wld;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
         Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
@@ -138,7 +207,6 @@ internal static unsafe class TileGemm
             if (n > 5) { a50 = parked[5 * m]; if (m > 1) { a51 = parked[5 * m + 1]; a52 = parked[5 * m + 2]; a53 = parked[5 * m + 3]; } }
         }
         float* x = x0 + k0;
-        float* w = w0 + k0;
         for (long k = 0, kn = k1 - k0; k < kn; k += 16)
         {
             Vector512<float> v0 = Avx512F.LoadVector512(x + k), v1 = default, v2 = default, v3 = default, v4 = default, v5 = default;
@@ -147,7 +215,15 @@ internal static unsafe class TileGemm
             if (n > 3) v3 = Avx512F.LoadVector512(x + 3 * ld + k);
             if (n > 4) v4 = Avx512F.LoadVector512(x + 4 * ld + k);
             if (n > 5) v5 = Avx512F.LoadVector512(x + 5 * ld + k);
-            var b = Avx512F.LoadVector512(w + k);
+            if (pf != null)
+            {
+                byte* p = pf + (k0 + k) * TW.Bytes;
+                Sse.Prefetch0(p);
+                Sse.Prefetch0(p + wld);
+                Sse.Prefetch0(p + 2 * wld);
+                Sse.Prefetch0(p + 3 * wld);
+            }
+            var b = TW.Load(w0, k0 + k);
             a00 = Avx512F.FusedMultiplyAdd(b, v0, a00);
             if (n > 1) a10 = Avx512F.FusedMultiplyAdd(b, v1, a10);
             if (n > 2) a20 = Avx512F.FusedMultiplyAdd(b, v2, a20);
@@ -156,21 +232,21 @@ internal static unsafe class TileGemm
             if (n > 5) a50 = Avx512F.FusedMultiplyAdd(b, v5, a50);
             if (m > 1)
             {
-                b = Avx512F.LoadVector512(w + ld + k);
+                b = TW.Load(w1, k0 + k);
                 a01 = Avx512F.FusedMultiplyAdd(b, v0, a01);
                 if (n > 1) a11 = Avx512F.FusedMultiplyAdd(b, v1, a11);
                 if (n > 2) a21 = Avx512F.FusedMultiplyAdd(b, v2, a21);
                 if (n > 3) a31 = Avx512F.FusedMultiplyAdd(b, v3, a31);
                 if (n > 4) a41 = Avx512F.FusedMultiplyAdd(b, v4, a41);
                 if (n > 5) a51 = Avx512F.FusedMultiplyAdd(b, v5, a51);
-                b = Avx512F.LoadVector512(w + 2 * ld + k);
+                b = TW.Load(w2, k0 + k);
                 a02 = Avx512F.FusedMultiplyAdd(b, v0, a02);
                 if (n > 1) a12 = Avx512F.FusedMultiplyAdd(b, v1, a12);
                 if (n > 2) a22 = Avx512F.FusedMultiplyAdd(b, v2, a22);
                 if (n > 3) a32 = Avx512F.FusedMultiplyAdd(b, v3, a32);
                 if (n > 4) a42 = Avx512F.FusedMultiplyAdd(b, v4, a42);
                 if (n > 5) a52 = Avx512F.FusedMultiplyAdd(b, v5, a52);
-                b = Avx512F.LoadVector512(w + 3 * ld + k);
+                b = TW.Load(w3, k0 + k);
                 a03 = Avx512F.FusedMultiplyAdd(b, v0, a03);
                 if (n > 1) a13 = Avx512F.FusedMultiplyAdd(b, v1, a13);
                 if (n > 2) a23 = Avx512F.FusedMultiplyAdd(b, v2, a23);
@@ -189,12 +265,12 @@ internal static unsafe class TileGemm
             if (n > 5) { parked[5 * m] = a50; if (m > 1) { parked[5 * m + 1] = a51; parked[5 * m + 2] = a52; parked[5 * m + 3] = a53; } }
             return;
         }
-        Finish<TM>(a00, a01, a02, a03, w0, x0, cols, y);
-        if (n > 1) Finish<TM>(a10, a11, a12, a13, w0, x0 + ld, cols, y + ldy);
-        if (n > 2) Finish<TM>(a20, a21, a22, a23, w0, x0 + 2 * ld, cols, y + 2 * ldy);
-        if (n > 3) Finish<TM>(a30, a31, a32, a33, w0, x0 + 3 * ld, cols, y + 3 * ldy);
-        if (n > 4) Finish<TM>(a40, a41, a42, a43, w0, x0 + 4 * ld, cols, y + 4 * ldy);
-        if (n > 5) Finish<TM>(a50, a51, a52, a53, w0, x0 + 5 * ld, cols, y + 5 * ldy);
+        Finish<TM, TW>(a00, a01, a02, a03, w0, wld, x0, cols, y);
+        if (n > 1) Finish<TM, TW>(a10, a11, a12, a13, w0, wld, x0 + ld, cols, y + ldy);
+        if (n > 2) Finish<TM, TW>(a20, a21, a22, a23, w0, wld, x0 + 2 * ld, cols, y + 2 * ldy);
+        if (n > 3) Finish<TM, TW>(a30, a31, a32, a33, w0, wld, x0 + 3 * ld, cols, y + 3 * ldy);
+        if (n > 4) Finish<TM, TW>(a40, a41, a42, a43, w0, wld, x0 + 4 * ld, cols, y + 4 * ldy);
+        if (n > 5) Finish<TM, TW>(a50, a51, a52, a53, w0, wld, x0 + 5 * ld, cols, y + 5 * ldy);
     }
 
     /// <summary>
@@ -203,8 +279,8 @@ internal static unsafe class TileGemm
     /// horizontal adds: (q0 + q1) + (q2 + q3) in every lane, as the one-result path computes).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Finish<TM>(Vector512<float> s0, Vector512<float> s1, Vector512<float> s2, Vector512<float> s3, float* w, float* x, int cols, float* y)
-        where TM : struct, ICount
+    static void Finish<TM, TW>(Vector512<float> s0, Vector512<float> s1, Vector512<float> s2, Vector512<float> s3, byte* w, long wld, float* x, int cols, float* y)
+        where TM : struct, ICount where TW : struct, IWeightRows
     {
         int whole = cols & ~15;
         if (TM.Value == 4)
@@ -216,13 +292,13 @@ internal static unsafe class TileGemm
                 return;
             }
             for (int j = 0; j < 4; j++)
-                y[j] = AddTail(sums.GetElement(j), w + (long)j * cols, x, whole, cols);
+                y[j] = AddTail<TW>(sums.GetElement(j), w + j * wld, x, whole, cols);
         }
         else
         {
             var q = HalfSums(s0);
             var h = Sse3.HorizontalAdd(q, q);
-            y[0] = AddTail(Sse3.HorizontalAdd(h, h).ToScalar(), w, x, whole, cols);
+            y[0] = AddTail<TW>(Sse3.HorizontalAdd(h, h).ToScalar(), w, x, whole, cols);
         }
     }
 
@@ -235,9 +311,107 @@ internal static unsafe class TileGemm
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static float AddTail(float sum, float* w, float* x, int from, int cols)
+    static float AddTail<TW>(float sum, byte* w, float* x, int from, int cols) where TW : struct, IWeightRows
     {
-        for (int k = from; k < cols; k++) sum += w[k] * x[k];
+        for (int k = from; k < cols; k++) sum += TW.Scalar(w, k) * x[k];
         return sum;
+    }
+
+    /// <summary>
+    /// How the microkernel reads a weight row: element k (16 of them from k for <see cref="Load"/>) of the row at
+    /// <c>w</c> as f32, exactly as <see cref="Dequantize.Row"/> decodes it.
+    /// </summary>
+    interface IWeightRows
+    {
+        static abstract Vector512<float> Load(byte* w, long k);
+        static abstract float Scalar(byte* w, long k);
+        static abstract int Bytes { get; }
+    }
+
+    struct F32Rows : IWeightRows
+    {
+        public static int Bytes => 4;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* w, long k) => Avx512F.LoadVector512((float*)w + k);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* w, long k) => ((float*)w)[k];
+    }
+
+    /// <summary>
+    /// f16 → f32 bit-identical with <see cref="Fp16.ToSingle"/> (NaNs up to their quiet bit, which the multiply-add
+    /// sets anyway): sign-extended and shifted left by 13, a half's exponent and mantissa sit in f32 position with
+    /// the sign in bit 31 (and copies of it in bits 28–30, cleared), so one multiply by 2^112 rebiases the exponent,
+    /// subnormals included. vcvtph2ps would do it in one instruction, but .NET 10 has no intrinsic for it.
+    /// </summary>
+    struct F16Rows : IWeightRows
+    {
+        public static int Bytes => 2;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* w, long k)
+        {
+            var h = Shifted(w, k);
+            var f = Finite(h);
+            // Exponent all ones (infinity, NaN): the product is ±2^16·1.m, exponent 143 where 255 is wanted.
+            var special = Vector512.Equals(h & Vector512.Create(0x0F800000), Vector512.Create(0x0F800000));
+            return Vector512.ConditionalSelect(special.AsSingle(), f | Vector512.Create(0x38000000).AsSingle(), f);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* w, long k) => Fp16.ToSingle(((ushort*)w)[k]);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        internal static Vector512<int> Shifted(byte* w, long k) =>
+            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)w + k)), 13);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        internal static Vector512<float> Finite(Vector512<int> h) =>
+            (h & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle() * Vector512.Create(0x77800000).AsSingle(); // 2^112
+    }
+
+    /// <summary>
+    /// <see cref="F16Rows"/> for rows known to hold no infinity or NaN (<see cref="HasInfOrNaN"/>): the three
+    /// instructions that fix those up cost a quarter of the kernel's speed at 32 activation rows.
+    /// </summary>
+    struct F16FiniteRows : IWeightRows
+    {
+        public static int Bytes => 2;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* w, long k) => F16Rows.Finite(F16Rows.Shifted(w, k));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* w, long k) => Fp16.ToSingle(((ushort*)w)[k]);
+    }
+
+    /// <summary>Whether any of the f16 rows has an all-ones exponent (infinity or NaN).</summary>
+    static bool HasInfOrNaN(byte* w, long rowBytes, int rows, int cols)
+    {
+        var exponent = Vector512.Create((ushort)0x7C00);
+        var max = Vector512<ushort>.Zero;
+        for (int r = 0; r < rows; r++)
+        {
+            ushort* h = (ushort*)(w + r * rowBytes);
+            int k = 0;
+            for (; k + 32 <= cols; k += 32) max = Vector512.Max(max, Vector512.Load(h + k) & exponent);
+            for (; k < cols; k++)
+                if ((h[k] & 0x7C00) == 0x7C00) return true;
+        }
+        return Vector512.EqualsAny(max, exponent);
+    }
+
+    struct BF16Rows : IWeightRows
+    {
+        public static int Bytes => 2;
+
+        /// <summary>bf16 is the top half of an f32: zero-extend, shift into place.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load(byte* w, long k) =>
+            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((ushort*)w + k)), 16).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static float Scalar(byte* w, long k) => Bf16.ToSingle(((ushort*)w)[k]);
     }
 }

@@ -152,6 +152,101 @@ public class TileGemmTests
         }
     }
 
+    /// <summary>
+    /// F16/BF16 weights converted in the microkernel (<see cref="TileGemm.MultiplyHalf"/>) against dequantized into the
+    /// tile first: the same bits, for n = 1..40, column counts at the vector, panel and block edges, row ranges that
+    /// start mid-matrix, weights at an odd byte address and activations at an odd float offset, with rows of finite
+    /// weights only (where the kernel drops its infinity/NaN fix-up after the first activation block) and rows that
+    /// hold infinities, NaNs and subnormals.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    public void Converting_weights_in_the_kernel_gives_the_bits_of_dequantizing_them_first(GgmlType type)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the fused path is the AVX-512 tile kernel's");
+        var rng = new Random(131 + (int)type);
+        ushort[] specials = type == GgmlType.F16
+            ? [0x7C00, 0xFC00, 0x7E01, 0x7C01, 0xFD55, 0x0001, 0x83FF, 0x0000, 0x8000, 0x7BFF]
+            : [0x7F80, 0xFF80, 0x7FC1, 0x7F81, 0xFFAA, 0x0001, 0x807F, 0x0000, 0x8000, 0x7F7F];
+        foreach (int cols in new[] { 1, 7, 15, 16, 17, 33, 500, 512, 529, 1040 })
+        {
+            const int rows = 21;
+            var finite = RandomBlocks.Row(type, rows * cols, rng);
+            var special = (byte[])finite.Clone();
+            // Rows 3 and 19: one in each 16-row block of the whole matrix.
+            foreach (int r in new[] { 3, 19 })
+                for (int j = 0; j < specials.Length && j < cols; j++)
+                {
+                    int c = (j * 7 + r) % cols;
+                    special[2 * (r * cols + c)] = (byte)specials[j];
+                    special[2 * (r * cols + c) + 1] = (byte)(specials[j] >> 8);
+                }
+            var xsAll = RandomBlocks.Floats(rng, 40 * cols + 3);
+            var tile = new float[QuantizedDot.TileLength(rows, cols)];
+            foreach (var matrix in new[] { finite, special })
+            {
+                var shifted = new byte[matrix.Length + 1];
+                matrix.CopyTo(shifted, 1);
+                var w = shifted.AsSpan(1);
+                for (int n = 1; n <= 40; n++)
+                {
+                    var xs = xsAll.AsSpan(3, n * cols);
+                    foreach (var (r0, count) in new[] { (0, rows), (3, 17), (5, 1) })
+                    {
+                        var fused = Enumerable.Repeat(float.NaN, n * rows).ToArray();
+                        var dequantized = Enumerable.Repeat(float.NaN, n * rows).ToArray();
+                        QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, fused, tile, fusedHalf: true);
+                        QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, dequantized, tile, fusedHalf: false);
+                        for (int i = 0; i < n * rows; i++)
+                            Assert.True(BitConverter.SingleToInt32Bits(fused[i]) == BitConverter.SingleToInt32Bits(dequantized[i]),
+                                $"{type} [{rows}×{cols}] {(matrix == finite ? "finite" : "with infinities and NaNs")}, rows {r0}..{r0 + count}, n = {n}, " +
+                                $"activation {i / rows}, row {i % rows}: {fused[i]} (0x{BitConverter.SingleToInt32Bits(fused[i]):X8}) converted in the kernel, " +
+                                $"{dequantized[i]} (0x{BitConverter.SingleToInt32Bits(dequantized[i]):X8}) dequantized first");
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Every finite 16-bit pattern through the kernel's own conversion: 4096 rows of 16 weights against one-hot
+    /// activations (row i picks column i mod 16), so each result is one converted weight, checked against the scalar
+    /// decoder. At 32 activation rows the first 6 take the conversion with the infinity/NaN fix-up and the other 26
+    /// the finite one (no 16-row block mixes finite and non-finite patterns), so both see every pattern in every lane.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    public void The_kernels_conversion_matches_the_scalar_decoder_on_every_pattern(GgmlType type)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the fused path is the AVX-512 tile kernel's");
+        const int cols = 16, rows = 65536 / cols, n = 32;
+        var w = new byte[2 * 65536];
+        for (int p = 0; p < 65536; p++)
+        {
+            w[2 * p] = (byte)p;
+            w[2 * p + 1] = (byte)(p >> 8);
+        }
+        var xs = new float[n * cols];
+        for (int i = 0; i < n; i++) xs[i * cols + i % cols] = 1;
+        var ys = new float[n * rows];
+        QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, 0, rows, xs, n, ys, new float[rows * cols], fusedHalf: true);
+        for (int i = 0; i < n; i++)
+            for (int r = 0; r < rows; r++)
+            {
+                ushort pattern = (ushort)(r * cols + i % cols);
+                float expected = type == GgmlType.F16 ? Fp16.ToSingle(pattern) : Bf16.ToSingle(pattern);
+                float actual = ys[i * rows + r];
+                // A row of infinities and NaNs gives NaN from ∞·0 whatever the lane; the test above checks those bit for bit.
+                bool special = type == GgmlType.F16 ? (pattern & 0x7C00) == 0x7C00 : (pattern & 0x7F80) == 0x7F80;
+                if (special) continue;
+                // w·1 + 0s: the weight itself, but −0 becomes +0.
+                bool same = actual == expected && (expected != 0 || BitConverter.SingleToInt32Bits(actual) == 0);
+                Assert.True(same, $"{type} 0x{pattern:X4} (activation row {i}): 0x{BitConverter.SingleToInt32Bits(actual):X8}, the scalar decoder gives 0x{BitConverter.SingleToInt32Bits(expected):X8}");
+            }
+    }
+
     /// <summary>The tile decoders of the 16-bit float types on every bit pattern, NaNs and subnormals included.</summary>
     [Theory]
     [InlineData(GgmlType.F16)]
