@@ -223,7 +223,7 @@ public static class BenchCommand
         result["requests_per_s"] = numPrompts / seconds;
         result["generated_tokens_per_s"] = generated / seconds;
         result["total_tokens_per_s"] = (generated + prompted) / seconds;
-        result["prefill_phase_s"] = double.IsNaN(allDecoding) ? null : allDecoding;
+        result["prefill_phase_s"] = allDecoding;
         // No steady phase when a request finished before the last one started decoding (few output tokens, or
         // --max-num-seqs below --num-prompts): then the field is null rather than a rate of nothing.
         result["batch_decode_tokens_per_s"] = steadyRate;
@@ -233,12 +233,12 @@ public static class BenchCommand
     /// <summary>
     /// The steady phase of a batch of requests from each one's token arrivals (seconds since the start, tokens):
     /// it starts when the last request has its first token and ends when the first request has its last — the
-    /// stretch in which every request decodes in the same batch. Returns when it starts (NaN when a request got no
+    /// stretch in which every request decodes in the same batch. Returns when it starts (null when a request got no
     /// token) and the tokens/s that arrived within it, or null when it is empty.
     /// </summary>
-    internal static (double AllDecoding, double? TokensPerSecond) SteadyBatchDecode(IReadOnlyList<IReadOnlyList<(double Seconds, int Tokens)>> arrivals)
+    internal static (double? AllDecoding, double? TokensPerSecond) SteadyBatchDecode(IReadOnlyList<IReadOnlyList<(double Seconds, int Tokens)>> arrivals)
     {
-        if (arrivals.Count == 0 || arrivals.Any(a => a.Count == 0)) return (double.NaN, null);
+        if (arrivals.Count == 0 || arrivals.Any(a => a.Count == 0)) return (null, null);
         double allDecoding = arrivals.Max(a => a[0].Seconds), firstDone = arrivals.Min(a => a[^1].Seconds);
         int tokens = arrivals.Sum(a => a.Where(x => x.Seconds > allDecoding && x.Seconds <= firstDone).Sum(x => x.Tokens));
         return (allDecoding, firstDone > allDecoding && tokens > 0 ? tokens / (firstDone - allDecoding) : null);

@@ -360,7 +360,7 @@ public class BenchCommandTests
         // A at 4, 5, 6 s (3), B at 5, 6 s (2), C at 4 and 6 s, the latter carrying 2 (3): 8 tokens over 3 s.
         (double, int)[] a = [(1, 1), (4, 1), (5, 1), (6, 1)], b = [(2, 1), (5, 1), (6, 1), (7, 1)], c = [(3, 1), (4, 1), (6, 2), (9, 1)];
         var (start, rate) = TokenMill.Server.Cli.BenchCommand.SteadyBatchDecode([a, b, c]);
-        Assert.Equal(3, start);
+        Assert.Equal(3.0, start);
         Assert.Equal(8 / 3.0, rate!.Value, 12);
         // A request that ended before another's first token: no steady phase.
         Assert.Null(TokenMill.Server.Cli.BenchCommand.SteadyBatchDecode([[(1, 1), (2, 1)], [(3, 1), (4, 1)]]).TokensPerSecond);
