@@ -33,7 +33,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// handing one out (a compare-exchange on a line both cores write) cost nearly as much again —
     /// single-sequence decode ran at 2/3 of the speed it has with two large items per thread.
     /// </summary>
-    const int StreamChunksPerThread = 2;
+    static readonly int StreamChunksPerThread = int.TryParse(Environment.GetEnvironmentVariable("TM_SC"), out int v) ? v : 2;
 
     /// <summary>From this many activation rows on, weight rows are dequantized once into a tile and shared by all rows.</summary>
     const int TiledMinRows = 2;
@@ -62,6 +62,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly float* _xd;
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
+    readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
@@ -94,7 +95,8 @@ public sealed unsafe class CpuForward : IDisposable
         _att = Alloc((long)n * _c.QDim);
         _gate = Alloc((long)n * _c.FeedForwardLength);
         _up = Alloc((long)n * _c.FeedForwardLength);
-        _scores = Alloc((long)_pool.ThreadCount * _c.ContextLength);
+        _scores = Alloc((long)_pool.ThreadCount * MaxHeadsPerAttentionItem * _c.ContextLength);
+        _slots = (int*)Alloc((long)_pool.ThreadCount * _c.ContextLength);
         _maxColumns = Math.Max(Math.Max(_c.EmbeddingLength, _c.QDim), _c.FeedForwardLength);
         _tiles = Alloc((long)_pool.ThreadCount * RowsPerChunk * _maxColumns);
         _xq = (sbyte*)Alloc(((long)n * _maxColumns + 3) / 4);
@@ -288,7 +290,8 @@ public sealed unsafe class CpuForward : IDisposable
             _attnLayer = layer;
             _attnStart = start;
             _attnWindow = windowed ? _c.SlidingWindow : int.MaxValue;
-            _pool.For(n * _c.HeadCount, _attentionBody);
+            _attnHeadsPerItem = AttentionHeadsPerItem(n);
+            _pool.For(n * _c.HeadCount / _attnHeadsPerItem, _attentionBody);
 
             MatMul(_att, n, lw.Wo, _h);
             _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel wo: each rank holds a partial sum over its heads
@@ -299,9 +302,13 @@ public sealed unsafe class CpuForward : IDisposable
                 RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.FfnNorm, new Span<float>(_h + (long)t * d, d));
             MatMul(_h, n, lw.Gate, _gate, lw.Up, _up);
             var gate = new Span<float>(_gate, n * ff);
-            if (_c.Activation == FfnActivation.GeluTanh) GeluTanhInPlace(gate);
-            else SiluInPlace(gate);
-            TensorPrimitives.Multiply(gate, new ReadOnlySpan<float>(_up, n * ff), gate);
+            var up = new Span<float>(_up, n * ff);
+            if (_c.Activation == FfnActivation.GeluTanh)
+            {
+                GeluTanhInPlace(gate);
+                TensorPrimitives.Multiply(gate, up, gate);
+            }
+            else SiluAndMul(gate, up);
             MatMul(_gate, n, lw.Down, _h);
             _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel down: a partial sum over this rank's FFN slice
             if (lw.PostFfnNorm is { } pfn) NormRows(_h, n, pfn);
@@ -348,10 +355,12 @@ public sealed unsafe class CpuForward : IDisposable
         foreach (ref float v in x) v = 0.5f * v * (1f + MathF.Tanh(SqrtTwoOverPi * (v + 0.044715f * v * v * v)));
     }
 
-    static void SiluInPlace(Span<float> x)
+    /// <summary>gate ← silu(gate)·up = σ(gate)·(gate·up), in three vectorized passes (up is overwritten).</summary>
+    static void SiluAndMul(Span<float> gate, Span<float> up)
     {
-        // silu(x) = x · σ(x)
-        foreach (ref float v in x) v /= 1f + MathF.Exp(-v);
+        TensorPrimitives.Multiply(gate, up, up);
+        TensorPrimitives.Sigmoid(gate, gate);
+        TensorPrimitives.Multiply(gate, up, gate);
     }
 
     void Rope(float* heads, int count, int pos, double[] invFreq)
@@ -393,16 +402,17 @@ public sealed unsafe class CpuForward : IDisposable
     // ---- attention -----------------------------------------------------------------------------
 
     readonly Action<int, int> _attentionBody;
-    int _attnLayer, _attnStart, _attnWindow;
+    int _attnLayer, _attnStart, _attnWindow, _attnHeadsPerItem;
 
     /// <summary>
-    /// One (row, query head) of the current chunk: causal softmax attention over its sequence's
-    /// positions 0..p, each key and value read through the sequence's block table (paged attention).
+    /// One (row, group of query heads sharing a key/value head) of the current chunk: causal softmax attention over
+    /// its sequence's positions 0..p (the window's last ones on a sliding-window layer), each key and value read
+    /// through the sequence's block table (paged attention), once for the group's heads.
     /// </summary>
     void AttentionItem(int item, int worker)
     {
-        int hd = _c.HeadDim, qDim = _c.QDim;
-        int t = item / _c.HeadCount, head = item % _c.HeadCount;
+        int hd = _c.HeadDim, qDim = _c.QDim, perRow = _c.HeadCount / _attnHeadsPerItem;
+        int t = item / perRow, head = item % perRow * _attnHeadsPerItem;
         int kvOffset = head / _c.QueryGroupSize * hd;
         var batch = _batch!;
         var kv = _kv!;
@@ -410,27 +420,40 @@ public sealed unsafe class CpuForward : IDisposable
         int pos = batch.Positions[row];
         var table = batch.BlockTable(batch.SequenceOf[row]);
         int blockSize = kv.BlockSize;
-        var q = new ReadOnlySpan<float>(_q + (long)t * qDim + (long)head * hd, hd);
         // A sliding-window layer sees only the last `window` positions (p − window + 1 … p).
         int first = (int)Math.Max(0, (long)pos - _attnWindow + 1);
-        var scores = new Span<float>(_scores + (long)worker * _c.ContextLength, pos + 1 - first);
-        float scale = 1f / MathF.Sqrt(hd);
-
-        for (int j = first; j <= pos; j++)
+        int count = pos + 1 - first;
+        int* slots = _slots + (long)worker * _c.ContextLength;
+        for (int j = first; j <= pos;)
         {
-            int slot = table[j / blockSize] * blockSize + j % blockSize;
-            scores[j - first] = TensorPrimitives.Dot(q, new ReadOnlySpan<float>(kv.Keys(_attnLayer, slot) + kvOffset, hd)) * scale;
+            int block = j / blockSize, end = Math.Min(pos + 1, (block + 1) * blockSize);
+            int slot = table[block] * blockSize + j % blockSize;
+            for (; j < end; j++) slots[j - first] = slot++;
         }
-        TensorPrimitives.SoftMax(scores, scores);
+        CpuAttention.Attend(_q + (long)t * qDim + (long)head * hd, _attnHeadsPerItem, hd,
+            kv.Keys(_attnLayer, 0) + kvOffset, kv.Values(_attnLayer, 0) + kvOffset, _c.KvDim, slots, count,
+            1f / MathF.Sqrt(hd), _scores + (long)worker * MaxHeadsPerAttentionItem * _c.ContextLength, _att + (long)t * qDim + (long)head * hd);
+    }
 
-        var output = new Span<float>(_att + (long)t * qDim + (long)head * hd, hd);
-        output.Clear();
-        for (int j = first; j <= pos; j++)
+    /// <summary>Query heads of one attention work item: the largest divisor of the group size up to this (the
+    /// worker's scores take this many rows of the context length).</summary>
+    const int MaxHeadsPerAttentionItem = 8;
+
+    /// <summary>The query heads per attention item for n rows: a whole group (up to eight heads) where that still
+    /// leaves two items per thread, fewer (a divisor of the group) where it does not — one decode row of a model with
+    /// one or two key/value heads.</summary>
+    int AttentionHeadsPerItem(int n)
+    {
+        int g = _c.QueryGroupSize, heads = 1;
+        for (int k = 1; k <= Math.Min(g, MaxHeadsPerAttentionItem); k++)
+            if (g % k == 0) heads = k;
+        while (heads > 1 && (long)n * _c.HeadCount / heads < 2L * _pool.ThreadCount)
         {
-            int slot = table[j / blockSize] * blockSize + j % blockSize;
-            var v = new ReadOnlySpan<float>(kv.Values(_attnLayer, slot) + kvOffset, hd);
-            TensorPrimitives.MultiplyAdd(v, scores[j - first], output, output);
+            int smaller = heads - 1;
+            while (g % smaller != 0) smaller--;
+            heads = smaller;
         }
+        return heads;
     }
 
     // ---- matrix product ------------------------------------------------------------------------
