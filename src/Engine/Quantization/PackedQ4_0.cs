@@ -13,12 +13,14 @@ namespace TokenMill.Quantization;
 /// block on its own. Decode (one activation row) is the product this speeds up most.
 /// <para>
 /// Layout, per pair of 8-row groups (<see cref="PairRows"/> = 16 rows; the rows are padded with zero rows to a
-/// whole number of pairs) and block of 32 columns (<see cref="PairBlockBytes"/> = 320 bytes, 0.625 bytes per weight
-/// against Q4_0's 0.5625): 4 × 64 bytes of nibble pairs, then 16 f32 weight scales. Bytes 0…31 of 64-byte chunk c
+/// whole number of pairs) and block of 32 columns (<see cref="PairBlockBytes"/> = 288 bytes, 0.5625 bytes per weight as
+/// in Q4_0 itself: decode streams no more bytes than the file holds): 4 × 64 bytes of nibble pairs, then the 16 rows'
+/// f16 scales as stored (first group's 8, then the second's), widened to f32 in the kernel (<see cref="FiniteScales"/>). Bytes 0…31 of 64-byte chunk c
 /// belong to the first group, 32…63 to the second; byte 4r + e of a group's 32 holds its row r's element 4c + e in
 /// its low nibble and element 4(c + 4) + e in its high one; nibbles stay unsigned (0…15). A chunk is then one
 /// 512-bit load of 16 rows × 4 weights (lane = row) for the AVX-512 kernel, and its halves the eight-row kernel's
-/// 256-bit loads; the two groups' scales are one 512-bit load.
+/// 256-bit loads; the two groups' scales are one 256-bit load. Blocks are not cache-line aligned (4.5 lines each):
+/// a split load costs a cycle, which decode (bound by memory) does not see and a batch spreads over its rows.
 /// </para>
 /// <para>
 /// The weights are w = nibble − 8, and vpdpbusd multiplies unsigned by signed bytes, so each block's dot is
@@ -41,8 +43,8 @@ public sealed unsafe class PackedQ4_0
     public const int Rows = 8;
     /// <summary>Rows interleaved in the layout: two groups, the sixteen lanes of a 512-bit register.</summary>
     public const int PairRows = 2 * Rows;
-    /// <summary>Bytes of one block (32 columns) of a pair of groups: 4 × 64 bytes of nibbles, 16 f32 scales.</summary>
-    public const int PairBlockBytes = 4 * 64 + PairRows * sizeof(float);
+    /// <summary>Bytes of one block (32 columns) of a pair of groups: 4 × 64 bytes of nibbles, 16 f16 scales.</summary>
+    public const int PairBlockBytes = 4 * 64 + PairRows * sizeof(ushort);
 
     /// <summary>
     /// Activation rows run over the whole row range before the next ones: with a prefill's 512 rows, every group
@@ -52,8 +54,12 @@ public sealed unsafe class PackedQ4_0
     internal const int ActivationRowsPerPass = 64;
 
     readonly byte[] _data; // pinned: the kernels take its address once
+    // Whether some scale is ±inf or NaN (f16 exponent 31): then the kernels widen scales with ExactScales, which keeps
+    // them; a real model's scales are finite and take FiniteScales' four instructions.
+    readonly bool _specialScales;
 
-    PackedQ4_0(byte[] data, int rows, int columns) => (_data, RowCount, Columns) = (data, rows, columns);
+    PackedQ4_0(byte[] data, int rows, int columns, bool specialScales) =>
+        (_data, RowCount, Columns, _specialScales) = (data, rows, columns, specialScales);
 
     /// <summary>Whether the repacked kernel runs here (AVX2 + FMA; AVX-VNNI's vpdpbusd when present).</summary>
     public static bool IsSupported => Avx2.IsSupported && Fma.IsSupported;
@@ -75,6 +81,7 @@ public sealed unsafe class PackedQ4_0
         int groups = (rows + PairRows - 1) / PairRows * 2, blocks = columns / QK;
         long bytes = (long)groups / 2 * blocks * PairBlockBytes;
         var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "PackedQ4_0.Pack");
+        bool special = false;
         fixed (byte* w = weights)
         fixed (byte* dst = data)
         {
@@ -84,8 +91,9 @@ public sealed unsafe class PackedQ4_0
                 for (int b = 0; b < blocks; b++)
                 {
                     // Group g is half g % 2 of pair g / 2: its 32 bytes of each chunk and its 8 scales come after the first half's.
-                    byte* t = dst + ((long)(g / 2) * blocks + b) * PairBlockBytes + g % 2 * 32;
-                    float* scales = (float*)(t + 4 * 64);
+                    byte* pair = dst + ((long)(g / 2) * blocks + b) * PairBlockBytes;
+                    byte* t = pair + g % 2 * 32;
+                    ushort* scales = (ushort*)(pair + 4 * 64) + g % 2 * Rows;
                     for (int r = 0; r < Rows; r++)
                     {
                         int row = g * Rows + r;
@@ -94,7 +102,8 @@ public sealed unsafe class PackedQ4_0
                             byte* block = w + row * rowBytes + (long)b * Q4_0Bytes;
                             var packed = Sse2.LoadVector128(block + 2);
                             rowsV[r] = Avx2.And(Vector256.Create(packed, Sse2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte()), Vector256.Create((byte)0xF));
-                            scales[r] = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
+                            scales[r] = Unsafe.ReadUnaligned<ushort>(block);
+                            special |= (scales[r] & 0x7C00) == 0x7C00;
                         }
                         else
                         {
@@ -107,7 +116,7 @@ public sealed unsafe class PackedQ4_0
                         Avx.Store(t + 64 * c, Avx2.Or(k[c].AsByte(), Avx2.ShiftLeftLogical(k[c + 4].AsUInt16(), 4).AsByte()));
                 }
         }
-        return new PackedQ4_0(data, rows, columns);
+        return new PackedQ4_0(data, rows, columns, special);
     }
 
     /// <summary>
@@ -148,6 +157,13 @@ public sealed unsafe class PackedQ4_0
     {
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ4_0.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
+        if (_specialScales) Multiply<ExactScales>(r0, count, xq, xd, xc, n, y, yStride);
+        else Multiply<FiniteScales>(r0, count, xq, xd, xc, n, y, yStride);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, IScaleWidening
+    {
         int blocks = Blocks;
         long pairBytes = PairBytes;
         var result = stackalloc float[PairRows];
@@ -168,27 +184,33 @@ public sealed unsafe class PackedQ4_0
                 {
                     if (g % PairRows != 0 && g < end)
                     {
-                        Multiply8(data + g / PairRows * pairBytes + 32, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
+                        byte* pair = data + g / PairRows * pairBytes;
+                        Multiply8<TScales>(pair + 32, pair + 4 * 64 + 2 * Rows, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
                         g += Rows;
                     }
                     for (; g < end; g += PairRows) // a last pair of fewer rows computes its zero rows too and stores only its own
                     {
                         byte* tile = data + g / PairRows * pairBytes;
-                        Multiply16(tile, g + PairRows < end ? tile + pairBytes : null, blocks, q, d, c, m, yi + g, yStride, Math.Min(PairRows, end - g), result);
+                        Multiply16<TScales>(tile, g + PairRows < end ? tile + pairBytes : null, blocks, q, d, c, m, yi + g, yStride, Math.Min(PairRows, end - g), result);
                     }
                 }
                 for (; g < end; g += Rows)
-                    Multiply8(data + g / PairRows * pairBytes + g / Rows % 2 * 32, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
+                {
+                    byte* pair = data + g / PairRows * pairBytes;
+                    int half = g / Rows % 2;
+                    Multiply8<TScales>(pair + half * 32, pair + 4 * 64 + half * 2 * Rows, blocks, q, d, c, m, yi + g, yStride, Math.Min(Rows, end - g), result);
+                }
             }
         }
     }
 
     /// <summary>
-    /// One group of 8 rows (<paramref name="tile"/>: its half of the pair's first chunk) against the n activation rows,
-    /// two at a time (AVX2, vpdpbusd with AVX-VNNI).
+    /// One group of 8 rows (<paramref name="tile"/>: its half of the pair's first chunk; <paramref name="scaleTile"/>: its
+    /// 8 scales in the first block) against the n activation rows, two at a time (AVX2, vpdpbusd with AVX-VNNI).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Multiply8(byte* tile, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+    static void Multiply8<TScales>(byte* tile, byte* scaleTile, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+        where TScales : struct, IScaleWidening
     {
         int cols = blocks * QK;
         int i = 0;
@@ -198,8 +220,8 @@ public sealed unsafe class PackedQ4_0
             float* d0 = xd + (long)i * blocks, d1 = d0 + blocks;
             int* c0 = xc + (long)i * blocks, c1 = c0 + blocks;
             Vector256<float> f0 = Vector256<float>.Zero, f1 = f0;
-            byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK)
+            byte* t = tile, st = scaleTile;
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, st += PairBlockBytes, a0 += QK, a1 += QK)
             {
                 Vector256<int> e0 = Vector256.Create(c0[b]), o0 = Vector256<int>.Zero, e1 = Vector256.Create(c1[b]), o1 = o0;
                 for (int c = 0; c < 4; c += 2)
@@ -215,7 +237,7 @@ public sealed unsafe class PackedQ4_0
                     o0 = Dot(o0, hi1, a0 + 4 * c + 20);
                     o1 = Dot(o1, hi1, a1 + 4 * c + 20);
                 }
-                var scales = Avx.LoadVector256((float*)(t + 4 * 64));
+                var scales = TScales.Widen8(st);
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
                 f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e1, o1)), Avx.Multiply(scales, Vector256.Create(d1[b])), f1);
             }
@@ -228,8 +250,8 @@ public sealed unsafe class PackedQ4_0
             float* d0 = xd + (long)i * blocks;
             int* c0 = xc + (long)i * blocks;
             var f0 = Vector256<float>.Zero;
-            byte* t = tile;
-            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK)
+            byte* t = tile, st = scaleTile;
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, st += PairBlockBytes, a0 += QK)
             {
                 Vector256<int> e0 = Vector256.Create(c0[b]), o0 = Vector256<int>.Zero;
                 for (int c = 0; c < 4; c += 2)
@@ -241,7 +263,7 @@ public sealed unsafe class PackedQ4_0
                     e0 = Dot(e0, hi0, a0 + 4 * c + 16);
                     o0 = Dot(o0, hi1, a0 + 4 * c + 20);
                 }
-                var scales = Avx.LoadVector256((float*)(t + 4 * 64));
+                var scales = TScales.Widen8(st);
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
             }
             IntegerTile.Store(f0, result, y + (long)i * yStride, rowsHere);
@@ -259,7 +281,8 @@ public sealed unsafe class PackedQ4_0
     /// 256-bit vpdpbusd does 32.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Multiply16(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+    static void Multiply16<TScales>(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+        where TScales : struct, IScaleWidening
     {
         int cols = blocks * QK;
         int i = 0;
@@ -281,7 +304,7 @@ public sealed unsafe class PackedQ4_0
             {
                 if (ahead != null)
                 {
-                    // 320 bytes: five cache lines, six where the array does not start at a line.
+                    // 288 bytes: five cache lines at most.
                     byte* p = ahead + (t - tile);
                     Sse.Prefetch1(p);
                     Sse.Prefetch1(p + 64);
@@ -294,7 +317,7 @@ public sealed unsafe class PackedQ4_0
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
-                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
+                var scales = TScales.Widen16(t + 4 * 64);
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
                 f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c0[b + blocks], scales, d0[b + blocks]);
                 f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c0[b + 2 * blocks], scales, d0[b + 2 * blocks]);
@@ -326,7 +349,7 @@ public sealed unsafe class PackedQ4_0
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
-                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
+                var scales = TScales.Widen16(t + 4 * 64);
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
                 f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c1[b], scales, d1[b]);
                 f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c2[b], scales, d2[b]);
@@ -350,10 +373,64 @@ public sealed unsafe class PackedQ4_0
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
-                var scales = Avx512F.LoadVector512((float*)(t + 4 * 64));
+                var scales = TScales.Widen16(t + 4 * 64);
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
+        }
+    }
+
+    /// <summary>How a kernel widens a block's f16 scales to f32 (.NET 10 has no <c>vcvtph2ps</c>); a type argument,
+    /// so that each kernel is compiled for one way with no test in its loop.</summary>
+    internal interface IScaleWidening
+    {
+        /// <summary>The 16 scales at <paramref name="p"/> (a pair of groups).</summary>
+        static abstract Vector512<float> Widen16(byte* p);
+        /// <summary>The 8 scales at <paramref name="p"/> (one group).</summary>
+        static abstract Vector256<float> Widen8(byte* p);
+    }
+
+    /// <summary>
+    /// Exact for every finite f16, subnormals included: sign-extended to 32 bits and shifted left 13, the sign lands in
+    /// bit 31, copies of it in bits 30…28 (cleared), the exponent and mantissa in f32's fields; times 2^112 (f16's
+    /// bias to f32's) that is the value. An exponent of 31 (inf, NaN) would come out finite: <see cref="ExactScales"/>.
+    /// </summary>
+    internal readonly struct FiniteScales : IScaleWidening
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Widen16(byte* p)
+        {
+            var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
+            return (Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Widen8(byte* p)
+        {
+            var h = Avx2.ConvertToVector256Int32((short*)p);
+            return (Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
+        }
+    }
+
+    /// <summary><see cref="FiniteScales"/> with inf and NaN given f32's all-ones exponent (a matrix holding such a scale).</summary>
+    internal readonly struct ExactScales : IScaleWidening
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Widen16(byte* p)
+        {
+            var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
+            var special = Vector512.Equals(h & Vector512.Create(0x7C00), Vector512.Create(0x7C00));
+            var bits = Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000));
+            return Vector512.ConditionalSelect(special.AsSingle(), (bits | Vector512.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector512.Create(0x77800000).AsSingle());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Widen8(byte* p)
+        {
+            var h = Avx2.ConvertToVector256Int32((short*)p);
+            var special = Vector256.Equals(h & Vector256.Create(0x7C00), Vector256.Create(0x7C00));
+            var bits = Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000));
+            return Vector256.ConditionalSelect(special.AsSingle(), (bits | Vector256.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector256.Create(0x77800000).AsSingle());
         }
     }
 

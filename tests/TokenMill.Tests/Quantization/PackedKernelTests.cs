@@ -1,4 +1,6 @@
 using TokenMill.Models.Gguf;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using TokenMill.Quantization;
 
 namespace TokenMill.Tests.Quantization;
@@ -169,6 +171,78 @@ public class PackedKernelTests
                             }
                     }
         }
+    }
+
+    [Fact]
+    public unsafe void The_kernels_f16_scales_widen_to_the_same_f32_as_the_scalar_conversion_for_all_65536_patterns()
+    {
+        if (!PackedQ4_0.IsSupported) return; // no AVX2 here: the packed kernels do not run
+        var halves = new short[65536];
+        for (int i = 0; i < halves.Length; i++) halves[i] = (short)i;
+        var wide = new float[16];
+        fixed (short* h = halves)
+        fixed (float* w = wide)
+            for (int i = 0; i < halves.Length; i += 8)
+            {
+                PackedQ4_0.ExactScales.Widen8((byte*)(h + i)).Store(w);
+                Check(i, 8, exact: true);
+                PackedQ4_0.FiniteScales.Widen8((byte*)(h + i)).Store(w);
+                Check(i, 8, exact: false);
+                if (Avx512F.IsSupported && i % 16 == 0)
+                {
+                    PackedQ4_0.ExactScales.Widen16((byte*)(h + i)).Store(w);
+                    Check(i, 16, exact: true);
+                    PackedQ4_0.FiniteScales.Widen16((byte*)(h + i)).Store(w);
+                    Check(i, 16, exact: false);
+                }
+            }
+
+        void Check(int first, int lanes, bool exact)
+        {
+            for (int k = 0; k < lanes; k++)
+            {
+                ushort bits = (ushort)(first + k);
+                float expected = Fp16.ToSingle(bits);
+                if (float.IsNaN(expected) || float.IsInfinity(expected))
+                {
+                    if (exact) Assert.True(float.IsNaN(expected) ? float.IsNaN(wide[k]) : wide[k] == expected, $"0x{bits:X4}: {wide[k]} against {expected}");
+                    continue; // FiniteScales is not used for a matrix holding these
+                }
+                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(wide[k]), $"0x{bits:X4} ({lanes} lanes): {wide[k]} against {expected}");
+            }
+        }
+    }
+
+    [Fact]
+    public void A_Q4_0_matrix_with_inf_and_NaN_scales_gives_the_scalar_models_result()
+    {
+        if (!PackedQ4_0.IsSupported) return;
+        var rng = new Random(77);
+        const int rows = 24, cols = 96, blocks = cols / 32, n = 9;
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(GgmlType.Q4_0, cols);
+        var w = IntegerDotTests.ExtremeRow(GgmlType.Q4_0, rows * cols, rng);
+        foreach (var (block, half) in new[] { (4, (ushort)0x7C00), (17, (ushort)0xFC00), (30, (ushort)0x7E00), (55, (ushort)0x0001) })
+        {
+            w[block * BlockFormats.Q4_0Bytes] = (byte)half;
+            w[block * BlockFormats.Q4_0Bytes + 1] = (byte)(half >> 8);
+        }
+        var q = new sbyte[n * cols];
+        var d = new float[n * blocks];
+        var c = new int[n * blocks];
+        QuantizedDot.QuantizeActivations(IntegerDotTests.Activations(n * cols, rng), q, d);
+        for (int i = 0; i < n; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
+        var ys = new float[n * rows];
+        new Packed(GgmlType.Q4_0, w, rows, cols).Multiply(0, rows, q, d, c, n, ys, rows);
+        for (int i = 0; i < n; i++)
+            for (int r = 0; r < rows; r++)
+            {
+                float want = KernelModel(GgmlType.Q4_0, w.AsSpan(r * rowBytes, rowBytes), q.AsSpan(i * cols, cols), d.AsSpan(i * blocks, blocks));
+                float got = ys[i * rows + r];
+                Assert.True(float.IsNaN(want) ? float.IsNaN(got) : BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got),
+                    $"activation {i}, row {r}: {got}, the model says {want}");
+            }
+        Assert.Contains(ys, float.IsNaN); // the test reaches the special values
+        Assert.Contains(ys, float.IsInfinity);
     }
 
     [Fact]
