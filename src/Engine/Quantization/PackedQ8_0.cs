@@ -10,10 +10,11 @@ namespace TokenMill.Quantization;
 /// included — runs the AVX-VNNI kernel without repacking its weights on each call: one <c>vpdpbusd</c> computes a
 /// 4-element partial dot for all eight rows at once (lane r = row r).
 /// <para>
-/// Layout, per group of 8 rows and block of 32 columns (<see cref="GroupBlockBytes"/> = 288 bytes, 1.125 bytes per
-/// weight against Q8_0's 1.0625): 8 × 32 bytes, where 32-byte chunk k holds elements 4k..4k+3 of rows 0..7 as
-/// unsigned bytes w + 128, then 8 f32 weight scales. (<see cref="IntegerTile"/>'s layout, which kept signed weights
-/// and an int32 −128·Σw per row and block for +128-offset activations, took 1.25 bytes: decode streams 10% less.)
+/// Layout, per group of 8 rows and block of 32 columns (<see cref="GroupBlockBytes"/> = 272 bytes, 1.0625 bytes per
+/// weight as in Q8_0 itself): 8 × 32 bytes, where 32-byte chunk k holds elements 4k..4k+3 of rows 0..7 as
+/// unsigned bytes w + 128, then the 8 rows' f16 scales as stored, widened exactly in the kernel
+/// (<see cref="PackedQ4_0.FiniteScales"/>). (<see cref="IntegerTile"/>'s layout, which kept signed weights
+/// and an int32 −128·Σw per row and block for +128-offset activations, took 1.25 bytes: decode streams 15% less.)
 /// </para>
 /// <para>
 /// vpdpbusd multiplies unsigned by signed bytes, so the weights go in as w + 128 and the activations as they are:
@@ -25,11 +26,13 @@ namespace TokenMill.Quantization;
 public sealed unsafe class PackedQ8_0
 {
     public const int Rows = 8;
-    public const int GroupBlockBytes = Rows * QK + Rows * sizeof(float);
+    public const int GroupBlockBytes = Rows * QK + Rows * sizeof(ushort);
 
     readonly byte[] _data; // pinned: the kernels take its address once
+    readonly bool _specialScales; // some scale is ±inf or NaN: widened by PackedQ4_0.ExactScales
 
-    PackedQ8_0(byte[] data, int rows, int columns) => (_data, RowCount, Columns) = (data, rows, columns);
+    PackedQ8_0(byte[] data, int rows, int columns, bool specialScales) =>
+        (_data, RowCount, Columns, _specialScales) = (data, rows, columns, specialScales);
 
     /// <summary>Whether the packed kernel runs here (AVX-VNNI, AVX2 and FMA).</summary>
     public static bool IsSupported => AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
@@ -50,6 +53,7 @@ public sealed unsafe class PackedQ8_0
             throw new ArgumentException($"PackedQ8_0.Pack: a {rows} × {columns} Q8_0 matrix takes {rowBytes * rows} bytes, but weights has {weights.Length}");
         int groups = (rows + Rows - 1) / Rows, blocks = columns / QK;
         long bytes = (long)groups * blocks * GroupBlockBytes;
+        bool special = false;
         var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "PackedQ8_0.Pack");
         fixed (byte* w = weights)
         fixed (byte* dst = data)
@@ -61,7 +65,7 @@ public sealed unsafe class PackedQ8_0
                 for (int b = 0; b < blocks; b++)
                 {
                     byte* t = dst + ((long)g * blocks + b) * GroupBlockBytes;
-                    float* scales = (float*)(t + Rows * QK);
+                    ushort* scales = (ushort*)(t + Rows * QK);
                     for (int r = 0; r < Rows; r++)
                     {
                         int row = g * Rows + r;
@@ -69,7 +73,8 @@ public sealed unsafe class PackedQ8_0
                         {
                             byte* block = w + row * rowBytes + (long)b * Q8_0Bytes;
                             rowsV[r] = Avx2.Xor(Avx.LoadVector256(block + 2), offset); // w + 128: flipping the sign bit does exactly that
-                            scales[r] = Fp16.ToSingle(Unsafe.ReadUnaligned<ushort>(block));
+                            scales[r] = Unsafe.ReadUnaligned<ushort>(block);
+                            special |= (scales[r] & 0x7C00) == 0x7C00;
                         }
                         else
                         {
@@ -81,7 +86,7 @@ public sealed unsafe class PackedQ8_0
                     for (int c = 0; c < Rows; c++) Avx.Store((int*)t + 8 * c, k[c]);
                 }
         }
-        return new PackedQ8_0(data, rows, columns);
+        return new PackedQ8_0(data, rows, columns, special);
     }
 
     /// <summary>
@@ -94,6 +99,13 @@ public sealed unsafe class PackedQ8_0
     {
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ8_0.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
+        if (_specialScales) Multiply<PackedQ4_0.ExactScales>(r0, count, xq, xd, xc, n, y, yStride);
+        else Multiply<PackedQ4_0.FiniteScales>(r0, count, xq, xd, xc, n, y, yStride);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, PackedQ4_0.IScaleWidening
+    {
         int blocks = Blocks;
         var result = stackalloc float[Rows];
         fixed (byte* data = _data)
@@ -103,7 +115,7 @@ public sealed unsafe class PackedQ8_0
                 for (int g = r0; g < r0 + count; g += Rows)
                 {
                     byte* tile = data + g / Rows * GroupBytes;
-                    Multiply8(tile, g + Rows < r0 + count ? tile + GroupBytes : null, blocks, xq + (long)i0 * Columns, xd + (long)i0 * blocks, xc + (long)i0 * blocks, m,
+                    Multiply8<TScales>(tile, g + Rows < r0 + count ? tile + GroupBytes : null, blocks, xq + (long)i0 * Columns, xd + (long)i0 * blocks, xc + (long)i0 * blocks, m,
                         y + (long)i0 * yStride + g, yStride, Math.Min(Rows, r0 + count - g), result);
                 }
             }
@@ -115,7 +127,8 @@ public sealed unsafe class PackedQ8_0
     /// (the group this range computes next, or null) is brought into L2 meanwhile.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Multiply8(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+    static void Multiply8<TScales>(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
+        where TScales : struct, PackedQ4_0.IScaleWidening
     {
         int cols = blocks * QK;
         int i = 0;
@@ -133,7 +146,7 @@ public sealed unsafe class PackedQ8_0
             {
                 if (ahead != null)
                 {
-                    // 288 bytes: five cache lines, six where the block does not start at a line.
+                    // 272 bytes: five cache lines at most.
                     byte* p = ahead + (t - tile);
                     Sse.Prefetch1(p);
                     Sse.Prefetch1(p + 64);
@@ -158,7 +171,7 @@ public sealed unsafe class PackedQ8_0
                     o2 = Dot(o2, w1, a2 + 4 * k + 4);
                     o3 = Dot(o3, w1, a3 + 4 * k + 4);
                 }
-                var scales = Avx.LoadVector256((float*)(t + Rows * QK));
+                var scales = TScales.Widen8(t + Rows * QK);
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
                 f1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e1, o1)), Avx.Multiply(scales, Vector256.Create(d1[b])), f1);
                 f2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e2, o2)), Avx.Multiply(scales, Vector256.Create(d2[b])), f2);
@@ -184,7 +197,7 @@ public sealed unsafe class PackedQ8_0
                     e0 = Dot(e0, Avx.LoadVector256(t + 32 * k), a0 + 4 * k);
                     o0 = Dot(o0, Avx.LoadVector256(t + 32 * k + 32), a0 + 4 * k + 4);
                 }
-                var scales = Avx.LoadVector256((float*)(t + Rows * QK));
+                var scales = TScales.Widen8(t + Rows * QK);
                 f0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Avx2.Add(e0, o0)), Avx.Multiply(scales, Vector256.Create(d0[b])), f0);
             }
             IntegerTile.Store(f0, result, y + (long)i * yStride, rowsHere);

@@ -213,18 +213,19 @@ public class PackedKernelTests
         }
     }
 
-    [Fact]
-    public void A_Q4_0_matrix_with_inf_and_NaN_scales_gives_the_scalar_models_result()
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void A_matrix_with_inf_and_NaN_scales_gives_the_scalar_models_result(GgmlType type)
     {
-        if (!PackedQ4_0.IsSupported) return;
+        if (!Supported(type)) return;
         var rng = new Random(77);
         const int rows = 24, cols = 96, blocks = cols / 32, n = 9;
-        int rowBytes = (int)GgmlTypeInfo.RowBytes(GgmlType.Q4_0, cols);
-        var w = IntegerDotTests.ExtremeRow(GgmlType.Q4_0, rows * cols, rng);
+        int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols), blockBytes = rowBytes / blocks;
+        var w = IntegerDotTests.ExtremeRow(type, rows * cols, rng);
         foreach (var (block, half) in new[] { (4, (ushort)0x7C00), (17, (ushort)0xFC00), (30, (ushort)0x7E00), (55, (ushort)0x0001) })
         {
-            w[block * BlockFormats.Q4_0Bytes] = (byte)half;
-            w[block * BlockFormats.Q4_0Bytes + 1] = (byte)(half >> 8);
+            w[block * blockBytes] = (byte)half;
+            w[block * blockBytes + 1] = (byte)(half >> 8);
         }
         var q = new sbyte[n * cols];
         var d = new float[n * blocks];
@@ -232,11 +233,11 @@ public class PackedKernelTests
         QuantizedDot.QuantizeActivations(IntegerDotTests.Activations(n * cols, rng), q, d);
         for (int i = 0; i < n; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
         var ys = new float[n * rows];
-        new Packed(GgmlType.Q4_0, w, rows, cols).Multiply(0, rows, q, d, c, n, ys, rows);
+        new Packed(type, w, rows, cols).Multiply(0, rows, q, d, c, n, ys, rows);
         for (int i = 0; i < n; i++)
             for (int r = 0; r < rows; r++)
             {
-                float want = KernelModel(GgmlType.Q4_0, w.AsSpan(r * rowBytes, rowBytes), q.AsSpan(i * cols, cols), d.AsSpan(i * blocks, blocks));
+                float want = KernelModel(type, w.AsSpan(r * rowBytes, rowBytes), q.AsSpan(i * cols, cols), d.AsSpan(i * blocks, blocks));
                 float got = ys[i * rows + r];
                 Assert.True(float.IsNaN(want) ? float.IsNaN(got) : BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(got),
                     $"activation {i}, row {r}: {got}, the model says {want}");
