@@ -88,3 +88,31 @@ public static class Bf16
         return (ushort)((u + (0x7FFFu + ((u >> 16) & 1))) >> 16);
     }
 }
+
+/// <summary>
+/// What one scan of an F16 matrix found: whether every weight is finite. A matrix that is (every real model's) has
+/// its rows widened by <see cref="DotAvx2.F16Finite"/>, which leaves out the inf/NaN handling; the scan is made once
+/// per matrix and kept with it (<see cref="Models.WeightTensor"/>'s packed form).
+/// </summary>
+internal sealed class HalfRange
+{
+    HalfRange(bool finite) => Finite = finite;
+
+    /// <summary>No weight is ±inf or NaN (f16 exponent 31).</summary>
+    public bool Finite { get; }
+
+    public static HalfRange Scan(ReadOnlySpan<byte> f16)
+    {
+        var h = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(f16);
+        var exponent = System.Runtime.Intrinsics.Vector512.Create((ushort)0x7C00);
+        int i = 0;
+        for (; i + 32 <= h.Length; i += 32)
+        {
+            var v = System.Runtime.Intrinsics.Vector512.Create(h.Slice(i, 32)) & exponent;
+            if (System.Runtime.Intrinsics.Vector512.EqualsAny(v, exponent)) return new HalfRange(false);
+        }
+        for (; i < h.Length; i++)
+            if ((h[i] & 0x7C00) == 0x7C00) return new HalfRange(false);
+        return new HalfRange(true);
+    }
+}

@@ -126,6 +126,7 @@ public sealed unsafe class CpuForward : IDisposable
             if (UsesPackedQ4(w)) w.Packed(s_packQ4);
             else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
             else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
+            else if (ScansF16(w)) w.Packed(s_scanF16);
         }
     }
 
@@ -134,6 +135,12 @@ public sealed unsafe class CpuForward : IDisposable
 
     static bool UsesPackedQ4(WeightTensor w) => w.Type == GgmlType.Q4_0 && PackedQ4_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
     static bool UsesPackedQ8(WeightTensor w) => w.Type == GgmlType.Q8_0 && PackedQ8_0.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+
+    static readonly Func<WeightTensor, HalfRange> s_scanF16 = w => HalfRange.Scan(w.AllBytes());
+
+    /// <summary>F16 weights are scanned once for inf/NaN: a finite matrix (every real one) takes the one-row kernel
+    /// that leaves out their handling.</summary>
+    static bool ScansF16(WeightTensor w) => w.Type == GgmlType.F16 && DotAvx2.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
 
     static readonly Func<WeightTensor, PackedQ4_K> s_packQ4K = w => PackedQ4_K.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
 
@@ -591,6 +598,13 @@ public sealed unsafe class CpuForward : IDisposable
             var tile = new Span<float>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.TileLength(count, cols));
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
                 new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile);
+            return;
+        }
+        if (ScansF16(w) && w.Packed(s_scanF16).Finite)
+        {
+            for (long r = r0; r < r1; r++)
+                for (int t = 0; t < _mmN; t++)
+                    y[t * rows + r] = DotAvx2.F16Finite(w.Data + r * w.RowBytes, _mmX + (long)t * cols, cols);
             return;
         }
         for (long r = r0; r < r1; r++)
