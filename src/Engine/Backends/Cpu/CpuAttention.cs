@@ -83,6 +83,13 @@ public static unsafe class CpuAttention
             float* k4 = keys + slots[j + 4] * stride, k5 = keys + slots[j + 5] * stride, k6 = keys + slots[j + 6] * stride, k7 = keys + slots[j + 7] * stride;
             float* k8 = keys + slots[j + 8] * stride, k9 = keys + slots[j + 9] * stride, k10 = keys + slots[j + 10] * stride, k11 = keys + slots[j + 11] * stride;
             float* k12 = keys + slots[j + 12] * stride, k13 = keys + slots[j + 13] * stride, k14 = keys + slots[j + 14] * stride, k15 = keys + slots[j + 15] * stride;
+            // The next sixteen key rows are requested now: decode's keys come from memory (a step reads every layer's
+            // cache once), and the group's heads compute on these meanwhile.
+            for (int next = j + 16, end = Math.Min(count, j + 32); next < end; next++)
+            {
+                byte* row = (byte*)(keys + slots[next] * stride);
+                for (int line = 0; line < hd * sizeof(float); line += 64) Sse.Prefetch0(row + line);
+            }
             float* qh = q;
             for (int h = 0; h < heads; h++, qh += hd)
             {

@@ -33,7 +33,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// handing one out (a compare-exchange on a line both cores write) cost nearly as much again —
     /// single-sequence decode ran at 2/3 of the speed it has with two large items per thread.
     /// </summary>
-    static readonly int StreamChunksPerThread = int.TryParse(Environment.GetEnvironmentVariable("TM_SC"), out int v) ? v : 2;
+    const int StreamChunksPerThread = 2;
 
     /// <summary>From this many activation rows on, weight rows are dequantized once into a tile and shared by all rows.</summary>
     const int TiledMinRows = 2;
