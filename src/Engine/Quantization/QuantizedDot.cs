@@ -95,7 +95,7 @@ public static class QuantizedDot
             var tile = rented.AsSpan(0, tileRows * cols);
             for (int r0 = 0; r0 < rows; r0 += tileRows)
             {
-                RowRangeTile(type, weights, rowBytes, rows, cols, r0, Math.Min(tileRows, rows - r0), xs, n, ys, tile, avx512Tile, fusedHalf);
+                RowRangeTile(type, weights, rowBytes, rows, cols, r0, Math.Min(tileRows, rows - r0), xs, n, ys, tile, avx512Tile, fusedHalf, finiteHalf: false);
             }
         }
         finally
@@ -114,9 +114,11 @@ public static class QuantizedDot
     /// scratch) and reused for all n activation rows; F16 and BF16 rows on AVX-512 need no tile (the kernel
     /// converts them in registers), but the caller passes one all the same.
     /// </summary>
+    /// <remarks>With <paramref name="finiteHalf"/> the F16 matrix is known to hold no inf or NaN (<see cref="HalfRange"/>):
+    /// the kernel skips its own scan of each work item and converts every activation block the short way.</remarks>
     public static void MatMulRowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile) =>
-        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true);
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool finiteHalf = false) =>
+        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true, finiteHalf);
 
     /// <summary>
     /// <see cref="MatMulRowRange"/> with the F16/BF16 path chosen: with <paramref name="fusedHalf"/> (and AVX-512) <see cref="TileGemm.MultiplyHalf"/>
@@ -124,7 +126,7 @@ public static class QuantizedDot
     /// The benchmarks compare the two; the tests check that they agree bit for bit.
     /// </summary>
     internal static void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf)
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false)
     {
         int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulRowRange");
         if (r0 < 0 || count < 0 || r0 + count > rows)
@@ -138,7 +140,7 @@ public static class QuantizedDot
         }
         if (tile.Length < count * cols)
             throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
-        RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, n, ys, tile, TileGemm.IsSupported, fusedHalf);
+        RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, n, ys, tile, TileGemm.IsSupported, fusedHalf, finiteHalf);
     }
 
     /// <summary>
@@ -151,14 +153,14 @@ public static class QuantizedDot
 
     /// <summary>Rows [r0, r0 + count) of the product for a type that is not F32, with the checks done.</summary>
     static unsafe void RowRangeTile(GgmlType type, ReadOnlySpan<byte> weights, int rowBytes, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf)
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf, bool finiteHalf)
     {
         if (avx512 && fusedHalf && (type == GgmlType.BF16 || type == GgmlType.F16 && n < FusedF16MaxRows))
         {
             fixed (byte* w = weights)
             fixed (float* xp = xs)
             fixed (float* yp = ys)
-                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, n, yp + r0, rows);
+                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, n, yp + r0, rows, finiteHalf);
             return;
         }
         for (int r = 0; r < count; r++)

@@ -81,9 +81,11 @@ internal static unsafe class TileGemm
     /// dequantize-then-multiply (prefetching both): F16 1.42× at 32 activation rows, 1.03× at 512, 1.9× at 8 (the
     /// pass over the weights was a larger share there); BF16 1.50× at 32, 1.22× at 512.
     /// </remarks>
-    public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
+    public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy,
+        bool finite = false)
     {
-        if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
+        if (type == GgmlType.F16 && finite) MultiplyCore<F16FiniteRows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
+        else if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
         else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
         else throw new NotSupportedException($"TileGemm.MultiplyHalf: {type} is not a 16-bit float type");
     }

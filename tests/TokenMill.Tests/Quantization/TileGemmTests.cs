@@ -198,6 +198,12 @@ public class TileGemmTests
                         var dequantized = Enumerable.Repeat(float.NaN, n * rows).ToArray();
                         QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, fused, tile, fusedHalf: true);
                         QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, dequantized, tile, fusedHalf: false);
+                        if (matrix == finite) // known finite (HalfRange): every activation block takes the short conversion
+                        {
+                            var known = Enumerable.Repeat(float.NaN, n * rows).ToArray();
+                            QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, known, tile, fusedHalf: true, finiteHalf: true);
+                            Assert.Equal(fused.Select(BitConverter.SingleToInt32Bits), known.Select(BitConverter.SingleToInt32Bits));
+                        }
                         for (int i = 0; i < n * rows; i++)
                             Assert.True(BitConverter.SingleToInt32Bits(fused[i]) == BitConverter.SingleToInt32Bits(dequantized[i]),
                                 $"{type} [{rows}×{cols}] {(matrix == finite ? "finite" : "with infinities and NaNs")}, rows {r0}..{r0 + count}, n = {n}, " +

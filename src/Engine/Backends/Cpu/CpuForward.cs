@@ -597,7 +597,8 @@ public sealed unsafe class CpuForward : IDisposable
             int count = (int)(r1 - r0);
             var tile = new Span<float>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.TileLength(count, cols));
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
-                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile);
+                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
+                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite);
             return;
         }
         if (ScansF16(w) && w.Packed(s_scanF16).Finite)
