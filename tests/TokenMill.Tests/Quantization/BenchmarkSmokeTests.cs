@@ -39,6 +39,12 @@ public class BenchmarkSmokeTests
     [InlineData(GgmlType.Q6_K, 5)]
     public void KQuant_integer_benchmark_computes_the_product_within_activation_rounding(GgmlType type, int n) =>
         Assert.InRange(new KQuantDotBenchmarks { Type = type, N = n }.Check(), 0, 2e-2f);
+
+    [Theory]
+    [InlineData(128)]
+    [InlineData(2048)]
+    public void Attention_benchmark_forms_agree(int positions) =>
+        Assert.InRange(new AttentionBenchmarks { Positions = positions }.Check(), 0, 1e-5f);
 }
 
 public class Fp16TableTests
