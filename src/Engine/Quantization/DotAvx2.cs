@@ -68,7 +68,7 @@ internal static unsafe class DotAvx2
 
     /// <summary>
     /// <see cref="F16"/> for a row known to hold no inf or NaN (<see cref="HalfRange"/>): the same sums in the same
-    /// order, each sixteen weights widened in four instructions (<see cref="PackedQ4_0.FiniteScales"/>' conversion, the
+    /// order, each sixteen weights widened in four instructions (<see cref="FiniteHalves"/>' conversion, the
     /// same value for every finite f16) instead of nine — one-row decode of F16 weights is bound by the conversion.
     /// </summary>
     public static float F16Finite(byte* w, float* x, int n)
@@ -80,8 +80,8 @@ internal static unsafe class DotAvx2
         int i = 0;
         for (; i + 32 <= n; i += 32)
         {
-            a0 = Avx512F.FusedMultiplyAdd(PackedQ4_0.FiniteScales.Widen16((byte*)(h + i)), Avx512F.LoadVector512(x + i), a0);
-            a1 = Avx512F.FusedMultiplyAdd(PackedQ4_0.FiniteScales.Widen16((byte*)(h + i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
+            a0 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16((byte*)(h + i)), Avx512F.LoadVector512(x + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16((byte*)(h + i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
         }
         return F16Tail(Vector512.Sum(a0 + a1), (ushort*)h, x, i, n);
     }

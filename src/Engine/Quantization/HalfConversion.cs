@@ -1,3 +1,7 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
 namespace TokenMill.Quantization;
 
 /// <summary>
@@ -114,5 +118,60 @@ internal sealed class HalfRange
         for (; i < h.Length; i++)
             if ((h[i] & 0x7C00) == 0x7C00) return new HalfRange(false);
         return new HalfRange(true);
+    }
+}
+
+/// <summary>How a kernel widens f16 values (weights, block scales) to f32, eight or sixteen at a time (.NET 10 has no
+/// <c>vcvtph2ps</c>); a type argument, so that each kernel is compiled for one way with no test in its loop.</summary>
+internal unsafe interface IHalfWidening
+{
+    /// <summary>The 16 halves at <paramref name="p"/> (AVX-512F).</summary>
+    static abstract Vector512<float> Widen16(byte* p);
+    /// <summary>The 8 halves at <paramref name="p"/> (AVX2).</summary>
+    static abstract Vector256<float> Widen8(byte* p);
+}
+
+/// <summary>
+/// Exact for every finite f16, subnormals included: sign-extended to 32 bits and shifted left 13, the sign lands in
+/// bit 31, copies of it in bits 30…28 (cleared), the exponent and mantissa in f32's fields; times 2^112 (f16's
+/// bias to f32's) that is the value. An exponent of 31 (inf, NaN) would come out finite: <see cref="ExactHalves"/>,
+/// or a scan that rules them out (<see cref="HalfRange"/>, or each format's own at repacking).
+/// </summary>
+internal readonly unsafe struct FiniteHalves : IHalfWidening
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* p)
+    {
+        var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
+        return (Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(byte* p)
+    {
+        var h = Avx2.ConvertToVector256Int32((short*)p);
+        return (Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
+    }
+}
+
+/// <summary><see cref="FiniteHalves"/> with inf and NaN given f32's all-ones exponent (sign and payload kept).</summary>
+internal readonly unsafe struct ExactHalves : IHalfWidening
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* p)
+    {
+        var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
+        var special = Vector512.Equals(h & Vector512.Create(0x7C00), Vector512.Create(0x7C00));
+        var bits = Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000));
+        return Vector512.ConditionalSelect(special.AsSingle(), (bits | Vector512.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector512.Create(0x77800000).AsSingle());
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(byte* p)
+    {
+        var h = Avx2.ConvertToVector256Int32((short*)p);
+        var special = Vector256.Equals(h & Vector256.Create(0x7C00), Vector256.Create(0x7C00));
+        var bits = Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000));
+        return Vector256.ConditionalSelect(special.AsSingle(), (bits | Vector256.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector256.Create(0x77800000).AsSingle());
     }
 }

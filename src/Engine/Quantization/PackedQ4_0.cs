@@ -15,7 +15,7 @@ namespace TokenMill.Quantization;
 /// Layout, per pair of 8-row groups (<see cref="PairRows"/> = 16 rows; the rows are padded with zero rows to a
 /// whole number of pairs) and block of 32 columns (<see cref="PairBlockBytes"/> = 288 bytes, 0.5625 bytes per weight as
 /// in Q4_0 itself: decode streams no more bytes than the file holds): 4 × 64 bytes of nibble pairs, then the 16 rows'
-/// f16 scales as stored (first group's 8, then the second's), widened to f32 in the kernel (<see cref="FiniteScales"/>). Bytes 0…31 of 64-byte chunk c
+/// f16 scales as stored (first group's 8, then the second's), widened to f32 in the kernel (<see cref="FiniteHalves"/>). Bytes 0…31 of 64-byte chunk c
 /// belong to the first group, 32…63 to the second; byte 4r + e of a group's 32 holds its row r's element 4c + e in
 /// its low nibble and element 4(c + 4) + e in its high one; nibbles stay unsigned (0…15). A chunk is then one
 /// 512-bit load of 16 rows × 4 weights (lane = row) for the AVX-512 kernel, and its halves the eight-row kernel's
@@ -54,8 +54,8 @@ public sealed unsafe class PackedQ4_0
     internal const int ActivationRowsPerPass = 64;
 
     readonly byte[] _data; // pinned: the kernels take its address once
-    // Whether some scale is ±inf or NaN (f16 exponent 31): then the kernels widen scales with ExactScales, which keeps
-    // them; a real model's scales are finite and take FiniteScales' four instructions.
+    // Whether some scale is ±inf or NaN (f16 exponent 31): then the kernels widen scales with ExactHalves, which keeps
+    // them; a real model's scales are finite and take FiniteHalves' four instructions.
     readonly bool _specialScales;
 
     PackedQ4_0(byte[] data, int rows, int columns, bool specialScales) =>
@@ -157,12 +157,12 @@ public sealed unsafe class PackedQ4_0
     {
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ4_0.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
-        if (_specialScales) Multiply<ExactScales>(r0, count, xq, xd, xc, n, y, yStride);
-        else Multiply<FiniteScales>(r0, count, xq, xd, xc, n, y, yStride);
+        if (_specialScales) Multiply<ExactHalves>(r0, count, xq, xd, xc, n, y, yStride);
+        else Multiply<FiniteHalves>(r0, count, xq, xd, xc, n, y, yStride);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, IScaleWidening
+    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, IHalfWidening
     {
         int blocks = Blocks;
         long pairBytes = PairBytes;
@@ -210,7 +210,7 @@ public sealed unsafe class PackedQ4_0
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply8<TScales>(byte* tile, byte* scaleTile, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
-        where TScales : struct, IScaleWidening
+        where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
         int i = 0;
@@ -282,7 +282,7 @@ public sealed unsafe class PackedQ4_0
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply16<TScales>(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
-        where TScales : struct, IScaleWidening
+        where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
         int i = 0;
@@ -377,60 +377,6 @@ public sealed unsafe class PackedQ4_0
                 f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
-        }
-    }
-
-    /// <summary>How a kernel widens a block's f16 scales to f32 (.NET 10 has no <c>vcvtph2ps</c>); a type argument,
-    /// so that each kernel is compiled for one way with no test in its loop.</summary>
-    internal interface IScaleWidening
-    {
-        /// <summary>The 16 scales at <paramref name="p"/> (a pair of groups).</summary>
-        static abstract Vector512<float> Widen16(byte* p);
-        /// <summary>The 8 scales at <paramref name="p"/> (one group).</summary>
-        static abstract Vector256<float> Widen8(byte* p);
-    }
-
-    /// <summary>
-    /// Exact for every finite f16, subnormals included: sign-extended to 32 bits and shifted left 13, the sign lands in
-    /// bit 31, copies of it in bits 30…28 (cleared), the exponent and mantissa in f32's fields; times 2^112 (f16's
-    /// bias to f32's) that is the value. An exponent of 31 (inf, NaN) would come out finite: <see cref="ExactScales"/>.
-    /// </summary>
-    internal readonly struct FiniteScales : IScaleWidening
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Widen16(byte* p)
-        {
-            var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
-            return (Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Widen8(byte* p)
-        {
-            var h = Avx2.ConvertToVector256Int32((short*)p);
-            return (Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
-        }
-    }
-
-    /// <summary><see cref="FiniteScales"/> with inf and NaN given f32's all-ones exponent (a matrix holding such a scale).</summary>
-    internal readonly struct ExactScales : IScaleWidening
-    {
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Widen16(byte* p)
-        {
-            var h = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)p));
-            var special = Vector512.Equals(h & Vector512.Create(0x7C00), Vector512.Create(0x7C00));
-            var bits = Vector512.ShiftLeft(h, 13) & Vector512.Create(unchecked((int)0x8FFFE000));
-            return Vector512.ConditionalSelect(special.AsSingle(), (bits | Vector512.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector512.Create(0x77800000).AsSingle());
-        }
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Widen8(byte* p)
-        {
-            var h = Avx2.ConvertToVector256Int32((short*)p);
-            var special = Vector256.Equals(h & Vector256.Create(0x7C00), Vector256.Create(0x7C00));
-            var bits = Vector256.ShiftLeft(h, 13) & Vector256.Create(unchecked((int)0x8FFFE000));
-            return Vector256.ConditionalSelect(special.AsSingle(), (bits | Vector256.Create(0x7F800000)).AsSingle(), bits.AsSingle() * Vector256.Create(0x77800000).AsSingle());
         }
     }
 

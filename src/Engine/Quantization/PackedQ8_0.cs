@@ -13,7 +13,7 @@ namespace TokenMill.Quantization;
 /// Layout, per group of 8 rows and block of 32 columns (<see cref="GroupBlockBytes"/> = 272 bytes, 1.0625 bytes per
 /// weight as in Q8_0 itself): 8 × 32 bytes, where 32-byte chunk k holds elements 4k..4k+3 of rows 0..7 as
 /// unsigned bytes w + 128, then the 8 rows' f16 scales as stored, widened exactly in the kernel
-/// (<see cref="PackedQ4_0.FiniteScales"/>). (<see cref="IntegerTile"/>'s layout, which kept signed weights
+/// (<see cref="FiniteHalves"/>). (<see cref="IntegerTile"/>'s layout, which kept signed weights
 /// and an int32 −128·Σw per row and block for +128-offset activations, took 1.25 bytes: decode streams 15% less.)
 /// </para>
 /// <para>
@@ -29,7 +29,7 @@ public sealed unsafe class PackedQ8_0
     public const int GroupBlockBytes = Rows * QK + Rows * sizeof(ushort);
 
     readonly byte[] _data; // pinned: the kernels take its address once
-    readonly bool _specialScales; // some scale is ±inf or NaN: widened by PackedQ4_0.ExactScales
+    readonly bool _specialScales; // some scale is ±inf or NaN: widened by ExactHalves
 
     PackedQ8_0(byte[] data, int rows, int columns, bool specialScales) =>
         (_data, RowCount, Columns, _specialScales) = (data, rows, columns, specialScales);
@@ -99,12 +99,12 @@ public sealed unsafe class PackedQ8_0
     {
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ8_0.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
-        if (_specialScales) Multiply<PackedQ4_0.ExactScales>(r0, count, xq, xd, xc, n, y, yStride);
-        else Multiply<PackedQ4_0.FiniteScales>(r0, count, xq, xd, xc, n, y, yStride);
+        if (_specialScales) Multiply<ExactHalves>(r0, count, xq, xd, xc, n, y, yStride);
+        else Multiply<FiniteHalves>(r0, count, xq, xd, xc, n, y, yStride);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, PackedQ4_0.IScaleWidening
+    void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, IHalfWidening
     {
         int blocks = Blocks;
         var result = stackalloc float[Rows];
@@ -128,7 +128,7 @@ public sealed unsafe class PackedQ8_0
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply8<TScales>(byte* tile, byte* next, int blocks, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride, int rowsHere, float* result)
-        where TScales : struct, PackedQ4_0.IScaleWidening
+        where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
         int i = 0;

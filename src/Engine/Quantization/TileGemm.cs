@@ -382,7 +382,7 @@ internal static unsafe class TileGemm
         public static int Bytes => 2;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load(byte* w, long k) => F16Rows.Finite(F16Rows.Shifted(w, k));
+        public static Vector512<float> Load(byte* w, long k) => FiniteHalves.Widen16(w + 2 * k);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static float Scalar(byte* w, long k) => Fp16.ToSingle(((ushort*)w)[k]);

@@ -184,15 +184,15 @@ public class PackedKernelTests
         fixed (float* w = wide)
             for (int i = 0; i < halves.Length; i += 8)
             {
-                PackedQ4_0.ExactScales.Widen8((byte*)(h + i)).Store(w);
+                ExactHalves.Widen8((byte*)(h + i)).Store(w);
                 Check(i, 8, exact: true);
-                PackedQ4_0.FiniteScales.Widen8((byte*)(h + i)).Store(w);
+                FiniteHalves.Widen8((byte*)(h + i)).Store(w);
                 Check(i, 8, exact: false);
                 if (Avx512F.IsSupported && i % 16 == 0)
                 {
-                    PackedQ4_0.ExactScales.Widen16((byte*)(h + i)).Store(w);
+                    ExactHalves.Widen16((byte*)(h + i)).Store(w);
                     Check(i, 16, exact: true);
-                    PackedQ4_0.FiniteScales.Widen16((byte*)(h + i)).Store(w);
+                    FiniteHalves.Widen16((byte*)(h + i)).Store(w);
                     Check(i, 16, exact: false);
                 }
             }
@@ -206,7 +206,7 @@ public class PackedKernelTests
                 if (float.IsNaN(expected) || float.IsInfinity(expected))
                 {
                     if (exact) Assert.True(float.IsNaN(expected) ? float.IsNaN(wide[k]) : wide[k] == expected, $"0x{bits:X4}: {wide[k]} against {expected}");
-                    continue; // FiniteScales is not used for a matrix holding these
+                    continue; // FiniteHalves is not used for a matrix holding these
                 }
                 Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(wide[k]), $"0x{bits:X4} ({lanes} lanes): {wide[k]} against {expected}");
             }
