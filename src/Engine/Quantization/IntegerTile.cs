@@ -175,4 +175,20 @@ internal static unsafe class IntegerTile
         Avx.Store(scratch, v);
         for (int r = 0; r < count; r++) y[r] = scratch[r];
     }
+
+    /// <summary>
+    /// Requests one block of a repacked matrix (<paramref name="bytes"/>: 257–320, i.e. 288 for
+    /// <see cref="PackedQ4_0"/>, 272 for <see cref="PackedQ8_0"/>) into L2: five lines from its start and the line of
+    /// its last byte — five or six lines, wherever the block starts.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void PrefetchBlock(byte* p, int bytes)
+    {
+        Sse.Prefetch1(p);
+        Sse.Prefetch1(p + 64);
+        Sse.Prefetch1(p + 128);
+        Sse.Prefetch1(p + 192);
+        Sse.Prefetch1(p + 256);
+        Sse.Prefetch1(p + bytes - 1);
+    }
 }

@@ -302,17 +302,7 @@ public sealed unsafe class PackedQ4_0
             byte* ahead = i == 8 ? next : null;
             for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK, a4 += QK, a5 += QK, a6 += QK, a7 += QK)
             {
-                if (ahead != null)
-                {
-                    // 288 bytes: five cache lines at most.
-                    byte* p = ahead + (t - tile);
-                    Sse.Prefetch1(p);
-                    Sse.Prefetch1(p + 64);
-                    Sse.Prefetch1(p + 128);
-                    Sse.Prefetch1(p + 192);
-                    Sse.Prefetch1(p + 256);
-                    Sse.Prefetch1(p + PairBlockBytes - 1);
-                }
+                if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), PairBlockBytes);
                 var (l0, h0) = Nibbles16(t);
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);

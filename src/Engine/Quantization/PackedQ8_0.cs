@@ -144,17 +144,7 @@ public sealed unsafe class PackedQ8_0
             byte* ahead = i == 4 ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
             {
-                if (ahead != null)
-                {
-                    // 272 bytes: five cache lines at most.
-                    byte* p = ahead + (t - tile);
-                    Sse.Prefetch1(p);
-                    Sse.Prefetch1(p + 64);
-                    Sse.Prefetch1(p + 128);
-                    Sse.Prefetch1(p + 192);
-                    Sse.Prefetch1(p + 256);
-                    Sse.Prefetch1(p + GroupBlockBytes - 1);
-                }
+                if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
                 // Two chains per activation row (even and odd k); the start −128·Σa goes in the even one.
                 Vector256<int> e0 = Start(c0[b]), e1 = Start(c1[b]), e2 = Start(c2[b]), e3 = Start(c3[b]);
                 Vector256<int> o0 = Vector256<int>.Zero, o1 = o0, o2 = o0, o3 = o0;
