@@ -5,17 +5,12 @@ namespace TokenMill.Backends.Cpu;
 /// <c>body(index, worker)</c> for every index in [0, count), the calling thread taking part, with
 /// indices handed out dynamically so uneven rows balance. Threads are created once: a forward pass
 /// makes hundreds of parallel calls per token, and neither thread start-up nor per-call allocation
-/// may be paid each time. Between calls a helper spins for <see cref="SpinBudget"/> before it sleeps, as
-/// llama.cpp's threads poll between graph nodes: a decode step's calls come microseconds apart, and a
-/// helper woken through the kernel each time joins most calls too late to take a share of them.
+/// may be paid each time.
 /// </summary>
 public sealed class CpuWorkerPool : IDisposable
 {
     readonly Thread[] _threads;
-    // One wake-up event per helper, set only for a helper that said it sleeps (_sleeping[i] == 1).
-    readonly ManualResetEventSlim[] _wake;
-    readonly int[] _sleeping;
-    readonly long _spinTicks;
+    readonly SemaphoreSlim _start = new(0);
     // Set by the helper that brings _active to 0; the caller blocks on it (after a short spin) so that on a
     // busy machine it gives its core to the helper it waits for instead of spinning.
     readonly ManualResetEventSlim _idle = new(false);
@@ -33,17 +28,10 @@ public sealed class CpuWorkerPool : IDisposable
     volatile bool _stopping;
 
     /// <param name="threadCount">Threads including the caller; default: one per processor.</param>
-    /// <param name="spinBudget">How long a helper polls for the next call before it sleeps; default
-    /// <see cref="DefaultSpinBudget"/>, zero to sleep at once.</param>
-    public CpuWorkerPool(int threadCount = 0, TimeSpan? spinBudget = null)
+    public CpuWorkerPool(int threadCount = 0)
     {
         ThreadCount = threadCount > 0 ? threadCount : Environment.ProcessorCount;
-        SpinBudget = spinBudget ?? DefaultSpinBudget;
-        _spinTicks = (long)(SpinBudget.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
         _threads = new Thread[ThreadCount - 1];
-        _wake = new ManualResetEventSlim[_threads.Length];
-        _sleeping = new int[_threads.Length];
-        for (int i = 0; i < _wake.Length; i++) _wake[i] = new ManualResetEventSlim(false, spinCount: 1);
         for (int i = 0; i < _threads.Length; i++)
         {
             int worker = i + 1;
@@ -58,13 +46,6 @@ public sealed class CpuWorkerPool : IDisposable
     public static CpuWorkerPool Shared => s_shared.Value;
 
     public int ThreadCount { get; }
-
-    /// <summary>How long an idle helper polls for the next call before it blocks.</summary>
-    public TimeSpan SpinBudget { get; }
-
-    /// <summary>Two milliseconds: longer than the gap between the calls of one decode step (sampling and
-    /// scheduling included), short enough that an idle engine stops using its cores at once.</summary>
-    public static readonly TimeSpan DefaultSpinBudget = TimeSpan.FromMilliseconds(2);
 
     /// <summary>Runs <paramref name="body"/>(index, worker) for index in [0, count); worker is in [0, ThreadCount).</summary>
     /// <remarks>
@@ -88,8 +69,8 @@ public sealed class CpuWorkerPool : IDisposable
             _error = null;
             int generation = _generation + 1;
             Interlocked.Exchange(ref _ticket, (long)generation << 32);
-            Interlocked.Exchange(ref _generation, generation);   // a full fence before WakeSleepers reads _sleeping
-            WakeSleepers(count - 1);
+            _generation = generation;
+            _start.Release(Math.Min(_threads.Length, count - 1));
             RunItems(0, generation);
             // Every index is claimed; close the call before _body and _count can change, so that a helper
             // that read this generation late cannot claim an index of the next call with them.
@@ -123,53 +104,17 @@ public sealed class CpuWorkerPool : IDisposable
         }
     }
 
-    // Wakes up to `wanted` sleeping helpers. The caller published the new generation with a full fence
-    // (the ticket exchange) before it reads _sleeping, and a helper sets _sleeping with a full fence before
-    // it re-reads the generation: one of the two always sees the other, so no call is missed.
-    void WakeSleepers(int wanted)
-    {
-        for (int i = 0; i < _sleeping.Length && wanted > 0; i++, wanted--)
-            if (Volatile.Read(ref _sleeping[i]) == 1 && Interlocked.Exchange(ref _sleeping[i], 0) == 1)
-                _wake[i].Set();
-    }
-
     void WorkerLoop(int worker)
     {
-        int slot = worker - 1;
-        int seen = 0;
         while (true)
         {
-            AwaitCall(slot, seen);
+            _start.Wait();
             if (_stopping) return;
             // Join first, then read the generation: a caller that has seen _active == 0 has finished, and a
             // helper that joins after that finds its call closed (or joins the next one, which waits for it).
             Interlocked.Increment(ref _active);
-            seen = _generation;
-            RunItems(worker, seen);
+            RunItems(worker, _generation);
             if (Interlocked.Decrement(ref _active) == 0) _idle.Set();
-        }
-    }
-
-    // Polls for a generation other than `seen` for the spin budget, then sleeps until a caller wakes it.
-    void AwaitCall(int slot, int seen)
-    {
-        long deadline = System.Diagnostics.Stopwatch.GetTimestamp() + _spinTicks;
-        int polls = 0;
-        while (true)
-        {
-            if (_generation != seen || _stopping) return;
-            if (++polls < 64 || System.Diagnostics.Stopwatch.GetTimestamp() < deadline)
-            {
-                Thread.SpinWait(16);
-                if ((polls & 1023) == 0) Thread.Yield();   // let an oversubscribed machine's other threads run
-                continue;
-            }
-            _wake[slot].Reset();
-            Interlocked.Exchange(ref _sleeping[slot], 1);
-            if (_generation == seen && !_stopping) _wake[slot].Wait();
-            Interlocked.Exchange(ref _sleeping[slot], 0);
-            deadline = System.Diagnostics.Stopwatch.GetTimestamp() + _spinTicks;
-            polls = 0;
         }
     }
 
@@ -177,9 +122,9 @@ public sealed class CpuWorkerPool : IDisposable
     {
         if (s_shared.IsValueCreated && ReferenceEquals(this, s_shared.Value)) return; // the shared pool lives as long as the process
         _stopping = true;
-        foreach (var wake in _wake) wake.Set();
+        if (_threads.Length > 0) _start.Release(_threads.Length);
         foreach (var t in _threads) t.Join();
-        foreach (var wake in _wake) wake.Dispose();
+        _start.Dispose();
         _idle.Dispose();
     }
 }
