@@ -601,14 +601,6 @@ public sealed unsafe class CpuForward : IDisposable
                 finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite);
             return;
         }
-        if (w.Type == GgmlType.F32 && TileGemm.IsSupported)
-        {
-            // Decode's rows of F32 weights: the tile kernel on four rows at a time (one call per work item where a
-            // TensorPrimitives call per row paid its overhead 400,000 times a token), summing each row in the order
-            // it sums it for any batch, so a row's result is the same bits in decode as in a batch.
-            TileGemm.Multiply((float*)(w.Data + r0 * w.RowBytes), (int)(r1 - r0), cols, _mmX, _mmN, y + r0, (int)rows);
-            return;
-        }
         if (ScansF16(w) && w.Packed(s_scanF16).Finite)
         {
             for (long r = r0; r < r1; r++)
