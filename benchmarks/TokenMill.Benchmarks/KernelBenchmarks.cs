@@ -257,8 +257,8 @@ public unsafe class IntegerDotBenchmarks : WeightMatrixBenchmark
     }
 
     /// <summary>
-    /// Q4_0 in the layout before its groups were paired (<see cref="PackedQ4_0SeparateGroups"/>): the ratio to
-    /// <see cref="Repacked"/> is what the pair layout gains; nothing for Q8_0.
+    /// Q4_0 in the layout before its groups were paired (<see cref="PackedQ4_0SeparateGroups"/>, f32 scales): the ratio
+    /// to <see cref="Repacked"/> is what the pair layout and the f16 scales kept since gain together; nothing for Q8_0.
     /// </summary>
     [Benchmark]
     public void RepackedSeparateGroups()

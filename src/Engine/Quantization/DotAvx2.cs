@@ -46,9 +46,17 @@ internal static unsafe class DotAvx2
         return Vector512.ConditionalSelect(special.AsSingle(), infNan, scaled) | sign.AsSingle();
     }
 
-    public static float F16(byte* w, float* x, int n)
+    public static float F16(byte* w, float* x, int n) => F16<AnyHalves>(w, x, n);
+
+    /// <summary>
+    /// <see cref="F16"/> for a row known to hold no inf or NaN (<see cref="HalfRange"/>): the same sums in the same
+    /// order, each sixteen weights widened in four instructions (<see cref="FiniteHalves"/>, the same value for every
+    /// finite f16) instead of nine — one-row decode of F16 weights is bound by the conversion.
+    /// </summary>
+    public static float F16Finite(byte* w, float* x, int n) => F16<FiniteHalves>(w, x, n);
+
+    static float F16<TWiden>(byte* w, float* x, int n) where TWiden : struct, IHalfWidening
     {
-        ushort* h = (ushort*)w;
         int i = 0;
         float sum = 0;
         if (Avx512F.IsSupported && n >= 32)
@@ -58,47 +66,31 @@ internal static unsafe class DotAvx2
             var a1 = Vector512<float>.Zero;
             for (; i + 32 <= n; i += 32)
             {
-                a0 = Avx512F.FusedMultiplyAdd(F16x16(h + i), Avx512F.LoadVector512(x + i), a0);
-                a1 = Avx512F.FusedMultiplyAdd(F16x16(h + i + 16), Avx512F.LoadVector512(x + i + 16), a1);
+                a0 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * i), Avx512F.LoadVector512(x + i), a0);
+                a1 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * (i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
             }
             sum = Vector512.Sum(a0 + a1);
         }
-        return F16Tail(sum, h, x, i, n);
-    }
-
-    /// <summary>
-    /// <see cref="F16"/> for a row known to hold no inf or NaN (<see cref="HalfRange"/>): the same sums in the same
-    /// order, each sixteen weights widened in four instructions (<see cref="FiniteHalves"/>' conversion, the
-    /// same value for every finite f16) instead of nine — one-row decode of F16 weights is bound by the conversion.
-    /// </summary>
-    public static float F16Finite(byte* w, float* x, int n)
-    {
-        if (!Avx512F.IsSupported || n < 32) return F16(w, x, n);
-        short* h = (short*)w;
-        var a0 = Vector512<float>.Zero;
-        var a1 = Vector512<float>.Zero;
-        int i = 0;
-        for (; i + 32 <= n; i += 32)
-        {
-            a0 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16((byte*)(h + i)), Avx512F.LoadVector512(x + i), a0);
-            a1 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16((byte*)(h + i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
-        }
-        return F16Tail(Vector512.Sum(a0 + a1), (ushort*)h, x, i, n);
-    }
-
-    // F16's loops after its 512-bit one: elements [i, n) added to sum.
-    static float F16Tail(float sum, ushort* h, float* x, int i, int n)
-    {
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;
         for (; i + 16 <= n; i += 16)
         {
-            acc0 = Fma.MultiplyAdd(F16x8(h + i), Avx.LoadVector256(x + i), acc0);
-            acc1 = Fma.MultiplyAdd(F16x8(h + i + 8), Avx.LoadVector256(x + i + 8), acc1);
+            acc0 = Fma.MultiplyAdd(TWiden.Widen8(w + 2 * i), Avx.LoadVector256(x + i), acc0);
+            acc1 = Fma.MultiplyAdd(TWiden.Widen8(w + 2 * (i + 8)), Avx.LoadVector256(x + i + 8), acc1);
         }
         sum += Vector256.Sum(Avx.Add(acc0, acc1));
-        for (; i < n; i++) sum += Fp16.ToSingle(h[i]) * x[i];
+        for (; i < n; i++) sum += Fp16.ToSingle(((ushort*)w)[i]) * x[i];
         return sum;
+    }
+
+    /// <summary>The general widening above (<see cref="F16x16"/>, <see cref="F16x8"/>) as a type argument.</summary>
+    readonly struct AnyHalves : IHalfWidening
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Widen16(byte* p) => F16x16((ushort*)p);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Widen8(byte* p) => F16x8((ushort*)p);
     }
 
     public static float BF16(byte* w, float* x, int n)

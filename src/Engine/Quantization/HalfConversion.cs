@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -107,14 +108,11 @@ internal sealed class HalfRange
 
     public static HalfRange Scan(ReadOnlySpan<byte> f16)
     {
-        var h = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ushort>(f16);
-        var exponent = System.Runtime.Intrinsics.Vector512.Create((ushort)0x7C00);
+        var h = MemoryMarshal.Cast<byte, ushort>(f16);
+        var exponent = Vector512.Create((ushort)0x7C00);
         int i = 0;
         for (; i + 32 <= h.Length; i += 32)
-        {
-            var v = System.Runtime.Intrinsics.Vector512.Create(h.Slice(i, 32)) & exponent;
-            if (System.Runtime.Intrinsics.Vector512.EqualsAny(v, exponent)) return new HalfRange(false);
-        }
+            if (Vector512.EqualsAny(Vector512.Create(h.Slice(i, 32)) & exponent, exponent)) return new HalfRange(false);
         for (; i < h.Length; i++)
             if ((h[i] & 0x7C00) == 0x7C00) return new HalfRange(false);
         return new HalfRange(true);

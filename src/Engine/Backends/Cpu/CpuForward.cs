@@ -270,6 +270,8 @@ public sealed unsafe class CpuForward : IDisposable
         if (_c.EmbeddingScale != 1f)
             TensorPrimitives.Multiply(new ReadOnlySpan<float>(_x, n * d), _c.EmbeddingScale, new Span<float>(_x, n * d));
 
+        _attnStart = start;
+        _attnHeadsPerItem = AttentionHeadsPerItem(n); // the same n for every layer of this chunk
         for (int layer = 0; layer < _c.BlockCount; layer++)
         {
             var lw = _w.Layers[layer];
@@ -295,9 +297,7 @@ public sealed unsafe class CpuForward : IDisposable
             }
 
             _attnLayer = layer;
-            _attnStart = start;
             _attnWindow = windowed ? _c.SlidingWindow : int.MaxValue;
-            _attnHeadsPerItem = AttentionHeadsPerItem(n);
             _pool.For(n * _c.HeadCount / _attnHeadsPerItem, _attentionBody);
 
             MatMul(_att, n, lw.Wo, _h);
