@@ -55,21 +55,71 @@ internal static unsafe class DotAvx2
     /// </summary>
     public static float F16Finite(byte* w, float* x, int n) => F16<FiniteHalves>(w, x, n);
 
+    /// <summary>
+    /// How far ahead of the weights it reads a one-row kernel (F16, F32) asks for lines to be brought into L2 (AVX-512
+    /// path): two 4 KiB pages. The hardware prefetcher stops at each page — one row of 2048 columns — so decode,
+    /// which streams every row from memory once, waited at each. Two Zen 5 cores streaming F16 rows of 2048 from
+    /// memory: 39 → 44 GB/s (as much as the F32 kernel streams), with 4 KiB ahead 1.07× less on one core.
+    /// </summary>
+    const int RowPrefetchBytes = 8192;
+
+    /// <summary>
+    /// One F32 row (AVX-512F): four sums of sixteen lanes, the lines <see cref="RowPrefetchBytes"/> ahead asked into
+    /// L2 as it goes, as <see cref="F16"/> does. Decode of F32 weights went 16.0 → 16.9 tok/s with it against
+    /// <c>TensorPrimitives.Dot</c> (three alternated runs, <c>bench latency --dtype f32</c>).
+    /// </summary>
+    public static float F32(float* w, float* x, int n)
+    {
+        var a0 = Vector512<float>.Zero;
+        var a1 = Vector512<float>.Zero;
+        var a2 = Vector512<float>.Zero;
+        var a3 = Vector512<float>.Zero;
+        int i = 0;
+        for (; i + 64 <= n; i += 64)
+        {
+            byte* p = (byte*)(w + i) + RowPrefetchBytes;
+            Sse.Prefetch1(p);
+            Sse.Prefetch1(p + 64);
+            Sse.Prefetch1(p + 128);
+            Sse.Prefetch1(p + 192);
+            a0 = Avx512F.FusedMultiplyAdd(Avx512F.LoadVector512(w + i), Avx512F.LoadVector512(x + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(Avx512F.LoadVector512(w + i + 16), Avx512F.LoadVector512(x + i + 16), a1);
+            a2 = Avx512F.FusedMultiplyAdd(Avx512F.LoadVector512(w + i + 32), Avx512F.LoadVector512(x + i + 32), a2);
+            a3 = Avx512F.FusedMultiplyAdd(Avx512F.LoadVector512(w + i + 48), Avx512F.LoadVector512(x + i + 48), a3);
+        }
+        for (; i + 16 <= n; i += 16) a0 = Avx512F.FusedMultiplyAdd(Avx512F.LoadVector512(w + i), Avx512F.LoadVector512(x + i), a0);
+        float sum = Vector512.Sum((a0 + a1) + (a2 + a3));
+        for (; i < n; i++) sum += w[i] * x[i];
+        return sum;
+    }
+
     static float F16<TWiden>(byte* w, float* x, int n) where TWiden : struct, IHalfWidening
     {
         int i = 0;
         float sum = 0;
         if (Avx512F.IsSupported && n >= 32)
         {
-            // Decode is bound by this conversion, not by memory: sixteen lanes convert twice as many weights per op.
+            // Sixteen lanes convert twice as many weights per op as eight; four sums, the next pages asked for as it goes.
             var a0 = Vector512<float>.Zero;
             var a1 = Vector512<float>.Zero;
-            for (; i + 32 <= n; i += 32)
+            var a2 = Vector512<float>.Zero;
+            var a3 = Vector512<float>.Zero;
+            for (; i + 64 <= n; i += 64)
+            {
+                Sse.Prefetch1(w + 2 * i + RowPrefetchBytes);
+                Sse.Prefetch1(w + 2 * i + RowPrefetchBytes + 64);
+                a0 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * i), Avx512F.LoadVector512(x + i), a0);
+                a1 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * (i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
+                a2 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * (i + 32)), Avx512F.LoadVector512(x + i + 32), a2);
+                a3 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * (i + 48)), Avx512F.LoadVector512(x + i + 48), a3);
+            }
+            if (i + 32 <= n)
             {
                 a0 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * i), Avx512F.LoadVector512(x + i), a0);
                 a1 = Avx512F.FusedMultiplyAdd(TWiden.Widen16(w + 2 * (i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
+                i += 32;
             }
-            sum = Vector512.Sum(a0 + a1);
+            sum = Vector512.Sum((a0 + a1) + (a2 + a3));
         }
         var acc0 = Vector256<float>.Zero;
         var acc1 = Vector256<float>.Zero;

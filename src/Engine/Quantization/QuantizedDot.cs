@@ -22,7 +22,7 @@ namespace TokenMill.Quantization;
 /// allocates per call (MatMul rents its tile from <see cref="ArrayPool{T}"/>); single-threaded — callers
 /// split rows across threads.
 /// </summary>
-public static class QuantizedDot
+public static unsafe class QuantizedDot
 {
     // Elements decoded at a time by the buffered path: one K-quant super-block (or 8 small blocks,
     // or 256 f16), 1 KiB of stack.
@@ -95,7 +95,7 @@ public static class QuantizedDot
             var tile = rented.AsSpan(0, tileRows * cols);
             for (int r0 = 0; r0 < rows; r0 += tileRows)
             {
-                RowRangeTile(type, weights, rowBytes, rows, cols, r0, Math.Min(tileRows, rows - r0), xs, n, ys, tile, avx512Tile, fusedHalf, finiteHalf: false);
+                RowRangeTile(type, weights, rowBytes, rows, cols, r0, Math.Min(tileRows, rows - r0), xs, n, ys, tile, avx512Tile, fusedHalf, finiteHalf: false, ahead: null, aheadBytes: 0);
             }
         }
         finally
@@ -114,33 +114,44 @@ public static class QuantizedDot
     /// scratch) and reused for all n activation rows; F16 and BF16 rows on AVX-512 need no tile (the kernel
     /// converts them in registers), but the caller passes one all the same.
     /// </summary>
-    /// <remarks>With <paramref name="finiteHalf"/> the F16 matrix is known to hold no inf or NaN (<see cref="HalfRange"/>):
-    /// the kernel skips its own scan of each work item and converts every activation block the short way.</remarks>
+    /// <remarks>
+    /// With <paramref name="finiteHalf"/> the F16 matrix is known to hold no inf or NaN (<see cref="HalfRange"/>):
+    /// the kernel skips its own scan of each work item and converts every activation block the short way.
+    /// <paramref name="aheadRow"/> (where not negative) is the first row of the range the caller expects to ask for
+    /// next: F32, F16 and BF16 rows read in place ask for its <paramref name="count"/> rows into L2 while the
+    /// activation blocks after the first reuse this range's rows from cache. Only a hint: no result depends on it.
+    /// </remarks>
     public static void MatMulRowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool finiteHalf = false) =>
-        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true, finiteHalf);
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool finiteHalf = false, int aheadRow = -1) =>
+        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true, finiteHalf, aheadRow);
 
     /// <summary>
     /// <see cref="MatMulRowRange"/> with the F16/BF16 path chosen: with <paramref name="fusedHalf"/> (and AVX-512) <see cref="TileGemm.MultiplyHalf"/>
     /// converts the weights in its microkernel, else they are dequantized into the tile first as every other type is.
     /// The benchmarks compare the two; the tests check that they agree bit for bit.
     /// </summary>
-    internal static void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false)
+    internal static unsafe void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false, int aheadRow = -1)
     {
         int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulRowRange");
         if (r0 < 0 || count < 0 || r0 + count > rows)
             throw new ArgumentOutOfRangeException(nameof(count), $"QuantizedDot.MatMulRowRange: rows {r0}..{r0 + count} are outside 0..{rows}");
         if (xs.Length != (long)n * cols || ys.Length != (long)n * rows)
             throw new ArgumentException($"QuantizedDot.MatMulRowRange: xs must be {n} × {cols} and ys {n} × {rows}");
-        if (type == GgmlType.F32)
+        // The next range's rows, clipped to the matrix: nothing where there is none.
+        long aheadBytes = aheadRow < 0 || aheadRow >= rows ? 0 : (long)Math.Min(count, rows - aheadRow) * rowBytes;
+        fixed (byte* w = weights)
         {
-            DotTile(MemoryMarshal.Cast<byte, float>(weights).Slice(r0 * cols, count * cols), r0, count, rows, cols, xs, n, ys, TileGemm.IsSupported);
-            return;
+            byte* ahead = aheadBytes == 0 ? null : w + (long)aheadRow * rowBytes;
+            if (type == GgmlType.F32)
+            {
+                DotTile(MemoryMarshal.Cast<byte, float>(weights).Slice(r0 * cols, count * cols), r0, count, rows, cols, xs, n, ys, TileGemm.IsSupported, ahead, aheadBytes);
+                return;
+            }
+            if (tile.Length < count * cols)
+                throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
+            RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, n, ys, tile, TileGemm.IsSupported, fusedHalf, finiteHalf, ahead, aheadBytes);
         }
-        if (tile.Length < count * cols)
-            throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
-        RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, n, ys, tile, TileGemm.IsSupported, fusedHalf, finiteHalf);
     }
 
     /// <summary>
@@ -153,14 +164,14 @@ public static class QuantizedDot
 
     /// <summary>Rows [r0, r0 + count) of the product for a type that is not F32, with the checks done.</summary>
     static unsafe void RowRangeTile(GgmlType type, ReadOnlySpan<byte> weights, int rowBytes, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf, bool finiteHalf)
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf, bool finiteHalf, byte* ahead, long aheadBytes)
     {
         if (avx512 && fusedHalf && (type == GgmlType.BF16 || type == GgmlType.F16 && n < FusedF16MaxRows))
         {
             fixed (byte* w = weights)
             fixed (float* xp = xs)
             fixed (float* yp = ys)
-                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, n, yp + r0, rows, finiteHalf);
+                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, n, yp + r0, rows, finiteHalf, ahead, aheadBytes);
             return;
         }
         for (int r = 0; r < count; r++)
@@ -172,14 +183,15 @@ public static class QuantizedDot
     /// ys[i, r0 + r] = tile[r] · xs[i] for r &lt; count: <see cref="TileGemm"/> where <paramref name="avx512"/>
     /// (each result independent of n and of the other rows, bit for bit), else <see cref="DotTileAvx2"/>.
     /// </summary>
-    static unsafe void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys, bool avx512)
+    static unsafe void DotTile(ReadOnlySpan<float> tile, int r0, int count, int rows, int cols, ReadOnlySpan<float> xs, int n, Span<float> ys, bool avx512,
+        byte* ahead = null, long aheadBytes = 0)
     {
         if (avx512)
         {
             fixed (float* t = tile)
             fixed (float* xp = xs)
             fixed (float* yp = ys)
-                TileGemm.Multiply(t, count, cols, xp, n, yp + r0, rows);
+                TileGemm.Multiply(t, count, cols, xp, n, yp + r0, rows, ahead, aheadBytes);
             return;
         }
         DotTileAvx2(tile, r0, count, rows, cols, xs, n, ys);
@@ -384,6 +396,10 @@ public static class QuantizedDot
     /// <summary>The dot product with the lengths already checked.</summary>
     internal static unsafe float DotUnchecked(GgmlType type, ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
+        if (type == GgmlType.F32 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+            fixed (byte* w = row)
+            fixed (float* px = x)
+                return DotAvx2.F32((float*)w, px, x.Length);
         if (type == GgmlType.F32) return TensorPrimitives.Dot(MemoryMarshal.Cast<byte, float>(row), x);
         if (DotAvx2.IsSupported && type is GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0
                 or GgmlType.Q4_K or GgmlType.Q5_K or GgmlType.Q6_K)

@@ -66,8 +66,8 @@ internal static unsafe class TileGemm
     /// ys[i·ldy + r] = Σ_k tile[r·cols + k]·xs[i·cols + k] for r &lt; <paramref name="count"/>, i &lt; <paramref name="n"/>.
     /// Callers check <see cref="IsSupported"/> and the extents.
     /// </summary>
-    public static void Multiply(float* tile, int count, int cols, float* xs, int n, float* ys, int ldy) =>
-        MultiplyCore<F32Rows, F32Rows>((byte*)tile, (long)cols * sizeof(float), count, cols, xs, n, ys, ldy);
+    public static void Multiply(float* tile, int count, int cols, float* xs, int n, float* ys, int ldy, byte* ahead = null, long aheadBytes = 0) =>
+        MultiplyCore<F32Rows, F32Rows>((byte*)tile, (long)cols * sizeof(float), count, cols, xs, n, ys, ldy, new Ahead(ahead, aheadBytes));
 
     /// <summary>
     /// <see cref="Multiply"/> for F16 or BF16 weight rows (<paramref name="rowBytes"/> apart from
@@ -82,11 +82,12 @@ internal static unsafe class TileGemm
     /// pass over the weights was a larger share there); BF16 1.50× at 32, 1.22× at 512.
     /// </remarks>
     public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy,
-        bool finite = false)
+        bool finite = false, byte* ahead = null, long aheadBytes = 0)
     {
-        if (type == GgmlType.F16 && finite) MultiplyCore<F16FiniteRows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
-        else if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
-        else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, n, ys, ldy);
+        var next = new Ahead(ahead, aheadBytes);
+        if (type == GgmlType.F16 && finite) MultiplyCore<F16FiniteRows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
+        else if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
+        else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
         else throw new NotSupportedException($"TileGemm.MultiplyHalf: {type} is not a 16-bit float type");
     }
 
@@ -100,9 +101,10 @@ internal static unsafe class TileGemm
     /// only what the previous one parked).
     /// </remarks>
     [SkipLocalsInit]
-    static void MultiplyCore<TW, TFinite>(byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy)
+    static void MultiplyCore<TW, TFinite>(byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy, Ahead next)
         where TW : struct, IWeightRows where TFinite : struct, IWeightRows
     {
+        Ahead* ahead = &next;
         Vector512<float>* parked = stackalloc Vector512<float>[BlockRows / WeightRows * ActivationRows * WeightRows];
         for (int r0 = 0; r0 < count; r0 += BlockRows)
         {
@@ -111,14 +113,14 @@ internal static unsafe class TileGemm
             int first = Math.Min(n, ActivationRows);
             if (typeof(TFinite) == typeof(TW) || n <= first)
             {
-                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
+                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true, ahead);
                 continue;
             }
             // The first activation rows bring the weights into L2; the scan then reads them from there.
-            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true);
+            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true, ahead);
             float* x = xs + (long)first * cols, y = ys + (long)first * ldy + r0;
-            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
-            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false);
+            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false, ahead);
+            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false, ahead);
         }
     }
 
@@ -126,27 +128,27 @@ internal static unsafe class TileGemm
     /// n activation rows against one block of weight rows: blocks of 6, then one of the remainder. With
     /// <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
     /// </summary>
-    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked, bool prefetch)
+    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TW : struct, IWeightRows
     {
         int i = 0;
         for (; i + ActivationRows <= n; i += ActivationRows)
-            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
-        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0);
+            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
+        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
     }
 
     /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
-    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
+    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TW : struct, IWeightRows
     {
         switch (size)
         {
-            case 6: Block<Six, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
-            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
-            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
-            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
-            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
-            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch); break;
+            case 6: Block<Six, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
         }
     }
 
@@ -157,7 +159,7 @@ internal static unsafe class TileGemm
     /// a panel's worth of multiply-adds ahead of their use, enough to cover a DRAM access. One Zen 5 core, 2048 × 2048
     /// out of L3 at 32 activation rows: 1.09× for F32, 1.12× for F16; 1.2–1.3× at 8 rows.
     /// </summary>
-    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch)
+    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TN : struct, ICount where TW : struct, IWeightRows
     {
         int whole = cols & ~15; // columns the vectors cover; the rest are added one by one at the end
@@ -170,10 +172,10 @@ internal static unsafe class TileGemm
             for (; r + WeightRows <= rows; r += WeightRows)
             {
                 byte* pf = !prefetch ? null : r + 2 * WeightRows <= rows ? w + (r + WeightRows) * wld : w + (long)PanelColumns * TW.Bytes;
-                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf);
+                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf, prefetch ? null : ahead);
             }
             for (; r < rows; r++)
-                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null);
+                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null, null);
             k0 = k1;
         }
         while (k0 < whole);
@@ -187,12 +189,11 @@ internal static unsafe class TileGemm
     /// the columns' offset in each of 4 rows <paramref name="wld"/> apart are prefetched as the loop goes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf)
+    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf, Ahead* ahead)
         where TN : struct, ICount where TM : struct, ICount where TW : struct, IWeightRows
     {
         int n = TN.Value, m = TM.Value;
         long ld = cols;
-        byte* w1 = w0 + wld, w2 = w1 + wld, w3 = w2 + wld;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
         Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
@@ -208,24 +209,35 @@ internal static unsafe class TileGemm
             if (n > 4) { a40 = parked[4 * m]; if (m > 1) { a41 = parked[4 * m + 1]; a42 = parked[4 * m + 2]; a43 = parked[4 * m + 3]; } }
             if (n > 5) { a50 = parked[5 * m]; if (m > 1) { a51 = parked[5 * m + 1]; a52 = parked[5 * m + 2]; a53 = parked[5 * m + 3]; } }
         }
-        float* x = x0 + k0;
-        for (long k = 0, kn = k1 - k0; k < kn; k += 16)
+        long ldb = ld * sizeof(float), ld2 = 2 * ldb, wld2 = 2 * wld;
+        byte* xa = (byte*)(x0 + k0), xb = xa + 3 * ldb;
+        byte* wa = w0 + (long)k0 * TW.Bytes, wb = wa + wld2;
+        byte* p = pf == null ? null : pf + (long)k0 * TW.Bytes;
+        byte* s = null, se = null;
+        if (ahead != null) { s = ahead->Next; se = ahead->End; }
+        for (byte* end = xa + (long)(k1 - k0) * sizeof(float); xa < end; xa += 64, xb += 64, wa += 16 * TW.Bytes, wb += 16 * TW.Bytes)
         {
-            Vector512<float> v0 = Avx512F.LoadVector512(x + k), v1 = default, v2 = default, v3 = default, v4 = default, v5 = default;
-            if (n > 1) v1 = Avx512F.LoadVector512(x + ld + k);
-            if (n > 2) v2 = Avx512F.LoadVector512(x + 2 * ld + k);
-            if (n > 3) v3 = Avx512F.LoadVector512(x + 3 * ld + k);
-            if (n > 4) v4 = Avx512F.LoadVector512(x + 4 * ld + k);
-            if (n > 5) v5 = Avx512F.LoadVector512(x + 5 * ld + k);
-            if (pf != null)
+            Vector512<float> v0 = Avx512F.LoadVector512((float*)xa), v1 = default, v2 = default, v3 = default, v4 = default, v5 = default;
+            if (n > 1) v1 = Avx512F.LoadVector512((float*)(xa + ldb));
+            if (n > 2) v2 = Avx512F.LoadVector512((float*)(xa + ld2));
+            if (n > 3) v3 = Avx512F.LoadVector512((float*)xb);
+            if (n > 4) v4 = Avx512F.LoadVector512((float*)(xb + ldb));
+            if (n > 5) v5 = Avx512F.LoadVector512((float*)(xb + ld2));
+            if (p != null)
             {
-                byte* p = pf + (k0 + k) * TW.Bytes;
                 Sse.Prefetch0(p);
                 Sse.Prefetch0(p + wld);
-                Sse.Prefetch0(p + 2 * wld);
-                Sse.Prefetch0(p + 3 * wld);
+                Sse.Prefetch0(p + wld2);
+                Sse.Prefetch0(p + wld2 + wld);
+                p += 16 * TW.Bytes;
             }
-            var b = TW.Load(w0, k0 + k);
+            else if (s < se)
+            {
+                Sse.Prefetch1(s);
+                Sse.Prefetch1(s + 64);
+                s += 128;
+            }
+            var b = TW.Load(wa, 0);
             a00 = Avx512F.FusedMultiplyAdd(b, v0, a00);
             if (n > 1) a10 = Avx512F.FusedMultiplyAdd(b, v1, a10);
             if (n > 2) a20 = Avx512F.FusedMultiplyAdd(b, v2, a20);
@@ -234,21 +246,21 @@ internal static unsafe class TileGemm
             if (n > 5) a50 = Avx512F.FusedMultiplyAdd(b, v5, a50);
             if (m > 1)
             {
-                b = TW.Load(w1, k0 + k);
+                b = TW.Load(wa + wld, 0);
                 a01 = Avx512F.FusedMultiplyAdd(b, v0, a01);
                 if (n > 1) a11 = Avx512F.FusedMultiplyAdd(b, v1, a11);
                 if (n > 2) a21 = Avx512F.FusedMultiplyAdd(b, v2, a21);
                 if (n > 3) a31 = Avx512F.FusedMultiplyAdd(b, v3, a31);
                 if (n > 4) a41 = Avx512F.FusedMultiplyAdd(b, v4, a41);
                 if (n > 5) a51 = Avx512F.FusedMultiplyAdd(b, v5, a51);
-                b = TW.Load(w2, k0 + k);
+                b = TW.Load(wb, 0);
                 a02 = Avx512F.FusedMultiplyAdd(b, v0, a02);
                 if (n > 1) a12 = Avx512F.FusedMultiplyAdd(b, v1, a12);
                 if (n > 2) a22 = Avx512F.FusedMultiplyAdd(b, v2, a22);
                 if (n > 3) a32 = Avx512F.FusedMultiplyAdd(b, v3, a32);
                 if (n > 4) a42 = Avx512F.FusedMultiplyAdd(b, v4, a42);
                 if (n > 5) a52 = Avx512F.FusedMultiplyAdd(b, v5, a52);
-                b = TW.Load(w3, k0 + k);
+                b = TW.Load(wb + wld, 0);
                 a03 = Avx512F.FusedMultiplyAdd(b, v0, a03);
                 if (n > 1) a13 = Avx512F.FusedMultiplyAdd(b, v1, a13);
                 if (n > 2) a23 = Avx512F.FusedMultiplyAdd(b, v2, a23);
@@ -257,6 +269,7 @@ internal static unsafe class TileGemm
                 if (n > 5) a53 = Avx512F.FusedMultiplyAdd(b, v5, a53);
             }
         }
+        if (ahead != null) ahead->Next = s;
         if (!last)
         {
             parked[0] = a00; if (m > 1) { parked[1] = a01; parked[2] = a02; parked[3] = a03; }
@@ -317,6 +330,13 @@ internal static unsafe class TileGemm
     {
         for (int k = from; k < cols; k++) sum += TW.Scalar(w, k) * x[k];
         return sum;
+    }
+
+    /// <summary>The lines of the next work item's weights still to be asked into L2: [Next, End).</summary>
+    struct Ahead(byte* start, long bytes)
+    {
+        public byte* Next = start;
+        public byte* End = start + bytes;
     }
 
     /// <summary>

@@ -9,7 +9,10 @@ namespace TokenMill.Tests.Backends;
 
 /// <summary>
 /// A model in Q4_K / Q6_K runs the K-quant integer kernels in every product; continuous batching must not change
-/// what a request gets (the kernels give each activation row the same arithmetic whatever its batch mates).
+/// what a request gets (the kernels give each activation row the same arithmetic whatever its batch mates). In F16
+/// a request decoding alone takes the one-row kernel (<see cref="TokenMill.Quantization.DotAvx2.F16FinitePaired"/> on
+/// AVX-512) and one decoding in a batch the tile kernel: the same products summed in another order, so the same
+/// greedy tokens, not the same bits.
 /// </summary>
 public class KQuantForwardTests
 {
@@ -27,6 +30,7 @@ public class KQuantForwardTests
     [Theory]
     [InlineData(GgmlType.Q4_K)]
     [InlineData(GgmlType.Q6_K)]
+    [InlineData(GgmlType.F16)]
     public async Task Greedy_outputs_of_a_batch_equal_each_prompt_run_alone(GgmlType dtype)
     {
         using var model = SmallTinyLlama(dtype);

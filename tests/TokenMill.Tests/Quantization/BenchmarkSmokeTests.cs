@@ -45,6 +45,13 @@ public class BenchmarkSmokeTests
     [InlineData(2048)]
     public void Attention_benchmark_forms_agree(int positions) =>
         Assert.InRange(new AttentionBenchmarks { Positions = positions }.Check(), 0, 1e-5f);
+
+    [Fact]
+    public void F16_decode_row_benchmark_forms_agree()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return; // the previous form is the AVX-512 loop
+        Assert.InRange(new F16DecodeRowBenchmarks().Check(), 0, 1e-5f);
+    }
 }
 
 public class Fp16TableTests
