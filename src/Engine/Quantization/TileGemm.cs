@@ -69,8 +69,8 @@ internal static unsafe class TileGemm
     /// into L2, two a step, while they reuse this tile's rows from cache (a hint; no result depends on it). Batched
     /// decode of 32 sequences with F16 weights ran 1.05× with it (F32: the same within noise).
     /// </summary>
-    public static void Multiply(float* tile, int count, int cols, float* xs, int n, float* ys, int ldy, byte* ahead = null, long aheadBytes = 0) =>
-        MultiplyCore<F32Rows, F32Rows>((byte*)tile, (long)cols * sizeof(float), count, cols, xs, n, ys, ldy, new Ahead(ahead, aheadBytes));
+    public static void Multiply(float* tile, int count, int cols, float* xs, int ldx, int n, float* ys, int ldy, byte* ahead = null, long aheadBytes = 0) =>
+        MultiplyCore<F32Rows, F32Rows>((byte*)tile, (long)cols * sizeof(float), count, cols, xs, ldx, n, ys, ldy, new Ahead(ahead, aheadBytes));
 
     /// <summary>
     /// <see cref="Multiply"/> for F16 or BF16 weight rows (<paramref name="rowBytes"/> apart from
@@ -84,13 +84,13 @@ internal static unsafe class TileGemm
     /// dequantize-then-multiply (prefetching both): F16 1.42× at 32 activation rows, 1.03× at 512, 1.9× at 8 (the
     /// pass over the weights was a larger share there); BF16 1.50× at 32, 1.22× at 512.
     /// </remarks>
-    public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy,
+    public static void MultiplyHalf(GgmlType type, byte* weights, long rowBytes, int count, int cols, float* xs, int ldx, int n, float* ys, int ldy,
         bool finite = false, byte* ahead = null, long aheadBytes = 0)
     {
         var next = new Ahead(ahead, aheadBytes);
-        if (type == GgmlType.F16 && finite) MultiplyCore<F16FiniteRows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
-        else if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
-        else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, n, ys, ldy, next);
+        if (type == GgmlType.F16 && finite) MultiplyCore<F16FiniteRows, F16FiniteRows>(weights, rowBytes, count, cols, xs, ldx, n, ys, ldy, next);
+        else if (type == GgmlType.F16) MultiplyCore<F16Rows, F16FiniteRows>(weights, rowBytes, count, cols, xs, ldx, n, ys, ldy, next);
+        else if (type == GgmlType.BF16) MultiplyCore<BF16Rows, BF16Rows>(weights, rowBytes, count, cols, xs, ldx, n, ys, ldy, next);
         else throw new NotSupportedException($"TileGemm.MultiplyHalf: {type} is not a 16-bit float type");
     }
 
@@ -104,7 +104,7 @@ internal static unsafe class TileGemm
     /// only what the previous one parked).
     /// </remarks>
     [SkipLocalsInit]
-    static void MultiplyCore<TW, TFinite>(byte* weights, long rowBytes, int count, int cols, float* xs, int n, float* ys, int ldy, Ahead next)
+    static void MultiplyCore<TW, TFinite>(byte* weights, long rowBytes, int count, int cols, float* xs, long ldx, int n, float* ys, int ldy, Ahead next)
         where TW : struct, IWeightRows where TFinite : struct, IWeightRows
     {
         Ahead* ahead = &next;
@@ -116,14 +116,14 @@ internal static unsafe class TileGemm
             int first = Math.Min(n, ActivationRows);
             if (typeof(TFinite) == typeof(TW) || n <= first)
             {
-                Shape<TW>(n, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true, ahead);
+                Shape<TW>(n, w, rowBytes, rows, cols, xs, ldx, ys + r0, ldy, parked, prefetch: true, ahead);
                 continue;
             }
             // The first activation rows bring the weights into L2; the scan then reads them from there.
-            Shape<TW>(first, w, rowBytes, rows, cols, xs, ys + r0, ldy, parked, prefetch: true, ahead);
-            float* x = xs + (long)first * cols, y = ys + (long)first * ldy + r0;
-            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false, ahead);
-            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, y, ldy, parked, prefetch: false, ahead);
+            Shape<TW>(first, w, rowBytes, rows, cols, xs, ldx, ys + r0, ldy, parked, prefetch: true, ahead);
+            float* x = xs + first * ldx, y = ys + (long)first * ldy + r0;
+            if (HasInfOrNaN(w, rowBytes, rows, cols)) Shape<TW>(n - first, w, rowBytes, rows, cols, x, ldx, y, ldy, parked, prefetch: false, ahead);
+            else Shape<TFinite>(n - first, w, rowBytes, rows, cols, x, ldx, y, ldy, parked, prefetch: false, ahead);
         }
     }
 
@@ -131,27 +131,27 @@ internal static unsafe class TileGemm
     /// n activation rows against one block of weight rows: blocks of 6, then one of the remainder. With
     /// <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
     /// </summary>
-    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, float* ys, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
+    static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, long ldx, float* ys, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TW : struct, IWeightRows
     {
         int i = 0;
         for (; i + ActivationRows <= n; i += ActivationRows)
-            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
-        Sized<TW>(n - i, w, wld, rows, cols, xs + (long)i * cols, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
+            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + i * ldx, ldx, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
+        Sized<TW>(n - i, w, wld, rows, cols, xs + i * ldx, ldx, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
     }
 
     /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
-    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
+    static void Sized<TW>(int size, byte* w, long wld, int rows, int cols, float* x, long ldx, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TW : struct, IWeightRows
     {
         switch (size)
         {
-            case 6: Block<Six, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
-            case 5: Block<Five, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
-            case 4: Block<Four, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
-            case 3: Block<Three, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
-            case 2: Block<Two, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
-            case 1: Block<One, TW>(w, wld, rows, cols, x, y, ldy, parked, prefetch, ahead); break;
+            case 6: Block<Six, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
+            case 5: Block<Five, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
+            case 4: Block<Four, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
+            case 3: Block<Three, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
+            case 2: Block<Two, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
+            case 1: Block<One, TW>(w, wld, rows, cols, x, ldx, y, ldy, parked, prefetch, ahead); break;
         }
     }
 
@@ -162,7 +162,7 @@ internal static unsafe class TileGemm
     /// a panel's worth of multiply-adds ahead of their use, enough to cover a DRAM access. One Zen 5 core, 2048 × 2048
     /// out of L3 at 32 activation rows: 1.09× for F32, 1.12× for F16; 1.2–1.3× at 8 rows.
     /// </summary>
-    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
+    static void Block<TN, TW>(byte* w, long wld, int rows, int cols, float* x, long ldx, float* y, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TN : struct, ICount where TW : struct, IWeightRows
     {
         int whole = cols & ~15; // columns the vectors cover; the rest are added one by one at the end
@@ -175,10 +175,10 @@ internal static unsafe class TileGemm
             for (; r + WeightRows <= rows; r += WeightRows)
             {
                 byte* pf = !prefetch ? null : r + 2 * WeightRows <= rows ? w + (r + WeightRows) * wld : w + (long)PanelColumns * TW.Bytes;
-                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf, prefetch ? null : ahead);
+                Kernel<TN, Four, TW>(w + r * wld, wld, cols, x, ldx, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, pf, prefetch ? null : ahead);
             }
             for (; r < rows; r++)
-                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null, null);
+                Kernel<TN, One, TW>(w + r * wld, wld, cols, x, ldx, k0, k1, parked + r * ActivationRows, first, last, y + r, ldy, null, null);
             k0 = k1;
         }
         while (k0 < whole);
@@ -192,11 +192,11 @@ internal static unsafe class TileGemm
     /// the columns' offset in each of 4 rows <paramref name="wld"/> apart are prefetched as the loop goes.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf, Ahead* ahead)
+    static void Kernel<TN, TM, TW>(byte* w0, long wld, int cols, float* x0, long ldx, int k0, int k1, Vector512<float>* parked, bool first, bool last, float* y, int ldy, byte* pf, Ahead* ahead)
         where TN : struct, ICount where TM : struct, ICount where TW : struct, IWeightRows
     {
         int n = TN.Value, m = TM.Value;
-        long ld = cols;
+        long ld = ldx;
         Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
         Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
         Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;

@@ -59,6 +59,46 @@ public class TileGemmTests
     /// <summary>Every row range [r0, r0 + count) of a matrix, multiplied into ys filled with NaN, against the reference.</summary>
     [Theory]
     [MemberData(nameof(TileTypes))]
+    public void Activation_rows_further_apart_give_the_same_bits(GgmlType type)
+    {
+        var rng = new Random(83 + (int)type);
+        foreach (int cols in Columns(type))
+        {
+            const int rows = 21;
+            var w = RandomBlocks.Row(type, rows * cols, rng);
+            foreach (int n in new[] { 2, 7, 13 })
+            {
+                var xs = RandomBlocks.Floats(rng, n * cols);
+                var tile = new float[QuantizedDot.TileLength(rows, cols)];
+                var dense = new float[n * rows];
+                QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, dense, tile);
+                foreach (int ldx in new[] { QuantizedDot.PaddedStride(cols), cols + 5 })
+                {
+                    // The rows ldx apart, NaN between them: a kernel that read the gap would show it.
+                    var spread = Enumerable.Repeat(float.NaN, (n - 1) * ldx + cols).ToArray();
+                    for (int i = 0; i < n; i++) xs.AsSpan(i * cols, cols).CopyTo(spread.AsSpan(i * ldx));
+                    var ys = new float[n * rows];
+                    QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, spread, n, ys, tile, ldx: ldx);
+                    for (int k = 0; k < ys.Length; k++)
+                        Assert.True(BitConverter.SingleToInt32Bits(dense[k]) == BitConverter.SingleToInt32Bits(ys[k]),
+                            $"{type} [{rows}×{cols}], n = {n}, rows {ldx} apart, output {k}: {ys[k]} against {dense[k]}");
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void Activation_rows_closer_than_a_row_are_refused()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
+            QuantizedDot.MatMulRowRange(GgmlType.F32, new byte[4 * 64 * 4], 4, 64, 0, 4, new float[2 * 64], 2, new float[8], new float[256], ldx: 63));
+        Assert.Contains("63", e.Message);
+        Assert.Throws<ArgumentException>(() =>
+            QuantizedDot.MatMulRowRange(GgmlType.F32, new byte[4 * 64 * 4], 4, 64, 0, 4, new float[2 * 64], 2, new float[8], new float[256], ldx: 80));
+    }
+
+    [Theory]
+    [MemberData(nameof(TileTypes))]
     public void Row_ranges_match_the_scalar_reference(GgmlType type)
     {
         var rng = new Random(61 + (int)type);

@@ -62,6 +62,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly float* _xd;
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
+    readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
@@ -104,6 +105,7 @@ public sealed unsafe class CpuForward : IDisposable
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
+        _xPadded = Alloc((long)n * QuantizedDot.PaddedStride(_maxColumns));
         PackWeights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
@@ -112,6 +114,7 @@ public sealed unsafe class CpuForward : IDisposable
 
         _matMulBody = MatMulChunk;
         _quantizeBody = QuantizeRow;
+        _padBody = PadRow;
         _attentionBody = AttentionItem;
     }
 
@@ -465,7 +468,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     // ---- matrix product ------------------------------------------------------------------------
 
-    readonly Action<int, int> _matMulBody, _quantizeBody;
+    readonly Action<int, int> _matMulBody, _quantizeBody, _padBody;
     // The products of the current parallel region: up to three weights sharing one input (q/k/v, gate/up),
     // their work items numbered one after another (_mmFirstChunk[k] is weight k's first item).
     readonly WeightTensor?[] _mmW = new WeightTensor?[3];
@@ -480,6 +483,8 @@ public sealed unsafe class CpuForward : IDisposable
     // block sums (Q4_K's mins) and the +128 offset form (the VNNI eight-row kernel for Q8_0/Q4_0 weights that are
     // not repacked).
     bool _needBlockSums, _needOffset, _needKSums;
+    // Whether a product multiplies f32 rows by several activation rows (the tile kernels): they read _xPadded.
+    bool _padded;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -491,12 +496,18 @@ public sealed unsafe class CpuForward : IDisposable
         _mmX = x;
         _mmN = n;
         _mmCount = 0;
-        _needBlockSums = _needOffset = _needKSums = false;
+        _needBlockSums = _needOffset = _needKSums = _padded = false;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
         if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
+        if (_padded)
+        {
+            _xqColumns = (int)w0.Columns;
+            if (n >= 4) _pool.For(n, _padBody);
+            else for (int t = 0; t < n; t++) PadRow(t, 0);
+        }
         if (integer)
         {
             _xqColumns = (int)w0.Columns;
@@ -526,7 +537,15 @@ public sealed unsafe class CpuForward : IDisposable
             else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
+        else if (_mmN >= TiledMinRows) _padded = true;
         work += w.Rows * w.Columns * _mmN;
+    }
+
+    /// <summary>Activation row t of the current product into _xPadded (<see cref="QuantizedDot.PaddedStride"/> apart).</summary>
+    void PadRow(int t, int worker)
+    {
+        int cols = _xqColumns;
+        new ReadOnlySpan<float>(_mmX + (long)t * cols, cols).CopyTo(new Span<float>(_xPadded + (long)t * QuantizedDot.PaddedStride(cols), cols));
     }
 
     /// <summary>Weight rows per work item of a product with this weight: a multiple of 16 (the repacked kernels take 8-row groups).</summary>
@@ -596,9 +615,12 @@ public sealed unsafe class CpuForward : IDisposable
             // Several activation rows: dequantize this chunk's weight rows once into the worker's tile and reuse them for all.
             int count = (int)(r1 - r0);
             var tile = new Span<float>(_tiles + (long)worker * RowsPerChunk * _maxColumns, QuantizedDot.TileLength(count, cols));
+            // The activations were copied PaddedStride apart; work items go out in order to whichever worker is free,
+            // so this worker's next is most likely ThreadCount items on: its weights are asked into L2 meanwhile.
+            int ldx = QuantizedDot.PaddedStride(cols);
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
-                new ReadOnlySpan<float>(_mmX, _mmN * cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
-                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite);
+                new ReadOnlySpan<float>(_xPadded, (_mmN - 1) * ldx + cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
+                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite, aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx);
             return;
         }
         if (ScansF16(w) && w.Packed(s_scanF16).Finite)
