@@ -98,8 +98,9 @@ public static class BenchServe
                 finally
                 {
                     gate.Release();
-                    int done = Interlocked.Increment(ref finished);
-                    if (progress) Progress(stderr, done, numPrompts);
+                    Interlocked.Increment(ref finished);
+                    // The count read under the writer's lock, so that a slower thread never draws an older count last.
+                    if (progress) lock (stderr) Progress(stderr, Volatile.Read(ref finished), numPrompts);
                 }
             }));
         }
