@@ -141,7 +141,7 @@ public static unsafe class QuantizedDot
     /// converts the weights in its microkernel, else they are dequantized into the tile first as every other type is.
     /// The benchmarks compare the two; the tests check that they agree bit for bit.
     /// </summary>
-    internal static unsafe void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
+    internal static void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
         ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false, int aheadRow = -1, int ldx = 0)
     {
         if (ldx <= 0) ldx = cols;

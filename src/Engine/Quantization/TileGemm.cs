@@ -63,8 +63,8 @@ internal static unsafe class TileGemm
     struct Six : ICount { public static int Value => 6; }
 
     /// <summary>
-    /// ys[i·ldy + r] = Σ_k tile[r·cols + k]·xs[i·cols + k] for r &lt; <paramref name="count"/>, i &lt; <paramref name="n"/>.
-    /// Callers check <see cref="IsSupported"/> and the extents. [<paramref name="ahead"/>, + <paramref name="aheadBytes"/>)
+    /// ys[i·ldy + r] = Σ_k tile[r·cols + k]·xs[i·ldx + k] for r &lt; <paramref name="count"/>, i &lt; <paramref name="n"/>
+    /// (<paramref name="ldx"/> ≥ cols). Callers check <see cref="IsSupported"/> and the extents. [<paramref name="ahead"/>, + <paramref name="aheadBytes"/>)
     /// are the weights the caller expects to multiply next: the activation blocks after the first ask for their lines
     /// into L2, two a step, while they reuse this tile's rows from cache (a hint; no result depends on it). Batched
     /// decode of 32 sequences with F16 weights ran 1.05× with it (F32: the same within noise).

@@ -478,7 +478,7 @@ public sealed unsafe class CpuForward : IDisposable
     int _mmCount;
     float* _mmX;
     int _mmN;
-    int _xqColumns;
+    int _mmColumns;
     // What the current products need besides the quants and scales: block sums (repacked Q4_0 and Q8_0), plain
     // block sums (Q4_K's mins) and the +128 offset form (the VNNI eight-row kernel for Q8_0/Q4_0 weights that are
     // not repacked).
@@ -502,15 +502,14 @@ public sealed unsafe class CpuForward : IDisposable
         AddProduct(w0, y0, w0, ref integer, ref work);
         if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
+        _mmColumns = (int)w0.Columns;
         if (_padded)
         {
-            _xqColumns = (int)w0.Columns;
             if (n >= 4) _pool.For(n, _padBody);
             else for (int t = 0; t < n; t++) PadRow(t, 0);
         }
         if (integer)
         {
-            _xqColumns = (int)w0.Columns;
             if (n >= 4) _pool.For(n, _quantizeBody);
             else for (int t = 0; t < n; t++) QuantizeRow(t, 0);
         }
@@ -544,7 +543,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Activation row t of the current product into _xPadded (<see cref="QuantizedDot.PaddedStride"/> apart).</summary>
     void PadRow(int t, int worker)
     {
-        int cols = _xqColumns;
+        int cols = _mmColumns;
         new ReadOnlySpan<float>(_mmX + (long)t * cols, cols).CopyTo(new Span<float>(_xPadded + (long)t * QuantizedDot.PaddedStride(cols), cols));
     }
 
@@ -561,7 +560,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     void QuantizeRow(int t, int worker)
     {
-        int cols = _xqColumns;
+        int cols = _mmColumns;
         var q = new Span<sbyte>(_xq + (long)t * cols, cols);
         QuantizedDot.QuantizeActivations(new ReadOnlySpan<float>(_mmX + (long)t * cols, cols), q, new Span<float>(_xd + (long)t * (cols / 32), cols / 32));
         if (_needBlockSums) PackedQ4_0.BlockSums(q, new Span<int>(_xc + (long)t * (cols / 32), cols / 32));
