@@ -53,8 +53,17 @@ public class PlaygroundBrowserTests
         return names.Zip(values, (n, v) => (n, long.Parse((string)v, System.Globalization.CultureInfo.InvariantCulture))).ToDictionary();
     }
 
-    static WebDriverWait Wait(ChromeDriver browser, double seconds) =>
-        new(browser, TimeSpan.FromSeconds(seconds)) { PollingInterval = TimeSpan.FromMilliseconds(40) };
+    /// <summary>
+    /// A poll of the page: the engine view re-renders its lists as the stream goes, so an element found a moment ago
+    /// may be gone when its attribute is read — that poll looks again (CI once failed on it), as it does for one not
+    /// found yet.
+    /// </summary>
+    static WebDriverWait Wait(ChromeDriver browser, double seconds)
+    {
+        var wait = new WebDriverWait(browser, TimeSpan.FromSeconds(seconds)) { PollingInterval = TimeSpan.FromMilliseconds(40) };
+        wait.IgnoreExceptionTypes(typeof(StaleElementReferenceException));
+        return wait;
+    }
 
     [SkippableFact]
     public async Task A_chat_streams_into_the_page_while_the_kv_map_shows_its_blocks_owned_then_free_or_cached()
