@@ -125,7 +125,7 @@ public enum TileKernel
     Avx2,
 
     /// <summary>
-    /// The AVX-512 6 × 4 register-blocked kernel (Vector512, 512-column panels); F16 and BF16 weights converted in its
+    /// The AVX-512 6 × 4 register-blocked kernel (Vector512, 1024-column panels); F16 and BF16 weights converted in its
     /// microkernel (<see cref="TileGemm.MultiplyHalf"/>).
     /// </summary>
     Avx512,

@@ -18,7 +18,7 @@ namespace TokenMill.Quantization;
 /// multiply-adds (12 cycles at two a cycle). One Zen 5 core ran ≈ 175 GFLOP/s on 16 × 2048 tiles against 120
 /// rows, where the AVX2 4 × 2 kernel ran 95 and FMAs alone 261. The k loop runs in panels of
 /// <see cref="PanelColumns"/> with the 24 accumulators parked in a stack buffer between panels: a panel of the
-/// 6 activation rows (12 KiB) then stays in L1 while the 16 weight rows of a block pass by, however long the rows.
+/// 6 activation rows (24 KiB) then stays in L1 while the 16 weight rows of a block pass by, however long the rows.
 /// </para>
 /// <para>
 /// Batch invariance: every output is computed the same way whatever the block shape that holds it — lane j of its
@@ -48,11 +48,14 @@ internal static unsafe class TileGemm
     const int BlockRows = 16;
 
     /// <summary>
-    /// Columns per k panel: 6 activation rows × 512 × 4 B = 12 KiB stay in L1 (48 KiB on Zen 5, 32–48 KiB on recent
+    /// Columns per k panel: 6 activation rows × 1024 × 4 B = 24 KiB stay in L1 (48 KiB on Zen 5, 32–48 KiB on recent
     /// Intel) next to the weight rows streaming from L2. Measured 1.07× over no panels at 2048 columns and ≈ 1.2× at
-    /// 5632 (Zen 5); panels of 256 and 1024 were slower.
+    /// 5632 (Zen 5) with panels of 512, when 1024 was slower; once the activation rows were a line further apart than
+    /// a row (<see cref="QuantizedDot.PaddedStride"/>) and no longer shared L1 sets, 1024 ran 1.07–1.11× the medians
+    /// of 512 on one core (16-row items of 2048 and 5632 columns, 32 and 512 activation rows, in cache) and the engine's
+    /// F32 pp512 174.2 against 164.1 tok/s (three alternated runs; F16 171.0 against 165.9); 256 was slower than both.
     /// </summary>
-    const int PanelColumns = 512;
+    const int PanelColumns = 1024;
 
     interface ICount { static abstract int Value { get; } }
     struct One : ICount { public static int Value => 1; }

@@ -16,13 +16,15 @@ public class TileGemmTests
     public static TheoryData<GgmlType> TileTypes() => [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_K, GgmlType.Q6_K];
 
     /// <summary>
-    /// Column counts: for one-element "blocks" under one vector, one vector ± 1, a panel ± a vector and a bit, and
-    /// over two panels with a tail; for block types 1, 2 and 5 blocks (past one 512-column panel at 5 × 256).
+    /// Column counts: for one-element "blocks" under one vector, one vector ± 1, a 1024-column panel ± a vector and a
+    /// bit, and over two panels with a tail; for block types 1, 2 and 5 blocks, and the fewest past one panel.
     /// </summary>
     static int[] Columns(GgmlType type)
     {
         int blockSize = GgmlTypeInfo.Of(type).BlockSize;
-        return blockSize == 1 ? [1, 7, 15, 16, 17, 40, 500, 512, 529, 1040] : [blockSize, 2 * blockSize, 5 * blockSize];
+        return blockSize == 1
+            ? [1, 7, 15, 16, 17, 40, 1008, 1024, 1041, 2100]
+            : new[] { blockSize, 2 * blockSize, 5 * blockSize, (1024 / blockSize + 1) * blockSize }.Distinct().ToArray();
     }
 
     static (double Dot, double AbsSum)[] Reference(GgmlType type, byte[] w, int rows, int cols, float[] xs, int n)
