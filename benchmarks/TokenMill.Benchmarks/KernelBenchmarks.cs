@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using BenchmarkDotNet.Attributes;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
@@ -394,14 +396,14 @@ public unsafe class F16DecodeRowBenchmarks
     /// <summary>The AVX-512 loop of <see cref="DotAvx2.F16Finite"/> before the prefetch and the four sums (n a multiple of 32).</summary>
     static float PreviousF16Finite(byte* w, float* x, int n)
     {
-        var a0 = System.Runtime.Intrinsics.Vector512<float>.Zero;
-        var a1 = System.Runtime.Intrinsics.Vector512<float>.Zero;
+        var a0 = Vector512<float>.Zero;
+        var a1 = Vector512<float>.Zero;
         for (int i = 0; i + 32 <= n; i += 32)
         {
-            a0 = System.Runtime.Intrinsics.X86.Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16(w + 2 * i), System.Runtime.Intrinsics.X86.Avx512F.LoadVector512(x + i), a0);
-            a1 = System.Runtime.Intrinsics.X86.Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16(w + 2 * (i + 16)), System.Runtime.Intrinsics.X86.Avx512F.LoadVector512(x + i + 16), a1);
+            a0 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16(w + 2 * i), Avx512F.LoadVector512(x + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(FiniteHalves.Widen16(w + 2 * (i + 16)), Avx512F.LoadVector512(x + i + 16), a1);
         }
-        return System.Runtime.Intrinsics.Vector512.Sum(a0 + a1);
+        return Vector512.Sum(a0 + a1);
     }
 
     /// <summary>The largest difference between the two forms' results, relative to the largest result.</summary>

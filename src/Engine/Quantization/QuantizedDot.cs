@@ -134,7 +134,7 @@ public static unsafe class QuantizedDot
     /// microkernel reads together all fall in the same L1 sets; one line more spreads them. One Zen 5 core, a 16 × 2048
     /// F32 work item against 32 rows in cache: 163–165 → 172–180 GFLOP/s; against 512 rows 166 → 172.
     /// </summary>
-    public static int PaddedStride(int cols) => cols + 16;
+    internal static int PaddedStride(int cols) => cols + 16;
 
     /// <summary>
     /// <see cref="MatMulRowRange"/> with the F16/BF16 path chosen: with <paramref name="fusedHalf"/> (and AVX-512) <see cref="TileGemm.MultiplyHalf"/>
@@ -410,7 +410,7 @@ public static unsafe class QuantizedDot
     /// <summary>The dot product with the lengths already checked.</summary>
     internal static unsafe float DotUnchecked(GgmlType type, ReadOnlySpan<byte> row, ReadOnlySpan<float> x)
     {
-        if (type == GgmlType.F32 && System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+        if (type == GgmlType.F32 && Avx512F.IsSupported)
             fixed (byte* w = row)
             fixed (float* px = x)
                 return DotAvx2.F32((float*)w, px, x.Length);

@@ -58,7 +58,7 @@ public class TileGemmTests
             $"{what}: expected {expected.Dot}, got {actual} (difference {Math.Abs(actual - expected.Dot)}, tolerance {tolerance})");
     }
 
-    /// <summary>Every row range [r0, r0 + count) of a matrix, multiplied into ys filled with NaN, against the reference.</summary>
+    /// <summary>The whole product with the activation rows further apart than a row (NaN between them), against it with them packed.</summary>
     [Theory]
     [MemberData(nameof(TileTypes))]
     public void Activation_rows_further_apart_give_the_same_bits(GgmlType type)
@@ -99,6 +99,7 @@ public class TileGemmTests
             QuantizedDot.MatMulRowRange(GgmlType.F32, new byte[4 * 64 * 4], 4, 64, 0, 4, new float[2 * 64], 2, new float[8], new float[256], ldx: 80));
     }
 
+    /// <summary>Every row range [r0, r0 + count) of a matrix, multiplied into ys filled with NaN, against the reference.</summary>
     [Theory]
     [MemberData(nameof(TileTypes))]
     public void Row_ranges_match_the_scalar_reference(GgmlType type)
