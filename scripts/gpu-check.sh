@@ -27,18 +27,29 @@ run)
   cd "$(dirname "$0")"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv || echo "nvidia-smi not found"
   status=0
+  # NVRTC and cuBLAS from the PyTorch venv's wheels (nvidia/*/lib) when no system copy loads and no override is set.
+  for pair in NVRTC:libnvrtc.so CUBLAS:libcublas.so NCCL:libnccl.so; do
+    var="TOKENMILL_${pair%%:*}_LIBRARY" soname="${pair#*:}"
+    if [ -z "${!var:-}" ] && ! ldconfig -p 2>/dev/null | grep -q "$soname"; then
+      lib=$(find / -path "*/nvidia/*/lib/$soname.*" -not -path "/proc/*" 2>/dev/null | sort | tail -1 || true)
+      if [ -n "$lib" ]; then export "$var=$lib"; echo "$var=$lib"; fi
+    fi
+  done
   ./tokenmill kernels check --arch 80,90 || status=1      # NVRTC only
   ./tokenmill kernels selftest --device "${DEVICE:-0}" || status=1   # every kernel on the GPU vs scalar references
   ./tokenmill kernels bench --device "${DEVICE:-0}" --output-json kernels-bench.json || status=1
   ./tokenmill kernels nccl --ranks 1 || status=1          # needs libnccl (TOKENMILL_NCCL_LIBRARY or the CUDA lib dir)
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 || status=1
-  # Greedy generate on both devices: the token ids must be identical.
-  for model in "${STORIES:-stories260K.gguf}" dummy:tinyllama-1.1b; do
+  # Greedy generate on both devices: the token ids must be identical. The short prompt's steps all run on the GEMV
+  # kernels; the three prompts of stories260K (F32) prefill 8+ rows at once, on cuBLAS's Sgemm.
+  printf '%s\n' "Once upon a time there was a little girl named Lily" "The little dog ran to the park to play with the ball" "Tom and Sue" > prompts.txt
+  for run in "${STORIES:-stories260K.gguf}|--prompt|Once upon a time" "dummy:tinyllama-1.1b|--prompt|Once upon a time" "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt"; do
+    IFS='|' read -r model flag value <<< "$run"
     [ -e "$model" ] || [[ "$model" == dummy:* ]] || { echo "skip $model (not found; set STORIES=path)"; continue; }
     for device in cpu cuda; do
-      ./tokenmill generate --model "$model" --prompt "Once upon a time" --max-tokens 40 --temperature 0 --device $device > "generate-$device.txt" || status=1
+      ./tokenmill generate --model "$model" "$flag" "$value" --max-tokens 40 --temperature 0 --device $device > "generate-$device.txt" || status=1
     done
-    if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model: cuda == cpu"; else echo "generate $model: cuda != cpu"; diff generate-cpu.txt generate-cuda.txt; status=1; fi
+    if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model $flag: cuda == cpu"; else echo "generate $model $flag: cuda != cpu"; diff generate-cpu.txt generate-cuda.txt || true; status=1; fi
   done
   exit $status
   ;;

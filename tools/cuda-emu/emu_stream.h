@@ -1,4 +1,4 @@
-// emu_stream.h — the emulated driver's streams, shared by fake_cuda.cpp and fake_nccl.cpp (one library).
+// emu_stream.h — the emulated driver's streams, shared by fake_cuda.cpp, fake_nccl.cpp and fake_cublas.cpp (one library).
 // Kernels and copies run synchronously on the calling thread, as before; the one kind of work that runs
 // asynchronously is a collective of the fake NCCL, which (like a real NCCL kernel waiting for its peers) may
 // not finish until other ranks arrive, or ever. So a stream is a FIFO with one worker thread: cuStreamQuery
@@ -63,5 +63,7 @@ private:
 Stream& default_stream();
 Stream* stream_of(void* handle);   // handle 0 → the default stream
 void wait_all_streams();
+// Whether [p, p + bytes) lies inside one live device allocation (fake_cuda.cpp's map): the fake cuBLAS checks its matrices.
+bool device_range(unsigned long long p, size_t bytes);
 
 } // namespace emu

@@ -6,7 +6,8 @@
 // host path runs for real — NVRTC compilation of PTX for the reported compute_90, module loading (the
 // PTX must declare every kernel looked up), argument packing, launch shapes, copies — and only the
 // kernels' execution is emulated. Streams (emu_stream.h) are queues with a worker thread, so the fake NCCL
-// (fake_nccl.cpp, linked into the same library) can leave a collective pending on one.
+// (fake_nccl.cpp, linked into the same library) can leave a collective pending on one. The fake cuBLAS
+// (fake_cublas.cpp) is in the same library too.
 #include "cuda_emu.h"
 #include "emu_stream.h"
 #include <chrono>
@@ -235,3 +236,5 @@ CUresult cuEventElapsedTime(float* ms, void* start, void* end)
     return OK;
 }
 }
+
+bool emu::device_range(unsigned long long p, size_t n) { return inside(p, n); }

@@ -25,7 +25,7 @@ public static class KernelsCommand
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
                tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [--partition-size N] [-tp N]
-                                         [--stall-rank R | --fail-rank R] [--timeout SECONDS]
+                                         [--gemm-min-rows N] [--stall-rank R | --fail-rank R] [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -47,8 +47,9 @@ public static class KernelsCommand
                     process is one rank of a group of processes (on GPU LOCAL_RANK)
           forward   the CUDA backend's whole forward pass against the CPU backend's on one model: a few steps
                     mixing prefills, chunked prefills and decodes of six sequences (up to 32 positions); per
-                    step the attention kernels the backend chose, the largest logit difference and its
-                    tolerance (on GPU 0, or with --emulate on the CPU through the shim);
+                    step the attention kernels the backend chose, whether its products ran on cuBLAS or the
+                    GEMV kernels, the largest logit difference and its tolerance (on GPU 0, or with --emulate
+                    on the CPU through the shim and its fake cuBLAS);
                     with -tp N the CUDA side runs N tensor-parallel ranks (rank r on GPU r, NCCL; with --emulate the
                     fake NCCL); with --stall-rank R rank R stalls at layer 1 (the step must time out naming it), with
                     --fail-rank R it throws there (the step must fail at once naming it)
@@ -78,6 +79,8 @@ public static class KernelsCommand
                              'tokenmill generate' takes them)
           --partition-size N forward: positions per split-K decode partition (default 512; 16 makes the
                              32-position sequence's decodes split)
+          --gemm-min-rows N  forward: rows of a chunk (at most 8 here) from which its products run as cuBLAS
+                             GEMMs (default 8; 9 or more: the GEMV kernels only)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -92,7 +95,7 @@ public static class KernelsCommand
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size", "partition-size"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size", "partition-size", "gemm-min-rows"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -301,6 +304,7 @@ public static class KernelsCommand
         if (a.String("kernels-dir") is not null || a.String("kernel") is not null)
             throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
         int partitionSize = a.Int("partition-size", PagedAttentionDecodePlan.PartitionSize, min: 1);
+        int gemmMinRows = a.Int("gemm-min-rows", CudaForward.GemmMinRows, min: 1);
         var (modelName, load) = Cli.ParseModel(a);
         using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
         // Four-token blocks, so the short sequences still span several blocks each; eight rows per chunk, so the
@@ -325,15 +329,18 @@ public static class KernelsCommand
             TensorParallelTimeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2)),
         };
         using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
-        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens, partitionSize);
+        using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens, partitionSize, gemmMinRows);
         string ranks = tp == 1 ? "" : $"; tensor-parallel {tp} ranks on devices 0–{tp - 1}";
-        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions");
+        string products = gemmMinRows > maxBatchTokens ? $"the GEMV kernels (--gemm-min-rows {gemmMinRows} > the {maxBatchTokens}-row chunks)"
+            : cuda.GemmUnavailable is { } why ? $"the GEMV kernels (cuBLAS: {why})"
+            : $"cuBLAS for chunks of {gemmMinRows}+ rows, else the GEMV kernels";
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions; products: {products}");
         if ((stall ?? fail) is { } faulty) return RankFault(model, cpu, cuda, faulty, stalls: stall is not null, options.TensorParallelTimeout, stdout);
-        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention));
+        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention), () => cuda.LastGemm);
         int width = checks.Max(c => c.Step.Length), kernels = Math.Max("attention".Length, checks.Max(c => c.CandidatePath.Length));
-        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  products  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
         foreach (var c in checks)
-            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {(c.CandidateGemm ? "cuBLAS" : "GEMV"),-8}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
@@ -398,8 +405,7 @@ public static class KernelsCommand
             {
                 // The driver alone, no kernels: the fake NCCL is part of the same library.
                 var driver = KernelEmulation.Build([], KernelCompiler.DefaultCacheDirectory());
-                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
-                NativeLibraryResolver.UseLibrary(CudaLibrary.Nccl, driver.LibraryPath);
+                KernelEmulation.Use(driver);
             }
             catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
             {
@@ -528,7 +534,7 @@ public static class KernelsCommand
             try
             {
                 driver = KernelEmulation.Build(sources, scratch ?? KernelCompiler.DefaultCacheDirectory());
-                NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
+                KernelEmulation.Use(driver);
             }
             catch (Exception e) when (e is InvalidOperationException or DllNotFoundException or BadImageFormatException)
             {

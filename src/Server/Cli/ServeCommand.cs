@@ -121,7 +121,8 @@ public static class ServeCommand
                 : "";
             string device = engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
                 ? $"device {(engine.Options.Device == TokenMill.Core.EngineDevice.CudaEmulated ? "cuda-emulated" : "cuda")} ({cuda.DeviceName}" +
-                  $"{(cuda.WorldSize > 1 ? $", tensor-parallel {cuda.WorldSize} ranks on devices 0–{cuda.WorldSize - 1}" : "")})"
+                  $"{(cuda.WorldSize > 1 ? $", tensor-parallel {cuda.WorldSize} ranks on devices 0–{cuda.WorldSize - 1}" : "")}, " +
+                  $"{(cuda.GemmUnavailable is { } why ? $"GEMV kernels only: {why}" : $"cuBLAS GEMMs for chunks of {TokenMill.Backends.Cuda.CudaForward.GemmMinRows}+ rows")})"
                 : $"device cpu ({(engine.Options.Threads == 0 ? Environment.ProcessorCount : engine.Options.Threads)} threads{tensorParallel})";
             stderr.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +

@@ -132,6 +132,14 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         return row.Groups["kernels"].Value;
     }
 
+    /// <summary>The products column of <c>kernels forward</c>'s row for <paramref name="step"/>: cuBLAS or GEMV.</summary>
+    static string ProductsOf(string output, string step)
+    {
+        var row = System.Text.RegularExpressions.Regex.Match(output, $@"(?m)^{System.Text.RegularExpressions.Regex.Escape(step)}\s{{2,}}\S.*?\s{{2,}}\d+\s{{2}}(?<products>cuBLAS|GEMV)\s");
+        Assert.True(row.Success, $"no products column for step '{step}' in:\n{output}");
+        return row.Groups["products"].Value;
+    }
+
     [SkippableFact]
     public void Logits_of_mixed_prefill_and_decode_steps_match_the_CPU_on_stories260K_through_prefill_and_split_K_attention()
     {
@@ -153,6 +161,32 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         Assert.Equal("prefill", AttentionOf(output, "prefill E (30)"));   // four chunks, each continuing the cached ones
         Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
         Assert.Equal("decode split-K", AttentionOf(output, "decode E (context 32) + decode F"));
+        // F32 weights: chunks of 8 rows run on (the emulated) cuBLAS's Sgemm, in full FP32, at the float tolerance.
+        Assert.Contains("products: cuBLAS for chunks of 8+ rows", output);
+        Assert.Equal("cuBLAS", ProductsOf(output, "prefill A (9) + prefill B (7)"));
+        Assert.Equal("cuBLAS", ProductsOf(output, "prefill E (30)"));
+        Assert.Equal("GEMV", ProductsOf(output, "decode A + decode B + decode C"));
+        Assert.Equal("GEMV", ProductsOf(output, "prefill F (5) + decode E (context 31)"));
+    }
+
+    [SkippableTheory]
+    [InlineData("F16", 2e-3)]
+    [InlineData("BF16", 1.6e-2)]
+    public void Logits_of_16_bit_models_match_the_CPU_within_the_rounding_of_the_GEMMs_activations(string dtype, double relative)
+    {
+        Require();
+        // Chunks of 8 rows go to cublasGemmEx with the activations rounded to the weights' type: the tolerance of that
+        // rounding from the first GEMM on (its keys and values stay in the cache), the float one before it.
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", dtype);
+        Assert.True(code == 0, output);
+        Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
+        Assert.Equal("cuBLAS", ProductsOf(output, "prefill A (9) + prefill B (7)"));
+        Assert.Equal("GEMV", ProductsOf(output, "decode A + decode B + decode C"));
+        var first = System.Text.RegularExpressions.Regex.Match(output, @"(?m)^prefill A \(9\) \+ prefill B \(7\).*?\s(?<logit>\d+\.\d+)\s+(?<tolerance>\d+\.\d+(E-\d+)?)\s+same\s+PASS$");
+        Assert.True(first.Success, output);
+        double maxLogit = double.Parse(first.Groups["logit"].Value, System.Globalization.CultureInfo.InvariantCulture);
+        double tolerance = double.Parse(first.Groups["tolerance"].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(tolerance, 0.99 * relative * maxLogit, 1.01 * relative * maxLogit);
     }
 
     [SkippableFact]
@@ -174,10 +208,12 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
     {
         Require();
         // Partitions of 16 again, at TinyLlama's head dim (64, GQA 32/4) where stories260K's is 8, and float weights:
-        // the 1e-4 tolerance (Q8_0's 5e-2 would hide a small attention error).
+        // the 1e-4 tolerance (Q8_0's 5e-2 would hide a small attention error). The GEMV kernels only: the f16 rounding
+        // of a GEMM's activations would need a looser one.
         var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--dtype", "F16",
-                                       "--partition-size", "16");
+                                       "--partition-size", "16", "--gemm-min-rows", "9");
         Assert.True(code == 0, output);
+        Assert.Contains("products: the GEMV kernels (--gemm-min-rows 9 > the 8-row chunks)", output);
         Assert.Equal(8, System.Text.RegularExpressions.Regex.Count(output, @"(?m)\s+same\s+PASS$"));
         Assert.Equal("prefill", AttentionOf(output, "prefill E (30)"));
         Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));

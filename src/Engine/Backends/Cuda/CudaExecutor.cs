@@ -68,12 +68,13 @@ public sealed class CudaExecutor : IModelExecutor
     /// <param name="maxBatchTokens">Rows of the activation buffers.</param>
     /// <param name="partitionSize">Positions per split-K decode partition (<see cref="PagedAttentionDecodePlan.PartitionSize"/>
     /// unless a test wants short contexts to split).</param>
+    /// <param name="gemmMinRows">Rows of a chunk from which its products run on cuBLAS (<see cref="CudaForward.GemmMinRows"/>).</param>
     /// <exception cref="InvalidOperationException">No driver, no NVRTC, no NCCL, too few devices, or a CUDA error while setting up; the message says which.</exception>
     /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes.</exception>
     /// <exception cref="ArgumentException">The model does not split across the ranks, or the KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
     /// <exception cref="CommunicatorException">The ranks' NCCL group did not form within the timeout.</exception>
     public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens,
-                                      int partitionSize = PagedAttentionDecodePlan.PartitionSize)
+                                      int partitionSize = PagedAttentionDecodePlan.PartitionSize, int gemmMinRows = CudaForward.GemmMinRows)
     {
         CudaForward.CheckSupported(model);   // before minutes of emulated-driver build or upload
         int n = options.TensorParallelSize;
@@ -108,7 +109,7 @@ public sealed class CudaExecutor : IModelExecutor
             {
                 contexts[r].MakeCurrent();
                 shards.Add(TensorParallelShard.Create(model, r, n));
-                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize));
+                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize, gemmMinRows));
             }
             // Every rank has the same block tables: the pool is the fewest blocks any rank's device holds.
             int blocks = int.MaxValue;
@@ -195,7 +196,7 @@ public sealed class CudaExecutor : IModelExecutor
 
     /// <summary>
     /// Builds the emulated driver from <paramref name="sources"/> (g++, cached by hash) and makes it the process's
-    /// libcuda and libnccl. Once per process: the resolver never switches a loaded driver.
+    /// libcuda, libnccl and libcublas. Once per process: the resolver never switches a loaded driver.
     /// </summary>
     static void UseEmulatedDriver(IReadOnlyList<KernelSource> sources)
     {
@@ -206,8 +207,7 @@ public sealed class CudaExecutor : IModelExecutor
             var missing = driver.Failures.Where(f => CudaForward.UsedKernels.Contains(f.Kernel)).ToList();
             if (missing.Count > 0)
                 throw new InvalidOperationException($"the emulated driver cannot run {string.Join("; ", missing.Select(f => $"{f.Kernel}: {f.Message}"))}");
-            NativeLibraryResolver.UseLibrary(CudaLibrary.Driver, driver.LibraryPath);
-            NativeLibraryResolver.UseLibrary(CudaLibrary.Nccl, driver.LibraryPath);   // the fake NCCL is part of the same library
+            KernelEmulation.Use(driver);
             s_emulatedDriver = driver.LibraryPath;
         }
     }
@@ -239,6 +239,12 @@ public sealed class CudaExecutor : IModelExecutor
 
     /// <summary>The attention kernels the last <see cref="Forward"/> launched (rank 0's; every rank launches the same).</summary>
     public AttentionKernels LastAttention => _forwards[0].LastAttention;
+
+    /// <summary>Whether a product of the last <see cref="Forward"/> ran on cuBLAS (rank 0's).</summary>
+    public bool LastGemm => _forwards[0].LastGemm;
+
+    /// <summary>Why chunks of many rows run on the GEMV kernels instead of cuBLAS (it could not be loaded), or null.</summary>
+    public string? GemmUnavailable => _forwards[0].GemmUnavailable;
 
     public void Forward(ForwardBatch batch, Span<float> logits)
     {

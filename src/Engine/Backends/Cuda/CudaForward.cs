@@ -84,7 +84,9 @@ public sealed class CudaKvCache : IDisposable
 /// <remarks>
 /// Weights are uploaded once, in their file's format: F32/F16/BF16/Q8_0/Q4_0 go to the dequantizing GEMV kernels of
 /// gemv.cu as they are (one launch covers all of a chunk's tokens: grid.y = token), any other type (K-quants) is
-/// dequantized to F32 at load. The embedding table is looked up in its own type where embedding.cu has a kernel
+/// dequantized to F32 at load. A chunk of <see cref="GemmMinRows"/> rows or more (prefill) runs its products as cuBLAS
+/// GEMMs instead (<see cref="CudaGemm"/>: Sgemm for F32, GemmEx on f16/bf16 inputs for the rest, Q8_0/Q4_0 dequantized
+/// to f16 a slice at a time), when cuBLAS loads; else the GEMV kernels take every chunk. The embedding table is looked up in its own type where embedding.cu has a kernel
 /// (F32/F16/BF16/Q8_0), else it is dequantized to F32 for the lookup. Activations stay F32 (the CPU quantizes them
 /// to 8 bits for its Q8_0/Q4_0 integer kernels, so quantized models differ from the CPU by that rounding).
 /// Attention is planned once per chunk (<see cref="ChunkAttentionPlan"/>): the rows of a prompt chunk go to
@@ -111,7 +113,15 @@ public sealed class CudaForward : IDisposable
         "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
         "reshape_and_cache_f32", "paged_attention_decode_f32", "paged_attention_decode_split_f32", "paged_attention_reduce",
         "paged_attention_prefill_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+        "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16",
     ];
+
+    /// <summary>
+    /// Rows of a chunk from which its products run as cuBLAS GEMMs (<see cref="CudaGemm"/>) rather than on the GEMV
+    /// kernels, which read the weights once per row: llama.cpp keeps its matrix-vector kernels up to 8 rows
+    /// (MMVQ_MAX_BATCH_SIZE) and hands larger batches to cuBLAS. Not tuned on hardware yet.
+    /// </summary>
+    public const int GemmMinRows = 8;
 
     /// <summary>paged_attention.cu and paged_attention_prefill.cu keep a head in registers, 8 dimensions per lane (TM_PA_MAX_HEAD_DIM).</summary>
     const int MaxHeadDim = 256;
@@ -125,8 +135,8 @@ public sealed class CudaForward : IDisposable
     /// </summary>
     const long SplitBufferBytes = 32L << 20;
 
-    /// <summary>A weight on the device in the type its GEMV kernel reads.</summary>
-    sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, int Rows, int Columns);
+    /// <summary>A weight on the device in the type its GEMV kernel reads (<paramref name="Type"/>, rows <paramref name="RowBytes"/> apart).</summary>
+    sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, GgmlType Type, long RowBytes, int Rows, int Columns);
 
     sealed record DeviceLayer(DeviceBuffer AttnNorm, DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
                               DeviceBuffer FfnNorm, DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
@@ -163,6 +173,9 @@ public sealed class CudaForward : IDisposable
     readonly int _partitionSize;
     readonly KernelArgs _args = new();
     readonly int _gemvRowsPerBlock;
+    // cuBLAS for chunks of at least _gemmMinRows rows; null (with the reason) when the library cannot be loaded.
+    readonly CudaGemm? _gemm;
+    readonly int _gemmMinRows;
 
     /// <param name="context">The device's context, current on the calling thread.</param>
     /// <param name="model">The model; its weights are uploaded now.</param>
@@ -173,9 +186,11 @@ public sealed class CudaForward : IDisposable
     /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="partitionSize">Positions per split-K decode partition (<see cref="PagedAttentionDecodePlan.PartitionSize"/>;
     /// the tests take small ones so that short contexts split on the emulated driver).</param>
+    /// <param name="gemmMinRows">Rows of a chunk from which products run on cuBLAS (<see cref="GemmMinRows"/>; int.MaxValue: never).</param>
     public CudaForward(CudaContext context, Model model, KernelCompiler compiler, IReadOnlyList<KernelSource> sources,
-                       int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize = PagedAttentionDecodePlan.PartitionSize)
-        : this(context, Checked(model), null, compiler, sources, maxBatchTokens, maxModelLen, blockSize, partitionSize)
+                       int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize = PagedAttentionDecodePlan.PartitionSize,
+                       int gemmMinRows = GemmMinRows)
+        : this(context, Checked(model), null, compiler, sources, maxBatchTokens, maxModelLen, blockSize, partitionSize, gemmMinRows)
     {
     }
 
@@ -195,9 +210,12 @@ public sealed class CudaForward : IDisposable
     /// <param name="maxModelLen">Longest sequence.</param>
     /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="partitionSize">Positions per split-K decode partition.</param>
+    /// <param name="gemmMinRows">Rows of a chunk from which products run on cuBLAS.</param>
     internal CudaForward(CudaContext context, TensorParallelShard shard, IDeviceCommunicator? communicator, KernelCompiler compiler,
-                         IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize)
+                         IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize,
+                         int gemmMinRows = GemmMinRows)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(gemmMinRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxModelLen, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
@@ -211,6 +229,7 @@ public sealed class CudaForward : IDisposable
         _maxTokens = maxBatchTokens;
         _maxBlocksPerSequence = (maxModelLen + blockSize - 1) / blockSize;
         _partitionSize = partitionSize;
+        _gemmMinRows = gemmMinRows;
         try
         {
             foreach (string fileName in UsedKernels.Select(k => KernelLaunches.For(k).FileName).Distinct())
@@ -240,6 +259,14 @@ public sealed class CudaForward : IDisposable
                 UploadFloats(l.FfnNorm), Matrix(l.Gate), Matrix(l.Up), Matrix(l.Down)))];
             _outputNorm = UploadFloats(w.OutputNorm);
             _output = Matrix(w.Output);
+            if (gemmMinRows <= maxBatchTokens)
+            {
+                var matrices = _layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(_output).ToList();
+                long quantized = matrices.Where(m => m.Type is GgmlType.Q8_0 or GgmlType.Q4_0).Select(m => (long)m.Rows * m.Columns).DefaultIfEmpty(0).Max();
+                _gemm = CudaGemm.TryCreate(context, GemmKernels.From(Kernel), maxBatchTokens, matrices.Max(m => m.Columns), quantized, out string? unavailable);
+                if (_gemm is not null) _owned.Add(_gemm);
+                GemmUnavailable = unavailable;
+            }
             _ropeFreqFactors = _c.RopeFreqFactors is { } ff ? UploadFloats(ff) : null;
 
             int n = maxBatchTokens, d = _c.EmbeddingLength;
@@ -305,8 +332,11 @@ public sealed class CudaForward : IDisposable
 
     public ModelConfig Config => _c;
 
-    /// <summary>Device memory this forward pass holds: weights, activations and metadata buffers.</summary>
-    public long DeviceBytes => _owned.OfType<DeviceBuffer>().Sum(b => b.Bytes);
+    /// <summary>Device memory this forward pass holds: weights, activations, metadata and GEMM scratch buffers.</summary>
+    public long DeviceBytes => _owned.OfType<DeviceBuffer>().Sum(b => b.Bytes) + (_gemm?.DeviceBytes ?? 0);
+
+    /// <summary>Why chunks of many rows run on the GEMV kernels instead of cuBLAS (the library could not be loaded), or null.</summary>
+    public string? GemmUnavailable { get; }
 
     CudaKernel Kernel(string name)
     {
@@ -388,8 +418,8 @@ public sealed class CudaForward : IDisposable
             _ => null,
         };
         return kernel is null
-            ? new DeviceMatrix(UploadDequantized(w), Kernel("gemv_f32"), (int)w.Rows, (int)w.Columns)
-            : new DeviceMatrix(UploadRaw(w), Kernel(kernel), (int)w.Rows, (int)w.Columns);
+            ? new DeviceMatrix(UploadDequantized(w), Kernel("gemv_f32"), GgmlType.F32, w.Columns * sizeof(float), (int)w.Rows, (int)w.Columns)
+            : new DeviceMatrix(UploadRaw(w), Kernel(kernel), w.Type, w.RowBytes, (int)w.Rows, (int)w.Columns);
     }
 
     /// <summary>The embedding table in a type embedding.cu reads; under tensor parallelism with a zero row after this rank's rows, which the tokens of other ranks' rows look up.</summary>
@@ -448,6 +478,7 @@ public sealed class CudaForward : IDisposable
     {
         Validate(batch, kv, logits.Length);
         LastAttention = AttentionKernels.None;
+        LastGemm = false;
         var logitRows = batch.LogitRows;
         int nextLogit = 0, vocab = _c.VocabSize;
         for (int start = 0; start < batch.TokenCount; start += _maxTokens)
@@ -500,9 +531,9 @@ public sealed class CudaForward : IDisposable
         {
             var lw = _layers[layer];
             LayerHook?.Invoke(layer);
-            Gemv(lw.Wq, _h, _q, n);
-            Gemv(lw.Wk, _h, _k, n);
-            Gemv(lw.Wv, _h, _v, n);
+            MatMul(lw.Wq, _h, _q, n);
+            MatMul(lw.Wk, _h, _k, n);
+            MatMul(lw.Wv, _h, _v, n);
             _rope.Launch(rows, Block(_rope), _args.Clear().Add(_q).Add(_k).Add(_positions)
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
@@ -510,16 +541,16 @@ public sealed class CudaForward : IDisposable
             _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim));
             Attention(kv, layer, scale);
-            Gemv(lw.Wo, _att, _delta, n);
+            MatMul(lw.Wo, _att, _delta, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel wo: each rank holds a partial sum over its heads
             // x += attention output; h = ffn_norm(x)
             _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps));
-            Gemv(lw.Gate, _h, _gate, n);
-            Gemv(lw.Up, _h, _up, n);
+            MatMul(lw.Gate, _h, _gate, n);
+            MatMul(lw.Up, _h, _up, n);
             long elements = (long)n * ff;
-            _siluAndMul.Launch(new Dim3((uint)Math.Min((elements + 255) / 256, 65535 * 8)), Block(_siluAndMul),
+            _siluAndMul.Launch(KernelLaunches.ElementGrid(elements), Block(_siluAndMul),
                 _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements));
-            Gemv(lw.Down, _gate, _delta, n);
+            MatMul(lw.Down, _gate, _delta, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel down: a partial sum over this rank's FFN slice
             // x += MLP output; h = the next layer's attn_norm(x), or after the last layer the output norm.
             var nextNorm = layer + 1 < _layers.Length ? _layers[layer + 1].AttnNorm : _outputNorm;
@@ -528,7 +559,7 @@ public sealed class CudaForward : IDisposable
         if (logitCount == 0) return;
         // Gather the rows that want logits (embedding_f32 with the normed rows as its table: a row copy, × 1), then the classifier.
         _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f));
-        Gemv(_output, _hl, _logits, logitCount);
+        MatMul(_output, _hl, _logits, logitCount);
     }
 
     /// <summary>
@@ -597,6 +628,20 @@ public sealed class CudaForward : IDisposable
 
     /// <summary>The device address <paramref name="elements"/> 4-byte elements (float or int) into <paramref name="buffer"/>.</summary>
     static CUdeviceptr Offset(DeviceBuffer buffer, long elements) => new(buffer.Pointer.Value + (ulong)(elements * sizeof(float)));
+
+    /// <summary>y[t] = W · x[t] for the n rows of x: a cuBLAS GEMM from <see cref="GemmMinRows"/> rows (when cuBLAS loaded), else the GEMV kernel.</summary>
+    void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)
+    {
+        if (_gemm is not null && n >= _gemmMinRows)
+        {
+            _gemm.Multiply(w.Buffer.Pointer, w.Type, w.RowBytes, w.Rows, w.Columns, x.Pointer, y.Pointer, n);
+            LastGemm = true;
+        }
+        else Gemv(w, x, y, n);
+    }
+
+    /// <summary>Whether a product of the last <see cref="Forward"/> ran on cuBLAS.</summary>
+    public bool LastGemm { get; private set; }
 
     /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
     void Gemv(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)

@@ -390,8 +390,28 @@ public sealed class KernelBench : IDisposable
                 {
                     var gate = b.Floats(n, 6f);
                     var args = new KernelArgs().Add(gate).Add(b.Floats(n)).Add(b.Zeros(n * 4)).Add(n);
-                    uint grid = (uint)Math.Min((n + 255) / 256, 65535L * 8);
-                    return new Launch(() => k.Launch(new Dim3(grid), Block(kernel), args), 12.0 * n, 8.0 * n);
+                    return new Launch(() => k.Launch(KernelLaunches.ElementGrid(n), Block(kernel), args), 12.0 * n, 8.0 * n);
+                }));
+        }
+        else if (kernel is "convert_f32_to_f16" or "convert_f32_to_bf16")
+        {
+            // A prefill chunk's activations before each GEMM: 512 tokens of TinyLlama's 5632-wide and Llama 3 8B's 14336-wide FFN.
+            foreach (long n in full ? new[] { 512L * 5632, 512L * 14336 } : [1000L])
+                shapes.Add(new($"n {n}", (b, k) =>
+                {
+                    var args = new KernelArgs().Add(b.Floats(n)).Add(b.Zeros(n * 2)).Add(n);
+                    return new Launch(() => k.Launch(KernelLaunches.ElementGrid(n), Block(kernel), args), 6.0 * n, 0);
+                }));
+        }
+        else if (kernel is "dequantize_q8_0_f16" or "dequantize_q4_0_f16")
+        {
+            var qt = kernel == "dequantize_q8_0_f16" ? GgmlType.Q8_0 : GgmlType.Q4_0;
+            foreach (var (rows, cols) in full ? [(5632, 2048), (14336, 4096)] : new[] { (16, 256) })
+                shapes.Add(new($"{rows} × {cols}", (b, k) =>
+                {
+                    long n = (long)rows * cols;
+                    var args = new KernelArgs().Add(b.Matrix(qt, rows, cols)).Add(b.Zeros(n * 2)).Add(n);
+                    return new Launch(() => k.Launch(KernelLaunches.ElementGrid(n), Block(kernel), args), WeightBytes(qt, rows, cols) + 2.0 * n, 0);
                 }));
         }
         else if (kernel == "sample")

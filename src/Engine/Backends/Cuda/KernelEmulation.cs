@@ -21,7 +21,8 @@ public sealed record EmulatedDriver(string LibraryPath, IReadOnlyList<EmulationF
 /// express fails that file's kernels by name (with g++'s error, attributed to the kernel whose lines it is
 /// in), and every other kernel still runs. Objects are cached by a hash of everything that goes into them.
 /// The same library is also the fake NCCL (fake_nccl.cpp: ranks as threads meeting in memory), so the NCCL
-/// communicator runs without GPUs when both <c>TOKENMILL_CUDA_LIBRARY</c> and <c>TOKENMILL_NCCL_LIBRARY</c> point at it.
+/// communicator runs without GPUs when both <c>TOKENMILL_CUDA_LIBRARY</c> and <c>TOKENMILL_NCCL_LIBRARY</c> point at it,
+/// and the fake cuBLAS (fake_cublas.cpp: the GEMMs on the CPU, as BLAS defines them) — <see cref="Use"/> points all three at it.
 /// </summary>
 public static partial class KernelEmulation
 {
@@ -32,7 +33,10 @@ public static partial class KernelEmulation
     /// <summary>C++20 and _Float16 (the shim's f16 conversions): g++ 12 or newer.</summary>
     static readonly string[] CompileFlags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"];
 
-    /// <summary>The embedded shim sources: cuda_emu.h, emu_stream.h, fake_cuda.cpp and fake_nccl.cpp.</summary>
+    /// <summary>The shim's own translation units, after the kernel files': the driver, NCCL and cuBLAS it stands in for.</summary>
+    static readonly string[] Libraries = ["fake_cuda", "fake_nccl", "fake_cublas"];
+
+    /// <summary>The embedded shim sources: cuda_emu.h, emu_stream.h, fake_cuda.cpp, fake_nccl.cpp and fake_cublas.cpp.</summary>
     public static IReadOnlyList<KernelSource> Shim()
     {
         var asm = typeof(KernelEmulation).Assembly;
@@ -72,8 +76,7 @@ public static partial class KernelEmulation
 
             // One translation unit per kernel file; the driver and the fake NCCL are two more, last.
             var units = sources.Where(s => !s.IsHeader).Select(s => (Source: (KernelSource?)s, Name: Path.GetFileNameWithoutExtension(s.FileName), Text: UnitText(s))).ToList();
-            units.Add((null, "fake_cuda", "#include \"fake_cuda.cpp\"\n"));
-            units.Add((null, "fake_nccl", "#include \"fake_nccl.cpp\"\n"));
+            foreach (string shimUnit in Libraries) units.Add((null, shimUnit, $"#include \"{shimUnit}.cpp\"\n"));
             var results = new (string? Object, string Log)[units.Count];
             Parallel.For(0, units.Count, new ParallelOptions { MaxDegreeOfParallelism = Math.Clamp(Environment.ProcessorCount, 1, 4) }, i =>
             {
@@ -91,9 +94,10 @@ public static partial class KernelEmulation
             });
 
             var failures = new List<EmulationFailure>();
-            for (int i = 0; i < units.Count - 2; i++)
+            int kernelUnits = units.Count - Libraries.Length;
+            for (int i = 0; i < kernelUnits; i++)
                 if (results[i].Object is null) failures.AddRange(Attribute(units[i].Source!, results[i].Log));
-            foreach (int i in new[] { units.Count - 2, units.Count - 1 })
+            for (int i = kernelUnits; i < units.Count; i++)
                 if (results[i].Object is null) throw new InvalidOperationException($"the emulated driver ({units[i].Name}.cpp) does not compile:\n{results[i].Log}");
 
             var linked = results.Where(r => r.Object is not null).Select(r => r.Object!).ToList();
@@ -108,6 +112,16 @@ public static partial class KernelEmulation
             return new EmulatedDriver(library, failures, clock.Elapsed);
         }
         finally { Directory.Delete(src, recursive: true); }
+    }
+
+    /// <summary>
+    /// Makes <paramref name="driver"/> the process's libcuda, libnccl and libcublas (the fake NCCL and cuBLAS are part of
+    /// the same library). The resolver never switches a loaded library: once per process.
+    /// </summary>
+    public static void Use(EmulatedDriver driver)
+    {
+        foreach (var library in new[] { Interop.CudaLibrary.Driver, Interop.CudaLibrary.Nccl, Interop.CudaLibrary.Cublas })
+            Interop.NativeLibraryResolver.UseLibrary(library, driver.LibraryPath);
     }
 
     /// <summary>The translation unit of one kernel file: the shim, the file, and a registration per kernel.</summary>

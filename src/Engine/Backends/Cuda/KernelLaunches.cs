@@ -48,6 +48,10 @@ public static class KernelLaunches
         new("gemv_bf16", "gemv.cu", 128, 0, 1.0),
         new("gemv_q8_0", "gemv.cu", 128, 0, 1.0),
         new("gemv_q4_0", "gemv.cu", 128, 0, 1.0),
+        new("convert_f32_to_f16", "convert.cu", 256, 0, 1.0),
+        new("convert_f32_to_bf16", "convert.cu", 256, 0, 1.0),
+        new("dequantize_q8_0_f16", "convert.cu", 256, 0, 1.0),
+        new("dequantize_q4_0_f16", "convert.cu", 256, 0, 1.0),
         new("argmax", "argmax.cu", 1024, 0, 1.0),
         new("sample", "sampling.cu", 256, 0, 0.625),
     ];
@@ -56,6 +60,12 @@ public static class KernelLaunches
 
     /// <summary>The launch of <paramref name="kernel"/>, or null when it has none declared.</summary>
     public static KernelLaunch? Find(string kernel) => ByName.GetValueOrDefault(kernel);
+
+    /// <summary>
+    /// The grid of an element-wise kernel over <paramref name="elements"/> values (activation.cu, convert.cu): a block of
+    /// 256 per 256 values up to 65535 × 8 blocks, past which the kernels' grid-stride loops take the rest.
+    /// </summary>
+    public static Interop.Driver.Dim3 ElementGrid(long elements) => new((uint)Math.Min((elements + 255) / 256, 65535L * 8));
 
     /// <summary>The launch of <paramref name="kernel"/>; throws when it has none declared.</summary>
     public static KernelLaunch For(string kernel) =>

@@ -55,6 +55,8 @@ public sealed class KernelSelfTest : IDisposable
         t.PrefillAttention();
         t.Activations();
         t.Gemv();
+        t.Conversions();
+        t.Gemm();
         t.ArgMax();
         t.Sampling();
         return t._results;
@@ -573,6 +575,82 @@ public sealed class KernelSelfTest : IDisposable
                 }
             // 256-term float sums of values up to ~5: a few 1e-5 of rounding, whatever the summation order.
             Check(kernel, $"{rows} × {cols}, {vectors} vectors", Download<float>(y, vectors * rows), expected, 1e-3);
+        });
+    }
+
+    void Conversions()
+    {
+        // Magnitudes from 2^-24 (f16's smallest subnormal) to 2^15 (f16's largest binade): every rounding case of both types.
+        const int n = 1000;
+        var x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = Next() * MathF.ScaleB(1f, i % 40 - 24);
+        x[0] = 0f;
+        x[1] = -0f;
+        var dx = Upload(x);
+        foreach (var (kernel, round, widen) in new (string, Func<float, ushort>, Func<ushort, float>)[]
+                 { ("convert_f32_to_f16", Fp16.FromSingle, Fp16.ToSingle), ("convert_f32_to_bf16", Bf16.FromSingle, Bf16.ToSingle) })
+            Guarded(kernel, () =>
+        {
+            var y = Zeros<ushort>(n);
+            K("convert.cu", kernel).Launch(new Dim3((n + 255) / 256), Block(kernel), new KernelArgs().Add(dx).Add(y).Add((long)n));
+            // Round to nearest even, exactly the CPU's conversion: no tolerance.
+            Check(kernel, $"n {n}, 2^-24 … 2^15", [.. Download<ushort>(y, n).Select(widen)], [.. x.Select(v => (double)widen(round(v)))], 0);
+        });
+        const int rows = 5, cols = 96;
+        var w = Random(rows * cols);
+        foreach (var (type, kernel) in new[] { (GgmlType.Q8_0, "dequantize_q8_0_f16"), (GgmlType.Q4_0, "dequantize_q4_0_f16") })
+            Guarded(kernel, () =>
+        {
+            var encoded = Encode(type, w, rows, cols);
+            var y = Zeros<ushort>(rows * cols);
+            K("convert.cu", kernel).Launch(new Dim3((rows * cols + 255) / 256), Block(kernel), new KernelArgs().Add(Upload(encoded)).Add(y).Add((long)rows * cols));
+            // d · q is exact in float (what Dequantize gives); its f16 rounding is the kernel's whole result.
+            Check(kernel, $"{rows} × {cols}", [.. Download<ushort>(y, rows * cols).Select(Fp16.ToSingle)],
+                [.. Decode(type, encoded, rows, cols).Select(v => (double)Fp16.ToSingle(Fp16.FromSingle(v)))], 0);
+        });
+    }
+
+    /// <summary>
+    /// <see cref="CudaGemm"/> — the backend's cuBLAS products for chunks of many rows — for every weight type it takes,
+    /// against double sums of the same rounded inputs: F32 as they are; F16 and BF16 weights with the activations rounded
+    /// to their type; Q8_0 and Q4_0 dequantized to f16 in slices of 32 rows (70 rows: three slices, the last short).
+    /// cuBLAS's transposes and leading dimensions are the thing under test here.
+    /// </summary>
+    void Gemm()
+    {
+        const string name = "cublas_gemm";
+        const int rows = 70, cols = 96, n = 9;
+        var w = Random(rows * cols);
+        var x = Random(n * cols);
+        var dx = Upload(x);
+        foreach (var type in new[] { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0 })
+            Guarded([name, "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16"], () =>
+        {
+            var gemm = CudaGemm.TryCreate(_ctx, GemmKernels.From(k => K("convert.cu", k)), n, cols, rows * cols, out string? unavailable, scratchElements: 32 * cols)
+                ?? throw new InvalidOperationException($"cuBLAS cannot be loaded: {unavailable}");
+            using (gemm)
+            {
+                _current = name;
+                var encoded = Encode(type, w, rows, cols);
+                var y = Zeros<float>(n * rows);
+                gemm.Multiply(Upload(encoded).Pointer, type, GgmlTypeInfo.RowBytes(type, cols), rows, cols, dx.Pointer, y.Pointer, n);
+                Func<float, float> input = type switch
+                {
+                    GgmlType.F32 => v => v,
+                    GgmlType.BF16 => v => Bf16.ToSingle(Bf16.FromSingle(v)),
+                    _ => v => Fp16.ToSingle(Fp16.FromSingle(v)),
+                };
+                var weights = Decode(type, encoded, rows, cols).Select(input).ToArray();   // F16/BF16 are exact already; Q8_0/Q4_0 round to f16
+                var expected = new double[n * rows];
+                for (int t = 0; t < n; t++)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        double dot = 0;
+                        for (int c = 0; c < cols; c++) dot += (double)weights[r * cols + c] * input(x[t * cols + c]);
+                        expected[t * rows + r] = dot;
+                    }
+                Check(name, $"{type} {rows} × {cols}, {n} rows", Download<float>(y, n * rows), expected, 1e-4);
+            }
         });
     }
 
