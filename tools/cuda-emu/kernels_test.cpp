@@ -395,7 +395,7 @@ static void sampling_check()
     l[8] = l[best] + 1;   // the raw argmax, suppressed
     std::vector<float> work(rows * vocab), probs(rows * vocab), tlp(rows), top_lp(rows * max_top);
     std::vector<int> tokens(rows), top_ids(rows * max_top);
-    emu::launch({rows}, {256}, [&] { sample(l.data(), vocab, p.data(), adj.data(), work.data(), probs.data(), tokens.data(), tlp.data(), top_ids.data(), top_lp.data(), max_top); });
+    emu::launch({rows}, {256}, [&] { sample(l.data(), nullptr, vocab, p.data(), adj.data(), work.data(), probs.data(), tokens.data(), tlp.data(), top_ids.data(), top_lp.data(), max_top); });
 
     std::vector<float> adjusted(l.begin(), l.begin() + vocab);
     adjusted[7] += 9.0f;

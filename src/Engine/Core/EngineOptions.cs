@@ -78,6 +78,13 @@ public sealed record EngineOptions
     /// </summary>
     public double GpuMemoryUtilization { get; init; } = 0.9;
 
+    /// <summary>
+    /// Sample on the host from logits copied back (<c>--host-sampling</c>), as the CPU backend does, instead of on the
+    /// device where they are (the default on CUDA with one rank, as vLLM does). Greedy picks and logprobs are the same
+    /// either way; seeded draws are not (the device's random stream is Philox, the host's System.Random).
+    /// </summary>
+    public bool HostSampling { get; init; }
+
     public const long DefaultKvCacheMemoryBytes = 2L << 30;
     public const int DefaultMaxModelLenCap = 4096;
 

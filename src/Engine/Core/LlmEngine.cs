@@ -49,6 +49,8 @@ public sealed class LlmEngine : IDisposable
     readonly Thread _thread;
     readonly IReadOnlySet<int> _eog;
     float[] _logits = [];
+    // The step's rows to sample on the device (IDeviceSampling): each sequence with its logit row (forks share one).
+    readonly List<(Sequence Seq, int Row)> _deviceRows = [];
     long _nextId;
     int _queued; // submitted but not yet run (or ended): the overload bound counts these
     long _steps, _finished, _generatedTokens;
@@ -56,7 +58,12 @@ public sealed class LlmEngine : IDisposable
     volatile Exception? _failure;
     volatile EngineStats _stats;
 
-    public LlmEngine(Model model, EngineOptions? options = null)
+    public LlmEngine(Model model, EngineOptions? options = null) : this(model, options, wrapExecutor: null)
+    {
+    }
+
+    /// <summary>Test hook: <paramref name="wrapExecutor"/> wraps the CPU executor (a fake device sampler over it).</summary>
+    internal LlmEngine(Model model, EngineOptions? options, Func<IModelExecutor, IModelExecutor>? wrapExecutor)
     {
         options ??= new EngineOptions();
         options.Validate();
@@ -71,8 +78,9 @@ public sealed class LlmEngine : IDisposable
         if (options.Device == EngineDevice.Cpu)
         {
             blocks = CpuKvBlocks(model, options, MaxModelLen);
-            _executor = new CpuExecutor(model, options.TensorParallelSize, options.Threads, maxBatchTokens, blocks, options.BlockSize,
+            IModelExecutor cpu = new CpuExecutor(model, options.TensorParallelSize, options.Threads, maxBatchTokens, blocks, options.BlockSize,
                 options.TensorParallelTimeout);
+            _executor = wrapExecutor?.Invoke(cpu) ?? cpu;
         }
         else
         {
@@ -431,11 +439,15 @@ public sealed class LlmEngine : IDisposable
                 _batch.AddToken(s, seq.TokenAt(p), p, _kv.Slot(seq.Id, p), wantLogits: p == seq.TotalTokens - 1);
         }
         int vocab = _model.Config.VocabSize;
-        if (_logits.Length < _batch.LogitRowCount * vocab) _logits = new float[_batch.LogitRowCount * vocab];
+        // A backend that samples where the logits are keeps them there: none come back unless a row needs them (beams).
+        var device = _executor as IDeviceSampling;
+        bool onDevice = device is not null && device.CanSampleOnDevice(_batch);
+        if (_logits.Length < (onDevice ? vocab : _batch.LogitRowCount * vocab)) _logits = new float[onDevice ? vocab : _batch.LogitRowCount * vocab];
 
         try
         {
-            _executor.Forward(_batch, _logits.AsSpan(0, _batch.LogitRowCount * vocab));
+            if (onDevice) device!.ForwardOnDevice(_batch);
+            else _executor.Forward(_batch, _logits.AsSpan(0, _batch.LogitRowCount * vocab));
         }
         catch (Distributed.CommunicatorException e)
         {
@@ -446,9 +458,7 @@ public sealed class LlmEngine : IDisposable
         }
         catch (Exception e) when (_executor.Failure is { } fatal)
         {
-            // The backend cannot run another step (a CUDA error poisons the context): the engine stops, every request with it.
-            _failure = new EngineFailedException(fatal == e ? e : new InvalidOperationException(e.Message, fatal));
-            foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+            StopOnBackendFailure(fatal, e);
             return true;
         }
         catch (Exception e)
@@ -460,30 +470,31 @@ public sealed class LlmEngine : IDisposable
 
         int row = 0;
         List<SequenceGroup>? beamGroups = null;
+        _deviceRows.Clear();
         foreach (var w in work.ToList())
         {
             var seq = w.Sequence;
             seq.ComputedTokens = w.Start + w.TokenCount;
             if (!w.SamplesNext) continue;
-            var logits = _logits.AsSpan(row++ * vocab, vocab);
+            int logitRow = row++;
             try
             {
                 BeforeSampleHook?.Invoke(seq);
                 if (seq.Group is { Beam: { } beam } beams)
                 {
                     var p = seq.Sampling;
+                    var logits = HostLogits(device, onDevice, logitRow, vocab);
                     seq.BeamProposals = BeamSearch.Propose(logits, beam.ProposalCount, beam.Length < p.MinTokens ? SuppressedBeforeMinTokens(p) : null);
                     (beamGroups ??= []).Add(beams);
                 }
                 else if (seq.Group is { Forked: false } group)
                 {
                     ForkGroup(seq, group);
-                    foreach (var fork in group.Forks.ToList()) SampleAndPublish(fork, logits);
+                    if (onDevice) foreach (var fork in group.Forks) _deviceRows.Add((fork, logitRow));
+                    else foreach (var fork in group.Forks.ToList()) SampleAndPublish(fork, _logits.AsSpan(logitRow * vocab, vocab));
                 }
-                else
-                {
-                    SampleAndPublish(seq, logits);
-                }
+                else if (onDevice) _deviceRows.Add((seq, logitRow));
+                else SampleAndPublish(seq, _logits.AsSpan(logitRow * vocab, vocab));
             }
             catch (Exception e)
             {
@@ -491,6 +502,7 @@ public sealed class LlmEngine : IDisposable
                 Fail(seq, e); // a request with forks fails as a whole
             }
         }
+        if (_deviceRows.Count > 0 && !SampleOnDevice(device!, vocab)) return true;
         // Beams advance together once every live beam has its proposals: after the loop, so that no sequence
         // of this step's work changes (forks, drops, new tokens) while the loop still reads it.
         foreach (var group in beamGroups?.Distinct() ?? [])
@@ -630,12 +642,91 @@ public sealed class LlmEngine : IDisposable
     /// <summary>Test hook (fault injection): runs before a sequence samples; an exception fails that request only.</summary>
     internal Action<Sequence>? BeforeSampleHook { get; set; }
 
-    void SampleAndPublish(Sequence seq, ReadOnlySpan<float> logits)
+    /// <summary>The backend cannot run another step (a CUDA error poisons the context): the engine stops, every request with it.</summary>
+    void StopOnBackendFailure(Exception fatal, Exception e)
+    {
+        _failure = new EngineFailedException(fatal == e ? e : new InvalidOperationException(e.Message, fatal));
+        foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+    }
+
+    /// <summary>Logit row <paramref name="logitRow"/> of the step on the host: where Forward put it, or copied from the device.</summary>
+    ReadOnlySpan<float> HostLogits(IDeviceSampling? device, bool onDevice, int logitRow, int vocab)
+    {
+        if (!onDevice) return _logits.AsSpan(logitRow * vocab, vocab);
+        device!.CopyLogits(logitRow, _logits.AsSpan(0, vocab));
+        return _logits.AsSpan(0, vocab);
+    }
+
+    /// <summary>
+    /// Samples the step's <see cref="_deviceRows"/> on the device, <see cref="IDeviceSampling.MaxSampleRows"/> at a time,
+    /// then publishes each token in order. A token id outside the vocabulary (a request's logit bias) refuses the whole
+    /// call: those rows are sampled on the host instead, where that request fails alone. False when the device failed
+    /// (the engine has stopped).
+    /// </summary>
+    bool SampleOnDevice(IDeviceSampling device, int vocab)
+    {
+        int most = Math.Max(1, device.MaxSampleRows);
+        for (int start = 0; start < _deviceRows.Count; start += most)
+        {
+            int count = Math.Min(most, _deviceRows.Count - start);
+            var chunk = _deviceRows.GetRange(start, count);
+            var rows = new int[count];
+            var samplers = new Sampler[count];
+            var suppress = new IReadOnlyCollection<int>?[count];
+            for (int i = 0; i < count; i++)
+            {
+                var (seq, logitRow) = chunk[i];
+                rows[i] = logitRow;
+                samplers[i] = seq.Sampler;
+                suppress[i] = SuppressFor(seq);
+            }
+            var results = new SampledToken[count];
+            try
+            {
+                device.Sample(rows, samplers, suppress, results);
+            }
+            catch (ArgumentException)
+            {
+                foreach (var (seq, logitRow) in chunk)
+                {
+                    if (seq.Status == SequenceStatus.Finished) continue;
+                    try { SampleAndPublish(seq, HostLogits(device, onDevice: true, logitRow, vocab)); }
+                    catch (Exception e) when (_executor.Failure is { } fatal)
+                    {
+                        StopOnBackendFailure(fatal, e);
+                        return false;
+                    }
+                    catch (Exception e) { Fail(seq, e); }
+                }
+                continue;
+            }
+            catch (Exception e) when (_executor.Failure is { } fatal)
+            {
+                StopOnBackendFailure(fatal, e);
+                return false;
+            }
+            for (int i = 0; i < count; i++)
+            {
+                var seq = chunk[i].Seq;
+                if (seq.Status == SequenceStatus.Finished) continue;   // a fork of a request that failed just before
+                try { Publish(seq, results[i]); }
+                catch (Exception e) { Fail(seq, e); }
+            }
+        }
+        return true;
+    }
+
+    /// <summary>The tokens <paramref name="seq"/> may not pick now: its end tokens before min_tokens, or null.</summary>
+    IReadOnlyCollection<int>? SuppressFor(Sequence seq) =>
+        seq.OutputTokens.Count < seq.Sampling.MinTokens ? SuppressedBeforeMinTokens(seq.Sampling) : null;
+
+    void SampleAndPublish(Sequence seq, ReadOnlySpan<float> logits) => Publish(seq, seq.Sampler.Sample(logits, SuppressFor(seq)));
+
+    /// <summary>Appends the token <paramref name="sampled"/> (already accepted by the sequence's sampler), streams it, and finishes the sequence when it ends it.</summary>
+    void Publish(Sequence seq, SampledToken sampled)
     {
         var p = seq.Sampling;
         bool beforeMin = seq.OutputTokens.Count < p.MinTokens;
-        IReadOnlyCollection<int>? suppress = beforeMin ? SuppressedBeforeMinTokens(p) : null;
-        var sampled = seq.Sampler.Sample(logits, suppress);
         int token = sampled.TokenId;
         seq.AppendToken(token);
         _generatedTokens++;

@@ -4,7 +4,9 @@
 // and the log-probability of the chosen token with the top-N log-probabilities of the raw logits.
 //
 // Launch: grid = (num_rows), block = (256) — any multiple of 32 up to 1024 works; one block per row.
-//   logits        [num_rows][vocab]  raw, as the model produced them (read only: logprobs are of these)
+//   logits        [*][vocab]         raw, as the model produced them (read only: logprobs are of these)
+//   logit_rows    [num_rows]         the logits row each row samples from (a step's rows in any order, one row
+//                                    for several forks of a request), or null: row r samples logits row r
 //   rows          [num_rows]         tm_sampling_row, packed by CudaSampler
 //   adjustments   the rows' token adjustments, row r's at [rows[r].adjust_begin, + adjust_count), one per token id:
 //                 a sparse list of the tokens seen (with their output counts), the biased and the suppressed ones —
@@ -194,7 +196,7 @@ __device__ tm_cut tm_find_cut(const float* __restrict__ row, const float* __rest
     return {key, lo};
 }
 
-extern "C" __global__ void sample(const float* __restrict__ logits, int vocab, const tm_sampling_row* __restrict__ rows,
+extern "C" __global__ void sample(const float* __restrict__ logits, const int* __restrict__ logit_rows, int vocab, const tm_sampling_row* __restrict__ rows,
                                   const tm_token_adjustment* __restrict__ adjustments, float* __restrict__ work,
                                   float* __restrict__ probs, int* __restrict__ tokens, float* __restrict__ token_logprobs,
                                   int* __restrict__ top_ids, float* __restrict__ top_logprobs, int max_top)
@@ -208,7 +210,7 @@ extern "C" __global__ void sample(const float* __restrict__ logits, int vocab, c
     __shared__ double drawing_residual;
 
     const tm_sampling_row p = rows[blockIdx.x];
-    const float* raw = logits + (tm_i64)blockIdx.x * vocab;
+    const float* raw = logits + (tm_i64)(logit_rows ? logit_rows[blockIdx.x] : (int)blockIdx.x) * vocab;
     float* adjusted = work + (tm_i64)blockIdx.x * vocab;
     float* prob = probs + (tm_i64)blockIdx.x * vocab;
 

@@ -55,6 +55,8 @@ public static class GenerateCommand
                                      the emulated driver of tools/cuda-emu, built with g++: slow, for testing without a GPU)
           --gpu-memory-utilization F share of the GPU's memory to use, 0 < F ≤ 1 (default 0.9): the KV cache gets what
                                      the weights leave of it; --kv-cache-memory / --num-kv-blocks override it
+          --host-sampling            CUDA: copy the logits back and sample on the host (default: sample on the GPU,
+                                     one launch per step; seeded draws differ between the two, greedy ones do not)
           --block-size N             tokens per KV block (default 16)
           --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
@@ -81,7 +83,7 @@ public static class GenerateCommand
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
         "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers",
     ];
-    internal static readonly string[] EngineFlags = ["no-prefix-caching", "help"];
+    internal static readonly string[] EngineFlags = ["no-prefix-caching", "host-sampling", "help"];
 
     internal static readonly HashSet<string> ValueOptions =
     [
@@ -152,6 +154,7 @@ public static class GenerateCommand
         EvictionPolicy = ParseEvictionPolicy(a.String("eviction-policy") ?? "lru"),
         Device = ParseDevice(a.String("device") ?? "cpu"),
         GpuMemoryUtilization = a.Float("gpu-memory-utilization", 0.9f, min: 0.01f, max: 1),
+        HostSampling = a.Flag("host-sampling"),
     };
 
     /// <summary>The <c>--device</c> names, as <see cref="ParseDevice"/> takes them.</summary>

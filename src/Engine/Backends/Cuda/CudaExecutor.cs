@@ -25,7 +25,7 @@ namespace TokenMill.Backends.Cuda;
 /// naming the rank and the operation, and the executor stays failed.
 /// UNVERIFIED ON HARDWARE: tested on the emulated driver (and, for tensor parallelism, the fake NCCL) only.
 /// </remarks>
-public sealed class CudaExecutor : IModelExecutor
+public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
 {
     static readonly Lock EmulationGate = new();
     static string? s_emulatedDriver;
@@ -109,7 +109,8 @@ public sealed class CudaExecutor : IModelExecutor
             {
                 contexts[r].MakeCurrent();
                 shards.Add(TensorParallelShard.Create(model, r, n));
-                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize, gemmMinRows));
+                forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize, gemmMinRows,
+                    maxSampleRows: n > 1 || options.HostSampling ? 0 : Math.Min(maxBatchTokens, options.MaxNumSeqs)));
             }
             // Every rank has the same block tables: the pool is the fewest blocks any rank's device holds.
             int blocks = int.MaxValue;
@@ -260,6 +261,53 @@ public sealed class CudaExecutor : IModelExecutor
         }
         MakeCurrent(0);
         try { _forwards[0].Forward(batch, _kvs[0], logits); }   // a batch refused by its validation throws ArgumentException: not a failure of the device
+        catch (CudaInteropException e)
+        {
+            Interlocked.CompareExchange(ref _failure, e, null);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Whether the step's logits can stay on the device and be sampled there: one rank, sampling not sent to the host
+    /// (<see cref="EngineOptions.HostSampling"/>), and its logit rows within the logits buffer.
+    /// </summary>
+    public bool CanSampleOnDevice(ForwardBatch batch) => _ranks is null && _forwards[0].CanSampleOnDevice(batch);
+
+    public void ForwardOnDevice(ForwardBatch batch) => OnDevice(() => _forwards[0].ForwardOnDevice(batch, _kvs[0]));
+
+    public void CopyLogits(int logitRow, Span<float> destination)
+    {
+        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+        MakeCurrent(0);
+        try { _forwards[0].CopyLogits(logitRow, destination); }
+        catch (CudaInteropException e)
+        {
+            Interlocked.CompareExchange(ref _failure, e, null);
+            throw;
+        }
+    }
+
+    public int MaxSampleRows => _ranks is null ? _forwards[0].MaxSampleRows : 0;
+
+    public void Sample(ReadOnlySpan<int> logitRows, IReadOnlyList<Sampling.Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?> suppress, Span<Sampling.SampledToken> results)
+    {
+        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+        MakeCurrent(0);
+        try { _forwards[0].Sample(logitRows, samplers, suppress, results); }   // a token id outside the vocabulary throws ArgumentException: not a device failure
+        catch (CudaInteropException e)
+        {
+            Interlocked.CompareExchange(ref _failure, e, null);
+            throw;
+        }
+    }
+
+    /// <summary>Runs rank 0's <paramref name="step"/> (one rank only) on this thread; a CUDA error fails the executor for good.</summary>
+    void OnDevice(Action step)
+    {
+        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+        MakeCurrent(0);
+        try { step(); }
         catch (CudaInteropException e)
         {
             Interlocked.CompareExchange(ref _failure, e, null);

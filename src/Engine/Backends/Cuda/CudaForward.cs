@@ -4,6 +4,7 @@ using TokenMill.Interop.Driver;
 using TokenMill.Models;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
+using TokenMill.Sampling;
 
 namespace TokenMill.Backends.Cuda;
 
@@ -113,7 +114,7 @@ public sealed class CudaForward : IDisposable
         "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
         "reshape_and_cache_f32", "paged_attention_decode_f32", "paged_attention_decode_split_f32", "paged_attention_reduce",
         "paged_attention_prefill_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
-        "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16",
+        "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16", CudaSampler.KernelName,
     ];
 
     /// <summary>
@@ -176,6 +177,8 @@ public sealed class CudaForward : IDisposable
     // cuBLAS for chunks of at least _gemmMinRows rows; null (with the reason) when the library cannot be loaded.
     readonly CudaGemm? _gemm;
     readonly int _gemmMinRows;
+    // Sampling where the logits are (one rank only); null when the host samples.
+    readonly CudaSampler? _sampler;
 
     /// <param name="context">The device's context, current on the calling thread.</param>
     /// <param name="model">The model; its weights are uploaded now.</param>
@@ -211,9 +214,10 @@ public sealed class CudaForward : IDisposable
     /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="partitionSize">Positions per split-K decode partition.</param>
     /// <param name="gemmMinRows">Rows of a chunk from which products run on cuBLAS.</param>
+    /// <param name="maxSampleRows">Samplers one <see cref="Sample"/> call takes; 0 (and always under tensor parallelism): no device sampler, the host samples.</param>
     internal CudaForward(CudaContext context, TensorParallelShard shard, IDeviceCommunicator? communicator, KernelCompiler compiler,
                          IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize,
-                         int gemmMinRows = GemmMinRows)
+                         int gemmMinRows = GemmMinRows, int maxSampleRows = 0)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(gemmMinRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
@@ -281,6 +285,7 @@ public sealed class CudaForward : IDisposable
             _up = Floats((long)n * _c.FeedForwardLength);
             _hl = Floats((long)n * d);
             _logits = Floats((long)n * (_comm is null ? _c.VocabSize : _vocabPerRank));
+            if (_comm is null && maxSampleRows > 0) _sampler = Own(new CudaSampler(context, Kernel(CudaSampler.KernelName), _c.VocabSize, maxSampleRows));
             if (_comm is not null)
             {
                 _collectives = Own(context.CreateStream());
@@ -490,15 +495,63 @@ public sealed class CudaForward : IDisposable
                 _hostLogitRows[nextLogit - first] = logitRows[nextLogit] - start;
                 nextLogit++;
             }
-            RunChunk(batch, kv, start, n, nextLogit - first);
+            RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: 0);
             if (nextLogit == first) continue;
             if (_comm is null) _logits.CopyTo(logits.Slice(first * vocab, (nextLogit - first) * vocab));   // waits for the chunk's kernels
             else GatherLogits(nextLogit - first, logits.Slice(first * vocab, (nextLogit - first) * vocab));
         }
     }
 
+    /// <summary>Whether <see cref="ForwardOnDevice"/> takes <paramref name="batch"/>: a device sampler, one rank, and every logit row fitting the logits buffer.</summary>
+    public bool CanSampleOnDevice(ForwardBatch batch) => _sampler is not null && batch.LogitRowCount <= _maxTokens;
+
+    /// <summary>
+    /// <see cref="Forward"/> without the copy: the step's logit rows stay on the device, row r of <see cref="ForwardBatch.LogitRows"/>
+    /// at row r of the logits buffer, for <see cref="Sample"/> and <see cref="CopyLogits"/>.
+    /// </summary>
+    public void ForwardOnDevice(ForwardBatch batch, CudaKvCache kv)
+    {
+        if (!CanSampleOnDevice(batch))
+            throw new InvalidOperationException(_sampler is null ? "this forward pass samples on the host (no device sampler)"
+                : $"{batch.LogitRowCount} logit rows do not fit the device's {_maxTokens}-row logits buffer");
+        Validate(batch, kv, batch.LogitRowCount * _c.VocabSize);
+        LastAttention = AttentionKernels.None;
+        LastGemm = false;
+        var logitRows = batch.LogitRows;
+        int nextLogit = 0;
+        for (int start = 0; start < batch.TokenCount; start += _maxTokens)
+        {
+            int n = Math.Min(_maxTokens, batch.TokenCount - start);
+            int first = nextLogit;
+            while (nextLogit < logitRows.Length && logitRows[nextLogit] < start + n)
+            {
+                _hostLogitRows[nextLogit - first] = logitRows[nextLogit] - start;
+                nextLogit++;
+            }
+            RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: first);
+        }
+    }
+
+    /// <summary>Logit row <paramref name="row"/> of the last <see cref="ForwardOnDevice"/> step, copied to the host.</summary>
+    public void CopyLogits(int row, Span<float> destination)
+    {
+        int vocab = _c.VocabSize;
+        if ((uint)row >= (uint)_maxTokens) throw new ArgumentOutOfRangeException(nameof(row), row, $"the logits buffer has {_maxTokens} rows");
+        _logits.CopyTo(destination[..vocab], (long)row * vocab * sizeof(float));
+    }
+
+    /// <summary>Samplers one <see cref="Sample"/> call takes (0 without a device sampler).</summary>
+    public int MaxSampleRows => _sampler?.MaxRows ?? 0;
+
+    /// <summary>Samples from logit rows of the last <see cref="ForwardOnDevice"/> step on the device (<see cref="CudaSampler.Sample"/>).</summary>
+    public void Sample(ReadOnlySpan<int> logitRows, IReadOnlyList<Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?> suppress, Span<SampledToken> results)
+    {
+        if (_sampler is null) throw new InvalidOperationException("this forward pass samples on the host (no device sampler)");
+        _sampler.Sample(_logits, samplers, results, suppress, logitRows);
+    }
+
     /// <summary>All layers for batch rows [start, start + n), then the classifier for the chunk's <paramref name="logitCount"/> logit rows.</summary>
-    void RunChunk(ForwardBatch batch, CudaKvCache kv, int start, int n, int logitCount)
+    void RunChunk(ForwardBatch batch, CudaKvCache kv, int start, int n, int logitCount, int logitOffset)
     {
         int d = _c.EmbeddingLength, ff = _c.FeedForwardLength;
         float eps = _c.RmsNormEps;
@@ -531,9 +584,9 @@ public sealed class CudaForward : IDisposable
         {
             var lw = _layers[layer];
             LayerHook?.Invoke(layer);
-            MatMul(lw.Wq, _h, _q, n);
-            MatMul(lw.Wk, _h, _k, n);
-            MatMul(lw.Wv, _h, _v, n);
+            MatMul(lw.Wq, _h, _q.Pointer, n);
+            MatMul(lw.Wk, _h, _k.Pointer, n);
+            MatMul(lw.Wv, _h, _v.Pointer, n);
             _rope.Launch(rows, Block(_rope), _args.Clear().Add(_q).Add(_k).Add(_positions)
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
@@ -541,16 +594,16 @@ public sealed class CudaForward : IDisposable
             _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim));
             Attention(kv, layer, scale);
-            MatMul(lw.Wo, _att, _delta, n);
+            MatMul(lw.Wo, _att, _delta.Pointer, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel wo: each rank holds a partial sum over its heads
             // x += attention output; h = ffn_norm(x)
             _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps));
-            MatMul(lw.Gate, _h, _gate, n);
-            MatMul(lw.Up, _h, _up, n);
+            MatMul(lw.Gate, _h, _gate.Pointer, n);
+            MatMul(lw.Up, _h, _up.Pointer, n);
             long elements = (long)n * ff;
             _siluAndMul.Launch(KernelLaunches.ElementGrid(elements), Block(_siluAndMul),
                 _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements));
-            MatMul(lw.Down, _gate, _delta, n);
+            MatMul(lw.Down, _gate, _delta.Pointer, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel down: a partial sum over this rank's FFN slice
             // x += MLP output; h = the next layer's attn_norm(x), or after the last layer the output norm.
             var nextNorm = layer + 1 < _layers.Length ? _layers[layer + 1].AttnNorm : _outputNorm;
@@ -559,7 +612,7 @@ public sealed class CudaForward : IDisposable
         if (logitCount == 0) return;
         // Gather the rows that want logits (embedding_f32 with the normed rows as its table: a row copy, × 1), then the classifier.
         _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f));
-        MatMul(_output, _hl, _logits, logitCount);
+        MatMul(_output, _hl, Offset(_logits, (long)logitOffset * (_comm is null ? _c.VocabSize : _vocabPerRank)), logitCount);
     }
 
     /// <summary>
@@ -630,11 +683,11 @@ public sealed class CudaForward : IDisposable
     static CUdeviceptr Offset(DeviceBuffer buffer, long elements) => new(buffer.Pointer.Value + (ulong)(elements * sizeof(float)));
 
     /// <summary>y[t] = W · x[t] for the n rows of x: a cuBLAS GEMM from <see cref="GemmMinRows"/> rows (when cuBLAS loaded), else the GEMV kernel.</summary>
-    void MatMul(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)
+    void MatMul(DeviceMatrix w, DeviceBuffer x, CUdeviceptr y, int n)
     {
         if (_gemm is not null && n >= _gemmMinRows)
         {
-            _gemm.Multiply(w.Buffer.Pointer, w.Type, w.RowBytes, w.Rows, w.Columns, x.Pointer, y.Pointer, n);
+            _gemm.Multiply(w.Buffer.Pointer, w.Type, w.RowBytes, w.Rows, w.Columns, x.Pointer, y, n);
             LastGemm = true;
         }
         else Gemv(w, x, y, n);
@@ -644,7 +697,7 @@ public sealed class CudaForward : IDisposable
     public bool LastGemm { get; private set; }
 
     /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
-    void Gemv(DeviceMatrix w, DeviceBuffer x, DeviceBuffer y, int n)
+    void Gemv(DeviceMatrix w, DeviceBuffer x, CUdeviceptr y, int n)
     {
         uint blocks = (uint)((w.Rows + _gemvRowsPerBlock - 1) / _gemvRowsPerBlock);
         w.Gemv.Launch(new Dim3(blocks, (uint)n), Block(w.Gemv), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns));

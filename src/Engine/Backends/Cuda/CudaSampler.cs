@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using TokenMill.Interop;
 using TokenMill.Interop.Driver;
 using TokenMill.Sampling;
 
@@ -54,7 +55,7 @@ public sealed class CudaSampler : IDisposable
     readonly CudaKernel _kernel;
     readonly KernelLaunch _launch;
     readonly KernelArgs _args = new();
-    readonly DeviceBuffer _rows, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs;
+    readonly DeviceBuffer _rows, _logitRows, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs;
     DeviceBuffer _adjustments;
     // Host staging, reused every step: a step allocates only the top-logprob arrays a request asked for.
     readonly Packer _packer;
@@ -79,6 +80,7 @@ public sealed class CudaSampler : IDisposable
         MaxRows = maxRows;
         long cells = (long)maxRows * vocabSize;
         _rows = context.Allocate(maxRows * Marshal.SizeOf<Row>());
+        _logitRows = context.Allocate(maxRows * sizeof(int));
         _packer = new Packer(vocabSize, maxRows);
         _adjustments = context.Allocate(_packer.AdjustmentCapacity * Marshal.SizeOf<Adjustment>());
         _work = context.Allocate(cells * sizeof(float));
@@ -102,17 +104,28 @@ public sealed class CudaSampler : IDisposable
     /// <summary>
     /// Samples one token per row of <paramref name="logits"/> (<c>[samplers.Count][VocabSize]</c> floats) into
     /// <paramref name="results"/>, and accepts each into its sampler. <paramref name="suppress"/>, when given, holds per
-    /// row the tokens that can never be picked (end-of-generation before <c>min_tokens</c>), or null.
+    /// row the tokens that can never be picked (end-of-generation before <c>min_tokens</c>), or null. With
+    /// <paramref name="logitRows"/>, sampler r draws from logits row logitRows[r] instead (any order; forks of one
+    /// request share a row).
     /// </summary>
     public void Sample(DeviceBuffer logits, IReadOnlyList<Sampler> samplers, Span<SampledToken> results,
-                       IReadOnlyList<IReadOnlyCollection<int>?>? suppress = null)
+                       IReadOnlyList<IReadOnlyCollection<int>?>? suppress = null, ReadOnlySpan<int> logitRows = default)
     {
         int n = samplers.Count;
         if (n < 1 || n > MaxRows) throw new ArgumentOutOfRangeException(nameof(samplers), n, $"rows must be in [1, {MaxRows}], got {n}");
         if (results.Length < n) throw new ArgumentException($"results has room for {results.Length} tokens, {n} rows are sampled", nameof(results));
         if (suppress is not null && suppress.Count != n) throw new ArgumentException($"suppress has {suppress.Count} rows, samplers {n}", nameof(suppress));
-        if (logits.Bytes < (long)n * VocabSize * sizeof(float))
+        long logitRowCount = logits.Bytes / ((long)VocabSize * sizeof(float));
+        if (logitRows.IsEmpty && logitRowCount < n)
             throw new ArgumentException($"logits holds {logits.Bytes} bytes, {n} rows × {VocabSize} floats need {(long)n * VocabSize * sizeof(float)}", nameof(logits));
+        if (!logitRows.IsEmpty)
+        {
+            if (logitRows.Length != n) throw new ArgumentException($"logitRows has {logitRows.Length} rows, samplers {n}", nameof(logitRows));
+            foreach (int row in logitRows)
+                if ((uint)row >= (ulong)logitRowCount)
+                    throw new ArgumentOutOfRangeException(nameof(logitRows), row, $"logit row {row} is outside the {logitRowCount} rows of logits");
+            _logitRows.CopyFrom(logitRows);
+        }
 
         _packer.Pack(samplers, suppress);
         _rows.CopyFrom<Row>(_packer.Rows);
@@ -127,7 +140,7 @@ public sealed class CudaSampler : IDisposable
         }
 
         _kernel.Launch(new Dim3((uint)n), new Dim3((uint)_launch.BlockSize), _args.Clear()
-            .Add(logits).Add(VocabSize).Add(_rows).Add(_adjustments).Add(_work).Add(_probs)
+            .Add(logits).Add(logitRows.IsEmpty ? new CUdeviceptr(0) : _logitRows.Pointer).Add(VocabSize).Add(_rows).Add(_adjustments).Add(_work).Add(_probs)
             .Add(_tokens).Add(_tokenLogprobs).Add(_topIds).Add(_topLogprobs).Add(SamplingParams.MaxLogprobs), (uint)_launch.DynamicSharedBytes);
         _context.Synchronize();
         _tokens.CopyTo<int>(_hostTokens.AsSpan(0, n));
@@ -234,6 +247,6 @@ public sealed class CudaSampler : IDisposable
 
     public void Dispose()
     {
-        foreach (var b in new[] { _rows, _adjustments, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs }) b.Dispose();
+        foreach (var b in new[] { _rows, _logitRows, _adjustments, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs }) b.Dispose();
     }
 }

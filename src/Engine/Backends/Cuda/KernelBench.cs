@@ -434,7 +434,7 @@ public sealed class KernelBench : IDisposable
                     row[10] = 42;
                     var table = new int[rows * 14];
                     for (int r = 0; r < rows; r++) row.CopyTo(table, r * 14);
-                    var args = new KernelArgs().Add(b.Floats((long)rows * vocab, 4f)).Add(vocab).Add(b.Upload(table)).Add(b.Zeros(16))
+                    var args = new KernelArgs().Add(b.Floats((long)rows * vocab, 4f)).Add(new CUdeviceptr(0)).Add(vocab).Add(b.Upload(table)).Add(b.Zeros(16))
                         .Add(b.Zeros((long)rows * vocab * 4)).Add(b.Zeros((long)rows * vocab * 4)).Add(b.Zeros(rows * 4L))
                         .Add(b.Zeros(rows * 4L)).Add(b.Zeros(rows * 4L)).Add(b.Zeros(rows * 4L)).Add(1);
                     // Reads the logits, writes the adjusted logits and the kept probabilities: the least a row takes.

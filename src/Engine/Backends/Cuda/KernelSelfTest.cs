@@ -723,12 +723,16 @@ public sealed class KernelSelfTest : IDisposable
             var gpt2Tokens = SamplingBatch(kernel, odd, oddLogits, gpt2);
 
             // The same seeds and history again, the rows in reverse order: each request draws the same token wherever
-            // it sits in the batch.
+            // it sits in the batch — its logits moved, and (logit_rows) read from where they are.
             var reversedLogits = new float[oddLogits.Length];
             for (int r = 0; r < gpt2.Length; r++) oddLogits.AsSpan(r * odd, odd).CopyTo(reversedLogits.AsSpan((gpt2.Length - 1 - r) * odd));
             var again = Enumerable.Reverse(SamplingBatch(kernel, odd, reversedLogits, [.. Enumerable.Reverse(gpt2)], compare: false));
             _results.Add(new KernelCheck(CudaSampler.KernelName, $"vocab {odd}, seeded rerun in reverse row order: tokens that differ",
                                          gpt2Tokens.Zip(again).Count(t => t.First != t.Second), 0));
+            int[] reversedRows = [.. Enumerable.Range(0, gpt2.Length).Reverse()];
+            var indirect = Enumerable.Reverse(SamplingBatch(kernel, odd, oddLogits, [.. Enumerable.Reverse(gpt2)], compare: false, logitRows: reversedRows));
+            _results.Add(new KernelCheck(CudaSampler.KernelName, $"vocab {odd}, seeded rerun through logit_rows in reverse: tokens that differ",
+                                         gpt2Tokens.Zip(indirect).Count(t => t.First != t.Second), 0));
 
             SamplingDistribution(kernel);
         });
@@ -750,13 +754,13 @@ public sealed class KernelSelfTest : IDisposable
     /// same state: the adjusted logits exactly; greedy picks equal; otherwise the distribution drawn from equal to the
     /// CPU's kept tokens and probabilities, and the pick among them; logprobs of the raw logits within 1e-4.
     /// </summary>
-    int[] SamplingBatch(CudaKernel kernel, int vocab, float[] logits, SamplingCase[] cases, bool compare = true)
+    int[] SamplingBatch(CudaKernel kernel, int vocab, float[] logits, SamplingCase[] cases, bool compare = true, int[]? logitRows = null)
     {
         int rows = cases.Length;
         using var sampler = new CudaSampler(_ctx, kernel, vocab, rows);
         var gpu = cases.Select(NewSampler).ToList();
         var results = new SampledToken[rows];
-        sampler.Sample(Upload(logits), gpu, results, [.. cases.Select(c => (IReadOnlyCollection<int>?)c.Suppress)]);
+        sampler.Sample(Upload(logits), gpu, results, [.. cases.Select(c => (IReadOnlyCollection<int>?)c.Suppress)], logitRows);
         _ctx.Synchronize();
         var tokens = results.Select(r => r.TokenId).ToArray();
         if (!compare) return tokens;
