@@ -18,6 +18,7 @@
 #include "paged_attention_prefill.cu"
 #include "activation.cu"
 #include "gemv.cu"
+#include "convert.cu"
 #include "argmax.cu"
 #include "sampling.cu"
 
@@ -314,6 +315,26 @@ static void activations()
     check("silu_and_mul in place (out = gate)", inplace, e, 1e-5);
 }
 
+// Random Q8_0 and Q4_0 blocks (the same scales in both), and their values decoded by the ggml formulas.
+struct QuantizedBlocks { std::vector<unsigned char> q8, q4; std::vector<float> d8, d4; };
+static QuantizedBlocks quantized_blocks(int nb)
+{
+    QuantizedBlocks r{std::vector<unsigned char>(nb * 34), std::vector<unsigned char>(nb * 18), std::vector<float>(nb * 32), std::vector<float>(nb * 32)};
+    for (int b = 0; b < nb; b++)
+    {
+        float d = 0.01f + std::fabs(rnd()) * 0.02f; unsigned short dbits = half_bits(d); float dr = half_round(d);
+        std::memcpy(&r.q8[b * 34], &dbits, 2); std::memcpy(&r.q4[b * 18], &dbits, 2);
+        for (int j = 0; j < 32; j++) { int q = (int)(rnd() * 127); r.q8[b * 34 + 2 + j] = (unsigned char)(signed char)q; r.d8[b * 32 + j] = dr * q; }
+        for (int j = 0; j < 16; j++)
+        {
+            int lo = (int)((rnd() + 1) * 7.99f), hi = (int)((rnd() + 1) * 7.99f);
+            r.q4[b * 18 + 2 + j] = (unsigned char)(lo | (hi << 4));
+            r.d4[b * 32 + j] = dr * (lo - 8); r.d4[b * 32 + j + 16] = dr * (hi - 8);
+        }
+    }
+    return r;
+}
+
 static void gemv()
 {
     const int rows = 70, cols = 256, nv = 3;
@@ -333,23 +354,33 @@ static void gemv()
     for (size_t i = 0; i < wf.size(); i++) { uint32_t u; std::memcpy(&u, &wf[i], 4); wb[i] = u >> 16; u = (uint32_t)wb[i] << 16; std::memcpy(&db[i], &u, 4); }
     run("gemv_bf16", [](const void* w, const float* x, float* y, int r, int c) { gemv_bf16((const tm_bf16*)w, x, y, r, c); }, wb.data(), db);
 
-    // Random quantized blocks, decoded by the ggml formulas.
-    int nb = rows * cols / 32;
-    std::vector<unsigned char> q8(nb * 34), q4(nb * 18); std::vector<float> d8(wf.size()), d4(wf.size());
-    for (int b = 0; b < nb; b++)
-    {
-        float d = 0.01f + std::fabs(rnd()) * 0.02f; unsigned short dbits = half_bits(d); float dr = half_round(d);
-        std::memcpy(&q8[b * 34], &dbits, 2); std::memcpy(&q4[b * 18], &dbits, 2);
-        for (int j = 0; j < 32; j++) { int q = (int)(rnd() * 127); q8[b * 34 + 2 + j] = (unsigned char)(signed char)q; d8[b * 32 + j] = dr * q; }
-        for (int j = 0; j < 16; j++)
-        {
-            int lo = (int)((rnd() + 1) * 7.99f), hi = (int)((rnd() + 1) * 7.99f);
-            q4[b * 18 + 2 + j] = (unsigned char)(lo | (hi << 4));
-            d4[b * 32 + j] = dr * (lo - 8); d4[b * 32 + j + 16] = dr * (hi - 8);
-        }
-    }
-    run("gemv_q8_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q8_0((const tm_u8*)w, x, y, r, c); }, q8.data(), d8);
-    run("gemv_q4_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q4_0((const tm_u8*)w, x, y, r, c); }, q4.data(), d4);
+    auto q = quantized_blocks(rows * cols / 32);
+    run("gemv_q8_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q8_0((const tm_u8*)w, x, y, r, c); }, q.q8.data(), q.d8);
+    run("gemv_q4_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q4_0((const tm_u8*)w, x, y, r, c); }, q.q4.data(), q.d4);
+}
+
+// The inputs of the backend's cuBLAS GEMMs: round to nearest even, bit for bit.
+static void convert_check()
+{
+    const int n = 1000;
+    std::vector<float> x(n);
+    for (int i = 0; i < n; i++) x[i] = rnd() * std::ldexp(1.0f, i % 40 - 24);   // 2^-24 (f16's smallest subnormal) … 2^15
+    std::vector<unsigned short> y(n), e(n);
+    emu::launch({(n + 255) / 256}, {256}, [&] { convert_f32_to_f16(x.data(), y.data(), n); });
+    for (int i = 0; i < n; i++) e[i] = half_bits(x[i]);
+    check("convert_f32_to_f16 1000 values (bits)", y, e, 0);
+    emu::launch({(n + 255) / 256}, {256}, [&] { convert_f32_to_bf16(x.data(), y.data(), n); });
+    for (int i = 0; i < n; i++) { uint32_t u; std::memcpy(&u, &x[i], 4); e[i] = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); }
+    check("convert_f32_to_bf16 1000 values (bits)", y, e, 0);
+    const int blocks = 15;   // 5 rows of 96
+    auto q = quantized_blocks(blocks);
+    std::vector<unsigned short> w(blocks * 32), we(w.size());
+    emu::launch({(blocks * 32 + 255) / 256}, {256}, [&] { dequantize_q8_0_f16(q.q8.data(), w.data(), blocks * 32); });
+    for (int i = 0; i < blocks * 32; i++) we[i] = half_bits(q.d8[i]);   // d · q is exact in float: the f16 rounding is the result
+    check("dequantize_q8_0_f16 15 blocks (bits)", w, we, 0);
+    emu::launch({(blocks * 32 + 255) / 256}, {256}, [&] { dequantize_q4_0_f16(q.q4.data(), w.data(), blocks * 32); });
+    for (int i = 0; i < blocks * 32; i++) we[i] = half_bits(q.d4[i]);
+    check("dequantize_q4_0_f16 15 blocks (bits)", w, we, 0);
 }
 
 static void argmax_check()
@@ -446,13 +477,13 @@ static void sampling_check()
     }
 }
 
-// With arguments, runs only the named groups (embedding, norms, rope, attention, split, prefill, activations, gemv, argmax, sampling).
+// With arguments, runs only the named groups (embedding, norms, rope, attention, split, prefill, activations, gemv, convert, argmax, sampling).
 int main(int argc, char** argv)
 {
     const std::pair<const char*, void (*)()> groups[] = {
         {"embedding", embedding}, {"norms", norms}, {"rope", rope_check}, {"attention", cache_and_attention},
         {"split", split_attention}, {"prefill", prefill_attention},
-        {"activations", activations}, {"gemv", gemv}, {"argmax", argmax_check}, {"sampling", sampling_check},
+        {"activations", activations}, {"gemv", gemv}, {"convert", convert_check}, {"argmax", argmax_check}, {"sampling", sampling_check},
     };
     for (int i = 1; i < argc; i++)
         if (std::none_of(std::begin(groups), std::end(groups), [&](auto& g) { return std::string(g.first) == argv[i]; }))
