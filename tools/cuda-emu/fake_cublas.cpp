@@ -48,8 +48,8 @@ void store(void* p, int type, size_t i, float v)
     {
         unsigned int u;
         std::memcpy(&u, &v, 4);
-        u += 0x7fffu + ((u >> 16) & 1u);   // round to nearest even (finite values; the GEMMs here make no NaN)
-        bits = (unsigned short)(u >> 16);
+        if ((u & 0x7fffffffu) > 0x7f800000u) bits = (unsigned short)((u >> 16) | 0x40u);   // NaN stays a (quiet) NaN
+        else bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);              // round to nearest even
     }
     else
     {
@@ -120,9 +120,11 @@ cublasStatus_t cublasSgemm_v2(void* handle, int transa, int transb, int m, int n
 cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, int k, const void* alpha, const void* A, int atype, int lda,
                             const void* B, int btype, int ldb, const void* beta, void* C, int ctype, int ldc, int compute, int /*algo*/)
 {
-    // The float-compute rows of cublasGemmEx's table of supported types (alpha and beta are then floats).
-    bool supported = compute == COMPUTE_32F || compute == COMPUTE_32F_FAST_16F || compute == COMPUTE_32F_FAST_16BF || compute == COMPUTE_32F_FAST_TF32;
-    supported &= atype == btype && (atype == R_32F ? ctype == R_32F : (atype == R_16F || atype == R_16BF) && (ctype == atype || ctype == R_32F));
+    // The float-compute rows of cublasGemmEx's table of supported types (alpha and beta are then floats): 16-bit A and B
+    // with CUBLAS_COMPUTE_32F only; the FAST_* compute types take 32F A, B and C (rounding them inside the GEMM).
+    bool fast = compute == COMPUTE_32F_FAST_16F || compute == COMPUTE_32F_FAST_16BF || compute == COMPUTE_32F_FAST_TF32;
+    bool supported = atype == btype && (atype == R_32F ? ctype == R_32F && (compute == COMPUTE_32F || fast)
+                                        : (atype == R_16F || atype == R_16BF) && (ctype == atype || ctype == R_32F) && compute == COMPUTE_32F);
     if (!supported) return NOT_SUPPORTED;
     return gemm(handle, transa, transb, m, n, k, static_cast<const float*>(alpha), A, atype, lda, B, btype, ldb, static_cast<const float*>(beta), C, ctype, ldc);
 }

@@ -496,6 +496,11 @@ public sealed class LlmEngine : IDisposable
                 else if (onDevice) _deviceRows.Add((seq, logitRow));
                 else SampleAndPublish(seq, _logits.AsSpan(logitRow * vocab, vocab));
             }
+            catch (Exception e) when (_executor.Failure is { } fatal)
+            {
+                StopOnBackendFailure(fatal, e);   // copying a beam's logits back failed on the device
+                return true;
+            }
             catch (Exception e)
             {
                 // One request's failure (a bad stop string, a detokenizer fault…) ends that request alone.
@@ -659,9 +664,9 @@ public sealed class LlmEngine : IDisposable
 
     /// <summary>
     /// Samples the step's <see cref="_deviceRows"/> on the device, <see cref="IDeviceSampling.MaxSampleRows"/> at a time,
-    /// then publishes each token in order. A token id outside the vocabulary (a request's logit bias) refuses the whole
-    /// call: those rows are sampled on the host instead, where that request fails alone. False when the device failed
-    /// (the engine has stopped).
+    /// then publishes each token in order. A call the device refuses without failing (an argument it cannot take) is
+    /// sampled on the host instead, from logits copied back, where a request that cannot be sampled fails alone. False
+    /// when the device failed (the engine has stopped).
     /// </summary>
     bool SampleOnDevice(IDeviceSampling device, int vocab)
     {
@@ -685,7 +690,12 @@ public sealed class LlmEngine : IDisposable
             {
                 device.Sample(rows, samplers, suppress, results);
             }
-            catch (ArgumentException)
+            catch (Exception e) when (_executor.Failure is { } fatal)
+            {
+                StopOnBackendFailure(fatal, e);
+                return false;
+            }
+            catch (Exception)
             {
                 foreach (var (seq, logitRow) in chunk)
                 {
@@ -699,11 +709,6 @@ public sealed class LlmEngine : IDisposable
                     catch (Exception e) { Fail(seq, e); }
                 }
                 continue;
-            }
-            catch (Exception e) when (_executor.Failure is { } fatal)
-            {
-                StopOnBackendFailure(fatal, e);
-                return false;
             }
             for (int i = 0; i < count; i++)
             {

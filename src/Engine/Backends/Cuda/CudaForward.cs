@@ -338,7 +338,7 @@ public sealed class CudaForward : IDisposable
     public ModelConfig Config => _c;
 
     /// <summary>Device memory this forward pass holds: weights, activations, metadata and GEMM scratch buffers.</summary>
-    public long DeviceBytes => _owned.OfType<DeviceBuffer>().Sum(b => b.Bytes) + (_gemm?.DeviceBytes ?? 0);
+    public long DeviceBytes => _owned.OfType<DeviceBuffer>().Sum(b => b.Bytes) + (_gemm?.DeviceBytes ?? 0) + (_sampler?.DeviceBytes ?? 0);
 
     /// <summary>Why chunks of many rows run on the GEMV kernels instead of cuBLAS (the library could not be loaded), or null.</summary>
     public string? GemmUnavailable { get; }
@@ -484,6 +484,7 @@ public sealed class CudaForward : IDisposable
         Validate(batch, kv, logits.Length);
         LastAttention = AttentionKernels.None;
         LastGemm = false;
+        _deviceLogitRows = 0;
         var logitRows = batch.LogitRows;
         int nextLogit = 0, vocab = _c.VocabSize;
         for (int start = 0; start < batch.TokenCount; start += _maxTokens)
@@ -517,6 +518,7 @@ public sealed class CudaForward : IDisposable
         Validate(batch, kv, batch.LogitRowCount * _c.VocabSize);
         LastAttention = AttentionKernels.None;
         LastGemm = false;
+        _deviceLogitRows = 0;
         var logitRows = batch.LogitRows;
         int nextLogit = 0;
         for (int start = 0; start < batch.TokenCount; start += _maxTokens)
@@ -530,13 +532,17 @@ public sealed class CudaForward : IDisposable
             }
             RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: first);
         }
+        _deviceLogitRows = batch.LogitRowCount;
     }
+
+    // Logit rows the last ForwardOnDevice left in the logits buffer (0 after a host Forward, which reuses it).
+    int _deviceLogitRows;
 
     /// <summary>Logit row <paramref name="row"/> of the last <see cref="ForwardOnDevice"/> step, copied to the host.</summary>
     public void CopyLogits(int row, Span<float> destination)
     {
         int vocab = _c.VocabSize;
-        if ((uint)row >= (uint)_maxTokens) throw new ArgumentOutOfRangeException(nameof(row), row, $"the logits buffer has {_maxTokens} rows");
+        if ((uint)row >= (uint)_deviceLogitRows) throw new ArgumentOutOfRangeException(nameof(row), row, $"the last step left {_deviceLogitRows} logit rows on the device");
         _logits.CopyTo(destination[..vocab], (long)row * vocab * sizeof(float));
     }
 
@@ -547,6 +553,8 @@ public sealed class CudaForward : IDisposable
     public void Sample(ReadOnlySpan<int> logitRows, IReadOnlyList<Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?> suppress, Span<SampledToken> results)
     {
         if (_sampler is null) throw new InvalidOperationException("this forward pass samples on the host (no device sampler)");
+        foreach (int row in logitRows)
+            if ((uint)row >= (uint)_deviceLogitRows) throw new ArgumentOutOfRangeException(nameof(logitRows), row, $"the last step left {_deviceLogitRows} logit rows on the device");
         _sampler.Sample(_logits, samplers, results, suppress, logitRows);
     }
 

@@ -74,21 +74,33 @@ internal sealed unsafe class CudaGemm : IDisposable
             unavailable = reason;
             return null;
         }
-        unavailable = null;
         cublasHandle_t h;
-        CublasApi.cublasCreate_v2(&h);
+        try { CublasApi.cublasCreate_v2(&h); }
+        catch (CublasException e)
+        {
+            unavailable = e.Message;   // e.g. CUBLAS_STATUS_NOT_INITIALIZED: a library that does not match the driver
+            return null;
+        }
+        unavailable = null;
         var blas = new CublasHandle(h);
-        DeviceBuffer? xHalf = null;
+        DeviceBuffer? xHalf = null, dequantized = null;
         try
         {
             long activations = (long)maxRows * maxColumns;
-            xHalf = context.Allocate(Math.Max(1, activations) * sizeof(ushort));
+            xHalf = context.Allocate(Math.Max(8, activations) * sizeof(ushort));
             long scratch = maxQuantizedElements <= 0 ? 0 : Math.Max(maxColumns, Math.Min(scratchElements, maxQuantizedElements));
-            var dequantized = scratch > 0 ? context.Allocate(scratch * sizeof(ushort)) : null;
+            dequantized = scratch > 0 ? context.Allocate(scratch * sizeof(ushort)) : null;
+            // One 1 × 1 × 1 product now: cuBLAS takes its workspace on a handle's first GEMM, and that must come out of
+            // the device's memory before the KV cache is sized from what is free.
+            float one = 1, zero = 0;
+            var p = (float*)xHalf.Pointer.Value;
+            CublasApi.cublasSgemm_v2(blas.Blas, cublasOperation_t.CUBLAS_OP_T, cublasOperation_t.CUBLAS_OP_N, 1, 1, 1, &one, p, 1, p + 1, 1, &zero, p + 2, 1);
+            context.Synchronize();
             return new CudaGemm(blas, kernels, xHalf, dequantized, activations, scratch);
         }
         catch
         {
+            dequantized?.Dispose();
             xHalf?.Dispose();
             blas.Dispose();
             throw;

@@ -98,6 +98,9 @@ public sealed class CudaSampler : IDisposable
     /// <summary>Logits per row.</summary>
     public int VocabSize { get; }
 
+    /// <summary>Device memory of the sampler's buffers (two of rows × vocabulary floats, most of it).</summary>
+    public long DeviceBytes => new[] { _rows, _logitRows, _adjustments, _work, _probs, _tokens, _tokenLogprobs, _topIds, _topLogprobs }.Sum(b => b.Bytes);
+
     /// <summary>Most rows one call samples.</summary>
     public int MaxRows { get; }
 
@@ -188,7 +191,7 @@ public sealed class CudaSampler : IDisposable
         public ReadOnlySpan<Adjustment> Adjustments => _adjustments.AsSpan(0, _adjustmentCount);
         public int AdjustmentCapacity => _adjustments.Length;
 
-        /// <summary>Packs every row; a token id outside the vocabulary is an error naming the row and where the id came from.</summary>
+        /// <summary>Packs every row; a token id outside the vocabulary adjusts nothing, as the host sampler skips it.</summary>
         public void Pack(IReadOnlyList<Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?>? suppress)
         {
             _rowCount = _adjustmentCount = 0;
@@ -201,13 +204,13 @@ public sealed class CudaSampler : IDisposable
             var p = sampler.Parameters;
             _row.Clear();
             if (p.LogitBias is { } bias)
-                foreach (var (id, b) in bias) Add(r, id, b, 0, 0, "logit_bias");
+                foreach (var (id, b) in bias) Add(id, b, 0, 0);
             if (p.RepetitionPenalty != 1f)
-                foreach (int id in sampler.RepetitionTokens) Add(r, id, 0, 0, Repeated, "prompt or output");
+                foreach (int id in sampler.RepetitionTokens) Add(id, 0, 0, Repeated);
             if (p.PresencePenalty != 0f || p.FrequencyPenalty != 0f)
-                foreach (var (id, count) in sampler.OutputCounts) Add(r, id, 0, count, 0, "output");
+                foreach (var (id, count) in sampler.OutputCounts) Add(id, 0, count, 0);
             if (suppress is not null)
-                foreach (int id in suppress) Add(r, id, 0, 0, Suppressed, "suppressed");
+                foreach (int id in suppress) Add(id, 0, 0, Suppressed);
 
             int first = _adjustmentCount, end = first + _row.Count;
             if (_adjustments.Length < end) Array.Resize(ref _adjustments, Math.Max(end, _adjustments.Length * 2));
@@ -233,10 +236,9 @@ public sealed class CudaSampler : IDisposable
             };
         }
 
-        void Add(int r, int token, float bias, int count, int flags, string what)
+        void Add(int token, float bias, int count, int flags)
         {
-            if ((uint)token >= (uint)vocabSize)
-                throw new ArgumentOutOfRangeException(nameof(token), token, $"row {r}: {what} token {token} is outside the vocabulary [0, {vocabSize})");
+            if ((uint)token >= (uint)vocabSize) return;   // Sampler.ApplyBiasAndPenalties skips it too (a tokenizer's end token past the model's rows)
             var a = _row.GetValueOrDefault(token, new Adjustment { Token = token });
             a.Bias += bias;
             a.OutputCount += count;
