@@ -19,10 +19,22 @@ public class DeviceSamplingEngineTests
     {
         float[] _logits = [];
         int _calls;
+        Exception? _failure;
         public int ForwardsOnDevice, Copies, SampleCalls, Refusals, MostRows;
 
+        /// <summary>"sample" or "copy": that call fails the device for good, as a CUDA error poisons the context.</summary>
+        public string? LoseDeviceAt;
+
+        void MaybeLose(string call)
+        {
+            if (_failure is not null) throw new InvalidOperationException("the device has failed", _failure);
+            if (LoseDeviceAt != call) return;
+            _failure = new InvalidOperationException($"device lost in {call}");
+            throw _failure;
+        }
+
         public int WorldSize => cpu.WorldSize;
-        public Exception? Failure => cpu.Failure;
+        public Exception? Failure => _failure ?? cpu.Failure;
         public void Forward(ForwardBatch batch, Span<float> logits) => cpu.Forward(batch, logits);
         public void CopyBlock(int source, int destination) => cpu.CopyBlock(source, destination);
         public void Dispose() => cpu.Dispose();
@@ -38,6 +50,7 @@ public class DeviceSamplingEngineTests
 
         public void CopyLogits(int logitRow, Span<float> destination)
         {
+            MaybeLose("copy");
             Copies++;
             _logits.AsSpan(logitRow * vocab, vocab).CopyTo(destination);
         }
@@ -46,6 +59,7 @@ public class DeviceSamplingEngineTests
 
         public void Sample(ReadOnlySpan<int> logitRows, IReadOnlyList<Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?> suppress, Span<SampledToken> results)
         {
+            MaybeLose("sample");
             Assert.InRange(samplers.Count, 1, maxSampleRows);
             MostRows = Math.Max(MostRows, samplers.Count);
             // CudaSampler's packer refuses a whole call, before anything is sampled, for a token id outside the vocabulary.
@@ -115,5 +129,22 @@ public class DeviceSamplingEngineTests
         if (maxSampleRows == 2) Assert.Equal(2, device.MostRows);
         else Assert.True(device.MostRows > 2, $"at most {device.MostRows} rows in one call: the step's rows were not sampled together");
         await LlmEngineTests.WaitFor(() => engine.Stats is { Running: 0, Waiting: 0 } s && s.FreeKvBlocks == s.TotalKvBlocks);
+    }
+
+    [SkippableTheory]
+    [InlineData("sample", "Once upon a time", 1)]
+    [InlineData("copy", "Tom had a red ball", 3)]   // beam search copies its rows back
+    public async Task A_device_that_fails_while_sampling_stops_the_engine_with_one_error(string call, string prompt, int beamWidth)
+    {
+        using var model = LoadStories();
+        FakeDevice? device = null;
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 64 },
+            executor => device = new FakeDevice(executor, model.Config.VocabSize, 8) { LoseDeviceAt = call });
+        var request = new GenerationRequest { Prompt = prompt, BeamWidth = beamWidth > 1 ? beamWidth : null, Sampling = new SamplingParams { Seed = 1, MaxTokens = 8 } };
+        await Assert.ThrowsAnyAsync<Exception>(() => engine.CompleteAsync(request));
+        var failure = Assert.IsType<EngineFailedException>(engine.Failure);
+        Assert.Contains($"device lost in {call}", failure.ToString());
+        // Stopped for good: a new request is refused at once.
+        Assert.Throws<EngineFailedException>(() => engine.Generate(new GenerationRequest { Prompt = "Once" }));
     }
 }
