@@ -60,7 +60,8 @@ public static class KernelsCommand
                              for sass one architecture, default sm_90)
           --ptxas PATH       NVIDIA's ptxas (default: found on PATH or in /usr/local/cuda-tools/bin,
                              where .ci/install-deps puts it); cuobjdump is looked for next to it
-          --kernel LIST      test only these kernels (comma-separated names)
+          --kernel LIST      test only these kernels (comma-separated names; cublas_gemm: the backend's
+                             cuBLAS products, the activations' conversion included)
           --emulate          test, bench, nccl, forward: run on the CPU through the shim instead of on a GPU
           --device N         test, bench: the GPU to run on (default 0)
           --sweep S          bench: full (TinyLlama and Llama 3 8B sizes; default on a GPU) or small
@@ -510,7 +511,7 @@ public static class KernelsCommand
         int device = a.Int("device", 0, min: 0);
         bool emulate = a.Flag("emulate");
         var sources = a.String("kernels-dir") is { } dir ? KernelSources.FromDirectory(dir) : KernelSources.Embedded();
-        var known = sources.Where(s => !s.IsHeader).SelectMany(s => s.Kernels().Select(k => k.Name)).ToHashSet(StringComparer.Ordinal);
+        var known = sources.Where(s => !s.IsHeader).SelectMany(s => s.Kernels().Select(k => k.Name)).Append(CudaGemm.Name).ToHashSet(StringComparer.Ordinal);
         HashSet<string>? only = null;
         if (a.String("kernel") is { } list)
         {

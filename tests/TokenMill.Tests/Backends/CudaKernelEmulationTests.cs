@@ -86,6 +86,10 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
         // Every kernel of the sources has at least one timed row: a new kernel without a shape fails here.
         foreach (var launch in KernelLaunches.All)
             Assert.Contains(rows, r => r.GetProperty("kernel").GetString() == launch.Kernel && r.GetProperty("error").ValueKind == System.Text.Json.JsonValueKind.Null);
+        // And the backend's cuBLAS products, one row per weight type (on the emulated driver's fake cuBLAS).
+        foreach (string type in new[] { "F32", "F16", "BF16", "Q8_0", "Q4_0" })
+            Assert.Contains(rows, r => r.GetProperty("kernel").GetString() == CudaGemm.Name && r.GetProperty("shape").GetString()!.StartsWith(type + " ", StringComparison.Ordinal)
+                                       && r.GetProperty("error").ValueKind == System.Text.Json.JsonValueKind.Null);
         foreach (var r in rows)
         {
             // The shim's events time the launches on the host clock: a timing of 0 would mean nothing was measured.

@@ -38,6 +38,9 @@ internal sealed record GemmKernels(CudaKernel ToF16, CudaKernel ToBf16, CudaKern
 /// </remarks>
 internal sealed unsafe class CudaGemm : IDisposable
 {
+    /// <summary>What <c>kernels test</c>, <c>kernels bench</c> and <c>--kernel</c> call the backend's cuBLAS products (no kernel of the sources).</summary>
+    public const string Name = "cublas_gemm";
+
     /// <summary>Dequantized f16 weights one GEMM takes at most: 16 Mi values, 32 MiB (TinyLlama's 32000 × 2048 classifier in 4 slices).</summary>
     public const long ScratchElements = 16L << 20;
 

@@ -37,6 +37,7 @@ public sealed class KernelBench : IDisposable
     readonly Dictionary<string, string> _moduleErrors = [];
     readonly List<DeviceBuffer> _buffers = [];
     readonly List<KernelTiming> _results = [];
+    readonly List<CudaGemm> _gemms = [];
     ulong _rng = 0x2545F4914F6CDD1D;
 
     KernelBench(CudaContext ctx, KernelBenchOptions options) => (_ctx, _options) = (ctx, options);
@@ -64,7 +65,35 @@ public sealed class KernelBench : IDisposable
             foreach (var shape in shapes) b.Time(name, file, shape);
             b.FreeBuffers();
         }
+        if (include(CudaGemm.Name)) b.Gemms(options.Sweep);
         return b._results;
+    }
+
+    /// <summary>
+    /// <see cref="CudaGemm.Multiply"/> as a prefill chunk runs it — the conversion of the activations (and Q8_0/Q4_0's
+    /// dequantization) included — for every weight type, at TinyLlama's and Llama 3 8B's FFN shapes with 512 rows.
+    /// </summary>
+    void Gemms(KernelBenchSweep sweep)
+    {
+        (int Rows, int Cols, int N)[] shapes = sweep == KernelBenchSweep.Full ? [(5632, 2048, 512), (14336, 4096, 512)] : [(64, 96, 9)];
+        foreach (var type in new[] { GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.Q8_0, GgmlType.Q4_0 })
+            foreach (var (rows, cols, n) in shapes)
+                Measure(CudaGemm.Name, $"{type} {rows} × {cols}, {n} rows", () =>
+                {
+                    if (!_modules.TryGetValue("convert.cu", out var module))
+                        throw new InvalidOperationException($"convert.cu was not loaded: {_moduleErrors.GetValueOrDefault("convert.cu", "no such kernel file")}");
+                    bool quantized = type is GgmlType.Q8_0 or GgmlType.Q4_0;
+                    var gemm = CudaGemm.TryCreate(_ctx, GemmKernels.From(module.GetKernel), n, cols, quantized ? (long)rows * cols : 0, out string? unavailable)
+                        ?? throw new InvalidOperationException($"cuBLAS cannot be loaded: {unavailable}");
+                    _gemms.Add(gemm);
+                    var w = Matrix(type, rows, cols);
+                    var x = Floats((long)n * cols);
+                    var y = Zeros((long)n * rows * 4);
+                    long rowBytes = GgmlTypeInfo.RowBytes(type, cols);
+                    return new Launch(() => gemm.Multiply(w.Pointer, type, rowBytes, rows, cols, x.Pointer, y.Pointer, n),
+                        WeightBytes(type, rows, cols) + 4.0 * n * (cols + rows), 2.0 * rows * cols * n);
+                });
+        FreeBuffers();
     }
 
     public void Dispose()
@@ -75,6 +104,8 @@ public sealed class KernelBench : IDisposable
 
     void FreeBuffers()
     {
+        foreach (var gemm in _gemms) gemm.Dispose();
+        _gemms.Clear();
         foreach (var buffer in _buffers) buffer.Dispose();
         _buffers.Clear();
     }
@@ -87,14 +118,20 @@ public sealed class KernelBench : IDisposable
     /// <summary>A kernel at one shape: its label and how to set it up (buffers allocated by the bench).</summary>
     sealed record Shape(string Label, Func<KernelBench, CudaKernel, Launch> Setup);
 
-    void Time(string name, string file, Shape shape)
+    void Time(string name, string file, Shape shape) => Measure(name, shape.Label, () =>
+    {
+        if (!_modules.TryGetValue(file, out var module))
+            throw new InvalidOperationException($"{file} was not loaded: {_moduleErrors.GetValueOrDefault(file, "no such kernel file")}");
+        return shape.Setup(this, module.GetKernel(name));
+    });
+
+    /// <summary>Sets up one shape and times its launches; a failure becomes a row with the error.</summary>
+    void Measure(string name, string label, Func<Launch> setup)
     {
         int samples = _options.Samples, perSample = _options.LaunchesPerSample;
         try
         {
-            if (!_modules.TryGetValue(file, out var module))
-                throw new InvalidOperationException($"{file} was not loaded: {_moduleErrors.GetValueOrDefault(file, "no such kernel file")}");
-            var launch = shape.Setup(this, module.GetKernel(name));
+            var launch = setup();
             for (int i = 0; i < _options.WarmupLaunches; i++) launch.Run();
             _ctx.Synchronize();
             using var start = new CudaEvent();
@@ -109,11 +146,11 @@ public sealed class KernelBench : IDisposable
                 times[s] = CudaEvent.ElapsedMilliseconds(start, end) * 1e3 / perSample;
             }
             Array.Sort(times);
-            _results.Add(new KernelTiming(name, shape.Label, samples, perSample, times[samples / 2], times[0], launch.Bytes, launch.Flops));
+            _results.Add(new KernelTiming(name, label, samples, perSample, times[samples / 2], times[0], launch.Bytes, launch.Flops));
         }
         catch (Exception e) when (e is CudaInteropException or InvalidOperationException)
         {
-            _results.Add(new KernelTiming(name, shape.Label, 0, 0, double.NaN, double.NaN, 0, 0, e.Message.ReplaceLineEndings(" ")));
+            _results.Add(new KernelTiming(name, label, 0, 0, double.NaN, double.NaN, 0, 0, e.Message.ReplaceLineEndings(" ")));
         }
     }
 

@@ -618,7 +618,7 @@ public sealed class KernelSelfTest : IDisposable
     /// </summary>
     void Gemm()
     {
-        const string name = "cublas_gemm";
+        const string name = CudaGemm.Name;
         const int rows = 70, cols = 96, n = 9;
         var w = Random(rows * cols);
         var x = Random(n * cols);
