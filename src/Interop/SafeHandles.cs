@@ -43,6 +43,24 @@ public sealed class CudaEventHandle : SafeHandleZeroOrMinusOneIsInvalid
     protected override bool ReleaseHandle() => CudaApi.cuEventDestroy_v2(new CUevent(handle)) == CUresult.CUDA_SUCCESS;
 }
 
+/// <summary>A captured CUDA graph (cuStreamEndCapture / cuGraphDestroy).</summary>
+public sealed class CudaGraphHandle : SafeHandleZeroOrMinusOneIsInvalid
+{
+    public CudaGraphHandle() : base(ownsHandle: true) { }
+    public CudaGraphHandle(CUgraph graph) : base(ownsHandle: true) => SetHandle(graph.Value);
+    public CUgraph Graph => new(handle);
+    protected override bool ReleaseHandle() => CudaApi.cuGraphDestroy(new CUgraph(handle)) == CUresult.CUDA_SUCCESS;
+}
+
+/// <summary>An instantiated CUDA graph (cuGraphInstantiateWithFlags / cuGraphExecDestroy).</summary>
+public sealed class CudaGraphExecHandle : SafeHandleZeroOrMinusOneIsInvalid
+{
+    public CudaGraphExecHandle() : base(ownsHandle: true) { }
+    public CudaGraphExecHandle(CUgraphExec exec) : base(ownsHandle: true) => SetHandle(exec.Value);
+    public CUgraphExec Exec => new(handle);
+    protected override bool ReleaseHandle() => CudaApi.cuGraphExecDestroy(new CUgraphExec(handle)) == CUresult.CUDA_SUCCESS;
+}
+
 /// <summary>Device memory (cuMemAlloc_v2 / cuMemFree_v2) with its size in bytes.</summary>
 public sealed class DeviceMemoryHandle : SafeHandleZeroOrMinusOneIsInvalid
 {

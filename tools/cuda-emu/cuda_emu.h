@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -504,10 +505,26 @@ inline std::map<std::string, Invoker>& registry() { static std::map<std::string,
 template <typename... A, size_t... I>
 void call(void (*k)(A...), void** p, std::index_sequence<I...>) { k(*static_cast<std::remove_cv_t<A>*>(p[I])...); }
 
+// Stream capture (CUDA graphs): a launch into a capturing stream is recorded with copies of its arguments, as a
+// graph's kernel node holds them, and runs when the graph is launched.
+using Binder = std::function<std::function<void()>(void**)>;
+inline std::map<std::string, Binder>& binders() { static std::map<std::string, Binder> b; return b; }
+
+template <typename... A, size_t... I>
+std::function<void()> bound(void (*k)(A...), void** p, std::index_sequence<I...>)
+{
+    auto args = std::make_tuple(*static_cast<std::remove_cv_t<A>*>(p[I])...);
+    return [k, args] { std::apply(k, args); };
+}
+
 struct Registration
 {
     template <typename... A>
-    Registration(const char* name, void (*k)(A...)) { registry()[name] = [k](void** p) { call(k, p, std::index_sequence_for<A...>{}); }; }
+    Registration(const char* name, void (*k)(A...))
+    {
+        registry()[name] = [k](void** p) { call(k, p, std::index_sequence_for<A...>{}); };
+        binders()[name] = [k](void** p) { return emu::bound(k, p, std::index_sequence_for<A...>{}); };
+    }
 };
 } // namespace emu
 

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <vector>
 
 namespace emu {
 
@@ -22,6 +23,10 @@ struct Stream
     int pending = 0;   // queued + running
     bool stop = false;
     std::thread worker;
+    // Stream capture (cuStreamBeginCapture_v2, thread-local mode): while set, launches and cuBLAS calls on this
+    // stream are appended here instead of running, and the capturing thread may not make a synchronizing call.
+    std::vector<std::function<void()>>* capture = nullptr;
+    std::thread::id capture_thread;
 
     Stream() : worker([this] { Run(); }) {}
     ~Stream()
@@ -63,6 +68,8 @@ private:
 Stream& default_stream();
 Stream* stream_of(void* handle);   // handle 0 → the default stream
 void wait_all_streams();
+// Whether this thread is capturing a stream (a synchronizing call would invalidate the capture on a GPU).
+bool capturing_on_this_thread();
 // Whether [p, p + bytes) lies inside one live device allocation (fake_cuda.cpp's map): the fake cuBLAS checks its matrices.
 bool device_range(unsigned long long p, size_t bytes);
 

@@ -7,14 +7,14 @@
 // have), and, beyond cuBLAS, every matrix must lie inside one device allocation (a real GPU would fault).
 // With beta = 0, C is not read (BLAS: it need not be set on input). Sums run in float in increasing l (a GPU's
 // order differs: results agree to float rounding, not bit for bit). Work runs on the handle's stream after what
-// was queued on it before, as cuLaunchKernel does here.
+// was queued on it before, as cuLaunchKernel does here; on a capturing stream it is recorded into the graph.
 #include "emu_stream.h"
 #include <cstring>
 
 typedef int cublasStatus_t;
 
 namespace {
-enum { SUCCESS = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum { SUCCESS = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, EXECUTION_FAILED = 13, NOT_SUPPORTED = 15 };
 enum { OP_N = 0, OP_T = 1, OP_C = 2 };
 enum { R_32F = 0, R_16F = 2, R_16BF = 14 };
 enum { COMPUTE_32F = 68, COMPUTE_32F_FAST_16F = 74, COMPUTE_32F_FAST_16BF = 75, COMPUTE_32F_FAST_TF32 = 77 };
@@ -80,17 +80,28 @@ cublasStatus_t gemm(void* handle, int transa, int transb, int m, int n, int k, c
     if (!inside(A, k == 0 ? 0 : span(aRows, aCols, lda), atype) || !inside(B, k == 0 ? 0 : span(bRows, bCols, ldb), btype)
         || !inside(C, span(m, n, ldc), ctype))
         return INVALID_VALUE;
-    emu::stream_of(static_cast<Handle*>(handle)->stream)->Wait();
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++)
-        {
-            float sum = 0;
-            for (int l = 0; l < k; l++)
-                sum += load(A, atype, ta ? size_t(l) + size_t(i) * lda : size_t(i) + size_t(l) * lda)
-                     * load(B, btype, tb ? size_t(j) + size_t(l) * ldb : size_t(l) + size_t(j) * ldb);
-            size_t c = size_t(i) + size_t(j) * ldc;
-            store(C, ctype, c, *beta == 0 ? *alpha * sum : *alpha * sum + *beta * load(C, ctype, c));
-        }
+    void* stream = static_cast<Handle*>(handle)->stream;
+    if (!stream && emu::capturing_on_this_thread()) return EXECUTION_FAILED;   // the legacy stream cannot join a capture
+    float a = *alpha, b = *beta;   // host pointer mode: read at the call, as a captured GEMM node holds them
+    auto run = [=] {
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++)
+            {
+                float sum = 0;
+                for (int l = 0; l < k; l++)
+                    sum += load(A, atype, ta ? size_t(l) + size_t(i) * lda : size_t(i) + size_t(l) * lda)
+                         * load(B, btype, tb ? size_t(j) + size_t(l) * ldb : size_t(l) + size_t(j) * ldb);
+                size_t c = size_t(i) + size_t(j) * ldc;
+                store(C, ctype, c, b == 0 ? a * sum : a * sum + b * load(C, ctype, c));
+            }
+    };
+    auto* s = emu::stream_of(stream);
+    if (s->capture) s->capture->push_back(run);   // a capturing stream records the GEMM (cuBLAS supports stream capture)
+    else
+    {
+        s->Wait();
+        run();
+    }
     return SUCCESS;
 }
 } // namespace

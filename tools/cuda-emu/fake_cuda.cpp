@@ -18,11 +18,14 @@
 #include <utility>
 
 typedef int CUresult;
-enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500, NOT_READY = 600 };
+enum { OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, INVALID_DEVICE = 101, NOT_FOUND = 500, NOT_READY = 600,
+       CAPTURE_UNSUPPORTED = 900, CAPTURE_UNMATCHED = 903, CAPTURE_IMPLICIT = 906, CAPTURE_WRONG_THREAD = 908 };
 
 namespace {
 struct Module { std::string ptx; };
-struct Function { std::string name; const emu::Invoker* run; };
+struct Function { std::string name; const emu::Invoker* run; const emu::Binder* bind; };
+// A captured stream's work, in order: an instantiated graph is a copy of it.
+struct Graph { std::vector<std::function<void()>> nodes; };
 // Tensor parallelism puts rank r on device r, so the driver reports several devices. Every one is this CPU, with
 // its own 1 GiB: an allocation belongs to the device of the context current on the calling thread, and
 // cuMemGetInfo counts that device's allocations only (each rank sizes its KV cache from its own device).
@@ -58,7 +61,9 @@ extern "C" {
 CUresult cuGetErrorName(CUresult e, const char** s)
 {
     *s = e == OK ? "CUDA_SUCCESS" : e == INVALID_VALUE ? "CUDA_ERROR_INVALID_VALUE" : e == OUT_OF_MEMORY ? "CUDA_ERROR_OUT_OF_MEMORY"
-       : e == INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : e == NOT_FOUND ? "CUDA_ERROR_NOT_FOUND" : e == NOT_READY ? "CUDA_ERROR_NOT_READY" : "CUDA_ERROR_UNKNOWN";
+       : e == INVALID_DEVICE ? "CUDA_ERROR_INVALID_DEVICE" : e == NOT_FOUND ? "CUDA_ERROR_NOT_FOUND" : e == NOT_READY ? "CUDA_ERROR_NOT_READY"
+       : e == CAPTURE_UNSUPPORTED ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : e == CAPTURE_UNMATCHED ? "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED"
+       : e == CAPTURE_IMPLICIT ? "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT" : e == CAPTURE_WRONG_THREAD ? "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD" : "CUDA_ERROR_UNKNOWN";
     return OK;
 }
 CUresult cuGetErrorString(CUresult e, const char** s)
@@ -66,6 +71,7 @@ CUresult cuGetErrorString(CUresult e, const char** s)
     *s = e == OK ? "no error"
        : e == NOT_FOUND ? "the emulated driver has no such kernel (its file did not build in the CPU shim, or the PTX does not declare it)"
        : e == INVALID_VALUE ? "invalid value (the emulated driver checks launch shapes, shared memory and copy bounds)"
+       : e == CAPTURE_IMPLICIT ? "a synchronizing call (a synchronous copy, an allocation, work on the legacy stream) while this thread captures a stream"
        : "error in the emulated driver";
     return OK;
 }
@@ -101,7 +107,7 @@ CUresult cuCtxDestroy_v2(void* ctx)
 }
 CUresult cuCtxSetCurrent(void* ctx) { current_context = static_cast<Context*>(ctx); return OK; }
 CUresult cuCtxGetCurrent(void** ctx) { *ctx = current_context; return OK; }
-CUresult cuCtxSynchronize() { emu::wait_all_streams(); return OK; }
+CUresult cuCtxSynchronize() { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::wait_all_streams(); return OK; }
 
 CUresult cuModuleLoadData(void** module, const void* image)
 {
@@ -116,7 +122,7 @@ CUresult cuModuleGetFunction(void** f, void* module, const char* name)
     auto* m = static_cast<Module*>(module);
     auto it = emu::registry().find(name);
     if (it == emu::registry().end() || m->ptx.find(std::string(".entry ") + name + "(") == std::string::npos) return NOT_FOUND;
-    *f = new Function{name, &it->second};   // leaked: a handful per process
+    *f = new Function{name, &it->second, &emu::binders().at(name)};   // leaked: a handful per process
     return OK;
 }
 CUresult cuFuncGetAttribute(int* v, int, void*) { *v = 0; return OK; }
@@ -124,9 +130,24 @@ CUresult cuFuncSetAttribute(void*, int, int) { return OK; }
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared, void* stream, void** params, void** extra)
 {
-    emu::stream_of(stream)->Wait();   // after whatever was queued on the stream before it
+    if (!stream && emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;   // the legacy stream would join the capture
     if (bx * by * bz == 0 || bx * by * bz > 1024 || shared > 48 * 1024 || extra != nullptr) return INVALID_VALUE;
     auto* fn = static_cast<Function*>(f);
+    auto* s = emu::stream_of(stream);
+    if (s->capture)
+    {
+        // A kernel node: the arguments as they are now; it runs when the graph is launched.
+        auto body = (*fn->bind)(params);
+        std::string name = fn->name;
+        dim3 grid{gx, gy, gz}, block{bx, by, bz};
+        s->capture->push_back([name, body, grid, block] {
+            std::lock_guard<std::mutex> lock(launch_lock);
+            emu::current_kernel = name;
+            emu::launch(grid, block, body);
+        });
+        return OK;
+    }
+    s->Wait();   // after whatever was queued on the stream before it
     std::lock_guard<std::mutex> lock(launch_lock);
     emu::current_kernel = fn->name;
     emu::launch({gx, gy, gz}, {bx, by, bz}, [&] { (*fn->run)(params); });
@@ -149,6 +170,7 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total)
 }
 CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 {
+    if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
     void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);   // device allocations are 256-byte aligned
     if (!m) return OUT_OF_MEMORY;
     std::memset(m, 0xCD, bytes);                                   // like the GPU: fresh memory is not zero
@@ -159,6 +181,7 @@ CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 }
 CUresult cuMemFree_v2(unsigned long long p)
 {
+    if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
     std::lock_guard<std::mutex> lock(allocations_lock);
     if (!allocations.erase(p)) return INVALID_VALUE;
     std::free(reinterpret_cast<void*>(p));
@@ -175,9 +198,9 @@ static bool inside(unsigned long long p, size_t n)
 // Synchronous copies and memsets wait for the default stream only. On a GPU they would also wait for the blocking
 // streams of their own context, but here streams are not tracked per context: waiting for another rank's stream,
 // whose collective waits for this rank, would deadlock ranks that real GPUs keep apart.
-CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
-CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
-CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { emu::default_stream().Wait(); if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }
+CUresult cuMemcpyHtoD_v2(unsigned long long d, const void* h, size_t n) { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy((void*)d, h, n); return OK; }
+CUresult cuMemcpyDtoH_v2(void* h, unsigned long long d, size_t n) { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memcpy(h, (void*)d, n); return OK; }
+CUresult cuMemcpyDtoD_v2(unsigned long long d, unsigned long long s, size_t n) { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::default_stream().Wait(); if (!inside(d, n) || !inside(s, n)) return INVALID_VALUE; std::memmove((void*)d, (void*)s, n); return OK; }
 CUresult cuMemcpyHtoDAsync_v2(unsigned long long d, const void* h, size_t n, void* s)
 {
     emu::stream_of(s)->Wait();
@@ -192,9 +215,10 @@ CUresult cuMemcpyDtoHAsync_v2(void* h, unsigned long long d, size_t n, void* s)
     std::memcpy(h, (void*)d, n);
     return OK;
 }
-CUresult cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memset((void*)d, v, n); return OK; }
+CUresult cuMemsetD8_v2(unsigned long long d, unsigned char v, size_t n) { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::default_stream().Wait(); if (!inside(d, n)) return INVALID_VALUE; std::memset((void*)d, v, n); return OK; }
 CUresult cuMemsetD32_v2(unsigned long long d, unsigned v, size_t n)
 {
+    if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
     emu::default_stream().Wait();
     if (!inside(d, n * 4)) return INVALID_VALUE;
     for (size_t i = 0; i < n; i++) reinterpret_cast<unsigned*>(d)[i] = v;
@@ -214,7 +238,43 @@ CUresult cuStreamDestroy_v2(void* s)
     delete stream;
     return OK;
 }
-CUresult cuStreamSynchronize(void* s) { emu::stream_of(s)->Wait(); return OK; }
+CUresult cuStreamSynchronize(void* s) { if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT; emu::stream_of(s)->Wait(); return OK; }
+
+// CUDA graphs: a capturing stream collects its launches (cuLaunchKernel above, the fake cuBLAS's GEMMs); the graph
+// runs them in order on the stream it is launched on. Thread-local mode's rule is enforced: while a thread captures,
+// its synchronizing calls fail with CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as on a GPU they would invalidate the capture.
+CUresult cuStreamBeginCapture_v2(void* stream, int)
+{
+    if (!stream) return CAPTURE_UNSUPPORTED;   // the legacy stream cannot be captured
+    auto* s = emu::stream_of(stream);
+    if (s->capture) return INVALID_VALUE;
+    s->Wait();
+    s->capture = new std::vector<std::function<void()>>();
+    s->capture_thread = std::this_thread::get_id();
+    return OK;
+}
+CUresult cuStreamEndCapture(void* stream, void** graph)
+{
+    auto* s = emu::stream_of(stream);
+    if (!s->capture) return CAPTURE_UNMATCHED;
+    if (s->capture_thread != std::this_thread::get_id()) return CAPTURE_WRONG_THREAD;
+    *graph = new Graph{std::move(*s->capture)};
+    delete s->capture;
+    s->capture = nullptr;
+    return OK;
+}
+CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) { *exec = new Graph(*static_cast<Graph*>(graph)); return OK; }
+CUresult cuGraphLaunch(void* exec, void* stream)
+{
+    if (!stream && emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
+    auto* s = emu::stream_of(stream);
+    if (s->capture) return INVALID_VALUE;   // a graph launched into a capture (a child graph): not emulated
+    s->Wait();
+    for (auto& node : static_cast<Graph*>(exec)->nodes) node();
+    return OK;
+}
+CUresult cuGraphExecDestroy(void* exec) { delete static_cast<Graph*>(exec); return OK; }
+CUresult cuGraphDestroy(void* graph) { delete static_cast<Graph*>(graph); return OK; }
 CUresult cuStreamQuery(void* s) { return emu::stream_of(s)->Idle() ? OK : NOT_READY; }
 // Launches run to completion inside cuLaunchKernel, so an event records the host clock once the work queued on
 // its stream before it is done, and the time between two events is the CPU time the emulated kernels took
@@ -238,3 +298,11 @@ CUresult cuEventElapsedTime(float* ms, void* start, void* end)
 }
 
 bool emu::device_range(unsigned long long p, size_t n) { return inside(p, n); }
+
+bool emu::capturing_on_this_thread()
+{
+    std::lock_guard<std::mutex> lock(streams_lock);
+    for (emu::Stream* s : streams)
+        if (s->capture && s->capture_thread == std::this_thread::get_id()) return true;
+    return false;
+}

@@ -85,6 +85,12 @@ public sealed record EngineOptions
     /// </summary>
     public bool HostSampling { get; init; }
 
+    /// <summary>
+    /// Launch every kernel of every step (<c>--enforce-eager</c>, vLLM's name) instead of capturing decode steps as CUDA
+    /// graphs and replaying them (the default on CUDA with one rank).
+    /// </summary>
+    public bool EnforceEager { get; init; }
+
     public const long DefaultKvCacheMemoryBytes = 2L << 30;
     public const int DefaultMaxModelLenCap = 4096;
 

@@ -46,6 +46,18 @@ public readonly record struct CUevent(nint Value)
     public bool IsNull => Value == 0;
 }
 
+/// <summary>C <c>CUgraph</c> (void*), passed by value exactly as the native type.</summary>
+public readonly record struct CUgraph(nint Value)
+{
+    public bool IsNull => Value == 0;
+}
+
+/// <summary>C <c>CUgraphExec</c> (void*), passed by value exactly as the native type.</summary>
+public readonly record struct CUgraphExec(nint Value)
+{
+    public bool IsNull => Value == 0;
+}
+
 /// <summary>C <c>CUresult</c>, with the header's member names.</summary>
 public enum CUresult
 {
@@ -114,6 +126,10 @@ public enum CUresult
     CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803,
     CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE = 804,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_UNMATCHED = 903,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT = 906,
+    CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
     CUDA_ERROR_UNKNOWN = 999,
 }
 
@@ -127,6 +143,14 @@ public enum CUdevice_attribute
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75,
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76,
     CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97,
+}
+
+/// <summary>C <c>CUstreamCaptureMode</c>, with the header's member names.</summary>
+public enum CUstreamCaptureMode
+{
+    CU_STREAM_CAPTURE_MODE_GLOBAL = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
+    CU_STREAM_CAPTURE_MODE_RELAXED = 2,
 }
 
 /// <summary>C <c>CUfunction_attribute</c>, with the header's member names.</summary>
@@ -385,4 +409,40 @@ public static unsafe partial class CudaApi
 
     [LibraryImport(Library, EntryPoint = "cuEventElapsedTime")]
     private static partial CUresult cuEventElapsedTime_Raw(float* pMilliseconds, CUevent hStart, CUevent hEnd);
+
+    /// <summary><c>CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)</c>; throws CudaException unless CUDA_SUCCESS.</summary>
+    public static void cuStreamBeginCapture_v2(CUstream hStream /* CUstream */, CUstreamCaptureMode mode /* CUstreamCaptureMode */) => ThrowIfFailed(cuStreamBeginCapture_v2_Raw(hStream, mode), "cuStreamBeginCapture_v2");
+
+    [LibraryImport(Library, EntryPoint = "cuStreamBeginCapture_v2")]
+    private static partial CUresult cuStreamBeginCapture_v2_Raw(CUstream hStream, CUstreamCaptureMode mode);
+
+    /// <summary><c>CUresult cuStreamEndCapture(CUstream hStream, CUgraph* phGraph)</c>; throws CudaException unless CUDA_SUCCESS.</summary>
+    public static void cuStreamEndCapture(CUstream hStream /* CUstream */, CUgraph* phGraph /* CUgraph* */) => ThrowIfFailed(cuStreamEndCapture_Raw(hStream, phGraph), "cuStreamEndCapture");
+
+    [LibraryImport(Library, EntryPoint = "cuStreamEndCapture")]
+    private static partial CUresult cuStreamEndCapture_Raw(CUstream hStream, CUgraph* phGraph);
+
+    /// <summary><c>CUresult cuGraphInstantiateWithFlags(CUgraphExec* phGraphExec, CUgraph hGraph, unsigned long long flags)</c>; throws CudaException unless CUDA_SUCCESS.</summary>
+    public static void cuGraphInstantiateWithFlags(CUgraphExec* phGraphExec /* CUgraphExec* */, CUgraph hGraph /* CUgraph */, ulong flags /* unsigned long long */) => ThrowIfFailed(cuGraphInstantiateWithFlags_Raw(phGraphExec, hGraph, flags), "cuGraphInstantiateWithFlags");
+
+    [LibraryImport(Library, EntryPoint = "cuGraphInstantiateWithFlags")]
+    private static partial CUresult cuGraphInstantiateWithFlags_Raw(CUgraphExec* phGraphExec, CUgraph hGraph, ulong flags);
+
+    /// <summary><c>CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)</c>; throws CudaException unless CUDA_SUCCESS.</summary>
+    public static void cuGraphLaunch(CUgraphExec hGraphExec /* CUgraphExec */, CUstream hStream /* CUstream */) => ThrowIfFailed(cuGraphLaunch_Raw(hGraphExec, hStream), "cuGraphLaunch");
+
+    [LibraryImport(Library, EntryPoint = "cuGraphLaunch")]
+    private static partial CUresult cuGraphLaunch_Raw(CUgraphExec hGraphExec, CUstream hStream);
+
+    /// <summary><c>CUresult cuGraphExecDestroy(CUgraphExec hGraphExec)</c>; the status is returned, not thrown.</summary>
+    public static CUresult cuGraphExecDestroy(CUgraphExec hGraphExec /* CUgraphExec */) => cuGraphExecDestroy_Raw(hGraphExec);
+
+    [LibraryImport(Library, EntryPoint = "cuGraphExecDestroy")]
+    private static partial CUresult cuGraphExecDestroy_Raw(CUgraphExec hGraphExec);
+
+    /// <summary><c>CUresult cuGraphDestroy(CUgraph hGraph)</c>; the status is returned, not thrown.</summary>
+    public static CUresult cuGraphDestroy(CUgraph hGraph /* CUgraph */) => cuGraphDestroy_Raw(hGraph);
+
+    [LibraryImport(Library, EntryPoint = "cuGraphDestroy")]
+    private static partial CUresult cuGraphDestroy_Raw(CUgraph hGraph);
 }

@@ -57,6 +57,8 @@ public static class GenerateCommand
                                      the weights leave of it; --kv-cache-memory / --num-kv-blocks override it
           --host-sampling            CUDA: copy the logits back and sample on the host (default: sample on the GPU,
                                      one launch per step; seeded draws differ between the two, greedy ones do not)
+          --enforce-eager            CUDA: launch every kernel of every step (default: decode steps are captured as
+                                     CUDA graphs once per shape and replayed, one launch each)
           --block-size N             tokens per KV block (default 16)
           --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
@@ -83,7 +85,7 @@ public static class GenerateCommand
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
         "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers",
     ];
-    internal static readonly string[] EngineFlags = ["no-prefix-caching", "host-sampling", "help"];
+    internal static readonly string[] EngineFlags = ["no-prefix-caching", "host-sampling", "enforce-eager", "help"];
 
     internal static readonly HashSet<string> ValueOptions =
     [
@@ -137,6 +139,11 @@ public static class GenerateCommand
             : RunMany(engine, prompts, sampling, a.Flag("jsonl"), loadTime, stdout, stderr);
     }
 
+    /// <summary>On CUDA, what the summary line says of CUDA graphs: " | CUDA graphs: 1 captured, 15 launches" or " | CUDA graphs: off"; else nothing.</summary>
+    static string CudaGraphSummary(LlmEngine engine) => engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
+        ? cuda.GraphsEnabled ? $" | CUDA graphs: {cuda.GraphsCaptured} captured, {cuda.GraphLaunches} launches" : " | CUDA graphs: off"
+        : "";
+
     internal static EngineOptions ParseEngineOptions(CliArguments a) => new()
     {
         BlockSize = a.Int("block-size", 16, min: 1, max: 1024),
@@ -155,6 +162,7 @@ public static class GenerateCommand
         Device = ParseDevice(a.String("device") ?? "cpu"),
         GpuMemoryUtilization = a.Float("gpu-memory-utilization", 0.9f, min: 0.01f, max: 1),
         HostSampling = a.Flag("host-sampling"),
+        EnforceEager = a.Flag("enforce-eager"),
     };
 
     /// <summary>The <c>--device</c> names, as <see cref="ParseDevice"/> takes them.</summary>
@@ -256,8 +264,9 @@ public static class GenerateCommand
         double promptRate = promptTokens / Math.Max(ttft.TotalSeconds, 1e-9);
         double genRate = Math.Max(completionTokens - 1, 0) / Math.Max((total - ttft).TotalSeconds, 1e-9);
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
-            "model {0}: load {1:F2} s | prompt {2} tokens, {3:F1} tokens/s | generation {4} tokens, {5:F1} tokens/s | finish: {6}",
-            engine.Model.Name, loadTime.TotalSeconds, promptTokens, promptRate, completionTokens, genRate, last?.FinishReason ?? FinishReason.Length));
+            "model {0}: load {1:F2} s | prompt {2} tokens, {3:F1} tokens/s | generation {4} tokens, {5:F1} tokens/s | finish: {6}{7}",
+            engine.Model.Name, loadTime.TotalSeconds, promptTokens, promptRate, completionTokens, genRate, last?.FinishReason ?? FinishReason.Length,
+            CudaGraphSummary(engine)));
         return Cli.ExitOk;
     }
 
@@ -294,9 +303,10 @@ public static class GenerateCommand
         var stats = engine.Stats;
         stderr.WriteLine(string.Format(CultureInfo.InvariantCulture,
             "model {0}: load {1:F2} s | {2} prompts, {3} prompt + {4} generated tokens in {5:F2} s: {6:F1} generated tokens/s | {7} steps, {8} preemptions | " +
-            "prefix cache: {9} of {10} looked-up tokens hit",
+            "prefix cache: {9} of {10} looked-up tokens hit{11}",
             engine.Model.Name, loadTime.TotalSeconds, prompts.Length, prompted, generated, elapsed.TotalSeconds,
-            generated / Math.Max(elapsed.TotalSeconds, 1e-9), stats.Steps, stats.Preemptions, stats.PrefixCacheHitTokens, stats.PrefixCacheQueryTokens));
+            generated / Math.Max(elapsed.TotalSeconds, 1e-9), stats.Steps, stats.Preemptions, stats.PrefixCacheHitTokens, stats.PrefixCacheQueryTokens,
+            CudaGraphSummary(engine)));
         return Cli.ExitOk;
     }
 }

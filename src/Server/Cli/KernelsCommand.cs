@@ -337,11 +337,11 @@ public static class KernelsCommand
             : $"cuBLAS for chunks of {gemmMinRows}+ rows, else the GEMV kernels";
         stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions; products: {products}");
         if ((stall ?? fail) is { } faulty) return RankFault(model, cpu, cuda, faulty, stalls: stall is not null, options.TensorParallelTimeout, stdout);
-        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention), () => cuda.LastGemm);
+        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention), () => cuda.LastGemm, () => cuda.LastGraph);
         int width = checks.Max(c => c.Step.Length), kernels = Math.Max("attention".Length, checks.Max(c => c.CandidatePath.Length));
-        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  products  logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
+        stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  products  graph     logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
         foreach (var c in checks)
-            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {(c.CandidateGemm ? "cuBLAS" : "GEMV"),-8}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
+            stdout.WriteLine($"{c.Step.PadRight(width)}  {c.CandidatePath.PadRight(kernels)}  {c.Tokens,6}  {(c.CandidateGemm ? "cuBLAS" : "GEMV"),-8}  {GraphLabel(c.CandidateGraph),-8}  {c.LogitRows,10}  {c.MaxError,10:G3}  {c.MaxLogit,11:G4}  {c.Tolerance,9:G3}  {(c.SameArgMax ? "same" : "DIFF"),6}  {(c.Passed ? "PASS" : "FAIL")}");
         int failed = checks.Count(c => !c.Passed);
         stdout.WriteLine(failed == 0 ? $"all {checks.Count} steps within tolerance" : $"{failed} of {checks.Count} steps FAILED");
         return failed == 0 ? Cli.ExitOk : Cli.ExitFailure;
@@ -384,6 +384,15 @@ public static class KernelsCommand
               $"the {error.Operation}, {elapsed.TotalSeconds:0.00} s, executor {(cuda.Failure is null ? "not failed" : "failed")}");
         return passed ? Cli.ExitOk : Cli.ExitFailure;
     }
+
+    /// <summary>A step's use of CUDA graphs, as <c>kernels forward</c> prints it.</summary>
+    static string GraphLabel(GraphUse use) => use switch
+    {
+        GraphUse.None => "-",
+        GraphUse.Captured => "captured",
+        GraphUse.Replayed => "replayed",
+        _ => "both",
+    };
 
     /// <summary>The attention kernels of a step, as <c>kernels forward</c> prints them: "prefill + decode split-K".</summary>
     static string Describe(AttentionKernels kernels) => string.Join(" + ", new[]

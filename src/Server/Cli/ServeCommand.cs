@@ -35,7 +35,7 @@ public static class ServeCommand
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
           --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
           -tp / --tensor-parallel-size, --tensor-parallel-timeout, --device cpu|cuda|cuda-emulated,
-          --gpu-memory-utilization, --host-sampling)
+          --gpu-memory-utilization, --host-sampling, --enforce-eager)
 
         example: tokenmill serve --model qwen2.5-0.5b-instruct-q8_0.gguf --port 8000 --api-key-file ~/.tokenmill-key
                  then open http://127.0.0.1:8000/ for the playground and the live KV-cache view

@@ -189,6 +189,44 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         Assert.Equal("cuBLAS", ProductsOf(output, "prefill E (30)"));
         Assert.Equal("GEMV", ProductsOf(output, "decode A + decode B + decode C"));
         Assert.Equal("GEMV", ProductsOf(output, "prefill F (5) + decode E (context 31)"));
+        // Decode-only chunks are captured as CUDA graphs (each of these is a new shape: rows, plan); chunks with prefill rows are not.
+        Assert.Equal("captured", GraphOf(output, "decode A + decode B + decode C"));
+        Assert.Equal("captured", GraphOf(output, "decode E (context 32) + decode F"));
+        Assert.Equal("-", GraphOf(output, "prefill E (30)"));
+        Assert.Equal("-", GraphOf(output, "prefill F (5) + decode E (context 31)"));
+    }
+
+    /// <summary>The graph column of <c>kernels forward</c>'s row for <paramref name="step"/>.</summary>
+    static string GraphOf(string output, string step)
+    {
+        var row = System.Text.RegularExpressions.Regex.Match(output, $@"(?m)^{System.Text.RegularExpressions.Regex.Escape(step)}\s{{2,}}\S.*?\s{{2,}}\d+\s{{2}}(cuBLAS|GEMV)\s+(?<graph>\S+)\s");
+        Assert.True(row.Success, $"no graph column for step '{step}' in:\n{output}");
+        return row.Groups["graph"].Value;
+    }
+
+    [SkippableFact]
+    public void Decode_steps_replay_CUDA_graphs_with_the_CPU_s_tokens_and_enforce_eager_launches_every_kernel()
+    {
+        Require();
+        string model = TestData.Require("models/stories260K.gguf");
+        string[] prompts = ["Once upon a time", "The little dog", "Lily and Ben went to the park"];
+        string[] args = ["--model", model, "--max-tokens", "32"];
+        var cpu = driver.GreedyTokenIds(log, ["--device", "cpu"], prompts, args);
+        Assert.Equal(cpu, driver.GreedyTokenIds(log, ["--device", "cuda-emulated"], prompts, args));
+        Assert.Equal(cpu, driver.GreedyTokenIds(log, ["--device", "cuda-emulated", "--enforce-eager"], prompts, args));
+
+        var (code, output) = Tokenmill("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "20", "--temperature", "0",
+                                       "--ignore-eos", "--device", "cuda-emulated");
+        Assert.True(code == 0, output);
+        // One sequence: one decode shape, captured once; its 14 decode steps (15 tokens, the first from the prefill) one launch each.
+        var graphs = System.Text.RegularExpressions.Regex.Match(output, @"CUDA graphs: (?<captured>\d+) captured, (?<launches>\d+) launches");
+        Assert.True(graphs.Success, output);
+        Assert.Equal("1", graphs.Groups["captured"].Value);
+        Assert.Equal("14", graphs.Groups["launches"].Value);
+        (code, output) = Tokenmill("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "20", "--temperature", "0",
+                                   "--ignore-eos", "--device", "cuda-emulated", "--enforce-eager");
+        Assert.True(code == 0, output);
+        Assert.Contains("CUDA graphs: off", output);
     }
 
     [SkippableTheory]

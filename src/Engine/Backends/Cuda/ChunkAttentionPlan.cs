@@ -1,6 +1,15 @@
 namespace TokenMill.Backends.Cuda;
 
 /// <summary>The attention kernels a forward pass launched (<see cref="CudaForward.LastAttention"/>).</summary>
+/// <summary>How a forward pass used CUDA graphs: captured a chunk's launches into a new graph, replayed one, or neither.</summary>
+[Flags]
+public enum GraphUse
+{
+    None = 0,
+    Captured = 1,
+    Replayed = 2,
+}
+
 [Flags]
 public enum AttentionKernels
 {
@@ -44,6 +53,7 @@ internal readonly record struct AttentionRun(AttentionKernels Kind, int FirstGro
 internal sealed class ChunkAttentionPlan
 {
     readonly int _headCount, _partitionSize, _maxSplitSequences, _maxBlocksPerSequence;
+    readonly bool _fixedWidth;
     readonly int[] _contextLens, _blockTables, _queryStart;
     readonly List<AttentionRun> _runs = [];
 
@@ -52,7 +62,8 @@ internal sealed class ChunkAttentionPlan
     /// <param name="headCount">Query heads: the split-K choice counts heads × sequences blocks.</param>
     /// <param name="partitionSize">Positions per split-K partition.</param>
     /// <param name="maxSplitSequences">Sequences one split-K launch may take (its partial buffers' size).</param>
-    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences)
+    /// <param name="fixedWidth">Block table rows always <paramref name="maxBlocksPerSequence"/> wide (CUDA graphs fix the stride in their launches), not the chunk's longest.</param>
+    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences, bool fixedWidth = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocksPerSequence, 1);
@@ -63,6 +74,7 @@ internal sealed class ChunkAttentionPlan
         _partitionSize = partitionSize;
         _maxSplitSequences = maxSplitSequences;
         _maxBlocksPerSequence = maxBlocksPerSequence;
+        _fixedWidth = fixedWidth;
         _contextLens = new int[maxRows];
         _blockTables = new int[maxRows * maxBlocksPerSequence];
         _queryStart = new int[maxRows + 1];
@@ -113,7 +125,8 @@ internal sealed class ChunkAttentionPlan
         }
         if (width > _maxBlocksPerSequence)
             throw new ArgumentOutOfRangeException(nameof(batch), $"a context of {width} blocks: the plan takes at most {_maxBlocksPerSequence}");
-        Width = width;
+        Width = _fixedWidth ? _maxBlocksPerSequence : width;
+        width = Width;
         for (int g = 0; g < groups; g++)
         {
             var table = batch.BlockTable(sequenceOf[_queryStart[g]]);

@@ -110,7 +110,7 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
                 contexts[r].MakeCurrent();
                 shards.Add(TensorParallelShard.Create(model, r, n));
                 forwards.Add(new CudaForward(contexts[r], shards[r], n > 1 ? comms[r] : null, compiler, sources, maxBatchTokens, maxModelLen, options.BlockSize, partitionSize, gemmMinRows,
-                    maxSampleRows: n > 1 || options.HostSampling ? 0 : Math.Min(maxBatchTokens, options.MaxNumSeqs)));
+                    maxSampleRows: n > 1 || options.HostSampling ? 0 : Math.Min(maxBatchTokens, options.MaxNumSeqs), cudaGraphs: n == 1 && !options.EnforceEager));
             }
             // Every rank has the same block tables: the pool is the fewest blocks any rank's device holds.
             int blocks = int.MaxValue;
@@ -240,6 +240,18 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
 
     /// <summary>The attention kernels the last <see cref="Forward"/> launched (rank 0's; every rank launches the same).</summary>
     public AttentionKernels LastAttention => _forwards[0].LastAttention;
+
+    /// <summary>How the last step used CUDA graphs (rank 0's).</summary>
+    public GraphUse LastGraph => _forwards[0].LastGraph;
+
+    /// <summary>Whether decode chunks are captured as CUDA graphs (one rank, not <see cref="EngineOptions.EnforceEager"/>).</summary>
+    public bool GraphsEnabled => _forwards[0].GraphsEnabled;
+
+    /// <summary>Graphs captured so far (one per shape of decode chunk; a full cache starts over).</summary>
+    public long GraphsCaptured => _forwards[0].GraphsCaptured;
+
+    /// <summary>Chunks run as one graph launch so far, the capturing ones included.</summary>
+    public long GraphLaunches => _forwards[0].GraphLaunches;
 
     /// <summary>Whether a product of the last <see cref="Forward"/> ran on cuBLAS (rank 0's).</summary>
     public bool LastGemm => _forwards[0].LastGemm;

@@ -179,6 +179,12 @@ public sealed class CudaForward : IDisposable
     readonly int _gemmMinRows;
     // Sampling where the logits are (one rank only); null when the host samples.
     readonly CudaSampler? _sampler;
+    // The stream every launch goes on: one of our own with one rank (stream capture needs one; it is a blocking stream,
+    // so the synchronous copies of the legacy stream stay ordered with it), the legacy stream under tensor parallelism.
+    readonly CudaStream? _stream;
+    // CUDA graphs of decode chunks, by what their launches' arguments depend on (null: every chunk launched eagerly).
+    readonly Dictionary<string, CudaGraph>? _graphs;
+    readonly System.Text.StringBuilder _graphKey = new();
 
     /// <param name="context">The device's context, current on the calling thread.</param>
     /// <param name="model">The model; its weights are uploaded now.</param>
@@ -215,9 +221,10 @@ public sealed class CudaForward : IDisposable
     /// <param name="partitionSize">Positions per split-K decode partition.</param>
     /// <param name="gemmMinRows">Rows of a chunk from which products run on cuBLAS.</param>
     /// <param name="maxSampleRows">Samplers one <see cref="Sample"/> call takes; 0 (and always under tensor parallelism): no device sampler, the host samples.</param>
+    /// <param name="cudaGraphs">Capture decode chunks as CUDA graphs and replay them (one rank only; <c>--enforce-eager</c> turns it off).</param>
     internal CudaForward(CudaContext context, TensorParallelShard shard, IDeviceCommunicator? communicator, KernelCompiler compiler,
                          IReadOnlyList<KernelSource> sources, int maxBatchTokens, int maxModelLen, int blockSize, int partitionSize,
-                         int gemmMinRows = GemmMinRows, int maxSampleRows = 0)
+                         int gemmMinRows = GemmMinRows, int maxSampleRows = 0, bool cudaGraphs = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(gemmMinRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchTokens, 1);
@@ -236,6 +243,8 @@ public sealed class CudaForward : IDisposable
         _gemmMinRows = gemmMinRows;
         try
         {
+            if (_comm is null) _stream = Own(context.CreateStream());
+            if (_comm is null && cudaGraphs) _graphs = [];
             foreach (string fileName in UsedKernels.Select(k => KernelLaunches.For(k).FileName).Distinct())
             {
                 var file = sources.FirstOrDefault(s => s.FileName == fileName)
@@ -267,7 +276,7 @@ public sealed class CudaForward : IDisposable
             {
                 var matrices = _layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down }).Append(_output).ToList();
                 long quantized = matrices.Where(m => m.Type is GgmlType.Q8_0 or GgmlType.Q4_0).Select(m => (long)m.Rows * m.Columns).DefaultIfEmpty(0).Max();
-                _gemm = CudaGemm.TryCreate(context, GemmKernels.From(Kernel), maxBatchTokens, matrices.Max(m => m.Columns), quantized, out string? unavailable);
+                _gemm = CudaGemm.TryCreate(context, GemmKernels.From(Kernel), maxBatchTokens, matrices.Max(m => m.Columns), quantized, out string? unavailable, _stream);
                 if (_gemm is not null) _owned.Add(_gemm);
                 GemmUnavailable = unavailable;
             }
@@ -309,7 +318,8 @@ public sealed class CudaForward : IDisposable
             _maxLogits = Floats(statistics);
             _expSums = Floats(statistics);
             _partialOut = Floats(statistics * _c.HeadDim);
-            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences);
+            // Graphs bake the block tables' row stride into their launches: with graphs it is always the longest sequence's.
+            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences, fixedWidth: _graphs is not null);
         }
         catch
         {
@@ -484,6 +494,7 @@ public sealed class CudaForward : IDisposable
         Validate(batch, kv, logits.Length);
         LastAttention = AttentionKernels.None;
         LastGemm = false;
+        LastGraph = GraphUse.None;
         _deviceLogitRows = 0;
         var logitRows = batch.LogitRows;
         int nextLogit = 0, vocab = _c.VocabSize;
@@ -518,6 +529,7 @@ public sealed class CudaForward : IDisposable
         Validate(batch, kv, batch.LogitRowCount * _c.VocabSize);
         LastAttention = AttentionKernels.None;
         LastGemm = false;
+        LastGraph = GraphUse.None;
         _deviceLogitRows = 0;
         var logitRows = batch.LogitRows;
         int nextLogit = 0;
@@ -561,9 +573,6 @@ public sealed class CudaForward : IDisposable
     /// <summary>All layers for batch rows [start, start + n), then the classifier for the chunk's <paramref name="logitCount"/> logit rows.</summary>
     void RunChunk(ForwardBatch batch, CudaKvCache kv, int start, int n, int logitCount, int logitOffset)
     {
-        int d = _c.EmbeddingLength, ff = _c.FeedForwardLength;
-        float eps = _c.RmsNormEps;
-
         // Metadata, uploaded once for the chunk: the rows', then the attention plan's per group of a sequence's rows.
         _plan.Build(batch, start, n, kv.BlockSize);
         LastAttention |= _plan.Kernels;
@@ -583,10 +592,70 @@ public sealed class CudaForward : IDisposable
         _queryStart.CopyFrom(_plan.QueryStart);
         if (logitCount > 0) _logitRowIndex.CopyFrom<int>(_hostLogitRows.AsSpan(0, logitCount));
 
+        // A chunk of decode rows only, on one rank: its launches depend on the rows, the logit rows and the attention plan's
+        // runs, not on the tokens, positions or contexts (device buffers, uploaded above): a graph of them is replayed.
+        if (_graphs is not null && (_plan.Kernels & AttentionKernels.Prefill) == 0 && n <= MaxGraphRows)
+        {
+            string key = GraphKey(n, logitCount, logitOffset);
+            if (!_graphs.TryGetValue(key, out var graph))
+            {
+                if (_graphs.Count >= MaxGraphs) ClearGraphs();
+                graph = CudaGraph.Capture(_stream!, () => Launches(kv, n, logitCount, logitOffset));
+                _graphs[key] = graph;
+                LastGraph |= GraphUse.Captured;
+                GraphsCaptured++;
+            }
+            else LastGraph |= GraphUse.Replayed;
+            graph.Launch(_stream!);
+            GraphLaunches++;
+            return;
+        }
+        Launches(kv, n, logitCount, logitOffset);
+    }
+
+    /// <summary>Decode chunks of at most this many rows are captured (vLLM captures batch sizes up to 512 by default).</summary>
+    const int MaxGraphRows = 256;
+
+    /// <summary>Graphs kept at most: past that the cache starts over (a graph is small: one node per launch).</summary>
+    const int MaxGraphs = 512;
+
+    /// <summary>What a decode chunk's launches depend on: rows, logit rows and where they go, and the plan's runs (kind, groups, split partitions).</summary>
+    string GraphKey(int n, int logitCount, int logitOffset)
+    {
+        var k = _graphKey.Clear().Append(n).Append('/').Append(logitCount).Append('/').Append(logitOffset);
+        foreach (var run in _plan.Runs)
+            k.Append('|').Append((int)run.Kind).Append(',').Append(run.FirstGroup).Append(',').Append(run.GroupCount).Append(',').Append(run.FirstRow)
+             .Append(',').Append(run.Kind == AttentionKernels.DecodeSplitK ? run.Decode.MaxPartitions : 0);
+        return k.ToString();
+    }
+
+    void ClearGraphs()
+    {
+        foreach (var g in _graphs!.Values) g.Dispose();
+        _graphs.Clear();
+    }
+
+    /// <summary>How the last <see cref="Forward"/> used CUDA graphs.</summary>
+    public GraphUse LastGraph { get; private set; }
+
+    /// <summary>Whether decode chunks are captured as CUDA graphs.</summary>
+    public bool GraphsEnabled => _graphs is not null;
+
+    /// <summary>Graphs captured so far.</summary>
+    public long GraphsCaptured { get; private set; }
+
+    /// <summary>Chunks run as one graph launch so far.</summary>
+    public long GraphLaunches { get; private set; }
+
+    /// <summary>The chunk's launches: every layer, then the classifier for its logit rows (the metadata already uploaded).</summary>
+    void Launches(CudaKvCache kv, int n, int logitCount, int logitOffset)
+    {
+        int d = _c.EmbeddingLength, ff = _c.FeedForwardLength;
+        float eps = _c.RmsNormEps;
         var rows = new Dim3((uint)n);
-        _embeddingKernel.Launch(rows, Block(_embeddingKernel), _args.Clear().Add(_embedding).Add(_tokens).Add(_x).Add(d).Add(1f));
+        _embeddingKernel.Launch(rows, Block(_embeddingKernel), _args.Clear().Add(_embedding).Add(_tokens).Add(_x).Add(d).Add(1f), stream: _stream);
         _comm?.AllReduceSum(_x, _collectives!, (long)n * d);
-        _rmsNorm.Launch(rows, Block(_rmsNorm), _args.Clear().Add(_x).Add(_layers[0].AttnNorm).Add(_h).Add(d).Add(eps));
+        _rmsNorm.Launch(rows, Block(_rmsNorm), _args.Clear().Add(_x).Add(_layers[0].AttnNorm).Add(_h).Add(d).Add(eps), stream: _stream);
         float scale = 1f / MathF.Sqrt(_c.HeadDim);
         for (int layer = 0; layer < _layers.Length; layer++)
         {
@@ -598,28 +667,28 @@ public sealed class CudaForward : IDisposable
             _rope.Launch(rows, Block(_rope), _args.Clear().Add(_q).Add(_k).Add(_positions)
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
-                .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0));
+                .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0), stream: _stream);
             _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
-                .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim));
+                .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim), stream: _stream);
             Attention(kv, layer, scale);
             MatMul(lw.Wo, _att, _delta.Pointer, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel wo: each rank holds a partial sum over its heads
             // x += attention output; h = ffn_norm(x)
-            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps));
+            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(lw.FfnNorm).Add(_h).Add(d).Add(eps), stream: _stream);
             MatMul(lw.Gate, _h, _gate.Pointer, n);
             MatMul(lw.Up, _h, _up.Pointer, n);
             long elements = (long)n * ff;
             _siluAndMul.Launch(KernelLaunches.ElementGrid(elements), Block(_siluAndMul),
-                _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements));
+                _args.Clear().Add(_gate).Add(_up).Add(_gate).Add(elements), stream: _stream);
             MatMul(lw.Down, _gate, _delta.Pointer, n);
             _comm?.AllReduceSum(_delta, _collectives!, (long)n * d);   // row-parallel down: a partial sum over this rank's FFN slice
             // x += MLP output; h = the next layer's attn_norm(x), or after the last layer the output norm.
             var nextNorm = layer + 1 < _layers.Length ? _layers[layer + 1].AttnNorm : _outputNorm;
-            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(nextNorm).Add(_h).Add(d).Add(eps));
+            _fusedAddRmsNorm.Launch(rows, Block(_fusedAddRmsNorm), _args.Clear().Add(_x).Add(_delta).Add(nextNorm).Add(_h).Add(d).Add(eps), stream: _stream);
         }
         if (logitCount == 0) return;
         // Gather the rows that want logits (embedding_f32 with the normed rows as its table: a row copy, × 1), then the classifier.
-        _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f));
+        _gatherRows.Launch(new Dim3((uint)logitCount), Block(_gatherRows), _args.Clear().Add(_h).Add(_logitRowIndex).Add(_hl).Add(d).Add(1f), stream: _stream);
         MatMul(_output, _hl, Offset(_logits, (long)logitOffset * (_comm is null ? _c.VocabSize : _vocabPerRank)), logitCount);
     }
 
@@ -664,22 +733,22 @@ public sealed class CudaForward : IDisposable
                     _prefillAttention.Launch(PagedAttentionPrefill.Grid(run.MaxQueryLength, _c.HeadCount, run.GroupCount), Block(_prefillAttention),
                         _args.Clear().Add(_att).Add(_q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables)
                             .Add(Offset(_queryStart, run.FirstGroup)).Add(_positions).Add(width)
-                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow));
+                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow), stream: _stream);
                     break;
                 case AttentionKernels.Decode:
                     _decodeAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_decodeAttention),
                         _args.Clear().Add(output).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables).Add(contextLens).Add(width)
-                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow));
+                            .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow), stream: _stream);
                     break;
                 case AttentionKernels.DecodeSplitK:
                     var plan = run.Decode;
                     _splitDecodeAttention.Launch(plan.SplitGrid(run.GroupCount, _c.HeadCount), Block(_splitDecodeAttention),
                         _args.Clear().Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer))
                             .Add(blockTables).Add(contextLens).Add(width).Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim)
-                            .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(_partitionSize));
+                            .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(_partitionSize), stream: _stream);
                     _reduceAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_reduceAttention),
                         _args.Clear().Add(output).Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(contextLens).Add(plan.MaxPartitions)
-                            .Add(_c.HeadCount).Add(_c.HeadDim).Add(NoWindow).Add(_partitionSize));
+                            .Add(_c.HeadCount).Add(_c.HeadDim).Add(NoWindow).Add(_partitionSize), stream: _stream);
                     break;
                 default:
                     throw new InvalidOperationException($"attention run of kind {run.Kind}");
@@ -708,11 +777,12 @@ public sealed class CudaForward : IDisposable
     void Gemv(DeviceMatrix w, DeviceBuffer x, CUdeviceptr y, int n)
     {
         uint blocks = (uint)((w.Rows + _gemvRowsPerBlock - 1) / _gemvRowsPerBlock);
-        w.Gemv.Launch(new Dim3(blocks, (uint)n), Block(w.Gemv), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns));
+        w.Gemv.Launch(new Dim3(blocks, (uint)n), Block(w.Gemv), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns), stream: _stream);
     }
 
     public void Dispose()
     {
+        if (_graphs is not null) ClearGraphs();
         for (int i = _owned.Count - 1; i >= 0; i--) _owned[i].Dispose();
         _owned.Clear();
         _uploaded.Clear();

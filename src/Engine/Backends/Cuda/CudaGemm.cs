@@ -51,9 +51,11 @@ internal sealed unsafe class CudaGemm : IDisposable
     readonly long _maxActivations, _scratchElements;
     readonly KernelArgs _args = new();
 
-    CudaGemm(CublasHandle blas, GemmKernels kernels, DeviceBuffer xHalf, DeviceBuffer? dequantized, long maxActivations, long scratchElements)
+    readonly CudaStream? _stream;
+
+    CudaGemm(CublasHandle blas, GemmKernels kernels, DeviceBuffer xHalf, DeviceBuffer? dequantized, long maxActivations, long scratchElements, CudaStream? stream)
     {
-        (_blas, _kernels, _xHalf, _dequantized, _maxActivations, _scratchElements) = (blas, kernels, xHalf, dequantized, maxActivations, scratchElements);
+        (_blas, _kernels, _xHalf, _dequantized, _maxActivations, _scratchElements, _stream) = (blas, kernels, xHalf, dequantized, maxActivations, scratchElements, stream);
     }
 
     /// <summary>
@@ -68,9 +70,10 @@ internal sealed unsafe class CudaGemm : IDisposable
     /// <param name="maxColumns">Columns of a weight, at most.</param>
     /// <param name="maxQuantizedElements">Values of the largest Q8_0/Q4_0 weight; 0 when there is none.</param>
     /// <param name="unavailable">Why cuBLAS cannot be used, when it returns null.</param>
+    /// <param name="stream">The stream its work goes on (null: the legacy stream).</param>
     /// <param name="scratchElements">Dequantized values a GEMM takes at most (<see cref="ScratchElements"/>; the self test takes fewer, to slice).</param>
     public static CudaGemm? TryCreate(CudaContext context, GemmKernels kernels, int maxRows, int maxColumns, long maxQuantizedElements, out string? unavailable,
-                                      long scratchElements = ScratchElements)
+                                      CudaStream? stream = null, long scratchElements = ScratchElements)
     {
         if (!NativeLibraryResolver.TryLoad(CudaLibrary.Cublas, out string reason))
         {
@@ -95,11 +98,12 @@ internal sealed unsafe class CudaGemm : IDisposable
             dequantized = scratch > 0 ? context.Allocate(scratch * sizeof(ushort)) : null;
             // One 1 × 1 × 1 product now: cuBLAS takes its workspace on a handle's first GEMM, and that must come out of
             // the device's memory before the KV cache is sized from what is free.
+            if (stream is not null) CublasApi.cublasSetStream_v2(blas.Blas, stream.Stream);
             float one = 1, zero = 0;
             var p = (float*)xHalf.Pointer.Value;
             CublasApi.cublasSgemm_v2(blas.Blas, cublasOperation_t.CUBLAS_OP_T, cublasOperation_t.CUBLAS_OP_N, 1, 1, 1, &one, p, 1, p + 1, 1, &zero, p + 2, 1);
             context.Synchronize();
-            return new CudaGemm(blas, kernels, xHalf, dequantized, activations, scratch);
+            return new CudaGemm(blas, kernels, xHalf, dequantized, activations, scratch, stream);
         }
         catch
         {
@@ -165,7 +169,7 @@ internal sealed unsafe class CudaGemm : IDisposable
     /// <summary>One of convert.cu's element-wise kernels over <paramref name="elements"/> values (its grid-stride launch).</summary>
     void Launch(CudaKernel kernel, CUdeviceptr input, CUdeviceptr output, long elements) =>
         kernel.Launch(KernelLaunches.ElementGrid(elements), new Dim3((uint)KernelLaunches.For(kernel.Name).BlockSize),
-            _args.Clear().Add(input).Add(output).Add(elements));
+            _args.Clear().Add(input).Add(output).Add(elements), stream: _stream);
 
     public void Dispose()
     {

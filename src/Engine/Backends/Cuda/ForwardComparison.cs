@@ -12,8 +12,9 @@ namespace TokenMill.Backends.Cuda;
 /// <param name="SameArgMax">Whether every row's greedy token is the same on both.</param>
 /// <param name="CandidatePath">What the candidate says it ran for the step (the CUDA backend: its attention kernels), or empty.</param>
 /// <param name="CandidateGemm">Whether the candidate ran a product of the step as a GEMM (the CUDA backend: on cuBLAS).</param>
+/// <param name="CandidateGraph">How the candidate used CUDA graphs for the step.</param>
 public sealed record ForwardCheck(string Step, int Tokens, int LogitRows, double MaxError, double MaxLogit, double Tolerance, bool SameArgMax,
-                                  string CandidatePath = "", bool CandidateGemm = false)
+                                  string CandidatePath = "", bool CandidateGemm = false, GraphUse CandidateGraph = GraphUse.None)
 {
     public bool Passed => MaxError <= Tolerance;   // NaN fails
 }
@@ -58,10 +59,10 @@ public static class ForwardComparison
     /// <summary>
     /// Runs the steps on both executors; <paramref name="reference"/>'s logits are the expected ones.
     /// <paramref name="candidatePath"/>, called after each step, says what the candidate ran for it;
-    /// <paramref name="candidateGemm"/> whether it ran a product of it as a GEMM.
+    /// <paramref name="candidateGemm"/> whether it ran a product of it as a GEMM; <paramref name="candidateGraph"/> how it used CUDA graphs.
     /// </summary>
     public static IReadOnlyList<ForwardCheck> Run(Model model, IModelExecutor reference, IModelExecutor candidate, Func<string>? candidatePath = null,
-                                                  Func<bool>? candidateGemm = null)
+                                                  Func<bool>? candidateGemm = null, Func<GraphUse>? candidateGraph = null)
     {
         bool gemmSoFar = false;
         int vocab = model.Config.VocabSize;
@@ -130,7 +131,7 @@ public static class ForwardComparison
             bool gemm = candidateGemm?.Invoke() ?? false;
             gemmSoFar |= gemm;
             results.Add(new ForwardCheck(name, batch.TokenCount, batch.LogitRowCount, maxError, maxLogit, Tolerance(model, maxLogit, gemmSoFar), sameArgMax,
-                                         candidatePath?.Invoke() ?? "", gemm));
+                                         candidatePath?.Invoke() ?? "", gemm, candidateGraph?.Invoke() ?? GraphUse.None));
         }
         return results;
     }
