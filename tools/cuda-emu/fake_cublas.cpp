@@ -123,6 +123,12 @@ cublasStatus_t cublasDestroy_v2(void* handle) { delete static_cast<Handle*>(hand
 cublasStatus_t cublasGetVersion_v2(void* handle, int* version) { if (!handle) return NOT_INITIALIZED; *version = 120000; return SUCCESS; }
 cublasStatus_t cublasSetStream_v2(void* handle, void* stream) { if (!handle) return NOT_INITIALIZED; static_cast<Handle*>(handle)->stream = stream; return SUCCESS; }
 cublasStatus_t cublasSetMathMode(void* handle, int mode) { if (!handle) return NOT_INITIALIZED; static_cast<Handle*>(handle)->math = mode; return SUCCESS; }
+cublasStatus_t cublasSetWorkspace_v2(void* handle, void* workspace, size_t bytes)
+{
+    if (!handle) return NOT_INITIALIZED;
+    if (bytes > 0 && !emu::device_range(reinterpret_cast<unsigned long long>(workspace), bytes)) return INVALID_VALUE;   // the GEMMs here need none
+    return SUCCESS;
+}
 cublasStatus_t cublasSgemm_v2(void* handle, int transa, int transb, int m, int n, int k, const float* alpha, const float* A, int lda,
                               const float* B, int ldb, const float* beta, float* C, int ldc)
 {

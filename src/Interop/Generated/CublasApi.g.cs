@@ -127,6 +127,12 @@ public static unsafe partial class CublasApi
     [LibraryImport(Library, EntryPoint = "cublasSetMathMode")]
     private static partial cublasStatus_t cublasSetMathMode_Raw(cublasHandle_t handle, cublasMath_t mode);
 
+    /// <summary><c>cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace, size_t workspaceSizeInBytes)</c>; throws CublasException unless CUBLAS_STATUS_SUCCESS.</summary>
+    public static void cublasSetWorkspace_v2(cublasHandle_t handle /* cublasHandle_t */, void* workspace /* void* */, nuint workspaceSizeInBytes /* size_t */) => ThrowIfFailed(cublasSetWorkspace_v2_Raw(handle, workspace, workspaceSizeInBytes), "cublasSetWorkspace_v2");
+
+    [LibraryImport(Library, EntryPoint = "cublasSetWorkspace_v2")]
+    private static partial cublasStatus_t cublasSetWorkspace_v2_Raw(cublasHandle_t handle, void* workspace, nuint workspaceSizeInBytes);
+
     /// <summary><c>cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k, const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta, float* C, int ldc)</c>; throws CublasException unless CUBLAS_STATUS_SUCCESS.</summary>
     public static void cublasSgemm_v2(cublasHandle_t handle /* cublasHandle_t */, cublasOperation_t transa /* cublasOperation_t */, cublasOperation_t transb /* cublasOperation_t */, int m /* int */, int n /* int */, int k /* int */, float* alpha /* const float* */, float* A /* const float* */, int lda /* int */, float* B /* const float* */, int ldb /* int */, float* beta /* const float* */, float* C /* float* */, int ldc /* int */) => ThrowIfFailed(cublasSgemm_v2_Raw(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc), "cublasSgemm_v2");
 

@@ -38,6 +38,12 @@ internal sealed record GemmKernels(CudaKernel ToF16, CudaKernel ToBf16, CudaKern
 /// </remarks>
 internal sealed unsafe class CudaGemm : IDisposable
 {
+    /// <summary>
+    /// cuBLAS's workspace, ours: 32 MiB, what PyTorch gives it on Hopper (CUBLAS_WORKSPACE_CONFIG=:4096:8). A GEMM captured
+    /// into a CUDA graph may not allocate, so the handle gets it up front.
+    /// </summary>
+    public const long WorkspaceBytes = 32L << 20;
+
     /// <summary>What <c>kernels test</c>, <c>kernels bench</c> and <c>--kernel</c> call the backend's cuBLAS products (no kernel of the sources).</summary>
     public const string Name = "cublas_gemm";
 
@@ -52,10 +58,13 @@ internal sealed unsafe class CudaGemm : IDisposable
     readonly KernelArgs _args = new();
 
     readonly CudaStream? _stream;
+    readonly DeviceBuffer? _workspace;
 
-    CudaGemm(CublasHandle blas, GemmKernels kernels, DeviceBuffer xHalf, DeviceBuffer? dequantized, long maxActivations, long scratchElements, CudaStream? stream)
+    CudaGemm(CublasHandle blas, GemmKernels kernels, DeviceBuffer xHalf, DeviceBuffer? dequantized, DeviceBuffer? workspace, long maxActivations, long scratchElements,
+             CudaStream? stream)
     {
-        (_blas, _kernels, _xHalf, _dequantized, _maxActivations, _scratchElements, _stream) = (blas, kernels, xHalf, dequantized, maxActivations, scratchElements, stream);
+        (_blas, _kernels, _xHalf, _dequantized, _workspace, _maxActivations, _scratchElements, _stream) =
+            (blas, kernels, xHalf, dequantized, workspace, maxActivations, scratchElements, stream);
     }
 
     /// <summary>
@@ -89,33 +98,37 @@ internal sealed unsafe class CudaGemm : IDisposable
         }
         unavailable = null;
         var blas = new CublasHandle(h);
-        DeviceBuffer? xHalf = null, dequantized = null;
+        DeviceBuffer? xHalf = null, dequantized = null, workspace = null;
         try
         {
+            if (stream is not null) CublasApi.cublasSetStream_v2(blas.Blas, stream.Stream);   // before the workspace: setting a stream resets it
+            workspace = context.Allocate(WorkspaceBytes);
+            try { CublasApi.cublasSetWorkspace_v2(blas.Blas, (void*)workspace.Pointer.Value, (nuint)WorkspaceBytes); }
+            catch (EntryPointNotFoundException) { workspace.Dispose(); workspace = null; }   // cuBLAS before 11.4: its own pool
             long activations = (long)maxRows * maxColumns;
             xHalf = context.Allocate(Math.Max(8, activations) * sizeof(ushort));
             long scratch = maxQuantizedElements <= 0 ? 0 : Math.Max(maxColumns, Math.Min(scratchElements, maxQuantizedElements));
             dequantized = scratch > 0 ? context.Allocate(scratch * sizeof(ushort)) : null;
-            // One 1 × 1 × 1 product now: cuBLAS takes its workspace on a handle's first GEMM, and that must come out of
-            // the device's memory before the KV cache is sized from what is free.
-            if (stream is not null) CublasApi.cublasSetStream_v2(blas.Blas, stream.Stream);
+            // One 1 × 1 × 1 product now: cuBLAS may still take memory of its own on a handle's first GEMM (its kernels), and
+            // that must come out of the device's memory before the KV cache is sized from what is free — and not in a capture.
             float one = 1, zero = 0;
             var p = (float*)xHalf.Pointer.Value;
             CublasApi.cublasSgemm_v2(blas.Blas, cublasOperation_t.CUBLAS_OP_T, cublasOperation_t.CUBLAS_OP_N, 1, 1, 1, &one, p, 1, p + 1, 1, &zero, p + 2, 1);
             context.Synchronize();
-            return new CudaGemm(blas, kernels, xHalf, dequantized, activations, scratch, stream);
+            return new CudaGemm(blas, kernels, xHalf, dequantized, workspace, activations, scratch, stream);
         }
         catch
         {
             dequantized?.Dispose();
             xHalf?.Dispose();
+            workspace?.Dispose();
             blas.Dispose();
             throw;
         }
     }
 
     /// <summary>Device memory of the scratch buffers.</summary>
-    public long DeviceBytes => _xHalf.Bytes + (_dequantized?.Bytes ?? 0);
+    public long DeviceBytes => _xHalf.Bytes + (_dequantized?.Bytes ?? 0) + (_workspace?.Bytes ?? 0);
 
     /// <summary>Whether <see cref="Multiply"/> takes weights of <paramref name="type"/> as the device holds them.</summary>
     public static bool Supports(GgmlType type) => type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0;
@@ -173,8 +186,9 @@ internal sealed unsafe class CudaGemm : IDisposable
 
     public void Dispose()
     {
+        _blas.Dispose();   // before its workspace
+        _workspace?.Dispose();
         _dequantized?.Dispose();
         _xHalf.Dispose();
-        _blas.Dispose();
     }
 }
