@@ -170,7 +170,7 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total)
 }
 CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 {
-    if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
+    if (emu::capturing_on_this_thread()) return CAPTURE_UNSUPPORTED;   // what a GPU answers an allocation during a capture
     void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256);   // device allocations are 256-byte aligned
     if (!m) return OUT_OF_MEMORY;
     std::memset(m, 0xCD, bytes);                                   // like the GPU: fresh memory is not zero
@@ -181,7 +181,7 @@ CUresult cuMemAlloc_v2(unsigned long long* p, size_t bytes)
 }
 CUresult cuMemFree_v2(unsigned long long p)
 {
-    if (emu::capturing_on_this_thread()) return CAPTURE_IMPLICIT;
+    if (emu::capturing_on_this_thread()) return CAPTURE_UNSUPPORTED;
     std::lock_guard<std::mutex> lock(allocations_lock);
     if (!allocations.erase(p)) return INVALID_VALUE;
     std::free(reinterpret_cast<void*>(p));
@@ -247,8 +247,9 @@ CUresult cuStreamBeginCapture_v2(void* stream, int)
 {
     if (!stream) return CAPTURE_UNSUPPORTED;   // the legacy stream cannot be captured
     auto* s = emu::stream_of(stream);
-    if (s->capture) return INVALID_VALUE;
     s->Wait();
+    std::lock_guard<std::mutex> lock(streams_lock);   // capturing_on_this_thread reads the capture fields under it
+    if (s->capture) return INVALID_VALUE;
     s->capture = new std::vector<std::function<void()>>();
     s->capture_thread = std::this_thread::get_id();
     return OK;
@@ -256,6 +257,7 @@ CUresult cuStreamBeginCapture_v2(void* stream, int)
 CUresult cuStreamEndCapture(void* stream, void** graph)
 {
     auto* s = emu::stream_of(stream);
+    std::lock_guard<std::mutex> lock(streams_lock);
     if (!s->capture) return CAPTURE_UNMATCHED;
     if (s->capture_thread != std::this_thread::get_id()) return CAPTURE_WRONG_THREAD;
     *graph = new Graph{std::move(*s->capture)};

@@ -141,7 +141,8 @@ public static class GenerateCommand
 
     /// <summary>On CUDA, what the summary line says of CUDA graphs: " | CUDA graphs: 1 captured, 15 launches" or " | CUDA graphs: off"; else nothing.</summary>
     static string CudaGraphSummary(LlmEngine engine) => engine.Executor is TokenMill.Backends.Cuda.CudaExecutor cuda
-        ? cuda.GraphsEnabled ? $" | CUDA graphs: {cuda.GraphsCaptured} captured, {cuda.GraphLaunches} launches" : " | CUDA graphs: off"
+        ? cuda.GraphsEnabled ? $" | CUDA graphs: {cuda.GraphsCaptured} captured, {cuda.GraphLaunches} launches"
+          : cuda.GraphsOffReason is { } why ? $" | CUDA graphs: off after {cuda.GraphLaunches} launches ({why})" : " | CUDA graphs: off"
         : "";
 
     internal static EngineOptions ParseEngineOptions(CliArguments a) => new()

@@ -1,6 +1,5 @@
 namespace TokenMill.Backends.Cuda;
 
-/// <summary>The attention kernels a forward pass launched (<see cref="CudaForward.LastAttention"/>).</summary>
 /// <summary>How a forward pass used CUDA graphs: captured a chunk's launches into a new graph, replayed one, or neither.</summary>
 [Flags]
 public enum GraphUse
@@ -10,6 +9,7 @@ public enum GraphUse
     Replayed = 2,
 }
 
+/// <summary>The attention kernels a forward pass launched (<see cref="CudaForward.LastAttention"/>).</summary>
 [Flags]
 public enum AttentionKernels
 {
@@ -53,7 +53,6 @@ internal readonly record struct AttentionRun(AttentionKernels Kind, int FirstGro
 internal sealed class ChunkAttentionPlan
 {
     readonly int _headCount, _partitionSize, _maxSplitSequences, _maxBlocksPerSequence;
-    readonly bool _fixedWidth;
     readonly int[] _contextLens, _blockTables, _queryStart;
     readonly List<AttentionRun> _runs = [];
 
@@ -62,8 +61,7 @@ internal sealed class ChunkAttentionPlan
     /// <param name="headCount">Query heads: the split-K choice counts heads × sequences blocks.</param>
     /// <param name="partitionSize">Positions per split-K partition.</param>
     /// <param name="maxSplitSequences">Sequences one split-K launch may take (its partial buffers' size).</param>
-    /// <param name="fixedWidth">Block table rows always <paramref name="maxBlocksPerSequence"/> wide (CUDA graphs fix the stride in their launches), not the chunk's longest.</param>
-    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences, bool fixedWidth = false)
+    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocksPerSequence, 1);
@@ -74,7 +72,6 @@ internal sealed class ChunkAttentionPlan
         _partitionSize = partitionSize;
         _maxSplitSequences = maxSplitSequences;
         _maxBlocksPerSequence = maxBlocksPerSequence;
-        _fixedWidth = fixedWidth;
         _contextLens = new int[maxRows];
         _blockTables = new int[maxRows * maxBlocksPerSequence];
         _queryStart = new int[maxRows + 1];
@@ -104,9 +101,10 @@ internal sealed class ChunkAttentionPlan
     /// <summary>
     /// Plans rows [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of
     /// <paramref name="batch"/>, whose rows <see cref="CudaForward.Validate"/> accepted (a sequence's rows in increasing
-    /// position order, every block they need in their table).
+    /// position order, every block they need in their table). With <paramref name="fixedWidth"/> the block table rows are
+    /// the longest sequence's wide whatever the chunk's contexts: a CUDA graph fixes the stride in its launches.
     /// </summary>
-    public void Build(ForwardBatch batch, int start, int count, int blockSize)
+    public void Build(ForwardBatch batch, int start, int count, int blockSize, bool fixedWidth = false)
     {
         if (count < 1 || count > _contextLens.Length) throw new ArgumentOutOfRangeException(nameof(count), $"{count} rows: the plan takes 1 to {_contextLens.Length}");
         var sequenceOf = batch.SequenceOf.Slice(start, count);
@@ -125,7 +123,7 @@ internal sealed class ChunkAttentionPlan
         }
         if (width > _maxBlocksPerSequence)
             throw new ArgumentOutOfRangeException(nameof(batch), $"a context of {width} blocks: the plan takes at most {_maxBlocksPerSequence}");
-        Width = _fixedWidth ? _maxBlocksPerSequence : width;
+        Width = fixedWidth ? _maxBlocksPerSequence : width;
         width = Width;
         for (int g = 0; g < groups; g++)
         {

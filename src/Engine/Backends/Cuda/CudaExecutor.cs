@@ -247,6 +247,9 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
     /// <summary>Whether decode chunks are captured as CUDA graphs (one rank, not <see cref="EngineOptions.EnforceEager"/>).</summary>
     public bool GraphsEnabled => _forwards[0].GraphsEnabled;
 
+    /// <summary>Why graphs were turned off after a failed capture (the steps run eagerly), or null.</summary>
+    public string? GraphsOffReason => _forwards[0].GraphsOffReason;
+
     /// <summary>Graphs captured so far (one per shape of decode chunk; a full cache starts over).</summary>
     public long GraphsCaptured => _forwards[0].GraphsCaptured;
 

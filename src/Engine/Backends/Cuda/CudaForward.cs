@@ -183,7 +183,7 @@ public sealed class CudaForward : IDisposable
     // so the synchronous copies of the legacy stream stay ordered with it), the legacy stream under tensor parallelism.
     readonly CudaStream? _stream;
     // CUDA graphs of decode chunks, by what their launches' arguments depend on (null: every chunk launched eagerly).
-    readonly Dictionary<string, CudaGraph>? _graphs;
+    readonly Dictionary<string, (CudaGraph Graph, bool Gemm)>? _graphs;
     readonly System.Text.StringBuilder _graphKey = new();
 
     /// <param name="context">The device's context, current on the calling thread.</param>
@@ -318,8 +318,7 @@ public sealed class CudaForward : IDisposable
             _maxLogits = Floats(statistics);
             _expSums = Floats(statistics);
             _partialOut = Floats(statistics * _c.HeadDim);
-            // Graphs bake the block tables' row stride into their launches: with graphs it is always the longest sequence's.
-            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences, fixedWidth: _graphs is not null);
+            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences);
         }
         catch
         {
@@ -573,8 +572,13 @@ public sealed class CudaForward : IDisposable
     /// <summary>All layers for batch rows [start, start + n), then the classifier for the chunk's <paramref name="logitCount"/> logit rows.</summary>
     void RunChunk(ForwardBatch batch, CudaKvCache kv, int start, int n, int logitCount, int logitOffset)
     {
+        // A chunk of decode rows only (no sequence twice), on one rank: its launches depend on the rows, the logit rows and the
+        // attention plan's runs, not on the tokens, positions or contexts (device buffers, uploaded below): a graph of them is
+        // replayed. Graphs bake the block tables' row stride into their launches: for them it is the longest sequence's.
+        bool graph = _graphs is not null && !_graphsOff && n <= MaxGraphRows && DecodeOnly(batch.SequenceOf.Slice(start, n));
+
         // Metadata, uploaded once for the chunk: the rows', then the attention plan's per group of a sequence's rows.
-        _plan.Build(batch, start, n, kv.BlockSize);
+        _plan.Build(batch, start, n, kv.BlockSize, fixedWidth: graph);
         LastAttention |= _plan.Kernels;
         if (_comm is null) _tokens.CopyFrom(batch.TokenIds.Slice(start, n));
         else
@@ -592,26 +596,65 @@ public sealed class CudaForward : IDisposable
         _queryStart.CopyFrom(_plan.QueryStart);
         if (logitCount > 0) _logitRowIndex.CopyFrom<int>(_hostLogitRows.AsSpan(0, logitCount));
 
-        // A chunk of decode rows only, on one rank: its launches depend on the rows, the logit rows and the attention plan's
-        // runs, not on the tokens, positions or contexts (device buffers, uploaded above): a graph of them is replayed.
-        if (_graphs is not null && (_plan.Kernels & AttentionKernels.Prefill) == 0 && n <= MaxGraphRows)
-        {
-            string key = GraphKey(n, logitCount, logitOffset);
-            if (!_graphs.TryGetValue(key, out var graph))
-            {
-                if (_graphs.Count >= MaxGraphs) ClearGraphs();
-                graph = CudaGraph.Capture(_stream!, () => Launches(kv, n, logitCount, logitOffset));
-                _graphs[key] = graph;
-                LastGraph |= GraphUse.Captured;
-                GraphsCaptured++;
-            }
-            else LastGraph |= GraphUse.Replayed;
-            graph.Launch(_stream!);
-            GraphLaunches++;
-            return;
-        }
+        if (graph && RunGraph(kv, n, logitCount, logitOffset)) return;
         Launches(kv, n, logitCount, logitOffset);
     }
+
+    /// <summary>Whether no sequence has two rows among these (a decode chunk: each row its own group).</summary>
+    static bool DecodeOnly(ReadOnlySpan<int> sequenceOf)
+    {
+        for (int t = 1; t < sequenceOf.Length; t++)
+            if (sequenceOf[t] == sequenceOf[t - 1]) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// Replays the chunk's graph, capturing it first if its shape is new. False when a capture failed: graphs are then
+    /// off for good (<see cref="GraphsOffReason"/>) and the caller launches the chunk eagerly, so that a capture a GPU
+    /// refuses (an unforeseen synchronizing call in a library) costs speed, not the engine.
+    /// </summary>
+    bool RunGraph(CudaKvCache kv, int n, int logitCount, int logitOffset)
+    {
+        string key = GraphKey(n, logitCount, logitOffset);
+        if (!_graphs!.TryGetValue(key, out var entry))
+        {
+            if (_graphs.Count >= MaxGraphs) ClearGraphs();
+            bool gemm = false;
+            CudaGraph captured;
+            try
+            {
+                captured = CudaGraph.Capture(_stream!, () =>
+                {
+                    bool before = LastGemm;
+                    LastGemm = false;
+                    Launches(kv, n, logitCount, logitOffset);
+                    gemm = LastGemm;
+                    LastGemm |= before;
+                });
+            }
+            catch (CudaInteropException e)
+            {
+                _graphsOff = true;
+                GraphsOffReason = $"capture failed: {e.Message}";
+                ClearGraphs();
+                return false;
+            }
+            entry = (captured, gemm);
+            _graphs[key] = entry;
+            LastGraph |= GraphUse.Captured;
+            GraphsCaptured++;
+        }
+        else LastGraph |= GraphUse.Replayed;
+        entry.Graph.Launch(_stream!);
+        LastGemm |= entry.Gemm;   // a replay calls no MatMul: what the captured launches were
+        GraphLaunches++;
+        return true;
+    }
+
+    bool _graphsOff;
+
+    /// <summary>Why graphs were turned off after a failed capture, or null.</summary>
+    public string? GraphsOffReason { get; private set; }
 
     /// <summary>Decode chunks of at most this many rows are captured (vLLM captures batch sizes up to 512 by default).</summary>
     const int MaxGraphRows = 256;
@@ -631,7 +674,7 @@ public sealed class CudaForward : IDisposable
 
     void ClearGraphs()
     {
-        foreach (var g in _graphs!.Values) g.Dispose();
+        foreach (var (g, _) in _graphs!.Values) g.Dispose();
         _graphs.Clear();
     }
 
@@ -639,7 +682,7 @@ public sealed class CudaForward : IDisposable
     public GraphUse LastGraph { get; private set; }
 
     /// <summary>Whether decode chunks are captured as CUDA graphs.</summary>
-    public bool GraphsEnabled => _graphs is not null;
+    public bool GraphsEnabled => _graphs is not null && !_graphsOff;
 
     /// <summary>Graphs captured so far.</summary>
     public long GraphsCaptured { get; private set; }
