@@ -491,26 +491,7 @@ public sealed class CudaForward : IDisposable
     public void Forward(ForwardBatch batch, CudaKvCache kv, Span<float> logits)
     {
         Validate(batch, kv, logits.Length);
-        LastAttention = AttentionKernels.None;
-        LastGemm = false;
-        LastGraph = GraphUse.None;
-        _deviceLogitRows = 0;
-        var logitRows = batch.LogitRows;
-        int nextLogit = 0, vocab = _c.VocabSize;
-        for (int start = 0; start < batch.TokenCount; start += _maxTokens)
-        {
-            int n = Math.Min(_maxTokens, batch.TokenCount - start);
-            int first = nextLogit;
-            while (nextLogit < logitRows.Length && logitRows[nextLogit] < start + n)
-            {
-                _hostLogitRows[nextLogit - first] = logitRows[nextLogit] - start;
-                nextLogit++;
-            }
-            RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: 0);
-            if (nextLogit == first) continue;
-            if (_comm is null) _logits.CopyTo(logits.Slice(first * vocab, (nextLogit - first) * vocab));   // waits for the chunk's kernels
-            else GatherLogits(nextLogit - first, logits.Slice(first * vocab, (nextLogit - first) * vocab));
-        }
+        RunChunks(batch, kv, logits, keepLogits: false);
     }
 
     /// <summary>Whether <see cref="ForwardOnDevice"/> takes <paramref name="batch"/>: a device sampler, one rank, and every logit row fitting the logits buffer.</summary>
@@ -526,6 +507,18 @@ public sealed class CudaForward : IDisposable
             throw new InvalidOperationException(_sampler is null ? "this forward pass samples on the host (no device sampler)"
                 : $"{batch.LogitRowCount} logit rows do not fit the device's {_maxTokens}-row logits buffer");
         Validate(batch, kv, batch.LogitRowCount * _c.VocabSize);
+        RunChunks(batch, kv, [], keepLogits: true);
+        _deviceLogitRows = batch.LogitRowCount;
+    }
+
+    /// <summary>
+    /// The step in chunks of at most the activation buffers' rows; each chunk's logit rows are copied into
+    /// <paramref name="hostLogits"/> from the start of the logits buffer — or, with <paramref name="keepLogits"/>, every
+    /// chunk writes its rows at their place in the step, where they stay.
+    /// </summary>
+    void RunChunks(ForwardBatch batch, CudaKvCache kv, Span<float> hostLogits, bool keepLogits)
+    {
+        int vocab = _c.VocabSize;
         LastAttention = AttentionKernels.None;
         LastGemm = false;
         LastGraph = GraphUse.None;
@@ -541,9 +534,12 @@ public sealed class CudaForward : IDisposable
                 _hostLogitRows[nextLogit - first] = logitRows[nextLogit] - start;
                 nextLogit++;
             }
-            RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: first);
+            RunChunk(batch, kv, start, n, nextLogit - first, logitOffset: keepLogits ? first : 0);
+            if (keepLogits || nextLogit == first) continue;
+            var rows = hostLogits.Slice(first * vocab, (nextLogit - first) * vocab);
+            if (_comm is null) _logits.CopyTo(rows);   // waits for the chunk's kernels
+            else GatherLogits(nextLogit - first, rows);
         }
-        _deviceLogitRows = batch.LogitRowCount;
     }
 
     // Logit rows the last ForwardOnDevice left in the logits buffer (0 after a host Forward, which reuses it).
