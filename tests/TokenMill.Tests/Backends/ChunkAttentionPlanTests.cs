@@ -25,10 +25,10 @@ public sealed class ChunkAttentionPlanTests
     }
 
     static ChunkAttentionPlan Plan(ForwardBatch batch, int start, int count, int heads = 8, int partitionSize = PagedAttentionDecodePlan.PartitionSize,
-                                   int maxSplitSequences = 64)
+                                   int maxSplitSequences = 64, bool fixedWidth = false)
     {
         var plan = new ChunkAttentionPlan(16, 8, heads, partitionSize, maxSplitSequences);
-        plan.Build(batch, start, count, BlockSize);
+        plan.Build(batch, start, count, BlockSize, fixedWidth);
         return plan;
     }
 
@@ -81,6 +81,22 @@ public sealed class ChunkAttentionPlanTests
                 new AttentionRun(AttentionKernels.DecodeSplitK, 4, 1, 4, 1, new PagedAttentionDecodePlan(true, 1)),
             ],
             plan.Runs);
+    }
+
+    [Fact]
+    public void A_chunk_a_CUDA_graph_captures_has_the_longest_block_table_stride_and_partitions_rounded_up_to_a_power_of_two()
+    {
+        // The same five decodes: the stride is the plan's 8 blocks whatever the contexts, and 3 partitions become 4
+        // (1 stays 1, 4 stays 4), never more than the 8 of a full 32-position context. The tables' unused entries are zero.
+        var batch = Batch(([0, 1, 2], 8, 1), ([3], 1, 1), ([4, 5, 6, 7], 12, 1), ([8, 9], 4, 1), ([10], 3, 1));
+        var plan = Plan(batch, 0, batch.TokenCount, partitionSize: 4, maxSplitSequences: 2, fixedWidth: true);
+        Assert.Equal(8, plan.Width);
+        Assert.Equal([0, 1, 2, 0, 0, 0, 0, 0], plan.BlockTables[..8].ToArray());
+        Assert.Equal([4, 4, 1], plan.Runs.Select(r => r.Decode.MaxPartitions));
+        // Contexts of 20 and 32 positions: 5 partitions round to 8, which a 32-position context has anyway.
+        var longer = Batch(([0, 1, 2, 3, 4], 19, 1), ([5, 6, 7, 8, 9, 10, 11, 12], 31, 1));
+        Assert.Equal(8, Plan(longer, 0, 2, partitionSize: 4, maxSplitSequences: 1, fixedWidth: true).Runs[0].Decode.MaxPartitions);
+        Assert.Equal(5, Plan(longer, 0, 2, partitionSize: 4, maxSplitSequences: 1).Runs[0].Decode.MaxPartitions);
     }
 
     [Fact]

@@ -101,8 +101,11 @@ internal sealed class ChunkAttentionPlan
     /// <summary>
     /// Plans rows [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of
     /// <paramref name="batch"/>, whose rows <see cref="CudaForward.Validate"/> accepted (a sequence's rows in increasing
-    /// position order, every block they need in their table). With <paramref name="fixedWidth"/> the block table rows are
-    /// the longest sequence's wide whatever the chunk's contexts: a CUDA graph fixes the stride in its launches.
+    /// position order, every block they need in their table). With <paramref name="fixedWidth"/> (a chunk a CUDA graph
+    /// captures, which fixes its launches' arguments) the block table rows are the longest sequence's wide whatever the
+    /// chunk's contexts, and split-K's partition count is rounded up to a power of two (at most the longest sequence's):
+    /// a graph is then recaptured at 2, 4, 8 … partitions as contexts grow, not at every one. The kernels skip the
+    /// partitions past a sequence's context, so the extra ones cost an early return.
     /// </summary>
     public void Build(ForwardBatch batch, int start, int count, int blockSize, bool fixedWidth = false)
     {
@@ -155,7 +158,11 @@ internal sealed class ChunkAttentionPlan
                     for (int first = g; first < end; first += _maxSplitSequences)
                     {
                         int last = Math.Min(end, first + _maxSplitSequences);
-                        var part = new PagedAttentionDecodePlan(true, PagedAttentionDecodePlan.Partitions(MaxContext(first, last), _partitionSize));
+                        int partitions = PagedAttentionDecodePlan.Partitions(MaxContext(first, last), _partitionSize);
+                        if (fixedWidth)
+                            partitions = Math.Min((int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)partitions),
+                                                  PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, _partitionSize));
+                        var part = new PagedAttentionDecodePlan(true, partitions);
                         Add(new AttentionRun(AttentionKernels.DecodeSplitK, first, last - first, _queryStart[first], 1, part));
                     }
             }
