@@ -180,7 +180,7 @@ public static class BenchCommand
                 run["decode_ms_per_step"] = decodeTime.TotalMilliseconds / Math.Max(tokens - 1, 1);
                 run["allreduce_calls"] = comm.AllReduceCalls;
             }
-            runs.Add(run);
+            runs.Add((JsonNode)run);   // JsonNode overload: the generic Add<T> is not trim-safe (gpu-check publishes trimmed)
             bestPrefill = Math.Max(bestPrefill, prefill);
             bestDecode = Math.Max(bestDecode, decode);
         }

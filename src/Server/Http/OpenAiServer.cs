@@ -172,7 +172,8 @@ public sealed class OpenAiServer : IAsyncDisposable
         if (_options.EnableUi)
         {
             app.MapGet("/", ctx => Playground.Serve(ctx, "index.html"));
-            app.MapGet("/ui/{file}", (HttpContext ctx, string file) => Playground.Serve(ctx, file));
+            // A RequestDelegate, not a Delegate with a bound parameter: that overload binds by reflection, which trimming breaks.
+            app.MapGet("/ui/{file}", ctx => Playground.Serve(ctx, ctx.Request.RouteValues["file"] as string ?? ""));
         }
     }
 
