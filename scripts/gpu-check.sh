@@ -16,7 +16,9 @@ publish)
   cd "$(dirname "$0")/.."
   out=artifacts/gpu-check
   rm -rf "$out"
-  dotnet publish src/Server/Server.csproj -c Release -r linux-x64 --self-contained -p:PublishTrimmed=true -o "$out" >/dev/null
+  mkdir -p artifacts
+  dotnet publish src/Server/Server.csproj -c Release -r linux-x64 --self-contained -p:PublishTrimmed=true -o "$out" > artifacts/gpu-check-publish.log 2>&1 \
+    || { cat artifacts/gpu-check-publish.log; echo "gpu-check: dotnet publish failed (log above, and in artifacts/gpu-check-publish.log)"; exit 1; }
   cp scripts/gpu-check.sh "$out/"
   tar -czf artifacts/tokenmill-gpu-check.tar.gz -C artifacts gpu-check
   echo "wrote artifacts/tokenmill-gpu-check.tar.gz ($(du -h artifacts/tokenmill-gpu-check.tar.gz | cut -f1)). On the GPU box:"
