@@ -49,8 +49,13 @@ public sealed class LlmEngine : IDisposable
     readonly Thread _thread;
     readonly IReadOnlySet<int> _eog;
     float[] _logits = [];
-    // The step's rows to sample on the device (IDeviceSampling): each sequence with its logit row (forks share one).
+    // The step's rows to sample on the device (IDeviceSampling): each sequence with its logit row (forks share one);
+    // and one call's arguments, reused from step to step.
     readonly List<(Sequence Seq, int Row)> _deviceRows = [];
+    readonly List<Sampler> _callSamplers = [];
+    readonly List<IReadOnlyCollection<int>?> _callSuppress = [];
+    int[] _callRows = [];
+    SampledToken[] _callResults = [];
     long _nextId;
     int _queued; // submitted but not yet run (or ended): the overload bound counts these
     long _steps, _finished, _generatedTokens;
@@ -671,24 +676,26 @@ public sealed class LlmEngine : IDisposable
     bool SampleOnDevice(IDeviceSampling device, int vocab)
     {
         int most = Math.Max(1, device.MaxSampleRows);
+        if (_callRows.Length < Math.Min(most, _deviceRows.Count))
+        {
+            _callRows = new int[Math.Min(most, _deviceRows.Count)];
+            _callResults = new SampledToken[_callRows.Length];
+        }
         for (int start = 0; start < _deviceRows.Count; start += most)
         {
             int count = Math.Min(most, _deviceRows.Count - start);
-            var chunk = _deviceRows.GetRange(start, count);
-            var rows = new int[count];
-            var samplers = new Sampler[count];
-            var suppress = new IReadOnlyCollection<int>?[count];
+            _callSamplers.Clear();
+            _callSuppress.Clear();
             for (int i = 0; i < count; i++)
             {
-                var (seq, logitRow) = chunk[i];
-                rows[i] = logitRow;
-                samplers[i] = seq.Sampler;
-                suppress[i] = SuppressFor(seq);
+                var (seq, logitRow) = _deviceRows[start + i];
+                _callRows[i] = logitRow;
+                _callSamplers.Add(seq.Sampler);
+                _callSuppress.Add(SuppressFor(seq));
             }
-            var results = new SampledToken[count];
             try
             {
-                device.Sample(rows, samplers, suppress, results);
+                device.Sample(_callRows.AsSpan(0, count), _callSamplers, _callSuppress, _callResults.AsSpan(0, count));
             }
             catch (Exception e) when (_executor.Failure is { } fatal)
             {
@@ -697,8 +704,9 @@ public sealed class LlmEngine : IDisposable
             }
             catch (Exception)
             {
-                foreach (var (seq, logitRow) in chunk)
+                for (int i = start; i < start + count; i++)
                 {
+                    var (seq, logitRow) = _deviceRows[i];
                     if (seq.Status == SequenceStatus.Finished) continue;
                     try { SampleAndPublish(seq, HostLogits(device, onDevice: true, logitRow, vocab)); }
                     catch (Exception e) when (_executor.Failure is { } fatal)
@@ -712,9 +720,9 @@ public sealed class LlmEngine : IDisposable
             }
             for (int i = 0; i < count; i++)
             {
-                var seq = chunk[i].Seq;
+                var seq = _deviceRows[start + i].Seq;
                 if (seq.Status == SequenceStatus.Finished) continue;   // a fork of a request that failed just before
-                try { Publish(seq, results[i]); }
+                try { Publish(seq, _callResults[i]); }
                 catch (Exception e) { Fail(seq, e); }
             }
         }

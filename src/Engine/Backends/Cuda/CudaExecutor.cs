@@ -264,7 +264,7 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
 
     public void Forward(ForwardBatch batch, Span<float> logits)
     {
-        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+        ThrowIfFailed();
         if (_ranks is not null)
         {
             _ranks.ThrowIfFailed();
@@ -276,11 +276,30 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
         }
         MakeCurrent(0);
         try { _forwards[0].Forward(batch, _kvs[0], logits); }   // a batch refused by its validation throws ArgumentException: not a failure of the device
-        catch (CudaInteropException e)
-        {
-            Interlocked.CompareExchange(ref _failure, e, null);
-            throw;
-        }
+        catch (CudaInteropException e) when (Poisons(e)) { }
+    }
+
+    /// <summary>Refuses any further work once a CUDA error has failed the executor.</summary>
+    void ThrowIfFailed()
+    {
+        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
+    }
+
+    /// <summary>
+    /// Exception filter of every call on rank 0's device: a CUDA error leaves the context unknown (a kernel fault is
+    /// sticky), so it fails the executor for good. Always false: the error goes on to the caller as it is.
+    /// </summary>
+    bool Poisons(CudaInteropException e)
+    {
+        Interlocked.CompareExchange(ref _failure, e, null);
+        return false;
+    }
+
+    /// <summary>Before a call on rank 0's device (one rank): refuses after a failure, makes rank 0's context current here.</summary>
+    void EnterRankZero()
+    {
+        ThrowIfFailed();
+        MakeCurrent(0);
     }
 
     /// <summary>
@@ -289,45 +308,27 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
     /// </summary>
     public bool CanSampleOnDevice(ForwardBatch batch) => _ranks is null && _forwards[0].CanSampleOnDevice(batch);
 
-    public void ForwardOnDevice(ForwardBatch batch) => OnDevice(() => _forwards[0].ForwardOnDevice(batch, _kvs[0]));
+    public void ForwardOnDevice(ForwardBatch batch)
+    {
+        EnterRankZero();
+        try { _forwards[0].ForwardOnDevice(batch, _kvs[0]); }
+        catch (CudaInteropException e) when (Poisons(e)) { }
+    }
 
     public void CopyLogits(int logitRow, Span<float> destination)
     {
-        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
-        MakeCurrent(0);
+        EnterRankZero();
         try { _forwards[0].CopyLogits(logitRow, destination); }
-        catch (CudaInteropException e)
-        {
-            Interlocked.CompareExchange(ref _failure, e, null);
-            throw;
-        }
+        catch (CudaInteropException e) when (Poisons(e)) { }
     }
 
     public int MaxSampleRows => _ranks is null ? _forwards[0].MaxSampleRows : 0;
 
     public void Sample(ReadOnlySpan<int> logitRows, IReadOnlyList<Sampling.Sampler> samplers, IReadOnlyList<IReadOnlyCollection<int>?> suppress, Span<Sampling.SampledToken> results)
     {
-        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
-        MakeCurrent(0);
-        try { _forwards[0].Sample(logitRows, samplers, suppress, results); }   // a token id outside the vocabulary throws ArgumentException: not a device failure
-        catch (CudaInteropException e)
-        {
-            Interlocked.CompareExchange(ref _failure, e, null);
-            throw;
-        }
-    }
-
-    /// <summary>Runs rank 0's <paramref name="step"/> (one rank only) on this thread; a CUDA error fails the executor for good.</summary>
-    void OnDevice(Action step)
-    {
-        if (Volatile.Read(ref _failure) is { } failed) throw new InvalidOperationException($"the CUDA backend has failed: {failed.Message}", failed);
-        MakeCurrent(0);
-        try { step(); }
-        catch (CudaInteropException e)
-        {
-            Interlocked.CompareExchange(ref _failure, e, null);
-            throw;
-        }
+        EnterRankZero();
+        try { _forwards[0].Sample(logitRows, samplers, suppress, results); }   // a refused argument throws ArgumentException: not a device failure
+        catch (CudaInteropException e) when (Poisons(e)) { }
     }
 
     /// <summary>One rank's step on its own thread: its forward pass, then a barrier, after which no rank reads the batch any more.</summary>

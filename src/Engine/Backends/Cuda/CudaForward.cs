@@ -183,7 +183,7 @@ public sealed class CudaForward : IDisposable
     // so the synchronous copies of the legacy stream stay ordered with it), the legacy stream under tensor parallelism.
     readonly CudaStream? _stream;
     // CUDA graphs of decode chunks, by what their launches' arguments depend on (null: every chunk launched eagerly).
-    readonly Dictionary<string, (CudaGraph Graph, bool Gemm)>? _graphs;
+    readonly Dictionary<string, CudaGraph>? _graphs;
     readonly System.Text.StringBuilder _graphKey = new();
 
     /// <param name="context">The device's context, current on the calling thread.</param>
@@ -571,7 +571,7 @@ public sealed class CudaForward : IDisposable
         // A chunk of decode rows only (no sequence twice), on one rank: its launches depend on the rows, the logit rows and the
         // attention plan's runs, not on the tokens, positions or contexts (device buffers, uploaded below): a graph of them is
         // replayed. Graphs bake the block tables' row stride into their launches: for them it is the longest sequence's.
-        bool graph = _graphs is not null && !_graphsOff && n <= MaxGraphRows && DecodeOnly(batch.SequenceOf.Slice(start, n));
+        bool graph = GraphsEnabled && n <= MaxGraphRows && DecodeOnly(batch.SequenceOf.Slice(start, n));
 
         // Metadata, uploaded once for the chunk: the rows', then the attention plan's per group of a sequence's rows.
         _plan.Build(batch, start, n, kv.BlockSize, fixedWidth: graph);
@@ -612,42 +612,29 @@ public sealed class CudaForward : IDisposable
     bool RunGraph(CudaKvCache kv, int n, int logitCount, int logitOffset)
     {
         string key = GraphKey(n, logitCount, logitOffset);
-        if (!_graphs!.TryGetValue(key, out var entry))
+        if (!_graphs!.TryGetValue(key, out var graph))
         {
             if (_graphs.Count >= MaxGraphs) ClearGraphs();
-            bool gemm = false;
-            CudaGraph captured;
-            try
-            {
-                captured = CudaGraph.Capture(_stream!, () =>
-                {
-                    bool before = LastGemm;
-                    LastGemm = false;
-                    Launches(kv, n, logitCount, logitOffset);
-                    gemm = LastGemm;
-                    LastGemm |= before;
-                });
-            }
+            try { graph = CudaGraph.Capture(_stream!, () => Launches(kv, n, logitCount, logitOffset)); }
             catch (CudaInteropException e)
             {
-                _graphsOff = true;
                 GraphsOffReason = $"capture failed: {e.Message}";
                 ClearGraphs();
                 return false;
             }
-            entry = (captured, gemm);
-            _graphs[key] = entry;
+            _graphs[key] = graph;
             LastGraph |= GraphUse.Captured;
             GraphsCaptured++;
         }
-        else LastGraph |= GraphUse.Replayed;
-        entry.Graph.Launch(_stream!);
-        LastGemm |= entry.Gemm;   // a replay calls no MatMul: what the captured launches were
+        else
+        {
+            LastGraph |= GraphUse.Replayed;
+            LastGemm |= UsesGemm(n);   // a replay calls no MatMul: the captured launches hold the GEMMs
+        }
+        graph.Launch(_stream!);
         GraphLaunches++;
         return true;
     }
-
-    bool _graphsOff;
 
     /// <summary>Why graphs were turned off after a failed capture, or null.</summary>
     public string? GraphsOffReason { get; private set; }
@@ -670,7 +657,7 @@ public sealed class CudaForward : IDisposable
 
     void ClearGraphs()
     {
-        foreach (var (g, _) in _graphs!.Values) g.Dispose();
+        foreach (var g in _graphs!.Values) g.Dispose();
         _graphs.Clear();
     }
 
@@ -678,7 +665,7 @@ public sealed class CudaForward : IDisposable
     public GraphUse LastGraph { get; private set; }
 
     /// <summary>Whether decode chunks are captured as CUDA graphs.</summary>
-    public bool GraphsEnabled => _graphs is not null && !_graphsOff;
+    public bool GraphsEnabled => _graphs is not null && GraphsOffReason is null;
 
     /// <summary>Graphs captured so far.</summary>
     public long GraphsCaptured { get; private set; }
@@ -801,13 +788,16 @@ public sealed class CudaForward : IDisposable
     /// <summary>y[t] = W · x[t] for the n rows of x: a cuBLAS GEMM from <see cref="GemmMinRows"/> rows (when cuBLAS loaded), else the GEMV kernel.</summary>
     void MatMul(DeviceMatrix w, DeviceBuffer x, CUdeviceptr y, int n)
     {
-        if (_gemm is not null && n >= _gemmMinRows)
+        if (UsesGemm(n))
         {
-            _gemm.Multiply(w.Buffer.Pointer, w.Type, w.RowBytes, w.Rows, w.Columns, x.Pointer, y, n);
+            _gemm!.Multiply(w.Buffer.Pointer, w.Type, w.RowBytes, w.Rows, w.Columns, x.Pointer, y, n);
             LastGemm = true;
         }
         else Gemv(w, x, y, n);
     }
+
+    /// <summary>Whether a chunk of <paramref name="n"/> rows runs its layers' products on cuBLAS.</summary>
+    bool UsesGemm(int n) => _gemm is not null && n >= _gemmMinRows;
 
     /// <summary>Whether a product of the last <see cref="Forward"/> ran on cuBLAS.</summary>
     public bool LastGemm { get; private set; }
