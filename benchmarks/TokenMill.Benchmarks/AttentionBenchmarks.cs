@@ -8,7 +8,8 @@ namespace TokenMill.Benchmarks;
 /// key/value head (TinyLlama's GQA: head dimension 64, 4 key/value heads, so a slot holds 256 floats), the slots
 /// scattered as a block table leaves them: <see cref="CpuAttention"/>'s group kernel with 512-bit vectors, its
 /// portable path, and the previous one-head-at-a-time form (a <c>TensorPrimitives</c> call per position and head,
-/// each head re-reading every key and value row) as the baseline.
+/// each head re-reading every key and value row) as the baseline; and the same group kernel over an f16 cache
+/// (<c>--kv-cache-dtype f16</c>: the rows widened a tile at a time, then the f32 kernel).
 /// </summary>
 public unsafe class AttentionBenchmarks
 {
@@ -18,6 +19,7 @@ public unsafe class AttentionBenchmarks
     public int Positions { get; set; }
 
     float[] _keys = [], _values = [], _q = [], _scores = [], _output = [];
+    ushort[] _halfKeys = [], _halfValues = [];
     int[] _slots = [];
 
     [GlobalSetup]
@@ -27,6 +29,8 @@ public unsafe class AttentionBenchmarks
         int slots = Positions + 64;
         _keys = Enumerable.Range(0, slots * SlotStride).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         _values = Enumerable.Range(0, slots * SlotStride).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+        _halfKeys = [.. _keys.Select(TokenMill.Quantization.Fp16.FromSingle)];
+        _halfValues = [.. _values.Select(TokenMill.Quantization.Fp16.FromSingle)];
         _q = Enumerable.Range(0, Heads * HeadDim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         // Blocks of 16 slots in shuffled order, as a long-lived cache hands them out.
         var blocks = Enumerable.Range(0, slots / 16).OrderBy(_ => random.Next()).ToArray();
@@ -44,6 +48,16 @@ public unsafe class AttentionBenchmarks
     [Benchmark]
     public void GroupVector512() => Run(Heads, vector512: true);
 
+    [Benchmark]
+    public void GroupVector512HalfCache()
+    {
+        const int kvHead = 1;
+        fixed (ushort* k = _halfKeys, v = _halfValues)
+        fixed (float* q = _q, s = _scores, o = _output)
+        fixed (int* slots = _slots)
+            CpuAttention.Attend(q, Heads, HeadDim, k + kvHead * HeadDim, v + kvHead * HeadDim, SlotStride, slots, Positions, 0.125f, s, o, vector512: true);
+    }
+
     void Run(int headsPerCall, bool vector512)
     {
         const int kvHead = 1;
@@ -54,7 +68,7 @@ public unsafe class AttentionBenchmarks
                     Positions, 0.125f, s, o + h * HeadDim, vector512);
     }
 
-    /// <summary>The largest difference between the three forms' outputs, or <see cref="float.MaxValue"/> when the
+    /// <summary>The largest difference between the three f32 forms' outputs, or <see cref="float.MaxValue"/> when the
     /// baseline computed nothing (the smoke test's check).</summary>
     public float Check()
     {
@@ -70,5 +84,18 @@ public unsafe class AttentionBenchmarks
             for (int i = 0; i < baseline.Length; i++) worst = Math.Max(worst, Math.Abs(baseline[i] - _output[i]));
         }
         return worst;
+    }
+
+    /// <summary>The largest difference between the f16 cache's output and the f32 cache's (f16 rounding of the rows: of
+    /// order 2^-12 here), or <see cref="float.MaxValue"/> when it computed nothing.</summary>
+    public float CheckHalfCache()
+    {
+        Setup();
+        GroupVector512();
+        var exact = (float[])_output.Clone();
+        Array.Clear(_output);
+        GroupVector512HalfCache();
+        if (_output.All(x => x == 0)) return float.MaxValue;
+        return exact.Zip(_output, (a, b) => Math.Abs(a - b)).Max();
     }
 }

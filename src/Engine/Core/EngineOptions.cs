@@ -91,6 +91,13 @@ public sealed record EngineOptions
     /// </summary>
     public bool EnforceEager { get; init; }
 
+    /// <summary>
+    /// How the KV cache stores keys and values (<c>--kv-cache-dtype f32|f16</c>, default f32): f16 halves the memory a
+    /// block takes, so the same budget holds twice the tokens, at the cost of rounding each key and value to f16 once
+    /// (llama.cpp's default cache type). Both backends; attention still computes in f32.
+    /// </summary>
+    public KvCache.KvCacheDtype KvCacheDtype { get; init; } = KvCache.KvCacheDtype.F32;
+
     public const long DefaultKvCacheMemoryBytes = 2L << 30;
     public const int DefaultMaxModelLenCap = 4096;
 
@@ -113,6 +120,7 @@ public sealed record EngineOptions
         Check(TensorParallelSize is >= 1 and <= 64, $"--tensor-parallel-size must be in [1, 64], got {TensorParallelSize}");
         Check(TensorParallelTimeout > TimeSpan.Zero, $"the tensor-parallel timeout must be positive, got {TensorParallelTimeout}");
         Check(Enum.IsDefined(Device), $"unknown device {Device}");
+        Check(Enum.IsDefined(KvCacheDtype), $"unknown KV cache dtype {KvCacheDtype}");
         Check(GpuMemoryUtilization is > 0 and <= 1, $"--gpu-memory-utilization must be in (0, 1], got {GpuMemoryUtilization}");
         Check(MaxPreemptionsPerRequest >= 0, $"--max-preemptions must be ≥ 0, got {MaxPreemptionsPerRequest}");
     }

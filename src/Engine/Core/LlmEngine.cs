@@ -84,7 +84,7 @@ public sealed class LlmEngine : IDisposable
         {
             blocks = CpuKvBlocks(model, options, MaxModelLen);
             IModelExecutor cpu = new CpuExecutor(model, options.TensorParallelSize, options.Threads, maxBatchTokens, blocks, options.BlockSize,
-                options.TensorParallelTimeout);
+                options.TensorParallelTimeout, options.KvCacheDtype);
             _executor = wrapExecutor?.Invoke(cpu) ?? cpu;
         }
         else
@@ -110,7 +110,7 @@ public sealed class LlmEngine : IDisposable
         int tp = options.TensorParallelSize;
         TensorParallelShard.CheckSplit(model.Config, model.Weights, tp, model.Name);
         var kvConfig = model.Config with { HeadCountKv = Math.Max(model.Config.HeadCountKv, tp) };
-        long bytesPerBlock = PagedKvStore.BytesPerBlock(kvConfig, options.BlockSize);
+        long bytesPerBlock = PagedKvStore.BytesPerBlock(kvConfig, options.BlockSize, options.KvCacheDtype);
         int blocksPerSequence = KvCacheManager.BlocksFor(maxModelLen, options.BlockSize);
         int blocks;
         if (options.NumKvBlocks is { } n) blocks = n;

@@ -19,14 +19,17 @@ public sealed class SingleSequence : IDisposable
     readonly PagedKvStore _kv;
     readonly ForwardBatch _batch = new();
 
-    public SingleSequence(CpuForward forward, int capacity)
+    /// <param name="forward">The forward pass.</param>
+    /// <param name="capacity">The most tokens the sequence will hold.</param>
+    /// <param name="kvDtype">How its cache stores keys and values.</param>
+    public SingleSequence(CpuForward forward, int capacity, KvCacheDtype kvDtype = KvCacheDtype.F32)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1);
         _forward = forward;
         Capacity = capacity;
         int blocks = KvCacheManager.BlocksFor(capacity, BlockSize);
         _manager = new KvCacheManager(blocks, BlockSize);
-        _kv = new PagedKvStore(forward.Config, blocks, BlockSize);
+        _kv = new PagedKvStore(forward.Config, blocks, BlockSize, kvDtype);
     }
 
     public int Capacity { get; }

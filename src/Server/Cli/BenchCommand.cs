@@ -1,3 +1,4 @@
+using TokenMill.KvCache;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -98,6 +99,7 @@ public static class BenchCommand
             ["threads"] = engineOptions.Threads == 0 ? Environment.ProcessorCount : engineOptions.Threads,
             ["tensor_parallel_size"] = engineOptions.TensorParallelSize,
             ["threads_per_rank"] = engine.ThreadsPerRank,
+            ["kv_cache_dtype"] = engineOptions.KvCacheDtype.Name(),
             ["input_len"] = inputLen,
             ["output_len"] = outputLen,
             ["load_seconds"] = loadSeconds,

@@ -34,6 +34,7 @@ public static partial class CompletionCommand
         ["dtype"] = Cli.DTypeNames,
         ["eviction-policy"] = [.. EvictionPolicies.Names, "all"], // 'all' is simulate's
         ["log-format"] = ServeCommand.LogFormats,
+        ["kv-cache-dtype"] = TokenMill.KvCache.KvCacheDtypes.Names,
     };
 
     /// <summary>Options whose value is a path (completed as file names).</summary>

@@ -62,6 +62,8 @@ public static class GenerateCommand
           --block-size N             tokens per KV block (default 16)
           --kv-cache-memory SIZE     KV cache budget, e.g. 512MiB, 2GiB (default 2GiB, or one full sequence if more)
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
+          --kv-cache-dtype T         how the KV cache stores keys and values: f32 (default, exact) or f16 (half the memory
+                                     per token, each key and value rounded once; llama.cpp's default cache type)
           --max-num-batched-tokens N token budget per step (default 2048)
           --max-num-seqs N           sequences running at once (default 256)
           --max-queued-requests N    waiting requests before refusing more (default 4096)
@@ -83,7 +85,7 @@ public static class GenerateCommand
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
-        "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers",
+        "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers", "kv-cache-dtype",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "host-sampling", "enforce-eager", "help"];
 
@@ -164,7 +166,11 @@ public static class GenerateCommand
         GpuMemoryUtilization = a.Float("gpu-memory-utilization", 0.9f, min: 0.01f, max: 1),
         HostSampling = a.Flag("host-sampling"),
         EnforceEager = a.Flag("enforce-eager"),
+        KvCacheDtype = ParseKvCacheDtype(a.String("kv-cache-dtype") ?? "f32"),
     };
+
+    internal static TokenMill.KvCache.KvCacheDtype ParseKvCacheDtype(string name) => TokenMill.KvCache.KvCacheDtypes.Parse(name)
+        ?? throw new UsageException($"--kv-cache-dtype must be one of {string.Join(", ", TokenMill.KvCache.KvCacheDtypes.Names)}; got '{name}'");
 
     /// <summary>The <c>--device</c> names, as <see cref="ParseDevice"/> takes them.</summary>
     internal static readonly string[] DeviceNames = ["cpu", "cuda", "cuda-emulated"];

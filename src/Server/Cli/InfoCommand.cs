@@ -16,15 +16,16 @@ namespace TokenMill.Server.Cli;
 public static class InfoCommand
 {
     internal const string Help = """
-        usage: tokenmill info <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--kv-cache-memory SIZE] [--json]
+        usage: tokenmill info <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--kv-cache-memory SIZE] [--kv-cache-dtype f32|f16] [--json]
 
           --kv-cache-memory SIZE   the budget to size contexts against (default 2GiB)
+          --kv-cache-dtype T       the cache's element type: f32 (default) or f16 (half the bytes per token)
           --json                   print the facts as one JSON object
 
         example: tokenmill info ../shared/testdata/arch/arch-qwen3.gguf --kv-cache-memory 512MiB
         """;
 
-    internal static readonly HashSet<string> ValueOptions = ["kv-cache-memory", "revision"];
+    internal static readonly HashSet<string> ValueOptions = ["kv-cache-memory", "kv-cache-dtype", "revision"];
     internal static readonly HashSet<string> Flags = ["json", "help"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -38,6 +39,7 @@ public static class InfoCommand
         if (a.Positional.Count != 1) throw new UsageException("expected exactly one MODEL argument (a .gguf file or dummy:<preset>)");
         string model = a.Positional[0];
         long budget = a.String("kv-cache-memory") is { } m ? GenerateCommand.ParseSize("kv-cache-memory", m) : 2L << 30;
+        var dtype = GenerateCommand.ParseKvCacheDtype(a.String("kv-cache-dtype") ?? "f32");
 
         var info = new JsonObject { ["model"] = model };
         ModelConfig config;
@@ -74,9 +76,9 @@ public static class InfoCommand
             info["chat_template"] = f.Has("tokenizer.chat_template");
         }
 
-        long perToken = PagedKvStore.BytesPerBlock(config, 1);
+        long perToken = PagedKvStore.BytesPerBlock(config, 1, dtype);
         int blockSize = 16;
-        long blocks = budget / PagedKvStore.BytesPerBlock(config, blockSize);
+        long blocks = budget / PagedKvStore.BytesPerBlock(config, blockSize, dtype);
         info["architecture"] = config.Architecture;
         info["layers"] = config.BlockCount;
         info["embedding_length"] = config.EmbeddingLength;
@@ -90,6 +92,7 @@ public static class InfoCommand
                        + (config.SlidingWindow > 0 && config.SlidingWindowPattern > 1
                            ? $" on {config.SlidingWindowPattern - 1} of every {config.SlidingWindowPattern} layers" : "")
                        + (config.RopeFreqBaseSwa is float swa ? $" (their rope base {swa.ToString(CultureInfo.InvariantCulture)})" : "");
+        info["kv_cache_dtype"] = dtype.Name();
         info["kv_bytes_per_token"] = perToken;
         info["kv_budget_bytes"] = budget;
         info["kv_tokens_in_budget"] = blocks * blockSize;

@@ -3,6 +3,7 @@ using TokenMill.Backends.Cuda;
 using TokenMill.Distributed;
 using TokenMill.Interop;
 using TokenMill.Interop.Driver;
+using TokenMill.KvCache;
 
 namespace TokenMill.Server.Cli;
 
@@ -25,7 +26,8 @@ public static class KernelsCommand
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
                tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [--partition-size N] [-tp N]
-                                         [--gemm-min-rows N] [--stall-rank R | --fail-rank R] [--timeout SECONDS]
+                                         [--gemm-min-rows N] [--kv-cache-dtype f32|f16] [--stall-rank R | --fail-rank R]
+                                         [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
                     and check its registers, spills and occupancy against its budget
@@ -82,6 +84,7 @@ public static class KernelsCommand
                              32-position sequence's decodes split)
           --gemm-min-rows N  forward: rows of a chunk (at most 8 here) from which its products run as cuBLAS
                              GEMMs (default 8; 9 or more: the GEMV kernels only)
+          --kv-cache-dtype T forward: the KV cache type of both sides, f32 (default) or f16
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)
@@ -96,7 +99,7 @@ public static class KernelsCommand
     /// <summary>What the emulated driver calls its device: the proof that --emulate really runs on the shim.</summary>
     public const string EmulatedDeviceName = KernelEmulation.DeviceName;
 
-    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size", "partition-size", "gemm-min-rows"];
+    internal static readonly HashSet<string> ValueOptions = ["kernels-dir", "arch", "device", "ptxas", "kernel", "sweep", "samples", "launches", "output-json", "ranks", "stall-rank", "fail-rank", "timeout", "model", "dtype", "dummy-layers", "tensor-parallel-size", "partition-size", "gemm-min-rows", "kv-cache-dtype"];
     internal static readonly HashSet<string> Flags = ["no-cache", "help", "emulate"];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -306,6 +309,7 @@ public static class KernelsCommand
             throw new UsageException("kernels forward runs the embedded kernels; --kernels-dir and --kernel are for 'kernels test'");
         int partitionSize = a.Int("partition-size", PagedAttentionDecodePlan.PartitionSize, min: 1);
         int gemmMinRows = a.Int("gemm-min-rows", CudaForward.GemmMinRows, min: 1);
+        var kvDtype = GenerateCommand.ParseKvCacheDtype(a.String("kv-cache-dtype") ?? "f32");
         var (modelName, load) = Cli.ParseModel(a);
         using var model = TokenMill.Models.ModelLoader.Load(modelName, load);
         // Four-token blocks, so the short sequences still span several blocks each; eight rows per chunk, so the
@@ -326,18 +330,20 @@ public static class KernelsCommand
             Device = a.Flag("emulate") ? TokenMill.Core.EngineDevice.CudaEmulated : TokenMill.Core.EngineDevice.Cuda,
             BlockSize = ForwardComparison.BlockSize,
             NumKvBlocks = ForwardComparison.BlocksNeeded,
+            KvCacheDtype = kvDtype,
             TensorParallelSize = tp,
             TensorParallelTimeout = GenerateCommand.ParseTimeout("timeout", a.String("timeout"), TimeSpan.FromSeconds(stall is null ? 10 : 2)),
         };
-        using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1));
+        using var cpu = new TokenMill.Backends.Cpu.CpuExecutor(model, 1, 0, maxBatchTokens, ForwardComparison.BlocksNeeded, ForwardComparison.BlockSize, TimeSpan.FromMinutes(1), kvDtype);
         using var cuda = CudaExecutor.Create(model, options, maxModelLen, maxBatchTokens, partitionSize, gemmMinRows);
         string ranks = tp == 1 ? "" : $"; tensor-parallel {tp} ranks on devices 0–{tp - 1}";
         string products = gemmMinRows > maxBatchTokens ? $"the GEMV kernels (--gemm-min-rows {gemmMinRows} > the {maxBatchTokens}-row chunks)"
             : cuda.GemmUnavailable is { } why ? $"the GEMV kernels (cuBLAS: {why})"
             : $"cuBLAS for chunks of {gemmMinRows}+ rows, else the GEMV kernels";
-        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions; products: {products}");
+        stdout.WriteLine($"model {model.Name}; device: {cuda.DeviceName}{ranks}; reference: the CPU backend; split-K partitions of {partitionSize} positions; products: {products}; KV cache: " +
+                          (cpu.KvCacheDtype == cuda.KvCacheDtype ? $"{cuda.KvCacheDtype.Name()} on both" : $"{cpu.KvCacheDtype.Name()} (CPU), {cuda.KvCacheDtype.Name()} (CUDA)"));
         if ((stall ?? fail) is { } faulty) return RankFault(model, cpu, cuda, faulty, stalls: stall is not null, options.TensorParallelTimeout, stdout);
-        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention), () => cuda.LastGemm, () => cuda.LastGraph);
+        var checks = ForwardComparison.Run(model, cpu, cuda, () => Describe(cuda.LastAttention), () => cuda.LastGemm, () => cuda.LastGraph, kvDtype);
         int width = checks.Max(c => c.Step.Length), kernels = Math.Max("attention".Length, checks.Max(c => c.CandidatePath.Length));
         stdout.WriteLine($"{"step".PadRight(width)}  {"attention".PadRight(kernels)}  tokens  products  graph     logit rows  {"max error",10}  {"max |logit|",11}  {"tolerance",9}  argmax  result");
         foreach (var c in checks)

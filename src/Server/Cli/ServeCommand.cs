@@ -1,3 +1,4 @@
+using TokenMill.KvCache;
 using TokenMill.Core;
 using TokenMill.Models;
 using TokenMill.Server.Http;
@@ -115,7 +116,8 @@ public static class ServeCommand
             var engine = server.Ready.GetAwaiter().GetResult();
             var c = engine.Model.Config;
             long kvBytes = engine.Stats.TotalKvBlocks * TokenMill.KvCache.PagedKvStore.BytesPerBlock(
-                c with { HeadCountKv = Math.Max(c.HeadCountKv, engine.Options.TensorParallelSize) }, engine.Options.BlockSize); // replicated KV heads count once per rank
+                c with { HeadCountKv = Math.Max(c.HeadCountKv, engine.Options.TensorParallelSize) }, engine.Options.BlockSize,
+                engine.Options.KvCacheDtype); // replicated KV heads count once per rank
             string tensorParallel = engine.Options.TensorParallelSize > 1
                 ? $", tensor-parallel {engine.Options.TensorParallelSize} ranks × {engine.ThreadsPerRank} threads"
                 : "";
@@ -128,7 +130,7 @@ public static class ServeCommand
                 $"tokenmill: serving {engine.Model.Name} as '{options.ServedModelName ?? engine.Model.Name}': {c.Architecture}, {c.BlockCount} layers, " +
                 $"weights {engine.Model.Weights.Layers[0].Wq.Type}, {device}, " +
                 $"max model length {engine.MaxModelLen}, KV cache {engine.Stats.TotalKvBlocks} blocks × {engine.Options.BlockSize} tokens " +
-                $"({kvBytes / (double)(1L << 20):F0} MiB), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
+                $"({kvBytes / (double)(1L << 20):F0} MiB, {engine.Options.KvCacheDtype.Name()}), chat template {(engine.Model.ChatTemplate is null ? "ChatML (the model has none)" : "the model's")}"));
             server.WaitForShutdownAsync().GetAwaiter().GetResult();
         }
         finally

@@ -87,6 +87,53 @@ public unsafe class CpuAttentionTests
         for (int i = 0; i < a.Length; i++) Assert.Equal(b[i], a[i], 1e-5f);
     }
 
+    /// <summary>
+    /// The f16 cache's kernel widens each row exactly as it reads it, so over an f16 cache it is bit for bit the f32
+    /// kernel over the widened rows: both paths, every head-dimension branch, subnormal, infinite and NaN elements
+    /// included (an activation past 65504 is stored as infinity).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void Over_an_f16_cache_equals_the_f32_kernel_over_the_widened_rows(int hd, int heads, int count, bool vector512)
+    {
+        var rng = new Random(hd * 1000 + heads * 100 + count + 1);
+        const int kvHeads = 2, cacheSlots = 129;
+        int stride = kvHeads * hd, length = cacheSlots * stride + 7;
+        var halfKeys = RandomHalves(rng, length);
+        var halfValues = RandomHalves(rng, length);
+        if (count > 20)
+        {
+            halfKeys[7 + hd + 3 * stride] = 0x0001;                 // the smallest subnormal
+            halfValues[7 + hd + 5 * stride + 1] = 0x83FF;           // the largest negative subnormal
+            halfValues[7 + hd + 9 * stride + 2] = 0x7C00;           // +inf
+            halfValues[7 + hd + 11 * stride + 3] = 0xFE00;          // a NaN with the sign set (a key's NaN would make every output NaN)
+        }
+        var keys = halfKeys.Select(global::TokenMill.Quantization.Fp16.ToSingle).ToArray();
+        var values = halfValues.Select(global::TokenMill.Quantization.Fp16.ToSingle).ToArray();
+        var q = RandomArray(rng, heads * hd + 1, 2.0);
+        // The special slots first when there are enough positions, then others; in no particular order.
+        int[] specialSlots = count > 20 ? [3, 5, 9, 11] : [];
+        var slots = specialSlots.Concat(Enumerable.Range(0, cacheSlots).Except(specialSlots).OrderBy(_ => rng.Next()).Take(count - specialSlots.Length))
+            .OrderBy(_ => rng.Next()).ToArray();
+        int kvBase = 7 + hd, qOffset = 1;
+        var scores = new float[heads * count];
+        var expected = new float[heads * hd];
+        var actual = new float[heads * hd];
+        fixed (float* pk = keys, pv = values, pq = q, ps = scores, pe = expected, pa = actual)
+        fixed (ushort* hk = halfKeys, hv = halfValues)
+        fixed (int* pslots = slots)
+        {
+            CpuAttention.Attend(pq + qOffset, heads, hd, pk + kvBase, pv + kvBase, stride, pslots, count, 0.25f, ps, pe, vector512);
+            CpuAttention.Attend(pq + qOffset, heads, hd, hk + kvBase, hv + kvBase, stride, pslots, count, 0.25f, ps, pa, vector512);
+        }
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]) || float.IsNaN(expected[i]) && float.IsNaN(actual[i]),
+                $"element {i}: {actual[i]} against {expected[i]}");
+    }
+
+    static ushort[] RandomHalves(Random rng, int length) =>
+        Enumerable.Range(0, length).Select(_ => global::TokenMill.Quantization.Fp16.FromSingle((float)(rng.NextDouble() * 2 - 1))).ToArray();
+
     static float[] RandomArray(Random rng, int length, double range) =>
         Enumerable.Range(0, length).Select(_ => (float)((rng.NextDouble() * 2 - 1) * range)).ToArray();
 }

@@ -196,6 +196,26 @@ public sealed class CudaForwardEmulationTests(EmulatedDriverFixture driver, Xuni
         Assert.Equal("-", GraphOf(output, "prefill F (5) + decode E (context 31)"));
     }
 
+    /// <summary>
+    /// <c>--kv-cache-dtype f16</c> on both sides: reshape_and_cache_f16 and the f16 prefill, decode and split-K kernels
+    /// against the CPU's f16 store, within the f16 cache's tolerance; greedy generation gives the CPU's token ids.
+    /// </summary>
+    [SkippableFact]
+    public void An_f16_KV_cache_matches_the_CPU_s_f16_cache_through_every_attention_kernel()
+    {
+        Require();
+        string model = TestData.Require("models/stories260K.gguf");
+        var (code, output) = Tokenmill("kernels", "forward", "--emulate", "--model", model, "--partition-size", "16", "--kv-cache-dtype", "f16");
+        Assert.True(code == 0, output);
+        Assert.Contains("KV cache: f16 on both", output);
+        Assert.Contains("all 8 steps within tolerance", output);
+        Assert.Equal("prefill + decode split-K", AttentionOf(output, "prefill F (5) + decode E (context 31)"));
+        Assert.Equal("captured", GraphOf(output, "decode A + decode B + decode C"));
+
+        string[] prompts = ["Once upon a time", "The little dog", "Lily and Ben went to the park"];
+        AssertSameGreedyTokenIds(prompts, ["--model", model, "--max-tokens", "40", "--kv-cache-dtype", "f16"], leastTokens: 19);
+    }
+
     /// <summary>The graph column of <c>kernels forward</c>'s row for <paramref name="step"/>.</summary>
     static string GraphOf(string output, string step)
     {

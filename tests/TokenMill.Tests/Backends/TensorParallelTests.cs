@@ -290,8 +290,10 @@ public class TensorParallelTests(ITestOutputHelper output)
         Assert.Equal(outputs[0], outputs[2]);
     }
 
-    [SkippableFact]
-    public async Task Parallel_sampling_copies_shared_kv_blocks_on_every_rank()
+    [SkippableTheory]
+    [InlineData(KvCacheDtype.F32)]
+    [InlineData(KvCacheDtype.F16)]
+    public async Task Parallel_sampling_copies_shared_kv_blocks_on_every_rank(KvCacheDtype kvDtype)
     {
         // n = 3 forks share the prompt's blocks; the first token each writes into the shared last block is a
         // copy-on-write, which must happen in every rank's KV store (each holds its own KV heads).
@@ -304,7 +306,8 @@ public class TensorParallelTests(ITestOutputHelper output)
         var outputs = new List<string[]>();
         foreach (int tp in new[] { 1, 2 })
         {
-            using var engine = new LlmEngine(model, new EngineOptions { TensorParallelSize = tp, MaxModelLen = 96, Threads = tp });
+            using var engine = new LlmEngine(model, new EngineOptions { TensorParallelSize = tp, MaxModelLen = 96, Threads = tp, KvCacheDtype = kvDtype });
+            Assert.Equal(kvDtype, ((CpuExecutor)engine.Executor).KvCacheDtype);   // every rank's store
             outputs.Add([.. (await engine.CompleteChoicesAsync(request)).Select(r => r.Text)]);
             Assert.Equal(engine.Stats.TotalKvBlocks, engine.Stats.FreeKvBlocks);
         }

@@ -122,6 +122,8 @@ public class CliTests
     [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
     [InlineData(new[] { "tokenize", "text" }, "--model is required")]
     [InlineData(new[] { "generate", "--eviction-policy", "random" }, "--eviction-policy must be one of lru, lfu, fifo, priority-lru; got 'random'")]
+    [InlineData(new[] { "generate", "--kv-cache-dtype", "fp8" }, "--kv-cache-dtype must be one of f32, f16; got 'fp8'")]
+    [InlineData(new[] { "info", "dummy:tinyllama-1.1b", "--kv-cache-dtype", "q8_0" }, "--kv-cache-dtype must be one of f32, f16; got 'q8_0'")]
     public void Bad_arguments_exit_2_with_a_precise_message(string[] args, string message)
     {
         var (code, _, stderr) = Run(args);
@@ -411,6 +413,15 @@ public class InfoCommandTests
         // 3 layers × 2 (K and V) × 2 kv heads × 32 dims × 4 bytes = 1536 bytes per token; 1 MiB holds 682 tokens → 42 whole blocks of 16.
         Assert.Equal(1536, o.GetProperty("kv_bytes_per_token").GetInt64());
         Assert.Equal(672, o.GetProperty("kv_tokens_in_budget").GetInt64());
+        Assert.Equal("f32", o.GetProperty("kv_cache_dtype").GetString());
+
+        // An f16 cache: half the bytes per token, twice the tokens (1 MiB / 768 bytes = 1365 → 85 whole blocks).
+        stdout = new StringWriter();
+        Assert.Equal(0, TokenMill.Server.Cli.Cli.Run(["info", model, "--kv-cache-memory", "1MiB", "--kv-cache-dtype", "f16", "--json"], stdout, new StringWriter()));
+        o = System.Text.Json.JsonDocument.Parse(stdout.ToString()).RootElement;
+        Assert.Equal("f16", o.GetProperty("kv_cache_dtype").GetString());
+        Assert.Equal(768, o.GetProperty("kv_bytes_per_token").GetInt64());
+        Assert.Equal(1360, o.GetProperty("kv_tokens_in_budget").GetInt64());
     }
 
     [Fact]

@@ -28,43 +28,127 @@ public static unsafe class CpuAttention
         float scale, float* scores, float* output) =>
         Attend(q, heads, headDim, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
 
-    /// <summary><see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> with the
-    /// 512-bit kernel chosen or not (tests run both).</summary>
+    /// <summary>The f32 kernel with the 512-bit path chosen or not (tests run both).</summary>
     internal static void Attend(float* q, int heads, int headDim, float* keys, float* values, long slotStride, int* slots, int count,
         float scale, float* scores, float* output, bool vector512)
     {
-        bool fast = vector512 && Avx512F.IsSupported && headDim % Vector512<float>.Count == 0;
-        if (fast) Scores512(q, heads, headDim, keys, slotStride, slots, count, scale, scores);
-        else Scores(q, heads, headDim, keys, slotStride, slots, count, scale, scores);
+        bool fast = Fast(vector512, headDim);
+        if (fast) Scores512(q, heads, headDim, keys, slotStride, slots, count, scale, scores, count);
+        else Scores(q, heads, headDim, keys, slotStride, slots, count, scale, scores, count);
+        SoftMax(heads, count, scores);
+        if (fast) Values512(heads, headDim, values, slotStride, slots, count, scores, count, output, accumulate: false);
+        else Values(heads, headDim, values, slotStride, slots, count, scores, count, output, accumulate: false);
+    }
+
+    /// <summary>
+    /// <see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> over an f16 cache
+    /// (<paramref name="keys"/> and <paramref name="values"/> are f16 bit patterns). The rows are widened to f32 exactly,
+    /// <see cref="HalfTile"/> positions at a time, into a scratch the f32 kernels then read, so each element is converted
+    /// once (not once per query head of the group) and the result is bit for bit the f32 kernel's on the widened rows: a
+    /// score depends on its own key alone, the tiles are whole 16-position blocks, and the value sums run position by
+    /// position through accumulators carried from tile to tile in <paramref name="output"/>.
+    /// </summary>
+    public static void Attend(float* q, int heads, int headDim, ushort* keys, ushort* values, long slotStride, int* slots, int count,
+        float scale, float* scores, float* output) =>
+        Attend(q, heads, headDim, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
+
+    /// <summary>The f16 kernel with the 512-bit path chosen or not.</summary>
+    internal static void Attend(float* q, int heads, int headDim, ushort* keys, ushort* values, long slotStride, int* slots, int count,
+        float scale, float* scores, float* output, bool vector512)
+    {
+        bool fast = Fast(vector512, headDim);
+        float* rows = HalfScratch(headDim);
+        int* identity = Identity;
+        for (int j0 = 0; j0 < count; j0 += HalfTile)
+        {
+            int n = Math.Min(HalfTile, count - j0);
+            Widen(keys, slotStride, slots + j0, n, headDim, rows);
+            if (fast) Scores512(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
+            else Scores(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
+        }
+        SoftMax(heads, count, scores);
+        for (int j0 = 0; j0 < count; j0 += HalfTile)
+        {
+            int n = Math.Min(HalfTile, count - j0);
+            Widen(values, slotStride, slots + j0, n, headDim, rows);
+            if (fast) Values512(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
+            else Values(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
+        }
+    }
+
+    /// <summary>Positions an f16 tile widens at once: a multiple of 16 (the score kernel's block); 64 rows of a 128-wide head are 32 KiB.</summary>
+    internal const int HalfTile = 64;
+
+    static readonly int* Identity = IdentitySlots();
+
+    static int* IdentitySlots()
+    {
+        var slots = (int*)System.Runtime.InteropServices.NativeMemory.Alloc(HalfTile * sizeof(int)); // once for the process
+        for (int i = 0; i < HalfTile; i++) slots[i] = i;
+        return slots;
+    }
+
+    [ThreadStatic] static float[]? t_halfScratch;
+
+    /// <summary>This thread's scratch of <see cref="HalfTile"/> widened rows (pinned, grown on demand, kept for the thread's life).</summary>
+    static float* HalfScratch(int headDim)
+    {
+        int length = HalfTile * headDim;
+        if (t_halfScratch is null || t_halfScratch.Length < length) t_halfScratch = GC.AllocateUninitializedArray<float>(length, pinned: true);
+        return (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(t_halfScratch));
+    }
+
+    /// <summary>The n f16 rows at <paramref name="slots"/> as consecutive f32 rows of <paramref name="hd"/>: exact, infinity and NaN included.</summary>
+    static void Widen(ushort* rows, long stride, int* slots, int n, int hd, float* output)
+    {
+        if (Avx512F.IsSupported && hd % 16 == 0)
+        {
+            for (int j = 0; j < n; j++)
+            {
+                byte* row = (byte*)(rows + slots[j] * stride);
+                float* o = output + (long)j * hd;
+                for (int d = 0; d < hd; d += 16) Quantization.ExactHalves.Widen16(row + 2 * d).Store(o + d);
+            }
+            return;
+        }
+        for (int j = 0; j < n; j++)
+            TensorPrimitives.ConvertToSingle(new ReadOnlySpan<Half>(rows + slots[j] * stride, hd), new Span<float>(output + (long)j * hd, hd));
+    }
+
+    static bool Fast(bool vector512, int headDim) => vector512 && Avx512F.IsSupported && headDim % Vector512<float>.Count == 0;
+
+    static void SoftMax(int heads, int count, float* scores)
+    {
         for (int h = 0; h < heads; h++)
         {
             var s = new Span<float>(scores + (long)h * count, count);
             TensorPrimitives.SoftMax(s, s);
         }
-        if (fast) Values512(heads, headDim, values, slotStride, slots, count, scores, output);
-        else Values(heads, headDim, values, slotStride, slots, count, scores, output);
     }
 
-    static void Scores(float* q, int heads, int hd, float* keys, long stride, int* slots, int count, float scale, float* scores)
+    // The kernels below write or read head h's score of position j at scores[h·ld + j]: ld is the whole count, where a
+    // call covers one tile of the positions.
+
+    static void Scores(float* q, int heads, int hd, float* keys, long stride, int* slots, int count, float scale, float* scores, int ld)
     {
         for (int j = 0; j < count; j++)
         {
             var k = new ReadOnlySpan<float>(keys + slots[j] * stride, hd);
             for (int h = 0; h < heads; h++)
-                scores[(long)h * count + j] = TensorPrimitives.Dot(new ReadOnlySpan<float>(q + (long)h * hd, hd), k) * scale;
+                scores[(long)h * ld + j] = TensorPrimitives.Dot(new ReadOnlySpan<float>(q + (long)h * hd, hd), k) * scale;
         }
     }
 
-    static void Values(int heads, int hd, float* values, long stride, int* slots, int count, float* scores, float* output)
+    static void Values(int heads, int hd, float* values, long stride, int* slots, int count, float* scores, int ld, float* output, bool accumulate)
     {
-        new Span<float>(output, heads * hd).Clear();
+        if (!accumulate) new Span<float>(output, heads * hd).Clear();
         for (int j = 0; j < count; j++)
         {
             var v = new ReadOnlySpan<float>(values + slots[j] * stride, hd);
             for (int h = 0; h < heads; h++)
             {
                 var o = new Span<float>(output + (long)h * hd, hd);
-                TensorPrimitives.MultiplyAdd(v, scores[(long)h * count + j], o, o);
+                TensorPrimitives.MultiplyAdd(v, scores[(long)h * ld + j], o, o);
             }
         }
     }
@@ -74,7 +158,7 @@ public static unsafe class CpuAttention
     /// across the group's heads), reduced together by <see cref="Sum16"/> into one vector of sixteen scores.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Scores512(float* q, int heads, int hd, float* keys, long stride, int* slots, int count, float scale, float* scores)
+    static void Scores512(float* q, int heads, int hd, float* keys, long stride, int* slots, int count, float scale, float* scores, int ld)
     {
         int j = 0;
         for (; j + 16 <= count; j += 16)
@@ -98,7 +182,7 @@ public static unsafe class CpuAttention
                     Partial(qh, k4, hd), Partial(qh, k5, hd), Partial(qh, k6, hd), Partial(qh, k7, hd),
                     Partial(qh, k8, hd), Partial(qh, k9, hd), Partial(qh, k10, hd), Partial(qh, k11, hd),
                     Partial(qh, k12, hd), Partial(qh, k13, hd), Partial(qh, k14, hd), Partial(qh, k15, hd));
-                (sum * scale).Store(scores + (long)h * count + j);
+                (sum * scale).Store(scores + (long)h * ld + j);
             }
         }
         for (; j < count; j++)
@@ -106,7 +190,7 @@ public static unsafe class CpuAttention
             float* k = keys + slots[j] * stride;
             float* qh = q;
             for (int h = 0; h < heads; h++, qh += hd)
-                scores[(long)h * count + j] = Vector512.Sum(Partial(qh, k, hd)) * scale;
+                scores[(long)h * ld + j] = Vector512.Sum(Partial(qh, k, hd)) * scale;
         }
     }
 
@@ -154,18 +238,23 @@ public static unsafe class CpuAttention
     /// chunk loaded once for both heads; eight independent accumulator chains keep both FMA pipes busy).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Values512(int heads, int hd, float* values, long stride, int* slots, int count, float* scores, float* output)
+    static void Values512(int heads, int hd, float* values, long stride, int* slots, int count, float* scores, int ld, float* output, bool accumulate)
     {
         const int W = 16;
         int h = 0;
         for (; h + 2 <= heads; h += 2)
         {
-            float* p = scores + (long)h * count, pb = p + count;
+            float* p = scores + (long)h * ld, pb = p + ld;
             float* o = output + (long)h * hd, ob = o + hd;
             int d = 0;
             for (; d + 4 * W <= hd; d += 4 * W)
             {
                 Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                if (accumulate)
+                {
+                    a0 = Vector512.Load(o + d); a1 = Vector512.Load(o + d + W); a2 = Vector512.Load(o + d + 2 * W); a3 = Vector512.Load(o + d + 3 * W);
+                    b0 = Vector512.Load(ob + d); b1 = Vector512.Load(ob + d + W); b2 = Vector512.Load(ob + d + 2 * W); b3 = Vector512.Load(ob + d + 3 * W);
+                }
                 for (int j = 0; j < count; j++)
                 {
                     float* v = values + slots[j] * stride + d;
@@ -195,7 +284,7 @@ public static unsafe class CpuAttention
             }
             for (; d < hd; d += W) // 16-wide strips left (head dimensions 80, 96, 112, …)
             {
-                Vector512<float> x = Vector512<float>.Zero, y = x;
+                Vector512<float> x = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero, y = accumulate ? Vector512.Load(ob + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
                 {
                     var v = Vector512.Load(values + slots[j] * stride + d);
@@ -208,11 +297,11 @@ public static unsafe class CpuAttention
         }
         for (; h < heads; h++)
         {
-            float* p = scores + (long)h * count;
+            float* p = scores + (long)h * ld;
             float* o = output + (long)h * hd;
             for (int d = 0; d < hd; d += W)
             {
-                var a = Vector512<float>.Zero;
+                var a = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
                     a = Vector512.FusedMultiplyAdd(Vector512.Load(values + slots[j] * stride + d), Vector512.Create(p[j]), a);
                 a.Store(o + d);

@@ -35,7 +35,9 @@ public sealed class CpuExecutor : IModelExecutor
     /// <param name="kvBlocks">KV blocks of each rank's paged store (the same block tables on every rank).</param>
     /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="timeout">How long a rank waits in one collective for the others.</param>
-    public CpuExecutor(Model model, int tensorParallelSize, int threads, int maxBatchTokens, int kvBlocks, int blockSize, TimeSpan timeout)
+    /// <param name="kvDtype">How the paged stores hold keys and values.</param>
+    public CpuExecutor(Model model, int tensorParallelSize, int threads, int maxBatchTokens, int kvBlocks, int blockSize, TimeSpan timeout,
+        KvCacheDtype kvDtype = KvCacheDtype.F32)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(tensorParallelSize, 1);
         int n = tensorParallelSize;
@@ -55,7 +57,7 @@ public sealed class CpuExecutor : IModelExecutor
                 _pools[r] = new CpuWorkerPool(n == 1 ? threads : ThreadsPerRank);
                 ICommunicator comm = _group?.Communicator(r) ?? SingleRankCommunicator.Instance;
                 _forwards[r] = new CpuForward(_shards[r], comm, maxBatchTokens, _pools[r]);
-                _kvStores[r] = new PagedKvStore(_shards[r].Config, kvBlocks, blockSize);
+                _kvStores[r] = new PagedKvStore(_shards[r].Config, kvBlocks, blockSize, kvDtype);
             }
         }
         catch
@@ -68,6 +70,10 @@ public sealed class CpuExecutor : IModelExecutor
     }
 
     public int WorldSize { get; }
+
+    /// <summary>How the ranks' paged stores hold keys and values.</summary>
+    public KvCacheDtype KvCacheDtype => _kvStores.Select(kv => kv.Dtype).Distinct().Single();
+
     public int ThreadsPerRank { get; }
 
     /// <summary>The error that stopped the ranks, or null while they work.</summary>

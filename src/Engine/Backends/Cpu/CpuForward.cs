@@ -295,8 +295,7 @@ public sealed unsafe class CpuForward : IDisposable
                 if (lw.KNorm is { } kn) HeadNorm(_k + (long)t * kvDim, _c.HeadCountKv, kn);
                 Rope(_q + (long)t * qDim, _c.HeadCount, positions[t], ropeInvFreq);
                 Rope(_k + (long)t * kvDim, _c.HeadCountKv, positions[t], ropeInvFreq);
-                new ReadOnlySpan<float>(_k + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Keys(layer, slots[t]), kvDim));
-                new ReadOnlySpan<float>(_v + (long)t * kvDim, kvDim).CopyTo(new Span<float>(kv.Values(layer, slots[t]), kvDim));
+                kv.Write(layer, slots[t], _k + (long)t * kvDim, _v + (long)t * kvDim);
             }
 
             _attnLayer = layer;
@@ -440,9 +439,15 @@ public sealed unsafe class CpuForward : IDisposable
             int slot = table[block] * blockSize + j % blockSize;
             for (; j < end; j++) slots[j - first] = slot++;
         }
-        CpuAttention.Attend(_q + (long)t * qDim + (long)head * hd, _attnHeadsPerItem, hd,
-            kv.Keys(_attnLayer, 0) + kvOffset, kv.Values(_attnLayer, 0) + kvOffset, _c.KvDim, slots, count,
-            1f / MathF.Sqrt(hd), _scores + (long)worker * MaxHeadsPerAttentionItem * _c.ContextLength, _att + (long)t * qDim + (long)head * hd);
+        float* q = _q + (long)t * qDim + (long)head * hd, output = _att + (long)t * qDim + (long)head * hd;
+        float* scores = _scores + (long)worker * MaxHeadsPerAttentionItem * _c.ContextLength;
+        float scale = 1f / MathF.Sqrt(hd);
+        if (kv.Dtype == KvCacheDtype.F16)
+            CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.HalfKeys(_attnLayer, 0) + kvOffset, kv.HalfValues(_attnLayer, 0) + kvOffset,
+                _c.KvDim, slots, count, scale, scores, output);
+        else
+            CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Keys(_attnLayer, 0) + kvOffset, kv.Values(_attnLayer, 0) + kvOffset,
+                _c.KvDim, slots, count, scale, scores, output);
     }
 
     /// <summary>Query heads of one attention work item: the largest divisor of the group size up to this (the

@@ -122,7 +122,7 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
             for (int r = 0; r < n; r++)
             {
                 contexts[r].MakeCurrent();
-                kvs.Add(new CudaKvCache(contexts[r], shards[r].Config, blocks, options.BlockSize));
+                kvs.Add(new CudaKvCache(contexts[r], shards[r].Config, blocks, options.BlockSize, options.KvCacheDtype));
             }
             contexts[0].MakeCurrent();
             return new CudaExecutor([.. contexts], [.. shards], [.. forwards], [.. kvs], comms);
@@ -158,7 +158,7 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
     /// <summary>How many KV blocks the device's cache gets (see <see cref="Create"/>); throws when one sequence does not fit.</summary>
     static int KvBlocks(CudaContext ctx, ModelConfig config, EngineOptions options, int maxModelLen, string device)
     {
-        long bytesPerBlock = CudaKvCache.BytesPerBlock(config, options.BlockSize);
+        long bytesPerBlock = CudaKvCache.BytesPerBlock(config, options.BlockSize, options.KvCacheDtype);
         int perSequence = KvCacheManager.BlocksFor(maxModelLen, options.BlockSize);
         var (free, total) = ctx.MemoryInfo();
         long blocks;
@@ -221,8 +221,11 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
     /// <summary>The device's name, as the driver reports it (rank 0's).</summary>
     public string DeviceName => _contexts[0].DeviceName;
 
+    /// <summary>How the ranks' KV caches store keys and values.</summary>
+    public KvCacheDtype KvCacheDtype => _kvs.Select(kv => kv.Dtype).Distinct().Single();
+
     /// <summary>Device memory of the weights, activations and KV cache, summed over the ranks.</summary>
-    public long DeviceBytes => Enumerable.Range(0, WorldSize).Sum(r => _forwards[r].DeviceBytes + CudaKvCache.BytesPerBlock(_forwards[r].Config, _kvs[r].BlockSize) * _kvs[r].BlockCount);
+    public long DeviceBytes => Enumerable.Range(0, WorldSize).Sum(r => _forwards[r].DeviceBytes + _kvs[r].Bytes);
 
     public Exception? Failure => (Exception?)_ranks?.Failure ?? Volatile.Read(ref _failure);
 

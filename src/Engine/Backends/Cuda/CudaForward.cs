@@ -1,5 +1,6 @@
 using TokenMill.Distributed;
 using TokenMill.Interop;
+using TokenMill.KvCache;
 using TokenMill.Interop.Driver;
 using TokenMill.Models;
 using TokenMill.Models.Gguf;
@@ -10,7 +11,8 @@ namespace TokenMill.Backends.Cuda;
 
 /// <summary>
 /// The paged KV cache in device memory, laid out as <see cref="KvCache.PagedKvStore"/> is (and as
-/// reshape_and_cache.cu expects): keys and values each [layer][slot][kv_dim] floats, slot = block · block_size + offset.
+/// reshape_and_cache.cu expects): keys and values each [layer][slot][kv_dim] elements, f32 or f16 (<see cref="Dtype"/>),
+/// slot = block · block_size + offset.
 /// </summary>
 public sealed class CudaKvCache : IDisposable
 {
@@ -20,7 +22,8 @@ public sealed class CudaKvCache : IDisposable
     /// <param name="config">The model: its layers and KV width.</param>
     /// <param name="blockCount">KV blocks (the same block tables as the scheduler's).</param>
     /// <param name="blockSize">Tokens per block.</param>
-    public CudaKvCache(CudaContext context, ModelConfig config, int blockCount, int blockSize)
+    /// <param name="dtype">How keys and values are stored.</param>
+    public CudaKvCache(CudaContext context, ModelConfig config, int blockCount, int blockSize, KvCacheDtype dtype = KvCacheDtype.F32)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
@@ -28,7 +31,8 @@ public sealed class CudaKvCache : IDisposable
         BlockSize = blockSize;
         KvDim = config.KvDim;
         Layers = config.BlockCount;
-        long bytes = BytesPerBlock(config, blockSize) / 2 * blockCount;
+        Dtype = dtype;
+        long bytes = BytesPerBlock(config, blockSize, dtype) / 2 * blockCount;
         _keys = context.Allocate(bytes);
         try { _values = context.Allocate(bytes); }
         catch
@@ -44,10 +48,17 @@ public sealed class CudaKvCache : IDisposable
     public int Layers { get; }
     public int SlotCount => BlockCount * BlockSize;
 
-    /// <summary>Keys and values of one block over all layers, in bytes (float storage, as the CPU's store).</summary>
-    public static long BytesPerBlock(ModelConfig config, int blockSize) => 2L * config.BlockCount * blockSize * config.KvDim * sizeof(float);
+    /// <summary>How keys and values are stored: the kernels that write and read them are this type's.</summary>
+    public KvCacheDtype Dtype { get; }
 
-    long LayerBytes => (long)SlotCount * KvDim * sizeof(float);
+    /// <summary>Keys and values of one block over all layers, in bytes (the CPU store's size for the same dtype).</summary>
+    public static long BytesPerBlock(ModelConfig config, int blockSize, KvCacheDtype dtype = KvCacheDtype.F32) =>
+        PagedKvStore.BytesPerBlock(config, blockSize, dtype);
+
+    /// <summary>This cache's device bytes.</summary>
+    public long Bytes => 2 * Layers * LayerBytes;
+
+    long LayerBytes => (long)SlotCount * KvDim * Dtype.ElementBytes();
 
     /// <summary>Layer <paramref name="layer"/>'s keys: the pointer reshape_and_cache and paged attention take.</summary>
     public CUdeviceptr Keys(int layer) => new(_keys.Pointer.Value + (ulong)(layer * LayerBytes));
@@ -60,7 +71,7 @@ public sealed class CudaKvCache : IDisposable
     {
         if ((uint)source >= (uint)BlockCount || (uint)destination >= (uint)BlockCount)
             throw new ArgumentOutOfRangeException(nameof(source), $"blocks {source} → {destination}: the cache has {BlockCount} blocks");
-        long blockBytes = (long)BlockSize * KvDim * sizeof(float);
+        long blockBytes = (long)BlockSize * KvDim * Dtype.ElementBytes();
         for (int layer = 0; layer < Layers; layer++)
         {
             long layerStart = layer * LayerBytes;
@@ -113,7 +124,8 @@ public sealed class CudaForward : IDisposable
     [
         "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
         "reshape_and_cache_f32", "paged_attention_decode_f32", "paged_attention_decode_split_f32", "paged_attention_reduce",
-        "paged_attention_prefill_f32", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+        "paged_attention_prefill_f32", "reshape_and_cache_f16", "paged_attention_decode_f16", "paged_attention_decode_split_f16",
+        "paged_attention_prefill_f16", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
         "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16", CudaSampler.KernelName,
     ];
 
@@ -155,8 +167,13 @@ public sealed class CudaForward : IDisposable
     readonly List<IDisposable> _owned = [];
     readonly Dictionary<(WeightTensor, GgmlType), DeviceBuffer> _uploaded = [];
     readonly Dictionary<string, CudaModule> _modules = [];
-    readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _reshapeAndCache, _siluAndMul;
-    readonly CudaKernel _decodeAttention, _splitDecodeAttention, _reduceAttention, _prefillAttention;
+    readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _siluAndMul, _reduceAttention;
+
+    /// <summary>The kernels that write and read the KV cache, for each <see cref="KvCacheDtype"/> (index = the dtype).</summary>
+    readonly CacheKernels[] _cacheKernels;
+
+    /// <summary>reshape_and_cache and the three paged-attention kernels of one cache element type.</summary>
+    sealed record CacheKernels(CudaKernel ReshapeAndCache, CudaKernel Decode, CudaKernel SplitDecode, CudaKernel Prefill);
     readonly DeviceBuffer _embedding;
     readonly DeviceLayer[] _layers;
     readonly DeviceBuffer _outputNorm;
@@ -258,11 +275,10 @@ public sealed class CudaForward : IDisposable
             _rmsNorm = Kernel("rms_norm");
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
             _rope = Kernel("rope");
-            _reshapeAndCache = Kernel("reshape_and_cache_f32");
-            _decodeAttention = Kernel("paged_attention_decode_f32");
-            _splitDecodeAttention = Kernel("paged_attention_decode_split_f32");
+            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Select(dtype => dtype.Name()).Select(type => new CacheKernels(
+                Kernel($"reshape_and_cache_{type}"), Kernel($"paged_attention_decode_{type}"),
+                Kernel($"paged_attention_decode_split_{type}"), Kernel($"paged_attention_prefill_{type}")))];
             _reduceAttention = Kernel("paged_attention_reduce");
-            _prefillAttention = Kernel("paged_attention_prefill_f32");
             _siluAndMul = Kernel("silu_and_mul");
 
             var w = shard.Weights;
@@ -611,6 +627,12 @@ public sealed class CudaForward : IDisposable
     /// </summary>
     bool RunGraph(CudaKvCache kv, int n, int logitCount, int logitOffset)
     {
+        // A graph holds the cache's pointers and its dtype's kernels: another cache starts the graphs over.
+        if (!ReferenceEquals(kv, _graphCache))
+        {
+            ClearGraphs();
+            _graphCache = kv;
+        }
         string key = GraphKey(n, logitCount, logitOffset);
         if (!_graphs!.TryGetValue(key, out var graph))
         {
@@ -635,6 +657,9 @@ public sealed class CudaForward : IDisposable
         GraphLaunches++;
         return true;
     }
+
+    /// <summary>The KV cache the cached graphs were captured over.</summary>
+    CudaKvCache? _graphCache;
 
     /// <summary>Why graphs were turned off after a failed capture, or null.</summary>
     public string? GraphsOffReason { get; private set; }
@@ -694,7 +719,8 @@ public sealed class CudaForward : IDisposable
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
                 .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0), stream: _stream);
-            _reshapeAndCache.Launch(rows, Block(_reshapeAndCache), _args.Clear().Add(_k).Add(_v)
+            var reshapeAndCache = _cacheKernels[(int)kv.Dtype].ReshapeAndCache;
+            reshapeAndCache.Launch(rows, Block(reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim), stream: _stream);
             Attention(kv, layer, scale);
             MatMul(lw.Wo, _att, _delta.Pointer, n);
@@ -747,6 +773,7 @@ public sealed class CudaForward : IDisposable
     {
         const int NoWindow = 0;   // CheckSupported refuses sliding-window models
         int width = _plan.Width;
+        var kernels = _cacheKernels[(int)kv.Dtype];
         foreach (var run in _plan.Runs)
         {
             var blockTables = Offset(_blockTables, (long)run.FirstGroup * width);
@@ -756,19 +783,19 @@ public sealed class CudaForward : IDisposable
             switch (run.Kind)
             {
                 case AttentionKernels.Prefill:
-                    _prefillAttention.Launch(PagedAttentionPrefill.Grid(run.MaxQueryLength, _c.HeadCount, run.GroupCount), Block(_prefillAttention),
+                    kernels.Prefill.Launch(PagedAttentionPrefill.Grid(run.MaxQueryLength, _c.HeadCount, run.GroupCount), Block(kernels.Prefill),
                         _args.Clear().Add(_att).Add(_q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables)
                             .Add(Offset(_queryStart, run.FirstGroup)).Add(_positions).Add(width)
                             .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow), stream: _stream);
                     break;
                 case AttentionKernels.Decode:
-                    _decodeAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_decodeAttention),
+                    kernels.Decode.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(kernels.Decode),
                         _args.Clear().Add(output).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(blockTables).Add(contextLens).Add(width)
                             .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(kv.BlockSize).Add(scale).Add(NoWindow), stream: _stream);
                     break;
                 case AttentionKernels.DecodeSplitK:
                     var plan = run.Decode;
-                    _splitDecodeAttention.Launch(plan.SplitGrid(run.GroupCount, _c.HeadCount), Block(_splitDecodeAttention),
+                    kernels.SplitDecode.Launch(plan.SplitGrid(run.GroupCount, _c.HeadCount), Block(kernels.SplitDecode),
                         _args.Clear().Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer))
                             .Add(blockTables).Add(contextLens).Add(width).Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim)
                             .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(_partitionSize), stream: _stream);

@@ -1,0 +1,169 @@
+using TokenMill.Backends.Cpu;
+using TokenMill.Core;
+using TokenMill.Generation;
+using TokenMill.KvCache;
+using TokenMill.Models;
+using TokenMill.Quantization;
+using TokenMill.Sampling;
+
+namespace TokenMill.Tests.KvCache;
+
+/// <summary>
+/// <c>--kv-cache-dtype f16</c>: half the bytes per block, each key and value rounded to nearest even once as it is
+/// written, attention in f32 on the exactly widened rows; batching, preemption and copy-on-write keep their guarantees.
+/// </summary>
+public class HalfKvCacheTests
+{
+    static readonly ModelConfig Config = new()
+    {
+        Architecture = "llama", BlockCount = 3, EmbeddingLength = 64, HeadCount = 4, HeadCountKv = 2, FeedForwardLength = 128,
+        HeadDim = 16, VocabSize = 32, ContextLength = 64, RmsNormEps = 1e-5f, RopeType = RopeType.Norm, RopeDimensionCount = 16,
+    };
+
+    [Fact]
+    public void A_block_takes_half_the_bytes()
+    {
+        Assert.Equal(2L * 3 * 16 * 32 * 4, PagedKvStore.BytesPerBlock(Config, 16));
+        Assert.Equal(PagedKvStore.BytesPerBlock(Config, 16) / 2, PagedKvStore.BytesPerBlock(Config, 16, KvCacheDtype.F16));
+    }
+
+    [Fact]
+    public unsafe void Writes_round_each_element_to_nearest_even_and_copy_on_write_copies_every_layer()
+    {
+        using var store = new PagedKvStore(Config, blockCount: 4, blockSize: 2, KvCacheDtype.F16);
+        int kvDim = Config.KvDim;
+        var rng = new Random(3);
+        // Ties between two f16 values (1 + 2^-11 lies halfway between 1 and 1 + 2^-10), values past f16's range, subnormals.
+        float[] special = [1f + MathF.Pow(2, -11), 1f + 3 * MathF.Pow(2, -11), 70000f, -1e-6f, 65519f, 65520f, 2.5f * MathF.Pow(2, -24)];
+        var key = new float[kvDim];
+        var value = new float[kvDim];
+        for (int layer = 0; layer < Config.BlockCount; layer++)
+            for (int slot = 0; slot < 2; slot++) // block 0
+            {
+                for (int i = 0; i < kvDim; i++)
+                {
+                    key[i] = i < special.Length ? special[i] : (float)(rng.NextDouble() * 8 - 4);
+                    value[i] = (float)(rng.NextDouble() * 2 - 1) * (layer + 1);
+                }
+                fixed (float* k = key, v = value) store.Write(layer, slot, k, v);
+                for (int i = 0; i < kvDim; i++)
+                {
+                    Assert.Equal(Fp16.FromSingle(key[i]), store.HalfKeys(layer, slot)[i]);
+                    Assert.Equal(Fp16.FromSingle(value[i]), store.HalfValues(layer, slot)[i]);
+                }
+                Assert.Equal((ushort)0x3C00, store.HalfKeys(layer, slot)[0]);   // the tie goes to the even 1.0
+                Assert.Equal((ushort)0x3C02, store.HalfKeys(layer, slot)[1]);   // and here to the even 1 + 2^-9
+                Assert.Equal((ushort)0x7C00, store.HalfKeys(layer, slot)[2]);   // past 65504: infinity
+                Assert.Equal((ushort)0x7BFF, store.HalfKeys(layer, slot)[4]);   // 65519 still rounds down to 65504
+                Assert.Equal((ushort)0x7C00, store.HalfKeys(layer, slot)[5]);   // 65520 is the tie that overflows
+                Assert.Equal((ushort)0x8011, store.HalfKeys(layer, slot)[3]);   // −1e-6 = −16.78 · 2^-24: the subnormal −17 · 2^-24
+                Assert.Equal((ushort)0x0002, store.HalfKeys(layer, slot)[6]);   // 2.5 · 2^-24: a subnormal tie, to the even 2
+            }
+
+        store.CopyBlock(0, 3);
+        for (int layer = 0; layer < Config.BlockCount; layer++)
+            for (int offset = 0; offset < 2; offset++)
+            {
+                Assert.Equal(new ReadOnlySpan<ushort>(store.HalfKeys(layer, offset), kvDim).ToArray(), new ReadOnlySpan<ushort>(store.HalfKeys(layer, 6 + offset), kvDim).ToArray());
+                Assert.Equal(new ReadOnlySpan<ushort>(store.HalfValues(layer, offset), kvDim).ToArray(), new ReadOnlySpan<ushort>(store.HalfValues(layer, 6 + offset), kvDim).ToArray());
+            }
+        Assert.All(new ReadOnlySpan<ushort>(store.HalfKeys(1, 2), 2 * kvDim).ToArray(), h => Assert.Equal(0, h)); // block 1 untouched
+
+        var e = Assert.Throws<InvalidOperationException>(() => (nint)store.Keys(0, 0));
+        Assert.Equal("the KV cache holds f16, not f32", e.Message);
+    }
+
+    /// <summary>
+    /// The store converts with <see cref="System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(ReadOnlySpan{float}, Span{Half})"/>
+    /// (vectorized): it must round every non-NaN float as <see cref="Fp16.FromSingle"/> (ggml's conversion) does.
+    /// </summary>
+    [Fact]
+    public void The_vectorized_conversion_rounds_as_ggml_does()
+    {
+        var rng = new Random(17);
+        var floats = new float[1 << 20];
+        for (int i = 0; i < floats.Length; i++)
+        {
+            // Every exponent equally (random bit patterns), then values just around f16's ties and limits.
+            floats[i] = BitConverter.UInt32BitsToSingle((uint)rng.NextInt64(0, 1L << 32));
+            if (float.IsNaN(floats[i])) floats[i] = 0;
+        }
+        for (int i = 0; i < 4096; i++)
+        {
+            float tie = (Fp16.ToSingle((ushort)i) + Fp16.ToSingle((ushort)(i + 1))) / 2 * (i % 2 == 0 ? 1 : -1);
+            floats[2 * i] = tie;
+            floats[2 * i + 1] = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(tie) + 1);
+        }
+        for (int i = 0; i < 4096; i++)
+            floats[8192 + i] = (i % 2 == 0 ? 1 : -1) * (65504f + i * 0.01f);
+        var halves = new Half[floats.Length];
+        System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(floats, halves);
+        for (int i = 0; i < floats.Length; i++)
+            if (BitConverter.HalfToUInt16Bits(halves[i]) != Fp16.FromSingle(floats[i]))
+                Assert.Fail($"{floats[i]:R} (0x{BitConverter.SingleToUInt32Bits(floats[i]):X8}): 0x{BitConverter.HalfToUInt16Bits(halves[i]):X4}, ggml 0x{Fp16.FromSingle(floats[i]):X4}");
+    }
+
+    static Model LoadStories() => GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
+
+    [SkippableFact]
+    public void Logits_over_an_f16_cache_stay_within_f16_rounding_of_the_f32_cache()
+    {
+        using var model = LoadStories();
+        int[] tokens = model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun. She was happy.", addSpecial: true);
+        using var forward = new CpuForward(model, maxBatchTokens: 8);
+        using var exact = new SingleSequence(forward, tokens.Length);
+        using var half = new SingleSequence(forward, tokens.Length, KvCacheDtype.F16);
+        var a = new float[model.Config.VocabSize];
+        var b = new float[model.Config.VocabSize];
+        exact.Feed(tokens, a);
+        half.Feed(tokens, b);
+        double maxLogit = a.Max(MathF.Abs), maxError = a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+        // Keys and values carry 11 significant bits: an error of order 2^-11 of the logits' scale, not more, and not nothing.
+        Assert.InRange(maxError, 1e-7 * maxLogit, 2e-3 * maxLogit);
+    }
+
+    [SkippableFact]
+    public async Task Continuous_batching_preemption_and_forks_change_nothing_over_an_f16_cache()
+    {
+        using var model = LoadStories();
+        static GenerationRequest Greedy(string prompt) => new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = 40, IgnoreEos = true } };
+        var prompts = Core.LlmEngineTests.Prompts;
+        static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
+            (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
+
+        int[][] alone;
+        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = 128, KvCacheDtype = KvCacheDtype.F16 }))
+            alone = await RunAll(single, prompts.Select(Greedy));
+
+        // On this model the f16 cache's rounding moves no greedy pick of the 24 prompts × 40 tokens (the README says so).
+        using (var exact = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 }))
+            Assert.Equal(await RunAll(exact, prompts.Select(Greedy)), alone);
+
+        // 10 blocks: about three sequences at once, so preemptions; prefix caching shares the prompts' common blocks.
+        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 10, MaxNumBatchedTokens = 64, KvCacheDtype = KvCacheDtype.F16 });
+        Assert.Equal(KvCacheDtype.F16, ((CpuExecutor)tight.Executor).KvCacheDtype);
+        var together = await RunAll(tight, prompts.Concat(prompts.Take(4)).Select(Greedy));
+        for (int i = 0; i < together.Length; i++) Assert.Equal(alone[i % prompts.Length], together[i]);
+        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+
+        // n = 3 forks of one prompt share its blocks (copy-on-write on the first divergent write): seeded draws repeat.
+        var forked = new GenerationRequest { Prompt = "Lily", N = 3, Sampling = new SamplingParams { Temperature = 1f, Seed = 11, MaxTokens = 30, IgnoreEos = true } };
+        var first = await tight.CompleteChoicesAsync(forked);
+        var again = await tight.CompleteChoicesAsync(forked);
+        Assert.Equal(first.Select(c => c.TokenIds), again.Select(c => c.TokenIds));
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+    }
+
+    [SkippableFact]
+    public void The_same_budget_holds_twice_the_blocks()
+    {
+        using var model = LoadStories();
+        var budget = new EngineOptions { MaxModelLen = 128, KvCacheMemoryBytes = 1 << 20 };
+        using var exact = new LlmEngine(model, budget);
+        using var half = new LlmEngine(model, budget with { KvCacheDtype = KvCacheDtype.F16 });
+        Assert.Equal(2 * exact.Stats.TotalKvBlocks, half.Stats.TotalKvBlocks);
+        Assert.Equal(KvCacheDtype.F32, ((CpuExecutor)exact.Executor).KvCacheDtype);
+        Assert.Equal(KvCacheDtype.F16, ((CpuExecutor)half.Executor).KvCacheDtype);
+    }
+}
