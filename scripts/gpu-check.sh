@@ -42,16 +42,19 @@ run)
   ./tokenmill kernels bench --device "${DEVICE:-0}" --output-json kernels-bench.json || status=1
   ./tokenmill kernels nccl --ranks 1 || status=1          # needs libnccl (TOKENMILL_NCCL_LIBRARY or the CUDA lib dir)
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 || status=1
+  ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 --kv-cache-dtype f16 || status=1
   # Greedy generate on both devices: the token ids must be identical. The short prompt's steps all run on the GEMV
   # kernels; the three prompts of stories260K (F32) prefill 8+ rows at once, on cuBLAS's Sgemm.
   printf '%s\n' "Once upon a time there was a little girl named Lily" "The little dog ran to the park to play with the ball" "Tom and Sue" > prompts.txt
-  for run in "${STORIES:-stories260K.gguf}|--prompt|Once upon a time" "dummy:tinyllama-1.1b|--prompt|Once upon a time" "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt"; do
-    IFS='|' read -r model flag value <<< "$run"
+  # The last run keeps keys and values in f16 on both devices (--kv-cache-dtype f16).
+  for run in "${STORIES:-stories260K.gguf}|--prompt|Once upon a time|f32" "dummy:tinyllama-1.1b|--prompt|Once upon a time|f32" \
+             "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f32" "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f16"; do
+    IFS='|' read -r model flag value kv <<< "$run"
     [ -e "$model" ] || [[ "$model" == dummy:* ]] || { echo "skip $model (not found; set STORIES=path)"; continue; }
     for device in cpu cuda; do
-      ./tokenmill generate --model "$model" "$flag" "$value" --max-tokens 40 --temperature 0 --device $device > "generate-$device.txt" || status=1
+      ./tokenmill generate --model "$model" "$flag" "$value" --max-tokens 40 --temperature 0 --kv-cache-dtype "$kv" --device $device > "generate-$device.txt" || status=1
     done
-    if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model $flag: cuda == cpu"; else echo "generate $model $flag: cuda != cpu"; diff generate-cpu.txt generate-cuda.txt || true; status=1; fi
+    if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model $flag (KV $kv): cuda == cpu"; else echo "generate $model $flag (KV $kv): cuda != cpu"; diff generate-cpu.txt generate-cuda.txt || true; status=1; fi
   done
   exit $status
   ;;
