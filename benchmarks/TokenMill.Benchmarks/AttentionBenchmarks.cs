@@ -1,5 +1,6 @@
 using BenchmarkDotNet.Attributes;
 using TokenMill.Backends.Cpu;
+using TokenMill.KvCache;
 
 namespace TokenMill.Benchmarks;
 
@@ -8,8 +9,8 @@ namespace TokenMill.Benchmarks;
 /// key/value head (TinyLlama's GQA: head dimension 64, 4 key/value heads, so a slot holds 256 floats), the slots
 /// scattered as a block table leaves them: <see cref="CpuAttention"/>'s group kernel with 512-bit vectors, its
 /// portable path, and the previous one-head-at-a-time form (a <c>TensorPrimitives</c> call per position and head,
-/// each head re-reading every key and value row) as the baseline; and the same group kernel over an f16 cache
-/// (<c>--kv-cache-dtype f16</c>: the rows widened a tile at a time, then the f32 kernel).
+/// each head re-reading every key and value row) as the baseline; and the same group kernel over an f16 and a Q8_0
+/// cache (<c>--kv-cache-dtype f16|q8_0</c>: the rows widened a tile at a time, then the f32 kernel).
 /// </summary>
 public unsafe class AttentionBenchmarks
 {
@@ -19,7 +20,7 @@ public unsafe class AttentionBenchmarks
     public int Positions { get; set; }
 
     float[] _keys = [], _values = [], _q = [], _scores = [], _output = [];
-    ushort[] _halfKeys = [], _halfValues = [];
+    byte[] _halfKeys = [], _halfValues = [], _q8Keys = [], _q8Values = [];
     int[] _slots = [];
 
     [GlobalSetup]
@@ -29,8 +30,10 @@ public unsafe class AttentionBenchmarks
         int slots = Positions + 64;
         _keys = Enumerable.Range(0, slots * SlotStride).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         _values = Enumerable.Range(0, slots * SlotStride).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
-        _halfKeys = [.. _keys.Select(TokenMill.Quantization.Fp16.FromSingle)];
-        _halfValues = [.. _values.Select(TokenMill.Quantization.Fp16.FromSingle)];
+        _halfKeys = Stored(KvCacheDtype.F16, _keys);
+        _halfValues = Stored(KvCacheDtype.F16, _values);
+        _q8Keys = Stored(KvCacheDtype.Q8_0, _keys);
+        _q8Values = Stored(KvCacheDtype.Q8_0, _values);
         _q = Enumerable.Range(0, Heads * HeadDim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         // Blocks of 16 slots in shuffled order, as a long-lived cache hands them out.
         var blocks = Enumerable.Range(0, slots / 16).OrderBy(_ => random.Next()).ToArray();
@@ -49,13 +52,34 @@ public unsafe class AttentionBenchmarks
     public void GroupVector512() => Run(Heads, vector512: true);
 
     [Benchmark]
-    public void GroupVector512HalfCache()
+    public void GroupVector512HalfCache() => RunStored(KvCacheDtype.F16, _halfKeys, _halfValues);
+
+    [Benchmark]
+    public void GroupVector512Q8Cache() => RunStored(KvCacheDtype.Q8_0, _q8Keys, _q8Values);
+
+    /// <summary>Each slot's row of <see cref="SlotStride"/> values as an f16 or Q8_0 cache stores it.</summary>
+    static byte[] Stored(KvCacheDtype dtype, float[] rows)
+    {
+        int rowBytes = (int)dtype.RowBytes(SlotStride), slots = rows.Length / SlotStride;
+        var stored = new byte[slots * rowBytes];
+        for (int s = 0; s < slots; s++)
+        {
+            var row = rows.AsSpan(s * SlotStride, SlotStride);
+            var dst = stored.AsSpan(s * rowBytes, rowBytes);
+            if (dtype == KvCacheDtype.F16) System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(row, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(dst));
+            else TokenMill.Quantization.Quantize.Row(TokenMill.Models.Gguf.GgmlType.Q8_0, row, dst);
+        }
+        return stored;
+    }
+
+    void RunStored(KvCacheDtype dtype, byte[] keys, byte[] values)
     {
         const int kvHead = 1;
-        fixed (ushort* k = _halfKeys, v = _halfValues)
+        long head = dtype.RowBytes(kvHead * HeadDim), rowBytes = dtype.RowBytes(SlotStride);
+        fixed (byte* k = keys, v = values)
         fixed (float* q = _q, s = _scores, o = _output)
         fixed (int* slots = _slots)
-            CpuAttention.Attend(q, Heads, HeadDim, k + kvHead * HeadDim, v + kvHead * HeadDim, SlotStride, slots, Positions, 0.125f, s, o, vector512: true);
+            CpuAttention.Attend(q, Heads, HeadDim, dtype, k + head, v + head, rowBytes, slots, Positions, 0.125f, s, o, vector512: true);
     }
 
     void Run(int headsPerCall, bool vector512)
@@ -86,15 +110,15 @@ public unsafe class AttentionBenchmarks
         return worst;
     }
 
-    /// <summary>The largest difference between the f16 cache's output and the f32 cache's (f16 rounding of the rows: of
-    /// order 2^-12 here), or <see cref="float.MaxValue"/> when it computed nothing.</summary>
-    public float CheckHalfCache()
+    /// <summary>The largest difference between an f16 or Q8_0 cache's output and the f32 cache's (the rows' rounding), or
+    /// <see cref="float.MaxValue"/> when it computed nothing.</summary>
+    public float CheckStoredCache(KvCacheDtype dtype)
     {
         Setup();
         GroupVector512();
         var exact = (float[])_output.Clone();
         Array.Clear(_output);
-        GroupVector512HalfCache();
+        if (dtype == KvCacheDtype.F16) GroupVector512HalfCache(); else GroupVector512Q8Cache();
         if (_output.All(x => x == 0)) return float.MaxValue;
         return exact.Zip(_output, (a, b) => Math.Abs(a - b)).Max();
     }

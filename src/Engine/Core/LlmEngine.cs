@@ -79,6 +79,7 @@ public sealed class LlmEngine : IDisposable
             throw new ArgumentException($"--max-model-len {MaxModelLen} exceeds the model's context length {model.Config.ContextLength}");
 
         int maxBatchTokens = Math.Min(options.MaxNumBatchedTokens, 512);
+        if (options.KvCacheDtype.Unsupported(model.Config.HeadDim) is { } why) throw new ArgumentException($"{model.Name}: {why}");
         int blocks;
         if (options.Device == EngineDevice.Cpu)
         {

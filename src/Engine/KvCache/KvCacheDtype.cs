@@ -1,8 +1,10 @@
+using TokenMill.Quantization;
+
 namespace TokenMill.KvCache;
 
 /// <summary>
 /// How the paged KV cache stores keys and values (<c>--kv-cache-dtype</c>, the names of llama.cpp's <c>-ctk</c>/<c>-ctv</c>).
-/// Attention computes in f32 either way; an f16 cache rounds each key and value once, when it is written.
+/// Attention computes in f32 either way: a key or value is rounded once, when it is written, and read back exactly.
 /// </summary>
 public enum KvCacheDtype
 {
@@ -11,25 +13,41 @@ public enum KvCacheDtype
 
     /// <summary>IEEE half precision, rounded to nearest even: half the memory per block (llama.cpp's default cache type).</summary>
     F16,
+
+    /// <summary>
+    /// ggml's Q8_0 blocks (32 values as int8 and one f16 scale, 34 bytes), each head's rows quantized as ggml's
+    /// reference <c>quantize_row_q8_0</c> does: 0.27 of f32's memory. CPU only; the head dimension must be a multiple of 32.
+    /// </summary>
+    Q8_0,
 }
 
 /// <summary>Names and sizes of <see cref="KvCacheDtype"/>.</summary>
 public static class KvCacheDtypes
 {
     /// <summary>The names <see cref="Parse"/> takes.</summary>
-    public static readonly string[] Names = ["f32", "f16"];
+    public static readonly string[] Names = ["f32", "f16", "q8_0"];
 
-    /// <summary>Bytes one key or value element takes.</summary>
-    public static int ElementBytes(this KvCacheDtype dtype) => dtype == KvCacheDtype.F16 ? 2 : 4;
+    /// <summary>Bytes a row of <paramref name="elements"/> keys or values takes (for Q8_0, a whole number of 32-value blocks).</summary>
+    public static long RowBytes(this KvCacheDtype dtype, long elements) => dtype switch
+    {
+        KvCacheDtype.F16 => 2 * elements,
+        KvCacheDtype.Q8_0 => elements / BlockFormats.QK * BlockFormats.Q8_0Bytes,
+        _ => 4 * elements,
+    };
 
-    /// <summary>The lower-case name (f32, f16).</summary>
-    public static string Name(this KvCacheDtype dtype) => dtype == KvCacheDtype.F16 ? "f16" : "f32";
+    /// <summary>The lower-case name (f32, f16, q8_0).</summary>
+    public static string Name(this KvCacheDtype dtype) => Names[(int)dtype];
 
     /// <summary>The dtype named <paramref name="name"/> (case-insensitive), or null.</summary>
-    public static KvCacheDtype? Parse(string name) => name.ToLowerInvariant() switch
+    public static KvCacheDtype? Parse(string name)
     {
-        "f32" => KvCacheDtype.F32,
-        "f16" => KvCacheDtype.F16,
-        _ => null,
-    };
+        int i = Array.IndexOf(Names, name.ToLowerInvariant());
+        return i < 0 ? null : (KvCacheDtype)i;
+    }
+
+    /// <summary>Why <paramref name="dtype"/> cannot hold a model of head dimension <paramref name="headDim"/>, or null when it can.</summary>
+    public static string? Unsupported(this KvCacheDtype dtype, int headDim) =>
+        dtype == KvCacheDtype.Q8_0 && headDim % BlockFormats.QK != 0
+            ? $"--kv-cache-dtype q8_0 needs a head dimension that is a multiple of {BlockFormats.QK} (a block of 32 values must not straddle two heads); this model's is {headDim}"
+            : null;
 }

@@ -16,10 +16,11 @@ namespace TokenMill.Server.Cli;
 public static class InfoCommand
 {
     internal const string Help = """
-        usage: tokenmill info <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--kv-cache-memory SIZE] [--kv-cache-dtype f32|f16] [--json]
+        usage: tokenmill info <file.gguf | dummy:preset | Org/Name:QUANT> [--revision R] [--kv-cache-memory SIZE] [--kv-cache-dtype f32|f16|q8_0] [--json]
 
           --kv-cache-memory SIZE   the budget to size contexts against (default 2GiB)
-          --kv-cache-dtype T       the cache's element type: f32 (default) or f16 (half the bytes per token)
+          --kv-cache-dtype T       the cache's element type: f32 (default), f16 (half the bytes per token) or q8_0
+                                   (34 bytes per 32 values)
           --json                   print the facts as one JSON object
 
         example: tokenmill info ../shared/testdata/arch/arch-qwen3.gguf --kv-cache-memory 512MiB

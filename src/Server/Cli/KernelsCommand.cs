@@ -84,7 +84,7 @@ public static class KernelsCommand
                              32-position sequence's decodes split)
           --gemm-min-rows N  forward: rows of a chunk (at most 8 here) from which its products run as cuBLAS
                              GEMMs (default 8; 9 or more: the GEMV kernels only)
-          --kv-cache-dtype T forward: the KV cache type of both sides, f32 (default) or f16
+          --kv-cache-dtype T forward: the KV cache type of both sides, f32 (default) or f16 (CUDA has no q8_0 cache)
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)

@@ -1,4 +1,6 @@
 using TokenMill.Backends.Cpu;
+using TokenMill.KvCache;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.Tests.Backends;
 
@@ -124,8 +126,67 @@ public unsafe class CpuAttentionTests
         fixed (int* pslots = slots)
         {
             CpuAttention.Attend(pq + qOffset, heads, hd, pk + kvBase, pv + kvBase, stride, pslots, count, 0.25f, ps, pe, vector512);
-            CpuAttention.Attend(pq + qOffset, heads, hd, hk + kvBase, hv + kvBase, stride, pslots, count, 0.25f, ps, pa, vector512);
+            CpuAttention.Attend(pq + qOffset, heads, hd, KvCacheDtype.F16, (byte*)(hk + kvBase), (byte*)(hv + kvBase), 2L * stride, pslots, count,
+                0.25f, ps, pa, vector512);
         }
+        AssertBitwiseEqual(expected, actual);
+    }
+
+    public static TheoryData<int, int, int, bool> Q8Shapes()
+    {
+        var data = new TheoryData<int, int, int, bool>();
+        foreach (var row in Shapes())
+            if ((int)row[0] % 32 == 0) data.Add((int)row[0], (int)row[1], (int)row[2], (bool)row[3]);
+        return data;
+    }
+
+    /// <summary>
+    /// Over a Q8_0 cache (each slot's row quantized as ggml's quantize_row_q8_0, the head's blocks at its byte offset)
+    /// the kernel is bit for bit the f32 kernel over the rows dequantized as ggml's dequantize_row_q8_0.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Q8Shapes))]
+    public void Over_a_q8_0_cache_equals_the_f32_kernel_over_the_dequantized_rows(int hd, int heads, int count, bool vector512)
+    {
+        var rng = new Random(hd * 1000 + heads * 100 + count + 2);
+        const int kvHeads = 2, cacheSlots = 129, kvHead = 1;
+        int stride = kvHeads * hd, rowBytes = (int)KvCacheDtype.Q8_0.RowBytes(stride);
+        byte[] Quantized(float[] rows)
+        {
+            var stored = new byte[cacheSlots * rowBytes];
+            for (int s = 0; s < cacheSlots; s++)
+                global::TokenMill.Quantization.Quantize.Row(GgmlType.Q8_0, rows.AsSpan(s * stride, stride), stored.AsSpan(s * rowBytes, rowBytes));
+            return stored;
+        }
+        float[] Dequantized(byte[] stored)
+        {
+            var rows = new float[cacheSlots * stride];
+            for (int s = 0; s < cacheSlots; s++)
+                global::TokenMill.Quantization.Dequantize.Row(GgmlType.Q8_0, stored.AsSpan(s * rowBytes, rowBytes), rows.AsSpan(s * stride, stride));
+            return rows;
+        }
+        var q8Keys = Quantized(RandomArray(rng, cacheSlots * stride, 1.0));
+        var q8Values = Quantized(RandomArray(rng, cacheSlots * stride, 3.0));
+        var keys = Dequantized(q8Keys);
+        var values = Dequantized(q8Values);
+        var q = RandomArray(rng, heads * hd, 2.0);
+        var slots = Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(count).ToArray();
+        var scores = new float[heads * count];
+        var expected = new float[heads * hd];
+        var actual = new float[heads * hd];
+        long headBytes = KvCacheDtype.Q8_0.RowBytes(kvHead * hd);
+        fixed (float* pk = keys, pv = values, pq = q, ps = scores, pe = expected, pa = actual)
+        fixed (byte* bk = q8Keys, bv = q8Values)
+        fixed (int* pslots = slots)
+        {
+            CpuAttention.Attend(pq, heads, hd, pk + kvHead * hd, pv + kvHead * hd, stride, pslots, count, 0.125f, ps, pe, vector512);
+            CpuAttention.Attend(pq, heads, hd, KvCacheDtype.Q8_0, bk + headBytes, bv + headBytes, rowBytes, pslots, count, 0.125f, ps, pa, vector512);
+        }
+        AssertBitwiseEqual(expected, actual);
+    }
+
+    static void AssertBitwiseEqual(float[] expected, float[] actual)
+    {
         for (int i = 0; i < expected.Length; i++)
             Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]) || float.IsNaN(expected[i]) && float.IsNaN(actual[i]),
                 $"element {i}: {actual[i]} against {expected[i]}");

@@ -350,6 +350,16 @@ public sealed class DeviceOptionTests
         Assert.Contains("--gpu-memory-utilization must be between", err);
     }
 
+    [Fact]
+    public void A_q8_0_kv_cache_on_cuda_is_refused_before_any_driver_is_loaded()
+    {
+        var (code, _, err) = CliRun.Capture("generate", "--model", "dummy:tinyllama-1.1b", "--dummy-layers", "1", "--device", "cuda",
+            "--kv-cache-dtype", "q8_0", "--max-tokens", "2");
+        Assert.Equal(1, code);
+        Assert.Contains("--kv-cache-dtype q8_0 runs on the CPU only: the CUDA kernels keep the KV cache in f32 or f16", err);
+        Assert.DoesNotContain("libcuda", err);
+    }
+
     [SkippableFact]
     public void Device_cuda_without_a_driver_says_what_was_tried()
     {

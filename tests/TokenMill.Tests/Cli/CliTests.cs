@@ -122,8 +122,8 @@ public class CliTests
     [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
     [InlineData(new[] { "tokenize", "text" }, "--model is required")]
     [InlineData(new[] { "generate", "--eviction-policy", "random" }, "--eviction-policy must be one of lru, lfu, fifo, priority-lru; got 'random'")]
-    [InlineData(new[] { "generate", "--kv-cache-dtype", "fp8" }, "--kv-cache-dtype must be one of f32, f16; got 'fp8'")]
-    [InlineData(new[] { "info", "dummy:tinyllama-1.1b", "--kv-cache-dtype", "q8_0" }, "--kv-cache-dtype must be one of f32, f16; got 'q8_0'")]
+    [InlineData(new[] { "generate", "--kv-cache-dtype", "fp8" }, "--kv-cache-dtype must be one of f32, f16, q8_0; got 'fp8'")]
+    [InlineData(new[] { "info", "dummy:tinyllama-1.1b", "--kv-cache-dtype", "q4_0" }, "--kv-cache-dtype must be one of f32, f16, q8_0; got 'q4_0'")]
     public void Bad_arguments_exit_2_with_a_precise_message(string[] args, string message)
     {
         var (code, _, stderr) = Run(args);

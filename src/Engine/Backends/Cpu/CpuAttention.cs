@@ -3,6 +3,8 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
+using TokenMill.KvCache;
+
 namespace TokenMill.Backends.Cpu;
 
 /// <summary>
@@ -41,71 +43,97 @@ public static unsafe class CpuAttention
     }
 
     /// <summary>
-    /// <see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> over an f16 cache
-    /// (<paramref name="keys"/> and <paramref name="values"/> are f16 bit patterns). The rows are widened to f32 exactly,
-    /// <see cref="HalfTile"/> positions at a time, into a scratch the f32 kernels then read, so each element is converted
-    /// once (not once per query head of the group) and the result is bit for bit the f32 kernel's on the widened rows: a
-    /// score depends on its own key alone, the tiles are whole 16-position blocks, and the value sums run position by
-    /// position through accumulators carried from tile to tile in <paramref name="output"/>.
+    /// <see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> over an f16 or Q8_0
+    /// cache: <paramref name="keys"/> and <paramref name="values"/> point at this head's part of a slot's row as stored,
+    /// <paramref name="slotStride"/> is a row's bytes. The rows are widened to f32 exactly (Q8_0: each value times its
+    /// block's scale, as ggml dequantizes), <see cref="WideTile"/> positions at a time, into a scratch the f32 kernels then
+    /// read, so each element is converted once (not once per query head of the group) and the result is bit for bit the
+    /// f32 kernel's on the widened rows: a score depends on its own key alone, the tiles are whole 16-position blocks, and
+    /// the value sums run position by position through accumulators carried from tile to tile in <paramref name="output"/>.
     /// </summary>
-    public static void Attend(float* q, int heads, int headDim, ushort* keys, ushort* values, long slotStride, int* slots, int count,
-        float scale, float* scores, float* output) =>
-        Attend(q, heads, headDim, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
+    public static void Attend(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
+        int count, float scale, float* scores, float* output) =>
+        Attend(q, heads, headDim, dtype, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
 
-    /// <summary>The f16 kernel with the 512-bit path chosen or not.</summary>
-    internal static void Attend(float* q, int heads, int headDim, ushort* keys, ushort* values, long slotStride, int* slots, int count,
-        float scale, float* scores, float* output, bool vector512)
+    /// <summary>The f16/Q8_0 kernel with the 512-bit path chosen or not.</summary>
+    internal static void Attend(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
+        int count, float scale, float* scores, float* output, bool vector512)
     {
+        if (dtype == KvCacheDtype.F32) throw new ArgumentException("an f32 cache is read in place: use the float overload", nameof(dtype));
         bool fast = Fast(vector512, headDim);
-        float* rows = HalfScratch(headDim);
+        float* rows = WideScratch(headDim);
         int* identity = Identity;
-        for (int j0 = 0; j0 < count; j0 += HalfTile)
+        for (int j0 = 0; j0 < count; j0 += WideTile)
         {
-            int n = Math.Min(HalfTile, count - j0);
-            Widen(keys, slotStride, slots + j0, n, headDim, rows);
+            int n = Math.Min(WideTile, count - j0);
+            Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows);
             if (fast) Scores512(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
             else Scores(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
         }
         SoftMax(heads, count, scores);
-        for (int j0 = 0; j0 < count; j0 += HalfTile)
+        for (int j0 = 0; j0 < count; j0 += WideTile)
         {
-            int n = Math.Min(HalfTile, count - j0);
-            Widen(values, slotStride, slots + j0, n, headDim, rows);
+            int n = Math.Min(WideTile, count - j0);
+            Widen(dtype, values, slotStride, slots + j0, n, headDim, rows);
             if (fast) Values512(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
             else Values(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
         }
     }
 
-    /// <summary>Positions an f16 tile widens at once: a multiple of 16 (the score kernel's block); 64 rows of a 128-wide head are 32 KiB.</summary>
-    internal const int HalfTile = 64;
+    /// <summary>Positions a tile widens at once: a multiple of 16 (the score kernel's block); 64 rows of a 128-wide head are 32 KiB.</summary>
+    internal const int WideTile = 64;
 
     static readonly int* Identity = IdentitySlots();
 
     static int* IdentitySlots()
     {
-        var slots = (int*)System.Runtime.InteropServices.NativeMemory.Alloc(HalfTile * sizeof(int)); // once for the process
-        for (int i = 0; i < HalfTile; i++) slots[i] = i;
+        var slots = (int*)System.Runtime.InteropServices.NativeMemory.Alloc(WideTile * sizeof(int)); // once for the process
+        for (int i = 0; i < WideTile; i++) slots[i] = i;
         return slots;
     }
 
-    [ThreadStatic] static float[]? t_halfScratch;
+    [ThreadStatic] static float[]? t_wideScratch;
 
-    /// <summary>This thread's scratch of <see cref="HalfTile"/> widened rows (pinned, grown on demand, kept for the thread's life).</summary>
-    static float* HalfScratch(int headDim)
+    /// <summary>This thread's scratch of <see cref="WideTile"/> widened rows (pinned, grown on demand, kept for the thread's life).</summary>
+    static float* WideScratch(int headDim)
     {
-        int length = HalfTile * headDim;
-        if (t_halfScratch is null || t_halfScratch.Length < length) t_halfScratch = GC.AllocateUninitializedArray<float>(length, pinned: true);
-        return (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(t_halfScratch));
+        int length = WideTile * headDim;
+        if (t_wideScratch is null || t_wideScratch.Length < length) t_wideScratch = GC.AllocateUninitializedArray<float>(length, pinned: true);
+        return (float*)Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(t_wideScratch));
     }
 
-    /// <summary>The n f16 rows at <paramref name="slots"/> as consecutive f32 rows of <paramref name="hd"/>: exact, infinity and NaN included.</summary>
-    static void Widen(ushort* rows, long stride, int* slots, int n, int hd, float* output)
+    /// <summary>The n rows at <paramref name="slots"/> (<paramref name="stride"/> bytes apart) as consecutive f32 rows of
+    /// <paramref name="hd"/>: exact (f16 infinity and NaN included; Q8_0 as ggml's <c>dequantize_row_q8_0</c>).</summary>
+    static void Widen(KvCacheDtype dtype, byte* rows, long stride, int* slots, int n, int hd, float* output)
     {
+        if (dtype == KvCacheDtype.Q8_0)
+        {
+            if (Avx512F.IsSupported)
+            {
+                // Each block: 32 int8 values times the block's f16 scale, one f32 product each (ggml's q · d, exactly).
+                for (int j = 0; j < n; j++)
+                {
+                    byte* block = rows + slots[j] * stride;
+                    float* o = output + (long)j * hd;
+                    for (int d = 0; d < hd; d += 32, block += 34)
+                    {
+                        var scale = Vector512.Create(Quantization.Fp16.Table[*(ushort*)block]);
+                        (Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)block + 2))) * scale).Store(o + d);
+                        (Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)block + 18))) * scale).Store(o + d + 16);
+                    }
+                }
+                return;
+            }
+            int bytes = (int)dtype.RowBytes(hd);
+            for (int j = 0; j < n; j++)
+                Quantization.Dequantize.Row(Models.Gguf.GgmlType.Q8_0, new ReadOnlySpan<byte>(rows + slots[j] * stride, bytes), new Span<float>(output + (long)j * hd, hd));
+            return;
+        }
         if (Avx512F.IsSupported && hd % 16 == 0)
         {
             for (int j = 0; j < n; j++)
             {
-                byte* row = (byte*)(rows + slots[j] * stride);
+                byte* row = rows + slots[j] * stride;
                 float* o = output + (long)j * hd;
                 for (int d = 0; d < hd; d += 16) Quantization.ExactHalves.Widen16(row + 2 * d).Store(o + d);
             }

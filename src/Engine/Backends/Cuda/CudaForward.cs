@@ -27,6 +27,7 @@ public sealed class CudaKvCache : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
+        if (!Supports(dtype)) throw new NotSupportedException(UnsupportedDtype(dtype));
         BlockCount = blockCount;
         BlockSize = blockSize;
         KvDim = config.KvDim;
@@ -51,6 +52,13 @@ public sealed class CudaKvCache : IDisposable
     /// <summary>How keys and values are stored: the kernels that write and read them are this type's.</summary>
     public KvCacheDtype Dtype { get; }
 
+    /// <summary>Whether the CUDA kernels have a cache of <paramref name="dtype"/> (f32 and f16; Q8_0 is the CPU's).</summary>
+    public static bool Supports(KvCacheDtype dtype) => dtype is KvCacheDtype.F32 or KvCacheDtype.F16;
+
+    /// <summary>What a refused <paramref name="dtype"/> is told.</summary>
+    public static string UnsupportedDtype(KvCacheDtype dtype) =>
+        $"--kv-cache-dtype {dtype.Name()} runs on the CPU only: the CUDA kernels keep the KV cache in f32 or f16";
+
     /// <summary>Keys and values of one block over all layers, in bytes (the CPU store's size for the same dtype).</summary>
     public static long BytesPerBlock(ModelConfig config, int blockSize, KvCacheDtype dtype = KvCacheDtype.F32) =>
         PagedKvStore.BytesPerBlock(config, blockSize, dtype);
@@ -58,7 +66,7 @@ public sealed class CudaKvCache : IDisposable
     /// <summary>This cache's device bytes.</summary>
     public long Bytes => 2 * Layers * LayerBytes;
 
-    long LayerBytes => (long)SlotCount * KvDim * Dtype.ElementBytes();
+    long LayerBytes => SlotCount * Dtype.RowBytes(KvDim);
 
     /// <summary>Layer <paramref name="layer"/>'s keys: the pointer reshape_and_cache and paged attention take.</summary>
     public CUdeviceptr Keys(int layer) => new(_keys.Pointer.Value + (ulong)(layer * LayerBytes));
@@ -71,7 +79,7 @@ public sealed class CudaKvCache : IDisposable
     {
         if ((uint)source >= (uint)BlockCount || (uint)destination >= (uint)BlockCount)
             throw new ArgumentOutOfRangeException(nameof(source), $"blocks {source} → {destination}: the cache has {BlockCount} blocks");
-        long blockBytes = (long)BlockSize * KvDim * Dtype.ElementBytes();
+        long blockBytes = BlockSize * Dtype.RowBytes(KvDim);
         for (int layer = 0; layer < Layers; layer++)
         {
             long layerStart = layer * LayerBytes;
@@ -275,7 +283,7 @@ public sealed class CudaForward : IDisposable
             _rmsNorm = Kernel("rms_norm");
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
             _rope = Kernel("rope");
-            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Select(dtype => dtype.Name()).Select(type => new CacheKernels(
+            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Where(CudaKvCache.Supports).Select(dtype => dtype.Name()).Select(type => new CacheKernels(
                 Kernel($"reshape_and_cache_{type}"), Kernel($"paged_attention_decode_{type}"),
                 Kernel($"paged_attention_decode_split_{type}"), Kernel($"paged_attention_prefill_{type}")))];
             _reduceAttention = Kernel("paged_attention_reduce");

@@ -9,10 +9,11 @@ using TokenMill.Sampling;
 namespace TokenMill.Tests.KvCache;
 
 /// <summary>
-/// <c>--kv-cache-dtype f16</c>: half the bytes per block, each key and value rounded to nearest even once as it is
-/// written, attention in f32 on the exactly widened rows; batching, preemption and copy-on-write keep their guarantees.
+/// <c>--kv-cache-dtype f16|q8_0</c>: half (f16) or 0.27 (Q8_0) of f32's bytes per block, each key and value rounded once
+/// as it is written, attention in f32 on the exactly widened rows; batching, preemption and copy-on-write keep their
+/// guarantees.
 /// </summary>
-public class HalfKvCacheTests
+public class KvCacheDtypeTests
 {
     static readonly ModelConfig Config = new()
     {
@@ -21,10 +22,54 @@ public class HalfKvCacheTests
     };
 
     [Fact]
-    public void A_block_takes_half_the_bytes()
+    public void A_block_takes_half_the_bytes_in_f16_and_34_of_128_in_q8_0()
     {
         Assert.Equal(2L * 3 * 16 * 32 * 4, PagedKvStore.BytesPerBlock(Config, 16));
         Assert.Equal(PagedKvStore.BytesPerBlock(Config, 16) / 2, PagedKvStore.BytesPerBlock(Config, 16, KvCacheDtype.F16));
+        Assert.Equal(PagedKvStore.BytesPerBlock(Config, 16) * 34 / 128, PagedKvStore.BytesPerBlock(Config, 16, KvCacheDtype.Q8_0));
+    }
+
+    static readonly ModelConfig Config32 = Config with { HeadDim = 32, EmbeddingLength = 128 };
+
+    [Fact]
+    public unsafe void A_q8_0_store_quantizes_each_row_as_ggml_and_copy_on_write_copies_every_layer()
+    {
+        using var store = new PagedKvStore(Config32, blockCount: 3, blockSize: 2, KvCacheDtype.Q8_0);
+        int kvDim = Config32.KvDim, rowBytes = (int)store.RowBytes;
+        Assert.Equal(2 * 34, rowBytes);   // two heads of 32: one block each
+        var rng = new Random(5);
+        var key = new float[kvDim];
+        var value = new float[kvDim];
+        for (int layer = 0; layer < Config32.BlockCount; layer++)
+            for (int slot = 2; slot < 4; slot++) // block 1
+            {
+                for (int i = 0; i < kvDim; i++)
+                {
+                    key[i] = (float)(rng.NextDouble() * 8 - 4);
+                    value[i] = (float)(rng.NextDouble() * 2 - 1) * (layer + 1);
+                }
+                fixed (float* k = key, v = value) store.Write(layer, slot, k, v);
+                var expected = new byte[rowBytes];
+                Quantize.Row(global::TokenMill.Models.Gguf.GgmlType.Q8_0, key, expected);
+                Assert.Equal(expected, new ReadOnlySpan<byte>(store.KeyRow(layer, slot), rowBytes).ToArray());
+                Quantize.Row(global::TokenMill.Models.Gguf.GgmlType.Q8_0, value, expected);
+                Assert.Equal(expected, new ReadOnlySpan<byte>(store.ValueRow(layer, slot), rowBytes).ToArray());
+            }
+        store.CopyBlock(1, 0);
+        for (int layer = 0; layer < Config32.BlockCount; layer++)
+        {
+            Assert.Equal(new ReadOnlySpan<byte>(store.KeyRow(layer, 2), 2 * rowBytes).ToArray(), new ReadOnlySpan<byte>(store.KeyRow(layer, 0), 2 * rowBytes).ToArray());
+            Assert.Equal(new ReadOnlySpan<byte>(store.ValueRow(layer, 2), 2 * rowBytes).ToArray(), new ReadOnlySpan<byte>(store.ValueRow(layer, 0), 2 * rowBytes).ToArray());
+        }
+        Assert.All(new ReadOnlySpan<byte>(store.KeyRow(0, 4), 2 * rowBytes).ToArray(), b => Assert.Equal(0, b)); // block 2 untouched
+        Assert.Equal("the KV cache holds q8_0, not f16", Assert.Throws<InvalidOperationException>(() => (nint)store.HalfKeys(0, 0)).Message);
+    }
+
+    [Fact]
+    public void A_q8_0_store_refuses_a_head_dimension_that_splits_its_blocks()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new PagedKvStore(Config, 1, 16, KvCacheDtype.Q8_0));
+        Assert.StartsWith("--kv-cache-dtype q8_0 needs a head dimension that is a multiple of 32", e.Message);
     }
 
     [Fact]
@@ -153,6 +198,71 @@ public class HalfKvCacheTests
         var again = await tight.CompleteChoicesAsync(forked);
         Assert.Equal(first.Select(c => c.TokenIds), again.Select(c => c.TokenIds));
         Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+    }
+
+    static Model LoadQwen3() => GgufModelLoader.Load(TestData.Require("arch/arch-qwen3.gguf"));   // head dim 32: Q8_0 blocks fit its heads
+
+    [SkippableFact]
+    public void Logits_over_a_q8_0_cache_stay_within_its_rounding_of_the_f32_cache()
+    {
+        using var model = LoadQwen3();
+        // Eight tokens: this random model amplifies any difference as the sequence grows (an f16 cache's error grows
+        // from 5e-4 to 1.3e-3 of the largest logit between 4 and 16 tokens, Q8_0's from 1.6e-2 to 4.9e-2).
+        int[] tokens = model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun.", addSpecial: true)[..8];
+        using var forward = new CpuForward(model, maxBatchTokens: 8);
+        using var exact = new SingleSequence(forward, tokens.Length);
+        using var q8 = new SingleSequence(forward, tokens.Length, KvCacheDtype.Q8_0);
+        var a = new float[model.Config.VocabSize];
+        var b = new float[model.Config.VocabSize];
+        exact.Feed(tokens, a);
+        q8.Feed(tokens, b);
+        double maxLogit = a.Max(MathF.Abs), maxError = a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+        // Each value within half a step of max|block| / 127 of its f32 value: a percent-level error (measured 2.5e-2), not
+        // more, and not none.
+        Assert.InRange(maxError, 1e-3 * maxLogit, 5e-2 * maxLogit);
+    }
+
+    [SkippableFact]
+    public async Task Continuous_batching_preemption_and_forks_change_nothing_over_a_q8_0_cache()
+    {
+        using var model = LoadQwen3();
+        static GenerationRequest Greedy(string prompt) => new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = 24, IgnoreEos = true } };
+        var prompts = Core.LlmEngineTests.Prompts.Take(12).ToArray();
+        static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
+            (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
+
+        int[][] alone;
+        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = 64, KvCacheDtype = KvCacheDtype.Q8_0 }))
+            alone = await RunAll(single, prompts.Select(Greedy));
+
+        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 64, NumKvBlocks = 8, MaxNumBatchedTokens = 32, KvCacheDtype = KvCacheDtype.Q8_0 });
+        Assert.Equal(KvCacheDtype.Q8_0, ((CpuExecutor)tight.Executor).KvCacheDtype);
+        var together = await RunAll(tight, prompts.Concat(prompts.Take(3)).Select(Greedy));
+        for (int i = 0; i < together.Length; i++) Assert.Equal(alone[i % prompts.Length], together[i]);
+        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+
+        var forked = new GenerationRequest { Prompt = "Lily", N = 3, Sampling = new SamplingParams { Temperature = 1f, Seed = 11, MaxTokens = 20, IgnoreEos = true } };
+        var first = await tight.CompleteChoicesAsync(forked);
+        Assert.Equal(first.Select(c => c.TokenIds), (await tight.CompleteChoicesAsync(forked)).Select(c => c.TokenIds));
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+    }
+
+    [SkippableFact]
+    public void A_q8_0_cache_holds_128_of_34_the_tokens_and_is_refused_for_a_head_dimension_of_8()
+    {
+        using (var model = LoadQwen3())
+        {
+            var budget = new EngineOptions { MaxModelLen = 64, KvCacheMemoryBytes = 1 << 20 };
+            using var exact = new LlmEngine(model, budget);
+            using var q8 = new LlmEngine(model, budget with { KvCacheDtype = KvCacheDtype.Q8_0 });
+            // 1 MiB / (2 × 3 layers × 16 slots × 64 values × 34/32 bytes) = 160 blocks, against 42 in f32 (4 bytes a value).
+            Assert.Equal(42, exact.Stats.TotalKvBlocks);
+            Assert.Equal(160, q8.Stats.TotalKvBlocks);
+        }
+        using var stories = LoadStories();
+        var e = Assert.Throws<ArgumentException>(() => new LlmEngine(stories, new EngineOptions { MaxModelLen = 64, KvCacheDtype = KvCacheDtype.Q8_0 }));
+        Assert.Contains("--kv-cache-dtype q8_0 needs a head dimension that is a multiple of 32", e.Message);
+        Assert.EndsWith("this model's is 8", e.Message);
     }
 
     [SkippableFact]
