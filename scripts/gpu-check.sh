@@ -34,7 +34,8 @@ run)
     var="TOKENMILL_${pair%%:*}_LIBRARY" soname="${pair#*:}"
     if [ -z "${!var:-}" ] && ! ldconfig -p 2>/dev/null | grep -q "$soname"; then
       lib=$(find / -path "*/nvidia/*/lib/$soname.*" -not -path "/proc/*" 2>/dev/null | sort | tail -1 || true)
-      if [ -n "$lib" ]; then export "$var=$lib"; echo "$var=$lib"; fi
+      # Its folder goes on the search path too: NVRTC dlopens libnvrtc-builtins by soname, cuBLAS its cuBLASLt.
+      if [ -n "$lib" ]; then export "$var=$lib" LD_LIBRARY_PATH="$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; echo "$var=$lib"; fi
     fi
   done
   ./tokenmill kernels check --arch 80,90 || status=1      # NVRTC only
