@@ -92,9 +92,10 @@ public sealed record EngineOptions
     public bool EnforceEager { get; init; }
 
     /// <summary>
-    /// How the KV cache stores keys and values (<c>--kv-cache-dtype f32|f16</c>, default f32): f16 halves the memory a
-    /// block takes, so the same budget holds twice the tokens, at the cost of rounding each key and value to f16 once
-    /// (llama.cpp's default cache type). Both backends; attention still computes in f32.
+    /// How the KV cache stores keys and values (<c>--kv-cache-dtype f32|f16|q8_0</c>, default f32): f16 halves the memory
+    /// a block takes (llama.cpp's default cache type; CPU and CUDA), q8_0 takes 34/128 of it (ggml's 8-bit blocks; CPU only,
+    /// a head dimension that is a multiple of 32), at the cost of rounding each key and value once as it is written.
+    /// Attention still computes in f32.
     /// </summary>
     public KvCache.KvCacheDtype KvCacheDtype { get; init; } = KvCache.KvCacheDtype.F32;
 

@@ -28,10 +28,12 @@ public static class KvCacheDtypes
     public static readonly string[] Names = ["f32", "f16", "q8_0"];
 
     /// <summary>Bytes a row of <paramref name="elements"/> keys or values takes (for Q8_0, a whole number of 32-value blocks).</summary>
+    /// <exception cref="ArgumentException">Q8_0 and a count that would cut a block.</exception>
     public static long RowBytes(this KvCacheDtype dtype, long elements) => dtype switch
     {
         KvCacheDtype.F16 => 2 * elements,
-        KvCacheDtype.Q8_0 => elements / BlockFormats.QK * BlockFormats.Q8_0Bytes,
+        KvCacheDtype.Q8_0 => elements % BlockFormats.QK == 0 ? elements / BlockFormats.QK * BlockFormats.Q8_0Bytes
+            : throw new ArgumentException($"{elements} values are not a whole number of q8_0 blocks of {BlockFormats.QK}", nameof(elements)),
         _ => 4 * elements,
     };
 

@@ -77,6 +77,7 @@ public static class InfoCommand
             info["chat_template"] = f.Has("tokenizer.chat_template");
         }
 
+        if (dtype.Unsupported(config.HeadDim) is { } why) throw new UsageException(why);
         long perToken = PagedKvStore.BytesPerBlock(config, 1, dtype);
         int blockSize = 16;
         long blocks = budget / PagedKvStore.BytesPerBlock(config, blockSize, dtype);

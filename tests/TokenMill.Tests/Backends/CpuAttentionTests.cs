@@ -137,6 +137,12 @@ public unsafe class CpuAttentionTests
         var data = new TheoryData<int, int, int, bool>();
         foreach (var row in Shapes())
             if ((int)row[0] % 32 == 0) data.Add((int)row[0], (int)row[1], (int)row[2], (bool)row[3]);
+        foreach (bool vector512 in new[] { true, false })
+        {
+            data.Add(32, 4, 37, vector512);    // strips only (no 64-wide pass)
+            data.Add(96, 2, 37, vector512);    // a 64-wide pass and two strips
+            data.Add(32, 8, 150, vector512);   // three tiles, the last one partial
+        }
         return data;
     }
 
@@ -149,7 +155,7 @@ public unsafe class CpuAttentionTests
     public void Over_a_q8_0_cache_equals_the_f32_kernel_over_the_dequantized_rows(int hd, int heads, int count, bool vector512)
     {
         var rng = new Random(hd * 1000 + heads * 100 + count + 2);
-        const int kvHeads = 2, cacheSlots = 129, kvHead = 1;
+        const int kvHeads = 2, cacheSlots = 200, kvHead = 1;
         int stride = kvHeads * hd, rowBytes = (int)KvCacheDtype.Q8_0.RowBytes(stride);
         byte[] Quantized(float[] rows)
         {
@@ -183,6 +189,14 @@ public unsafe class CpuAttentionTests
             CpuAttention.Attend(pq, heads, hd, KvCacheDtype.Q8_0, bk + headBytes, bv + headBytes, rowBytes, pslots, count, 0.125f, ps, pa, vector512);
         }
         AssertBitwiseEqual(expected, actual);
+    }
+
+    [Fact]
+    public void A_q8_0_cache_of_a_head_dimension_that_cuts_its_blocks_is_refused()
+    {
+        var e = Assert.Throws<ArgumentException>(() => CpuAttention.Attend(null, 1, 48, KvCacheDtype.Q8_0, null, null, 0, null, 0, 1f, null, null));
+        Assert.StartsWith("--kv-cache-dtype q8_0 needs a head dimension that is a multiple of 32", e.Message);
+        Assert.Throws<ArgumentException>(() => KvCacheDtype.Q8_0.RowBytes(48));
     }
 
     static void AssertBitwiseEqual(float[] expected, float[] actual)

@@ -291,6 +291,34 @@ public class TensorParallelTests(ITestOutputHelper output)
     }
 
     [SkippableTheory]
+    [InlineData("arch-qwen3.gguf")]    // 2 KV heads: split by 2, replicated by 4
+    [InlineData("arch-gemma3.gguf")]   // 1 KV head: replicated; sliding-window layers
+    public async Task A_q8_0_kv_cache_gives_the_same_tokens_on_two_and_four_ranks_as_on_one(string file)
+    {
+        // Head dimension 32: each rank's slot row holds whole Q8_0 blocks of its own KV heads.
+        using var model = GgufModelLoader.Load(TestData.Require("arch/" + file));
+        string[] prompts = ["Once upon a time", "Lily and Ben", "The dog was"];
+        var outputs = new List<string[]>();
+        foreach (int tp in new[] { 1, 2, 4 })
+        {
+            using var engine = new LlmEngine(model, new EngineOptions { TensorParallelSize = tp, MaxModelLen = 64, Threads = tp, KvCacheDtype = KvCacheDtype.Q8_0 });
+            Assert.Equal(KvCacheDtype.Q8_0, ((CpuExecutor)engine.Executor).KvCacheDtype);
+            var greedy = (await Task.WhenAll(prompts.Select(p => engine.CompleteAsync(Greedy(p, 24))))).Select(r => r.Text);
+            // n = 3 forks share the prompt's blocks: their first writes copy the shared block on every rank.
+            var forks = await engine.CompleteChoicesAsync(new GenerationRequest
+            {
+                Prompt = "Once upon a time, there was a", N = 3,
+                Sampling = new SamplingParams { Temperature = 1f, Seed = 5, MaxTokens = 20, IgnoreEos = true },
+            });
+            outputs.Add([.. greedy, .. forks.Select(r => r.Text)]);
+            Assert.Equal(engine.Stats.TotalKvBlocks, engine.Stats.FreeKvBlocks);
+        }
+        Assert.True(outputs[0].Skip(prompts.Length).Distinct().Count() > 1, "the forks did not diverge");
+        Assert.Equal(outputs[0], outputs[1]);
+        Assert.Equal(outputs[0], outputs[2]);
+    }
+
+    [SkippableTheory]
     [InlineData(KvCacheDtype.F32)]
     [InlineData(KvCacheDtype.F16)]
     public async Task Parallel_sampling_copies_shared_kv_blocks_on_every_rank(KvCacheDtype kvDtype)

@@ -422,6 +422,12 @@ public class InfoCommandTests
         Assert.Equal("f16", o.GetProperty("kv_cache_dtype").GetString());
         Assert.Equal(768, o.GetProperty("kv_bytes_per_token").GetInt64());
         Assert.Equal(1360, o.GetProperty("kv_tokens_in_budget").GetInt64());
+
+        // q8_0 cannot hold stories260K (head dimension 8): info says so rather than sizing a cache the engine refuses.
+        var stderr = new StringWriter();
+        Assert.Equal(2, TokenMill.Server.Cli.Cli.Run(["info", TestData.Require("models/stories260K.gguf"), "--kv-cache-dtype", "q8_0"], new StringWriter(), stderr));
+        Assert.Contains("--kv-cache-dtype q8_0 needs a head dimension that is a multiple of 32", stderr.ToString());
+        Assert.Contains("this model's is 8", stderr.ToString());
     }
 
     [Fact]

