@@ -68,16 +68,19 @@ public sealed class EngineView
         long cursor = snapshot.EventCount;
         var (events, lost) = EventsBetween(Math.Min(since, cursor), cursor);
         long time = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
-        return (w => Write(w, snapshot, stats, events, cursor, lost, time), cursor);
+        var dtype = engine.Options.KvCacheDtype;
+        return (w => Write(w, snapshot, stats, events, cursor, lost, time, dtype), cursor);
     }
 
-    static void Write(Utf8JsonWriter w, KvCacheSnapshot s, EngineStats stats, List<KvCacheEvent> events, long cursor, bool lost, long time)
+    static void Write(Utf8JsonWriter w, KvCacheSnapshot s, EngineStats stats, List<KvCacheEvent> events, long cursor, bool lost, long time,
+        TokenMill.KvCache.KvCacheDtype dtype)
     {
         w.WriteStartObject();
         w.WriteString("object", "engine.kv_cache");
         w.WriteNumber("time_ms", time);
         w.WriteNumber("step", s.Step);
         w.WriteNumber("block_size", s.BlockSize);
+        w.WriteString("kv_cache_dtype", TokenMill.KvCache.KvCacheDtypes.Name(dtype));
         w.WriteNumber("num_blocks", s.States.Length);
         w.WriteNumber("running", stats.Running);
         w.WriteNumber("waiting", stats.Waiting);

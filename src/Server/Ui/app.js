@@ -192,7 +192,7 @@ function onFrame(f) {
   $("hit-rate").textContent = (100 * f.prefix_cache_hit_rate).toFixed(1) + "%";
   $("evictions").textContent = f.evictions;
   $("preemptions").textContent = f.preemptions;
-  $("kv-shape").textContent = `${f.num_blocks} blocks × ${f.block_size} tokens, step ${f.step}`;
+  $("kv-shape").textContent = `${f.num_blocks} blocks × ${f.block_size} tokens (${f.kv_cache_dtype}), step ${f.step}`;
   for (const k of ["free", "cached", "owned", "shared"]) $("count-" + k).textContent = f.counts[k];
 
   const list = $("kv-requests");

@@ -135,6 +135,7 @@ public class EngineViewTests
         string map = frame.GetProperty("blocks").GetString()!;
         Assert.Equal(40, map.Length);
         Assert.Equal(frame.GetProperty("num_blocks").GetInt32(), map.Length);
+        Assert.Equal("f32", frame.GetProperty("kv_cache_dtype").GetString());
         foreach (var b in seq.GetProperty("blocks").EnumerateArray()) Assert.Equal('o', map[b.GetInt32()]);
         var counts = frame.GetProperty("counts");
         Assert.Equal(map.Count(c => c == 'o'), counts.GetProperty("owned").GetInt32());
