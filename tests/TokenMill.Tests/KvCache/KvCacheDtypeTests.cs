@@ -150,57 +150,30 @@ public class KvCacheDtypeTests
 
     static Model LoadStories() => GgufModelLoader.Load(TestData.Require("models/stories260K.gguf"));
 
+    static Model LoadQwen3() => GgufModelLoader.Load(TestData.Require("arch/arch-qwen3.gguf"));   // head dim 32: Q8_0 blocks fit its heads
+
+    /// <summary>The largest logit of <paramref name="tokens"/>' last position over an f32 cache, and how far a cache of
+    /// <paramref name="dtype"/> moves the logits from it.</summary>
+    static (double Error, double MaxLogit) AgainstF32(Model model, int[] tokens, KvCacheDtype dtype)
+    {
+        using var forward = new CpuForward(model, maxBatchTokens: 8);
+        using var exact = new SingleSequence(forward, tokens.Length);
+        using var rounded = new SingleSequence(forward, tokens.Length, dtype);
+        var a = new float[model.Config.VocabSize];
+        var b = new float[model.Config.VocabSize];
+        exact.Feed(tokens, a);
+        rounded.Feed(tokens, b);
+        return (a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max(), a.Max(MathF.Abs));
+    }
+
     [SkippableFact]
     public void Logits_over_an_f16_cache_stay_within_f16_rounding_of_the_f32_cache()
     {
         using var model = LoadStories();
-        int[] tokens = model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun. She was happy.", addSpecial: true);
-        using var forward = new CpuForward(model, maxBatchTokens: 8);
-        using var exact = new SingleSequence(forward, tokens.Length);
-        using var half = new SingleSequence(forward, tokens.Length, KvCacheDtype.F16);
-        var a = new float[model.Config.VocabSize];
-        var b = new float[model.Config.VocabSize];
-        exact.Feed(tokens, a);
-        half.Feed(tokens, b);
-        double maxLogit = a.Max(MathF.Abs), maxError = a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+        var (error, maxLogit) = AgainstF32(model, model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun. She was happy.", addSpecial: true), KvCacheDtype.F16);
         // Keys and values carry 11 significant bits: an error of order 2^-11 of the logits' scale, not more, and not nothing.
-        Assert.InRange(maxError, 1e-7 * maxLogit, 2e-3 * maxLogit);
+        Assert.InRange(error, 1e-7 * maxLogit, 2e-3 * maxLogit);
     }
-
-    [SkippableFact]
-    public async Task Continuous_batching_preemption_and_forks_change_nothing_over_an_f16_cache()
-    {
-        using var model = LoadStories();
-        static GenerationRequest Greedy(string prompt) => new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = 40, IgnoreEos = true } };
-        var prompts = Core.LlmEngineTests.Prompts;
-        static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
-            (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
-
-        int[][] alone;
-        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = 128, KvCacheDtype = KvCacheDtype.F16 }))
-            alone = await RunAll(single, prompts.Select(Greedy));
-
-        // On this model the f16 cache's rounding moves no greedy pick of the 24 prompts × 40 tokens (the README says so).
-        using (var exact = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 }))
-            Assert.Equal(await RunAll(exact, prompts.Select(Greedy)), alone);
-
-        // 10 blocks: about three sequences at once, so preemptions; prefix caching shares the prompts' common blocks.
-        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 128, NumKvBlocks = 10, MaxNumBatchedTokens = 64, KvCacheDtype = KvCacheDtype.F16 });
-        Assert.Equal(KvCacheDtype.F16, ((CpuExecutor)tight.Executor).KvCacheDtype);
-        var together = await RunAll(tight, prompts.Concat(prompts.Take(4)).Select(Greedy));
-        for (int i = 0; i < together.Length; i++) Assert.Equal(alone[i % prompts.Length], together[i]);
-        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
-        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
-
-        // n = 3 forks of one prompt share its blocks (copy-on-write on the first divergent write): seeded draws repeat.
-        var forked = new GenerationRequest { Prompt = "Lily", N = 3, Sampling = new SamplingParams { Temperature = 1f, Seed = 11, MaxTokens = 30, IgnoreEos = true } };
-        var first = await tight.CompleteChoicesAsync(forked);
-        var again = await tight.CompleteChoicesAsync(forked);
-        Assert.Equal(first.Select(c => c.TokenIds), again.Select(c => c.TokenIds));
-        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
-    }
-
-    static Model LoadQwen3() => GgufModelLoader.Load(TestData.Require("arch/arch-qwen3.gguf"));   // head dim 32: Q8_0 blocks fit its heads
 
     [SkippableFact]
     public void Logits_over_a_q8_0_cache_stay_within_its_rounding_of_the_f32_cache()
@@ -208,43 +181,63 @@ public class KvCacheDtypeTests
         using var model = LoadQwen3();
         // Eight tokens: this random model amplifies any difference as the sequence grows (an f16 cache's error grows
         // from 5e-4 to 1.3e-3 of the largest logit between 4 and 16 tokens, Q8_0's from 1.6e-2 to 4.9e-2).
-        int[] tokens = model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun.", addSpecial: true)[..8];
-        using var forward = new CpuForward(model, maxBatchTokens: 8);
-        using var exact = new SingleSequence(forward, tokens.Length);
-        using var q8 = new SingleSequence(forward, tokens.Length, KvCacheDtype.Q8_0);
-        var a = new float[model.Config.VocabSize];
-        var b = new float[model.Config.VocabSize];
-        exact.Feed(tokens, a);
-        q8.Feed(tokens, b);
-        double maxLogit = a.Max(MathF.Abs), maxError = a.Zip(b, (x, y) => Math.Abs((double)x - y)).Max();
+        var (error, maxLogit) = AgainstF32(model, model.Tokenizer.Encode("Once upon a time there was a cat who liked to sit in the sun.", addSpecial: true)[..8], KvCacheDtype.Q8_0);
         // Each value within half a step of max|block| / 127 of its f32 value: a percent-level error (measured 2.5e-2), not
         // more, and not none.
-        Assert.InRange(maxError, 1e-3 * maxLogit, 1e-1 * maxLogit);
+        Assert.InRange(error, 1e-3 * maxLogit, 1e-1 * maxLogit);
+    }
+
+    static GenerationRequest Greedy(string prompt, int maxTokens) => new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = maxTokens, IgnoreEos = true } };
+
+    static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
+        (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
+
+    /// <summary>
+    /// Over a <paramref name="dtype"/> cache: the prompts run one at a time, then together (and a few twice, so prefix
+    /// caching shares their blocks) in <paramref name="blocks"/> blocks, few enough to force preemptions, give the same
+    /// greedy tokens; n = 3 seeded forks of one prompt (copy-on-write on the first divergent write) repeat; no block is
+    /// left over. Returns the tokens of the runs one at a time.
+    /// </summary>
+    static async Task<int[][]> AssertBatchingPreemptionAndForksChangeNothing(Model model, KvCacheDtype dtype, string[] prompts, int maxTokens,
+        int maxModelLen, int blocks, int batchedTokens)
+    {
+        int[][] alone;
+        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = maxModelLen, KvCacheDtype = dtype }))
+            alone = await RunAll(single, prompts.Select(p => Greedy(p, maxTokens)));
+
+        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = maxModelLen, NumKvBlocks = blocks, MaxNumBatchedTokens = batchedTokens, KvCacheDtype = dtype });
+        Assert.Equal(dtype, ((CpuExecutor)tight.Executor).KvCacheDtype);
+        var together = await RunAll(tight, prompts.Concat(prompts.Take(4)).Select(p => Greedy(p, maxTokens)));
+        for (int i = 0; i < together.Length; i++) Assert.Equal(alone[i % prompts.Length], together[i]);
+        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+
+        var forked = new GenerationRequest { Prompt = "Lily", N = 3, Sampling = new SamplingParams { Temperature = 1f, Seed = 11, MaxTokens = 20, IgnoreEos = true } };
+        var first = await tight.CompleteChoicesAsync(forked);
+        Assert.Equal(first.Select(c => c.TokenIds), (await tight.CompleteChoicesAsync(forked)).Select(c => c.TokenIds));
+        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+        return alone;
+    }
+
+    [SkippableFact]
+    public async Task Continuous_batching_preemption_and_forks_change_nothing_over_an_f16_cache()
+    {
+        using var model = LoadStories();
+        var prompts = Core.LlmEngineTests.Prompts;
+        // 10 blocks of 16: about three of the 24 sequences at once.
+        var alone = await AssertBatchingPreemptionAndForksChangeNothing(model, KvCacheDtype.F16, prompts, maxTokens: 40, maxModelLen: 128, blocks: 10, batchedTokens: 64);
+
+        // On this model the f16 cache's rounding moves no greedy pick of the 24 prompts × 40 tokens (the README says so).
+        using var exact = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        Assert.Equal(await RunAll(exact, prompts.Select(p => Greedy(p, 40))), alone);
     }
 
     [SkippableFact]
     public async Task Continuous_batching_preemption_and_forks_change_nothing_over_a_q8_0_cache()
     {
         using var model = LoadQwen3();
-        static GenerationRequest Greedy(string prompt) => new() { Prompt = prompt, Sampling = SamplingParams.Greedy with { MaxTokens = 24, IgnoreEos = true } };
-        var prompts = Core.LlmEngineTests.Prompts.Take(12).ToArray();
-        static async Task<int[][]> RunAll(LlmEngine engine, IEnumerable<GenerationRequest> requests) =>
-            (await Task.WhenAll(requests.Select(r => engine.CompleteAsync(r)))).Select(r => r.TokenIds).ToArray();
-
-        int[][] alone;
-        using (var single = new LlmEngine(model, new EngineOptions { MaxNumSeqs = 1, MaxModelLen = 64, KvCacheDtype = KvCacheDtype.Q8_0 }))
-            alone = await RunAll(single, prompts.Select(Greedy));
-
-        using var tight = new LlmEngine(model, new EngineOptions { MaxModelLen = 64, NumKvBlocks = 8, MaxNumBatchedTokens = 32, KvCacheDtype = KvCacheDtype.Q8_0 });
-        Assert.Equal(KvCacheDtype.Q8_0, ((CpuExecutor)tight.Executor).KvCacheDtype);
-        var together = await RunAll(tight, prompts.Concat(prompts.Take(3)).Select(Greedy));
-        for (int i = 0; i < together.Length; i++) Assert.Equal(alone[i % prompts.Length], together[i]);
-        Assert.True(tight.Stats.Preemptions > 0, "the tiny KV budget should have forced preemptions");
-
-        var forked = new GenerationRequest { Prompt = "Lily", N = 3, Sampling = new SamplingParams { Temperature = 1f, Seed = 11, MaxTokens = 20, IgnoreEos = true } };
-        var first = await tight.CompleteChoicesAsync(forked);
-        Assert.Equal(first.Select(c => c.TokenIds), (await tight.CompleteChoicesAsync(forked)).Select(c => c.TokenIds));
-        Assert.Equal(tight.Stats.TotalKvBlocks, tight.Stats.FreeKvBlocks);
+        await AssertBatchingPreemptionAndForksChangeNothing(model, KvCacheDtype.Q8_0, [.. Core.LlmEngineTests.Prompts.Take(12)], maxTokens: 24,
+            maxModelLen: 64, blocks: 8, batchedTokens: 32);
     }
 
     [SkippableFact]
