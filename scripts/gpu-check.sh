@@ -44,6 +44,7 @@ run)
   ./tokenmill kernels nccl --ranks 1 || status=1          # needs libnccl (TOKENMILL_NCCL_LIBRARY or the CUDA lib dir)
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 || status=1
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 --kv-cache-dtype f16 || status=1
+  ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 --kv-cache-dtype q8_0 || status=1
   # Greedy generate on both devices: the token ids must be identical. The short prompt's steps all run on the GEMV
   # kernels; the three prompts of stories260K (F32) prefill 8+ rows at once, on cuBLAS's Sgemm.
   printf '%s\n' "Once upon a time there was a little girl named Lily" "The little dog ran to the park to play with the ball" "Tom and Sue" > prompts.txt

@@ -93,7 +93,7 @@ public sealed record EngineOptions
 
     /// <summary>
     /// How the KV cache stores keys and values (<c>--kv-cache-dtype f32|f16|q8_0</c>, default f32): f16 halves the memory
-    /// a block takes (llama.cpp's default cache type; CPU and CUDA), q8_0 takes 34/128 of it (ggml's 8-bit blocks; CPU only,
+    /// a block takes (llama.cpp's default cache type; CPU and CUDA), q8_0 takes 34/128 of it (ggml's 8-bit blocks; CPU and CUDA,
     /// a head dimension that is a multiple of 32), at the cost of rounding each key and value once as it is written.
     /// Attention still computes in f32.
     /// </summary>

@@ -16,7 +16,7 @@ public enum KvCacheDtype
 
     /// <summary>
     /// ggml's Q8_0 blocks (32 values as int8 and one f16 scale, 34 bytes), each head's rows quantized as ggml's
-    /// reference <c>quantize_row_q8_0</c> does: 0.27 of f32's memory. CPU only; the head dimension must be a multiple of 32.
+    /// reference <c>quantize_row_q8_0</c> does: 0.27 of f32's memory. The head dimension must be a multiple of 32.
     /// </summary>
     Q8_0,
 }

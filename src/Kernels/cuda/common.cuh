@@ -62,6 +62,35 @@ __device__ __forceinline__ float tm_load(const tm_f16* p) { return tm_f16_to_f32
 __device__ __forceinline__ void tm_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void tm_store(tm_f16* p, float v) { *p = tm_f32_to_f16(v); }
 
+// The storage type of a Q8_0 KV cache (ggml's block_q8_0: an f16 scale d, then 32 int8 values; 34 bytes), as a tag:
+// its rows are addressed in bytes, a head's part of a slot's row being its own whole blocks (head_dim % 32 == 0).
+struct tm_q8_0 { tm_u8 byte; };
+#define TM_Q8_0_BYTES 34
+
+// One KV head's row of one slot in a cache of storage type T: row[d] is element d as float.
+template <typename T>
+struct tm_kv_row
+{
+    const T* p;
+    __device__ __forceinline__ tm_kv_row(const T* cache, tm_i64 slot, int kv_dim, int kv_head, int head_dim)
+        : p(cache + slot * kv_dim + (tm_i64)kv_head * head_dim) {}
+    __device__ __forceinline__ float operator[](int d) const { return tm_load(p + d); }
+};
+
+// Q8_0: value · its block's scale, one f32 product (ggml's dequantize_row_q8_0, exactly).
+template <>
+struct tm_kv_row<tm_q8_0>
+{
+    const tm_u8* p;
+    __device__ __forceinline__ tm_kv_row(const tm_q8_0* cache, tm_i64 slot, int kv_dim, int kv_head, int head_dim)
+        : p((const tm_u8*)cache + slot * (kv_dim / 32 * TM_Q8_0_BYTES) + (tm_i64)(kv_head * (head_dim / 32)) * TM_Q8_0_BYTES) {}
+    __device__ __forceinline__ float operator[](int d) const
+    {
+        const tm_u8* block = p + (d >> 5) * TM_Q8_0_BYTES;
+        return (float)(tm_i8)block[2 + (d & 31)] * tm_load_f16(block);
+    }
+};
+
 __device__ __forceinline__ float tm_warp_sum(float v)
 {
 #pragma unroll

@@ -83,14 +83,14 @@ __device__ __forceinline__ void tm_paged_attention_decode(
     for (int j = first + warp; j < end; j += TM_PA_WARPS)
     {
         const tm_i64 slot = (tm_i64)table[j / block_size] * block_size + j % block_size;
-        const T* kj = k_cache + slot * kv_dim + (tm_i64)kv_head * head_dim;
-        const T* vj = v_cache + slot * kv_dim + (tm_i64)kv_head * head_dim;
+        const tm_kv_row<T> kj(k_cache, slot, kv_dim, kv_head, head_dim);
+        const tm_kv_row<T> vj(v_cache, slot, kv_dim, kv_head, head_dim);
         float dot = 0.0f;
 #pragma unroll
         for (int i = 0; i < TM_PA_DIMS_PER_LANE; i++)
         {
             int d = lane + i * TM_WARP;
-            if (d < head_dim) dot += qr[i] * tm_load(kj + d);
+            if (d < head_dim) dot += qr[i] * kj[d];
         }
         const float s = tm_warp_sum(dot);          // every lane holds the score of position j
         const float m_new = fmaxf(m, s);
@@ -101,7 +101,7 @@ __device__ __forceinline__ void tm_paged_attention_decode(
         for (int i = 0; i < TM_PA_DIMS_PER_LANE; i++)
         {
             int d = lane + i * TM_WARP;
-            if (d < head_dim) acc[i] = acc[i] * correction + p * tm_load(vj + d);
+            if (d < head_dim) acc[i] = acc[i] * correction + p * vj[d];
         }
         m = m_new;
     }
@@ -179,6 +179,16 @@ extern "C" __global__ void paged_attention_decode_f16(
                                       num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window, 0);
 }
 
+// A Q8_0 cache (ggml's 8-bit blocks; head_dim a multiple of 32).
+extern "C" __global__ void paged_attention_decode_q8_0(
+    float* out, const float* q, const tm_q8_0* k_cache, const tm_q8_0* v_cache, const int* block_tables,
+    const int* context_lens, int max_blocks_per_seq, int num_heads, int num_kv_heads, int head_dim,
+    int block_size, float scale, int sliding_window)
+{
+    tm_paged_attention_decode<tm_q8_0, false>(out, nullptr, nullptr, nullptr, q, k_cache, v_cache, block_tables, context_lens, max_blocks_per_seq,
+                                              num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window, 0);
+}
+
 extern "C" __global__ void paged_attention_decode_split_f32(
     float* max_logits, float* exp_sums, float* partial_out, const float* q, const float* k_cache, const float* v_cache,
     const int* block_tables, const int* context_lens, int max_blocks_per_seq, int num_heads, int num_kv_heads,
@@ -197,6 +207,16 @@ extern "C" __global__ void paged_attention_decode_split_f16(
     tm_paged_attention_decode<tm_f16, true>(nullptr, max_logits, exp_sums, partial_out, q, k_cache, v_cache, block_tables,
                                             context_lens, max_blocks_per_seq, num_heads, num_kv_heads, head_dim, block_size,
                                             scale, sliding_window, partition_size);
+}
+
+extern "C" __global__ void paged_attention_decode_split_q8_0(
+    float* max_logits, float* exp_sums, float* partial_out, const float* q, const tm_q8_0* k_cache, const tm_q8_0* v_cache,
+    const int* block_tables, const int* context_lens, int max_blocks_per_seq, int num_heads, int num_kv_heads,
+    int head_dim, int block_size, float scale, int sliding_window, int partition_size)
+{
+    tm_paged_attention_decode<tm_q8_0, true>(nullptr, max_logits, exp_sums, partial_out, q, k_cache, v_cache, block_tables,
+                                             context_lens, max_blocks_per_seq, num_heads, num_kv_heads, head_dim, block_size,
+                                             scale, sliding_window, partition_size);
 }
 
 // Merges the partitions of one (head, sequence): M = max_p m_p, L = Σ_p l_p·e^(m_p − M),

@@ -85,12 +85,12 @@ __device__ __forceinline__ void tm_paged_attention_prefill(
             if (j < key_end)
             {
                 const tm_i64 slot = (tm_i64)table[j / block_size] * block_size + j % block_size;
-                const T* kj = k_cache + slot * kv_dim + (tm_i64)kv_head * head_dim;
-                const T* vj = v_cache + slot * kv_dim + (tm_i64)kv_head * head_dim;
+                const tm_kv_row<T> kj(k_cache, slot, kv_dim, kv_head, head_dim);
+                const tm_kv_row<T> vj(v_cache, slot, kv_dim, kv_head, head_dim);
                 for (int d = lane; d < head_dim; d += TM_WARP)
                 {
-                    ks[k][d] = tm_load(kj + d);
-                    vs[k][d] = tm_load(vj + d);
+                    ks[k][d] = kj[d];
+                    vs[k][d] = vj[d];
                 }
             }
             else
@@ -184,4 +184,13 @@ extern "C" __global__ void paged_attention_prefill_f16(
 {
     tm_paged_attention_prefill<tm_f16>(out, q, k_cache, v_cache, block_tables, query_start, positions, max_blocks_per_seq,
                                        num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window);
+}
+
+extern "C" __global__ void paged_attention_prefill_q8_0(
+    float* out, const float* q, const tm_q8_0* k_cache, const tm_q8_0* v_cache, const int* block_tables, const int* query_start,
+    const int* positions, int max_blocks_per_seq, int num_heads, int num_kv_heads, int head_dim, int block_size, float scale,
+    int sliding_window)
+{
+    tm_paged_attention_prefill<tm_q8_0>(out, q, k_cache, v_cache, block_tables, query_start, positions, max_blocks_per_seq,
+                                        num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window);
 }

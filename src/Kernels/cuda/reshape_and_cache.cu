@@ -41,3 +41,28 @@ extern "C" __global__ void reshape_and_cache_f16(const float* k, const float* v,
 {
     tm_reshape_and_cache<tm_f16>(k, v, k_cache, v_cache, slot_mapping, kv_dim);
 }
+
+// A Q8_0 cache: each 32-value block of a row quantized as ggml's reference quantize_row_q8_0 does — d = max|x| / 127
+// (stored as f16, rounded to nearest even), q = round(x / d) half away from zero, with 1/d computed once — one warp
+// per block, lane i holding value i. kv_dim is a multiple of 32.
+extern "C" __global__ void reshape_and_cache_q8_0(const float* k, const float* v, tm_q8_0* k_cache, tm_q8_0* v_cache,
+                                                  const int* slot_mapping, int kv_dim)
+{
+    const int t = blockIdx.x;
+    const tm_i64 slot = slot_mapping[t];
+    if (slot < 0) return;
+    const int lane = threadIdx.x % TM_WARP, warps = blockDim.x / TM_WARP, blocks = kv_dim / 32;
+    const tm_i64 row_bytes = (tm_i64)blocks * TM_Q8_0_BYTES;
+    for (int b = threadIdx.x / TM_WARP; b < 2 * blocks; b += warps)
+    {
+        const bool value = b >= blocks;
+        const int block = value ? b - blocks : b;
+        const float x = (value ? v : k)[(tm_i64)t * kv_dim + block * 32 + lane];
+        const float amax = tm_warp_max(fabsf(x));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        tm_u8* out = (tm_u8*)(value ? v_cache : k_cache) + slot * row_bytes + (tm_i64)block * TM_Q8_0_BYTES;
+        if (lane == 0) *(tm_f16*)out = tm_f32_to_f16(d);
+        out[2 + lane] = (tm_u8)(tm_i8)roundf(x * id);
+    }
+}

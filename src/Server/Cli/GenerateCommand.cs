@@ -64,8 +64,8 @@ public static class GenerateCommand
           --num-kv-blocks N          exact number of KV blocks (overrides --kv-cache-memory)
           --kv-cache-dtype T         how the KV cache stores keys and values: f32 (default, exact), f16 (half the memory
                                      per token, each key and value rounded once; llama.cpp's default cache type) or
-                                     q8_0 (ggml's 8-bit blocks, 0.27 of f32's memory; CPU only, head dimension a
-                                     multiple of 32)
+                                     q8_0 (ggml's 8-bit blocks, 0.27 of f32's memory; head dimension a multiple of
+                                     32)
           --max-num-batched-tokens N token budget per step (default 2048)
           --max-num-seqs N           sequences running at once (default 256)
           --max-queued-requests N    waiting requests before refusing more (default 4096)

@@ -26,7 +26,7 @@ public static class KernelsCommand
                                        [--samples N] [--launches N] [--output-json F] [--no-cache]
                tokenmill kernels nccl [--ranks N] [--emulate] [--stall-rank R] [--timeout SECONDS]
                tokenmill kernels forward [--emulate] [--model M] [--dtype T] [--dummy-layers N] [--partition-size N] [-tp N]
-                                         [--gemm-min-rows N] [--kv-cache-dtype f32|f16] [--stall-rank R | --fail-rank R]
+                                         [--gemm-min-rows N] [--kv-cache-dtype f32|f16|q8_0] [--stall-rank R | --fail-rank R]
                                          [--timeout SECONDS]
 
           check     compile every kernel with NVRTC (no GPU needed); with ptxas, assemble each for sm_NN
@@ -84,7 +84,7 @@ public static class KernelsCommand
                              32-position sequence's decodes split)
           --gemm-min-rows N  forward: rows of a chunk (at most 8 here) from which its products run as cuBLAS
                              GEMMs (default 8; 9 or more: the GEMV kernels only)
-          --kv-cache-dtype T forward: the KV cache type of both sides, f32 (default) or f16 (CUDA has no q8_0 cache)
+          --kv-cache-dtype T forward: the KV cache type of both sides, f32 (default), f16 or q8_0
           --no-cache         compile even when the PTX cache has the result
                              (cache: $TOKENMILL_CACHE_DIR/kernels or ~/.cache/tokenmill/kernels; the
                              shim's objects go to its emulation/ folder)

@@ -70,14 +70,13 @@ public sealed class CudaExecutor : IModelExecutor, IDeviceSampling
     /// unless a test wants short contexts to split).</param>
     /// <param name="gemmMinRows">Rows of a chunk from which its products run on cuBLAS (<see cref="CudaForward.GemmMinRows"/>).</param>
     /// <exception cref="InvalidOperationException">No driver, no NVRTC, no NCCL, too few devices, or a CUDA error while setting up; the message says which.</exception>
-    /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes, or the KV cache dtype is the CPU's alone.</exception>
+    /// <exception cref="NotSupportedException">The model's architecture is not one the CUDA forward pass computes.</exception>
     /// <exception cref="ArgumentException">The model does not split across the ranks, or the KV cache cannot hold one sequence of <paramref name="maxModelLen"/>.</exception>
     /// <exception cref="CommunicatorException">The ranks' NCCL group did not form within the timeout.</exception>
     public static CudaExecutor Create(Model model, EngineOptions options, int maxModelLen, int maxBatchTokens,
                                       int partitionSize = PagedAttentionDecodePlan.PartitionSize, int gemmMinRows = CudaForward.GemmMinRows)
     {
         CudaForward.CheckSupported(model);   // before minutes of emulated-driver build or upload
-        if (!CudaKvCache.Supports(options.KvCacheDtype)) throw new NotSupportedException(CudaKvCache.UnsupportedDtype(options.KvCacheDtype));
         int n = options.TensorParallelSize;
         TensorParallelShard.CheckSplit(model.Config, model.Weights, n, model.Name);
         string device = options.Device == EngineDevice.CudaEmulated ? "--device cuda-emulated" : "--device cuda";

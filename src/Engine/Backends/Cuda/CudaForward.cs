@@ -27,7 +27,7 @@ public sealed class CudaKvCache : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(blockCount, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(blockSize, 1);
-        if (!Supports(dtype)) throw new NotSupportedException(UnsupportedDtype(dtype));
+        if (dtype.Unsupported(config.HeadDim) is { } why) throw new ArgumentException(why, nameof(dtype));
         BlockCount = blockCount;
         BlockSize = blockSize;
         KvDim = config.KvDim;
@@ -52,12 +52,6 @@ public sealed class CudaKvCache : IDisposable
     /// <summary>How keys and values are stored: the kernels that write and read them are this type's.</summary>
     public KvCacheDtype Dtype { get; }
 
-    /// <summary>Whether the CUDA kernels have a cache of <paramref name="dtype"/> (f32 and f16; Q8_0 is the CPU's).</summary>
-    public static bool Supports(KvCacheDtype dtype) => dtype is KvCacheDtype.F32 or KvCacheDtype.F16;
-
-    /// <summary>What a refused <paramref name="dtype"/> is told.</summary>
-    public static string UnsupportedDtype(KvCacheDtype dtype) =>
-        $"--kv-cache-dtype {dtype.Name()} runs on the CPU only: the CUDA kernels keep the KV cache in f32 or f16";
 
     /// <summary>Keys and values of one block over all layers, in bytes (the CPU store's size for the same dtype).</summary>
     public static long BytesPerBlock(ModelConfig config, int blockSize, KvCacheDtype dtype = KvCacheDtype.F32) =>
@@ -133,7 +127,8 @@ public sealed class CudaForward : IDisposable
         "embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0", "rms_norm", "fused_add_rms_norm", "rope",
         "reshape_and_cache_f32", "paged_attention_decode_f32", "paged_attention_decode_split_f32", "paged_attention_reduce",
         "paged_attention_prefill_f32", "reshape_and_cache_f16", "paged_attention_decode_f16", "paged_attention_decode_split_f16",
-        "paged_attention_prefill_f16", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+        "paged_attention_prefill_f16", "reshape_and_cache_q8_0", "paged_attention_decode_q8_0", "paged_attention_decode_split_q8_0",
+        "paged_attention_prefill_q8_0", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
         "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16", CudaSampler.KernelName,
     ];
 
@@ -178,7 +173,7 @@ public sealed class CudaForward : IDisposable
     readonly CudaKernel _embeddingKernel, _gatherRows, _rmsNorm, _fusedAddRmsNorm, _rope, _siluAndMul, _reduceAttention;
 
     /// <summary>The kernels that write and read the KV cache, for each <see cref="KvCacheDtype"/> (index = the dtype).</summary>
-    readonly CacheKernels?[] _cacheKernels;
+    readonly CacheKernels[] _cacheKernels;
 
     /// <summary>reshape_and_cache and the three paged-attention kernels of one cache element type.</summary>
     sealed record CacheKernels(CudaKernel ReshapeAndCache, CudaKernel Decode, CudaKernel SplitDecode, CudaKernel Prefill);
@@ -283,11 +278,9 @@ public sealed class CudaForward : IDisposable
             _rmsNorm = Kernel("rms_norm");
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
             _rope = Kernel("rope");
-            // One entry per dtype, null where CUDA has no cache of it (CudaKvCache refuses to be one).
-            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Select(dtype => CudaKvCache.Supports(dtype)
-                ? new CacheKernels(Kernel($"reshape_and_cache_{dtype.Name()}"), Kernel($"paged_attention_decode_{dtype.Name()}"),
-                    Kernel($"paged_attention_decode_split_{dtype.Name()}"), Kernel($"paged_attention_prefill_{dtype.Name()}"))
-                : null)];
+            _cacheKernels = [.. Enum.GetValues<KvCacheDtype>().Select(dtype => new CacheKernels(
+                Kernel($"reshape_and_cache_{dtype.Name()}"), Kernel($"paged_attention_decode_{dtype.Name()}"),
+                Kernel($"paged_attention_decode_split_{dtype.Name()}"), Kernel($"paged_attention_prefill_{dtype.Name()}")))];
             _reduceAttention = Kernel("paged_attention_reduce");
             _siluAndMul = Kernel("silu_and_mul");
 
@@ -729,7 +722,7 @@ public sealed class CudaForward : IDisposable
                 .Add(_ropeFreqFactors?.Pointer ?? new CUdeviceptr(0))
                 .Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim).Add(_c.RopeDimensionCount)
                 .Add(_c.RopeFreqBase).Add(_c.RopeLinearScale).Add(_c.RopeType == RopeType.Neox ? 1 : 0), stream: _stream);
-            var reshapeAndCache = _cacheKernels[(int)kv.Dtype]!.ReshapeAndCache;
+            var reshapeAndCache = _cacheKernels[(int)kv.Dtype].ReshapeAndCache;
             reshapeAndCache.Launch(rows, Block(reshapeAndCache), _args.Clear().Add(_k).Add(_v)
                 .Add(kv.Keys(layer)).Add(kv.Values(layer)).Add(_slots).Add(_c.KvDim), stream: _stream);
             Attention(kv, layer, scale);
@@ -783,7 +776,7 @@ public sealed class CudaForward : IDisposable
     {
         const int NoWindow = 0;   // CheckSupported refuses sliding-window models
         int width = _plan.Width;
-        var kernels = _cacheKernels[(int)kv.Dtype]!;
+        var kernels = _cacheKernels[(int)kv.Dtype];
         foreach (var run in _plan.Runs)
         {
             var blockTables = Offset(_blockTables, (long)run.FirstGroup * width);

@@ -1,4 +1,5 @@
 using TokenMill.Interop;
+using TokenMill.KvCache;
 using TokenMill.Interop.Driver;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
@@ -287,11 +288,11 @@ public sealed class KernelSelfTest : IDisposable
         int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
 
         foreach (var (heads, kvHeads, headDim) in new[] { (8, 2, 64), (4, 4, 80), (2, 1, 256) })
-            foreach (bool f16 in new[] { false, true })
-                Guarded([$"reshape_and_cache_{(f16 ? "f16" : "f32")}", $"paged_attention_decode_{(f16 ? "f16" : "f32")}"], () =>
+            foreach (var dtype in CacheDtypes(headDim))
+                Guarded([$"reshape_and_cache_{dtype.Name()}", $"paged_attention_decode_{dtype.Name()}"], () =>
             {
-                int kvDim = kvHeads * headDim, slots = numBlocks * blockSize, elementBytes = f16 ? 2 : 4;
-                string type = f16 ? "f16" : "f32";
+                int kvDim = kvHeads * headDim, slots = numBlocks * blockSize;
+                string type = dtype.Name();
                 // Every position of both sequences is written through reshape_and_cache, plus one padding row (slot −1).
                 var slotMapping = new List<int>();
                 for (int s = 0; s < contextLens.Length; s++)
@@ -300,26 +301,27 @@ public sealed class KernelSelfTest : IDisposable
                 int tokens = slotMapping.Count;
                 var k = Random(tokens * kvDim);
                 var v = Random(tokens * kvDim);
-                var kCache = Zeros<byte>(slots * kvDim * elementBytes);
-                var vCache = Zeros<byte>(slots * kvDim * elementBytes);
+                var kCache = Zeros<byte>((int)(slots * dtype.RowBytes(kvDim)));
+                var vCache = Zeros<byte>((int)(slots * dtype.RowBytes(kvDim)));
                 K("reshape_and_cache.cu", $"reshape_and_cache_{type}").Launch(new Dim3((uint)tokens), Block($"reshape_and_cache_{type}"), new KernelArgs()
                     .Add(Upload(k)).Add(Upload(v)).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
-                // What the cache must hold: each token's row at its slot, rounded to f16 for an f16 cache.
-                float Stored(float x) => f16 ? Fp16.ToSingle(Fp16.FromSingle(x)) : x;
+                // What the cache must hold: each token's row at its slot as the CPU's store keeps it (rounded to f16, or
+                // quantized as ggml's quantize_row_q8_0), read back as the CPU's attention widens it.
                 var expectedK = new double[slots * kvDim];
                 var expectedV = new double[slots * kvDim];
                 for (int t = 0; t < tokens; t++)
                     if (slotMapping[t] >= 0)
+                    {
+                        var storedK = Stored(dtype, k.AsSpan(t * kvDim, kvDim));
+                        var storedV = Stored(dtype, v.AsSpan(t * kvDim, kvDim));
                         for (int i = 0; i < kvDim; i++)
                         {
-                            expectedK[slotMapping[t] * kvDim + i] = Stored(k[t * kvDim + i]);
-                            expectedV[slotMapping[t] * kvDim + i] = Stored(v[t * kvDim + i]);
+                            expectedK[slotMapping[t] * kvDim + i] = storedK[i];
+                            expectedV[slotMapping[t] * kvDim + i] = storedV[i];
                         }
-                float[] ReadCache(DeviceBuffer b) => f16
-                    ? [.. Download<ushort>(b, slots * kvDim).Select(Fp16.ToSingle)]
-                    : Download<float>(b, slots * kvDim);
-                var keys = ReadCache(kCache);
-                var values = ReadCache(vCache);
+                    }
+                var keys = ReadCache(dtype, kCache, slots, kvDim);
+                var values = ReadCache(dtype, vCache, slots, kvDim);
                 Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, keys", keys, expectedK, 0);
                 Check($"reshape_and_cache_{type}", $"{tokens} tokens, kv_dim {kvDim}, values", values, expectedV, 0);
 
@@ -364,19 +366,43 @@ public sealed class KernelSelfTest : IDisposable
     /// reshape_and_cache (random keys and values) and returns the device cache and what it holds, read back
     /// (reshape_and_cache itself is checked in <see cref="CacheAndAttention"/>).
     /// </summary>
-    (DeviceBuffer K, DeviceBuffer V, float[] Keys, float[] Values) FillCache(bool f16, int kvDim, int slots, int[] contextLens, Func<int, int, int> slotOf)
+    (DeviceBuffer K, DeviceBuffer V, float[] Keys, float[] Values) FillCache(KvCacheDtype dtype, int kvDim, int slots, int[] contextLens, Func<int, int, int> slotOf)
     {
-        string kernel = $"reshape_and_cache_{(f16 ? "f16" : "f32")}";
+        string kernel = $"reshape_and_cache_{dtype.Name()}";
         var slotMapping = new List<int>();
         for (int s = 0; s < contextLens.Length; s++)
             for (int j = 0; j < contextLens[s]; j++) slotMapping.Add(slotOf(s, j));
-        int tokens = slotMapping.Count, elementBytes = f16 ? 2 : 4;
-        var kCache = Zeros<byte>(slots * kvDim * elementBytes);
-        var vCache = Zeros<byte>(slots * kvDim * elementBytes);
+        int tokens = slotMapping.Count;
+        var kCache = Zeros<byte>((int)(slots * dtype.RowBytes(kvDim)));
+        var vCache = Zeros<byte>((int)(slots * dtype.RowBytes(kvDim)));
         K("reshape_and_cache.cu", kernel).Launch(new Dim3((uint)tokens), Block(kernel), new KernelArgs()
             .Add(Upload(Random(tokens * kvDim))).Add(Upload(Random(tokens * kvDim))).Add(kCache).Add(vCache).Add(Upload(slotMapping.ToArray())).Add(kvDim));
-        float[] Read(DeviceBuffer b) => f16 ? [.. Download<ushort>(b, slots * kvDim).Select(Fp16.ToSingle)] : Download<float>(b, slots * kvDim);
-        return (kCache, vCache, Read(kCache), Read(vCache));
+        return (kCache, vCache, ReadCache(dtype, kCache, slots, kvDim), ReadCache(dtype, vCache, slots, kvDim));
+    }
+
+    /// <summary>The cache types to test at <paramref name="headDim"/>: f32 and f16, and q8_0 where its blocks fit the head.</summary>
+    static IEnumerable<KvCacheDtype> CacheDtypes(int headDim) => Enum.GetValues<KvCacheDtype>().Where(d => d.Unsupported(headDim) is null);
+
+    /// <summary>A row as a cache of <paramref name="dtype"/> stores it, widened back to floats (the CPU's PagedKvStore and CpuAttention).</summary>
+    static float[] Stored(KvCacheDtype dtype, ReadOnlySpan<float> row)
+    {
+        var bytes = new byte[dtype.RowBytes(row.Length)];
+        var type = dtype switch { KvCacheDtype.F16 => GgmlType.F16, KvCacheDtype.Q8_0 => GgmlType.Q8_0, _ => GgmlType.F32 };
+        Quantize.Row(type, row, bytes);
+        var widened = new float[row.Length];
+        Dequantize.Row(type, bytes, widened);
+        return widened;
+    }
+
+    /// <summary>A device cache of <paramref name="slots"/> rows of <paramref name="kvDim"/> values, read back and widened to floats.</summary>
+    float[] ReadCache(KvCacheDtype dtype, DeviceBuffer cache, int slots, int kvDim)
+    {
+        int rowBytes = (int)dtype.RowBytes(kvDim);
+        var bytes = Download<byte>(cache, slots * rowBytes);
+        var type = dtype switch { KvCacheDtype.F16 => GgmlType.F16, KvCacheDtype.Q8_0 => GgmlType.Q8_0, _ => GgmlType.F32 };
+        var values = new float[slots * kvDim];
+        for (int s = 0; s < slots; s++) Dequantize.Row(type, bytes.AsSpan(s * rowBytes, rowBytes), values.AsSpan(s * kvDim, kvDim));
+        return values;
     }
 
     /// <summary>
@@ -417,9 +443,9 @@ public sealed class KernelSelfTest : IDisposable
             (1, 1, 128, PagedAttentionDecodePlan.PartitionSize, [1100], [0]),   // 2 × 512 + 76; f32 only, as the indexing is the same
         };
         foreach (var (heads, kvHeads, headDim, partitionSize, contextLens, windows) in cases)
-            foreach (bool f16 in partitionSize == PagedAttentionDecodePlan.PartitionSize ? [false] : FalseTrue)
+            foreach (var dtype in partitionSize == PagedAttentionDecodePlan.PartitionSize ? [KvCacheDtype.F32] : CacheDtypes(headDim))
             {
-                string type = f16 ? "f16" : "f32", split = $"paged_attention_decode_split_{type}";
+                string type = dtype.Name(), split = $"paged_attention_decode_split_{type}";
                 Guarded([$"reshape_and_cache_{type}", split, "paged_attention_reduce"], () =>
                 {
                     int kvDim = kvHeads * headDim, maxBlocks = (contextLens.Max() + blockSize - 1) / blockSize;
@@ -427,7 +453,7 @@ public sealed class KernelSelfTest : IDisposable
                     int numBlocks = maxBlocks * contextLens.Length;
                     int[][] tables = [.. contextLens.Select((_, s) => Enumerable.Range(0, maxBlocks).Select(i => numBlocks - 1 - (i * contextLens.Length + s)).ToArray())];
                     int Slot(int s, int j) => tables[s][j / blockSize] * blockSize + j % blockSize;
-                    var (kCache, vCache, keys, values) = FillCache(f16, kvDim, numBlocks * blockSize, contextLens, Slot);
+                    var (kCache, vCache, keys, values) = FillCache(dtype, kvDim, numBlocks * blockSize, contextLens, Slot);
                     var q = Random(contextLens.Length * heads * headDim);
                     float scale = 1f / MathF.Sqrt(headDim);
                     foreach (int window in windows)
@@ -497,13 +523,13 @@ public sealed class KernelSelfTest : IDisposable
         int rows = positions.Count, maxQueryLength = Enumerable.Range(0, tables.Length).Max(s => queryStart[s + 1] - queryStart[s]);
 
         foreach (var (heads, kvHeads, headDim, windows) in new[] { (4, 2, 64, Windows), (1, 1, 80, [0]), (1, 1, 128, [0]), (2, 1, 256, new[] { 0 }) })
-            foreach (bool f16 in FalseTrue)
+            foreach (var dtype in CacheDtypes(headDim))
             {
-                string type = f16 ? "f16" : "f32", kernel = $"paged_attention_prefill_{type}";
+                string type = dtype.Name(), kernel = $"paged_attention_prefill_{type}";
                 Guarded([$"reshape_and_cache_{type}", kernel], () =>
                 {
                     int kvDim = kvHeads * headDim;
-                    var (kCache, vCache, keys, values) = FillCache(f16, kvDim, numBlocks * blockSize, contextLens, Slot);
+                    var (kCache, vCache, keys, values) = FillCache(dtype, kvDim, numBlocks * blockSize, contextLens, Slot);
                     var q = Random(rows * heads * headDim);
                     float scale = 1f / MathF.Sqrt(headDim);
                     foreach (int window in windows)
