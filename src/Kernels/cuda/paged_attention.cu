@@ -1,7 +1,8 @@
 // paged_attention.cu — decode attention: one query token per sequence, keys and values read
 // through the sequence's block table from the paged KV cache (see reshape_and_cache.cu for the layout).
 //
-// One pass, paged_attention_decode_{f32,f16}:
+// One pass, paged_attention_decode_{f32,f16,q8_0} (the cache's storage type; q8_0 rows are ggml blocks, read
+// through tm_kv_row in common.cuh):
 // Launch: grid = (num_heads, num_seqs), block = (TM_PA_WARPS × 32) = (128), no dynamic shared memory.
 //   q:            [num_seqs][num_heads × head_dim]   (after rope)
 //   out:          [num_seqs][num_heads × head_dim]
@@ -17,7 +18,7 @@
 // results are merged at the end through shared memory. No scores array, so any context length
 // runs with the same 4 KiB of shared memory. Equals CpuForward.AttentionItem: softmax(q·k · scale) · v.
 //
-// Split-K, paged_attention_decode_split_{f32,f16} then paged_attention_reduce (vLLM's v2): one block walks
+// Split-K, paged_attention_decode_split_{f32,f16,q8_0} then paged_attention_reduce (vLLM's v2): one block walks
 // a sequence's whole context serially, so a few long sequences leave most SMs idle and the step waits for
 // them. The split kernel cuts the seen positions [first, ctx) into partitions of partition_size positions,
 // one block each, and writes the block's unnormalised result — max score m_p, sum l_p = Σ e^(s − m_p) and

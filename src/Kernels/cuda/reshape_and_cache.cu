@@ -7,6 +7,8 @@
 // slot = block_table[pos / block_size] · block_size + pos % block_size (the slot mapping);
 // so the host passes cache_base + layer · num_slots · kv_dim.
 // A negative slot marks a padding token (as in vLLM) and is skipped.
+// A q8_0 cache's rows are bytes instead: kv_dim / 32 blocks of 34 (an f16 scale, 32 int8 values), a head's blocks at
+// kv_head · head_dim / 32 · 34 (tm_kv_row<tm_q8_0> reads them).
 #include "common.cuh"
 
 template <typename T>
