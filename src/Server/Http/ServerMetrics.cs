@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using TokenMill.Core;
+using TokenMill.KvCache;
 
 namespace TokenMill.Server.Http;
 
@@ -84,6 +85,8 @@ public sealed class ServerMetrics
         string label = $"model_name=\"{Escape(modelName)}\"";
         Gauge(sb, "tokenmill:num_requests_running", "Requests in the running batch.", label, s.Running);
         Gauge(sb, "tokenmill:num_requests_waiting", "Requests waiting to run.", label, s.Waiting);
+        Gauge(sb, "tokenmill:cache_config_info", "The KV cache's configuration, in the labels (vLLM's cache_config_info).",
+            string.Create(CultureInfo.InvariantCulture, $"{label},block_size=\"{engine.Options.BlockSize}\",cache_dtype=\"{engine.Options.KvCacheDtype.Name()}\",num_blocks=\"{s.TotalKvBlocks}\""), 1);
         Gauge(sb, "tokenmill:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).", label,
             s.TotalKvBlocks == 0 ? 0 : 1.0 - (double)s.FreeKvBlocks / s.TotalKvBlocks);
         Counter(sb, "tokenmill:num_preemptions_total", "Preemptions since start.", label, s.Preemptions);

@@ -200,6 +200,7 @@ public class OpenAiServerTests(ServerFixture fx) : IClassFixture<ServerFixture>
                      "tokenmill:num_requests_running", "tokenmill:num_requests_waiting", "tokenmill:kv_cache_usage_perc",
                      "tokenmill:num_preemptions_total", "tokenmill:prompt_tokens_total", "tokenmill:generation_tokens_total",
                      "tokenmill:request_success_total{model_name=\"stories260K\",finished_reason=\"length\"}",
+                     "tokenmill:cache_config_info{model_name=\"stories260K\",block_size=\"16\",cache_dtype=\"f32\",num_blocks=\"",
                  })
             Assert.Contains(name, metrics);
     }
