@@ -1,4 +1,4 @@
-using TokenMill.Quantization;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.KvCache;
 
@@ -27,15 +27,22 @@ public static class KvCacheDtypes
     /// <summary>The names <see cref="Parse"/> takes.</summary>
     public static readonly string[] Names = ["f32", "f16", "q8_0"];
 
-    /// <summary>Bytes a row of <paramref name="elements"/> keys or values takes (for Q8_0, a whole number of 32-value blocks).</summary>
-    /// <exception cref="ArgumentException">Q8_0 and a count that would cut a block.</exception>
-    public static long RowBytes(this KvCacheDtype dtype, long elements) => dtype switch
+    /// <summary>The GGUF type whose rows the cache stores (its block layout, quantizer and dequantizer are that type's).</summary>
+    public static GgmlType StorageType(this KvCacheDtype dtype) => dtype switch
     {
-        KvCacheDtype.F16 => 2 * elements,
-        KvCacheDtype.Q8_0 => elements % BlockFormats.QK == 0 ? elements / BlockFormats.QK * BlockFormats.Q8_0Bytes
-            : throw new ArgumentException($"{elements} values are not a whole number of q8_0 blocks of {BlockFormats.QK}", nameof(elements)),
-        _ => 4 * elements,
+        KvCacheDtype.F16 => GgmlType.F16,
+        KvCacheDtype.Q8_0 => GgmlType.Q8_0,
+        _ => GgmlType.F32,
     };
+
+    /// <summary>Bytes a row of <paramref name="elements"/> keys or values takes (for Q8_0, a whole number of 32-value blocks).</summary>
+    /// <exception cref="ArgumentException">A count that would cut a block.</exception>
+    public static long RowBytes(this KvCacheDtype dtype, long elements)
+    {
+        var (block, bytes) = GgmlTypeInfo.Of(dtype.StorageType());
+        return elements % block == 0 ? elements / block * bytes
+            : throw new ArgumentException($"{elements} values are not a whole number of {dtype.Name()} blocks of {block}", nameof(elements));
+    }
 
     /// <summary>The lower-case name (f32, f16, q8_0).</summary>
     public static string Name(this KvCacheDtype dtype) => Names[(int)dtype];
@@ -48,8 +55,11 @@ public static class KvCacheDtypes
     }
 
     /// <summary>Why <paramref name="dtype"/> cannot hold a model of head dimension <paramref name="headDim"/>, or null when it can.</summary>
-    public static string? Unsupported(this KvCacheDtype dtype, int headDim) =>
-        dtype == KvCacheDtype.Q8_0 && headDim % BlockFormats.QK != 0
-            ? $"--kv-cache-dtype q8_0 needs a head dimension that is a multiple of {BlockFormats.QK} (a block of 32 values must not straddle two heads); this model's is {headDim}"
+    public static string? Unsupported(this KvCacheDtype dtype, int headDim)
+    {
+        int block = GgmlTypeInfo.Of(dtype.StorageType()).BlockSize;
+        return headDim % block != 0
+            ? $"--kv-cache-dtype {dtype.Name()} needs a head dimension that is a multiple of {block} (a block of {block} values must not straddle two heads); this model's is {headDim}"
             : null;
+    }
 }

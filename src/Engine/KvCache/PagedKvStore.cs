@@ -1,6 +1,5 @@
 using TokenMill.Memory;
 using TokenMill.Models;
-using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
 
 namespace TokenMill.KvCache;
@@ -92,8 +91,8 @@ public sealed unsafe class PagedKvStore : IDisposable
                 System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(v, new Span<Half>(HalfValues(layer, slot), KvDim));
                 break;
             default:
-                Quantize.Row(GgmlType.Q8_0, k, new Span<byte>(KeyRow(layer, slot), (int)RowBytes));
-                Quantize.Row(GgmlType.Q8_0, v, new Span<byte>(ValueRow(layer, slot), (int)RowBytes));
+                Quantize.Row(Dtype.StorageType(), k, new Span<byte>(KeyRow(layer, slot), (int)RowBytes));
+                Quantize.Row(Dtype.StorageType(), v, new Span<byte>(ValueRow(layer, slot), (int)RowBytes));
                 break;
         }
     }

@@ -29,44 +29,43 @@ public static unsafe class CpuAttention
         float scale, float* scores, float* output) =>
         Attend(q, heads, headDim, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
 
-    /// <summary>
-    /// The f32 kernel with the 512-bit path chosen or not (tests run both). With 512-bit vectors the rows are copied a
-    /// tile at a time into a scratch where they lie one after another, as an f16 or Q8_0 cache's are widened (see below):
-    /// the score kernel over consecutive rows more than pays for the copy (<c>AttentionBenchmarks</c>).
-    /// </summary>
+    /// <summary>The f32 kernel with the 512-bit path chosen or not (tests run both).</summary>
     internal static void Attend(float* q, int heads, int headDim, float* keys, float* values, long slotStride, int* slots, int count,
-        float scale, float* scores, float* output, bool vector512)
-    {
-        if (Fast(vector512, headDim))
-        {
-            Tiled(q, heads, headDim, KvCacheDtype.F32, (byte*)keys, (byte*)values, slotStride * sizeof(float), slots, count, scale, scores, output, fast: true);
-            return;
-        }
-        Scores(q, heads, headDim, keys, slotStride, slots, count, scale, scores, count);
-        SoftMax(heads, count, scores);
-        Values(heads, headDim, values, slotStride, slots, count, scores, count, output, accumulate: false);
-    }
+        float scale, float* scores, float* output, bool vector512) =>
+        Attend(q, heads, headDim, KvCacheDtype.F32, (byte*)keys, (byte*)values, slotStride * sizeof(float), slots, count, scale, scores,
+            output, vector512);
 
     /// <summary>
-    /// <see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> over an f16 or Q8_0
-    /// cache: <paramref name="keys"/> and <paramref name="values"/> point at this head's part of a slot's row as stored,
-    /// <paramref name="slotStride"/> is a row's bytes. The rows are widened to f32 exactly (Q8_0: each value times its
-    /// block's scale, as ggml dequantizes), <see cref="WideTile"/> positions at a time, into a scratch the f32 kernels then
-    /// read, so each element is converted once (not once per query head of the group) and the result is bit for bit the
-    /// f32 kernel's on the widened rows: a score depends on its own key alone, the tiles are whole 16-position blocks, and
-    /// the value sums run position by position through accumulators carried from tile to tile in <paramref name="output"/>.
+    /// <see cref="Attend(float*, int, int, float*, float*, long, int*, int, float, float*, float*)"/> over a cache of any
+    /// <paramref name="dtype"/>: <paramref name="keys"/> and <paramref name="values"/> point at this head's part of a slot's
+    /// row as stored, <paramref name="slotStride"/> is a row's bytes. With 512-bit vectors (and for every f16 or Q8_0
+    /// cache) the rows are copied or widened to f32 exactly (Q8_0: each value times its block's scale, as ggml
+    /// dequantizes), <see cref="WideTile"/> positions at a time, into a scratch where they lie one after another and the
+    /// f32 kernels read them: each element is converted once (not once per query head of the group), the score kernel
+    /// over consecutive rows more than pays for the copy (<c>AttentionBenchmarks</c>), and the result is bit for bit the
+    /// one over the rows in place: a score depends on its own key alone, the tiles are whole 16-position blocks, and the
+    /// value sums run position by position through accumulators carried from tile to tile in <paramref name="output"/>.
     /// </summary>
     public static void Attend(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
         int count, float scale, float* scores, float* output) =>
         Attend(q, heads, headDim, dtype, keys, values, slotStride, slots, count, scale, scores, output, Vector512.IsHardwareAccelerated);
 
-    /// <summary>The f16/Q8_0 kernel with the 512-bit path chosen or not.</summary>
+    /// <summary>The kernel over a cache of <paramref name="dtype"/> with the 512-bit path chosen or not.</summary>
     internal static void Attend(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
         int count, float scale, float* scores, float* output, bool vector512)
     {
-        if (dtype == KvCacheDtype.F32) throw new ArgumentException("an f32 cache is read in place: use the float overload", nameof(dtype));
         if (dtype.Unsupported(headDim) is { } why) throw new ArgumentException(why, nameof(headDim));
-        Tiled(q, heads, headDim, dtype, keys, values, slotStride, slots, count, scale, scores, output, Fast(vector512, headDim));
+        bool fast = Fast(vector512, headDim);
+        if (fast || dtype != KvCacheDtype.F32)
+        {
+            Tiled(q, heads, headDim, dtype, keys, values, slotStride, slots, count, scale, scores, output, fast);
+            return;
+        }
+        // Portable f32: the rows are read where they are.
+        long stride = slotStride / sizeof(float);
+        Scores(q, heads, headDim, (float*)keys, stride, slots, count, scale, scores, count);
+        SoftMax(heads, count, scores);
+        Values(heads, headDim, (float*)values, stride, slots, count, scores, count, output, accumulate: false);
     }
 
     /// <summary>Attention over rows widened (or, for f32, copied) <see cref="WideTile"/> positions at a time into consecutive f32 rows.</summary>
@@ -87,7 +86,7 @@ public static unsafe class CpuAttention
         {
             int n = Math.Min(WideTile, count - j0);
             Widen(dtype, values, slotStride, slots + j0, n, headDim, rows, fast);
-            if (fast) Values512(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
+            if (fast) Values512(heads, headDim, rows, n, scores + j0, count, output, accumulate: j0 > 0);
             else Values(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
         }
     }
@@ -308,11 +307,12 @@ public static unsafe class CpuAttention
     static Vector512<float> Quad(Vector512<float> ab, Vector512<float> cd) => Avx512F.Shuffle(ab, cd, 0x44) + Avx512F.Shuffle(ab, cd, 0xEE);
 
     /// <summary>
-    /// The weighted sum of the value rows: two heads at a time, four 16-wide strips of the head per pass (each value
-    /// chunk loaded once for both heads; eight independent accumulator chains keep both FMA pipes busy).
+    /// The weighted sum of a tile's value rows, laid one after another (<paramref name="hd"/> floats apart): two heads at a
+    /// time, four 16-wide strips of the head per pass (each value chunk loaded once for both heads; eight independent
+    /// accumulator chains keep both FMA pipes busy).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Values512(int heads, int hd, float* values, long stride, int* slots, int count, float* scores, int ld, float* output, bool accumulate)
+    static void Values512(int heads, int hd, float* values, int count, float* scores, int ld, float* output, bool accumulate)
     {
         const int W = 16;
         int h = 0;
@@ -331,7 +331,7 @@ public static unsafe class CpuAttention
                 }
                 for (int j = 0; j < count; j++)
                 {
-                    float* v = values + slots[j] * stride + d;
+                    float* v = values + (long)j * hd + d;
                     var v0 = Vector512.Load(v);
                     var v1 = Vector512.Load(v + W);
                     var v2 = Vector512.Load(v + 2 * W);
@@ -361,7 +361,7 @@ public static unsafe class CpuAttention
                 Vector512<float> x = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero, y = accumulate ? Vector512.Load(ob + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
                 {
-                    var v = Vector512.Load(values + slots[j] * stride + d);
+                    var v = Vector512.Load(values + (long)j * hd + d);
                     x = Vector512.FusedMultiplyAdd(v, Vector512.Create(p[j]), x);
                     y = Vector512.FusedMultiplyAdd(v, Vector512.Create(pb[j]), y);
                 }
@@ -377,7 +377,7 @@ public static unsafe class CpuAttention
             {
                 var a = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
-                    a = Vector512.FusedMultiplyAdd(Vector512.Load(values + slots[j] * stride + d), Vector512.Create(p[j]), a);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Load(values + (long)j * hd + d), Vector512.Create(p[j]), a);
                 a.Store(o + d);
             }
         }

@@ -442,15 +442,9 @@ public sealed unsafe class CpuForward : IDisposable
         float* q = _q + (long)t * qDim + (long)head * hd, output = _att + (long)t * qDim + (long)head * hd;
         float* scores = _scores + (long)worker * MaxHeadsPerAttentionItem * _c.ContextLength;
         float scale = 1f / MathF.Sqrt(hd);
-        if (kv.Dtype == KvCacheDtype.F32)
-            CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Keys(_attnLayer, 0) + kvOffset, kv.Values(_attnLayer, 0) + kvOffset,
-                _c.KvDim, slots, count, scale, scores, output);
-        else
-        {
-            long headBytes = kv.Dtype.RowBytes(kvOffset); // kvOffset values: whole heads, so whole Q8_0 blocks
-            CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Dtype, kv.KeyRow(_attnLayer, 0) + headBytes, kv.ValueRow(_attnLayer, 0) + headBytes,
-                kv.RowBytes, slots, count, scale, scores, output);
-        }
+        long headBytes = kv.Dtype.RowBytes(kvOffset); // kvOffset values: whole heads, so whole Q8_0 blocks
+        CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Dtype, kv.KeyRow(_attnLayer, 0) + headBytes, kv.ValueRow(_attnLayer, 0) + headBytes,
+            kv.RowBytes, slots, count, scale, scores, output);
     }
 
     /// <summary>Query heads of one attention work item: the largest divisor of the group size up to this (the

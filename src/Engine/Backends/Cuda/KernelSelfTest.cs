@@ -387,7 +387,7 @@ public sealed class KernelSelfTest : IDisposable
     static float[] Stored(KvCacheDtype dtype, ReadOnlySpan<float> row)
     {
         var bytes = new byte[dtype.RowBytes(row.Length)];
-        var type = dtype switch { KvCacheDtype.F16 => GgmlType.F16, KvCacheDtype.Q8_0 => GgmlType.Q8_0, _ => GgmlType.F32 };
+        var type = dtype.StorageType();
         Quantize.Row(type, row, bytes);
         var widened = new float[row.Length];
         Dequantize.Row(type, bytes, widened);
@@ -399,7 +399,7 @@ public sealed class KernelSelfTest : IDisposable
     {
         int rowBytes = (int)dtype.RowBytes(kvDim);
         var bytes = Download<byte>(cache, slots * rowBytes);
-        var type = dtype switch { KvCacheDtype.F16 => GgmlType.F16, KvCacheDtype.Q8_0 => GgmlType.Q8_0, _ => GgmlType.F32 };
+        var type = dtype.StorageType();
         var values = new float[slots * kvDim];
         for (int s = 0; s < slots; s++) Dequantize.Row(type, bytes.AsSpan(s * rowBytes, rowBytes), values.AsSpan(s * kvDim, kvDim));
         return values;
