@@ -5,8 +5,10 @@ namespace TokenMill.Tests.Backends;
 /// <summary>
 /// ptxas resource reports and theoretical occupancy: the arithmetic against hand-worked cases (CUDA's
 /// occupancy calculator rules), the parser against ptxas's own report format, and
-/// 'tokenmill kernels check --ptxas' / 'kernels sass' end to end where ptxas is installed (.ci/install-deps).
+/// 'tokenmill kernels check --ptxas' / 'kernels sass' end to end where ptxas is installed (.ci/install-deps). It sets
+/// TOKENMILL_CACHE_DIR for the process, so it runs alone: KernelsCommandTests once saw its own cache vanish mid-test.
 /// </summary>
+[Collection(nameof(TokenMill.Tests.Cli.EnvironmentCollection))]
 public sealed class KernelResourceTests(Xunit.Abstractions.ITestOutputHelper output) : IDisposable
 {
     readonly string _dir = Directory.CreateTempSubdirectory("tm-ptxas").FullName;
