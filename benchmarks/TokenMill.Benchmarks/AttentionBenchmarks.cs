@@ -10,7 +10,8 @@ namespace TokenMill.Benchmarks;
 /// scattered as a block table leaves them: <see cref="CpuAttention"/>'s group kernel with 512-bit vectors, its
 /// portable path, and the previous one-head-at-a-time form (a <c>TensorPrimitives</c> call per position and head,
 /// each head re-reading every key and value row) as the baseline; and the same group kernel over an f16 and a Q8_0
-/// cache (<c>--kv-cache-dtype f16|q8_0</c>: the rows widened a tile at a time, then the f32 kernel).
+/// cache (<c>--kv-cache-dtype f16|q8_0</c>: the rows widened a tile at a time, then the f32 kernel); and eight rows of a
+/// prefill attended one call each against all in one call.
 /// </summary>
 public unsafe class AttentionBenchmarks
 {
@@ -19,7 +20,11 @@ public unsafe class AttentionBenchmarks
     [Params(128, 512, 2048)]
     public int Positions { get; set; }
 
-    float[] _keys = [], _values = [], _q = [], _scores = [], _output = [];
+    /// <summary>Query rows of one prefill that <see cref="PrefillRowsTogether"/> attends at once.</summary>
+    const int PrefillRows = 8;
+
+    float[] _keys = [], _values = [], _q = [], _scores = [], _output = [], _rowsQ = [], _rowsScores = [], _rowsOutput = [];
+    int[] _rowCounts = [];
     byte[] _halfKeys = [], _halfValues = [], _q8Keys = [], _q8Values = [];
     int[] _slots = [];
 
@@ -40,6 +45,10 @@ public unsafe class AttentionBenchmarks
         _slots = Enumerable.Range(0, Positions).Select(j => blocks[j / 16] * 16 + j % 16).ToArray();
         _scores = new float[Heads * Positions];
         _output = new float[Heads * HeadDim];
+        _rowsQ = Enumerable.Range(0, PrefillRows * Heads * HeadDim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
+        _rowCounts = Enumerable.Range(Positions - PrefillRows + 1, PrefillRows).ToArray();
+        _rowsScores = new float[Heads * _rowCounts.Sum()];
+        _rowsOutput = new float[PrefillRows * Heads * HeadDim];
     }
 
     [Benchmark(Baseline = true)]
@@ -56,6 +65,43 @@ public unsafe class AttentionBenchmarks
 
     [Benchmark]
     public void GroupVector512Q8Cache() => RunStored(KvCacheDtype.Q8_0, _q8Keys, _q8Values);
+
+    /// <summary>The last <see cref="PrefillRows"/> rows of a prefill of <see cref="Positions"/> tokens, one call per row (as
+    /// decode rows are attended): every call copies the rows of the cache it reads into its tile again.</summary>
+    [Benchmark]
+    public void PrefillRowsOneAtATime()
+    {
+        const int kvHead = 1;
+        fixed (float* k = _keys, v = _values, q = _rowsQ, s = _rowsScores, o = _rowsOutput)
+        fixed (int* slots = _slots)
+            for (int r = 0; r < PrefillRows; r++)
+                CpuAttention.Attend(q + r * Heads * HeadDim, Heads, HeadDim, KvCacheDtype.F32, (byte*)(k + kvHead * HeadDim), (byte*)(v + kvHead * HeadDim),
+                    SlotStride * sizeof(float), slots, _rowCounts[r], 0.125f, s, o + r * Heads * HeadDim);
+    }
+
+    /// <summary>The same rows in one call (<see cref="CpuAttention.AttendRows(float*, long, int, int, int, KvCacheDtype, byte*, byte*, long, int*, int*, float, float*, float*, long)"/>,
+    /// as a prefill's rows are attended): each tile of the cache is copied once for the eight.</summary>
+    [Benchmark]
+    public void PrefillRowsTogether()
+    {
+        const int kvHead = 1;
+        fixed (float* k = _keys, v = _values, q = _rowsQ, s = _rowsScores, o = _rowsOutput)
+        fixed (int* slots = _slots, counts = _rowCounts)
+            CpuAttention.AttendRows(q, Heads * HeadDim, PrefillRows, Heads, HeadDim, KvCacheDtype.F32, (byte*)(k + kvHead * HeadDim), (byte*)(v + kvHead * HeadDim),
+                SlotStride * sizeof(float), slots, counts, 0.125f, s, o, Heads * HeadDim);
+    }
+
+    /// <summary>Whether <see cref="PrefillRowsTogether"/> gives every row the bits <see cref="PrefillRowsOneAtATime"/> does
+    /// (and computed something).</summary>
+    public bool CheckPrefillRows()
+    {
+        Setup();
+        PrefillRowsOneAtATime();
+        var alone = (float[])_rowsOutput.Clone();
+        Array.Clear(_rowsOutput);
+        PrefillRowsTogether();
+        return alone.Any(x => x != 0) && alone.AsSpan().SequenceEqual(_rowsOutput);
+    }
 
     /// <summary>Each slot's row of <see cref="SlotStride"/> values as an f16 or Q8_0 cache stores it.</summary>
     static byte[] Stored(KvCacheDtype dtype, float[] rows)

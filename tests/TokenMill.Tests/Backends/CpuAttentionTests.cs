@@ -17,7 +17,7 @@ public unsafe class CpuAttentionTests
         foreach (bool vector512 in new[] { true, false })
         {
             foreach (int hd in new[] { 8, 16, 48, 64, 80, 128 })
-                foreach (int heads in new[] { 1, 2, 3, 8 })
+                foreach (int heads in new[] { 1, 2, 3, 4, 7, 8 })
                     data.Add(hd, heads, 37, vector512);
             foreach (int count in new[] { 1, 2, 15, 16, 17, 31, 32, 33, 100 })
                 data.Add(64, 8, count, vector512);
@@ -189,6 +189,68 @@ public unsafe class CpuAttentionTests
             CpuAttention.Attend(pq, heads, hd, KvCacheDtype.Q8_0, bk + headBytes, bv + headBytes, rowBytes, pslots, count, 0.125f, ps, pa, vector512);
         }
         AssertBitwiseEqual(expected, actual);
+    }
+
+    public static TheoryData<string, int, int, string, bool> RowBlocks()
+    {
+        var data = new TheoryData<string, int, int, string, bool>();
+        foreach (bool vector512 in new[] { true, false })
+            foreach (var dtype in new[] { "f32", "f16", "q8_0" })
+            {
+                data.Add(dtype, 64, 8, "1,2,3,4,5,6,7,8", vector512);     // a prefill's first rows
+                data.Add(dtype, 64, 8, "61,62,63,64,65,66,67,68", vector512); // across the first tile's end
+                data.Add(dtype, 128, 4, "126,127,128,129,130", vector512);  // across the second's, 16-position tails
+                data.Add(dtype, 32, 7, "40,41,42", vector512);              // 4 + 2 + 1 heads, strips only
+                data.Add(dtype, 96, 3, "150,3,77,16", vector512);           // counts in any order
+                data.Add(dtype, 64, 1, "200,201", vector512);
+            }
+        return data;
+    }
+
+    /// <summary>
+    /// Several query rows over one sequence's positions (a prefill's rows, each tile of the cache widened once for all of
+    /// them) give each row the bits it gets alone: the prefill's results do not depend on how its rows are grouped.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(RowBlocks))]
+    public void Several_rows_at_once_give_each_row_its_own_result_bit_for_bit(string dtypeName, int hd, int heads, string countList, bool vector512)
+    {
+        var dtype = KvCacheDtypes.Parse(dtypeName)!.Value;
+        int[] counts = [.. countList.Split(',').Select(int.Parse)];
+        int rows = counts.Length, longest = counts.Max();
+        var rng = new Random(hd * 7 + heads * 31 + longest);
+        const int kvHeads = 2, kvHead = 1;
+        int cacheSlots = longest + 40, stride = kvHeads * hd, rowBytes = (int)dtype.RowBytes(stride);
+        var stored = new byte[2][];
+        for (int kv = 0; kv < 2; kv++)
+        {
+            stored[kv] = new byte[cacheSlots * rowBytes];
+            for (int s = 0; s < cacheSlots; s++)
+            {
+                var row = RandomArray(rng, stride, 2.0);
+                var to = stored[kv].AsSpan(s * rowBytes, rowBytes);
+                if (dtype == KvCacheDtype.F32) System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(to);
+                else if (dtype == KvCacheDtype.F16) System.Numerics.Tensors.TensorPrimitives.ConvertToHalf(row, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(to));
+                else global::TokenMill.Quantization.Quantize.Row(GgmlType.Q8_0, row, to);
+            }
+        }
+        int qDim = heads * hd + 5; // rows further apart than their heads, as a model's query rows are
+        var q = RandomArray(rng, rows * qDim, 2.0);
+        var slots = Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(longest).ToArray();
+        var alone = new float[rows * qDim];
+        var together = new float[rows * qDim];
+        var scores = new float[heads * counts.Sum()];
+        long headBytes = dtype.RowBytes(kvHead * hd);
+        fixed (byte* k = stored[0], v = stored[1])
+        fixed (float* pq = q, ps = scores, pa = alone, pt = together)
+        fixed (int* pslots = slots, pcounts = counts)
+        {
+            for (int r = 0; r < rows; r++)
+                CpuAttention.Attend(pq + r * qDim, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots, counts[r], 0.2f, ps, pa + r * qDim, vector512);
+            CpuAttention.AttendRows(pq, qDim, rows, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots, pcounts, 0.2f, ps, pt, qDim, vector512);
+        }
+        for (int r = 0; r < rows; r++)
+            AssertBitwiseEqual(alone.AsSpan(r * qDim, heads * hd).ToArray(), together.AsSpan(r * qDim, heads * hd).ToArray());
     }
 
     [Fact]

@@ -46,6 +46,7 @@ public class BenchmarkSmokeTests
     public void Attention_benchmark_forms_agree(int positions)
     {
         Assert.InRange(new AttentionBenchmarks { Positions = positions }.Check(), 0, 1e-5f);
+        Assert.True(new AttentionBenchmarks { Positions = positions }.CheckPrefillRows());
         // Values in [-1, 1] rounded to f16 (half an ulp ≤ 2^-12): the weighted average moves by less than that; Q8_0
         // (half a step of max|x|/127 ≤ 1/254 for each value) by less than 4e-3.
         Assert.InRange(new AttentionBenchmarks { Positions = positions }.CheckStoredCache(TokenMill.KvCache.KvCacheDtype.F16), 1e-7f, 2.5e-4f);

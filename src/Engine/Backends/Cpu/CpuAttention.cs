@@ -58,7 +58,7 @@ public static unsafe class CpuAttention
         bool fast = Fast(vector512, headDim);
         if (fast || dtype != KvCacheDtype.F32)
         {
-            Tiled(q, heads, headDim, dtype, keys, values, slotStride, slots, count, scale, scores, output, fast);
+            Tiled(q, 0, 1, heads, headDim, dtype, keys, values, slotStride, slots, &count, scale, scores, output, 0, fast);
             return;
         }
         // Portable f32: the rows are read where they are.
@@ -68,26 +68,70 @@ public static unsafe class CpuAttention
         Values(heads, headDim, (float*)values, stride, slots, count, scores, count, output, accumulate: false);
     }
 
-    /// <summary>Attention over rows widened (or, for f32, copied) <see cref="WideTile"/> positions at a time into consecutive f32 rows.</summary>
-    static void Tiled(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
-        int count, float scale, float* scores, float* output, bool fast)
+    /// <summary>
+    /// Attention of several query rows of one sequence (<paramref name="rows"/> tokens whose query heads are
+    /// <paramref name="qStride"/> floats apart, and likewise their outputs <paramref name="outputStride"/> apart): row r sees
+    /// the first <paramref name="counts"/>[r] of the positions at <paramref name="slots"/>. Each tile of key and value rows is
+    /// copied or widened once for all the rows (a prefill's rows share their prefix), and every row's result is bit for
+    /// bit <see cref="Attend(float*, int, int, KvCacheDtype, byte*, byte*, long, int*, int, float, float*, float*)"/>'s
+    /// for that row alone: each row runs the same kernels over the same tiles. <paramref name="scores"/> holds
+    /// heads × Σ counts floats.
+    /// </summary>
+    public static void AttendRows(float* q, long qStride, int rows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
+        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride) =>
+        AttendRows(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, counts, scale, scores, output, outputStride,
+            Vector512.IsHardwareAccelerated);
+
+    /// <summary>The several-row kernel with the 512-bit path chosen or not.</summary>
+    internal static void AttendRows(float* q, long qStride, int rows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
+        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride, bool vector512)
+    {
+        if (dtype.Unsupported(headDim) is { } why) throw new ArgumentException(why, nameof(headDim));
+        Tiled(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, counts, scale, scores, output, outputStride,
+            Fast(vector512, headDim));
+    }
+
+    /// <summary>
+    /// Attention over rows widened (or, for f32, copied) <see cref="WideTile"/> positions at a time into consecutive f32
+    /// rows, each tile serving every query row that sees any of it. Row r's scores are heads × counts[r] floats after
+    /// those of the rows before it.
+    /// </summary>
+    static void Tiled(float* q, long qStride, int queryRows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
+        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride, bool fast)
     {
         float* rows = WideScratch(headDim);
         int* identity = Identity;
-        for (int j0 = 0; j0 < count; j0 += WideTile)
+        int longest = 0;
+        for (int r = 0; r < queryRows; r++) longest = Math.Max(longest, counts[r]);
+        for (int j0 = 0; j0 < longest; j0 += WideTile)
         {
-            int n = Math.Min(WideTile, count - j0);
+            int n = Math.Min(WideTile, longest - j0);
             Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows, fast);
-            if (fast) ScoresContiguous512(q, heads, headDim, rows, n, scale, scores + j0, count);
-            else Scores(q, heads, headDim, rows, headDim, identity, n, scale, scores + j0, count);
+            float* s = scores;
+            for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
+            {
+                int m = Math.Min(n, counts[r] - j0);
+                if (m <= 0) continue;
+                if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, rows, m, scale, s + j0, counts[r]);
+                else Scores(q + r * qStride, heads, headDim, rows, headDim, identity, m, scale, s + j0, counts[r]);
+            }
         }
-        SoftMax(heads, count, scores);
-        for (int j0 = 0; j0 < count; j0 += WideTile)
         {
-            int n = Math.Min(WideTile, count - j0);
+            float* s = scores;
+            for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++) SoftMax(heads, counts[r], s);
+        }
+        for (int j0 = 0; j0 < longest; j0 += WideTile)
+        {
+            int n = Math.Min(WideTile, longest - j0);
             Widen(dtype, values, slotStride, slots + j0, n, headDim, rows, fast);
-            if (fast) Values512(heads, headDim, rows, n, scores + j0, count, output, accumulate: j0 > 0);
-            else Values(heads, headDim, rows, headDim, identity, n, scores + j0, count, output, accumulate: j0 > 0);
+            float* s = scores;
+            for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
+            {
+                int m = Math.Min(n, counts[r] - j0);
+                if (m <= 0) continue;
+                if (fast) Values512(heads, headDim, rows, m, s + j0, counts[r], output + r * outputStride, accumulate: j0 > 0);
+                else Values(heads, headDim, rows, headDim, identity, m, s + j0, counts[r], output + r * outputStride, accumulate: j0 > 0);
+            }
         }
     }
 
@@ -130,7 +174,10 @@ public static unsafe class CpuAttention
                     byte* ahead = rows + slots[j + 4] * stride;
                     for (int line = 0; line < hd * sizeof(float); line += 64) Sse.Prefetch0(ahead + line);
                 }
-                new ReadOnlySpan<float>(rows + slots[j] * stride, hd).CopyTo(new Span<float>(output + (long)j * hd, hd));
+                float* from = (float*)(rows + slots[j] * stride), to = output + (long)j * hd;
+                if (avx512 && hd % 16 == 0)
+                    for (int d = 0; d < hd; d += 16) Vector512.Load(from + d).Store(to + d);
+                else new ReadOnlySpan<float>(from, hd).CopyTo(new Span<float>(to, hd));
             }
             return;
         }
@@ -227,7 +274,11 @@ public static unsafe class CpuAttention
         {
             float* k = rows + j * s;
             float* qh = q;
-            for (int h = 0; h < heads; h++, qh += hd)
+            int h = 0;
+            for (; h + 4 <= heads; h += 4, qh += 4 * hd)
+                for (int p = 0; p < 16; p += 4)
+                    Scores4x4(qh, hd, k + p * s, scale, scores + (long)h * ld + j + p, ld);
+            for (; h < heads; h++, qh += hd)
             {
                 var qv = Vector512.Load(qh);
                 Vector512<float> a0 = qv * Vector512.Load(k), a1 = qv * Vector512.Load(k + s), a2 = qv * Vector512.Load(k + 2 * s), a3 = qv * Vector512.Load(k + 3 * s);
@@ -265,6 +316,42 @@ public static unsafe class CpuAttention
             for (int h = 0; h < heads; h++, qh += hd)
                 scores[(long)h * ld + j] = Vector512.Sum(Partial(qh, k, hd)) * scale;
         }
+    }
+
+    /// <summary>
+    /// Four heads' scores of four consecutive rows (<paramref name="hd"/> floats apart): the same sixteen lane-wise partial
+    /// dots and <see cref="Sum16"/> tree as the one-head block — so the same bits — with each 16-wide piece of a key row
+    /// loaded once for the four heads (eight loads per sixteen multiply-adds, where one head takes seventeen). Head i's
+    /// four scores land at <paramref name="scores"/> + i·<paramref name="ld"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Scores4x4(float* q, int hd, float* k, float scale, float* scores, int ld)
+    {
+        float* q1 = q + hd, q2 = q1 + hd, q3 = q2 + hd, k1 = k + hd, k2 = k1 + hd, k3 = k2 + hd;
+        Vector512<float> qa = Vector512.Load(q), qb = Vector512.Load(q1), qc = Vector512.Load(q2), qd = Vector512.Load(q3);
+        Vector512<float> x0 = Vector512.Load(k), x1 = Vector512.Load(k1), x2 = Vector512.Load(k2), x3 = Vector512.Load(k3);
+        Vector512<float> a0 = qa * x0, a1 = qa * x1, a2 = qa * x2, a3 = qa * x3;
+        Vector512<float> b0 = qb * x0, b1 = qb * x1, b2 = qb * x2, b3 = qb * x3;
+        Vector512<float> c0 = qc * x0, c1 = qc * x1, c2 = qc * x2, c3 = qc * x3;
+        Vector512<float> d0 = qd * x0, d1 = qd * x1, d2 = qd * x2, d3 = qd * x3;
+        for (int d = 16; d < hd; d += 16)
+        {
+            qa = Vector512.Load(q + d); qb = Vector512.Load(q1 + d); qc = Vector512.Load(q2 + d); qd = Vector512.Load(q3 + d);
+            x0 = Vector512.Load(k + d); x1 = Vector512.Load(k1 + d); x2 = Vector512.Load(k2 + d); x3 = Vector512.Load(k3 + d);
+            a0 = Vector512.FusedMultiplyAdd(qa, x0, a0); a1 = Vector512.FusedMultiplyAdd(qa, x1, a1);
+            a2 = Vector512.FusedMultiplyAdd(qa, x2, a2); a3 = Vector512.FusedMultiplyAdd(qa, x3, a3);
+            b0 = Vector512.FusedMultiplyAdd(qb, x0, b0); b1 = Vector512.FusedMultiplyAdd(qb, x1, b1);
+            b2 = Vector512.FusedMultiplyAdd(qb, x2, b2); b3 = Vector512.FusedMultiplyAdd(qb, x3, b3);
+            c0 = Vector512.FusedMultiplyAdd(qc, x0, c0); c1 = Vector512.FusedMultiplyAdd(qc, x1, c1);
+            c2 = Vector512.FusedMultiplyAdd(qc, x2, c2); c3 = Vector512.FusedMultiplyAdd(qc, x3, c3);
+            d0 = Vector512.FusedMultiplyAdd(qd, x0, d0); d1 = Vector512.FusedMultiplyAdd(qd, x1, d1);
+            d2 = Vector512.FusedMultiplyAdd(qd, x2, d2); d3 = Vector512.FusedMultiplyAdd(qd, x3, d3);
+        }
+        var sums = Sum16(a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3) * scale;
+        sums.GetLower().GetLower().Store(scores);
+        sums.GetLower().GetUpper().Store(scores + ld);
+        sums.GetUpper().GetLower().Store(scores + 2 * ld);
+        sums.GetUpper().GetUpper().Store(scores + 3 * ld);
     }
 
     /// <summary>The 16 lane-wise partial sums of q·k (hd a multiple of 16).</summary>
@@ -307,6 +394,52 @@ public static unsafe class CpuAttention
     static Vector512<float> Quad(Vector512<float> ab, Vector512<float> cd) => Avx512F.Shuffle(ab, cd, 0x44) + Avx512F.Shuffle(ab, cd, 0xEE);
 
     /// <summary>
+    /// Four heads' sums over one 64-wide strip of the value rows (at <paramref name="values"/>, rows <paramref name="hd"/>
+    /// apart; head i's weights at <paramref name="p"/> + i·<paramref name="ld"/>, its strip of the output at
+    /// <paramref name="o"/> + i·<paramref name="hd"/>): sixteen accumulators, each strip of a row loaded once for the four
+    /// heads. Every accumulator sums position by position as the two-head pass does, so the sums are the same bits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static void Values4x64(int hd, float* values, int count, float* p, int ld, float* o, bool accumulate)
+    {
+        const int W = 16;
+        float* p1 = p + ld, p2 = p1 + ld, p3 = p2 + ld, o1 = o + hd, o2 = o1 + hd, o3 = o2 + hd;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, d0 = default, d1 = default, d2 = default, d3 = default;
+        if (accumulate)
+        {
+            a0 = Vector512.Load(o); a1 = Vector512.Load(o + W); a2 = Vector512.Load(o + 2 * W); a3 = Vector512.Load(o + 3 * W);
+            b0 = Vector512.Load(o1); b1 = Vector512.Load(o1 + W); b2 = Vector512.Load(o1 + 2 * W); b3 = Vector512.Load(o1 + 3 * W);
+            c0 = Vector512.Load(o2); c1 = Vector512.Load(o2 + W); c2 = Vector512.Load(o2 + 2 * W); c3 = Vector512.Load(o2 + 3 * W);
+            d0 = Vector512.Load(o3); d1 = Vector512.Load(o3 + W); d2 = Vector512.Load(o3 + 2 * W); d3 = Vector512.Load(o3 + 3 * W);
+        }
+        float* v = values;
+        for (int j = 0; j < count; j++, v += hd)
+        {
+            var v0 = Vector512.Load(v);
+            var v1 = Vector512.Load(v + W);
+            var v2 = Vector512.Load(v + 2 * W);
+            var v3 = Vector512.Load(v + 3 * W);
+            var w = Vector512.Create(p[j]);
+            a0 = Vector512.FusedMultiplyAdd(v0, w, a0); a1 = Vector512.FusedMultiplyAdd(v1, w, a1);
+            a2 = Vector512.FusedMultiplyAdd(v2, w, a2); a3 = Vector512.FusedMultiplyAdd(v3, w, a3);
+            w = Vector512.Create(p1[j]);
+            b0 = Vector512.FusedMultiplyAdd(v0, w, b0); b1 = Vector512.FusedMultiplyAdd(v1, w, b1);
+            b2 = Vector512.FusedMultiplyAdd(v2, w, b2); b3 = Vector512.FusedMultiplyAdd(v3, w, b3);
+            w = Vector512.Create(p2[j]);
+            c0 = Vector512.FusedMultiplyAdd(v0, w, c0); c1 = Vector512.FusedMultiplyAdd(v1, w, c1);
+            c2 = Vector512.FusedMultiplyAdd(v2, w, c2); c3 = Vector512.FusedMultiplyAdd(v3, w, c3);
+            w = Vector512.Create(p3[j]);
+            d0 = Vector512.FusedMultiplyAdd(v0, w, d0); d1 = Vector512.FusedMultiplyAdd(v1, w, d1);
+            d2 = Vector512.FusedMultiplyAdd(v2, w, d2); d3 = Vector512.FusedMultiplyAdd(v3, w, d3);
+        }
+        a0.Store(o); a1.Store(o + W); a2.Store(o + 2 * W); a3.Store(o + 3 * W);
+        b0.Store(o1); b1.Store(o1 + W); b2.Store(o1 + 2 * W); b3.Store(o1 + 3 * W);
+        c0.Store(o2); c1.Store(o2 + W); c2.Store(o2 + 2 * W); c3.Store(o2 + 3 * W);
+        d0.Store(o3); d1.Store(o3 + W); d2.Store(o3 + 2 * W); d3.Store(o3 + 3 * W);
+    }
+
+    /// <summary>
     /// The weighted sum of a tile's value rows, laid one after another (<paramref name="hd"/> floats apart): two heads at a
     /// time, four 16-wide strips of the head per pass (each value chunk loaded once for both heads; eight independent
     /// accumulator chains keep both FMA pipes busy).
@@ -316,6 +449,9 @@ public static unsafe class CpuAttention
     {
         const int W = 16;
         int h = 0;
+        for (; h + 4 <= heads && hd % (4 * W) == 0; h += 4)
+            for (int d = 0; d < hd; d += 4 * W)
+                Values4x64(hd, values + d, count, scores + (long)h * ld, ld, output + (long)h * hd + d, accumulate);
         for (; h + 2 <= heads; h += 2)
         {
             float* p = scores + (long)h * ld, pb = p + ld;
