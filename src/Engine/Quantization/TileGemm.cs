@@ -131,16 +131,23 @@ internal static unsafe class TileGemm
     }
 
     /// <summary>
-    /// n activation rows against one block of weight rows: blocks of 6, then one of the remainder. With
-    /// <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
+    /// n activation rows against one block of weight rows: ⌈n/6⌉ blocks of as even a size as they can be (no block
+    /// of one or two rows paying the loop's cost for a third of the work: in-process alternation, one core, 8 rows
+    /// 1.05×, 32 rows against 16 × 5632 in cache 1.03×, F16 out of memory 1.02×, F32 out of memory and 512 rows the
+    /// same). With <paramref name="prefetch"/> the weights are not in cache yet, and the first block prefetches them.
     /// </summary>
     static void Shape<TW>(int n, byte* w, long wld, int rows, int cols, float* xs, long ldx, float* ys, int ldy, Vector512<float>* parked, bool prefetch, Ahead* ahead)
         where TW : struct, IWeightRows
     {
-        int i = 0;
-        for (; i + ActivationRows <= n; i += ActivationRows)
-            Sized<TW>(ActivationRows, w, wld, rows, cols, xs + i * ldx, ldx, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
-        Sized<TW>(n - i, w, wld, rows, cols, xs + i * ldx, ldx, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
+        int blocks = (n + ActivationRows - 1) / ActivationRows;
+        if (blocks == 0) return;
+        int small = n / blocks, larger = n % blocks; // e.g. 32 rows: 6, 6, 5, 5, 5, 5 rather than 6 × 5 and 2
+        for (int b = 0, i = 0; b < blocks; b++)
+        {
+            int size = b < larger ? small + 1 : small;
+            Sized<TW>(size, w, wld, rows, cols, xs + i * ldx, ldx, ys + (long)i * ldy, ldy, parked, prefetch && i == 0, ahead);
+            i += size;
+        }
     }
 
     /// <summary>One block of <paramref name="size"/> (0–6) activation rows.</summary>
