@@ -121,6 +121,12 @@ public sealed unsafe class CpuForward : IDisposable
         _matMulBody = MatMulChunk;
         _quantizeBody = QuantizeRow;
         _padBody = PadRow;
+        _rowsBody = RowsItem;
+        _attnNormRows = AttnNormRows;
+        _qkvRows = QkvRows;
+        _attnResidualRows = AttnResidualRows;
+        _activationRows = ActivationRows;
+        _ffnResidualRows = FfnResidualRows;
         _attentionBody = AttentionItem;
     }
 
@@ -261,11 +267,8 @@ public sealed unsafe class CpuForward : IDisposable
     void RunChunk(int start, int n)
     {
         var batch = _batch!;
-        var kv = _kv!;
-        int d = _c.EmbeddingLength, kvDim = _c.KvDim, qDim = _c.QDim, ff = _c.FeedForwardLength;
+        int d = _c.EmbeddingLength;
         var tokens = batch.TokenIds.Slice(start, n);
-        var positions = batch.Positions.Slice(start, n);
-        var slots = batch.SlotMapping.Slice(start, n);
 
         // Vocabulary-parallel embedding: a rank looks up the tokens in its rows and zeroes the rest; the sum over ranks is the lookup.
         for (int t = 0; t < n; t++)
@@ -287,23 +290,13 @@ public sealed unsafe class CpuForward : IDisposable
             var lw = _w.Layers[layer];
             LayerHook?.Invoke(layer);
             bool windowed = _c.IsSlidingWindowLayer(layer);
-            var ropeInvFreq = windowed ? _ropeInvFreqSwa : _ropeInvFreq;
+            _rowsLayer = layer;
+            _rowsWeights = lw;
+            _rowsRopeInvFreq = windowed ? _ropeInvFreqSwa : _ropeInvFreq;
 
-            for (int t = 0; t < n; t++)
-                RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.AttnNorm, new Span<float>(_h + (long)t * d, d));
+            ForRows(n, _attnNormRows);
             MatMul(_h, n, lw.Wq, _q, lw.Wk, _k, lw.Wv, _v);
-            AddBias(_q, n, lw.Bq);
-            AddBias(_k, n, lw.Bk);
-            AddBias(_v, n, lw.Bv);
-
-            for (int t = 0; t < n; t++)
-            {
-                if (lw.QNorm is { } qn) HeadNorm(_q + (long)t * qDim, _c.HeadCount, qn);
-                if (lw.KNorm is { } kn) HeadNorm(_k + (long)t * kvDim, _c.HeadCountKv, kn);
-                Rope(_q + (long)t * qDim, _c.HeadCount, positions[t], ropeInvFreq);
-                Rope(_k + (long)t * kvDim, _c.HeadCountKv, positions[t], ropeInvFreq);
-                kv.Write(layer, slots[t], _k + (long)t * kvDim, _v + (long)t * kvDim);
-            }
+            ForRows(n, _qkvRows);
 
             _attnLayer = layer;
             _attnWindow = windowed ? _c.SlidingWindow : int.MaxValue;
@@ -311,24 +304,120 @@ public sealed unsafe class CpuForward : IDisposable
 
             MatMul(_att, n, lw.Wo, _h);
             _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel wo: each rank holds a partial sum over its heads
-            if (lw.PostAttnNorm is { } pan) NormRows(_h, n, pan);
-            TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
-
-            for (int t = 0; t < n; t++)
-                RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), lw.FfnNorm, new Span<float>(_h + (long)t * d, d));
+            ForRows(n, _attnResidualRows);
             MatMul(_h, n, lw.Gate, _gate, lw.Up, _up);
-            var gate = new Span<float>(_gate, n * ff);
-            var up = new Span<float>(_up, n * ff);
-            if (_c.Activation == FfnActivation.GeluTanh)
-            {
-                GeluTanhInPlace(gate);
-                TensorPrimitives.Multiply(gate, up, gate);
-            }
-            else SiluAndMul(gate, up);
+            ForRows(n, _activationRows);
             MatMul(_gate, n, lw.Down, _h);
             _comm.AllReduceSum(new Span<float>(_h, n * d)); // row-parallel down: a partial sum over this rank's FFN slice
-            if (lw.PostFfnNorm is { } pfn) NormRows(_h, n, pfn);
-            TensorPrimitives.Add(new ReadOnlySpan<float>(_x, n * d), new ReadOnlySpan<float>(_h, n * d), new Span<float>(_x, n * d));
+            ForRows(n, _ffnResidualRows);
+        }
+        _rowsWeights = null;
+    }
+
+    // ---- the per-row steps between the products ------------------------------------------------
+    // Each runs over a range of the chunk's rows, on the workers from ParallelRowsMin rows on: a prefill chunk's norms,
+    // rotary embedding, cache writes, residual adds and activation are ~10% of its time on one thread while the other waits.
+    // A row's values do not depend on the range that holds it.
+
+    /// <summary>From this many rows on, the per-row steps run on the workers (below, waking them costs more than they save).</summary>
+    const int ParallelRowsMin = 8;
+
+    readonly Action<int, int> _rowsBody, _attnNormRows, _qkvRows, _attnResidualRows, _activationRows, _ffnResidualRows;
+    Action<int, int>? _rowsWork;
+    int _rowsN, _rowsItems, _rowsLayer;
+    LayerWeights? _rowsWeights;
+    double[] _rowsRopeInvFreq = [];
+
+    /// <summary>work(first, end) over rows [0, n): in one call below <see cref="ParallelRowsMin"/> rows, else in up to four
+    /// ranges per thread handed out to the workers.</summary>
+    void ForRows(int n, Action<int, int> work)
+    {
+        if (n < ParallelRowsMin)
+        {
+            work(0, n);
+            return;
+        }
+        _rowsWork = work;
+        _rowsN = n;
+        _rowsItems = Math.Min(n, 4 * _pool.ThreadCount);
+        _pool.For(_rowsItems, _rowsBody);
+        _rowsWork = null;
+    }
+
+    void RowsItem(int item, int worker) =>
+        _rowsWork!((int)((long)_rowsN * item / _rowsItems), (int)((long)_rowsN * (item + 1) / _rowsItems));
+
+    /// <summary>h = RmsNorm(x) with the layer's attention norm.</summary>
+    void AttnNormRows(int first, int end)
+    {
+        int d = _c.EmbeddingLength;
+        var norm = _rowsWeights!.AttnNorm;
+        for (int t = first; t < end; t++)
+            RmsNorm(new ReadOnlySpan<float>(_x + (long)t * d, d), norm, new Span<float>(_h + (long)t * d, d));
+    }
+
+    /// <summary>After the q/k/v products: biases, per-head norms, rotary embedding, and the key and value rows into the cache.</summary>
+    void QkvRows(int first, int end)
+    {
+        var lw = _rowsWeights!;
+        var batch = _batch!;
+        var kv = _kv!;
+        int kvDim = _c.KvDim, qDim = _c.QDim;
+        for (int t = first; t < end; t++)
+        {
+            float* q = _q + (long)t * qDim, k = _k + (long)t * kvDim, v = _v + (long)t * kvDim;
+            AddBias(q, lw.Bq);
+            AddBias(k, lw.Bk);
+            AddBias(v, lw.Bv);
+            if (lw.QNorm is { } qn) HeadNorm(q, _c.HeadCount, qn);
+            if (lw.KNorm is { } kn) HeadNorm(k, _c.HeadCountKv, kn);
+            int pos = batch.Positions[_attnStart + t];
+            Rope(q, _c.HeadCount, pos, _rowsRopeInvFreq);
+            Rope(k, _c.HeadCountKv, pos, _rowsRopeInvFreq);
+            kv.Write(_rowsLayer, batch.SlotMapping[_attnStart + t], k, v);
+        }
+    }
+
+    /// <summary>After the output projection: Gemma's post-attention norm, x += h, then h = RmsNorm(x) with the FFN norm.</summary>
+    void AttnResidualRows(int first, int end)
+    {
+        var lw = _rowsWeights!;
+        int d = _c.EmbeddingLength;
+        for (int t = first; t < end; t++)
+        {
+            var h = new Span<float>(_h + (long)t * d, d);
+            var x = new Span<float>(_x + (long)t * d, d);
+            if (lw.PostAttnNorm is { } pan) RmsNorm(h, pan, h);
+            TensorPrimitives.Add(x, h, x);
+            RmsNorm(x, lw.FfnNorm, h);
+        }
+    }
+
+    /// <summary>gate = act(gate)·up for the rows.</summary>
+    void ActivationRows(int first, int end)
+    {
+        int ff = _c.FeedForwardLength;
+        var gate = new Span<float>(_gate + (long)first * ff, (end - first) * ff);
+        var up = new Span<float>(_up + (long)first * ff, (end - first) * ff);
+        if (_c.Activation == FfnActivation.GeluTanh)
+        {
+            GeluTanhInPlace(gate);
+            TensorPrimitives.Multiply(gate, up, gate);
+        }
+        else SiluAndMul(gate, up);
+    }
+
+    /// <summary>After the down projection: Gemma's post-FFN norm, then x += h.</summary>
+    void FfnResidualRows(int first, int end)
+    {
+        var lw = _rowsWeights!;
+        int d = _c.EmbeddingLength;
+        for (int t = first; t < end; t++)
+        {
+            var h = new Span<float>(_h + (long)t * d, d);
+            var x = new Span<float>(_x + (long)t * d, d);
+            if (lw.PostFfnNorm is { } pfn) RmsNorm(h, pfn, h);
+            TensorPrimitives.Add(x, h, x);
         }
     }
 
@@ -351,16 +440,6 @@ public sealed unsafe class CpuForward : IDisposable
         {
             var head = new Span<float>(heads + (long)h * hd, hd);
             RmsNorm(head, w, head);
-        }
-    }
-
-    void NormRows(float* rows, int n, float[] w)
-    {
-        int d = _c.EmbeddingLength;
-        for (int t = 0; t < n; t++)
-        {
-            var row = new Span<float>(rows + (long)t * d, d);
-            RmsNorm(row, w, row);
         }
     }
 
@@ -405,14 +484,11 @@ public sealed unsafe class CpuForward : IDisposable
         }
     }
 
-    static void AddBias(float* y, int n, float[]? bias)
+    static void AddBias(float* row, float[]? bias)
     {
         if (bias is null) return;
-        for (int t = 0; t < n; t++)
-        {
-            var row = new Span<float>(y + (long)t * bias.Length, bias.Length);
-            TensorPrimitives.Add(row, bias, row);
-        }
+        var y = new Span<float>(row, bias.Length);
+        TensorPrimitives.Add(y, bias, y);
     }
 
     // ---- attention -----------------------------------------------------------------------------
