@@ -497,11 +497,6 @@ public sealed unsafe class CpuForward : IDisposable
     int _attnLayer, _attnStart, _attnWindow, _attnHeadsPerItem;
 
     /// <summary>
-    /// One (row, group of query heads sharing a key/value head) of the current chunk: causal softmax attention over
-    /// its sequence's positions 0..p (the window's last ones on a sliding-window layer), each key and value read
-    /// through the sequence's block table (paged attention), once for the group's heads.
-    /// </summary>
-    /// <summary>
     /// Splits rows [start, start + n) into attention blocks: runs of up to <see cref="MaxRowsPerAttentionItem"/> rows of one
     /// sequence at consecutive positions (a prefill's rows), whose scores fit a worker's share of <see cref="_scores"/>.
     /// A decode row is a block of its own.
@@ -531,8 +526,10 @@ public sealed unsafe class CpuForward : IDisposable
 
     /// <summary>
     /// One attention work item: a block of rows (<see cref="PlanAttentionBlocks"/>) and a group of query heads sharing a
-    /// key/value head. Items are handed out from the last block back, so the rows with the most positions (a prefill's
-    /// last) start first and the short ones fill in at the end.
+    /// key/value head — causal softmax attention of each row over its sequence's positions 0..p (the window's last ones on
+    /// a sliding-window layer), each key and value read through the sequence's block table (paged attention), once for
+    /// the block's rows and heads. Items are handed out from the chunk's last block back: a prefill's last rows, which
+    /// see the most positions, start first and the short ones fill in at the end.
     /// </summary>
     void AttentionItem(int item, int worker)
     {
@@ -609,13 +606,13 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int[] _attnBlockStart, _attnBlockRows;
     int _attnBlockCount;
 
-    /// <summary>Query heads of one attention work item: the largest divisor of the group size up to this (the
-    /// worker's scores take this many rows of the context length).</summary>
+    /// <summary>Query heads of one attention work item: the largest divisor of the group size up to this (a worker's
+    /// scores hold this many rows of the context length at least, and the blocks are planned for this many).</summary>
     const int MaxHeadsPerAttentionItem = 8;
 
-    /// <summary>The query heads per attention item for n rows: a whole group (up to eight heads) where that still
-    /// leaves two items per thread, fewer (a divisor of the group) where it does not — one decode row of a model with
-    /// one or two key/value heads.</summary>
+    /// <summary>The query heads per attention item for this many blocks of rows: a whole group (up to eight heads) where
+    /// that still leaves two items per thread, fewer (a divisor of the group) where it does not — one decode row of a
+    /// model with one or two key/value heads.</summary>
     int AttentionHeadsPerItem(int blocks)
     {
         int g = _c.QueryGroupSize, heads = 1;
