@@ -24,7 +24,7 @@ public unsafe class AttentionBenchmarks
     const int PrefillRows = 8;
 
     float[] _keys = [], _values = [], _q = [], _scores = [], _output = [], _rowsQ = [], _rowsScores = [], _rowsOutput = [];
-    int[] _rowCounts = [];
+    int[] _rowCounts = [], _rowFirsts = [];
     byte[] _halfKeys = [], _halfValues = [], _q8Keys = [], _q8Values = [];
     int[] _slots = [];
 
@@ -47,6 +47,7 @@ public unsafe class AttentionBenchmarks
         _output = new float[Heads * HeadDim];
         _rowsQ = Enumerable.Range(0, PrefillRows * Heads * HeadDim).Select(_ => (float)(random.NextDouble() * 2 - 1)).ToArray();
         _rowCounts = Enumerable.Range(Positions - PrefillRows + 1, PrefillRows).ToArray();
+        _rowFirsts = new int[PrefillRows];
         _rowsScores = new float[Heads * _rowCounts.Sum()];
         _rowsOutput = new float[PrefillRows * Heads * HeadDim];
     }
@@ -79,16 +80,16 @@ public unsafe class AttentionBenchmarks
                     SlotStride * sizeof(float), slots, _rowCounts[r], 0.125f, s, o + r * Heads * HeadDim);
     }
 
-    /// <summary>The same rows in one call (<see cref="CpuAttention.AttendRows(float*, long, int, int, int, KvCacheDtype, byte*, byte*, long, int*, int*, float, float*, float*, long)"/>,
+    /// <summary>The same rows in one call (<see cref="CpuAttention.AttendRows(float*, long, int, int, int, KvCacheDtype, byte*, byte*, long, int*, int*, int*, float, float*, float*, long)"/>,
     /// as a prefill's rows are attended): each tile of the cache is copied once for the eight.</summary>
     [Benchmark]
     public void PrefillRowsTogether()
     {
         const int kvHead = 1;
         fixed (float* k = _keys, v = _values, q = _rowsQ, s = _rowsScores, o = _rowsOutput)
-        fixed (int* slots = _slots, counts = _rowCounts)
+        fixed (int* slots = _slots, firsts = _rowFirsts, counts = _rowCounts)
             CpuAttention.AttendRows(q, Heads * HeadDim, PrefillRows, Heads, HeadDim, KvCacheDtype.F32, (byte*)(k + kvHead * HeadDim), (byte*)(v + kvHead * HeadDim),
-                SlotStride * sizeof(float), slots, counts, 0.125f, s, o, Heads * HeadDim);
+                SlotStride * sizeof(float), slots, firsts, counts, 0.125f, s, o, Heads * HeadDim);
     }
 
     /// <summary>Whether <see cref="PrefillRowsTogether"/> gives every row the bits <see cref="PrefillRowsOneAtATime"/> does

@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using TokenMill.Backends.Cpu;
 using TokenMill.KvCache;
 using TokenMill.Models.Gguf;
@@ -191,36 +192,42 @@ public unsafe class CpuAttentionTests
         AssertBitwiseEqual(expected, actual);
     }
 
-    public static TheoryData<string, int, int, string, bool> RowBlocks()
+    public static TheoryData<string, int, int, string, string, bool> RowBlocks()
     {
-        var data = new TheoryData<string, int, int, string, bool>();
+        var data = new TheoryData<string, int, int, string, string, bool>();
         foreach (bool vector512 in new[] { true, false })
             foreach (var dtype in new[] { "f32", "f16", "q8_0" })
             {
-                data.Add(dtype, 64, 8, "1,2,3,4,5,6,7,8", vector512);     // a prefill's first rows
-                data.Add(dtype, 64, 8, "61,62,63,64,65,66,67,68", vector512); // across the first tile's end
-                data.Add(dtype, 128, 4, "126,127,128,129,130", vector512);  // across the second's, 16-position tails
-                data.Add(dtype, 32, 7, "40,41,42", vector512);              // 4 + 2 + 1 heads, strips only
-                data.Add(dtype, 96, 3, "150,3,77,16", vector512);           // counts in any order
-                data.Add(dtype, 64, 1, "200,201", vector512);
+                data.Add(dtype, 64, 8, "0,0,0,0,0,0,0,0", "1,2,3,4,5,6,7,8", vector512);                // a prefill's first rows
+                data.Add(dtype, 64, 8, "0,0,0,0,0,0,0,0", "61,62,63,64,65,66,67,68", vector512);        // across the first tile's end
+                data.Add(dtype, 128, 4, "0,0,0,0,0", "126,127,128,129,130", vector512);                 // across the second's, 16-position tails
+                data.Add(dtype, 32, 7, "0,0,0", "40,41,42", vector512);                                  // 4 + 2 + 1 heads, strips only
+                data.Add(dtype, 96, 3, "0,0,0,0", "150,3,77,16", vector512);                             // counts in any order
+                data.Add(dtype, 64, 1, "0,0", "200,201", vector512);
+                data.Add(dtype, 64, 8, "0,1,2,3,4,5,6,7", "40,40,40,40,40,40,40,40", vector512);        // a sliding window of 40
+                data.Add(dtype, 64, 4, "0,1,2,3,4", "70,70,70,70,70", vector512);                       // windows across a tile's end
+                data.Add(dtype, 32, 8, "0,0,0,1,2,3", "98,99,100,100,100,100", vector512);              // the window starts to cut
+                data.Add(dtype, 64, 2, "5,0,17", "3,90,64", vector512);                                  // any ranges
             }
         return data;
     }
 
     /// <summary>
     /// Several query rows over one sequence's positions (a prefill's rows, each tile of the cache widened once for all of
-    /// them) give each row the bits it gets alone: the prefill's results do not depend on how its rows are grouped.
+    /// them; on a sliding-window layer each row's own range of them) give each row the bits it gets alone over its own
+    /// positions: the prefill's results do not depend on how its rows are grouped.
     /// </summary>
     [Theory]
     [MemberData(nameof(RowBlocks))]
-    public void Several_rows_at_once_give_each_row_its_own_result_bit_for_bit(string dtypeName, int hd, int heads, string countList, bool vector512)
+    public void Several_rows_at_once_give_each_row_its_own_result_bit_for_bit(string dtypeName, int hd, int heads, string firstList, string countList, bool vector512)
     {
         var dtype = KvCacheDtypes.Parse(dtypeName)!.Value;
+        int[] firsts = [.. firstList.Split(',').Select(int.Parse)];
         int[] counts = [.. countList.Split(',').Select(int.Parse)];
-        int rows = counts.Length, longest = counts.Max();
-        var rng = new Random(hd * 7 + heads * 31 + longest);
+        int rows = counts.Length, end = firsts.Zip(counts, (f, c) => f + c).Max();
+        var rng = new Random(hd * 7 + heads * 31 + end);
         const int kvHeads = 2, kvHead = 1;
-        int cacheSlots = longest + 40, stride = kvHeads * hd, rowBytes = (int)dtype.RowBytes(stride);
+        int cacheSlots = end + 40, stride = kvHeads * hd, rowBytes = (int)dtype.RowBytes(stride);
         var stored = new byte[2][];
         for (int kv = 0; kv < 2; kv++)
         {
@@ -236,21 +243,47 @@ public unsafe class CpuAttentionTests
         }
         int qDim = heads * hd + 5; // rows further apart than their heads, as a model's query rows are
         var q = RandomArray(rng, rows * qDim, 2.0);
-        var slots = Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(longest).ToArray();
+        var slots = Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(end).ToArray();
         var alone = new float[rows * qDim];
         var together = new float[rows * qDim];
+        Array.Fill(together, float.NaN); // what the output held before (the previous layer's) must not leak in
         var scores = new float[heads * counts.Sum()];
         long headBytes = dtype.RowBytes(kvHead * hd);
         fixed (byte* k = stored[0], v = stored[1])
         fixed (float* pq = q, ps = scores, pa = alone, pt = together)
-        fixed (int* pslots = slots, pcounts = counts)
+        fixed (int* pslots = slots, pfirsts = firsts, pcounts = counts)
         {
             for (int r = 0; r < rows; r++)
-                CpuAttention.Attend(pq + r * qDim, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots, counts[r], 0.2f, ps, pa + r * qDim, vector512);
-            CpuAttention.AttendRows(pq, qDim, rows, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots, pcounts, 0.2f, ps, pt, qDim, vector512);
+                CpuAttention.Attend(pq + r * qDim, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots + firsts[r], counts[r], 0.2f, ps,
+                    pa + r * qDim, vector512);
+            CpuAttention.AttendRows(pq, qDim, rows, heads, hd, dtype, k + headBytes, v + headBytes, rowBytes, pslots, pfirsts, pcounts, 0.2f, ps, pt,
+                qDim, vector512);
         }
         for (int r = 0; r < rows; r++)
             AssertBitwiseEqual(alone.AsSpan(r * qDim, heads * hd).ToArray(), together.AsSpan(r * qDim, heads * hd).ToArray());
+    }
+
+    /// <summary>
+    /// A score past the last whole block of sixteen positions is reduced by the same tree as one inside a block (so a
+    /// score's bits do not depend on where its row's range or tile starts): <c>TreeSum</c> of a vector is lane 0 of
+    /// <c>Sum16</c> with that vector first, bit for bit, over values of mixed sizes and signs.
+    /// </summary>
+    [Fact]
+    public void A_lone_score_is_summed_in_the_blocks_order()
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx512F.IsSupported) return;
+        var rng = new Random(11);
+        var lanes = new float[16];
+        var others = Vector512.Create(1f);
+        for (int trial = 0; trial < 20000; trial++)
+        {
+            for (int i = 0; i < 16; i++) lanes[i] = (float)((rng.NextDouble() * 2 - 1) * Math.Pow(2, rng.Next(-30, 30)));
+            var v = Vector512.Create(lanes);
+            float tree = CpuAttention.TreeSum(v);
+            float block = CpuAttention.Sum16(v, others, others, others, others, others, others, others, others, others, others, others, others, others,
+                others, others).ToScalar();
+            Assert.True(BitConverter.SingleToInt32Bits(tree) == BitConverter.SingleToInt32Bits(block), $"trial {trial}: {tree} against {block}");
+        }
     }
 
     [Fact]

@@ -58,7 +58,8 @@ public static unsafe class CpuAttention
         bool fast = Fast(vector512, headDim);
         if (fast || dtype != KvCacheDtype.F32)
         {
-            Tiled(q, 0, 1, heads, headDim, dtype, keys, values, slotStride, slots, &count, scale, scores, output, 0, fast);
+            int first = 0;
+            Tiled(q, 0, 1, heads, headDim, dtype, keys, values, slotStride, slots, &first, &count, scale, scores, output, 0, fast);
             return;
         }
         // Portable f32: the rows are read where they are.
@@ -71,23 +72,25 @@ public static unsafe class CpuAttention
     /// <summary>
     /// Attention of several query rows of one sequence (<paramref name="rows"/> tokens whose query heads are
     /// <paramref name="qStride"/> floats apart, and likewise their outputs <paramref name="outputStride"/> apart): row r sees
-    /// the first <paramref name="counts"/>[r] of the positions at <paramref name="slots"/>. Each tile of key and value rows is
-    /// copied or widened once for all the rows (a prefill's rows share their prefix), and every row's result is bit for
-    /// bit <see cref="Attend(float*, int, int, KvCacheDtype, byte*, byte*, long, int*, int, float, float*, float*)"/>'s
-    /// for that row alone: each row runs the same kernels over the same tiles. <paramref name="scores"/> holds
-    /// heads × Σ counts floats.
+    /// the <paramref name="counts"/>[r] positions from index <paramref name="firsts"/>[r] of <paramref name="slots"/> (0 for
+    /// all but a sliding window's rows). Each tile of key and value rows is copied or widened once for all the rows (a
+    /// prefill's rows share their prefix, or most of their window), and every row's result is bit for bit
+    /// <see cref="Attend(float*, int, int, KvCacheDtype, byte*, byte*, long, int*, int, float, float*, float*)"/>'s for that
+    /// row alone over its own slots: a score depends on its own key alone (every one reduced by the same tree, whichever
+    /// block of sixteen holds it), and each row sums its values position by position from its first. <paramref name="scores"/>
+    /// holds heads × Σ counts floats.
     /// </summary>
     public static void AttendRows(float* q, long qStride, int rows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
-        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride) =>
-        AttendRows(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, counts, scale, scores, output, outputStride,
+        long slotStride, int* slots, int* firsts, int* counts, float scale, float* scores, float* output, long outputStride) =>
+        AttendRows(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, firsts, counts, scale, scores, output, outputStride,
             Vector512.IsHardwareAccelerated);
 
     /// <summary>The several-row kernel with the 512-bit path chosen or not.</summary>
     internal static void AttendRows(float* q, long qStride, int rows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
-        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride, bool vector512)
+        long slotStride, int* slots, int* firsts, int* counts, float scale, float* scores, float* output, long outputStride, bool vector512)
     {
         if (dtype.Unsupported(headDim) is { } why) throw new ArgumentException(why, nameof(headDim));
-        Tiled(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, counts, scale, scores, output, outputStride,
+        Tiled(q, qStride, rows, heads, headDim, dtype, keys, values, slotStride, slots, firsts, counts, scale, scores, output, outputStride,
             Fast(vector512, headDim));
     }
 
@@ -97,40 +100,48 @@ public static unsafe class CpuAttention
     /// those of the rows before it.
     /// </summary>
     static void Tiled(float* q, long qStride, int queryRows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
-        long slotStride, int* slots, int* counts, float scale, float* scores, float* output, long outputStride, bool fast)
+        long slotStride, int* slots, int* firsts, int* counts, float scale, float* scores, float* output, long outputStride, bool fast)
     {
         float* rows = WideScratch(headDim);
         int* identity = Identity;
-        int longest = 0;
-        for (int r = 0; r < queryRows; r++) longest = Math.Max(longest, counts[r]);
-        for (int j0 = 0; j0 < longest; j0 += WideTile)
+        int start = int.MaxValue, end = 0;
+        for (int r = 0; r < queryRows; r++)
         {
-            int n = Math.Min(WideTile, longest - j0);
+            start = Math.Min(start, firsts[r]);
+            end = Math.Max(end, firsts[r] + counts[r]);
+        }
+        for (int j0 = start; j0 < end; j0 += WideTile)
+        {
+            int n = Math.Min(WideTile, end - j0);
             Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows, fast);
             float* s = scores;
             for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
             {
-                int m = Math.Min(n, counts[r] - j0);
-                if (m <= 0) continue;
-                if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, rows, m, scale, s + j0, counts[r]);
-                else Scores(q + r * qStride, heads, headDim, rows, headDim, identity, m, scale, s + j0, counts[r]);
+                // Row r's positions in this tile: [from, to).
+                int from = Math.Max(j0, firsts[r]), to = Math.Min(j0 + n, firsts[r] + counts[r]);
+                if (to <= from) continue;
+                float* tile = rows + (long)(from - j0) * headDim, at = s + (from - firsts[r]);
+                if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, tile, to - from, scale, at, counts[r]);
+                else Scores(q + r * qStride, heads, headDim, tile, headDim, identity, to - from, scale, at, counts[r]);
             }
         }
         {
             float* s = scores;
             for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++) SoftMax(heads, counts[r], s);
         }
-        for (int j0 = 0; j0 < longest; j0 += WideTile)
+        for (int j0 = start; j0 < end; j0 += WideTile)
         {
-            int n = Math.Min(WideTile, longest - j0);
+            int n = Math.Min(WideTile, end - j0);
             Widen(dtype, values, slotStride, slots + j0, n, headDim, rows, fast);
             float* s = scores;
             for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
             {
-                int m = Math.Min(n, counts[r] - j0);
-                if (m <= 0) continue;
-                if (fast) Values512(heads, headDim, rows, m, s + j0, counts[r], output + r * outputStride, accumulate: j0 > 0);
-                else Values(heads, headDim, rows, headDim, identity, m, s + j0, counts[r], output + r * outputStride, accumulate: j0 > 0);
+                int from = Math.Max(j0, firsts[r]), to = Math.Min(j0 + n, firsts[r] + counts[r]);
+                if (to <= from) continue;
+                float* tile = rows + (long)(from - j0) * headDim, p = s + (from - firsts[r]);
+                bool accumulate = from > firsts[r];
+                if (fast) Values512(heads, headDim, tile, to - from, p, counts[r], output + r * outputStride, accumulate);
+                else Values(heads, headDim, tile, headDim, identity, to - from, p, counts[r], output + r * outputStride, accumulate);
             }
         }
     }
@@ -314,7 +325,7 @@ public static unsafe class CpuAttention
             float* k = rows + j * s;
             float* qh = q;
             for (int h = 0; h < heads; h++, qh += hd)
-                scores[(long)h * ld + j] = Vector512.Sum(Partial(qh, k, hd)) * scale;
+                scores[(long)h * ld + j] = TreeSum(Partial(qh, k, hd)) * scale;
         }
     }
 
@@ -354,6 +365,20 @@ public static unsafe class CpuAttention
         sums.GetUpper().GetUpper().Store(scores + 3 * ld);
     }
 
+    /// <summary>
+    /// The sum of v's lanes in <see cref="Sum16"/>'s order for one vector — in each 128-bit lane (e0 + e2) + (e1 + e3),
+    /// then (L0 + L1) + (L2 + L3) — so a score past the last whole block of sixteen has the bits it would have inside one:
+    /// a score does not depend on where a tile, a window or a row's range starts.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static float TreeSum(Vector512<float> v)
+    {
+        var pairs = v + Avx512F.Permute4x32(v, 0b01_00_11_10);         // lane i: e_i + e_(i xor 2)
+        var quads = pairs + Avx512F.Permute4x32(pairs, 0b10_11_00_01); // lane i: (e0 + e2) + (e1 + e3) of its 128 bits
+        var halves = quads + Avx512F.Shuffle4x128(quads, quads, 0b10_11_00_01); // 128-bit lane 0: L0 + L1, lane 2: L2 + L3
+        return halves.ToScalar() + halves.GetUpper().ToScalar();
+    }
+
     /// <summary>The 16 lane-wise partial sums of q·k (hd a multiple of 16).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<float> Partial(float* q, float* k, int hd)
@@ -370,7 +395,7 @@ public static unsafe class CpuAttention
     /// horizontal sum each takes eight.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Sum16(Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
+    internal static Vector512<float> Sum16(Vector512<float> a0, Vector512<float> a1, Vector512<float> a2, Vector512<float> a3,
         Vector512<float> a4, Vector512<float> a5, Vector512<float> a6, Vector512<float> a7,
         Vector512<float> a8, Vector512<float> a9, Vector512<float> a10, Vector512<float> a11,
         Vector512<float> a12, Vector512<float> a13, Vector512<float> a14, Vector512<float> a15)

@@ -64,7 +64,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
     readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
-    readonly int* _counts; // per worker: how many of those positions each row of the item sees
+    readonly int* _counts; // per worker: where each row of the item starts in those positions, then how many it sees
     readonly long _scoresPerWorker; // floats of _scores per worker
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
@@ -101,7 +101,7 @@ public sealed unsafe class CpuForward : IDisposable
         _scoresPerWorker = Math.Max((long)MaxHeadsPerAttentionItem * _c.ContextLength, AttentionScoreBudget);
         _scores = Alloc(_pool.ThreadCount * _scoresPerWorker);
         _slots = (int*)Alloc((long)_pool.ThreadCount * _c.ContextLength);
-        _counts = (int*)Alloc((long)_pool.ThreadCount * MaxRowsPerAttentionItem);
+        _counts = (int*)Alloc((long)_pool.ThreadCount * 2 * MaxRowsPerAttentionItem);
         _attnBlockStart = new int[n];
         _attnBlockRows = new int[n];
         _maxColumns = Math.Max(Math.Max(_c.EmbeddingLength, _c.QDim), _c.FeedForwardLength);
@@ -536,27 +536,32 @@ public sealed unsafe class CpuForward : IDisposable
         int perRow = _c.HeadCount / _attnHeadsPerItem;
         int block = _attnBlockCount - 1 - item / perRow, head = item % perRow * _attnHeadsPerItem;
         int t0 = _attnBlockStart[block], rows = _attnBlockRows[block];
-        var batch = _batch!;
-        int pos0 = batch.Positions[_attnStart + t0];
-        // A sliding-window layer whose window cuts into the block: each row sees its own positions.
-        if (rows == 1 || pos0 + rows - 1 >= _attnWindow)
+        if (rows == 1)
         {
-            for (int r = 0; r < rows; r++) AttentionRow(t0 + r, head, worker);
+            AttentionRow(t0, head, worker);
             return;
         }
+        var batch = _batch!;
+        int pos0 = batch.Positions[_attnStart + t0];
         int hd = _c.HeadDim, qDim = _c.QDim;
         int kvOffset = head / _c.QueryGroupSize * hd;
         var kv = _kv!;
+        // Row r sees positions first_r … pos0 + r: from 0, or the last `window` ones on a sliding-window layer.
+        int start = (int)Math.Max(0, (long)pos0 - _attnWindow + 1);
         int* slots = _slots + (long)worker * _c.ContextLength;
-        int count = pos0 + rows;
-        FillSlots(batch.BlockTable(batch.SequenceOf[_attnStart + t0]), kv.BlockSize, 0, count, slots);
-        int* counts = _counts + (long)worker * MaxRowsPerAttentionItem;
-        for (int r = 0; r < rows; r++) counts[r] = pos0 + r + 1;
+        FillSlots(batch.BlockTable(batch.SequenceOf[_attnStart + t0]), kv.BlockSize, start, pos0 + rows - start, slots);
+        int* firsts = _counts + (long)worker * 2 * MaxRowsPerAttentionItem, counts = firsts + MaxRowsPerAttentionItem;
+        for (int r = 0; r < rows; r++)
+        {
+            int first = (int)Math.Max(0, (long)pos0 + r - _attnWindow + 1);
+            firsts[r] = first - start;
+            counts[r] = pos0 + r + 1 - first;
+        }
         float* q = _q + (long)t0 * qDim + (long)head * hd, output = _att + (long)t0 * qDim + (long)head * hd;
         long headBytes = kv.Dtype.RowBytes(kvOffset); // kvOffset values: whole heads, so whole Q8_0 blocks
         CpuAttention.AttendRows(q, qDim, rows, _attnHeadsPerItem, hd, kv.Dtype, kv.KeyRow(_attnLayer, 0) + headBytes,
-            kv.ValueRow(_attnLayer, 0) + headBytes, kv.RowBytes, slots, counts, 1f / MathF.Sqrt(hd), _scores + (long)worker * _scoresPerWorker,
-            output, qDim);
+            kv.ValueRow(_attnLayer, 0) + headBytes, kv.RowBytes, slots, firsts, counts, 1f / MathF.Sqrt(hd),
+            _scores + (long)worker * _scoresPerWorker, output, qDim);
     }
 
     /// <summary>Row t's attention for the item's query heads from <paramref name="head"/> on.</summary>
