@@ -379,17 +379,23 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>After the output projection: Gemma's post-attention norm, x += h, then h = RmsNorm(x) with the FFN norm.</summary>
-    void AttnResidualRows(int first, int end)
+    void AttnResidualRows(int first, int end) => ResidualRows(first, end, _rowsWeights!.PostAttnNorm, _rowsWeights.FfnNorm);
+
+    /// <summary>After the down projection: Gemma's post-FFN norm, then x += h.</summary>
+    void FfnResidualRows(int first, int end) => ResidualRows(first, end, _rowsWeights!.PostFfnNorm, null);
+
+    /// <summary>h = RmsNorm(h) with <paramref name="postNorm"/> where the model has one, x += h, then h = RmsNorm(x) with
+    /// <paramref name="nextNorm"/> where given.</summary>
+    void ResidualRows(int first, int end, float[]? postNorm, float[]? nextNorm)
     {
-        var lw = _rowsWeights!;
         int d = _c.EmbeddingLength;
         for (int t = first; t < end; t++)
         {
             var h = new Span<float>(_h + (long)t * d, d);
             var x = new Span<float>(_x + (long)t * d, d);
-            if (lw.PostAttnNorm is { } pan) RmsNorm(h, pan, h);
+            if (postNorm is not null) RmsNorm(h, postNorm, h);
             TensorPrimitives.Add(x, h, x);
-            RmsNorm(x, lw.FfnNorm, h);
+            if (nextNorm is not null) RmsNorm(x, nextNorm, h);
         }
     }
 
@@ -405,20 +411,6 @@ public sealed unsafe class CpuForward : IDisposable
             TensorPrimitives.Multiply(gate, up, gate);
         }
         else SiluAndMul(gate, up);
-    }
-
-    /// <summary>After the down projection: Gemma's post-FFN norm, then x += h.</summary>
-    void FfnResidualRows(int first, int end)
-    {
-        var lw = _rowsWeights!;
-        int d = _c.EmbeddingLength;
-        for (int t = first; t < end; t++)
-        {
-            var h = new Span<float>(_h + (long)t * d, d);
-            var x = new Span<float>(_x + (long)t * d, d);
-            if (lw.PostFfnNorm is { } pfn) RmsNorm(h, pfn, h);
-            TensorPrimitives.Add(x, h, x);
-        }
     }
 
     // ---- normalization, activation, rotary embedding ------------------------------------------
