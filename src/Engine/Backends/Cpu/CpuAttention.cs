@@ -102,46 +102,52 @@ public static unsafe class CpuAttention
     static void Tiled(float* q, long qStride, int queryRows, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values,
         long slotStride, int* slots, int* firsts, int* counts, float scale, float* scores, float* output, long outputStride, bool fast)
     {
-        float* rows = WideScratch(headDim);
-        int* identity = Identity;
         int start = int.MaxValue, end = 0;
         for (int r = 0; r < queryRows; r++)
         {
             start = Math.Min(start, firsts[r]);
             end = Math.Max(end, firsts[r] + counts[r]);
         }
-        for (int j0 = start; j0 < end; j0 += WideTile)
-        {
-            int n = Math.Min(WideTile, end - j0);
-            Widen(dtype, keys, slotStride, slots + j0, n, headDim, rows, fast);
-            float* s = scores;
-            for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
-            {
-                // Row r's positions in this tile: [from, to).
-                int from = Math.Max(j0, firsts[r]), to = Math.Min(j0 + n, firsts[r] + counts[r]);
-                if (to <= from) continue;
-                float* tile = rows + (long)(from - j0) * headDim, at = s + (from - firsts[r]);
-                if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, tile, to - from, scale, at, counts[r]);
-                else Scores(q + r * qStride, heads, headDim, tile, headDim, identity, to - from, scale, at, counts[r]);
-            }
-        }
+        TilePass(values: false, q, qStride, queryRows, heads, headDim, dtype, keys, slotStride, slots, firsts, counts, start, end, scale, scores,
+            output, outputStride, fast);
         {
             float* s = scores;
             for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++) SoftMax(heads, counts[r], s);
         }
+        TilePass(values: true, q, qStride, queryRows, heads, headDim, dtype, values, slotStride, slots, firsts, counts, start, end, scale, scores,
+            output, outputStride, fast);
+    }
+
+    /// <summary>
+    /// One pass of <see cref="Tiled"/> over positions [start, end) of <paramref name="slots"/>: each tile of the cache's rows
+    /// (<paramref name="cache"/>: the keys, or the values) widened once, then each row's part of it — [from, to) — through
+    /// the score kernel (<paramref name="values"/> false) or the weighted value sum (true; a row's first tile starts its sums).
+    /// </summary>
+    static void TilePass(bool values, float* q, long qStride, int queryRows, int heads, int headDim, KvCacheDtype dtype, byte* cache,
+        long slotStride, int* slots, int* firsts, int* counts, int start, int end, float scale, float* scores, float* output, long outputStride,
+        bool fast)
+    {
+        float* rows = WideScratch(headDim);
+        int* identity = Identity;
         for (int j0 = start; j0 < end; j0 += WideTile)
         {
             int n = Math.Min(WideTile, end - j0);
-            Widen(dtype, values, slotStride, slots + j0, n, headDim, rows, fast);
+            Widen(dtype, cache, slotStride, slots + j0, n, headDim, rows, fast);
             float* s = scores;
             for (int r = 0; r < queryRows; s += (long)heads * counts[r], r++)
             {
                 int from = Math.Max(j0, firsts[r]), to = Math.Min(j0 + n, firsts[r] + counts[r]);
                 if (to <= from) continue;
-                float* tile = rows + (long)(from - j0) * headDim, p = s + (from - firsts[r]);
-                bool accumulate = from > firsts[r];
-                if (fast) Values512(heads, headDim, tile, to - from, p, counts[r], output + r * outputStride, accumulate);
-                else Values(heads, headDim, tile, headDim, identity, to - from, p, counts[r], output + r * outputStride, accumulate);
+                float* tile = rows + (long)(from - j0) * headDim, at = s + (from - firsts[r]);
+                if (values)
+                {
+                    float* o = output + r * outputStride;
+                    bool accumulate = from > firsts[r];
+                    if (fast) Values512(heads, headDim, tile, to - from, at, counts[r], o, accumulate);
+                    else Values(heads, headDim, tile, headDim, identity, to - from, at, counts[r], o, accumulate);
+                }
+                else if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, tile, to - from, scale, at, counts[r]);
+                else Scores(q + r * qStride, heads, headDim, tile, headDim, identity, to - from, scale, at, counts[r]);
             }
         }
     }

@@ -528,11 +528,6 @@ public sealed unsafe class CpuForward : IDisposable
         int perRow = _c.HeadCount / _attnHeadsPerItem;
         int block = _attnBlockCount - 1 - item / perRow, head = item % perRow * _attnHeadsPerItem;
         int t0 = _attnBlockStart[block], rows = _attnBlockRows[block];
-        if (rows == 1)
-        {
-            AttentionRow(t0, head, worker);
-            return;
-        }
         var batch = _batch!;
         int pos0 = batch.Positions[_attnStart + t0];
         int hd = _c.HeadDim, qDim = _c.QDim;
@@ -551,31 +546,14 @@ public sealed unsafe class CpuForward : IDisposable
         }
         float* q = _q + (long)t0 * qDim + (long)head * hd, output = _att + (long)t0 * qDim + (long)head * hd;
         long headBytes = kv.Dtype.RowBytes(kvOffset); // kvOffset values: whole heads, so whole Q8_0 blocks
-        CpuAttention.AttendRows(q, qDim, rows, _attnHeadsPerItem, hd, kv.Dtype, kv.KeyRow(_attnLayer, 0) + headBytes,
-            kv.ValueRow(_attnLayer, 0) + headBytes, kv.RowBytes, slots, firsts, counts, 1f / MathF.Sqrt(hd),
-            _scores + (long)worker * _scoresPerWorker, output, qDim);
-    }
-
-    /// <summary>Row t's attention for the item's query heads from <paramref name="head"/> on.</summary>
-    void AttentionRow(int t, int head, int worker)
-    {
-        int hd = _c.HeadDim, qDim = _c.QDim;
-        int kvOffset = head / _c.QueryGroupSize * hd;
-        var batch = _batch!;
-        var kv = _kv!;
-        int row = _attnStart + t;
-        int pos = batch.Positions[row];
-        // A sliding-window layer sees only the last `window` positions (p − window + 1 … p).
-        int first = (int)Math.Max(0, (long)pos - _attnWindow + 1);
-        int count = pos + 1 - first;
-        int* slots = _slots + (long)worker * _c.ContextLength;
-        FillSlots(batch.BlockTable(batch.SequenceOf[row]), kv.BlockSize, first, count, slots);
-        float* q = _q + (long)t * qDim + (long)head * hd, output = _att + (long)t * qDim + (long)head * hd;
-        float* scores = _scores + (long)worker * _scoresPerWorker;
+        byte* keys = kv.KeyRow(_attnLayer, 0) + headBytes, values = kv.ValueRow(_attnLayer, 0) + headBytes;
         float scale = 1f / MathF.Sqrt(hd);
-        long headBytes = kv.Dtype.RowBytes(kvOffset); // kvOffset values: whole heads, so whole Q8_0 blocks
-        CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Dtype, kv.KeyRow(_attnLayer, 0) + headBytes, kv.ValueRow(_attnLayer, 0) + headBytes,
-            kv.RowBytes, slots, count, scale, scores, output);
+        float* scores = _scores + (long)worker * _scoresPerWorker;
+        if (rows == 1) // a decode row (the portable f32 path reads its rows in place)
+            CpuAttention.Attend(q, _attnHeadsPerItem, hd, kv.Dtype, keys, values, kv.RowBytes, slots, counts[0], scale, scores, output);
+        else
+            CpuAttention.AttendRows(q, qDim, rows, _attnHeadsPerItem, hd, kv.Dtype, keys, values, kv.RowBytes, slots, firsts, counts, scale,
+                scores, output, qDim);
     }
 
     /// <summary>slots[i] = the cache slot of position first + i, i &lt; count, through a sequence's block table.</summary>
