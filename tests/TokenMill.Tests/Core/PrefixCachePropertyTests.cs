@@ -32,9 +32,12 @@ public class PrefixCachePropertyTests
     public void Shared_blocks_are_never_written_in_place_and_every_sequence_reads_its_own_tokens()
     {
         s_hitTokens = s_copies = s_evictions = s_forks = s_beamSteps = s_beamDrops = s_parkedWaiting = 0;
-        Gen.Select(GenOp.Array[1, 150], Gen.Int[2, 6], Gen.Int[4, 30], Gen.Int[1, 6], Gen.Int[4, 48], Gen.Int[0, 3])
-            .Sample((ops, blockSize, blocks, maxSeqs, budget, policy) =>
-                Run(ops, blockSize, blocks, maxSeqs, budget, EvictionPolicies.Names[policy]), iter: 300);
+        // Batches of 300 random runs until the rarest case (a parked beam preempted) has been reached, at most ten: one
+        // batch of a random seed missed it now and then (two CI runs in one day), which said nothing about the invariants.
+        for (int batch = 0; batch == 0 || batch < 10 && !Covered(); batch++)
+            Gen.Select(GenOp.Array[1, 150], Gen.Int[2, 6], Gen.Int[4, 30], Gen.Int[1, 6], Gen.Int[4, 48], Gen.Int[0, 3])
+                .Sample((ops, blockSize, blocks, maxSeqs, budget, policy) =>
+                    Run(ops, blockSize, blocks, maxSeqs, budget, EvictionPolicies.Names[policy]), iter: 300);
         // The generator must actually exercise what the invariants are about.
         Assert.True(s_hitTokens > 0, "no prefix-cache hit in any run");
         Assert.True(s_copies > 0, "no copy-on-write in any run");
@@ -43,6 +46,9 @@ public class PrefixCachePropertyTests
         Assert.True(s_beamSteps > 0 && s_beamDrops > 0, "no beam step that dropped a beam in any run");
         Assert.True(s_parkedWaiting > 0, "no parked beam was ever preempted");
     }
+
+    static bool Covered() =>
+        s_hitTokens > 0 && s_copies > 0 && s_evictions > 0 && s_forks > 0 && s_beamSteps > 0 && s_beamDrops > 0 && s_parkedWaiting > 0;
 
     [Fact]
     public void A_request_with_n_forks_is_admitted_only_with_room_for_all_of_them_or_alone()
