@@ -237,12 +237,19 @@ public static unsafe class CpuAttention
 
     static bool Fast(bool vector512, int headDim) => vector512 && Avx512F.IsSupported && headDim % Vector512<float>.Count == 0;
 
+    /// <summary>
+    /// Each head's scores into probabilities: exp(s − max s) / Σ. The maximum must come off first: <see
+    /// cref="TensorPrimitives.SoftMax{T}(ReadOnlySpan{T}, Span{T})"/> exponentiates the scores as they are, so a score
+    /// above ~88 overflowed to ∞ and the row became NaN (a query 10× the scale of a dummy model's already did).
+    /// </summary>
     static void SoftMax(int heads, int count, float* scores)
     {
         for (int h = 0; h < heads; h++)
         {
             var s = new Span<float>(scores + (long)h * count, count);
-            TensorPrimitives.SoftMax(s, s);
+            TensorPrimitives.Subtract(s, TensorPrimitives.Max(s), s);
+            TensorPrimitives.Exp(s, s);
+            TensorPrimitives.Divide(s, TensorPrimitives.Sum(s), s);
         }
     }
 
