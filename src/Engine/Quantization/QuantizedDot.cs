@@ -122,11 +122,13 @@ public static unsafe class QuantizedDot
     /// activation blocks after the first reuse this range's rows from cache. Only a hint: no result depends on it.
     /// <paramref name="ldx"/> (where positive) is the distance between activation rows in <paramref name="xs"/>, at
     /// least <paramref name="cols"/>: a stride that is not a multiple of 4 KiB keeps the rows the kernel reads together
-    /// out of one another's L1 sets (see <see cref="PaddedStride"/>).
+    /// out of one another's L1 sets (see <see cref="PaddedStride"/>). With <paramref name="scaledHalf"/> (finite F16
+    /// weights on AVX-512 only) <paramref name="xs"/> holds the activations times 2^112 (<see cref="TileGemm.ScaleActivations"/>)
+    /// and the kernel reads the weights without rebiasing them (<see cref="TileGemm.MultiplyHalf"/>): the same results.
     /// </remarks>
     public static void MatMulRowRange(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool finiteHalf = false, int aheadRow = -1, int ldx = 0) =>
-        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true, finiteHalf, aheadRow, ldx);
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool finiteHalf = false, int aheadRow = -1, int ldx = 0, bool scaledHalf = false) =>
+        MatMulRowRangeWith(type, weights, rows, cols, r0, count, xs, n, ys, tile, fusedHalf: true, finiteHalf, aheadRow, ldx, scaledHalf);
 
     /// <summary>
     /// The activation row stride (in floats) that CpuForward gives the several-row f32 kernels: <paramref name="cols"/>
@@ -142,7 +144,8 @@ public static unsafe class QuantizedDot
     /// The benchmarks compare the two; the tests check that they agree bit for bit.
     /// </summary>
     internal static void MatMulRowRangeWith(GgmlType type, ReadOnlySpan<byte> weights, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false, int aheadRow = -1, int ldx = 0)
+        ReadOnlySpan<float> xs, int n, Span<float> ys, Span<float> tile, bool fusedHalf, bool finiteHalf = false, int aheadRow = -1, int ldx = 0,
+        bool scaledHalf = false)
     {
         if (ldx <= 0) ldx = cols;
         int rowBytes = CheckMatrix(type, weights, rows, cols, "QuantizedDot.MatMulRowRange");
@@ -152,6 +155,8 @@ public static unsafe class QuantizedDot
             throw new ArgumentOutOfRangeException(nameof(ldx), $"QuantizedDot.MatMulRowRange: activation rows {ldx} floats apart overlap rows of {cols}");
         if (xs.Length != (n == 0 ? 0 : (long)(n - 1) * ldx + cols) || ys.Length != (long)n * rows)
             throw new ArgumentException($"QuantizedDot.MatMulRowRange: xs must be {n} rows of {cols} floats {ldx} apart and ys {n} × {rows}");
+        if (scaledHalf && !(type == GgmlType.F16 && finiteHalf && fusedHalf && TileGemm.IsSupported))
+            throw new ArgumentException($"QuantizedDot.MatMulRowRange: activations scaled by 2^112 need finite F16 weights read by the AVX-512 kernel ({type}, finite {finiteHalf}, fused {fusedHalf}, AVX-512 {TileGemm.IsSupported})", nameof(scaledHalf));
         // The next range's rows, clipped to the matrix: nothing where there is none.
         long aheadBytes = aheadRow < 0 || aheadRow >= rows ? 0 : (long)Math.Min(count, rows - aheadRow) * rowBytes;
         fixed (byte* w = weights)
@@ -164,7 +169,7 @@ public static unsafe class QuantizedDot
             }
             if (tile.Length < count * cols)
                 throw new ArgumentException($"QuantizedDot.MatMulRowRange: the tile holds {tile.Length} floats, {count * cols} needed", nameof(tile));
-            RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, ldx, n, ys, tile, TileGemm.IsSupported, fusedHalf, finiteHalf, ahead, aheadBytes);
+            RowRangeTile(type, weights, rowBytes, rows, cols, r0, count, xs, ldx, n, ys, tile, TileGemm.IsSupported, fusedHalf, finiteHalf, ahead, aheadBytes, scaledHalf);
         }
     }
 
@@ -172,20 +177,22 @@ public static unsafe class QuantizedDot
     /// From this many activation rows on, F16 weights are dequantized into the tile once instead of converted by every
     /// activation block: the conversion's multiply shares the FMA ports, and at 512 rows (prefill) the engine ran
     /// 0.93–0.96× with it, two threads on Zen 5 (1.30× at 32 rows, batched decode). BF16's conversion is two integer
-    /// instructions and stays in the kernel.
+    /// instructions and stays in the kernel, and so does F16's without the multiply (activations scaled by 2^112,
+    /// <c>scaledHalf</c>): the engine's F16 pp512 ran 1.08× against the tile.
     /// </summary>
     const int FusedF16MaxRows = 256;
 
     /// <summary>Rows [r0, r0 + count) of the product for a type that is not F32, with the checks done.</summary>
     static unsafe void RowRangeTile(GgmlType type, ReadOnlySpan<byte> weights, int rowBytes, int rows, int cols, int r0, int count,
-        ReadOnlySpan<float> xs, int ldx, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf, bool finiteHalf, byte* ahead, long aheadBytes)
+        ReadOnlySpan<float> xs, int ldx, int n, Span<float> ys, Span<float> tile, bool avx512, bool fusedHalf, bool finiteHalf, byte* ahead, long aheadBytes,
+        bool scaledHalf = false)
     {
-        if (avx512 && fusedHalf && (type == GgmlType.BF16 || type == GgmlType.F16 && n < FusedF16MaxRows))
+        if (avx512 && fusedHalf && (type == GgmlType.BF16 || type == GgmlType.F16 && (scaledHalf || n < FusedF16MaxRows)))
         {
             fixed (byte* w = weights)
             fixed (float* xp = xs)
             fixed (float* yp = ys)
-                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, ldx, n, yp + r0, rows, finiteHalf, ahead, aheadBytes);
+                TileGemm.MultiplyHalf(type, w + (long)r0 * rowBytes, rowBytes, count, cols, xp, ldx, n, yp + r0, rows, finiteHalf, ahead, aheadBytes, scaledHalf);
             return;
         }
         for (int r = 0; r < count; r++)

@@ -247,6 +247,13 @@ public class TileGemmTests
                             var known = Enumerable.Repeat(float.NaN, n * rows).ToArray();
                             QuantizedDot.MatMulRowRangeWith(type, w, rows, cols, r0, count, xs, n, known, tile, fusedHalf: true, finiteHalf: true);
                             Assert.Equal(fused.Select(BitConverter.SingleToInt32Bits), known.Select(BitConverter.SingleToInt32Bits));
+                            if (type == GgmlType.F16) // and read unrebiased against activations times 2^112
+                            {
+                                var scaledXs = Scaled(xs);
+                                var unrebiased = Enumerable.Repeat(float.NaN, n * rows).ToArray();
+                                QuantizedDot.MatMulRowRange(type, w, rows, cols, r0, count, scaledXs, n, unrebiased, tile, finiteHalf: true, scaledHalf: true);
+                                Assert.Equal(fused.Select(BitConverter.SingleToInt32Bits), unrebiased.Select(BitConverter.SingleToInt32Bits));
+                            }
                         }
                         for (int i = 0; i < n * rows; i++)
                             Assert.True(BitConverter.SingleToInt32Bits(fused[i]) == BitConverter.SingleToInt32Bits(dequantized[i]),
@@ -295,6 +302,98 @@ public class TileGemmTests
                 bool same = actual == expected && (expected != 0 || BitConverter.SingleToInt32Bits(actual) == 0);
                 Assert.True(same, $"{type} 0x{pattern:X4} (activation row {i}): 0x{BitConverter.SingleToInt32Bits(actual):X8}, the scalar decoder gives 0x{BitConverter.SingleToInt32Bits(expected):X8}");
             }
+    }
+
+    static unsafe float[] Scaled(ReadOnlySpan<float> xs)
+    {
+        var scaled = new float[xs.Length];
+        fixed (float* src = xs)
+        fixed (float* dst = scaled)
+            Assert.True(TileGemm.ScaleActivations(src, dst, xs.Length), "the test's activations are all below 2^16");
+        return scaled;
+    }
+
+    /// <summary>
+    /// Every finite f16 pattern read without its exponent rebiased, against one-hot activations times 2^112: each
+    /// result is the weight itself (subnormals included), as the scalar decoder gives it, at 6 and 32 activation rows.
+    /// </summary>
+    [SkippableFact]
+    public void Unrebiased_halves_against_scaled_activations_give_every_finite_pattern()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the fused path is the AVX-512 tile kernel's");
+        const int cols = 16 + 3, rows = 65536 / 16; // 3 more columns: the tail's scalar reads too
+        var w = new byte[2 * rows * cols];
+        for (int p = 0; p < 65536; p++)
+        {
+            // Finite patterns only (the caller's promise): an all-ones exponent becomes +0 here.
+            ushort h = (p & 0x7C00) == 0x7C00 ? (ushort)0 : (ushort)p;
+            int r = p / 16, c = p % 16;
+            w[2 * (r * cols + c)] = (byte)h;
+            w[2 * (r * cols + c) + 1] = (byte)(h >> 8);
+            if (c < 3) // the tail columns hold the row's first three patterns again
+            {
+                w[2 * (r * cols + 16 + c)] = (byte)h;
+                w[2 * (r * cols + 16 + c) + 1] = (byte)(h >> 8);
+            }
+        }
+        foreach (int n in new[] { 6, 32 })
+        {
+            var xs = new float[n * cols];
+            // Row i picks column i mod 19: lanes 0..15, then the tail's columns 16..18.
+            for (int i = 0; i < n; i++) xs[i * cols + i % cols] = 1;
+            var ys = new float[n * rows];
+            QuantizedDot.MatMulRowRange(GgmlType.F16, w, rows, cols, 0, rows, Scaled(xs), n, ys, new float[rows * cols], finiteHalf: true, scaledHalf: true);
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < rows; r++)
+                {
+                    int c = i % cols;
+                    ushort pattern = (ushort)(r * 16 + (c < 16 ? c : c - 16));
+                    if ((pattern & 0x7C00) == 0x7C00) pattern = 0;
+                    float expected = Fp16.ToSingle(pattern), actual = ys[i * rows + r];
+                    bool same = actual == expected && (expected != 0 || BitConverter.SingleToInt32Bits(actual) == 0);
+                    Assert.True(same, $"F16 0x{pattern:X4} (n = {n}, activation row {i}): 0x{BitConverter.SingleToInt32Bits(actual):X8}, the scalar decoder gives 0x{BitConverter.SingleToInt32Bits(expected):X8}");
+                }
+        }
+    }
+
+    [Fact]
+    public unsafe void Scaling_activations_by_2_to_the_112_is_exact_and_refuses_what_would_overflow()
+    {
+        Assert.Equal(TileGemm.HalfRebias, MathF.ScaleB(1f, 112));
+        var rng = new Random(5);
+        foreach (int length in new[] { 1, 15, 16, 17, 2048, 2051 })
+        {
+            var xs = RandomBlocks.Floats(rng, length, 100);
+            xs[0] = 65535.996f; // the largest float below 2^16
+            xs[length - 1] = -1e-40f; // subnormal
+            var dst = new float[length];
+            fixed (float* src = xs)
+            fixed (float* d = dst)
+            {
+                Assert.True(TileGemm.ScaleActivations(src, d, length));
+                for (int k = 0; k < length; k++) Assert.Equal(xs[k], MathF.ScaleB(dst[k], -112));
+                // One value at 2^16 or beyond, or not finite, anywhere (a vector's lanes or the tail) is refused.
+                foreach (float bad in new[] { 65536f, -65536f, 3e38f, float.PositiveInfinity, float.NegativeInfinity, float.NaN })
+                    foreach (int at in new[] { 0, length / 2, length - 1 })
+                    {
+                        float kept = xs[at];
+                        xs[at] = bad;
+                        Assert.False(TileGemm.ScaleActivations(src, d, length), $"{bad} at {at} of {length}");
+                        xs[at] = kept;
+                    }
+            }
+        }
+    }
+
+    [Fact]
+    public void Scaled_activations_with_weights_other_than_finite_F16_are_refused()
+    {
+        var e = Assert.Throws<ArgumentException>(() =>
+            QuantizedDot.MatMulRowRange(GgmlType.BF16, new byte[4 * 64 * 2], 4, 64, 0, 4, new float[2 * 64], 2, new float[8], new float[256], finiteHalf: true, scaledHalf: true));
+        Assert.Contains("BF16", e.Message);
+        e = Assert.Throws<ArgumentException>(() =>
+            QuantizedDot.MatMulRowRange(GgmlType.F16, new byte[4 * 64 * 2], 4, 64, 0, 4, new float[2 * 64], 2, new float[8], new float[256], scaledHalf: true));
+        Assert.Contains("finite False", e.Message);
     }
 
     /// <summary>The tile decoders of the 16-bit float types on every bit pattern, NaNs and subnormals included.</summary>

@@ -69,6 +69,12 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int _maxColumns;
     readonly double[] _ropeInvFreq, _ropeInvFreqSwa;
 
+    /// <summary>
+    /// Whether several-row products with finite F16 weights read them unrebiased against activations times 2^112
+    /// (<see cref="TileGemm.MultiplyHalf"/>): the same bits either way, faster with it; off only to compare.
+    /// </summary>
+    internal bool UnrebiasedHalves { get; set; } = true;
+
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
         : this(TensorParallelShard.Whole(model), SingleRankCommunicator.Instance, maxBatchTokens, pool)
     {
@@ -621,6 +627,10 @@ public sealed unsafe class CpuForward : IDisposable
     bool _needBlockSums, _needOffset, _needKSums;
     // Whether a product multiplies f32 rows by several activation rows (the tile kernels): they read _xPadded.
     bool _padded;
+    // Whether every such product has finite F16 weights read by the AVX-512 kernel: _xPadded then holds the activations
+    // times 2^112 (TileGemm.ScaleActivations) and the kernel skips the multiply that rebiases each weight's exponent;
+    // _unscalable is set by a row with |x| ≥ 2^16 (or inf, NaN), which sends the product back to plain copies.
+    bool _scaleHalf, _unscalable;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -632,17 +642,23 @@ public sealed unsafe class CpuForward : IDisposable
         _mmX = x;
         _mmN = n;
         _mmCount = 0;
-        _needBlockSums = _needOffset = _needKSums = _padded = false;
+        _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
+        _scaleHalf = UnrebiasedHalves;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
         if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
         _mmColumns = (int)w0.Columns;
+        _scaleHalf &= _padded;
         if (_padded)
         {
-            if (n >= 4) _pool.For(n, _padBody);
-            else for (int t = 0; t < n; t++) PadRow(t, 0);
+            PadRows(n);
+            if (_scaleHalf && _unscalable)
+            {
+                _scaleHalf = false;
+                PadRows(n);
+            }
         }
         if (integer)
         {
@@ -672,15 +688,30 @@ public sealed unsafe class CpuForward : IDisposable
             else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
-        else if (_mmN >= TiledMinRows) _padded = true;
+        else if (_mmN >= TiledMinRows)
+        {
+            _padded = true;
+            _scaleHalf &= TileGemm.IsSupported && ScansF16(w) && w.Packed(s_scanF16).Finite;
+        }
         work += w.Rows * w.Columns * _mmN;
     }
 
-    /// <summary>Activation row t of the current product into _xPadded (<see cref="QuantizedDot.PaddedStride"/> apart).</summary>
+    void PadRows(int n)
+    {
+        if (n >= 4) _pool.For(n, _padBody);
+        else for (int t = 0; t < n; t++) PadRow(t, 0);
+    }
+
+    /// <summary>
+    /// Activation row t of the current product into _xPadded (<see cref="QuantizedDot.PaddedStride"/> apart): copied, or
+    /// times 2^112 for <see cref="_scaleHalf"/>.
+    /// </summary>
     void PadRow(int t, int worker)
     {
         int cols = _mmColumns;
-        new ReadOnlySpan<float>(_mmX + (long)t * cols, cols).CopyTo(new Span<float>(_xPadded + (long)t * QuantizedDot.PaddedStride(cols), cols));
+        float* x = _mmX + (long)t * cols, padded = _xPadded + (long)t * QuantizedDot.PaddedStride(cols);
+        if (!_scaleHalf) new ReadOnlySpan<float>(x, cols).CopyTo(new Span<float>(padded, cols));
+        else if (!TileGemm.ScaleActivations(x, padded, cols)) _unscalable = true;
     }
 
     /// <summary>Weight rows per work item of a product with this weight: a multiple of 16 (the repacked kernels take 8-row groups).</summary>
@@ -755,7 +786,8 @@ public sealed unsafe class CpuForward : IDisposable
             int ldx = QuantizedDot.PaddedStride(cols);
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
                 new ReadOnlySpan<float>(_xPadded, (_mmN - 1) * ldx + cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
-                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite, aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx);
+                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite, aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx,
+                scaledHalf: _scaleHalf);
             return;
         }
         if (ScansF16(w) && w.Packed(s_scanF16).Finite)
