@@ -20,6 +20,12 @@ public sealed record ModelLoadOptions
     public int? DummyLayers { get; init; }
 
     /// <summary>
+    /// F32 weights of a dummy model holding another type's values (<c>--dummy-values</c>, e.g. BF16: an F32 GGUF
+    /// converted from a bf16 checkpoint); null: full f32 values.
+    /// </summary>
+    public GgmlType? DummyValues { get; init; }
+
+    /// <summary>
     /// Where a Hugging Face folder's tokenizer and chat template come from (<c>--tokenizer</c>): a GGUF file, or a folder
     /// with <c>tokenizer.json</c>; by default the model folder's own <c>tokenizer.json</c>.
     /// </summary>
@@ -53,7 +59,7 @@ public static class ModelLoader
             // --tokenizer gives a dummy model a real tokenizer (and chat template), e.g. the family's tokenizer.json.
             var (tokenizer, template) = options.Tokenizer is { } given ? (given, null)
                 : options.TokenizerPath is { } path ? LoadTokenizer(path) : (null, null);
-            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed, tokenizer, options.DummyLayers);
+            loaded = DummyModelFactory.Create(model, options.DType ?? DefaultDummyDType, options.Seed, tokenizer, options.DummyLayers, options.DummyValues);
             if (template is not null)
                 loaded = new Model(loaded.Name, loaded.Config, loaded.Weights, loaded.Tokenizer, [loaded], template);
         }
@@ -63,6 +69,8 @@ public static class ModelLoader
                 throw new ArgumentException($"--dtype {t} applies to dummy models only; a model file runs in the types it stores");
             if (options.DummyLayers is { } layers)
                 throw new ArgumentException($"--dummy-layers {layers} applies to dummy models only");
+            if (options.DummyValues is { } values)
+                throw new ArgumentException($"--dummy-values {values} applies to dummy models only");
             string path = LocalPath(model, options);
             loaded = Directory.Exists(path) ? LoadFolder(path, options) : GgufModelLoader.Load(path);
         }

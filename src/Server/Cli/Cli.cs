@@ -99,6 +99,7 @@ public static class Cli
          {
              DType = a.String("dtype") is { } dt ? ParseDType(dt) : null,
              DummyLayers = a.String("dummy-layers") is null ? null : a.Int("dummy-layers", 0, min: 1),
+             DummyValues = a.String("dummy-values") is { } dv ? ParseDType(dv, "dummy-values") : null,
              MaxModelLen = a.String("max-model-len") is null ? null : a.Int("max-model-len", 0, min: 1),
              TokenizerPath = a.String("tokenizer"),
              Revision = a.String("revision"),
@@ -109,10 +110,10 @@ public static class Cli
     public static readonly string[] DTypeNames = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"];
 
     /// <summary>Parses a dtype name as users write it (f16, Q8_0, bf16 …).</summary>
-    public static GgmlType ParseDType(string s) =>
+    public static GgmlType ParseDType(string s, string option = "dtype") =>
         Enum.TryParse<GgmlType>(s.Replace('-', '_'), ignoreCase: true, out var t) && Enum.IsDefined(t)
             ? t
-            : throw new UsageException($"--dtype must be one of {string.Join(", ", DTypeNames)}; got '{s}'");
+            : throw new UsageException($"--{option} must be one of {string.Join(", ", DTypeNames)}; got '{s}'");
 }
 
 /// <summary>

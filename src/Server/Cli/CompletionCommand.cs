@@ -32,6 +32,7 @@ public static partial class CompletionCommand
     internal static IReadOnlyDictionary<string, string[]> Choices => new Dictionary<string, string[]>(StringComparer.Ordinal)
     {
         ["dtype"] = Cli.DTypeNames,
+        ["dummy-values"] = Cli.DTypeNames,
         ["eviction-policy"] = [.. EvictionPolicies.Names, "all"], // 'all' is simulate's
         ["log-format"] = ServeCommand.LogFormats,
         ["kv-cache-dtype"] = TokenMill.KvCache.KvCacheDtypes.Names,

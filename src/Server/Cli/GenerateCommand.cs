@@ -30,6 +30,8 @@ public static class GenerateCommand
           --dtype T                  weight type of a dummy model: F32, F16, BF16, Q8_0, Q4_0 (default Q8_0)
           --dummy-layers N           build only the first N layers of a dummy model (its real widths, a fraction of
                                      the time and memory: quick checks, --device cuda-emulated)
+          --dummy-values T           with --dtype F32: weights holding T's values, e.g. BF16 (an F32 GGUF converted
+                                     from a bf16 checkpoint, which the CPU backend multiplies as BF16, exactly)
           --max-model-len N          longest sequence, prompt + output (default: min(model's context, 4096))
         input and output:
           --prompt TEXT              the prompt (default "Once upon a time"); BOS is added as the model's metadata says
@@ -87,7 +89,7 @@ public static class GenerateCommand
     [
         "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
-        "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers", "kv-cache-dtype",
+        "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers", "dummy-values", "kv-cache-dtype",
     ];
     internal static readonly string[] EngineFlags = ["no-prefix-caching", "host-sampling", "enforce-eager", "help"];
 

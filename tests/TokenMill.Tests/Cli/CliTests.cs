@@ -118,6 +118,7 @@ public class CliTests
     [InlineData(new[] { "generate", "--temperature", "-1" }, "--temperature must be between 0")]
     [InlineData(new[] { "generate", "--top-p", "1.5" }, "--top-p must be between")]
     [InlineData(new[] { "generate", "--dtype", "q3_x" }, "--dtype must be one of")]
+    [InlineData(new[] { "generate", "--dtype", "f32", "--dummy-values", "fp8" }, "--dummy-values must be one of F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; got 'fp8'")]
     [InlineData(new[] { "generate", "--prompt" }, "option --prompt needs a value")]
     [InlineData(new[] { "generate", "stray" }, "unexpected argument 'stray'")]
     [InlineData(new[] { "tokenize", "text" }, "--model is required")]
@@ -128,6 +129,16 @@ public class CliTests
     {
         var (code, _, stderr) = Run(args);
         Assert.Equal(2, code);
+        Assert.Contains(message, stderr);
+    }
+
+    [Theory]
+    [InlineData("--dtype", "Q8_0", "the values of another type (BF16) apply to F32 weights only, not Q8_0")]
+    [InlineData("--model", "/nonexistent/model.gguf", "--dummy-values BF16 applies to dummy models only")]
+    public void Dummy_values_other_than_an_F32_dummy_models_are_refused(string option, string value, string message)
+    {
+        var (code, _, stderr) = Run("generate", option, value, "--dummy-values", "bf16", "--max-tokens", "2");
+        Assert.Equal(1, code);
         Assert.Contains(message, stderr);
     }
 

@@ -1,6 +1,8 @@
+using System.Runtime.InteropServices;
 using TokenMill.Models;
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
 using TokenMill.Tokenization;
 
 namespace TokenMill.Tests.Models;
@@ -86,6 +88,30 @@ public class DummyPresetTests
             engine.Generate(new TokenMill.Core.GenerationRequest { Prompt = "a <image_soft_token>" }));
         Assert.Contains("262144", e.Message);
         Assert.Contains("<image_soft_token>", e.Message);
+    }
+
+    /// <summary>
+    /// F32 weights holding another type's values (<c>--dummy-values</c>) are that type's model dequantized, bit for
+    /// bit: the same random values rounded through it.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.BF16)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.Q8_0)]
+    public void F32_weights_of_another_types_values_are_that_model_dequantized(GgmlType values)
+    {
+        using var f32 = DummyModelFactory.Create("dummy:qwen3-0.6b", GgmlType.F32, seed: 9, blockCount: 1, valuesOf: values);
+        using var typed = DummyModelFactory.Create("dummy:qwen3-0.6b", values, seed: 9, blockCount: 1);
+        foreach (var (a, b) in new[] { (f32.Weights.Layers[0].Wk, typed.Weights.Layers[0].Wk), (f32.Weights.Layers[0].Down, typed.Weights.Layers[0].Down) })
+        {
+            Assert.Equal(GgmlType.F32, a.Type);
+            var expected = new float[b.Columns];
+            for (long r = 0; r < a.Rows; r += 37)
+            {
+                Dequantize.Row(b.Type, b.Row(r), expected);
+                Assert.Equal(expected.Select(BitConverter.SingleToInt32Bits), MemoryMarshal.Cast<byte, float>(a.Row(r)).ToArray().Select(BitConverter.SingleToInt32Bits));
+            }
+        }
     }
 
     [Fact]

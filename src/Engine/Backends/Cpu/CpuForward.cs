@@ -148,7 +148,31 @@ public sealed unsafe class CpuForward : IDisposable
             else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
             else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
             else if (ScansF16(w)) w.Packed(s_scanF16);
+            else if (CanNarrow(w)) Narrowed(w);
         }
+    }
+
+    static readonly Func<WeightTensor, NarrowedF32> s_narrowF32 = NarrowedF32.Of;
+
+    /// <summary>
+    /// F32 matrices are narrowed to BF16 or F16 where every value allows it exactly (<see cref="NarrowedF32"/>), on
+    /// AVX-512, where the 2-byte kernels sum in the F32 kernels' order: the same bits from half the bytes.
+    /// </summary>
+    static bool CanNarrow(WeightTensor w) => w.Type == GgmlType.F32 && TileGemm.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+
+    /// <summary>
+    /// Whether F32 matrices that narrow exactly are multiplied as BF16/F16 (<see cref="NarrowedF32"/>): the same bits
+    /// either way; off only to compare.
+    /// </summary>
+    internal bool NarrowF32 { get; set; } = true;
+
+    /// <summary>The tensor a product multiplies: <paramref name="w"/>, or its exact 2-byte form.</summary>
+    WeightTensor Narrowed(WeightTensor w)
+    {
+        if (!NarrowF32 || !CanNarrow(w)) return w;
+        var n = w.Packed(s_narrowF32).Tensor;
+        if (n is not null && ScansF16(n)) n.Packed(s_scanF16);
+        return n ?? w;
     }
 
     static readonly Func<WeightTensor, PackedQ4_0> s_packQ4 = w => PackedQ4_0.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
@@ -639,6 +663,9 @@ public sealed unsafe class CpuForward : IDisposable
     /// </summary>
     void MatMul(float* x, int n, WeightTensor w0, float* y0, WeightTensor? w1 = null, float* y1 = null, WeightTensor? w2 = null, float* y2 = null)
     {
+        w0 = Narrowed(w0);
+        if (w1 is not null) w1 = Narrowed(w1);
+        if (w2 is not null) w2 = Narrowed(w2);
         _mmX = x;
         _mmN = n;
         _mmCount = 0;

@@ -26,25 +26,35 @@ public static class DummyModelFactory
     /// <param name="seed">Seed of the random weights: the same seed gives the same model.</param>
     /// <param name="tokenizer">The tokenizer to use (e.g. the family's real <c>tokenizer.json</c>); null: cl100k_base fitted to the vocabulary.</param>
     /// <param name="blockCount">Build only this many layers (tests: the exact widths at a fraction of the memory); null: the preset's.</param>
-    public static Model Create(string model, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
+    /// <param name="valuesOf">
+    /// With <paramref name="dtype"/> F32: weights stored in f32 that hold this type's values (each random value rounded
+    /// through it), as an F32 GGUF converted from a bf16 or f16 checkpoint does (<c>--dummy-values</c>); null: full f32 values.
+    /// </param>
+    public static Model Create(string model, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null, GgmlType? valuesOf = null)
     {
         string name = IsDummy(model) ? model[Prefix.Length..] : model;
         if (!DummyPresets.All.TryGetValue(name, out var preset))
             throw new ArgumentException($"unknown dummy preset '{name}' (known: {string.Join(", ", DummyPresets.All.Keys)})", nameof(model));
-        return Create(preset, name.ToLowerInvariant(), dtype, seed, tokenizer, blockCount);
+        return Create(preset, name.ToLowerInvariant(), dtype, seed, tokenizer, blockCount, valuesOf);
     }
 
     /// <summary>A dummy model of any shape (a preset scaled down for tests); <paramref name="name"/> follows <c>dummy:</c>.</summary>
     /// <param name="preset">The shape.</param>
     /// <param name="name">The model's name after <c>dummy:</c>.</param>
-    /// <param name="dtype">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
-    /// <param name="seed">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
-    /// <param name="tokenizer">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
-    /// <param name="blockCount">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?)"/>.</param>
-    public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null)
+    /// <param name="dtype">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?, GgmlType?)"/>.</param>
+    /// <param name="seed">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?, GgmlType?)"/>.</param>
+    /// <param name="tokenizer">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?, GgmlType?)"/>.</param>
+    /// <param name="blockCount">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?, GgmlType?)"/>.</param>
+    /// <param name="valuesOf">As in <see cref="Create(string, GgmlType, ulong, ITokenizer?, int?, GgmlType?)"/>.</param>
+    public static Model Create(DummyPreset preset, string name, GgmlType dtype, ulong seed = 0, ITokenizer? tokenizer = null, int? blockCount = null,
+        GgmlType? valuesOf = null)
     {
         if (!SupportedDTypes.Contains(dtype))
             throw new ArgumentException($"dtype {dtype} is not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(dtype));
+        if (valuesOf is { } values && (dtype != GgmlType.F32 || !SupportedDTypes.Contains(values)))
+            throw new ArgumentException(dtype != GgmlType.F32
+                ? $"the values of another type ({values}) apply to F32 weights only, not {dtype}"
+                : $"values of {values} are not supported for dummy models (supported: {string.Join(", ", SupportedDTypes)})", nameof(valuesOf));
         preset.Config.Validate(Prefix + name);
 
         var c = preset.Config;
@@ -55,7 +65,7 @@ public static class DummyModelFactory
         }
         // A matrix row is whole blocks (256 elements for the K-quants). llama.cpp would fall back to another type
         // for a tensor that does not fit; a dummy model has one type, so it is refused instead.
-        int blockSize = GgmlTypeInfo.Of(dtype).BlockSize;
+        int blockSize = GgmlTypeInfo.Of(valuesOf ?? dtype).BlockSize;
         foreach (var (what, columns) in new[] { ("embedding length", c.EmbeddingLength), ("query width", c.QDim), ("feed-forward length", c.FeedForwardLength) })
             if (columns % blockSize != 0)
                 throw new ArgumentException(
@@ -65,7 +75,7 @@ public static class DummyModelFactory
         try
         {
             var random = new WeightRandom(seed);
-            WeightTensor Matrix(string tensor, int rows, int cols) => random.Matrix(tensor, rows, cols, dtype, owners);
+            WeightTensor Matrix(string tensor, int rows, int cols) => random.Matrix(tensor, rows, cols, dtype, valuesOf, owners);
 
             var layers = new LayerWeights[c.BlockCount];
             for (int i = 0; i < c.BlockCount; i++)
@@ -133,7 +143,7 @@ public static class DummyModelFactory
     /// </summary>
     sealed class WeightRandom(ulong seed)
     {
-        public unsafe WeightTensor Matrix(string name, int rows, int cols, GgmlType dtype, List<IDisposable> owners)
+        public unsafe WeightTensor Matrix(string name, int rows, int cols, GgmlType dtype, GgmlType? valuesOf, List<IDisposable> owners)
         {
             long rowBytes = GgmlTypeInfo.RowBytes(dtype, cols);
             var buffer = new NativeBuffer(rowBytes * rows, zero: false);
@@ -142,10 +152,16 @@ public static class DummyModelFactory
             ulong key = Key(name);
             // Uniform in [−a, a] has std a/√3: pick std 1/√cols so every product keeps activations O(1).
             float amplitude = MathF.Sqrt(3f / cols);
-            Parallel.For(0, rows, () => new float[cols], (r, _, scratch) =>
+            long throughBytes = valuesOf is { } through ? GgmlTypeInfo.RowBytes(through, cols) : 0;
+            Parallel.For(0, rows, () => (new float[cols], new byte[throughBytes]), (r, _, scratch) =>
             {
-                Fill(key, (ulong)r, scratch, amplitude);
-                Quantize.Row(dtype, scratch, new Span<byte>(basePtr + r * rowBytes, (int)rowBytes));
+                Fill(key, (ulong)r, scratch.Item1, amplitude);
+                if (valuesOf is { } type)
+                {
+                    Quantize.Row(type, scratch.Item1, scratch.Item2);
+                    Dequantize.Row(type, scratch.Item2, scratch.Item1);
+                }
+                Quantize.Row(dtype, scratch.Item1, new Span<byte>(basePtr + r * rowBytes, (int)rowBytes));
                 return scratch;
             }, _ => { });
             return new WeightTensor(name, dtype, rows, cols, basePtr);
