@@ -34,11 +34,14 @@ internal sealed unsafe class NarrowedF32
         int cols = checked((int)w.Columns);
         long bytes = w.Rows * cols * sizeof(ushort);
         if (w.Rows == 0 || bytes > Array.MaxLength) return new NarrowedF32(null, null);
-        var first = new ushort[cols];
+        var sample = new ushort[cols];
         foreach (var type in new[] { GgmlType.BF16, GgmlType.F16 })
         {
-            // The first row alone before the copy is allocated: most matrices that do not narrow fail there.
-            if (!NarrowRow(w, 0, type, first)) continue;
+            // Seventeen rows spread over the matrix before the copy is allocated: a matrix that does not narrow fails
+            // there (a zero padding row — an embedding's, say — passes both checks, so one row would not do).
+            bool sampled = true;
+            for (int i = 0; i <= SampleRows && sampled; i++) sampled = NarrowRow(w, (w.Rows - 1) * i / SampleRows, type, sample);
+            if (!sampled) continue;
             var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "NarrowedF32.Of");
             if (!Narrow(w, type, data)) continue;
             byte* p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
@@ -46,6 +49,9 @@ internal sealed unsafe class NarrowedF32
         }
         return new NarrowedF32(null, null);
     }
+
+    /// <summary>Rows sampled (one more than this, evenly from the first to the last) before a narrowed copy is allocated.</summary>
+    const int SampleRows = 16;
 
     /// <summary>Writes every row of <paramref name="w"/> as <paramref name="type"/> into data: false at the first value that does not narrow exactly.</summary>
     static bool Narrow(WeightTensor w, GgmlType type, byte[] data)

@@ -10,7 +10,7 @@ namespace TokenMill.Tests.Backends;
 /// <summary>
 /// A model in Q4_K / Q6_K runs the K-quant integer kernels in every product; continuous batching must not change
 /// what a request gets (the kernels give each activation row the same arithmetic whatever its batch mates). In F16
-/// a request decoding alone takes the one-row kernel (<see cref="TokenMill.Quantization.DotAvx2.F16FinitePaired"/> on
+/// a request decoding alone takes the one-row kernel (<see cref="TokenMill.Quantization.DotAvx2.F16Finite"/> on
 /// AVX-512) and one decoding in a batch the tile kernel: the same products summed in another order, so the same
 /// greedy tokens, not the same bits.
 /// </summary>

@@ -91,6 +91,26 @@ public unsafe class NarrowedF32ForwardTests
         }
     }
 
+    /// <summary>
+    /// A first row of zeros (padding) and one full-precision value in a row that the sample before the copy skips:
+    /// the whole scan still finds it.
+    /// </summary>
+    [Fact]
+    public void A_value_that_does_not_narrow_is_found_outside_the_sampled_rows()
+    {
+        const int rows = 100, cols = 48;
+        var values = new float[rows * cols];
+        var rng = new Random(3);
+        for (int i = cols; i < values.Length; i++) values[i] = Bf16.ToSingle(Bf16.FromSingle((float)rng.NextDouble()));
+        fixed (float* p = values)
+        {
+            var w = new WeightTensor("w", GgmlType.F32, rows, cols, (byte*)p);
+            Assert.Equal(GgmlType.BF16, NarrowedF32.Of(w).Tensor!.Type);
+            values[3 * cols + 5] = 0.1f; // row 3: not among rows 0, 6, 12, … 99; and not an f16 either
+            Assert.Null(NarrowedF32.Of(w).Tensor);
+        }
+    }
+
     [Fact]
     public void A_dummy_F32_model_of_full_precision_values_does_not_narrow()
     {

@@ -69,7 +69,7 @@ public static class DummyModelFactory
         foreach (var (what, columns) in new[] { ("embedding length", c.EmbeddingLength), ("query width", c.QDim), ("feed-forward length", c.FeedForwardLength) })
             if (columns % blockSize != 0)
                 throw new ArgumentException(
-                    $"dtype {dtype} stores rows in blocks of {blockSize}, but {Prefix}{name}'s {what} is {columns}; choose another dtype", nameof(dtype));
+                    $"{(valuesOf is { } v ? $"values of {v}" : $"dtype {dtype}")} store{(valuesOf is null ? "s" : "")} rows in blocks of {blockSize}, but {Prefix}{name}'s {what} is {columns}; choose another dtype", nameof(dtype));
         tokenizer = FitTokenizer(tokenizer, c.VocabSize, name) ?? TokenizerLoader.Cl100kFitted(c.VocabSize);
         var owners = new List<IDisposable>();
         try
