@@ -47,14 +47,14 @@ internal static unsafe class DotAvx2
     }
 
     /// <summary>One F16 row: with AVX-512F <see cref="F32"/>'s loop over the widened weights, else eight-lane sums.</summary>
-    public static float F16(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<Halves<AnyHalves>>(w, x, n) : F16Avx2<AnyHalves>(w, x, n);
+    public static float F16(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<F16Rows>(w, x, n) : F16Avx2<AnyHalves>(w, x, n);
 
     /// <summary>
     /// <see cref="F16"/> for a row known to hold no inf or NaN (<see cref="HalfRange"/>): the same sums in the same
     /// order, each sixteen weights widened in four instructions (<see cref="FiniteHalves"/>, the same value for every
     /// finite f16) instead of nine — one-row decode of F16 weights is bound by the conversion.
     /// </summary>
-    public static float F16Finite(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<Halves<FiniteHalves>>(w, x, n) : F16Avx2<FiniteHalves>(w, x, n);
+    public static float F16Finite(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<F16FiniteRows>(w, x, n) : F16Avx2<FiniteHalves>(w, x, n);
 
     /// <summary>
     /// How far ahead of the weights it reads a one-row kernel (F16, F32) asks for lines to be brought into L2 (AVX-512
@@ -69,19 +69,19 @@ internal static unsafe class DotAvx2
     /// L2 as it goes, as <see cref="F16"/> does. Decode of F32 weights went 16.0 → 16.9 tok/s with it against
     /// <c>TensorPrimitives.Dot</c> (three alternated runs, <c>bench latency --dtype f32</c>).
     /// </summary>
-    public static float F32(float* w, float* x, int n) => Row<F32Weights>((byte*)w, x, n);
+    public static float F32(float* w, float* x, int n) => Row<F32Rows>((byte*)w, x, n);
 
     /// <summary>
     /// One BF16 row: with AVX-512F <see cref="F32"/>'s loop over the widened weights (so a row whose values are all
     /// bf16 gives the bits of the F32 kernel on the same values), else eight-lane sums.
     /// </summary>
-    public static float BF16(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<BF16Weights>(w, x, n) : BF16Avx2(w, x, n);
+    public static float BF16(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<BF16Rows>(w, x, n) : BF16Avx2(w, x, n);
 
     /// <summary>
     /// The AVX-512 one-row loop: weights 64 at a time into four sums, then 16 at a time into the first, the four
     /// added in one fixed order, then the columns past the last multiple of 16 one by one.
     /// </summary>
-    static float Row<TW>(byte* w, float* x, int n) where TW : struct, IRowWeights
+    static float Row<TW>(byte* w, float* x, int n) where TW : struct, IWeightRows
     {
         var a0 = Vector512<float>.Zero;
         var a1 = Vector512<float>.Zero;
@@ -98,59 +98,15 @@ internal static unsafe class DotAvx2
                 Sse.Prefetch1(p + 128);
                 Sse.Prefetch1(p + 192);
             }
-            a0 = Avx512F.FusedMultiplyAdd(TW.Load16(w, i), Avx512F.LoadVector512(x + i), a0);
-            a1 = Avx512F.FusedMultiplyAdd(TW.Load16(w, i + 16), Avx512F.LoadVector512(x + i + 16), a1);
-            a2 = Avx512F.FusedMultiplyAdd(TW.Load16(w, i + 32), Avx512F.LoadVector512(x + i + 32), a2);
-            a3 = Avx512F.FusedMultiplyAdd(TW.Load16(w, i + 48), Avx512F.LoadVector512(x + i + 48), a3);
+            a0 = Avx512F.FusedMultiplyAdd(TW.Load(w, i), Avx512F.LoadVector512(x + i), a0);
+            a1 = Avx512F.FusedMultiplyAdd(TW.Load(w, i + 16), Avx512F.LoadVector512(x + i + 16), a1);
+            a2 = Avx512F.FusedMultiplyAdd(TW.Load(w, i + 32), Avx512F.LoadVector512(x + i + 32), a2);
+            a3 = Avx512F.FusedMultiplyAdd(TW.Load(w, i + 48), Avx512F.LoadVector512(x + i + 48), a3);
         }
-        for (; i + 16 <= n; i += 16) a0 = Avx512F.FusedMultiplyAdd(TW.Load16(w, i), Avx512F.LoadVector512(x + i), a0);
+        for (; i + 16 <= n; i += 16) a0 = Avx512F.FusedMultiplyAdd(TW.Load(w, i), Avx512F.LoadVector512(x + i), a0);
         float sum = Vector512.Sum((a0 + a1) + (a2 + a3));
         for (; i < n; i++) sum += TW.Scalar(w, i) * x[i];
         return sum;
-    }
-
-    /// <summary>How <see cref="Row{TW}"/> reads weight i (16 from i for Load16) of a row as f32, exactly.</summary>
-    interface IRowWeights
-    {
-        static abstract int Bytes { get; }
-        static abstract Vector512<float> Load16(byte* w, int i);
-        static abstract float Scalar(byte* w, int i);
-    }
-
-    readonly struct F32Weights : IRowWeights
-    {
-        public static int Bytes => 4;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* w, int i) => Avx512F.LoadVector512((float*)w + i);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Scalar(byte* w, int i) => ((float*)w)[i];
-    }
-
-    /// <summary>f16 widened by TWiden (the same value whichever widening a row allows).</summary>
-    readonly struct Halves<TWiden> : IRowWeights where TWiden : struct, IHalfWidening
-    {
-        public static int Bytes => 2;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* w, int i) => TWiden.Widen16(w + 2 * i);
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Scalar(byte* w, int i) => Fp16.ToSingle(((ushort*)w)[i]);
-    }
-
-    /// <summary>bf16 is the top half of an f32: zero-extended and shifted into place.</summary>
-    readonly struct BF16Weights : IRowWeights
-    {
-        public static int Bytes => 2;
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Load16(byte* w, int i) =>
-            Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((ushort*)w + i)), 16).AsSingle();
-
-        [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Scalar(byte* w, int i) => Bf16.ToSingle(((ushort*)w)[i]);
     }
 
     static float F16Avx2<TWiden>(byte* w, float* x, int n) where TWiden : struct, IHalfWidening

@@ -1,5 +1,4 @@
 using TokenMill.Backends.Cpu;
-using TokenMill.Generation;
 using TokenMill.Models;
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
@@ -25,22 +24,9 @@ public unsafe class NarrowedF32ForwardTests
         Assert.NotNull(narrowed);
         Assert.Equal(source, narrowed.Type);
         using var pool = new CpuWorkerPool(2);
-        var logits = new List<float[]>[2];
-        for (int run = 0; run < 2; run++)
-        {
-            using var forward = new CpuForward(model, maxBatchTokens: 16, pool) { NarrowF32 = run == 0 };
-            using var sequence = new SingleSequence(forward, 64);
-            logits[run] = [];
-            foreach (int[] tokens in new[] { new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }, [12], [13, 14], [15] })
-            {
-                var step = new float[model.Config.VocabSize];
-                sequence.Feed(tokens, step);
-                logits[run].Add(step);
-            }
-        }
-        for (int step = 0; step < logits[0].Count; step++)
-            Assert.True(logits[0][step].Select(BitConverter.SingleToInt32Bits).SequenceEqual(logits[1][step].Select(BitConverter.SingleToInt32Bits)),
-                $"{source} values in F32, step {step}: the narrowed logits differ from the F32 kernels'");
+        var f32 = ForwardSteps.Logits(model, pool, f => f.NarrowF32 = false);
+        var twoBytes = ForwardSteps.Logits(model, pool, f => f.NarrowF32 = true);
+        ForwardSteps.AssertSameBits(f32, twoBytes, $"{source} values in F32, narrowed");
     }
 
     [Fact]

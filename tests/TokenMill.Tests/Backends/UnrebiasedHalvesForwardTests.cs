@@ -1,5 +1,4 @@
 using TokenMill.Backends.Cpu;
-using TokenMill.Generation;
 using TokenMill.Models.Dummy;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
@@ -24,26 +23,8 @@ public class UnrebiasedHalvesForwardTests
         // 5e4: the feed-forward input rows hold values past 2^16 (and the down projection's past 10^9), which cannot be scaled by 2^112 in f32.
         Array.Fill(model.Weights.Layers[0].FfnNorm, ffnNormWeight);
         using var pool = new CpuWorkerPool(2);
-        var logits = new List<float[]>[2];
-        for (int run = 0; run < 2; run++)
-        {
-            using var forward = new CpuForward(model, maxBatchTokens: 16, pool) { UnrebiasedHalves = run == 0 };
-            using var sequence = new SingleSequence(forward, 64);
-            logits[run] = [];
-            foreach (int[] tokens in new[] { new[] { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 }, [12], [13, 14] })
-            {
-                var step = new float[model.Config.VocabSize];
-                sequence.Feed(tokens, step);
-                logits[run].Add(step);
-            }
-        }
-        for (int step = 0; step < logits[0].Count; step++)
-        {
-            Assert.All(logits[1][step], v => Assert.True(float.IsFinite(v), "the rebiased logits are finite"));
-            Assert.All(logits[0][step], v => Assert.True(float.IsFinite(v), "the logits are finite"));
-            var unrebiased = logits[0][step].Select(BitConverter.SingleToInt32Bits);
-            var rebiased = logits[1][step].Select(BitConverter.SingleToInt32Bits);
-            Assert.True(unrebiased.SequenceEqual(rebiased), $"step {step}: the logits differ");
-        }
+        var rebiased = ForwardSteps.Logits(model, pool, f => f.UnrebiasedHalves = false);
+        var unrebiased = ForwardSteps.Logits(model, pool, f => f.UnrebiasedHalves = true);
+        ForwardSteps.AssertSameBits(rebiased, unrebiased, $"F16, feed-forward norm weights {ffnNormWeight}");
     }
 }
