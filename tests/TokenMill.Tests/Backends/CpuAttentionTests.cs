@@ -57,6 +57,7 @@ public unsafe class CpuAttentionTests
         float scale = 1f / MathF.Sqrt(hd);
         var scores = new float[heads * count];
         var output = new float[heads * hd];
+        Array.Fill(output, float.NaN); // what the output held before must not leak in
 
         fixed (float* pk = keys, pv = values, pq = q, ps = scores, po = output)
         fixed (int* pslots = slots)
@@ -258,8 +259,13 @@ public unsafe class CpuAttentionTests
         }
         int qDim = heads * hd + 5; // rows further apart than their heads, as a model's query rows are
         var q = RandomArray(rng, rows * qDim, 2.0);
-        var slots = Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(end).ToArray();
+        // Scattered one by one, or (as a block table lays them) in runs of 16 consecutive slots in random block order,
+        // which the one-row f32 kernel reads in place run by run.
+        var slots = (hd + heads) % 2 == 0
+            ? Enumerable.Range(0, cacheSlots).OrderBy(_ => rng.Next()).Take(end).ToArray()
+            : Enumerable.Range(0, (cacheSlots + 15) / 16).OrderBy(_ => rng.Next()).SelectMany(b => Enumerable.Range(16 * b, 16)).Where(x => x < cacheSlots).Take(end).ToArray();
         var alone = new float[rows * qDim];
+        Array.Fill(alone, float.NaN);
         var together = new float[rows * qDim];
         Array.Fill(together, float.NaN); // what the output held before (the previous layer's) must not leak in
         var scores = new float[heads * counts.Sum()];

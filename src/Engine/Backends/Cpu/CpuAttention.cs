@@ -45,6 +45,8 @@ public static unsafe class CpuAttention
     /// over consecutive rows more than pays for the copy (<c>AttentionBenchmarks</c>), and the result is bit for bit the
     /// one over the rows in place: a score depends on its own key alone, the tiles are whole 16-position blocks, and the
     /// value sums run position by position through accumulators carried from tile to tile in <paramref name="output"/>.
+    /// One query row over an f32 cache whose slots come in runs of 16 or more (a block table's blocks) is read in place
+    /// instead (<see cref="InPlace"/>): the copy would serve no other row.
     /// </summary>
     public static void Attend(float* q, int heads, int headDim, KvCacheDtype dtype, byte* keys, byte* values, long slotStride, int* slots,
         int count, float scale, float* scores, float* output) =>
@@ -127,6 +129,11 @@ public static unsafe class CpuAttention
         long slotStride, int* slots, int* firsts, int* counts, int start, int end, float scale, float* scores, float* output, long outputStride,
         bool fast)
     {
+        if (dtype == KvCacheDtype.F32 && fast && queryRows == 1 && LongRuns(slots + firsts[0], counts[0]))
+        {
+            InPlace(values, q, heads, headDim, (float*)cache, slotStride / sizeof(float), slots, firsts[0], counts[0], scale, scores, output);
+            return;
+        }
         float* rows = WideScratch(headDim);
         int* identity = Identity;
         for (int j0 = start; j0 < end; j0 += WideTile)
@@ -143,13 +150,49 @@ public static unsafe class CpuAttention
                 {
                     float* o = output + r * outputStride;
                     bool accumulate = from > firsts[r];
-                    if (fast) Values512(heads, headDim, tile, to - from, at, counts[r], o, accumulate);
+                    if (fast) Values512(heads, headDim, tile, headDim, to - from, at, counts[r], o, accumulate);
                     else Values(heads, headDim, tile, headDim, identity, to - from, at, counts[r], o, accumulate);
                 }
-                else if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, tile, to - from, scale, at, counts[r]);
+                else if (fast) ScoresContiguous512(q + r * qStride, heads, headDim, tile, headDim, to - from, scale, at, counts[r]);
                 else Scores(q + r * qStride, heads, headDim, tile, headDim, identity, to - from, scale, at, counts[r]);
             }
         }
+    }
+
+    /// <summary>
+    /// One query row over an f32 cache (decode): the kernels read the rows where they are, run by run of consecutive
+    /// slots (a block's positions), since a copy into a tile would serve no other row. The same arithmetic in the same
+    /// order as over a tile — a score depends on its own key alone, the value sums run position by position — so the
+    /// same bits.
+    /// </summary>
+    static void InPlace(bool values, float* q, int heads, int headDim, float* cache, long stride, int* slots, int first, int count, float scale,
+        float* scores, float* output)
+    {
+        for (int j0 = first, end = first + count; j0 < end;)
+        {
+            int j1 = j0 + 1;
+            while (j1 < end && slots[j1] == slots[j1 - 1] + 1) j1++;
+            float* rows = cache + slots[j0] * stride, at = scores + (j0 - first);
+            if (values) Values512(heads, headDim, rows, stride, j1 - j0, at, count, output, accumulate: j0 > first);
+            else ScoresContiguous512(q, heads, headDim, rows, stride, j1 - j0, scale, at, count);
+            j0 = j1;
+        }
+    }
+
+    /// <summary>
+    /// Whether every run of consecutive slots but the last is at least 16 long (the score kernel's block: blocks of 16
+    /// or more positions). Shorter runs would send each position through the kernels' one-position tails: the tile instead.
+    /// </summary>
+    static bool LongRuns(int* slots, int count)
+    {
+        int run = 1;
+        for (int j = 1; j < count; j++)
+        {
+            if (slots[j] == slots[j - 1] + 1) run++;
+            else if (run < 16) return false;
+            else run = 1;
+        }
+        return true;
     }
 
     /// <summary>Positions a tile widens at once: a multiple of 16 (the score kernel's block); 64 rows of a 128-wide head are 32 KiB.</summary>
@@ -290,10 +333,10 @@ public static unsafe class CpuAttention
     /// whole prefill 20% slower.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void ScoresContiguous512(float* q, int heads, int hd, float* rows, int count, float scale, float* scores, int ld)
+    static void ScoresContiguous512(float* q, int heads, int hd, float* rows, long rowStride, int count, float scale, float* scores, int ld)
     {
         int j = 0;
-        long s = hd;
+        long s = rowStride;
         for (; j + 16 <= count; j += 16)
         {
             float* k = rows + j * s;
@@ -301,7 +344,7 @@ public static unsafe class CpuAttention
             int h = 0;
             for (; h + 4 <= heads; h += 4, qh += 4 * hd)
                 for (int p = 0; p < 16; p += 4)
-                    Scores4x4(qh, hd, k + p * s, scale, scores + (long)h * ld + j + p, ld);
+                    Scores4x4(qh, hd, k + p * s, s, scale, scores + (long)h * ld + j + p, ld);
             for (; h < heads; h++, qh += hd)
             {
                 var qv = Vector512.Load(qh);
@@ -349,9 +392,9 @@ public static unsafe class CpuAttention
     /// four scores land at <paramref name="scores"/> + i·<paramref name="ld"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Scores4x4(float* q, int hd, float* k, float scale, float* scores, int ld)
+    static void Scores4x4(float* q, int hd, float* k, long rowStride, float scale, float* scores, int ld)
     {
-        float* q1 = q + hd, q2 = q1 + hd, q3 = q2 + hd, k1 = k + hd, k2 = k1 + hd, k3 = k2 + hd;
+        float* q1 = q + hd, q2 = q1 + hd, q3 = q2 + hd, k1 = k + rowStride, k2 = k1 + rowStride, k3 = k2 + rowStride;
         Vector512<float> qa = Vector512.Load(q), qb = Vector512.Load(q1), qc = Vector512.Load(q2), qd = Vector512.Load(q3);
         Vector512<float> x0 = Vector512.Load(k), x1 = Vector512.Load(k1), x2 = Vector512.Load(k2), x3 = Vector512.Load(k3);
         Vector512<float> a0 = qa * x0, a1 = qa * x1, a2 = qa * x2, a3 = qa * x3;
@@ -438,7 +481,7 @@ public static unsafe class CpuAttention
     /// heads. Every accumulator sums position by position as the two-head pass does, so the sums are the same bits.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Values4x64(int hd, float* values, int count, float* p, int ld, float* o, bool accumulate)
+    static void Values4x64(int hd, float* values, long rowStride, int count, float* p, int ld, float* o, bool accumulate)
     {
         const int W = 16;
         float* p1 = p + ld, p2 = p1 + ld, p3 = p2 + ld, o1 = o + hd, o2 = o1 + hd, o3 = o2 + hd;
@@ -452,7 +495,7 @@ public static unsafe class CpuAttention
             d0 = Vector512.Load(o3); d1 = Vector512.Load(o3 + W); d2 = Vector512.Load(o3 + 2 * W); d3 = Vector512.Load(o3 + 3 * W);
         }
         float* v = values;
-        for (int j = 0; j < count; j++, v += hd)
+        for (int j = 0; j < count; j++, v += rowStride)
         {
             var v0 = Vector512.Load(v);
             var v1 = Vector512.Load(v + W);
@@ -483,13 +526,13 @@ public static unsafe class CpuAttention
     /// accumulator chains keep both FMA pipes busy).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Values512(int heads, int hd, float* values, int count, float* scores, int ld, float* output, bool accumulate)
+    static void Values512(int heads, int hd, float* values, long rowStride, int count, float* scores, int ld, float* output, bool accumulate)
     {
         const int W = 16;
         int h = 0;
         for (; h + 4 <= heads && hd % (4 * W) == 0; h += 4)
             for (int d = 0; d < hd; d += 4 * W)
-                Values4x64(hd, values + d, count, scores + (long)h * ld, ld, output + (long)h * hd + d, accumulate);
+                Values4x64(hd, values + d, rowStride, count, scores + (long)h * ld, ld, output + (long)h * hd + d, accumulate);
         for (; h + 2 <= heads; h += 2)
         {
             float* p = scores + (long)h * ld, pb = p + ld;
@@ -505,7 +548,7 @@ public static unsafe class CpuAttention
                 }
                 for (int j = 0; j < count; j++)
                 {
-                    float* v = values + (long)j * hd + d;
+                    float* v = values + j * rowStride + d;
                     var v0 = Vector512.Load(v);
                     var v1 = Vector512.Load(v + W);
                     var v2 = Vector512.Load(v + 2 * W);
@@ -535,7 +578,7 @@ public static unsafe class CpuAttention
                 Vector512<float> x = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero, y = accumulate ? Vector512.Load(ob + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
                 {
-                    var v = Vector512.Load(values + (long)j * hd + d);
+                    var v = Vector512.Load(values + j * rowStride + d);
                     x = Vector512.FusedMultiplyAdd(v, Vector512.Create(p[j]), x);
                     y = Vector512.FusedMultiplyAdd(v, Vector512.Create(pb[j]), y);
                 }
@@ -551,7 +594,7 @@ public static unsafe class CpuAttention
             {
                 var a = accumulate ? Vector512.Load(o + d) : Vector512<float>.Zero;
                 for (int j = 0; j < count; j++)
-                    a = Vector512.FusedMultiplyAdd(Vector512.Load(values + (long)j * hd + d), Vector512.Create(p[j]), a);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Load(values + j * rowStride + d), Vector512.Create(p[j]), a);
                 a.Store(o + d);
             }
         }
