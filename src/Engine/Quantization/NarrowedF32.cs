@@ -15,8 +15,9 @@ namespace TokenMill.Quantization;
 /// every result is the same bits from half the bytes: decode, which streams every weight once, about twice as fast.
 /// </summary>
 /// <remarks>
-/// Made once per matrix (<see cref="WeightTensor.Packed{T}"/>): the scan stops at the first row that does not narrow,
-/// so a matrix of full-precision f32 values (a model trained and saved in f32, or a dummy model) costs one row.
+/// Made once per matrix (<see cref="WeightTensor.Packed{T}"/>): seventeen rows spread over the matrix are checked before
+/// the copy is allocated, so a matrix of full-precision f32 values (a model trained and saved in f32, or a dummy model)
+/// costs those rows; the full scan then stops at the first row that does not narrow.
 /// </remarks>
 internal sealed unsafe class NarrowedF32
 {
@@ -35,12 +36,13 @@ internal sealed unsafe class NarrowedF32
         long bytes = w.Rows * cols * sizeof(ushort);
         if (w.Rows == 0 || bytes > Array.MaxLength) return new NarrowedF32(null, null);
         var sample = new ushort[cols];
+        var back = new float[cols];
         foreach (var type in new[] { GgmlType.BF16, GgmlType.F16 })
         {
             // Seventeen rows spread over the matrix before the copy is allocated: a matrix that does not narrow fails
             // there (a zero padding row — an embedding's, say — passes both checks, so one row would not do).
             bool sampled = true;
-            for (int i = 0; i <= SampleRows && sampled; i++) sampled = NarrowRow(w, (w.Rows - 1) * i / SampleRows, type, sample);
+            for (int i = 0; i <= SampleRows && sampled; i++) sampled = NarrowRow(w, (w.Rows - 1) * i / SampleRows, type, sample, back);
             if (!sampled) continue;
             var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "NarrowedF32.Of");
             if (!Narrow(w, type, data)) continue;
@@ -58,22 +60,23 @@ internal sealed unsafe class NarrowedF32
     {
         int cols = (int)w.Columns;
         // Rows in parallel, stopping at the first that does not narrow: TinyLlama's 4.4 GB of F32 in 2.6 s on two cores (4.3 s on one).
-        var result = Parallel.For(0, w.Rows, (r, loop) =>
+        var result = Parallel.For(0, w.Rows, () => new float[cols], (r, loop, back) =>
         {
-            if (!NarrowRow(w, r, type, MemoryMarshal.Cast<byte, ushort>(data.AsSpan(checked((int)(r * cols * sizeof(ushort))), cols * sizeof(ushort)))))
+            if (!NarrowRow(w, r, type, MemoryMarshal.Cast<byte, ushort>(data.AsSpan(checked((int)(r * cols * sizeof(ushort))), cols * sizeof(ushort))), back))
                 loop.Stop();
-        });
+            return back;
+        }, _ => { });
         return result.IsCompleted;
     }
 
-    static bool NarrowRow(WeightTensor w, long r, GgmlType type, Span<ushort> to)
+    /// <summary>Row r as <paramref name="type"/> into <paramref name="to"/>; <paramref name="back"/> is a row of scratch for the f16 round trip.</summary>
+    static bool NarrowRow(WeightTensor w, long r, GgmlType type, Span<ushort> to, float[] back)
     {
         var row = MemoryMarshal.Cast<byte, float>(w.Row(r));
         if (type == GgmlType.BF16) return TopHalves(row, to);
         var halves = MemoryMarshal.Cast<ushort, Half>(to);
         TensorPrimitives.ConvertToHalf(row, halves);
         // Bit for bit back (−0 stays −0), and finite: the F16 kernels that keep F32's order read finite halves.
-        Span<float> back = row.Length <= 4096 ? stackalloc float[row.Length] : new float[row.Length];
         TensorPrimitives.ConvertToSingle(halves, back);
         return MemoryMarshal.AsBytes(row).SequenceEqual(MemoryMarshal.AsBytes(back)) && TensorPrimitives.IsFiniteAll(row);
     }

@@ -148,7 +148,7 @@ public sealed unsafe class CpuForward : IDisposable
             else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
             else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
             else if (ScansF16(w)) w.Packed(s_scanF16);
-            else if (CanNarrow(w)) Narrowed(w);
+            else if (CanNarrow(w) && Narrowed(w) is var n && ScansF16(n)) n.Packed(s_scanF16);
         }
     }
 
@@ -170,9 +170,7 @@ public sealed unsafe class CpuForward : IDisposable
     WeightTensor Narrowed(WeightTensor w)
     {
         if (!NarrowF32 || !CanNarrow(w)) return w;
-        var n = w.Packed(s_narrowF32).Tensor;
-        if (n is not null && ScansF16(n)) n.Packed(s_scanF16);
-        return n ?? w;
+        return w.Packed(s_narrowF32).Tensor ?? w;
     }
 
     static readonly Func<WeightTensor, PackedQ4_0> s_packQ4 = w => PackedQ4_0.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
@@ -186,6 +184,9 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>F16 weights are scanned once for inf/NaN: a finite matrix (every real one) takes the one-row kernel
     /// that leaves out their handling.</summary>
     static bool ScansF16(WeightTensor w) => w.Type == GgmlType.F16 && DotAvx2.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+
+    /// <summary>An F16 matrix scanned and found free of inf and NaN.</summary>
+    static bool IsFiniteF16(WeightTensor w) => ScansF16(w) && w.Packed(s_scanF16).Finite;
 
     static readonly Func<WeightTensor, PackedQ4_K> s_packQ4K = w => PackedQ4_K.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
 
@@ -718,7 +719,7 @@ public sealed unsafe class CpuForward : IDisposable
         else if (_mmN >= TiledMinRows)
         {
             _padded = true;
-            _scaleHalf &= TileGemm.IsSupported && ScansF16(w) && w.Packed(s_scanF16).Finite;
+            _scaleHalf &= TileGemm.IsSupported && IsFiniteF16(w);
         }
         work += w.Rows * w.Columns * _mmN;
     }
@@ -813,11 +814,11 @@ public sealed unsafe class CpuForward : IDisposable
             int ldx = QuantizedDot.PaddedStride(cols);
             QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
                 new ReadOnlySpan<float>(_xPadded, (_mmN - 1) * ldx + cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
-                finiteHalf: ScansF16(w) && w.Packed(s_scanF16).Finite, aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx,
+                finiteHalf: IsFiniteF16(w), aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx,
                 scaledHalf: _scaleHalf);
             return;
         }
-        if (ScansF16(w) && w.Packed(s_scanF16).Finite)
+        if (IsFiniteF16(w))
         {
             for (long r = r0; r < r1; r++)
                 for (int t = 0; t < _mmN; t++)
