@@ -399,7 +399,7 @@ public sealed unsafe class PackedQ4_0
 
     /// <summary>The first <paramref name="count"/> of 16 lanes to <paramref name="y"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store16(Vector512<float> v, float* scratch, float* y, int count)
+    internal static void Store16(Vector512<float> v, float* scratch, float* y, int count)
     {
         if (count == PairRows)
         {

@@ -22,20 +22,30 @@ namespace TokenMill.Quantization;
 /// −8·Σa, times 16) start each block's accumulator. Every block's dot is the exact integer Σ w·a, scaled by dw·da and
 /// accumulated in f32 block by block, in the same order for every activation row whatever its batch mates.
 /// </para>
+/// <para>
+/// Without AVX-VNNI (Zen 4, Ice Lake and the other AVX-512 cores before Sapphire Rapids, which have only the
+/// 512-bit EVEX <c>vpdpbusd</c> that .NET 10 does not expose) the same bytes go through <see cref="Multiply16"/>
+/// (<see cref="PackedKernel.Avx512BW"/>): two groups side by side in 512-bit registers and 512-bit <c>vpmaddubsw</c> on
+/// |w| and the activation with w's sign — the same exact integer block dots, the same f32 steps, the same bits.
+/// </para>
 /// </summary>
 public sealed unsafe class PackedQ8_0
 {
     public const int Rows = 8;
     public const int GroupBlockBytes = Rows * QK + Rows * sizeof(ushort);
 
+    /// <summary>Rows of the 512-bit kernel's pass: two groups, the sixteen lanes of a 512-bit register.</summary>
+    public const int PairRows = 2 * Rows;
+
     readonly byte[] _data; // pinned: the kernels take its address once
     readonly bool _specialScales; // some scale is ±inf or NaN: widened by ExactHalves
+    readonly PackedKernel _kernel;
 
-    PackedQ8_0(byte[] data, int rows, int columns, bool specialScales) =>
-        (_data, RowCount, Columns, _specialScales) = (data, rows, columns, specialScales);
+    PackedQ8_0(byte[] data, int rows, int columns, bool specialScales, PackedKernel kernel) =>
+        (_data, RowCount, Columns, _specialScales, _kernel) = (data, rows, columns, specialScales, kernel);
 
-    /// <summary>Whether the packed kernel runs here (AVX-VNNI, AVX2 and FMA).</summary>
-    public static bool IsSupported => AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>Whether a packed kernel runs here: AVX2 and FMA, with AVX-VNNI or AVX-512BW.</summary>
+    public static bool IsSupported => PackedKernels.AnySupported;
 
     public int RowCount { get; }
     public int Columns { get; }
@@ -43,9 +53,13 @@ public sealed unsafe class PackedQ8_0
     long GroupBytes => (long)Blocks * GroupBlockBytes;
 
     /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> Q8_0 matrix (missing rows of the last group are zero).</summary>
-    public static PackedQ8_0 Pack(ReadOnlySpan<byte> weights, int rows, int columns)
+    public static PackedQ8_0 Pack(ReadOnlySpan<byte> weights, int rows, int columns) => Pack(weights, rows, columns, PackedKernels.Preferred);
+
+    /// <summary>Repacks for the kernel <paramref name="kernel"/> (tests run both where both run).</summary>
+    internal static PackedQ8_0 Pack(ReadOnlySpan<byte> weights, int rows, int columns, PackedKernel kernel)
     {
-        if (!IsSupported) throw new NotSupportedException("PackedQ8_0 needs AVX-VNNI");
+        if (!PackedKernels.Supports(kernel))
+            throw new NotSupportedException(kernel == PackedKernel.Vnni ? "PackedQ8_0's vpdpbusd kernel needs AVX-VNNI, AVX2 and FMA" : "PackedQ8_0's 512-bit kernel needs AVX-512BW, AVX2 and FMA");
         if (rows < 0 || columns <= 0 || columns % QK != 0)
             throw new ArgumentException($"PackedQ8_0.Pack: a {rows} × {columns} matrix is not a whole number of Q8_0 blocks per row");
         long rowBytes = (long)columns / QK * Q8_0Bytes;
@@ -86,7 +100,7 @@ public sealed unsafe class PackedQ8_0
                     for (int c = 0; c < Rows; c++) Avx.Store((int*)t + 8 * c, k[c]);
                 }
         }
-        return new PackedQ8_0(data, rows, columns, special);
+        return new PackedQ8_0(data, rows, columns, special, kernel);
     }
 
     /// <summary>
@@ -107,11 +121,23 @@ public sealed unsafe class PackedQ8_0
     void Multiply<TScales>(int r0, int count, sbyte* xq, float* xd, int* xc, int n, float* y, int yStride) where TScales : struct, IHalfWidening
     {
         int blocks = Blocks;
-        var result = stackalloc float[Rows];
+        var result = stackalloc float[PairRows];
         fixed (byte* data = _data)
             for (int i0 = 0; i0 < n; i0 += PackedQ4_0.ActivationRowsPerPass)
             {
                 int m = Math.Min(PackedQ4_0.ActivationRowsPerPass, n - i0);
+                if (_kernel == PackedKernel.Avx512BW)
+                {
+                    // Groups g and g + 1 side by side; a lone last group is read for both halves and stores its own 8 lanes.
+                    for (int g = r0; g < r0 + count; g += PairRows)
+                    {
+                        byte* tile = data + g / Rows * GroupBytes;
+                        int rowsHere = Math.Min(PairRows, r0 + count - g);
+                        Multiply16<TScales>(tile, rowsHere > Rows ? GroupBytes : 0, g + PairRows < r0 + count ? tile + 2 * GroupBytes : null, blocks,
+                            xq + (long)i0 * Columns, xd + (long)i0 * blocks, m, y + (long)i0 * yStride + g, yStride, rowsHere, result);
+                    }
+                    continue;
+                }
                 for (int g = r0; g < r0 + count; g += Rows)
                 {
                     byte* tile = data + g / Rows * GroupBytes;
@@ -193,6 +219,151 @@ public sealed unsafe class PackedQ8_0
             IntegerTile.Store(f0, result, y + (long)i * yStride, rowsHere);
         }
     }
+
+    /// <summary>
+    /// Groups at <paramref name="tile"/> and <paramref name="tile"/> + <paramref name="second"/> (lanes 0…7 and 8…15)
+    /// against the n activation rows — eight, then four, then one at a time — with AVX-512BW; <paramref name="next"/>
+    /// (the pair this range computes next, or null) is brought into L2 meanwhile. Per 64-byte chunk (16 rows × 4
+    /// weights): w = u − 128, |w| and w's sign once, then for each activation row its 4 quants broadcast, negated
+    /// where w &lt; 0, one <c>vpmaddubsw</c> (|w| ≤ 128, |a| ≤ 127: a pair of products is at most 32,512, no
+    /// saturation), one <c>vpmaddwd</c> by 1 and an add into the block's int32 dot Σ w·a — the exact integer that
+    /// <see cref="Multiply8{TScales}"/> gets from Σ (w + 128)·a − 128·Σa, then the same f32 steps on 16 lanes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Multiply16<TScales>(byte* tile, long second, byte* next, int blocks, sbyte* xq, float* xd, int n, float* y, int yStride, int rowsHere, float* result)
+        where TScales : struct, IHalfWidening
+    {
+        int cols = blocks * QK;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
+            byte* t = tile;
+            // As in PackedQ4_0.Multiply16: the second pass over this pair (found in L2) prefetches the next pair.
+            byte* ahead = i == 8 ? next : null;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
+                Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0;
+                for (int k = 0; k < 8; k++)
+                {
+                    var (abs, w) = Weights16(t + 32 * k, second);
+                    sbyte* a = a0 + 4 * k;
+                    e0 = Dot16(e0, abs, w, a);
+                    e1 = Dot16(e1, abs, w, a + cols);
+                    e2 = Dot16(e2, abs, w, a + 2 * cols);
+                    e3 = Dot16(e3, abs, w, a + 3 * cols);
+                    e4 = Dot16(e4, abs, w, a + 4 * cols);
+                    e5 = Dot16(e5, abs, w, a + 5 * cols);
+                    e6 = Dot16(e6, abs, w, a + 6 * cols);
+                    e7 = Dot16(e7, abs, w, a + 7 * cols);
+                }
+                var scales = Scales16<TScales>(t, second);
+                f0 = Step16(f0, e0, scales, d0[b]);
+                f1 = Step16(f1, e1, scales, d0[b + blocks]);
+                f2 = Step16(f2, e2, scales, d0[b + 2 * blocks]);
+                f3 = Step16(f3, e3, scales, d0[b + 3 * blocks]);
+                f4 = Step16(f4, e4, scales, d0[b + 4 * blocks]);
+                f5 = Step16(f5, e5, scales, d0[b + 5 * blocks]);
+                f6 = Step16(f6, e6, scales, d0[b + 6 * blocks]);
+                f7 = Step16(f7, e7, scales, d0[b + 7 * blocks]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+            PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
+            PackedQ4_0.Store16(f2, result, y + (long)(i + 2) * yStride, rowsHere);
+            PackedQ4_0.Store16(f3, result, y + (long)(i + 3) * yStride, rowsHere);
+            PackedQ4_0.Store16(f4, result, y + (long)(i + 4) * yStride, rowsHere);
+            PackedQ4_0.Store16(f5, result, y + (long)(i + 5) * yStride, rowsHere);
+            PackedQ4_0.Store16(f6, result, y + (long)(i + 6) * yStride, rowsHere);
+            PackedQ4_0.Store16(f7, result, y + (long)(i + 7) * yStride, rowsHere);
+        }
+        for (; i + 4 <= n; i += 4)
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0;
+                for (int k = 0; k < 8; k++)
+                {
+                    var (abs, w) = Weights16(t + 32 * k, second);
+                    sbyte* a = a0 + 4 * k;
+                    e0 = Dot16(e0, abs, w, a);
+                    e1 = Dot16(e1, abs, w, a + cols);
+                    e2 = Dot16(e2, abs, w, a + 2 * cols);
+                    e3 = Dot16(e3, abs, w, a + 3 * cols);
+                }
+                var scales = Scales16<TScales>(t, second);
+                f0 = Step16(f0, e0, scales, d0[b]);
+                f1 = Step16(f1, e1, scales, d0[b + blocks]);
+                f2 = Step16(f2, e2, scales, d0[b + 2 * blocks]);
+                f3 = Step16(f3, e3, scales, d0[b + 3 * blocks]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+            PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
+            PackedQ4_0.Store16(f2, result, y + (long)(i + 2) * yStride, rowsHere);
+            PackedQ4_0.Store16(f3, result, y + (long)(i + 3) * yStride, rowsHere);
+        }
+        for (; i < n; i++) // the same arithmetic for one row
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            var f0 = Vector512<float>.Zero;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                // Two chains: one row has no other rows' work to hide an add's latency behind.
+                Vector512<int> e0 = Vector512<int>.Zero, o0 = e0;
+                for (int k = 0; k < 8; k += 2)
+                {
+                    var (abs0, w0) = Weights16(t + 32 * k, second);
+                    var (abs1, w1) = Weights16(t + 32 * k + 32, second);
+                    e0 = Dot16(e0, abs0, w0, a0 + 4 * k);
+                    o0 = Dot16(o0, abs1, w1, a0 + 4 * k + 4);
+                }
+                f0 = Step16(f0, e0 + o0, Scales16<TScales>(t, second), d0[b]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+        }
+    }
+
+    /// <summary>|w| and w for chunk <paramref name="chunk"/> of both groups (16 rows × 4 weights, stored as w + 128).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static (Vector512<byte> Abs, Vector512<sbyte> W) Weights16(byte* chunk, long second)
+    {
+        var u = Avx512F.InsertVector256(Avx.LoadVector256(chunk).ToVector512Unsafe(), Avx.LoadVector256(chunk + second), 1);
+        var w = (u ^ Vector512.Create((byte)0x80)).AsSByte();
+        return (Avx512BW.Abs(w), w); // |−128| is 128 as an unsigned byte
+    }
+
+    /// <summary>acc + Σ over each 4-byte group of |w|·(a with w's sign), the 4 quants at <paramref name="a"/> broadcast to every lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<int> Dot16(Vector512<int> acc, Vector512<byte> abs, Vector512<sbyte> w, sbyte* a)
+    {
+        // Written with the comparison inside, the JIT keeps w < 0 in a mask register across the rows that share it
+        // and negates with one masked vpsubb (a comparison made once and passed in became a vector and a blend).
+        var s = Vector512.Create(Unsafe.ReadUnaligned<int>(a)).AsSByte();
+        s = Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - s, s);
+        return acc + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(abs, s), Vector512<short>.One);
+    }
+
+    /// <summary>The 16 rows' block scales, widened: the first group's 8, then the second's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Scales16<TScales>(byte* t, long second) where TScales : struct, IHalfWidening =>
+        Vector512.Create(TScales.Widen8(t + Rows * QK), TScales.Widen8(t + second + Rows * QK));
+
+    /// <summary>f + f32(dot)·(scales·da): <see cref="Multiply8{TScales}"/>'s f32 step on 16 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Step16(Vector512<float> f, Vector512<int> dot, Vector512<float> scales, float da) =>
+        Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), f);
 
     /// <summary>−128·Σa in every lane, from the block's −8·Σa (<see cref="PackedQ4_0.BlockSums"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -10,23 +10,30 @@ namespace TokenMill.Tests.Quantization;
 /// and batch sizes: every result equals, bit for bit, a scalar model of the kernels' arithmetic (the exact integer
 /// block dot, then f = fma(f32(dot), dw·da, f) block by block) — so one activation row alone (decode's kernel) and the
 /// same row in a batch of any size (the multi-row kernels) agree exactly — and agrees with
-/// <see cref="IntegerDot.DotScalar"/> within f32 rounding.
+/// <see cref="IntegerDot.DotScalar"/> within f32 rounding. Q8_0 has two kernels over the same bytes (AVX-VNNI's
+/// vpdpbusd, AVX-512BW's vpmaddubsw): each runs where the machine has it, and both must give the model's bits.
 /// </summary>
 public class PackedKernelTests
 {
-    public static TheoryData<GgmlType> Types() => new() { GgmlType.Q8_0, GgmlType.Q4_0 };
+    public static TheoryData<GgmlType, string> Types() => new()
+    {
+        { GgmlType.Q8_0, nameof(PackedKernel.Vnni) },
+        { GgmlType.Q8_0, nameof(PackedKernel.Avx512BW) },
+        { GgmlType.Q4_0, "" },
+    };
 
     // Batch sizes: every n up to 40 (eight-, four- and one-row passes, 32 decode sequences and more), and around
     // the 64 activation rows of one pass over the weights.
     static readonly int[] BatchSizes = [.. Enumerable.Range(1, 40), 63, 64, 65, 70];
 
-    static bool Supported(GgmlType type) => type == GgmlType.Q4_0 ? PackedQ4_0.IsSupported : PackedQ8_0.IsSupported;
+    static bool Supported(GgmlType type, string kernel) =>
+        type == GgmlType.Q4_0 ? PackedQ4_0.IsSupported : PackedKernels.Supports(Enum.Parse<PackedKernel>(kernel));
 
     /// <summary>Either packed matrix behind one call: rows [r0, r0 + count) for n activation rows.</summary>
-    sealed unsafe class Packed(GgmlType type, byte[] weights, int rows, int cols)
+    sealed unsafe class Packed(GgmlType type, string kernel, byte[] weights, int rows, int cols)
     {
         readonly PackedQ4_0? _q4 = type == GgmlType.Q4_0 ? PackedQ4_0.Pack(weights, rows, cols) : null;
-        readonly PackedQ8_0? _q8 = type == GgmlType.Q8_0 ? PackedQ8_0.Pack(weights, rows, cols) : null;
+        readonly PackedQ8_0? _q8 = type == GgmlType.Q8_0 ? PackedQ8_0.Pack(weights, rows, cols, Enum.Parse<PackedKernel>(kernel)) : null;
 
         public void Multiply(int r0, int count, sbyte[] q, float[] d, int[] c, int n, float[] y, int yStride)
         {
@@ -63,9 +70,9 @@ public class PackedKernelTests
 
     [Theory]
     [MemberData(nameof(Types))]
-    public void Every_batch_size_and_row_range_gives_each_row_its_one_row_result_bit_for_bit(GgmlType type)
+    public void Every_batch_size_and_row_range_gives_each_row_its_one_row_result_bit_for_bit(GgmlType type, string kernel)
     {
-        if (!Supported(type)) return; // no AVX2/AVX-VNNI here: CpuForward uses the unpacked kernels
+        if (!Supported(type, kernel)) return; // not on this machine: CpuForward uses another kernel
         var rng = new Random(120 + (int)type);
         int maxN = BatchSizes.Max();
         // Odd row counts (a partial last group), one group, an odd and an even number of whole groups (the 16-row
@@ -80,7 +87,7 @@ public class PackedKernelTests
             var c = new int[maxN * blocks];
             QuantizedDot.QuantizeActivations(x, q, d);
             for (int i = 0; i < maxN; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
-            var packed = new Packed(type, w, rows, cols);
+            var packed = new Packed(type, kernel, w, rows, cols);
 
             // Each activation row alone (n = 1): the scalar model bit for bit, the reference within f32 rounding.
             var alone = new float[maxN * rows];
@@ -132,9 +139,9 @@ public class PackedKernelTests
 
     [Theory]
     [MemberData(nameof(Types))]
-    public void Every_row_range_that_starts_at_a_group_gives_the_scalar_models_result_bit_for_bit(GgmlType type)
+    public void Every_row_range_that_starts_at_a_group_gives_the_scalar_models_result_bit_for_bit(GgmlType type, string kernel)
     {
-        if (!Supported(type)) return;
+        if (!Supported(type, kernel)) return;
         var rng = new Random(140 + (int)type);
         // Ranges that start at either group of a Q4_0 pair (the 16-row kernel, or the 8-row one for a pair's second
         // group) and end anywhere: inside a group, at a group's end, at a pair's end; partial last pairs.
@@ -148,7 +155,7 @@ public class PackedKernelTests
             var c = new int[maxN * blocks];
             QuantizedDot.QuantizeActivations(IntegerDotTests.Activations(maxN * cols, rng), q, d);
             for (int i = 0; i < maxN; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
-            var packed = new Packed(type, w, rows, cols);
+            var packed = new Packed(type, kernel, w, rows, cols);
             var model = new float[maxN * rows];
             for (int i = 0; i < maxN; i++)
                 for (int r = 0; r < rows; r++)
@@ -215,9 +222,9 @@ public class PackedKernelTests
 
     [Theory]
     [MemberData(nameof(Types))]
-    public void A_matrix_with_inf_and_NaN_scales_gives_the_scalar_models_result(GgmlType type)
+    public void A_matrix_with_inf_and_NaN_scales_gives_the_scalar_models_result(GgmlType type, string kernel)
     {
-        if (!Supported(type)) return;
+        if (!Supported(type, kernel)) return;
         var rng = new Random(77);
         const int rows = 24, cols = 96, blocks = cols / 32, n = 9;
         int rowBytes = (int)GgmlTypeInfo.RowBytes(type, cols), blockBytes = rowBytes / blocks;
@@ -233,7 +240,7 @@ public class PackedKernelTests
         QuantizedDot.QuantizeActivations(IntegerDotTests.Activations(n * cols, rng), q, d);
         for (int i = 0; i < n; i++) PackedQ4_0.BlockSums(q.AsSpan(i * cols, cols), c.AsSpan(i * blocks, blocks));
         var ys = new float[n * rows];
-        new Packed(type, w, rows, cols).Multiply(0, rows, q, d, c, n, ys, rows);
+        new Packed(type, kernel, w, rows, cols).Multiply(0, rows, q, d, c, n, ys, rows);
         for (int i = 0; i < n; i++)
             for (int r = 0; r < rows; r++)
             {
@@ -275,11 +282,18 @@ public class PackedKernelTests
         Assert.Throws<ArgumentException>(() => PackedQ4_0.BlockSums(new sbyte[33], new int[2]));
     }
 
-    [Fact]
-    public void Q8_0_rejects_ranges_that_do_not_start_at_a_group_and_matrices_of_the_wrong_size()
+    [Theory]
+    [InlineData(nameof(PackedKernel.Vnni))]
+    [InlineData(nameof(PackedKernel.Avx512BW))]
+    public void Q8_0_rejects_ranges_that_do_not_start_at_a_group_and_matrices_of_the_wrong_size(string kernel)
     {
-        if (!PackedQ8_0.IsSupported) return;
-        var packed = PackedQ8_0.Pack(new byte[16 * 34], 16, 32);
+        var path = Enum.Parse<PackedKernel>(kernel);
+        if (!PackedKernels.Supports(path))
+        {
+            Assert.Contains("PackedQ8_0's", Assert.Throws<NotSupportedException>(() => PackedQ8_0.Pack(new byte[34], 1, 32, path)).Message);
+            return;
+        }
+        var packed = PackedQ8_0.Pack(new byte[16 * 34], 16, 32, path);
         var e = Assert.Throws<ArgumentOutOfRangeException>(() => { unsafe { packed.Multiply(3, 4, null, null, null, 1, null, 16); } });
         Assert.Contains("multiple of 8", e.Message);
         Assert.Contains("rows 8..24 of 16", Assert.Throws<ArgumentOutOfRangeException>(() => { unsafe { packed.Multiply(8, 16, null, null, null, 1, null, 16); } }).Message);
