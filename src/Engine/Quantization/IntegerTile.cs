@@ -177,6 +177,15 @@ internal static unsafe class IntegerTile
     }
 
     /// <summary>
+    /// The 32 bytes at <paramref name="first"/> in lanes 0…255 and those at <paramref name="first"/> + <paramref name="second"/>
+    /// in lanes 256…511: the same chunk of two 8-row groups, for a 512-bit kernel over a layout of 8-row groups
+    /// (one load and one <c>vinserti32x8</c> from memory).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<byte> LoadPair(byte* first, long second) =>
+        Avx512F.InsertVector256(Avx.LoadVector256(first).ToVector512Unsafe(), Avx.LoadVector256(first + second), 1);
+
+    /// <summary>
     /// Requests one block of a repacked matrix (<paramref name="bytes"/>: 257–320, i.e. 288 for
     /// <see cref="PackedQ4_0"/>, 272 for <see cref="PackedQ8_0"/>) into L2: five lines from its start and the line of
     /// its last byte — five or six lines, wherever the block starts.

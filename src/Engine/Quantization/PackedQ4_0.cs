@@ -384,12 +384,23 @@ public sealed unsafe class PackedQ4_0
     static Vector512<float> Step16(Vector512<float> f, Vector512<byte> l0, Vector512<byte> l1, Vector512<byte> l2, Vector512<byte> l3,
         Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2, Vector512<byte> h3, sbyte* a, int start, Vector512<float> scales, float da)
     {
-        // Chunk c's low nibbles are elements 4c..4c+3, its high ones 4c+16..4c+19.
+        var dot = Avx512F.Add(NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a), Vector512.Create(start));
+        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), f);
+    }
+
+    /// <summary>
+    /// Σ nibble·a over one block of 32 for 16 rows (lane = row), exact: chunk c's low nibbles are elements 4c..4c+3, its
+    /// high ones 4c+16..4c+19; 8 <c>vpmaddubsw</c> summed in int16 (|Σ| ≤ 16·15·127 = 30480, no saturation), one
+    /// <c>vpmaddwd</c> by 1. Shared by the Q4_K kernel, whose quants are nibbles too.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<int> NibbleDot16(Vector512<byte> l0, Vector512<byte> l1, Vector512<byte> l2, Vector512<byte> l3,
+        Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2, Vector512<byte> h3, sbyte* a)
+    {
         var p = Avx512BW.Add(
             Avx512BW.Add(Avx512BW.Add(Pairs(l0, a), Pairs(l1, a + 4)), Avx512BW.Add(Pairs(l2, a + 8), Pairs(l3, a + 12))),
             Avx512BW.Add(Avx512BW.Add(Pairs(h0, a + 16), Pairs(h1, a + 20)), Avx512BW.Add(Pairs(h2, a + 24), Pairs(h3, a + 28))));
-        var dot = Avx512F.Add(Avx512BW.MultiplyAddAdjacent(p, Vector512.Create((short)1)), Vector512.Create(start));
-        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), f);
+        return Avx512BW.MultiplyAddAdjacent(p, Vector512.Create((short)1));
     }
 
     /// <summary>vpmaddubsw of 16 rows × 4 unsigned weights with the 4 activations at <paramref name="a"/> broadcast to every lane.</summary>

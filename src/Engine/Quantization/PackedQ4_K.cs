@@ -20,6 +20,12 @@ namespace TokenMill.Quantization;
 /// offset to cancel) and Σaq the activation's block sum (<see cref="IntegerDotK.BlockSums"/>). Each activation row's
 /// arithmetic is the same whatever its batch mates, so a row's result does not depend on the batch.
 /// </para>
+/// <para>
+/// Without AVX-VNNI the same bytes go through <see cref="Multiply16"/> (<see cref="PackedKernel.Avx512BW"/>): two
+/// groups side by side in 512-bit registers, each sub-block's nibbles unpacked once for eight activation rows,
+/// 512-bit <c>vpmaddubsw</c> summed in int16 (<see cref="PackedQ4_0.NibbleDot16"/>) — the same integer dots and f32
+/// steps, the same bits.
+/// </para>
 /// </summary>
 public sealed unsafe class PackedQ4_K
 {
@@ -29,12 +35,16 @@ public sealed unsafe class PackedQ4_K
     /// <summary>Bytes of one group's sub-block: quants, scales, mins.</summary>
     public const int GroupBlockBytes = 4 * 32 + 2 * Rows * sizeof(float);
 
+    /// <summary>Rows of the 512-bit kernel's pass: two groups.</summary>
+    public const int PairRows = 2 * Rows;
+
     readonly byte[] _data; // pinned: the kernels take its address once
+    readonly PackedKernel _kernel;
 
-    PackedQ4_K(byte[] data, int rows, int columns) => (_data, RowCount, Columns) = (data, rows, columns);
+    PackedQ4_K(byte[] data, int rows, int columns, PackedKernel kernel) => (_data, RowCount, Columns, _kernel) = (data, rows, columns, kernel);
 
-    /// <summary>Whether the repacked kernel runs here (AVX-VNNI, AVX2 and FMA).</summary>
-    public static bool IsSupported => AvxVnni.IsSupported && Avx2.IsSupported && Fma.IsSupported;
+    /// <summary>Whether a repacked kernel runs here: AVX2 and FMA, with AVX-VNNI or AVX-512BW.</summary>
+    public static bool IsSupported => PackedKernels.AnySupported;
 
     /// <summary>Rows of the matrix.</summary>
     public int RowCount { get; }
@@ -46,9 +56,13 @@ public sealed unsafe class PackedQ4_K
     long GroupBytes => (long)Blocks * GroupBlockBytes;
 
     /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> Q4_K matrix (missing rows of the last group are zero).</summary>
-    public static PackedQ4_K Pack(ReadOnlySpan<byte> weights, int rows, int columns)
+    public static PackedQ4_K Pack(ReadOnlySpan<byte> weights, int rows, int columns) => Pack(weights, rows, columns, PackedKernels.Preferred);
+
+    /// <summary>Repacks for the kernel <paramref name="kernel"/> (tests run both where both run).</summary>
+    internal static PackedQ4_K Pack(ReadOnlySpan<byte> weights, int rows, int columns, PackedKernel kernel)
     {
-        if (!IsSupported) throw new NotSupportedException("PackedQ4_K needs AVX-VNNI, AVX2 and FMA");
+        if (!PackedKernels.Supports(kernel))
+            throw new NotSupportedException(kernel == PackedKernel.Vnni ? "PackedQ4_K's vpdpbusd kernel needs AVX-VNNI, AVX2 and FMA" : "PackedQ4_K's 512-bit kernel needs AVX-512BW, AVX2 and FMA");
         if (rows < 0 || columns <= 0 || columns % QK_K != 0)
             throw new ArgumentException($"PackedQ4_K.Pack: a {rows} × {columns} matrix is not a whole number of Q4_K super-blocks ({QK_K}) per row");
         long rowBytes = (long)columns / QK_K * Q4_KBytes;
@@ -92,7 +106,7 @@ public sealed unsafe class PackedQ4_K
                         Avx.Store(t + 32 * c, Avx2.Or(k[c].AsByte(), Avx2.ShiftLeftLogical(k[c + 4].AsUInt16(), 4).AsByte()));
                 }
         }
-        return new PackedQ4_K(data, rows, columns);
+        return new PackedQ4_K(data, rows, columns, kernel);
     }
 
     /// <summary>
@@ -106,9 +120,26 @@ public sealed unsafe class PackedQ4_K
         if (r0 < 0 || (count > 0 && r0 % Rows != 0) || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(count), $"PackedQ4_K.Multiply: rows {r0}..{r0 + count} of {RowCount} (the first must be a multiple of {Rows})");
         int blocks = Blocks, cols = Columns;
-        var result = stackalloc float[Rows];
+        var result = stackalloc float[PairRows];
         fixed (byte* data = _data)
         {
+            if (_kernel == PackedKernel.Avx512BW)
+            {
+                // As PackedQ8_0's: groups g and g + 1 side by side (a lone last group read for both halves), over passes
+                // of activation rows that stay in L2.
+                for (int i0 = 0; i0 < n; i0 += PackedQ4_0.ActivationRowsPerPass)
+                {
+                    int m = Math.Min(PackedQ4_0.ActivationRowsPerPass, n - i0);
+                    for (int g = r0; g < r0 + count; g += PairRows)
+                    {
+                        byte* tile = data + g / Rows * GroupBytes;
+                        int rowsHere = Math.Min(PairRows, r0 + count - g);
+                        Multiply16(tile, rowsHere > Rows ? GroupBytes : 0, g + PairRows < r0 + count ? tile + 2 * GroupBytes : null, blocks,
+                            xq + (long)i0 * cols, xd + (long)i0 * blocks, xs + (long)i0 * blocks, m, y + (long)i0 * yStride + g, yStride, rowsHere, result);
+                    }
+                }
+                return;
+            }
             for (int g = r0; g < r0 + count; g += Rows)
             {
                 byte* tile = data + g / Rows * GroupBytes;
@@ -171,6 +202,117 @@ public sealed unsafe class PackedQ4_K
             }
         }
     }
+
+    /// <summary>
+    /// Groups at <paramref name="tile"/> and <paramref name="tile"/> + <paramref name="second"/> (lanes 0…7 and 8…15)
+    /// against the n activation rows — eight, then four, then one at a time — with AVX-512BW; <paramref name="next"/>
+    /// (the pair this range computes next, or null) is brought into L2 meanwhile. Per sub-block: its nibbles unpacked
+    /// once, then for each activation row <see cref="PackedQ4_0.NibbleDot16"/> and the eight-row kernel's f32 step on
+    /// 16 lanes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Multiply16(byte* tile, long second, byte* next, int blocks, sbyte* xq, float* xd, int* xs, int n, float* y, int yStride, int rowsHere, float* result)
+    {
+        int cols = blocks * QK;
+        int i = 0;
+        for (; i + 8 <= n; i += 8)
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            int* s0 = xs + (long)i * blocks;
+            Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
+            byte* t = tile;
+            byte* ahead = i == 8 ? next : null; // as in PackedQ4_0.Multiply16
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
+                var (l0, h0) = Nibbles16(t, second);
+                var (l1, h1) = Nibbles16(t + 32, second);
+                var (l2, h2) = Nibbles16(t + 64, second);
+                var (l3, h3) = Nibbles16(t + 96, second);
+                var scales = IntegerTile.LoadPair(t + 128, second).AsSingle();
+                var mins = IntegerTile.LoadPair(t + 160, second).AsSingle();
+                f0 = Step16(f0, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0), scales, mins, d0[b], s0[b]);
+                f1 = Step16(f1, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + cols), scales, mins, d0[b + blocks], s0[b + blocks]);
+                f2 = Step16(f2, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 2 * cols), scales, mins, d0[b + 2 * blocks], s0[b + 2 * blocks]);
+                f3 = Step16(f3, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 3 * cols), scales, mins, d0[b + 3 * blocks], s0[b + 3 * blocks]);
+                f4 = Step16(f4, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 4 * cols), scales, mins, d0[b + 4 * blocks], s0[b + 4 * blocks]);
+                f5 = Step16(f5, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 5 * cols), scales, mins, d0[b + 5 * blocks], s0[b + 5 * blocks]);
+                f6 = Step16(f6, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 6 * cols), scales, mins, d0[b + 6 * blocks], s0[b + 6 * blocks]);
+                f7 = Step16(f7, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 7 * cols), scales, mins, d0[b + 7 * blocks], s0[b + 7 * blocks]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+            PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
+            PackedQ4_0.Store16(f2, result, y + (long)(i + 2) * yStride, rowsHere);
+            PackedQ4_0.Store16(f3, result, y + (long)(i + 3) * yStride, rowsHere);
+            PackedQ4_0.Store16(f4, result, y + (long)(i + 4) * yStride, rowsHere);
+            PackedQ4_0.Store16(f5, result, y + (long)(i + 5) * yStride, rowsHere);
+            PackedQ4_0.Store16(f6, result, y + (long)(i + 6) * yStride, rowsHere);
+            PackedQ4_0.Store16(f7, result, y + (long)(i + 7) * yStride, rowsHere);
+        }
+        for (; i + 4 <= n; i += 4)
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            int* s0 = xs + (long)i * blocks;
+            Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                var (l0, h0) = Nibbles16(t, second);
+                var (l1, h1) = Nibbles16(t + 32, second);
+                var (l2, h2) = Nibbles16(t + 64, second);
+                var (l3, h3) = Nibbles16(t + 96, second);
+                var scales = IntegerTile.LoadPair(t + 128, second).AsSingle();
+                var mins = IntegerTile.LoadPair(t + 160, second).AsSingle();
+                f0 = Step16(f0, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0), scales, mins, d0[b], s0[b]);
+                f1 = Step16(f1, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + cols), scales, mins, d0[b + blocks], s0[b + blocks]);
+                f2 = Step16(f2, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 2 * cols), scales, mins, d0[b + 2 * blocks], s0[b + 2 * blocks]);
+                f3 = Step16(f3, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0 + 3 * cols), scales, mins, d0[b + 3 * blocks], s0[b + 3 * blocks]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+            PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
+            PackedQ4_0.Store16(f2, result, y + (long)(i + 2) * yStride, rowsHere);
+            PackedQ4_0.Store16(f3, result, y + (long)(i + 3) * yStride, rowsHere);
+        }
+        for (; i < n; i++) // the same arithmetic for one row
+        {
+            sbyte* a0 = xq + (long)i * cols;
+            float* d0 = xd + (long)i * blocks;
+            int* s0 = xs + (long)i * blocks;
+            var f0 = Vector512<float>.Zero;
+            byte* t = tile;
+            for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
+            {
+                var (l0, h0) = Nibbles16(t, second);
+                var (l1, h1) = Nibbles16(t + 32, second);
+                var (l2, h2) = Nibbles16(t + 64, second);
+                var (l3, h3) = Nibbles16(t + 96, second);
+                f0 = Step16(f0, PackedQ4_0.NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a0),
+                    IntegerTile.LoadPair(t + 128, second).AsSingle(), IntegerTile.LoadPair(t + 160, second).AsSingle(), d0[b], s0[b]);
+            }
+            PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
+        }
+    }
+
+    /// <summary>The nibbles of chunk <paramref name="chunk"/> of both groups: 16 rows × 4 quants, low and high.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static (Vector512<byte> Low, Vector512<byte> High) Nibbles16(byte* chunk, long second)
+    {
+        var v = IntegerTile.LoadPair(chunk, second);
+        var mask = Vector512.Create((byte)0xF);
+        return (Avx512F.And(v, mask), Avx512F.And(Avx512BW.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask));
+    }
+
+    /// <summary><see cref="Step"/> on 16 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> Step16(Vector512<float> acc, Vector512<int> dot, Vector512<float> scales, Vector512<float> mins, float da, int sum) =>
+        Avx512F.FusedMultiplyAddNegated(mins, Vector512.Create(da * sum),
+            Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), acc));
 
     /// <summary>acc + f32(Σ q·aq)·(d·sc)·da − (dmin·m)·(da·Σaq), for the eight rows of one sub-block.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -339,8 +339,7 @@ public sealed unsafe class PackedQ8_0
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static (Vector512<byte> Abs, Vector512<sbyte> W) Weights16(byte* chunk, long second)
     {
-        var u = Avx512F.InsertVector256(Avx.LoadVector256(chunk).ToVector512Unsafe(), Avx.LoadVector256(chunk + second), 1);
-        var w = (u ^ Vector512.Create((byte)0x80)).AsSByte();
+        var w = (IntegerTile.LoadPair(chunk, second) ^ Vector512.Create((byte)0x80)).AsSByte();
         return (Avx512BW.Abs(w), w); // |−128| is 128 as an unsigned byte
     }
 
