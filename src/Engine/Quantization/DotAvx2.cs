@@ -57,6 +57,12 @@ internal static unsafe class DotAvx2
     public static float F16Finite(byte* w, float* x, int n) => Avx512F.IsSupported ? Row<F16FiniteRows>(w, x, n) : F16Avx2<FiniteHalves>(w, x, n);
 
     /// <summary>
+    /// <see cref="F16Finite"/>'s sums, bit for bit, over finite halves read unrebiased (<see cref="F16UnrebiasedRows"/>)
+    /// against the activation row times 2^112, or a <see cref="LiftedF16"/> row against it times 2^102 (AVX-512F).
+    /// </summary>
+    public static float F16Unrebiased(byte* w, float* xScaled, int n) => Row<F16UnrebiasedRows>(w, xScaled, n);
+
+    /// <summary>
     /// How far ahead of the weights it reads a one-row kernel (F16, F32) asks for lines to be brought into L2 (AVX-512
     /// path): two 4 KiB pages. The hardware prefetcher stops at each page — one row of 2048 columns — so decode,
     /// which streams every row from memory once, waited at each. Two Zen 5 cores streaming F16 rows of 2048 from

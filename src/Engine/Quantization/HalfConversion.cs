@@ -101,21 +101,40 @@ public static class Bf16
 /// </summary>
 internal sealed class HalfRange
 {
-    HalfRange(bool finite) => Finite = finite;
+    HalfRange(int maxExponent) => MaxExponent = maxExponent;
 
     /// <summary>No weight is ±inf or NaN (f16 exponent 31).</summary>
-    public bool Finite { get; }
+    public bool Finite => MaxExponent < 31;
+
+    /// <summary>The largest exponent field among the weights (0…31).</summary>
+    public int MaxExponent { get; }
+
+    /// <summary>Whether the matrix can be lifted (<see cref="LiftedF16"/>): finite, every |w| &lt; 64.</summary>
+    public bool Liftable => MaxExponent <= LiftedF16.MaxExponent;
+
+    LiftedF16? _lifted;
+    readonly Lock _liftLock = new();
+
+    /// <summary>The matrix times 2^10 (<see cref="LiftedF16"/>), made on the first call; null where it is not <see cref="Liftable"/>.</summary>
+    public LiftedF16? Lifted(Models.WeightTensor w) => !Liftable ? null : Volatile.Read(ref _lifted) ?? MakeLifted(w);
+
+    // Asked by every product: the hot path above is one read; the closure is made only here.
+    LiftedF16 MakeLifted(Models.WeightTensor w)
+    {
+        lock (_liftLock) return _lifted ??= LiftedF16.Of(w);
+    }
 
     public static HalfRange Scan(ReadOnlySpan<byte> f16)
     {
         var h = MemoryMarshal.Cast<byte, ushort>(f16);
         var exponent = Vector512.Create((ushort)0x7C00);
+        var max = Vector512<ushort>.Zero;
         int i = 0;
-        for (; i + 32 <= h.Length; i += 32)
-            if (Vector512.EqualsAny(Vector512.Create(h.Slice(i, 32)) & exponent, exponent)) return new HalfRange(false);
-        for (; i < h.Length; i++)
-            if ((h[i] & 0x7C00) == 0x7C00) return new HalfRange(false);
-        return new HalfRange(true);
+        for (; i + 32 <= h.Length; i += 32) max = Vector512.Max(max, Vector512.Create(h.Slice(i, 32)) & exponent);
+        int top = 0;
+        for (int k = 0; k < Vector512<ushort>.Count; k++) top = Math.Max(top, max[k]);
+        for (; i < h.Length; i++) top = Math.Max(top, h[i] & 0x7C00);
+        return new HalfRange(top >> 10);
     }
 }
 

@@ -368,13 +368,18 @@ internal static unsafe class TileGemm
     public const float HalfRebias = 5.192296858534828e33f;
 
     /// <summary>
-    /// dst = src·2^112 for <see cref="MultiplyHalf"/>'s <c>xsScaled</c>, exactly (a power of two): false, with dst
-    /// unspecified, where some |src[k]| ≥ 2^16 (its product would overflow), or is infinite or NaN.
+    /// dst = src·2^(112 − <paramref name="lift"/>) for <see cref="MultiplyHalf"/>'s <c>xsScaled</c>, exactly (a power of
+    /// two): false, with dst unspecified, where some |src[k]| ≥ 2^(16 + lift) (its product would overflow), or is
+    /// infinite or NaN. <paramref name="lift"/> is 0 for a matrix as it is, <see cref="LiftedF16.Lift"/> for one read from
+    /// its lifted copy.
     /// </summary>
-    public static bool ScaleActivations(float* src, float* dst, int length)
+    public static bool ScaleActivations(float* src, float* dst, int length, int lift = 0)
     {
-        var limit = Vector512.Create(0x47800000); // 65536f; infinities and NaNs compare above it too
-        var scale = Vector512.Create(HalfRebias);
+        if (lift is < 0 or > LiftedF16.Lift) throw new ArgumentOutOfRangeException(nameof(lift), $"TileGemm.ScaleActivations: a lift of {lift}");
+        int limitBits = (127 + 16 + lift) << 23; // 2^(16 + lift); infinities and NaNs compare above it too
+        float factor = MathF.ScaleB(1f, 112 - lift);
+        var limit = Vector512.Create(limitBits);
+        var scale = Vector512.Create(factor);
         var large = Vector512<int>.Zero;
         int k = 0;
         for (; k + 16 <= length; k += 16)
@@ -386,8 +391,8 @@ internal static unsafe class TileGemm
         bool fits = large == Vector512<int>.Zero;
         for (; k < length; k++)
         {
-            fits &= (BitConverter.SingleToInt32Bits(src[k]) & 0x7FFFFFFF) < 0x47800000;
-            dst[k] = src[k] * HalfRebias;
+            fits &= (BitConverter.SingleToInt32Bits(src[k]) & 0x7FFFFFFF) < limitBits;
+            dst[k] = src[k] * factor;
         }
         return fits;
     }

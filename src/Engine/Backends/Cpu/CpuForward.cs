@@ -75,6 +75,13 @@ public sealed unsafe class CpuForward : IDisposable
     /// </summary>
     internal bool UnrebiasedHalves { get; set; } = true;
 
+    /// <summary>
+    /// Whether F16 products read each matrix's lifted copy (<see cref="LiftedF16"/>, times 2^10, no subnormals) against
+    /// activations times 2^102 — the several-row tile kernel and decode's one-row kernel alike: on by default where
+    /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way.
+    /// </summary>
+    internal bool LiftHalves { get; set; } = LiftedF16.SubnormalsAreSlow;
+
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
         : this(TensorParallelShard.Whole(model), SingleRankCommunicator.Instance, maxBatchTokens, pool)
     {
@@ -147,8 +154,8 @@ public sealed unsafe class CpuForward : IDisposable
             if (UsesPackedQ4(w)) w.Packed(s_packQ4);
             else if (UsesPackedQ8(w)) w.Packed(s_packQ8);
             else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
-            else if (ScansF16(w)) w.Packed(s_scanF16);
-            else if (CanNarrow(w) && Narrowed(w) is var n && ScansF16(n)) n.Packed(s_scanF16);
+            else if (ScansF16(w)) ScanAndLift(w);
+            else if (CanNarrow(w) && Narrowed(w) is var n && ScansF16(n)) ScanAndLift(n);
         }
     }
 
@@ -187,6 +194,18 @@ public sealed unsafe class CpuForward : IDisposable
 
     /// <summary>An F16 matrix scanned and found free of inf and NaN.</summary>
     static bool IsFiniteF16(WeightTensor w) => ScansF16(w) && w.Packed(s_scanF16).Finite;
+
+    /// <summary>Whether products read <paramref name="w"/>'s lifted copy (made here on the first call): see <see cref="LiftHalves"/>.</summary>
+    bool Lifts(WeightTensor w) => LiftHalves && TileGemm.IsSupported && ScansF16(w) && w.Packed(s_scanF16).Lifted(w) is not null;
+
+    void ScanAndLift(WeightTensor w)
+    {
+        w.Packed(s_scanF16);
+        Lifts(w);
+    }
+
+    /// <summary>The lifted copy's bytes (<see cref="Lifts"/> said yes).</summary>
+    static byte* LiftedData(WeightTensor w) => w.Packed(s_scanF16).Lifted(w)!.Data;
 
     static readonly Func<WeightTensor, PackedQ4_K> s_packQ4K = w => PackedQ4_K.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
 
@@ -655,7 +674,9 @@ public sealed unsafe class CpuForward : IDisposable
     // Whether every such product has finite F16 weights read by the AVX-512 kernel: _xPadded then holds the activations
     // times 2^112 (TileGemm.ScaleActivations) and the kernel skips the multiply that rebiases each weight's exponent;
     // _unscalable is set by a row with |x| ≥ 2^16 (or inf, NaN), which sends the product back to plain copies.
-    bool _scaleHalf, _unscalable;
+    // _liftHalf: every product of the call reads its weights' lifted copy (LiftHalves): _xPadded holds the activations
+    // times 2^102 (|x| < 2^26), for the tile kernel and for decode's one-row kernel alike.
+    bool _scaleHalf, _unscalable, _liftHalf;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -671,7 +692,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmN = n;
         _mmCount = 0;
         _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
-        _scaleHalf = UnrebiasedHalves;
+        _scaleHalf = _liftHalf = UnrebiasedHalves;
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
@@ -679,12 +700,14 @@ public sealed unsafe class CpuForward : IDisposable
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
         _mmColumns = (int)w0.Columns;
         _scaleHalf &= _padded;
+        if (_padded) _liftHalf &= _scaleHalf;
+        else if (_liftHalf) _padded = _scaleHalf = true; // one-row products of lifted copies read scaled rows too
         if (_padded)
         {
             PadRows(n);
             if (_scaleHalf && _unscalable)
             {
-                _scaleHalf = false;
+                _scaleHalf = _liftHalf = false;
                 PadRows(n);
             }
         }
@@ -709,6 +732,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmChunkRows[_mmCount] = ChunkRows(w);
         _mmFirstChunk[_mmCount + 1] = _mmFirstChunk[_mmCount] + (int)((w.Rows + _mmChunkRows[_mmCount] - 1) / _mmChunkRows[_mmCount]);
         _mmCount++;
+        _liftHalf &= Lifts(w);
         if (IsInteger(w))
         {
             integer = true;
@@ -739,7 +763,7 @@ public sealed unsafe class CpuForward : IDisposable
         int cols = _mmColumns;
         float* x = _mmX + (long)t * cols, padded = _xPadded + (long)t * QuantizedDot.PaddedStride(cols);
         if (!_scaleHalf) new ReadOnlySpan<float>(x, cols).CopyTo(new Span<float>(padded, cols));
-        else if (!TileGemm.ScaleActivations(x, padded, cols)) _unscalable = true;
+        else if (!TileGemm.ScaleActivations(x, padded, cols, _liftHalf ? LiftedF16.Lift : 0)) _unscalable = true;
     }
 
     /// <summary>Weight rows per work item of a product with this weight: a multiple of 16 (the repacked kernels take 8-row groups).</summary>
@@ -812,10 +836,19 @@ public sealed unsafe class CpuForward : IDisposable
             // The activations were copied PaddedStride apart; work items go out in order to whichever worker is free,
             // so this worker's next is most likely ThreadCount items on: its weights are asked into L2 meanwhile.
             int ldx = QuantizedDot.PaddedStride(cols);
-            QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
+            QuantizedDot.MatMulRowRange(w.Type, new ReadOnlySpan<byte>(_liftHalf ? LiftedData(w) : w.Data, (int)(rows * w.RowBytes)), (int)rows, cols, (int)r0, count,
                 new ReadOnlySpan<float>(_xPadded, (_mmN - 1) * ldx + cols), _mmN, new Span<float>(y, (int)(_mmN * rows)), tile,
                 finiteHalf: IsFiniteF16(w), aheadRow: (int)(r0 + (long)chunkRows * _pool.ThreadCount), ldx: ldx,
                 scaledHalf: _scaleHalf);
+            return;
+        }
+        if (_liftHalf)
+        {
+            byte* lifted = LiftedData(w);
+            int ldx = QuantizedDot.PaddedStride(cols);
+            for (long r = r0; r < r1; r++)
+                for (int t = 0; t < _mmN; t++)
+                    y[t * rows + r] = DotAvx2.F16Unrebiased(lifted + r * w.RowBytes, _xPadded + (long)t * ldx, cols);
             return;
         }
         if (IsFiniteF16(w))
