@@ -241,6 +241,88 @@ public unsafe class IntegerDotKTests
         Assert.Throws<ArgumentException>(() => PackedQ4_K.Pack(new byte[Q4_KBytes], 2, QK_K, path));
     }
 
+    /// <summary>
+    /// The packed Q6_K kernel's arithmetic in scalar code: per block of 32 the exact Σ sc·(q − 32)·aq over its two
+    /// sub-blocks, then f = fma(f32(dot), d·da, f).
+    /// </summary>
+    static unsafe float PackedQ6_KModel(byte[] row, ReadOnlySpan<sbyte> q, ReadOnlySpan<float> d)
+    {
+        float f = 0;
+        fixed (byte* pr = row)
+            for (int b = 0; b < q.Length / 32; b++)
+            {
+                byte* superBlock = pr + b / 8 * Q6_KBytes;
+                int first = b % 8 * 32, dot = 0;
+                for (int e = 0; e < 32; e++)
+                    dot += ((sbyte*)superBlock)[192 + (first + e) / 16] * PackedQ6_K.Quant(superBlock, first + e) * q[b * 32 + e];
+                f = MathF.FusedMultiplyAdd(dot, Fp16.ToSingle((ushort)(superBlock[208] | superBlock[209] << 8)) * d[b], f);
+            }
+        return f;
+    }
+
+    [Fact]
+    public void The_q6_k_quant_reader_gives_the_dequantizers_values()
+    {
+        var rng = new Random(3);
+        var block = Rows(GgmlType.Q6_K, 1, QK_K, rng);
+        var values = new float[QK_K];
+        Dequantize.Row(GgmlType.Q6_K, block, values);
+        float dScale = Fp16.ToSingle((ushort)(block[208] | block[209] << 8));
+        fixed (byte* b = block)
+            for (int i = 0; i < QK_K; i++)
+                Assert.Equal(values[i], dScale * ((sbyte*)b)[192 + i / 16] * PackedQ6_K.Quant(b, i), 4);
+    }
+
+    [Fact]
+    public void The_repacked_q6_k_kernel_is_its_scalar_model_bit_for_bit_and_does_not_depend_on_the_batch()
+    {
+        if (!PackedQ6_K.IsSupported) return; // no AVX-512BW: CpuForward reads Q6_K rows in place
+        var rng = new Random(72);
+        // One group, partial groups, a pair and a lone group (24 rows), two pairs and a lone one (40 rows).
+        foreach (var (rows, superBlocks) in new[] { (8, 1), (13, 3), (24, 2), (3, 5), (40, 1) })
+        {
+            int cols = superBlocks * QK_K, blocks = cols / 32, rowBytes = superBlocks * Q6_KBytes;
+            var weights = Rows(GgmlType.Q6_K, rows, cols, rng);
+            var packed = PackedQ6_K.Pack(weights, rows, cols);
+            var (q, d, _) = Quantized(Activations(33, cols, rng));
+            var alone = new float[33 * rows];
+            fixed (sbyte* pq = q)
+            fixed (float* pd = d, pa = alone)
+                for (int i = 0; i < 33; i++)
+                    packed.Multiply(0, rows, pq + i * cols, pd + i * blocks, 1, pa + i * rows, rows);
+            AssertMatchesReference(GgmlType.Q6_K, weights, rows, cols, 0, rows, q, d, 33, alone, $"packed, {rows} × {cols}");
+            for (int i = 0; i < 33; i++)
+                for (int r = 0; r < rows; r++)
+                {
+                    float model = PackedQ6_KModel(weights[(r * rowBytes)..((r + 1) * rowBytes)], q.AsSpan(i * cols, cols), d.AsSpan(i * blocks, blocks));
+                    Assert.True(BitConverter.SingleToInt32Bits(model) == BitConverter.SingleToInt32Bits(alone[i * rows + r]),
+                        $"{rows} × {cols}, activation {i}, row {r}: {alone[i * rows + r]}, the scalar model {model}");
+                }
+            foreach (int n in new[] { 2, 3, 4, 8, 13, 33 })
+            {
+                var ys = new float[n * rows];
+                Array.Fill(ys, float.NaN);
+                int r0 = rows > 8 ? 8 : 0, count = rows - r0; // a range that starts at a group
+                fixed (sbyte* pq = q)
+                fixed (float* pd = d, py = ys)
+                    packed.Multiply(r0, count, pq, pd, n, py, rows);
+                for (int i = 0; i < n; i++)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        if (r < r0) Assert.True(float.IsNaN(ys[i * rows + r]), $"row {r} is outside {r0}..{rows}");
+                        else Assert.Equal(alone[i * rows + r], ys[i * rows + r]);
+                    }
+            }
+        }
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
+        {
+            var p = PackedQ6_K.Pack(new byte[16 * Q6_KBytes], 16, QK_K);
+            p.Multiply(4, 4, null, null, 1, null, 16);
+        });
+        Assert.Contains("multiple of 8", e.Message);
+        Assert.Contains("takes 420 bytes", Assert.Throws<ArgumentException>(() => PackedQ6_K.Pack(new byte[Q6_KBytes], 2, QK_K)).Message);
+    }
+
     [Fact]
     public void Block_sums_are_the_sums_of_the_quants_and_q4_k_refuses_to_run_without_them()
     {
