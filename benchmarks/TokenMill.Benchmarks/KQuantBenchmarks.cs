@@ -17,6 +17,7 @@ public class KQuantDotBenchmarks : WeightMatrixBenchmark
     sbyte[] _xq = [];
     int[] _xsum = [];
     PackedQ4_K? _packed;
+    PackedQ6_K? _packed6;
 
     [Params(GgmlType.Q4_K, GgmlType.Q6_K)]
     public override GgmlType Type { get; set; }
@@ -34,6 +35,7 @@ public class KQuantDotBenchmarks : WeightMatrixBenchmark
         _xsum = new int[N * Cols / 32];
         _ys = new float[N * Rows];
         _packed = Type == GgmlType.Q4_K && PackedQ4_K.IsSupported ? PackedQ4_K.Pack(Weights, Rows, Cols) : null;
+        _packed6 = Type == GgmlType.Q6_K && PackedQ6_K.IsSupported ? PackedQ6_K.Pack(Weights, Rows, Cols) : null;
     }
 
     [Benchmark(Baseline = true)]
@@ -51,11 +53,14 @@ public class KQuantDotBenchmarks : WeightMatrixBenchmark
         QuantizedDot.MatMulQ8RowRange(Type, Weights, Rows, Cols, 0, Rows, _xq, _xd, N, _ys, _xsum);
     }
 
-    /// <summary>Q4_K repacked eight rows at a time (<see cref="PackedQ4_K"/>, packed once in the setup); nothing for Q6_K.</summary>
+    /// <summary>
+    /// Q4_K repacked eight rows at a time (<see cref="PackedQ4_K"/>), Q6_K for the AVX-512BW kernel (<see cref="PackedQ6_K"/>),
+    /// packed once in the setup.
+    /// </summary>
     [Benchmark]
     public unsafe void Packed()
     {
-        if (_packed is null) return;
+        if (_packed is null && _packed6 is null) return;
         for (int i = 0; i < N; i++)
         {
             var q = _xq.AsSpan(i * Cols, Cols);
@@ -65,7 +70,10 @@ public class KQuantDotBenchmarks : WeightMatrixBenchmark
         fixed (sbyte* xq = _xq)
         fixed (float* xd = _xd, ys = _ys)
         fixed (int* xs = _xsum)
-            _packed.Multiply(0, Rows, xq, xd, xs, N, ys, Rows);
+        {
+            _packed?.Multiply(0, Rows, xq, xd, xs, N, ys, Rows);
+            _packed6?.Multiply(0, Rows, xq, xd, N, ys, Rows);
+        }
     }
 
     public override float Check()
@@ -74,7 +82,7 @@ public class KQuantDotBenchmarks : WeightMatrixBenchmark
         if (!QuantizedDot.HasIntegerDot(Type)) return 0; // no integer kernel on this CPU: nothing of ours to check
         Integer();
         float error = RelativeError(_xs, N, _ys);
-        if (_packed is null) return error;
+        if (_packed is null && _packed6 is null) return error;
         Array.Clear(_ys);
         Packed();
         return Math.Max(error, RelativeError(_xs, N, _ys));
