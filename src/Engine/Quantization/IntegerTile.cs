@@ -186,18 +186,14 @@ internal static unsafe class IntegerTile
         Avx512F.InsertVector256(Avx.LoadVector256(first).ToVector512Unsafe(), Avx.LoadVector256(first + second), 1);
 
     /// <summary>
-    /// Requests one block of a repacked matrix (<paramref name="bytes"/>: 257–320, i.e. 288 for
-    /// <see cref="PackedQ4_0"/>, 272 for <see cref="PackedQ8_0"/>) into L2: five lines from its start and the line of
-    /// its last byte — five or six lines, wherever the block starts.
+    /// Requests one block of a repacked matrix (<paramref name="bytes"/> long: 288 for <see cref="PackedQ4_0"/>, 272 for
+    /// <see cref="PackedQ8_0"/>, 192 for <see cref="PackedQ4_K"/>, 352 for <see cref="PackedQ6_K"/>) into L2: a line every
+    /// 64 bytes from its start and the line of its last byte — every line it touches, wherever it starts.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static void PrefetchBlock(byte* p, int bytes)
     {
-        Sse.Prefetch1(p);
-        Sse.Prefetch1(p + 64);
-        Sse.Prefetch1(p + 128);
-        Sse.Prefetch1(p + 192);
-        Sse.Prefetch1(p + 256);
+        for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch1(p + offset);
         Sse.Prefetch1(p + bytes - 1);
     }
 }

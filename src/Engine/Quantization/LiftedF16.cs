@@ -83,7 +83,9 @@ internal sealed unsafe class LiftedF16
         var limit = Vector512.Create((ushort)(MaxExponent << 10));
         var add = Vector512.Create((ushort)(Lift << 10));
         int i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        // Avx512BW rather than Vector512.IsHardwareAccelerated: .NET reports the latter false on the Intel cores that
+        // lower their clock for 512-bit work (Skylake-SP, Cascade Lake), whose instructions still run it.
+        if (Avx512BW.IsSupported)
             for (; i + 32 <= from.Length; i += 32)
             {
                 var v = Vector512.Create(from.Slice(i, 32));

@@ -63,7 +63,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly float* _xd;
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
-    readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels
+    readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels (and decode's lifted F16 products)
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
     readonly int* _counts; // per worker: where each row of the item starts in those positions, then how many it sees
     readonly long _scoresPerWorker; // floats of _scores per worker
@@ -79,7 +79,9 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>
     /// Whether F16 products read each matrix's lifted copy (<see cref="LiftedF16"/>, times 2^10, no subnormals) against
     /// activations times 2^102 — the several-row tile kernel and decode's one-row kernel alike: on by default where
-    /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way.
+    /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way. Only with
+    /// <see cref="UnrebiasedHalves"/>, and only for a call whose products all lift: one that also multiplies a matrix
+    /// that does not (a value of 64 or more, another type) reads every matrix as it is.
     /// </summary>
     internal bool LiftHalves { get; set; } = LiftedF16.SubnormalsAreSlow;
 
@@ -145,8 +147,9 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>
-    /// Repacks every Q4_0, Q8_0 and Q4_K matrix for the eight-row kernels now (once per model: the packed form is kept
-    /// with the weight), so that the first step is not the one that pays for it.
+    /// Repacks every Q4_0, Q8_0, Q4_K (and, without AVX-VNNI, Q6_K) matrix for its kernels now, and scans each F16 one
+    /// (and lifts it where <see cref="LiftHalves"/>) — once per model: the packed form is kept with the weight — so that
+    /// the first step is not the one that pays for it.
     /// </summary>
     void PackWeights()
     {
@@ -221,7 +224,8 @@ public sealed unsafe class CpuForward : IDisposable
     static readonly Func<WeightTensor, PackedQ6_K> s_packQ6K = w => PackedQ6_K.Pack(w.AllBytes(), (int)w.Rows, (int)w.Columns);
 
     /// <summary>
-    /// Q6_K repacked for the 512-bit kernel on AVX-512 machines without AVX-VNNI (an Emerald Rapids Xeon, Q6_K TinyLlama:
+    /// Q6_K repacked for the 512-bit kernel on AVX-512 machines without AVX-VNNI (an Emerald Rapids Xeon in a VM that
+    /// hides AVX-VNNI, Q6_K TinyLlama:
     /// pp512 2.65×, 32 sequences 2.0×, one-sequence decode the same within the noise — the packed form streams 1.375
     /// bytes per weight where the file's rows stream 0.82). With AVX-VNNI (Zen 5) the one-row kernel stays: that
     /// machine was not at hand to measure, and its decode follows the bytes.
@@ -689,7 +693,8 @@ public sealed unsafe class CpuForward : IDisposable
     bool _padded;
     // Whether every such product has finite F16 weights read by the AVX-512 kernel: _xPadded then holds the activations
     // times 2^112 (TileGemm.ScaleActivations) and the kernel skips the multiply that rebiases each weight's exponent;
-    // _unscalable is set by a row with |x| ≥ 2^16 (or inf, NaN), which sends the product back to plain copies.
+    // _unscalable is set by a row with |x| ≥ 2^16 (2^26 for lifted copies; or inf, NaN), which sends the product back
+    // to plain copies.
     // _liftHalf: every product of the call reads its weights' lifted copy (LiftHalves): _xPadded holds the activations
     // times 2^102 (|x| < 2^26), for the tile kernel and for decode's one-row kernel alike.
     bool _scaleHalf, _unscalable, _liftHalf;
@@ -748,7 +753,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmChunkRows[_mmCount] = ChunkRows(w);
         _mmFirstChunk[_mmCount + 1] = _mmFirstChunk[_mmCount] + (int)((w.Rows + _mmChunkRows[_mmCount] - 1) / _mmChunkRows[_mmCount]);
         _mmCount++;
-        _liftHalf &= Lifts(w);
+        _liftHalf = _liftHalf && Lifts(w);
         if (IsInteger(w))
         {
             integer = true;
@@ -772,7 +777,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     /// <summary>
     /// Activation row t of the current product into _xPadded (<see cref="QuantizedDot.PaddedStride"/> apart): copied, or
-    /// times 2^112 for <see cref="_scaleHalf"/>.
+    /// times 2^112 for <see cref="_scaleHalf"/> (2^102 for <see cref="_liftHalf"/>).
     /// </summary>
     void PadRow(int t, int worker)
     {
