@@ -193,14 +193,14 @@ public sealed unsafe class PackedQ6_K
                     e7 += Avx512BW.MultiplyAddAdjacent(p7, sc);
                 }
                 var d = IntegerTile.LoadPair(t + 320, second).AsSingle();
-                f0 = Step16(f0, e0, d, d0[b]);
-                f1 = Step16(f1, e1, d, d0[b + blocks]);
-                f2 = Step16(f2, e2, d, d0[b + 2 * blocks]);
-                f3 = Step16(f3, e3, d, d0[b + 3 * blocks]);
-                f4 = Step16(f4, e4, d, d0[b + 4 * blocks]);
-                f5 = Step16(f5, e5, d, d0[b + 5 * blocks]);
-                f6 = Step16(f6, e6, d, d0[b + 6 * blocks]);
-                f7 = Step16(f7, e7, d, d0[b + 7 * blocks]);
+                f0 = PackedQ8_0.Step16(f0, e0, d, d0[b]);
+                f1 = PackedQ8_0.Step16(f1, e1, d, d0[b + blocks]);
+                f2 = PackedQ8_0.Step16(f2, e2, d, d0[b + 2 * blocks]);
+                f3 = PackedQ8_0.Step16(f3, e3, d, d0[b + 3 * blocks]);
+                f4 = PackedQ8_0.Step16(f4, e4, d, d0[b + 4 * blocks]);
+                f5 = PackedQ8_0.Step16(f5, e5, d, d0[b + 5 * blocks]);
+                f6 = PackedQ8_0.Step16(f6, e6, d, d0[b + 6 * blocks]);
+                f7 = PackedQ8_0.Step16(f7, e7, d, d0[b + 7 * blocks]);
             }
             PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
             PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
@@ -240,10 +240,10 @@ public sealed unsafe class PackedQ6_K
                     e3 += Avx512BW.MultiplyAddAdjacent(p3, sc);
                 }
                 var d = IntegerTile.LoadPair(t + 320, second).AsSingle();
-                f0 = Step16(f0, e0, d, d0[b]);
-                f1 = Step16(f1, e1, d, d0[b + blocks]);
-                f2 = Step16(f2, e2, d, d0[b + 2 * blocks]);
-                f3 = Step16(f3, e3, d, d0[b + 3 * blocks]);
+                f0 = PackedQ8_0.Step16(f0, e0, d, d0[b]);
+                f1 = PackedQ8_0.Step16(f1, e1, d, d0[b + blocks]);
+                f2 = PackedQ8_0.Step16(f2, e2, d, d0[b + 2 * blocks]);
+                f3 = PackedQ8_0.Step16(f3, e3, d, d0[b + 3 * blocks]);
             }
             PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
             PackedQ4_0.Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
@@ -272,24 +272,13 @@ public sealed unsafe class PackedQ6_K
                     }
                     e0 += Avx512BW.MultiplyAddAdjacent(p0 + q0, IntegerTile.LoadPair(t + 256 + 32 * h, second).AsInt16());
                 }
-                f0 = Step16(f0, e0, IntegerTile.LoadPair(t + 320, second).AsSingle(), d0[b]);
+                f0 = PackedQ8_0.Step16(f0, e0, IntegerTile.LoadPair(t + 320, second).AsSingle(), d0[b]);
             }
             PackedQ4_0.Store16(f0, result, y + (long)i * yStride, rowsHere);
         }
     }
 
-    /// <summary>p + the int16 pair sums of |w|·(a with w's sign), the 4 quants at <paramref name="a"/> broadcast to every lane.</summary>
+    /// <summary>p + the int16 pair sums of |w|·(a with w's sign) (<see cref="PackedQ8_0.SignedPairs"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<short> Pairs(Vector512<short> p, Vector512<byte> abs, Vector512<sbyte> w, sbyte* a)
-    {
-        // As PackedQ8_0.Dot16: the comparison written here keeps w < 0 in a mask register and the negation one masked vpsubb.
-        var s = Vector512.Create(Unsafe.ReadUnaligned<int>(a)).AsSByte();
-        s = Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - s, s);
-        return p + Avx512BW.MultiplyAddAdjacent(abs, s);
-    }
-
-    /// <summary>f + f32(dot)·(d·da) on 16 lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Step16(Vector512<float> f, Vector512<int> dot, Vector512<float> d, float da) =>
-        Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(d, Vector512.Create(da)), f);
+    static Vector512<short> Pairs(Vector512<short> p, Vector512<byte> abs, Vector512<sbyte> w, sbyte* a) => p + PackedQ8_0.SignedPairs(abs, w, a);
 }

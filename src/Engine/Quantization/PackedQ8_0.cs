@@ -345,13 +345,21 @@ public sealed unsafe class PackedQ8_0
 
     /// <summary>acc + Σ over each 4-byte group of |w|·(a with w's sign), the 4 quants at <paramref name="a"/> broadcast to every lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<int> Dot16(Vector512<int> acc, Vector512<byte> abs, Vector512<sbyte> w, sbyte* a)
+    static Vector512<int> Dot16(Vector512<int> acc, Vector512<byte> abs, Vector512<sbyte> w, sbyte* a) =>
+        acc + Avx512BW.MultiplyAddAdjacent(SignedPairs(abs, w, a), Vector512<short>.One);
+
+    /// <summary>
+    /// <c>vpmaddubsw</c> of |w| by the 4 quants at <paramref name="a"/> (broadcast to every lane) negated where w &lt; 0: the
+    /// int16 pair sums of w·a (|w| ≤ 128, |a| ≤ 127: at most 32,512). Shared by <see cref="PackedQ6_K"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<short> SignedPairs(Vector512<byte> abs, Vector512<sbyte> w, sbyte* a)
     {
         // Written with the comparison inside, the JIT keeps w < 0 in a mask register across the rows that share it
         // and negates with one masked vpsubb (a comparison made once and passed in became a vector and a blend).
         var s = Vector512.Create(Unsafe.ReadUnaligned<int>(a)).AsSByte();
         s = Vector512.ConditionalSelect(Vector512.LessThan(w, Vector512<sbyte>.Zero), Vector512<sbyte>.Zero - s, s);
-        return acc + Avx512BW.MultiplyAddAdjacent(Avx512BW.MultiplyAddAdjacent(abs, s), Vector512<short>.One);
+        return Avx512BW.MultiplyAddAdjacent(abs, s);
     }
 
     /// <summary>The 16 rows' block scales, widened: the first group's 8, then the second's.</summary>
@@ -359,9 +367,9 @@ public sealed unsafe class PackedQ8_0
     static Vector512<float> Scales16<TScales>(byte* t, long second) where TScales : struct, IHalfWidening =>
         Vector512.Create(TScales.Widen8(t + Rows * QK), TScales.Widen8(t + second + Rows * QK));
 
-    /// <summary>f + f32(dot)·(scales·da): <see cref="Multiply8{TScales}"/>'s f32 step on 16 lanes.</summary>
+    /// <summary>f + f32(dot)·(scales·da): <see cref="Multiply8{TScales}"/>'s f32 step on 16 lanes (<see cref="PackedQ6_K"/>'s too).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Step16(Vector512<float> f, Vector512<int> dot, Vector512<float> scales, float da) =>
+    internal static Vector512<float> Step16(Vector512<float> f, Vector512<int> dot, Vector512<float> scales, float da) =>
         Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), f);
 
     /// <summary>−128·Σa in every lane, from the block's −8·Σa (<see cref="PackedQ4_0.BlockSums"/>).</summary>
