@@ -47,6 +47,9 @@ public sealed unsafe class PackedQ8_0
     /// <summary>Whether a packed kernel runs here: AVX2 and FMA, with AVX-VNNI or AVX-512BW.</summary>
     public static bool IsSupported => PackedKernels.AnySupported;
 
+    /// <summary>Whether <see cref="Multiply"/> reads the activations' block sums (<c>xc</c>): the vpdpbusd kernel's w + 128 needs them, the 512-bit kernel's signed products do not.</summary>
+    internal bool ReadsBlockSums => _kernel == PackedKernel.Vnni;
+
     public int RowCount { get; }
     public int Columns { get; }
     int Blocks => Columns / QK;

@@ -163,6 +163,27 @@ public unsafe class IntegerDotKTests
     }
 
     /// <summary>
+    /// A packed kernel over the first n activation rows as one batch, from the second group on (or the first where there is
+    /// one): each row the bits it gave alone (<paramref name="alone"/>, 33 × rows), the rows before the range untouched.
+    /// </summary>
+    static void AssertBatchesGiveTheRowsAlone(int rows, float[] alone, Action<int, int, int, float[]> multiply)
+    {
+        foreach (int n in new[] { 2, 3, 4, 8, 13, 33 })
+        {
+            var ys = new float[n * rows];
+            Array.Fill(ys, float.NaN);
+            int r0 = rows > 8 ? 8 : 0; // a range that starts at a group
+            multiply(r0, rows - r0, n, ys);
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < rows; r++)
+                {
+                    if (r < r0) Assert.True(float.IsNaN(ys[i * rows + r]), $"row {r} is outside {r0}..{rows}");
+                    else Assert.Equal(alone[i * rows + r], ys[i * rows + r]);
+                }
+        }
+    }
+
+    /// <summary>
     /// The packed Q4_K kernels' arithmetic in scalar code: per sub-block the exact Σ q·aq, then
     /// f = fma(−dmin·m, da·Σaq, fma(f32(Σ q·aq), (d·sc)·da, f)), with d·sc and dmin·m rounded to f32 as packing does.
     /// </summary>
@@ -215,22 +236,13 @@ public unsafe class IntegerDotKTests
                     Assert.True(BitConverter.SingleToInt32Bits(model) == BitConverter.SingleToInt32Bits(alone[i * rows + r]),
                         $"{kernel}, {rows} × {cols}, activation {i}, row {r}: {alone[i * rows + r]}, the scalar model {model}");
                 }
-            foreach (int n in new[] { 2, 3, 4, 8, 13, 33 })
+            AssertBatchesGiveTheRowsAlone(rows, alone, (r0, count, n, ys) =>
             {
-                var ys = new float[n * rows];
-                Array.Fill(ys, float.NaN);
-                int r0 = rows > 8 ? 8 : 0, count = rows - r0; // a range that starts at a group
                 fixed (sbyte* pq = q)
                 fixed (float* pd = d, py = ys)
                 fixed (int* ps = s)
                     packed.Multiply(r0, count, pq, pd, ps, n, py, rows);
-                for (int i = 0; i < n; i++)
-                    for (int r = 0; r < rows; r++)
-                    {
-                        if (r < r0) Assert.True(float.IsNaN(ys[i * rows + r]), $"row {r} is outside {r0}..{rows}");
-                        else Assert.Equal(alone[i * rows + r], ys[i * rows + r]);
-                    }
-            }
+            });
         }
         var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
         {
@@ -298,21 +310,12 @@ public unsafe class IntegerDotKTests
                     Assert.True(BitConverter.SingleToInt32Bits(model) == BitConverter.SingleToInt32Bits(alone[i * rows + r]),
                         $"{rows} × {cols}, activation {i}, row {r}: {alone[i * rows + r]}, the scalar model {model}");
                 }
-            foreach (int n in new[] { 2, 3, 4, 8, 13, 33 })
+            AssertBatchesGiveTheRowsAlone(rows, alone, (r0, count, n, ys) =>
             {
-                var ys = new float[n * rows];
-                Array.Fill(ys, float.NaN);
-                int r0 = rows > 8 ? 8 : 0, count = rows - r0; // a range that starts at a group
                 fixed (sbyte* pq = q)
                 fixed (float* pd = d, py = ys)
                     packed.Multiply(r0, count, pq, pd, n, py, rows);
-                for (int i = 0; i < n; i++)
-                    for (int r = 0; r < rows; r++)
-                    {
-                        if (r < r0) Assert.True(float.IsNaN(ys[i * rows + r]), $"row {r} is outside {r0}..{rows}");
-                        else Assert.Equal(alone[i * rows + r], ys[i * rows + r]);
-                    }
-            }
+            });
         }
         var e = Assert.Throws<ArgumentOutOfRangeException>(() =>
         {

@@ -757,7 +757,7 @@ public sealed unsafe class CpuForward : IDisposable
         if (IsInteger(w))
         {
             integer = true;
-            if (UsesPackedQ4(w) || UsesPackedQ8(w)) _needBlockSums = true;
+            if (UsesPackedQ4(w) || UsesPackedQ8(w)) _needBlockSums |= UsesPackedQ4(w) || w.Packed(s_packQ8).ReadsBlockSums;
             else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
