@@ -419,3 +419,71 @@ public unsafe class F16DecodeRowBenchmarks
         return worst;
     }
 }
+
+/// <summary>
+/// Batched decode's F32 product as CpuForward runs it: two threads taking 16-row work items of a 5632 × 2048 matrix in
+/// turn, each asking for its next item's lines, against <see cref="N"/> activation rows, with the weights out of
+/// memory (eight such matrices, 369 MB, taken in turn): <see cref="TileGemm"/>'s activation blocks outermost
+/// (<see cref="Interleaved"/> false) or innermost (<c>TileGemm.Interleaved</c>, which spreads each tile's reads from
+/// memory over all of its work; the same bits).
+/// </summary>
+public unsafe class SmallBatchStreamingBenchmarks
+{
+    const int Rows = 5632, Cols = 2048, Matrices = 8, ItemRows = 16;
+    readonly float*[] _weights = new float*[Matrices];
+    float* _xs, _ys;
+    int _next;
+
+    [Params(8, 32, 48)]
+    public int N { get; set; }
+
+    [Params(false, true)]
+    public bool Interleaved { get; set; }
+
+    static int Ldx => QuantizedDot.PaddedStride(Cols);
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var random = new Random(11);
+        for (int m = 0; m < Matrices; m++)
+        {
+            _weights[m] = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)Rows * Cols * sizeof(float)), 64);
+            for (long i = 0; i < (long)Rows * Cols; i++) _weights[m][i] = (float)(random.NextDouble() * 2 - 1) * 0.05f;
+        }
+        _xs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Ldx * sizeof(float)), 64);
+        for (long i = 0; i < (long)N * Ldx; i++) _xs[i] = (float)(random.NextDouble() * 2 - 1);
+        _ys = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Rows * sizeof(float)), 64);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        foreach (var w in _weights) System.Runtime.InteropServices.NativeMemory.AlignedFree(w);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xs);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_ys);
+    }
+
+    /// <summary>One whole matrix (the next of the eight) times the N activation rows.</summary>
+    [Benchmark]
+    public void MatMul()
+    {
+        if (!TileGemm.IsSupported) throw new NotSupportedException("the tile kernel needs AVX-512F");
+        TileGemm.InterleavesSmallBatches = Interleaved;
+        float* w = _weights[_next++ % Matrices];
+        var other = new Thread(() => Items(w, 1));
+        other.Start();
+        Items(w, 0);
+        other.Join();
+    }
+
+    void Items(float* w, int first)
+    {
+        for (int item = first; item * ItemRows < Rows; item += 2)
+        {
+            int r0 = item * ItemRows, ahead = r0 + 2 * ItemRows;
+            byte* next = ahead < Rows ? (byte*)(w + (long)ahead * Cols) : null;
+            TileGemm.Multiply(w + (long)r0 * Cols, ItemRows, Cols, _xs, Ldx, N, _ys + r0, Rows, next, next == null ? 0 : (long)ItemRows * Cols * sizeof(float));
+        }
+    }
+}

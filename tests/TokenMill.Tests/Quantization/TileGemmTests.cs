@@ -167,21 +167,22 @@ public class TileGemmTests
     public void A_rows_result_does_not_depend_on_its_batch_mates(GgmlType type)
     {
         Skip.IfNot(TileGemm.IsSupported, "the AVX-512 tile kernel does not run on this CPU (the AVX2 one makes no such promise)");
+        const int Batch = 64;
         var rng = new Random(97 + (int)type);
         foreach (int cols in Columns(type))
         {
             const int rows = 23;
             var w = RandomBlocks.Row(type, rows * cols, rng);
-            var xs = RandomBlocks.Floats(rng, 40 * cols);
-            var alone = new float[40 * rows];
+            var xs = RandomBlocks.Floats(rng, Batch * cols);
+            var alone = new float[Batch * rows];
             var tile = new float[QuantizedDot.TileLength(rows, cols)];
-            for (int i = 0; i < 40; i++)
+            for (int i = 0; i < Batch; i++)
                 QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs.AsSpan(i * cols, cols), 1, alone.AsSpan(i * rows, rows), tile);
-            foreach (int n in new[] { 2, 5, 6, 11, 40 })
+            foreach (int n in new[] { 2, 5, 6, 7, 11, 13, 32, 40, 64 }) // 7 to 64: TileGemm.Interleaved against the blocks of a row alone
             {
                 // In tiles of 16 rows and then 7, as CpuForward's workers take them, and split at 9, which puts
                 // rows that were in a block of 4 alone (8) or into other blocks (9..12).
-                foreach (var (offset, split) in new[] { (0, 16), (40 - n, 16), (40 - n, 9) })
+                foreach (var (offset, split) in new[] { (0, 16), (Batch - n, 16), (Batch - n, 9) })
                 {
                     var batch = xs.AsSpan(offset * cols, n * cols);
                     var ys = new float[n * rows];
