@@ -178,9 +178,11 @@ public static unsafe class QuantizedDot
     /// activation block: the conversion's multiply shares the FMA ports, and at 512 rows (prefill) the engine ran
     /// 0.93–0.96× with it, two threads on Zen 5 (1.30× at 32 rows, batched decode). BF16's conversion is two integer
     /// instructions and stays in the kernel, and so does F16's without the multiply (activations scaled by 2^112,
-    /// <c>scaledHalf</c>): the engine's F16 pp512 ran 1.08× against the tile.
+    /// <c>scaledHalf</c>): the engine's F16 pp512 ran 1.08× against the tile on Zen 5. On Intel's cores, where
+    /// <see cref="Backends.Cpu.CpuForward.LiftHalves"/> is on, calls of this many rows read F16 plainly and so take the tile:
+    /// there the conversion competes with the FMAs for two ports, and F16 pp512 ran 1.07× with the tile.
     /// </summary>
-    const int FusedF16MaxRows = 256;
+    internal const int FusedF16MaxRows = 256;
 
     /// <summary>Rows [r0, r0 + count) of the product for a type that is not F32, with the checks done.</summary>
     static unsafe void RowRangeTile(GgmlType type, ReadOnlySpan<byte> weights, int rowBytes, int rows, int cols, int r0, int count,

@@ -10,12 +10,15 @@ static class ForwardSteps
     /// <summary>Prefill chunk, decode steps of one row, a two-row chunk, another decode step.</summary>
     public static readonly int[][] Default = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [12], [13, 14], [15]];
 
-    /// <summary>The logits after each of <paramref name="steps"/> on a forward pass that <paramref name="configure"/> set up.</summary>
-    public static List<float[]> Logits(Model model, CpuWorkerPool pool, Action<CpuForward> configure, int[][]? steps = null)
+    /// <summary>
+    /// The logits after each of <paramref name="steps"/> on a forward pass that <paramref name="configure"/> set up, with
+    /// chunks of up to <paramref name="maxBatchTokens"/> and a context of <paramref name="contextTokens"/>.
+    /// </summary>
+    public static List<float[]> Logits(Model model, CpuWorkerPool pool, Action<CpuForward> configure, int[][]? steps = null, int maxBatchTokens = 16, int contextTokens = 64)
     {
-        using var forward = new CpuForward(model, maxBatchTokens: 16, pool);
+        using var forward = new CpuForward(model, maxBatchTokens, pool);
         configure(forward);
-        using var sequence = new SingleSequence(forward, 64);
+        using var sequence = new SingleSequence(forward, contextTokens);
         var logits = new List<float[]>();
         foreach (int[] tokens in steps ?? Default)
         {

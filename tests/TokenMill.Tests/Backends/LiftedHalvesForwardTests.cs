@@ -9,7 +9,8 @@ namespace TokenMill.Tests.Backends;
 /// An F16 model multiplied from its lifted copies (<see cref="CpuForward.LiftHalves"/>: weights times 2^10, activations
 /// times 2^102) gives the bits of the pass that reads the file's halves: over a prefill chunk and a two-row chunk (the
 /// tile kernel), over decode steps of one row (the one-row kernel), where feed-forward activations are too large to
-/// scale (those products go back to the plain reading), and where one matrix holds a value too large to lift.
+/// scale (those products go back to the plain reading), where one matrix holds a value too large to lift, and after a
+/// chunk long enough to be dequantized into the tile instead.
 /// </summary>
 public class LiftedHalvesForwardTests
 {
@@ -35,5 +36,11 @@ public class LiftedHalvesForwardTests
         ForwardSteps.AssertSameBits(plain, lifted, $"F16, feed-forward norm weights {ffnNormWeight}, one matrix too large {oneMatrixTooLarge}");
         var rebiased = ForwardSteps.Logits(model, pool, f => { f.LiftHalves = false; f.UnrebiasedHalves = false; });
         ForwardSteps.AssertSameBits(rebiased, lifted, "against the rebiasing reading");
+        // A prefill chunk of FusedF16MaxRows rows or more: with LiftHalves it reads the file's halves dequantized into
+        // the tile, the decode steps after it the lifted copies.
+        int[][] longChunk = [Enumerable.Range(1, QuantizedDot.FusedF16MaxRows + 4).ToArray(), [300], [301, 302], [303]];
+        var plainLong = ForwardSteps.Logits(model, pool, f => { f.LiftHalves = false; f.UnrebiasedHalves = false; }, longChunk, maxBatchTokens: 272, contextTokens: 288);
+        var liftedLong = ForwardSteps.Logits(model, pool, f => f.LiftHalves = true, longChunk, maxBatchTokens: 272, contextTokens: 288);
+        ForwardSteps.AssertSameBits(plainLong, liftedLong, $"F16 after a chunk of {QuantizedDot.FusedF16MaxRows + 4} rows, feed-forward norm weights {ffnNormWeight}, one matrix too large {oneMatrixTooLarge}");
     }
 }
