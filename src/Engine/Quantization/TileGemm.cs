@@ -195,7 +195,6 @@ internal static unsafe class TileGemm
         where TW : struct, IWeightRows
     {
         int blocks = (n + ActivationRows - 1) / ActivationRows;
-        int small = n / blocks, larger = n % blocks;
         int whole = cols & ~15;
         var next = new Ahead(following, followingBytes);
         long steps = (long)blocks * (rows / WeightRows) * (whole / 16);
@@ -214,44 +213,43 @@ internal static unsafe class TileGemm
                 byte* pf = r + 2 * WeightRows <= rows ? w + (r + WeightRows) * wld
                     : k1 < whole ? w + (long)PanelColumns * TW.Bytes
                     : following == null ? null : following - (long)k0 * TW.Bytes;
-                for (int b = 0, i = 0; b < blocks; b++)
-                {
-                    int size = b < larger ? small + 1 : small;
-                    int pfRows = 0;
-                    for (int j = b; j < WeightRows; j += blocks) pfRows |= 1 << j;
-                    Vector512<float>* blockParked = parked + b * BlockRows * ActivationRows + r * ActivationRows;
-                    float* x = xs + i * ldx, y = ys + (long)i * ldy + r;
-                    byte* g = w + r * wld;
-                    byte* p = pfRows == 0 ? null : pf;
-                    switch (size) // n > 6 makes blocks of 3 to 6 rows
-                    {
-                        case 6: Kernel<Six, Four, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, p, ahead, pfRows); break;
-                        case 5: Kernel<Five, Four, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, p, ahead, pfRows); break;
-                        case 4: Kernel<Four, Four, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, p, ahead, pfRows); break;
-                        case 3: Kernel<Three, Four, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, p, ahead, pfRows); break;
-                    }
-                    i += size;
-                }
+                EveryBlock<Four, TW>(n, w + r * wld, wld, cols, xs, ldx, k0, k1, parked + r * ActivationRows, first, last, ys + r, ldy, pf, ahead);
             }
             for (; r < rows; r++)
-                for (int b = 0, i = 0; b < blocks; b++)
-                {
-                    int size = b < larger ? small + 1 : small;
-                    Vector512<float>* blockParked = parked + b * BlockRows * ActivationRows + r * ActivationRows;
-                    float* x = xs + i * ldx, y = ys + (long)i * ldy + r;
-                    byte* g = w + r * wld;
-                    switch (size)
-                    {
-                        case 6: Kernel<Six, One, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, null, null); break;
-                        case 5: Kernel<Five, One, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, null, null); break;
-                        case 4: Kernel<Four, One, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, null, null); break;
-                        case 3: Kernel<Three, One, TW>(g, wld, cols, x, ldx, k0, k1, blockParked, first, last, y, ldy, null, null); break;
-                    }
-                    i += size;
-                }
+                EveryBlock<One, TW>(n, w + r * wld, wld, cols, xs, ldx, k0, k1, parked + r * ActivationRows, first, last, ys + r, ldy, null, null);
             k0 = k1;
         }
         while (k0 < whole);
+    }
+
+    /// <summary>
+    /// TM weight rows (a group of 4, or one) over columns [k0, k1) against every block of <see cref="Shape"/>'s sizes
+    /// in turn; block b parks at parked + b·<see cref="BlockRows"/>·6 and asks for rows b, b + blocks, … of the group
+    /// at <paramref name="pf"/>.
+    /// </summary>
+    static void EveryBlock<TM, TW>(int n, byte* g, long wld, int cols, float* xs, long ldx, int k0, int k1, Vector512<float>* parked, bool first, bool last,
+        float* ys, int ldy, byte* pf, Ahead* ahead)
+        where TM : struct, ICount where TW : struct, IWeightRows
+    {
+        int blocks = (n + ActivationRows - 1) / ActivationRows;
+        int small = n / blocks, larger = n % blocks;
+        for (int b = 0, i = 0; b < blocks; b++)
+        {
+            int size = b < larger ? small + 1 : small;
+            int pfRows = 0;
+            for (int j = b; j < WeightRows; j += blocks) pfRows |= 1 << j;
+            Vector512<float>* p = parked + b * BlockRows * ActivationRows;
+            float* x = xs + i * ldx, y = ys + (long)i * ldy;
+            byte* f = pfRows == 0 ? null : pf;
+            switch (size) // n > 6 makes blocks of 3 to 6 rows
+            {
+                case 6: Kernel<Six, TM, TW>(g, wld, cols, x, ldx, k0, k1, p, first, last, y, ldy, f, ahead, pfRows); break;
+                case 5: Kernel<Five, TM, TW>(g, wld, cols, x, ldx, k0, k1, p, first, last, y, ldy, f, ahead, pfRows); break;
+                case 4: Kernel<Four, TM, TW>(g, wld, cols, x, ldx, k0, k1, p, first, last, y, ldy, f, ahead, pfRows); break;
+                case 3: Kernel<Three, TM, TW>(g, wld, cols, x, ldx, k0, k1, p, first, last, y, ldy, f, ahead, pfRows); break;
+            }
+            i += size;
+        }
     }
 
     /// <summary>
