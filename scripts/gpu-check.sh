@@ -8,7 +8,7 @@
 #
 # The GPU box needs the NVIDIA driver (libcuda.so.1) and NVRTC 11.2+ (libnvrtc.so.11.2/12/13: the CUDA
 # toolkit's, or 'pip install nvidia-cuda-nvrtc-cu12' and TOKENMILL_CUDA_LIB_DIR=<site-packages>/nvidia/cuda_nvrtc/lib).
-# Nothing here has been run on a GPU yet: the first 'run' is the kernels' first real test.
+# First run on an H100 (driver 580, CUDA 13) on 2026-11-26: every check passed; the README's CUDA section has the figures.
 set -euo pipefail
 
 case "${1:-}" in
@@ -39,6 +39,10 @@ run)
     fi
   done
   ./tokenmill kernels check --arch 80,90 || status=1      # NVRTC only
+  # With the toolkit's ptxas: registers, spills and occupancy against KernelLaunches' budgets (set with CUDA 11.8's ptxas,
+  # so a newer one may differ by a few registers: reported, not failed).
+  ptxas=$(command -v ptxas || ls /usr/local/cuda/bin/ptxas 2>/dev/null || true)
+  [ -n "$ptxas" ] && { ./tokenmill kernels check --arch 90 --ptxas "$ptxas" || echo "(ptxas budgets: see above)"; }
   ./tokenmill kernels selftest --device "${DEVICE:-0}" || status=1   # every kernel on the GPU vs scalar references
   ./tokenmill kernels bench --device "${DEVICE:-0}" --output-json kernels-bench.json || status=1
   ./tokenmill kernels nccl --ranks 1 || status=1          # needs libnccl (TOKENMILL_NCCL_LIBRARY or the CUDA lib dir)
@@ -46,18 +50,27 @@ run)
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 --kv-cache-dtype f16 || status=1
   ./tokenmill kernels forward --model dummy:tinyllama-1.1b --dummy-layers 2 --kv-cache-dtype q8_0 || status=1
   # Greedy generate on both devices: the token ids must be identical. The short prompt's steps all run on the GEMV
-  # kernels; the three prompts of stories260K (F32) prefill 8+ rows at once, on cuBLAS's Sgemm.
+  # kernels; the three prompts of stories260K (F32) prefill 8+ rows at once, on cuBLAS's Sgemm; 100 tokens take the
+  # contexts past 64 positions, where one sequence's decode splits into 64-position partitions. The dummy model is F16:
+  # with Q8_0 weights the CPU quantizes its activations to 8 bits (llama.cpp's vec_dot_q8_0) and the GPU does not, so
+  # the random model's near-tied logits part after a dozen tokens; F16 (and F32) weights give the same products.
   printf '%s\n' "Once upon a time there was a little girl named Lily" "The little dog ran to the park to play with the ball" "Tom and Sue" > prompts.txt
   # The last run keeps keys and values in f16 on both devices (--kv-cache-dtype f16).
-  for run in "${STORIES:-stories260K.gguf}|--prompt|Once upon a time|f32" "dummy:tinyllama-1.1b|--prompt|Once upon a time|f32" \
-             "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f32" "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f16"; do
-    IFS='|' read -r model flag value kv <<< "$run"
+  for run in "${STORIES:-stories260K.gguf}|--prompt|Once upon a time|f32|40" "dummy:tinyllama-1.1b|--prompt|Once upon a time|f32|100|F16" \
+             "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f32|100" "${STORIES:-stories260K.gguf}|--prompts-file|prompts.txt|f16|40"; do
+    IFS='|' read -r model flag value kv tokens dtype <<< "$run"
     [ -e "$model" ] || [[ "$model" == dummy:* ]] || { echo "skip $model (not found; set STORIES=path)"; continue; }
     for device in cpu cuda; do
-      ./tokenmill generate --model "$model" "$flag" "$value" --max-tokens 40 --temperature 0 --kv-cache-dtype "$kv" --device $device > "generate-$device.txt" || status=1
+      ./tokenmill generate --model "$model" ${dtype:+--dtype "$dtype"} "$flag" "$value" --max-tokens "$tokens" --temperature 0 --kv-cache-dtype "$kv" --device $device > "generate-$device.txt" || status=1
     done
     if cmp -s generate-cpu.txt generate-cuda.txt; then echo "generate $model $flag (KV $kv): cuda == cpu"; else echo "generate $model $flag (KV $kv): cuda != cpu"; diff generate-cpu.txt generate-cuda.txt || true; status=1; fi
   done
+  ./tokenmill bench latency --device cuda --dtype Q8_0 --input-len 512 --output-len 128 --repeat 2 || status=1
+  ./tokenmill bench throughput --device cuda --dtype Q8_0 --num-prompts 4 --input-len 128 --output-len 128 || status=1
+  if command -v compute-sanitizer >/dev/null; then   # out-of-bounds and misaligned accesses of every kernel
+    compute-sanitizer --tool memcheck --print-limit 20 ./tokenmill kernels selftest --device "${DEVICE:-0}" > memcheck.txt 2>&1 || status=1
+    grep "ERROR SUMMARY" memcheck.txt
+  fi
   exit $status
   ;;
 *)

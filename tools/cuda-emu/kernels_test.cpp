@@ -337,26 +337,32 @@ static QuantizedBlocks quantized_blocks(int nb)
 
 static void gemv()
 {
-    const int rows = 70, cols = 256, nv = 3;
+    const int rows = 70, cols = 256, nv = 11;   // 11 vectors: a block of 8 and a partial one down y
     auto x = rnds(nv * cols);
-    auto run = [&](const char* name, auto kernel, const void* w, const std::vector<float>& dec) {
+    auto run = [&](std::string name, auto kernel, const void* w, const std::vector<float>& dec) {
         std::vector<float> y(nv * rows); std::vector<double> e(y.size());
-        emu::launch({(rows + 3) / 4, nv}, {128}, [&] { kernel(w, x.data(), y.data(), rows, cols); });
+        const int per_block = name.ends_with("_x8") ? 8 : 1;
+        emu::launch({(rows + 3) / 4, (unsigned)((nv + per_block - 1) / per_block)}, {128}, [&] { kernel(w, x.data(), y.data(), rows, cols, nv); });
         for (int t = 0; t < nv; t++) for (int r = 0; r < rows; r++) { double d = 0; for (int c = 0; c < cols; c++) d += (double)dec[r * cols + c] * x[t * cols + c]; e[t * rows + r] = d; }
-        check(std::string(name) + " 70 x 256, 3 vectors", y, e, 1e-4);
+        check(name + " 70 x 256, 11 vectors", y, e, 1e-4);
     };
     auto wf = rnds(rows * cols);
-    run("gemv_f32", [](const void* w, const float* x, float* y, int r, int c) { gemv_f32((const float*)w, x, y, r, c); }, wf.data(), wf);
+    run("gemv_f32", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_f32((const float*)w, x, y, r, c, n); }, wf.data(), wf);
+    run("gemv_f32_x8", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_f32_x8((const float*)w, x, y, r, c, n); }, wf.data(), wf);
     std::vector<unsigned short> wh(wf.size()); std::vector<float> dh(wf.size());
     for (size_t i = 0; i < wf.size(); i++) { wh[i] = half_bits(wf[i]); dh[i] = half_round(wf[i]); }
-    run("gemv_f16", [](const void* w, const float* x, float* y, int r, int c) { gemv_f16((const tm_f16*)w, x, y, r, c); }, wh.data(), dh);
+    run("gemv_f16", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_f16((const tm_f16*)w, x, y, r, c, n); }, wh.data(), dh);
+    run("gemv_f16_x8", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_f16_x8((const tm_f16*)w, x, y, r, c, n); }, wh.data(), dh);
     std::vector<unsigned short> wb(wf.size()); std::vector<float> db(wf.size());
     for (size_t i = 0; i < wf.size(); i++) { uint32_t u; std::memcpy(&u, &wf[i], 4); wb[i] = u >> 16; u = (uint32_t)wb[i] << 16; std::memcpy(&db[i], &u, 4); }
-    run("gemv_bf16", [](const void* w, const float* x, float* y, int r, int c) { gemv_bf16((const tm_bf16*)w, x, y, r, c); }, wb.data(), db);
+    run("gemv_bf16", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_bf16((const tm_bf16*)w, x, y, r, c, n); }, wb.data(), db);
+    run("gemv_bf16_x8", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_bf16_x8((const tm_bf16*)w, x, y, r, c, n); }, wb.data(), db);
 
     auto q = quantized_blocks(rows * cols / 32);
-    run("gemv_q8_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q8_0((const tm_u8*)w, x, y, r, c); }, q.q8.data(), q.d8);
-    run("gemv_q4_0", [](const void* w, const float* x, float* y, int r, int c) { gemv_q4_0((const tm_u8*)w, x, y, r, c); }, q.q4.data(), q.d4);
+    run("gemv_q8_0", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_q8_0((const tm_u8*)w, x, y, r, c, n); }, q.q8.data(), q.d8);
+    run("gemv_q8_0_x8", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_q8_0_x8((const tm_u8*)w, x, y, r, c, n); }, q.q8.data(), q.d8);
+    run("gemv_q4_0", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_q4_0((const tm_u8*)w, x, y, r, c, n); }, q.q4.data(), q.d4);
+    run("gemv_q4_0_x8", [](const void* w, const float* x, float* y, int r, int c, int n) { gemv_q4_0_x8((const tm_u8*)w, x, y, r, c, n); }, q.q4.data(), q.d4);
 }
 
 // The inputs of the backend's cuBLAS GEMMs: round to nearest even, bit for bit.

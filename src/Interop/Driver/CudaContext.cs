@@ -6,7 +6,7 @@ namespace TokenMill.Interop.Driver;
 /// One device's CUDA context through the driver API: the owner of modules, device memory and streams
 /// made from it. Creating one makes it current on the calling thread; the engine's single loop
 /// thread is the one that uses it. Dispose everything made from it before the context.
-/// UNVERIFIED ON HARDWARE: written against the driver API documentation; no GPU has run it yet.
+/// Run on an H100 (driver 580, 2026-11-26) by scripts/gpu-check.sh, and on the emulated driver of tools/cuda-emu in the tests.
 /// </summary>
 public sealed unsafe class CudaContext : IDisposable
 {

@@ -62,7 +62,7 @@ public sealed class ChunkAttentionPlanTests
         Assert.Equal(
             [
                 new AttentionRun(AttentionKernels.Prefill, 0, 1, 0, 6, default),
-                new AttentionRun(AttentionKernels.DecodeSplitK, 1, 1, 6, 1, new PagedAttentionDecodePlan(true, 3)),
+                new AttentionRun(AttentionKernels.DecodeSplitK, 1, 1, 6, 1, new PagedAttentionDecodePlan(true, 3, 4)),
             ],
             plan.Runs);
         Assert.Equal(AttentionKernels.Prefill | AttentionKernels.DecodeSplitK, plan.Kernels);
@@ -76,9 +76,9 @@ public sealed class ChunkAttentionPlanTests
         var plan = Plan(batch, 0, batch.TokenCount, partitionSize: 4, maxSplitSequences: 2);
         Assert.Equal(
             [
-                new AttentionRun(AttentionKernels.DecodeSplitK, 0, 2, 0, 1, new PagedAttentionDecodePlan(true, 3)),
-                new AttentionRun(AttentionKernels.DecodeSplitK, 2, 2, 2, 1, new PagedAttentionDecodePlan(true, 4)),
-                new AttentionRun(AttentionKernels.DecodeSplitK, 4, 1, 4, 1, new PagedAttentionDecodePlan(true, 1)),
+                new AttentionRun(AttentionKernels.DecodeSplitK, 0, 2, 0, 1, new PagedAttentionDecodePlan(true, 3, 4)),
+                new AttentionRun(AttentionKernels.DecodeSplitK, 2, 2, 2, 1, new PagedAttentionDecodePlan(true, 4, 4)),
+                new AttentionRun(AttentionKernels.DecodeSplitK, 4, 1, 4, 1, new PagedAttentionDecodePlan(true, 1, 4)),
             ],
             plan.Runs);
     }
@@ -171,5 +171,26 @@ public sealed class ChunkAttentionPlanTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new ChunkAttentionPlan(4, 2, 8, 512, 1).Build(batch, 0, 3, 1));
         Assert.Throws<ArgumentOutOfRangeException>(() => new ChunkAttentionPlan(4, 2, 8, 0, 1));
         Assert.Throws<ArgumentOutOfRangeException>(() => new ChunkAttentionPlan(4, 2, 8, 512, 0));
+    }
+
+    [Fact]
+    public void A_small_batch_splits_at_smaller_partitions_when_the_buffers_hold_them()
+    {
+        // One decode at context 200 over 8 heads: 8 blocks, far from the 512 that fill a GPU. Partitions of 512 halve
+        // down to 64 (8 × 4 = 32 blocks still), so it splits into 4 — if the buffers hold 8 heads × 4 partial results.
+        var batch = Batch(([.. Enumerable.Range(0, 50)], 199, 1));
+        var fits = new ChunkAttentionPlan(16, 64, 8, PagedAttentionDecodePlan.PartitionSize, 64, splitBlocks: 32);
+        fits.Build(batch, 0, 1, BlockSize);
+        Assert.Equal([new AttentionRun(AttentionKernels.DecodeSplitK, 0, 1, 0, 1, new PagedAttentionDecodePlan(true, 4, 64))], fits.Runs);
+
+        // One partial result short: the full partitions (one of 512 for 200 positions) take it, in one pass.
+        var tight = new ChunkAttentionPlan(16, 64, 8, PagedAttentionDecodePlan.PartitionSize, 64, splitBlocks: 31);
+        tight.Build(batch, 0, 1, BlockSize);
+        Assert.Equal([new AttentionRun(AttentionKernels.Decode, 0, 1, 0, 1, new PagedAttentionDecodePlan(false, 1))], tight.Runs);
+
+        // Under a CUDA graph the 4 partitions stay 4 (a power of two); 200 → 260 positions would be 5, rounded to 8.
+        var graph = new ChunkAttentionPlan(16, 128, 8, PagedAttentionDecodePlan.PartitionSize, 64);
+        graph.Build(Batch(([.. Enumerable.Range(0, 65)], 259, 1)), 0, 1, BlockSize, fixedWidth: true);
+        Assert.Equal(new PagedAttentionDecodePlan(true, 8, 64), graph.Runs[0].Decode);
     }
 }

@@ -24,7 +24,7 @@ public sealed class CudaKernelCompileTests : IDisposable
         ["argmax.cu"] = ["argmax"],
         ["convert.cu"] = ["convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16"],
         ["embedding.cu"] = ["embedding_f32", "embedding_f16", "embedding_bf16", "embedding_q8_0"],
-        ["gemv.cu"] = ["gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0"],
+        ["gemv.cu"] = ["gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0", "gemv_f32_x8", "gemv_f16_x8", "gemv_bf16_x8", "gemv_q8_0_x8", "gemv_q4_0_x8"],
         ["paged_attention.cu"] = ["paged_attention_decode_f32", "paged_attention_decode_f16", "paged_attention_decode_q8_0",
                                   "paged_attention_decode_split_f32", "paged_attention_decode_split_f16", "paged_attention_decode_split_q8_0",
                                   "paged_attention_reduce"],

@@ -114,8 +114,8 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
     public void An_off_by_one_index_is_caught()
     {
         Require();
-        // gemv_q8_0 reads its quants one byte early: the scale's high byte becomes the first quant.
-        string dir = BrokenCopy("gemv.cu", "(float)(tm_i8)block[2 + lane]", "(float)(tm_i8)block[1 + lane]");
+        // gemv_q8_0 takes the second of a lane's four quants for the first as well.
+        string dir = BrokenCopy("gemv.cu", "d * tm_i8_at(q, 0), d * tm_i8_at(q, 1)", "d * tm_i8_at(q, 1), d * tm_i8_at(q, 1)");
         var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "gemv_q8_0,gemv_q4_0");
         Assert.Equal(1, code);
         Assert.Matches(@"(?m)^gemv_q8_0\s.*FAIL$", output);
@@ -174,7 +174,7 @@ public sealed class CudaKernelEmulationTests(EmulationCache cache, Xunit.Abstrac
     {
         Require();
         // __ldg (a read-only cache load) is not in the shim: gemv_f16 cannot be built, and neither can the rest of gemv.cu.
-        string dir = BrokenCopy("gemv.cu", "tm_f16_to_f32(wr[i])", "tm_f16_to_f32(__ldg(&wr[i]))");
+        string dir = BrokenCopy("gemv.cu", "tm_gemv_half<1, false>(w, x, y, rows, cols, num_vectors);", "tm_gemv_half<1, false>(w, x, y, rows, cols, (int)__ldg(x));");
         File.WriteAllText(Path.Combine(dir, "mine.cu"), "extern \"C\" __global__ void my_kernel(float* y) { y[threadIdx.x] = 1.0f; }\n");
         var (code, output) = Tokenmill("kernels", "test", "--emulate", "--kernels-dir", dir, "--kernel", "gemv_f16,gemv_f32,rms_norm,my_kernel");
         Assert.Equal(1, code);

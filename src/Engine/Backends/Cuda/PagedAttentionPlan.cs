@@ -20,16 +20,22 @@ namespace TokenMill.Backends.Cuda;
 /// <item>In between, split only when heads × sequences ≤ <see cref="OnePassMinBlocks"/> (512) — fewer blocks than
 /// an A100 (108 SMs) or H100 (132 SMs) can hold at the one-pass kernel's 10 blocks per SM —, so that splitting
 /// fills idle SMs; a larger batch keeps every SM busy already and the reduce would only add work.</item>
+/// <item>Fewer than 512 blocks (a few sequences) also halve the partition, down to <see cref="MinPartitionSize"/> (64)
+/// positions, until the split grid has 512 blocks: on an H100 one sequence of TinyLlama's shape (32 heads) at 512
+/// positions took the one-pass kernel 97 µs (32 blocks, each warp walking 128 positions one after another, waiting on
+/// memory), the split kernel 83 µs for eight times the context in 256 blocks. This is where vLLM's rule (fixed
+/// partitions of 512) leaves a single sequence's decode slow.</item>
 /// </list>
-/// <para>UNVERIFIED ON HARDWARE: the threshold is vLLM's measurement of its kernels, not ours; <c>tokenmill kernels
-/// bench</c> on a GPU should confirm or move it. The sliding window counts: a Gemma 3 local layer sees at most its
-/// window, however long the sequence.</para>
+/// <para>The 512-block and 8192-position thresholds are vLLM's, not measured on ours; the small-batch halving was
+/// (H100, README "Results on an H100": one sequence's TinyLlama decode 160 → 327 tokens/s with the GEMV changes of the
+/// same session). The sliding window counts: a Gemma 3 local layer sees at most its window, however long the sequence.</para>
 /// </remarks>
 /// <param name="SplitK">Whether the step launches the split kernels (<c>paged_attention_decode_split_*</c> and
 /// <c>paged_attention_reduce</c>) instead of the one-pass <c>paged_attention_decode_*</c>.</param>
 /// <param name="MaxPartitions">Partitions of the longest seen context: the split grid's z extent and the partial
 /// buffers' partition stride (1 for one pass).</param>
-public readonly record struct PagedAttentionDecodePlan(bool SplitK, int MaxPartitions)
+/// <param name="Partition">Positions per partition: the split and reduce kernels' <c>partition_size</c>.</param>
+public readonly record struct PagedAttentionDecodePlan(bool SplitK, int MaxPartitions, int Partition = PagedAttentionDecodePlan.PartitionSize)
 {
     /// <summary>Positions per split-K partition (vLLM's <c>PARTITION_SIZE</c>): 128 per warp of the block.</summary>
     public const int PartitionSize = 512;
@@ -40,11 +46,21 @@ public readonly record struct PagedAttentionDecodePlan(bool SplitK, int MaxParti
     /// <summary>Blocks (heads × sequences) from which the one-pass grid fills the GPU by itself.</summary>
     public const int OnePassMinBlocks = 512;
 
+    /// <summary>The smallest partition a small batch's split takes (16 positions per warp).</summary>
+    public const int MinPartitionSize = 64;
+
+    /// <summary>
+    /// Partial results (sequence × head × partition) a small batch's split may need at most: its partitions stop halving
+    /// once the grid reaches <see cref="OnePassMinBlocks"/>, so it stays under twice that, and under four times with the
+    /// partition count rounded up to a power of two (a CUDA graph's).
+    /// </summary>
+    public const int SmallBatchSplitBlocks = 4 * OnePassMinBlocks;
+
     /// <summary>
     /// Chooses the decode kernel for a step whose longest sequence has <paramref name="maxContextLength"/> positions
     /// (its query included), over <paramref name="sequenceCount"/> sequences of <paramref name="headCount"/> query heads;
     /// <paramref name="slidingWindow"/> as the kernels take it (0 for none); partitions of <paramref name="partitionSize"/>
-    /// positions (the tests use small ones, so that short contexts on the emulated driver split).
+    /// positions, or fewer for a small batch (the tests use small ones, so that short contexts on the emulated driver split).
     /// </summary>
     public static PagedAttentionDecodePlan Choose(int maxContextLength, int sequenceCount, int headCount, int slidingWindow = 0,
                                                   int partitionSize = PartitionSize)
@@ -54,9 +70,13 @@ public readonly record struct PagedAttentionDecodePlan(bool SplitK, int MaxParti
         ArgumentOutOfRangeException.ThrowIfLessThan(headCount, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(slidingWindow);
         int seen = slidingWindow > 0 ? Math.Min(maxContextLength, slidingWindow) : maxContextLength;
-        int partitions = Partitions(seen, partitionSize);
-        bool split = partitions > 1 && (seen > SplitContextThreshold || (long)sequenceCount * headCount <= OnePassMinBlocks);
-        return new PagedAttentionDecodePlan(split, split ? partitions : 1);
+        long blocks = (long)sequenceCount * headCount;
+        int size = partitionSize, smallest = Math.Min(MinPartitionSize, partitionSize);
+        if (blocks < OnePassMinBlocks)
+            while (size / 2 >= smallest && blocks * Partitions(seen, size) < OnePassMinBlocks) size /= 2;
+        int partitions = Partitions(seen, size);
+        bool split = partitions > 1 && (seen > SplitContextThreshold || blocks <= OnePassMinBlocks);
+        return split ? new PagedAttentionDecodePlan(true, partitions, size) : new PagedAttentionDecodePlan(false, 1, partitionSize);
     }
 
     /// <summary>Partitions of <paramref name="partitionSize"/> positions that <paramref name="seenPositions"/> positions make (the last one partial).</summary>
