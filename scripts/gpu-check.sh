@@ -68,8 +68,8 @@ run)
   ./tokenmill bench latency --device cuda --dtype Q8_0 --input-len 512 --output-len 128 --repeat 2 || status=1
   ./tokenmill bench throughput --device cuda --dtype Q8_0 --num-prompts 4 --input-len 128 --output-len 128 || status=1
   if command -v compute-sanitizer >/dev/null; then   # out-of-bounds and misaligned accesses of every kernel
-    compute-sanitizer --tool memcheck --print-limit 20 ./tokenmill kernels selftest --device "${DEVICE:-0}" > memcheck.txt 2>&1 || status=1
-    grep "ERROR SUMMARY" memcheck.txt
+    compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 ./tokenmill kernels selftest --device "${DEVICE:-0}" > memcheck.txt 2>&1 || status=1
+    grep "ERROR SUMMARY" memcheck.txt || tail -5 memcheck.txt
   fi
   exit $status
   ;;

@@ -582,8 +582,13 @@ public sealed class KernelSelfTest : IDisposable
     void Gemv()
     {
         // 70 rows: the grid's last block has idle warps. 11 vectors: a full block of 8 and a partial one down y.
-        // 252 and 250 columns: F32 on its float4 path but F16/BF16 element by element, then both element by element.
-        var cases = new (int Cols, int Vectors, bool QuantizedToo)[] { (256, 3, true), (256, 11, true), (252, 3, false), (250, 2, false) };
+        // 160 columns: 5 quantized blocks, so a warp's second step has lanes without a block; 520: F16/BF16's 16-byte
+        // path takes a second step that not every lane has. 252 and 250 columns: F32 on its float4 path but F16/BF16
+        // element by element, then both element by element.
+        var cases = new (int Cols, int Vectors, bool QuantizedToo)[]
+        {
+            (256, 3, true), (256, 11, true), (160, 3, true), (520, 3, false), (252, 3, false), (250, 2, false),
+        };
         const int rows = 70;
         foreach (var (cols, vectors, quantizedToo) in cases)
         {
