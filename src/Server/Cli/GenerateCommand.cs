@@ -270,7 +270,9 @@ public static class GenerateCommand
         }
         stdout.WriteLine();
         var total = clock.Elapsed;
-        int promptTokens = last?.PromptTokens ?? 0, completionTokens = last?.CompletionTokens ?? 0;
+        // A prompt that already fills --max-tokens runs no request: its length still comes from the tokenizer.
+        int promptTokens = last?.PromptTokens ?? engine.Model.Tokenizer.Encode(prompt, addSpecial: true, parseSpecial: true).Length;
+        int completionTokens = last?.CompletionTokens ?? 0;
         var ttft = firstToken ?? total;
         double promptRate = promptTokens / Math.Max(ttft.TotalSeconds, 1e-9);
         double genRate = Math.Max(completionTokens - 1, 0) / Math.Max((total - ttft).TotalSeconds, 1e-9);

@@ -19,6 +19,18 @@ public class CliTests
     }
 
     [SkippableFact]
+    public void Generate_with_a_prompt_that_fills_max_tokens_generates_nothing_and_counts_the_prompt()
+    {
+        // --max-tokens counts the prompt (llama2.c's steps): BOS + "Once upon a time" is 5 tokens, 3 leaves nothing.
+        var model = TestData.Require("models/stories260K.gguf");
+        var (code, stdout, stderr) = Run("generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "3");
+        Assert.Equal(0, code);
+        Assert.Equal("", stdout.Trim());
+        Assert.Contains("prompt 5 tokens", stderr);
+        Assert.Contains("generation 0 tokens", stderr);
+    }
+
+    [SkippableFact]
     public void Generate_with_tensor_parallelism_prints_the_same_greedy_completion_and_refuses_a_size_that_does_not_divide()
     {
         var model = TestData.Require("models/stories260K.gguf");
