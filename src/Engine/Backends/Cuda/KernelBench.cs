@@ -355,28 +355,34 @@ public sealed class KernelBench : IDisposable
         }
         else if (kernel.StartsWith("paged_attention_decode_split_", StringComparison.Ordinal))
         {
-            // The long contexts split-K is for (PagedAttentionDecodePlan), next to the one-pass kernel's shapes above.
+            // The long contexts split-K is for (PagedAttentionDecodePlan), next to the one-pass kernel's shapes above, and
+            // the short ones of a few sequences, which it splits into smaller partitions; each at the partition size the
+            // backend's plan takes for it (512 where the plan would not split: 32 sequences × 4096).
             int element = kernel.EndsWith("f16", StringComparison.Ordinal) ? 2 : 4;
             (int Seqs, int Context, int Heads, int KvHeads, int HeadDim)[] cases = full
-                ? [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (32, 4096, 32, 8, 128), (8, 16384, 32, 8, 128)]
-                : [(1, 600, 1, 1, 64)];   // two partitions: 512 + 88
+                ? [(1, 512, 32, 8, 128), (4, 512, 32, 8, 128), (1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (32, 4096, 32, 8, 128), (8, 16384, 32, 8, 128)]
+                : [(1, 600, 1, 1, 64)];   // ten partitions of 64 (one sequence of one head)
             foreach (var (seqs, context, heads, kvHeads, headDim) in cases)
-                shapes.Add(new($"{seqs} seq × {context} ctx, H{heads}/KV{kvHeads} d{headDim}", (b, k) =>
+            {
+                int partition = PagedAttentionDecodePlan.Choose(context, seqs, heads) is { SplitK: true } chosen
+                    ? chosen.Partition : PagedAttentionDecodePlan.PartitionSize;
+                shapes.Add(new($"{seqs} seq × {context} ctx, H{heads}/KV{kvHeads} d{headDim}, {partition}-position partitions", (b, k) =>
                 {
                     const int blockSize = 16;
                     int maxBlocks = (context + blockSize - 1) / blockSize, kvDim = kvHeads * headDim;
-                    var plan = new PagedAttentionDecodePlan(true, PagedAttentionDecodePlan.Partitions(context));
+                    var plan = new PagedAttentionDecodePlan(true, PagedAttentionDecodePlan.Partitions(context, partition), partition);
                     var tables = b.ShuffledBlocks(seqs * maxBlocks);
                     long cacheBytes = (long)tables.Length * blockSize * kvDim * element, stats = plan.StatisticsLength(seqs, heads);
                     var args = new KernelArgs().Add(b.Zeros(stats * 4)).Add(b.Zeros(stats * 4)).Add(b.Zeros(stats * headDim * 4))
                         .Add(b.Floats((long)seqs * heads * headDim)).Add(b.Zeros(cacheBytes)).Add(b.Zeros(cacheBytes))
                         .Add(b.Upload(tables)).Add(b.Upload(Enumerable.Repeat(context, seqs).ToArray()))
                         .Add(maxBlocks).Add(heads).Add(kvHeads).Add(headDim).Add(blockSize).Add(1f / MathF.Sqrt(headDim)).Add(0)
-                        .Add(PagedAttentionDecodePlan.PartitionSize);
+                        .Add(partition);
                     double kv = 2.0 * seqs * context * kvDim * element;
                     return new Launch(() => k.Launch(plan.SplitGrid(seqs, heads), Block(kernel), args),
                         kv + 4.0 * seqs * heads * headDim + 4.0 * stats * (headDim + 2), 4.0 * seqs * heads * context * headDim);
                 }));
+            }
         }
         else if (kernel == "paged_attention_reduce")
         {
