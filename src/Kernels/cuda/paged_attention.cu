@@ -29,7 +29,8 @@
 //   max_logits, exp_sums: [num_seqs][num_heads][max_partitions]
 //   partial_out:          [num_seqs][num_heads][max_partitions][head_dim]
 // and one more, partition_size (PagedAttentionDecodePlan.PartitionSize: vLLM's 512, which gives each warp 128
-// positions to amortise the block's start and merge, and keeps the partials small — a 32 K context has 64).
+// positions to amortise the block's start and merge, and keeps the partials small — a 32 K context has 64; a batch
+// of fewer than 512 blocks takes smaller ones, down to 64, so that a single sequence's decode fills the GPU).
 // A block whose partition starts at or after ctx (a shorter sequence of the batch) writes nothing.
 // Reduce launch: grid = (num_heads, num_seqs), block = (128): reads the partitions a sequence has,
 // ceil((ctx − first) / partition_size), and writes out as the one-pass kernel does.
