@@ -157,11 +157,9 @@ internal sealed class ChunkAttentionPlan
             else
             {
                 var plan = PagedAttentionDecodePlan.Choose(MaxContext(g, end), end - g, _headCount, 0, _partitionSize);
+                // The buffers always hold the full partitions' split: take those when the small batch's would not fit.
                 if (plan.SplitK && plan.Partition != _partitionSize && !SmallSplitFits(g, end, plan.Partition, blockSize, fixedWidth))
-                {
-                    plan = new PagedAttentionDecodePlan(false, 1, _partitionSize);   // the buffers are sized for the full partitions: split at those
-                    if (PagedAttentionDecodePlan.Partitions(MaxContext(g, end), _partitionSize) > 1) plan = plan with { SplitK = true };
-                }
+                    plan = new PagedAttentionDecodePlan(PagedAttentionDecodePlan.Partitions(MaxContext(g, end), _partitionSize) > 1, 1, _partitionSize);
                 if (!plan.SplitK) Add(new AttentionRun(AttentionKernels.Decode, g, end - g, _queryStart[g], 1, plan));
                 else
                     for (int first = g; first < end; first += _maxSplitSequences)
