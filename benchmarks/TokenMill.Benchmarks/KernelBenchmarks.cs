@@ -487,3 +487,131 @@ public unsafe class SmallBatchStreamingBenchmarks
         }
     }
 }
+
+/// <summary>
+/// Decode's product with the repacked Q4_0 and Q8_0 kernels as CpuForward runs it: two threads, each taking two of a
+/// matrix's four row ranges (<c>StreamChunksPerThread</c>), <see cref="N"/> activation rows (1: one sequence; 4: a small
+/// batch), weights out of memory — <see cref="Matrices"/> 5632 × 2048 matrices (TinyLlama's FFN shape, 415 MB of Q4_0),
+/// each thread going through all of them once per operation — with and without the kernels asking for the next tile's
+/// weights into L2 (<see cref="IntegerTile.AheadPass"/>; the same bits either way).
+/// </summary>
+public unsafe class DecodeStreamingBenchmarks
+{
+    const int Rows = 5632, Cols = 2048, Blocks = Cols / 32, Chunks = 4;
+    PackedQ4_0[] _q4 = [];
+    PackedQ8_0[] _q8 = [];
+    sbyte* _xq;
+    float* _xd, _ys;
+    int* _xc;
+
+    [Params(GgmlType.Q4_0, GgmlType.Q8_0)]
+    public GgmlType Type { get; set; }
+
+    [Params(1, 4)]
+    public int N { get; set; }
+
+    [Params(false, true)]
+    public bool AsksAhead { get; set; }
+
+    /// <summary>Matrices streamed per operation: 64 (415 MB of Q4_0, 785 MB of Q8_0) is more than any L3 of the machines we measure on.</summary>
+    public int Matrices { get; set; } = 64;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        if (!PackedQ4_0.IsSupported) throw new NotSupportedException("the repacked kernels need AVX2 and FMA");
+        var random = new Random(17);
+        int blockBytes = Type == GgmlType.Q4_0 ? 18 : 34;
+        var raw = new byte[(long)Rows * Blocks * blockBytes];
+        _q4 = Type == GgmlType.Q4_0 ? new PackedQ4_0[Matrices] : [];
+        _q8 = Type == GgmlType.Q8_0 ? new PackedQ8_0[Matrices] : [];
+        for (int m = 0; m < Matrices; m++)
+        {
+            random.NextBytes(raw); // random quants; each block's f16 scale set to a small finite value
+            for (long b = 0; b < (long)Rows * Blocks; b++)
+                BitConverter.TryWriteBytes(raw.AsSpan((int)(b * blockBytes), 2), BitConverter.HalfToUInt16Bits((Half)(0.001 + random.NextDouble() * 0.01)));
+            if (Type == GgmlType.Q4_0) _q4[m] = PackedQ4_0.Pack(raw, Rows, Cols);
+            else _q8[m] = PackedQ8_0.Pack(raw, Rows, Cols);
+        }
+        _xq = (sbyte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(N * Cols), 64);
+        _xd = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(N * Blocks * sizeof(float)), 64);
+        _xc = (int*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(N * Blocks * sizeof(int)), 64);
+        _ys = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(N * Rows * sizeof(float)), 64);
+        var q = new sbyte[Cols];
+        for (int i = 0; i < N; i++)
+        {
+            for (int c = 0; c < Cols; c++) _xq[i * Cols + c] = q[c] = (sbyte)random.Next(-127, 128);
+            for (int b = 0; b < Blocks; b++) _xd[i * Blocks + b] = 0.01f;
+            PackedQ4_0.BlockSums(q, new Span<int>(_xc + i * Blocks, Blocks));
+        }
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xq);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xd);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xc);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_ys);
+    }
+
+    /// <summary>Every matrix once times the N activation rows, two threads.</summary>
+    [Benchmark]
+    public void Stream()
+    {
+        IntegerTile.AsksAhead = AsksAhead;
+        try
+        {
+            var other = new Thread(() => Ranges(1));
+            other.Start();
+            Ranges(0);
+            other.Join();
+        }
+        finally { IntegerTile.AsksAhead = true; }
+    }
+
+    void Ranges(int first)
+    {
+        const int range = Rows / Chunks;
+        for (int m = 0; m < Matrices; m++)
+            for (int c = first; c < Chunks; c += 2)
+                Multiply(m, c * range, range);
+    }
+
+    /// <summary>Rows [r0, r0 + count) of matrix m into their places in the N × 5632 outputs.</summary>
+    void Multiply(int m, int r0, int count)
+    {
+        if (Type == GgmlType.Q4_0) _q4[m].Multiply(r0, count, _xq, _xd, _xc, N, _ys, Rows);
+        else _q8[m].Multiply(r0, count, _xq, _xd, _xc, N, _ys, Rows);
+    }
+
+    /// <summary>
+    /// The smoke test's check: the last matrix's products through <see cref="Stream"/> with the kernels asking ahead and
+    /// without give the same bits, and those of one call over all rows; returns the number of outputs that differ.
+    /// </summary>
+    public int Check()
+    {
+        Setup();
+        try
+        {
+            var results = new float[3][];
+            for (int run = 0; run < 3; run++)
+            {
+                if (run < 2)
+                {
+                    AsksAhead = run == 1;
+                    Stream();
+                }
+                else Multiply(Matrices - 1, 0, Rows);
+                results[run] = new ReadOnlySpan<float>(_ys, N * Rows).ToArray();
+            }
+            int differ = 0;
+            for (int i = 0; i < N * Rows; i++)
+                if (BitConverter.SingleToInt32Bits(results[0][i]) != BitConverter.SingleToInt32Bits(results[1][i]) ||
+                    BitConverter.SingleToInt32Bits(results[1][i]) != BitConverter.SingleToInt32Bits(results[2][i]) || !float.IsFinite(results[1][i]))
+                    differ++;
+            return differ;
+        }
+        finally { Cleanup(); }
+    }
+}

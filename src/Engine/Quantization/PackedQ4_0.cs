@@ -285,7 +285,7 @@ public sealed unsafe class PackedQ4_0
         where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
-        int i = 0;
+        int i = 0, aheadAt = IntegerTile.AheadPass(n, 8, 4);
         // Eight activation rows per pass where there are eight (one unpack per block for eight rows; 8 of the 32
         // registers hold the nibbles, 8 the accumulators), then four, then one.
         for (; i + 8 <= n; i += 8)
@@ -298,8 +298,9 @@ public sealed unsafe class PackedQ4_0
             // The first pass over this pair's weights streams them from memory at the rate it computes, the next ones
             // find them in L2 and leave the memory idle: the second pass prefetches the next pair's block by block,
             // whose first pass then finds them in L2. (At 32 activation rows, weights that do not fit in L3 — every
-            // decode step's — went from ~200 to ~300 GMAC/s a thread, as fast as weights in L3.)
-            byte* ahead = i == 8 ? next : null;
+            // decode step's — went from ~200 to ~300 GMAC/s a thread, as fast as weights in L3.) A single pass — one
+            // row, four or eight — prefetches the next pair as it streams this one (IntegerTile.AheadPass).
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK, a4 += QK, a5 += QK, a6 += QK, a7 += QK)
             {
                 if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), PairBlockBytes);
@@ -333,8 +334,10 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks, c1 = c0 + blocks, c2 = c1 + blocks, c3 = c2 + blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
             {
+                if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), PairBlockBytes);
                 var (l0, h0) = Nibbles16(t);
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);
@@ -357,8 +360,10 @@ public sealed unsafe class PackedQ4_0
             int* c0 = xc + (long)i * blocks;
             var f0 = Vector512<float>.Zero;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK)
             {
+                if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), PairBlockBytes);
                 var (l0, h0) = Nibbles16(t);
                 var (l1, h1) = Nibbles16(t + 64);
                 var (l2, h2) = Nibbles16(t + 128);

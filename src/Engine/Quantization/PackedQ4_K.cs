@@ -142,9 +142,9 @@ public sealed unsafe class PackedQ4_K
             }
             for (int g = r0; g < r0 + count; g += Rows)
             {
-                byte* tile = data + g / Rows * GroupBytes;
+                byte* tile = data + g / Rows * GroupBytes, next = g + Rows < r0 + count ? tile + GroupBytes : null;
                 int rowsHere = Math.Min(Rows, r0 + count - g);
-                int i = 0;
+                int i = 0, aheadAt = IntegerTile.AheadPass(n, 2, 2);
                 for (; i + 2 <= n; i += 2)
                 {
                     sbyte* a0 = xq + (long)i * cols, a1 = a0 + cols;
@@ -152,8 +152,10 @@ public sealed unsafe class PackedQ4_K
                     int* s0 = xs + (long)i * blocks, s1 = s0 + blocks;
                     Vector256<float> f0 = Vector256<float>.Zero, f1 = f0;
                     byte* t = tile;
+                    byte* ahead = i == aheadAt ? next : null;
                     for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK)
                     {
+                        if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
                         Vector256<int> e0 = Vector256<int>.Zero, o0 = e0, e1 = e0, o1 = e0;
                         for (int c = 0; c < 4; c += 2)
                         {
@@ -183,8 +185,10 @@ public sealed unsafe class PackedQ4_K
                     int* s0 = xs + (long)i * blocks;
                     var f0 = Vector256<float>.Zero;
                     byte* t = tile;
+                    byte* ahead = i == aheadAt ? next : null;
                     for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
                     {
+                        if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
                         Vector256<int> e0 = Vector256<int>.Zero, o0 = e0;
                         for (int c = 0; c < 4; c += 2)
                         {
@@ -214,7 +218,7 @@ public sealed unsafe class PackedQ4_K
     static void Multiply16(byte* tile, long second, byte* next, int blocks, sbyte* xq, float* xd, int* xs, int n, float* y, int yStride, int rowsHere, float* result)
     {
         int cols = blocks * QK;
-        int i = 0;
+        int i = 0, aheadAt = IntegerTile.AheadPass(n, 8, 4);
         for (; i + 8 <= n; i += 8)
         {
             sbyte* a0 = xq + (long)i * cols;
@@ -222,7 +226,7 @@ public sealed unsafe class PackedQ4_K
             int* s0 = xs + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
             byte* t = tile;
-            byte* ahead = i == 8 ? next : null; // as in PackedQ4_0.Multiply16
+            byte* ahead = i == aheadAt ? next : null; // as in PackedQ4_0.Multiply16
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
                 if (ahead != null)
@@ -261,8 +265,14 @@ public sealed unsafe class PackedQ4_K
             int* s0 = xs + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 var (l0, h0) = Nibbles16(t, second);
                 var (l1, h1) = Nibbles16(t + 32, second);
                 var (l2, h2) = Nibbles16(t + 64, second);
@@ -286,8 +296,14 @@ public sealed unsafe class PackedQ4_K
             int* s0 = xs + (long)i * blocks;
             var f0 = Vector512<float>.Zero;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 var (l0, h0) = Nibbles16(t, second);
                 var (l1, h1) = Nibbles16(t + 32, second);
                 var (l2, h2) = Nibbles16(t + 64, second);

@@ -149,14 +149,14 @@ public sealed unsafe class PackedQ6_K
     static void Multiply16(byte* tile, long second, byte* next, int blocks, sbyte* xq, float* xd, int n, float* y, int yStride, int rowsHere, float* result)
     {
         int cols = blocks * QK;
-        int i = 0;
+        int i = 0, aheadAt = IntegerTile.AheadPass(n, 8, 4);
         for (; i + 8 <= n; i += 8)
         {
             sbyte* a0 = xq + (long)i * cols;
             float* d0 = xd + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
             byte* t = tile;
-            byte* ahead = i == 8 ? next : null; // as in PackedQ4_0.Multiply16
+            byte* ahead = i == aheadAt ? next : null; // as in PackedQ4_0.Multiply16
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
                 if (ahead != null)
@@ -217,8 +217,14 @@ public sealed unsafe class PackedQ6_K
             float* d0 = xd + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0;
                 for (int h = 0; h < 2; h++)
                 {
@@ -256,8 +262,14 @@ public sealed unsafe class PackedQ6_K
             float* d0 = xd + (long)i * blocks;
             var f0 = Vector512<float>.Zero;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 var e0 = Vector512<int>.Zero;
                 for (int h = 0; h < 2; h++)
                 {

@@ -160,7 +160,7 @@ public sealed unsafe class PackedQ8_0
         where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
-        int i = 0;
+        int i = 0, aheadAt = IntegerTile.AheadPass(n, 4, 4);
         for (; i + 4 <= n; i += 4)
         {
             sbyte* a0 = xq + (long)i * cols, a1 = a0 + cols, a2 = a1 + cols, a3 = a2 + cols;
@@ -170,7 +170,7 @@ public sealed unsafe class PackedQ8_0
             byte* t = tile;
             // As in PackedQ4_0.Multiply16: the second pass over this group's weights (found in L2) prefetches the next
             // group's, whose first pass would otherwise wait on memory.
-            byte* ahead = i == 4 ? next : null;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK)
             {
                 if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
@@ -208,8 +208,10 @@ public sealed unsafe class PackedQ8_0
             int* c0 = xc + (long)i * blocks;
             var f0 = Vector256<float>.Zero;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
                 Vector256<int> e0 = Start(c0[b]), o0 = Vector256<int>.Zero;
                 for (int k = 0; k < 8; k += 2)
                 {
@@ -237,7 +239,7 @@ public sealed unsafe class PackedQ8_0
         where TScales : struct, IHalfWidening
     {
         int cols = blocks * QK;
-        int i = 0;
+        int i = 0, aheadAt = IntegerTile.AheadPass(n, 8, 4);
         for (; i + 8 <= n; i += 8)
         {
             sbyte* a0 = xq + (long)i * cols;
@@ -245,7 +247,7 @@ public sealed unsafe class PackedQ8_0
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
             byte* t = tile;
             // As in PackedQ4_0.Multiply16: the second pass over this pair (found in L2) prefetches the next pair.
-            byte* ahead = i == 8 ? next : null;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
                 if (ahead != null)
@@ -292,8 +294,14 @@ public sealed unsafe class PackedQ8_0
             float* d0 = xd + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0;
                 for (int k = 0; k < 8; k++)
                 {
@@ -321,8 +329,14 @@ public sealed unsafe class PackedQ8_0
             float* d0 = xd + (long)i * blocks;
             var f0 = Vector512<float>.Zero;
             byte* t = tile;
+            byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
+                if (ahead != null)
+                {
+                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
+                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
+                }
                 // Two chains: one row has no other rows' work to hide an add's latency behind.
                 Vector512<int> e0 = Vector512<int>.Zero, o0 = e0;
                 for (int k = 0; k < 8; k += 2)

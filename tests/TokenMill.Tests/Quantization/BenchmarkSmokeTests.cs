@@ -53,6 +53,17 @@ public class BenchmarkSmokeTests
         Assert.InRange(new AttentionBenchmarks { Positions = positions }.CheckStoredCache(TokenMill.KvCache.KvCacheDtype.Q8_0), 1e-6f, 4e-3f);
     }
 
+    [Theory]
+    [InlineData(GgmlType.Q4_0, 1)]
+    [InlineData(GgmlType.Q8_0, 1)]
+    [InlineData(GgmlType.Q4_0, 4)]
+    [InlineData(GgmlType.Q8_0, 5)]
+    public void Decode_streaming_benchmark_gets_the_same_bits_asking_ahead_or_not(GgmlType type, int n)
+    {
+        if (!TokenMill.Quantization.PackedQ4_0.IsSupported) return; // the repacked kernels need AVX2 and FMA
+        Assert.Equal(0, new DecodeStreamingBenchmarks { Type = type, N = n, Matrices = 2 }.Check());
+    }
+
     [Fact]
     public void F16_decode_row_benchmark_forms_agree()
     {

@@ -253,6 +253,24 @@ public class PackedKernelTests
         Assert.Contains(ys, float.IsInfinity);
     }
 
+    [Theory]
+    [InlineData(8, 4)] // PackedQ4_0, PackedQ8_0, PackedQ4_K and PackedQ6_K on 512 bits
+    [InlineData(4, 4)] // PackedQ8_0 on 256 bits
+    [InlineData(2, 2)] // PackedQ4_K with AVX-VNNI
+    public void The_pass_that_asks_for_the_next_tile_is_the_second_or_the_only_one(int widest, int middle)
+    {
+        for (int n = 1; n <= 70; n++)
+        {
+            // The kernels' loops: widest rows at a time while that many are left, then middle, then one.
+            var starts = new List<int>();
+            int i = 0;
+            for (; i + widest <= n; i += widest) starts.Add(i);
+            for (; i + middle <= n; i += middle) starts.Add(i);
+            for (; i < n; i++) starts.Add(i);
+            Assert.Equal(starts.Count > 1 ? starts[1] : 0, IntegerTile.SecondPass(n, widest, middle));
+        }
+    }
+
     [Fact]
     public void Block_sums_are_minus_8_times_each_blocks_sum()
     {
