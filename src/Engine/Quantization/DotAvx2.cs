@@ -66,9 +66,11 @@ internal static unsafe class DotAvx2
     /// How far ahead of the weights it reads a one-row kernel (F16, F32) asks for lines to be brought into L2 (AVX-512
     /// path): two 4 KiB pages. The hardware prefetcher stops at each page — one row of 2048 columns — so decode,
     /// which streams every row from memory once, waited at each. Two Zen 5 cores streaming F16 rows of 2048 from
-    /// memory: 39 → 44 GB/s (as much as the F32 kernel streams), with 4 KiB ahead 1.07× less on one core.
+    /// memory: 39 → 44 GB/s (as much as the F32 kernel streams), with 4 KiB ahead 1.07× less on one core. The in-place
+    /// integer row kernels ask the same distance ahead (<see cref="IntegerTile.PrefetchRowAhead"/>); on this project's
+    /// Xeon 16, 32 and 64 KiB streamed F32 rows no faster than 8.
     /// </summary>
-    const int RowPrefetchBytes = 8192;
+    internal const int RowPrefetchBytes = 8192;
 
     /// <summary>
     /// One F32 row (AVX-512F): four sums of sixteen lanes, the lines <see cref="RowPrefetchBytes"/> ahead asked into

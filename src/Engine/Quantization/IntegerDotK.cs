@@ -341,6 +341,7 @@ internal static unsafe class IntegerDotK
         for (int r = r0; r < r0 + count; r++)
         {
             byte* w = pw + (long)r * rowBytes;
+            IntegerTile.PrefetchRowAhead(w, rowBytes);
             int i = 0;
             for (; i + 4 <= n; i += 4)
                 DotQ4_K4<TDot>(w, pq + (long)i * cols, cols, pd + (long)i * blocks, ps + (long)i * blocks, blocks, superBlocks, py + (long)i * rows + r, rows);
@@ -356,6 +357,7 @@ internal static unsafe class IntegerDotK
         for (int r = r0; r < r0 + count; r++)
         {
             byte* w = pw + (long)r * rowBytes;
+            IntegerTile.PrefetchRowAhead(w, rowBytes);
             int i = 0;
             for (; i + 4 <= n; i += 4)
                 DotQ6_K4(w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, superBlocks, py + (long)i * rows + r, rows);

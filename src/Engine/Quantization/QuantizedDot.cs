@@ -393,6 +393,7 @@ public static unsafe class QuantizedDot
         for (int r = r0; r < r0 + count; r++)
         {
             byte* w = pw + (long)r * rowBytes;
+            IntegerTile.PrefetchRowAhead(w, rowBytes);
             int i = 0;
             for (; i + 4 <= n; i += 4)
                 IntegerDot.Dot4<T>(w, pq + (long)i * cols, cols, pd + (long)i * blocks, blocks, blocks, py + (long)i * rows + r, rows);
