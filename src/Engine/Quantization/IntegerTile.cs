@@ -231,6 +231,19 @@ internal static unsafe class IntegerTile
     }
 
     /// <summary>
+    /// <see cref="PrefetchBlock"/> for block <paramref name="offset"/> of both groups of the next pair, the second
+    /// <paramref name="second"/> bytes after the first (the 512-bit kernels' layouts of 8-row groups); nothing where
+    /// <paramref name="ahead"/> is null.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void PrefetchPairBlock(byte* ahead, long offset, long second, int bytes)
+    {
+        if (ahead == null) return;
+        PrefetchBlock(ahead + offset, bytes);
+        PrefetchBlock(ahead + offset + second, bytes);
+    }
+
+    /// <summary>
     /// Requests one block of a repacked matrix (<paramref name="bytes"/> long: 288 for <see cref="PackedQ4_0"/>, 272 for
     /// <see cref="PackedQ8_0"/>, 192 for <see cref="PackedQ4_K"/>, 352 for <see cref="PackedQ6_K"/>) into L2: a line every
     /// 64 bytes from its start and the line of its last byte — every line it touches, wherever it starts.

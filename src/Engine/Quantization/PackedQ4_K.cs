@@ -229,11 +229,7 @@ public sealed unsafe class PackedQ4_K
             byte* ahead = i == aheadAt ? next : null; // as in PackedQ4_0.Multiply16
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 var (l0, h0) = Nibbles16(t, second);
                 var (l1, h1) = Nibbles16(t + 32, second);
                 var (l2, h2) = Nibbles16(t + 64, second);
@@ -268,11 +264,7 @@ public sealed unsafe class PackedQ4_K
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 var (l0, h0) = Nibbles16(t, second);
                 var (l1, h1) = Nibbles16(t + 32, second);
                 var (l2, h2) = Nibbles16(t + 64, second);
@@ -299,11 +291,7 @@ public sealed unsafe class PackedQ4_K
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 var (l0, h0) = Nibbles16(t, second);
                 var (l1, h1) = Nibbles16(t + 32, second);
                 var (l2, h2) = Nibbles16(t + 64, second);

@@ -159,11 +159,7 @@ public sealed unsafe class PackedQ6_K
             byte* ahead = i == aheadAt ? next : null; // as in PackedQ4_0.Multiply16
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0;
                 for (int h = 0; h < 2; h++) // the block's two sub-blocks of 16
                 {
@@ -220,11 +216,7 @@ public sealed unsafe class PackedQ6_K
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0;
                 for (int h = 0; h < 2; h++)
                 {
@@ -265,11 +257,7 @@ public sealed unsafe class PackedQ6_K
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 var e0 = Vector512<int>.Zero;
                 for (int h = 0; h < 2; h++)
                 {

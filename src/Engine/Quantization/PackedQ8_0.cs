@@ -250,11 +250,7 @@ public sealed unsafe class PackedQ8_0
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0, e4 = e0, e5 = e0, e6 = e0, e7 = e0;
                 for (int k = 0; k < 8; k++)
                 {
@@ -297,11 +293,7 @@ public sealed unsafe class PackedQ8_0
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 Vector512<int> e0 = Vector512<int>.Zero, e1 = e0, e2 = e0, e3 = e0;
                 for (int k = 0; k < 8; k++)
                 {
@@ -332,11 +324,7 @@ public sealed unsafe class PackedQ8_0
             byte* ahead = i == aheadAt ? next : null;
             for (int b = 0; b < blocks; b++, t += GroupBlockBytes, a0 += QK)
             {
-                if (ahead != null)
-                {
-                    IntegerTile.PrefetchBlock(ahead + (t - tile), GroupBlockBytes);
-                    IntegerTile.PrefetchBlock(ahead + (t - tile) + second, GroupBlockBytes);
-                }
+                IntegerTile.PrefetchPairBlock(ahead, t - tile, second, GroupBlockBytes);
                 // Two chains: one row has no other rows' work to hide an add's latency behind.
                 Vector512<int> e0 = Vector512<int>.Zero, o0 = e0;
                 for (int k = 0; k < 8; k += 2)
