@@ -615,3 +615,74 @@ public unsafe class DecodeStreamingBenchmarks
         finally { Cleanup(); }
     }
 }
+
+/// <summary>
+/// Prefill's product of 16- and 32-bit float weights, one thread, 2048 × 2048 weights in cache against N activation
+/// rows: the dot-product tile kernel as <see cref="QuantizedDot.MatMul"/> runs it (<see cref="PanelKernel.Tile"/>) or
+/// the packed outer-product one that CpuForward runs from <see cref="PanelGemm.MinRows"/> rows on
+/// (<see cref="PanelKernel.Panel"/>: the activations packed, then work items of <see cref="PanelGemm.ItemRows"/> rows,
+/// packing included). The same bits.
+/// </summary>
+public unsafe class PanelGemmBenchmarks : WeightMatrixBenchmark
+{
+    float[] _xs = [], _ys = [], _packedX = [], _packedW = [], _sums = [];
+
+    /// <summary>Which kernel multiplies.</summary>
+    public enum PanelKernel { Tile, Panel }
+
+    [Params(GgmlType.F32, GgmlType.F16, GgmlType.BF16)]
+    public override GgmlType Type { get; set; }
+
+    [Params(64, 256, 512)]
+    public int N { get; set; }
+
+    [Params(PanelKernel.Tile, PanelKernel.Panel)]
+    public PanelKernel Kernel { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        CreateWeights();
+        _xs = RandomActivations(N, 3);
+        _ys = new float[N * Rows];
+        _packedX = new float[PanelGemm.ActivationFloats(N, Cols)];
+        _packedW = new float[PanelGemm.WeightFloats(Cols)];
+        _sums = new float[PanelGemm.PartialFloats];
+    }
+
+    [Benchmark]
+    public void MatMul()
+    {
+        if (Kernel == PanelKernel.Tile)
+        {
+            QuantizedDot.MatMul(Type, Weights, Rows, Cols, _xs, N, _ys);
+            return;
+        }
+        if (!PanelGemm.Supports(Cols)) throw new NotSupportedException("the panel kernel needs AVX-512F");
+        int item = PanelGemm.ItemRows(Cols);
+        long rowBytes = GgmlTypeInfo.RowBytes(Type, Cols);
+        fixed (byte* w = Weights)
+        fixed (float* x = _xs, px = _packedX, pw = _packedW, y = _ys, s = _sums)
+        {
+            for (int b = 0; b < PanelGemm.Blocks(N); b++) PanelGemm.PackActivations(x, Cols, N, Cols, b, px);
+            for (int r0 = 0; r0 < Rows; r0 += item)
+                PanelGemm.Multiply(Type, w, rowBytes, r0, Math.Min(item, Rows - r0), Cols, px, N, y, Rows, pw, s);
+        }
+    }
+
+    /// <summary>The relative error of the panel kernel's product; throws where its bits are not the tile kernel's.</summary>
+    public override float Check()
+    {
+        Setup();
+        Kernel = PanelKernel.Tile;
+        MatMul();
+        var tiled = (float[])_ys.Clone();
+        Kernel = PanelKernel.Panel;
+        Array.Clear(_ys);
+        MatMul();
+        for (int i = 0; i < _ys.Length; i++)
+            if (BitConverter.SingleToInt32Bits(_ys[i]) != BitConverter.SingleToInt32Bits(tiled[i]))
+                throw new InvalidOperationException($"{Type}, N = {N}: result {i} is {_ys[i]} packed, {tiled[i]} tiled");
+        return RelativeError(_xs, N, _ys);
+    }
+}

@@ -1,4 +1,5 @@
 using TokenMill.Benchmarks;
+using TokenMill.Quantization;
 using TokenMill.Models.Gguf;
 
 namespace TokenMill.Tests.Quantization;
@@ -24,6 +25,16 @@ public class BenchmarkSmokeTests
     [InlineData(GgmlType.Q4_K)]
     public void MatMul_benchmark_computes_the_product(GgmlType type) =>
         Assert.InRange(new MatMulBenchmarks { Type = type, N = 4 }.Check(), 0, 1e-4f);
+
+    [SkippableTheory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    public void Panel_benchmark_gets_the_tile_kernels_bits(GgmlType type)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
+        Assert.InRange(new PanelGemmBenchmarks { Type = type, N = 30 }.Check(), 0, 1e-4f);
+    }
 
     [Theory]
     [InlineData(GgmlType.Q8_0, 1)]

@@ -64,6 +64,9 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
     readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels (and decode's lifted F16 products)
+    readonly float* _xPanels; // the activation rows packed into PanelGemm's class-major blocks (null where that kernel cannot run)
+    readonly float* _panelWeights, _panelSums; // per worker: PanelGemm's packed weights and parked sums
+    readonly long _panelWeightFloats;
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
     readonly int* _counts; // per worker: where each row of the item starts in those positions, then how many it sees
     readonly long _scoresPerWorker; // floats of _scores per worker
@@ -82,9 +85,17 @@ public sealed unsafe class CpuForward : IDisposable
     /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way. Only with
     /// <see cref="UnrebiasedHalves"/>, and only for a call whose products all lift: one that also multiplies a matrix
     /// that does not (a value of 64 or more, another type) reads every matrix as it is, and so does a call of
-    /// <see cref="QuantizedDot.FusedF16MaxRows"/> rows or more (prefill), whose tiles are dequantized once instead.
+    /// <see cref="QuantizedDot.FusedF16MaxRows"/> rows or more (prefill), which <see cref="PanelGemm"/> multiplies (its
+    /// tiles dequantized once where that kernel cannot run).
     /// </summary>
     internal bool LiftHalves { get; set; } = LiftedF16.SubnormalsAreSlow;
+
+    /// <summary>
+    /// The fewest activation rows whose F32, F16 and BF16 products run <see cref="PanelGemm"/> (packed panels, the
+    /// outer-product microkernel) instead of <see cref="TileGemm"/>: the same bits either way. Past
+    /// <see cref="PanelGemm.MinRows"/> only to compare the two (int.MaxValue: never) or to test small chunks.
+    /// </summary>
+    internal int PanelMinRows { get; set; } = PanelGemm.MinRows;
 
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
         : this(TensorParallelShard.Whole(model), SingleRankCommunicator.Instance, maxBatchTokens, pool)
@@ -129,6 +140,13 @@ public sealed unsafe class CpuForward : IDisposable
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         _xPadded = Alloc((long)n * QuantizedDot.PaddedStride(_maxColumns));
+        if (TileGemm.IsSupported)
+        {
+            _xPanels = Alloc(PanelGemm.ActivationFloats(n, _maxColumns));
+            _panelWeightFloats = Math.Max(Math.Max(PanelGemm.WeightFloats(_c.EmbeddingLength), PanelGemm.WeightFloats(_c.QDim)), PanelGemm.WeightFloats(_c.FeedForwardLength));
+            _panelWeights = Alloc(_pool.ThreadCount * _panelWeightFloats);
+            _panelSums = Alloc((long)_pool.ThreadCount * PanelGemm.PartialFloats);
+        }
         PackWeights();
 
         _ropeInvFreq = RopeInverseFrequencies(_c.RopeFreqBase, _c.RopeLinearScale, _c.RopeFreqFactors);
@@ -138,6 +156,7 @@ public sealed unsafe class CpuForward : IDisposable
         _matMulBody = MatMulChunk;
         _quantizeBody = QuantizeRow;
         _padBody = PadRow;
+        _panelBody = PackPanel;
         _rowsBody = RowsItem;
         _attnNormRows = AttnNormRows;
         _qkvRows = QkvRows;
@@ -675,7 +694,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     // ---- matrix product ------------------------------------------------------------------------
 
-    readonly Action<int, int> _matMulBody, _quantizeBody, _padBody;
+    readonly Action<int, int> _matMulBody, _quantizeBody, _padBody, _panelBody;
     // The products of the current parallel region: up to three weights sharing one input (q/k/v, gate/up),
     // their work items numbered one after another (_mmFirstChunk[k] is weight k's first item).
     readonly WeightTensor?[] _mmW = new WeightTensor?[3];
@@ -699,6 +718,8 @@ public sealed unsafe class CpuForward : IDisposable
     // _liftHalf: every product of the call reads its weights' lifted copy (LiftHalves): _xPadded holds the activations
     // times 2^102 (|x| < 2^26), for the tile kernel and for decode's one-row kernel alike.
     bool _scaleHalf, _unscalable, _liftHalf;
+    // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
+    bool _panel;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -714,6 +735,9 @@ public sealed unsafe class CpuForward : IDisposable
         _mmN = n;
         _mmCount = 0;
         _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
+        _panel = _xPanels != null && n >= PanelMinRows && n <= _maxTokens && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns
+            && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
+            && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
@@ -724,6 +748,7 @@ public sealed unsafe class CpuForward : IDisposable
         if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
         _mmColumns = (int)w0.Columns;
+        if (_panel) _padded = _scaleHalf = _liftHalf = false;
         _scaleHalf &= _padded;
         if (_padded) _liftHalf &= _scaleHalf;
         else if (_liftHalf) _padded = _scaleHalf = true; // one-row products of lifted copies read scaled rows too
@@ -736,6 +761,7 @@ public sealed unsafe class CpuForward : IDisposable
                 PadRows(n);
             }
         }
+        if (_panel) _pool.For(PanelGemm.Blocks(n), _panelBody);
         if (integer)
         {
             if (n >= 4) _pool.For(n, _quantizeBody);
@@ -773,6 +799,12 @@ public sealed unsafe class CpuForward : IDisposable
         work += w.Rows * w.Columns * _mmN;
     }
 
+    /// <summary>Whether <see cref="PanelGemm"/> multiplies <paramref name="w"/>: 16- or 32-bit floats.</summary>
+    static bool Panels(WeightTensor w) => w.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16;
+
+    /// <summary>Activation block <paramref name="block"/> of the current product into _xPanels.</summary>
+    void PackPanel(int block, int worker) => PanelGemm.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels);
+
     void PadRows(int n)
     {
         if (n >= 4) _pool.For(n, _padBody);
@@ -794,6 +826,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Weight rows per work item of a product with this weight: a multiple of 16 (the repacked kernels take 8-row groups).</summary>
     int ChunkRows(WeightTensor w)
     {
+        if (_panel) return PanelGemm.ItemRows((int)w.Columns);
         bool streams = IsInteger(w) ? UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || UsesPackedQ6K(w) || _mmN < PackedMinRows : _mmN < TiledMinRows;
         if (!streams) return RowsPerChunk;
         long per = (w.Rows + _pool.ThreadCount * StreamChunksPerThread - 1) / (_pool.ThreadCount * StreamChunksPerThread);
@@ -823,6 +856,12 @@ public sealed unsafe class CpuForward : IDisposable
         long rows = w.Rows;
         int chunkRows = _mmChunkRows[k];
         long r0 = (long)chunk * chunkRows, r1 = Math.Min(rows, r0 + chunkRows);
+        if (_panel)
+        {
+            PanelGemm.Multiply(w.Type, w.Data, w.RowBytes, (int)r0, (int)(r1 - r0), cols, _xPanels, _mmN, y, (int)rows,
+                _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats);
+            return;
+        }
         bool integer = IsInteger(w);
         if (integer && UsesPackedQ4(w))
         {

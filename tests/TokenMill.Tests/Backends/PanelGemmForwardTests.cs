@@ -1,0 +1,29 @@
+using TokenMill.Backends.Cpu;
+using TokenMill.Models.Dummy;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+
+namespace TokenMill.Tests.Backends;
+
+/// <summary>
+/// A prefill chunk of <see cref="CpuForward.PanelMinRows"/> rows or more multiplies its F32, F16 and BF16 weights with
+/// <see cref="PanelGemm"/>: the logits must be the bits of the same steps through <see cref="TileGemm"/>, for the chunk
+/// and for the decode steps and small chunks after it (whose KV rows the chunk wrote).
+/// </summary>
+public class PanelGemmForwardTests
+{
+    [SkippableTheory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    public void Logits_are_the_tile_kernels_bits(GgmlType type)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
+        using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
+        using var pool = new CpuWorkerPool(2);
+        int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33, 34], Enumerable.Range(35, 26).ToArray(), [61]];
+        var tiled = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = int.MaxValue, steps, maxBatchTokens: 32);
+        var packed = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = 3, steps, maxBatchTokens: 32);
+        ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 3, 26 and 1 tokens");
+    }
+}
