@@ -85,19 +85,23 @@ internal static unsafe class PanelGemm
         int i0 = block * BlockRows, end = Math.Min(n, i0 + BlockRows);
         float* panel = packed + (long)block * BlockRows * cols;
         long stride = (long)steps * BlockRows;
+        Vector512<float>* v = stackalloc Vector512<float>[TileRows];
         for (int m = 0; m < steps; m++)
         {
             long k = (long)m * TileRows;
             // Rows i0 … i0 + 15, then i0 + 16 … i0 + 23 (and 8 zero rows): class j's activations, 16 and 8 of them.
-            TransposeStore(Activation(xs, ldx, i0 + 0, end, k), Activation(xs, ldx, i0 + 1, end, k), Activation(xs, ldx, i0 + 2, end, k), Activation(xs, ldx, i0 + 3, end, k), Activation(xs, ldx, i0 + 4, end, k), Activation(xs, ldx, i0 + 5, end, k), Activation(xs, ldx, i0 + 6, end, k), Activation(xs, ldx, i0 + 7, end, k), Activation(xs, ldx, i0 + 8, end, k), Activation(xs, ldx, i0 + 9, end, k), Activation(xs, ldx, i0 + 10, end, k), Activation(xs, ldx, i0 + 11, end, k), Activation(xs, ldx, i0 + 12, end, k), Activation(xs, ldx, i0 + 13, end, k), Activation(xs, ldx, i0 + 14, end, k), Activation(xs, ldx, i0 + 15, end, k),
-                panel + (long)m * BlockRows, stride);
-            TransposeStore(Activation(xs, ldx, i0 + 16 + 0, end, k), Activation(xs, ldx, i0 + 16 + 1, end, k), Activation(xs, ldx, i0 + 16 + 2, end, k), Activation(xs, ldx, i0 + 16 + 3, end, k), Activation(xs, ldx, i0 + 16 + 4, end, k), Activation(xs, ldx, i0 + 16 + 5, end, k), Activation(xs, ldx, i0 + 16 + 6, end, k), Activation(xs, ldx, i0 + 16 + 7, end, k), Activation(xs, ldx, i0 + 16 + 8, end, k), Activation(xs, ldx, i0 + 16 + 9, end, k), Activation(xs, ldx, i0 + 16 + 10, end, k), Activation(xs, ldx, i0 + 16 + 11, end, k), Activation(xs, ldx, i0 + 16 + 12, end, k), Activation(xs, ldx, i0 + 16 + 13, end, k), Activation(xs, ldx, i0 + 16 + 14, end, k), Activation(xs, ldx, i0 + 16 + 15, end, k),
-                panel + (long)m * BlockRows + TileRows, stride, lower: true);
+            for (int half = 0; half < BlockRows; half += TileRows)
+            {
+                for (int i = 0; i < TileRows; i++)
+                {
+                    int row = i0 + half + i;
+                    v[i] = half + i < BlockRows && row < end ? Avx512F.LoadVector512(xs + row * ldx + k) : default;
+                }
+                TransposeStore(v, panel + (long)m * BlockRows + half, stride, lower: half > 0);
+            }
         }
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Activation(float* xs, long ldx, int i, int end, long k) => i < end ? Avx512F.LoadVector512(xs + i * ldx + k) : default;
 
     /// <summary>
     /// Weight rows [<paramref name="r0"/>, + <paramref name="count"/>) (F32, F16 or BF16, <paramref name="rowBytes"/>
@@ -145,17 +149,14 @@ internal static unsafe class PanelGemm
     static void PackWeights<TW>(byte* w, long rowBytes, int count, int cols, float* packed) where TW : struct, IWeightRows
     {
         int steps = cols / TileRows;
+        Vector512<float>* v = stackalloc Vector512<float>[TileRows];
         for (int m = 0; m < steps; m++)
         {
             long k = (long)m * TileRows;
-            TransposeStore(Row<TW>(w, rowBytes, 0, count, k), Row<TW>(w, rowBytes, 1, count, k), Row<TW>(w, rowBytes, 2, count, k), Row<TW>(w, rowBytes, 3, count, k), Row<TW>(w, rowBytes, 4, count, k), Row<TW>(w, rowBytes, 5, count, k), Row<TW>(w, rowBytes, 6, count, k), Row<TW>(w, rowBytes, 7, count, k), Row<TW>(w, rowBytes, 8, count, k), Row<TW>(w, rowBytes, 9, count, k), Row<TW>(w, rowBytes, 10, count, k), Row<TW>(w, rowBytes, 11, count, k), Row<TW>(w, rowBytes, 12, count, k), Row<TW>(w, rowBytes, 13, count, k), Row<TW>(w, rowBytes, 14, count, k), Row<TW>(w, rowBytes, 15, count, k),
-                packed + (long)m * TileRows, (long)steps * TileRows);
+            for (int r = 0; r < TileRows; r++) v[r] = r < count ? TW.Load(w + r * rowBytes, k) : default;
+            TransposeStore(v, packed + (long)m * TileRows, (long)steps * TileRows);
         }
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector512<float> Row<TW>(byte* w, long rowBytes, int r, int count, long k) where TW : struct, IWeightRows =>
-        r < count ? TW.Load(w + r * rowBytes, k) : default;
 
     /// <summary>
     /// The microkernel: one class of a tile of 16 weight rows (<paramref name="steps"/> vectors) × the same class of a
@@ -224,12 +225,20 @@ internal static unsafe class PanelGemm
     }
 
     /// <summary>
-    /// Stores the transpose of the 16 × 16 floats r0 … r15 (row i in r_i): column j to dst + j·<paramref name="stride"/>,
+    /// Stores the transpose of the 16 × 16 floats in <paramref name="rows"/> (row i in rows[i]): column j to dst + j·<paramref name="stride"/>,
     /// all 16 floats, or with <paramref name="lower"/> only the first 8 (rows r8 … r15 are then zeros). Unpacks, then 128-bit shuffles, in registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void TransposeStore(Vector512<float> r0, Vector512<float> r1, Vector512<float> r2, Vector512<float> r3, Vector512<float> r4, Vector512<float> r5, Vector512<float> r6, Vector512<float> r7, Vector512<float> r8, Vector512<float> r9, Vector512<float> r10, Vector512<float> r11, Vector512<float> r12, Vector512<float> r13, Vector512<float> r14, Vector512<float> r15, float* dst, long stride, bool lower = false)
+    static void TransposeStore(Vector512<float>* rows, float* dst, long stride, bool lower = false)
     {
+        var r0 = rows[0]; var r1 = rows[1];
+        var r2 = rows[2]; var r3 = rows[3];
+        var r4 = rows[4]; var r5 = rows[5];
+        var r6 = rows[6]; var r7 = rows[7];
+        var r8 = rows[8]; var r9 = rows[9];
+        var r10 = rows[10]; var r11 = rows[11];
+        var r12 = rows[12]; var r13 = rows[13];
+        var r14 = rows[14]; var r15 = rows[15];
         var t0 = Avx512F.UnpackLow(r0, r1); var t1 = Avx512F.UnpackHigh(r0, r1);
         var t2 = Avx512F.UnpackLow(r2, r3); var t3 = Avx512F.UnpackHigh(r2, r3);
         var t4 = Avx512F.UnpackLow(r4, r5); var t5 = Avx512F.UnpackHigh(r4, r5);
