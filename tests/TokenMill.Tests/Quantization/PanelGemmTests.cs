@@ -1,3 +1,4 @@
+using CsCheck;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
 
@@ -38,6 +39,32 @@ public unsafe class PanelGemmTests
                                 $"{type} [{rows}×{cols}], n = {n}, ldx = {ldx}, activation {i}, row {r}: {actual[i * rows + r]} packed, {expected[i * rows + r]} tiled");
                 }
         }
+    }
+
+    /// <summary>
+    /// Property: for any type, shape (columns a multiple of 16), activation count and stride, and split of the rows into
+    /// work items (each at most <see cref="PanelGemm.ItemRows"/>), the packed product is the tile kernel's, bit for bit.
+    /// </summary>
+    [SkippableFact]
+    public void Any_shape_and_split_gives_the_tile_kernels_bits()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
+        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16];
+        Gen.Select(Gen.Int[0, 2], Gen.Int[1, 40], Gen.Int[1, 50], Gen.Int[1, 60], Gen.Int[0, 3], Gen.Int[0, int.MaxValue]).Sample((t, vectors, rows, n, pad, seed) =>
+        {
+            var type = types[t];
+            int cols = 16 * vectors, ldx = cols + 16 * pad;
+            var rng = new Random(seed);
+            var w = RandomBlocks.Row(type, rows * cols, rng);
+            var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
+            var expected = new float[n * rows];
+            QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
+            var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: 1 + rng.Next(Math.Min(rows, PanelGemm.ItemRows(cols))));
+            for (int i = 0; i < expected.Length; i++)
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                    return false;
+            return true;
+        }, iter: 60);
     }
 
     /// <summary>
@@ -98,7 +125,7 @@ public unsafe class PanelGemmTests
     }
 
     /// <summary>The product as CpuForward runs it: activations packed block by block, then work items of <see cref="PanelGemm.ItemRows"/>.</summary>
-    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n)
+    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n, int firstItem = 5)
     {
         var ys = new float[n * rows];
         var packedX = new float[PanelGemm.ActivationFloats(n, cols)];
@@ -110,10 +137,10 @@ public unsafe class PanelGemmTests
         {
             float* aligned = (float*)(((nint)s + 63) & ~(nint)63);
             for (int b = 0; b < PanelGemm.Blocks(n); b++) PanelGemm.PackActivations(x, ldx, n, cols, b, px);
-            // A first item of 5 rows, so that the others start mid-matrix and mid-tile.
+            // A first item of a few rows (5), so that the others start mid-matrix and mid-tile.
             for (int r0 = 0; r0 < rows;)
             {
-                int count = Math.Min(r0 == 0 ? 5 : item, rows - r0);
+                int count = Math.Min(r0 == 0 ? firstItem : item, rows - r0);
                 PanelGemm.Multiply(type, w, rowBytes, r0, count, cols, px, n, y, rows, pw, aligned);
                 r0 += count;
             }
