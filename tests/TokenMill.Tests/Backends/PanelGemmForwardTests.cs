@@ -21,9 +21,10 @@ public class PanelGemmForwardTests
         Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
         using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
         using var pool = new CpuWorkerPool(2);
-        int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33, 34], Enumerable.Range(35, 26).ToArray(), [61]];
-        var tiled = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = int.MaxValue, steps, maxBatchTokens: 32);
-        var packed = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = 3, steps, maxBatchTokens: 32);
-        ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 3, 26 and 1 tokens");
+        // Chunks of 30, 1, 2 (the tile kernel, whose padded rows share the panels' memory), 3 and 26 rows, then 1.
+        int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33], [34, 35, 36], Enumerable.Range(37, 26).ToArray(), [63]];
+        var tiled = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = int.MaxValue, steps, maxBatchTokens: 32, contextTokens: 64);
+        var packed = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = 3, steps, maxBatchTokens: 32, contextTokens: 64);
+        ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 2, 3, 26 and 1 tokens");
     }
 }

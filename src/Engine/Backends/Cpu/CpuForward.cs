@@ -64,7 +64,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly int* _xc;  // −8·Σ of each block of _xq, for the repacked Q4_0 and Q8_0 kernels
     readonly int* _xs;  // Σ of each block of _xq, for the Q4_K kernel's mins
     readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels (and decode's lifted F16 products)
-    readonly float* _xPanels; // the activation rows packed into PanelGemm's class-major blocks (null where that kernel cannot run)
+    readonly float* _xPanels; // the activation rows packed into PanelGemm's class-major blocks, in _xPadded's memory (null where that kernel cannot run)
     readonly float* _panelWeights, _panelSums; // per worker: PanelGemm's packed weights and parked sums
     readonly long _panelWeightFloats;
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
@@ -139,10 +139,11 @@ public sealed unsafe class CpuForward : IDisposable
         _xu = (byte*)Alloc(((long)n * _maxColumns + 3) / 4);
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
-        _xPadded = Alloc((long)n * QuantizedDot.PaddedStride(_maxColumns));
+        // A call packs its activations into panels or copies them padded, never both: the two share one buffer.
+        _xPadded = Alloc(Math.Max((long)n * QuantizedDot.PaddedStride(_maxColumns), TileGemm.IsSupported ? PanelGemm.ActivationFloats(n, _maxColumns) : 0));
         if (TileGemm.IsSupported)
         {
-            _xPanels = Alloc(PanelGemm.ActivationFloats(n, _maxColumns));
+            _xPanels = _xPadded;
             _panelWeightFloats = Math.Max(Math.Max(PanelGemm.WeightFloats(_c.EmbeddingLength), PanelGemm.WeightFloats(_c.QDim)), PanelGemm.WeightFloats(_c.FeedForwardLength));
             _panelWeights = Alloc(_pool.ThreadCount * _panelWeightFloats);
             _panelSums = Alloc((long)_pool.ThreadCount * PanelGemm.PartialFloats);
