@@ -26,7 +26,8 @@ namespace TokenMill.Quantization;
 /// Why: the dot-product form reads 640 bytes of vectors per 24 multiply-adds, the weights' share from L2, and on
 /// Intel's cores its F16 conversion shares the FMA ports. One core of this project's Xeon (Emerald Rapids, FMAs alone
 /// 175 GFLOP/s), 2048 × 2048 F16 weights against 504 activation rows: TileGemm 75 GFLOP/s (F32 weights 100), this
-/// microkernel alone 140, with its packing (scalar then) 105.
+/// microkernel alone 140, with its packing 126–136 (see <see cref="MinRows"/>). At 32 rows (batched decode), even with
+/// the weights packed once at load, it ran 0.75–0.93× TileGemm's interleaved order out of memory, so decode keeps that.
 /// </para>
 /// </remarks>
 internal static unsafe class PanelGemm
@@ -73,7 +74,6 @@ internal static unsafe class PanelGemm
     /// <summary>Floats of <see cref="Multiply"/>'s parked sums: 16 classes × 24 activations × 16 rows, for each of up to 4 tiles.</summary>
     public const int PartialFloats = 4 * TileRows * BlockRows * TileRows;
 
-
     /// <summary>
     /// Activation rows [24·<paramref name="block"/>, + 24) of xs (<paramref name="ldx"/> apart; rows from
     /// <paramref name="n"/> on are zeros) into the block's class-major panel at packed + 24·cols·block: for class j and
@@ -101,7 +101,6 @@ internal static unsafe class PanelGemm
             }
         }
     }
-
 
     /// <summary>
     /// Weight rows [<paramref name="r0"/>, + <paramref name="count"/>) (F32, F16 or BF16, <paramref name="rowBytes"/>

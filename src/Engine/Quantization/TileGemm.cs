@@ -29,6 +29,10 @@ namespace TokenMill.Quantization;
 /// converted exactly (the f32 values <see cref="Dequantize.Row"/> gives), so converting them in the kernel changes
 /// no sum either.
 /// </para>
+/// <para>
+/// CpuForward multiplies chunks of <see cref="PanelGemm.MinRows"/> rows or more (prefill) with <see cref="PanelGemm"/>
+/// instead, whose packed outer-product microkernel computes these same sums in the same order.
+/// </para>
 /// </remarks>
 internal static unsafe class TileGemm
 {
