@@ -618,14 +618,16 @@ public unsafe class DecodeStreamingBenchmarks
 
 /// <summary>
 /// Prefill's product of 16- and 32-bit float weights, one thread, 2048 × 2048 weights in cache against N activation
-/// rows: the dot-product tile kernel as <see cref="QuantizedDot.MatMul"/> runs it (<see cref="PanelKernel.Tile"/>) or
+/// rows: the dot-product tile kernel as CpuForward runs it below that size — 16-row work items of
+/// <see cref="QuantizedDot.MatMulRowRange"/>, activation rows <see cref="QuantizedDot.PaddedStride"/> apart
+/// (<see cref="PanelKernel.Tile"/>) — or
 /// the packed outer-product one that CpuForward runs from <see cref="PanelGemm.MinRows"/> rows on
 /// (<see cref="PanelKernel.Panel"/>: the activations packed, then work items of <see cref="PanelGemm.ItemRows"/> rows,
 /// packing included). The same bits.
 /// </summary>
 public unsafe class PanelGemmBenchmarks : WeightMatrixBenchmark
 {
-    float[] _xs = [], _ys = [], _packedX = [], _packedW = [], _sums = [];
+    float[] _xs = [], _xsPadded = [], _ys = [], _tile = [], _packedX = [], _packedW = [], _sums = [];
 
     /// <summary>Which kernel multiplies.</summary>
     public enum PanelKernel { Tile, Panel }
@@ -644,7 +646,11 @@ public unsafe class PanelGemmBenchmarks : WeightMatrixBenchmark
     {
         CreateWeights();
         _xs = RandomActivations(N, 3);
+        int ldx = QuantizedDot.PaddedStride(Cols);
+        _xsPadded = new float[(N - 1) * ldx + Cols];
+        for (int i = 0; i < N; i++) _xs.AsSpan(i * Cols, Cols).CopyTo(_xsPadded.AsSpan(i * ldx));
         _ys = new float[N * Rows];
+        _tile = new float[QuantizedDot.TileLength(16, Cols)];
         _packedX = new float[PanelGemm.ActivationFloats(N, Cols)];
         _packedW = new float[PanelGemm.WeightFloats(Cols)];
         _sums = new float[PanelGemm.PartialFloats];
@@ -655,7 +661,9 @@ public unsafe class PanelGemmBenchmarks : WeightMatrixBenchmark
     {
         if (Kernel == PanelKernel.Tile)
         {
-            QuantizedDot.MatMul(Type, Weights, Rows, Cols, _xs, N, _ys);
+            for (int r0 = 0; r0 < Rows; r0 += 16)
+                QuantizedDot.MatMulRowRange(Type, Weights, Rows, Cols, r0, 16, _xsPadded, N, _ys, _tile, finiteHalf: Type == GgmlType.F16,
+                    aheadRow: r0 + 16, ldx: QuantizedDot.PaddedStride(Cols));
             return;
         }
         if (!PanelGemm.Supports(Cols)) throw new NotSupportedException("the panel kernel needs AVX-512F");
