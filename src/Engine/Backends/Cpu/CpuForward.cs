@@ -742,14 +742,14 @@ public sealed unsafe class CpuForward : IDisposable
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
-        _scaleHalf = _liftHalf = UnrebiasedHalves && !(LiftHalves && n >= QuantizedDot.FusedF16MaxRows);
+        // A panel call reads its weights as they are and its activations from the panels: no scaling, lifting or padding.
+        _scaleHalf = _liftHalf = !_panel && UnrebiasedHalves && !(LiftHalves && n >= QuantizedDot.FusedF16MaxRows);
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
         if (w1 is not null) AddProduct(w1, y1, w0, ref integer, ref work);
         if (w2 is not null) AddProduct(w2, y2, w0, ref integer, ref work);
         _mmColumns = (int)w0.Columns;
-        if (_panel) _padded = _scaleHalf = _liftHalf = false;
         _scaleHalf &= _padded;
         if (_padded) _liftHalf &= _scaleHalf;
         else if (_liftHalf) _padded = _scaleHalf = true; // one-row products of lifted copies read scaled rows too
@@ -792,7 +792,7 @@ public sealed unsafe class CpuForward : IDisposable
             else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
-        else if (_mmN >= TiledMinRows)
+        else if (!_panel && _mmN >= TiledMinRows)
         {
             _padded = true;
             _scaleHalf &= TileGemm.IsSupported && IsFiniteF16(w);
