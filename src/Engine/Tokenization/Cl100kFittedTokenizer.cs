@@ -4,6 +4,7 @@ using System.Reflection;
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.ML.Tokenizers;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.Tokenization;
 
@@ -155,6 +156,67 @@ internal sealed partial class Cl100kFittedTokenizer : ITokenizer
         var bytes = new List<byte>(ids.Length * 4);
         foreach (int id in ids) bytes.AddRange(TokenToBytes(id, renderSpecial));
         return Encoding.UTF8.GetString(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(bytes));
+    }
+
+    /// <summary>
+    /// This vocabulary as the <c>tokenizer.*</c> keys of a GGUF byte-level BPE (<c>gpt2</c>), so that llama.cpp and
+    /// <see cref="TokenizerLoader"/> load a written dummy model with the same ids: tokens in GPT-2's byte-to-character
+    /// encoding, <c>&lt;|endoftext|&gt;</c> and the other specials as control tokens, unused placeholder ids as
+    /// <c>&lt;|placeholder_ID|&gt;</c> of type unused, and the pre-tokenizer <c>llama-bpe</c> (Llama 3's, which runs
+    /// cl100k_base's regex).
+    /// </summary>
+    /// <remarks>
+    /// tiktoken merges any adjacent pair whose bytes together are a token, lowest rank first; a BPE merge list names
+    /// pairs. So, as Hugging Face's tiktoken conversion does, every split of a kept token into two kept tokens is a
+    /// merge, ordered by the rank of the token it makes (then by the pieces' ranks).
+    /// </remarks>
+    internal List<KeyValuePair<string, GgufValue>> GgufMetadata()
+    {
+        const string P = "tokenizer.ggml.";
+        var tokens = new string[VocabSize];
+        var types = new int[VocabSize];
+        var ranks = new Dictionary<byte[], int>(ByteArrayComparer.Instance);
+        for (int id = 0; id < VocabSize; id++)
+        {
+            byte[]? bytes = _tokenBytes[id];
+            if (_specialIds.Contains(id))
+                (tokens[id], types[id]) = (Encoding.UTF8.GetString(bytes!), (int)GgufTokenType.Control);
+            else if (bytes is null)
+                (tokens[id], types[id]) = ($"<|placeholder_{id}|>", (int)GgufTokenType.Unused);
+            else
+            {
+                (tokens[id], types[id]) = (ByteLevel(bytes), (int)GgufTokenType.Normal);
+                ranks.Add(bytes, id);
+            }
+        }
+
+        var merges = new List<(int Made, int Left, int Right)>();
+        foreach (var (bytes, id) in ranks)
+            for (int cut = 1; cut < bytes.Length; cut++)
+                if (ranks.TryGetValue(bytes[..cut], out int left) && ranks.TryGetValue(bytes[cut..], out int right))
+                    merges.Add((id, left, right));
+        merges.Sort();
+
+        return
+        [
+            new(P + "model", new(GgufValueType.String, "gpt2")),
+            new(P + "pre", new(GgufValueType.String, "llama-bpe")),
+            new(P + "tokens", new(GgufValueType.Array, new GgufArray(GgufValueType.String, tokens))),
+            new(P + "token_type", new(GgufValueType.Array, new GgufArray(GgufValueType.Int32, types))),
+            new(P + "merges", new(GgufValueType.Array, new GgufArray(GgufValueType.String,
+                merges.Select(m => tokens[m.Left] + " " + tokens[m.Right]).ToArray()))),
+            new(P + "bos_token_id", new(GgufValueType.UInt32, (uint)BosId!.Value)),
+            new(P + "eos_token_id", new(GgufValueType.UInt32, (uint)EosId!.Value)),
+            new(P + "add_bos_token", new(GgufValueType.Bool, false)),
+            new(P + "add_eos_token", new(GgufValueType.Bool, false)),
+        ];
+    }
+
+    static string ByteLevel(byte[] bytes)
+    {
+        var chars = new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) chars[i] = Gpt2ByteEncoding.ToChar(bytes[i]);
+        return new string(chars);
     }
 
     /// <summary>cl100k_base's ranks: token bytes → rank, from the data package's deflated tiktoken file.</summary>

@@ -26,6 +26,8 @@ public static class Cli
         new("bench", "latency (prefill and decode tokens/s) and throughput (many requests at once)", BenchCommand.Run,
             BenchCommand.ValueOptions.Union(BenchCommand.ServeValueOptions).ToHashSet(), BenchCommand.Flags.Union(BenchCommand.ServeFlags).ToHashSet(),
             BenchCommand.Help + BenchServe.Help, Subcommands: ["latency", "throughput", "serve"]),
+        new("export", "write a dummy model as a GGUF file, for llama.cpp to run the same weights", ExportCommand.Run,
+            ExportCommand.ValueOptions, ExportCommand.Flags, ExportCommand.Help),
         new("simulate", "replay a request trace through the scheduler and KV cache (eviction-policy research)",
             SimulateCommand.Run, SimulateCommand.ValueOptions, SimulateCommand.Flags, SimulateCommand.Help, Subcommands: ["generate-trace"]),
         new("kernels", "compile, check and test the CUDA kernels ('kernels check', 'kernels test --emulate': no GPU needed)",
