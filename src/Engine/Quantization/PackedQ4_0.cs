@@ -290,7 +290,7 @@ public sealed unsafe class PackedQ4_0
         // registers hold the nibbles, 8 the accumulators), then four, then one.
         for (; i + 8 <= n; i += 8)
         {
-            sbyte* a0 = xq + (long)i * cols, a1 = a0 + cols, a2 = a1 + cols, a3 = a2 + cols, a4 = a3 + cols, a5 = a4 + cols, a6 = a5 + cols, a7 = a6 + cols;
+            sbyte* a0 = xq + (long)i * cols;
             float* d0 = xd + (long)i * blocks;
             int* c0 = xc + (long)i * blocks;
             Vector512<float> f0 = Vector512<float>.Zero, f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
@@ -301,7 +301,7 @@ public sealed unsafe class PackedQ4_0
             // decode step's — went from ~200 to ~300 GMAC/s a thread, as fast as weights in L3.) A single pass — one
             // row, four or eight — prefetches the next pair as it streams this one (IntegerTile.AheadPass).
             byte* ahead = i == aheadAt ? next : null;
-            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK, a1 += QK, a2 += QK, a3 += QK, a4 += QK, a5 += QK, a6 += QK, a7 += QK)
+            for (int b = 0; b < blocks; b++, t += PairBlockBytes, a0 += QK)
             {
                 if (ahead != null) IntegerTile.PrefetchBlock(ahead + (t - tile), PairBlockBytes);
                 var (l0, h0) = Nibbles16(t);
@@ -309,14 +309,14 @@ public sealed unsafe class PackedQ4_0
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
                 var scales = TScales.Widen16(t + 4 * 64);
-                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
-                f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c0[b + blocks], scales, d0[b + blocks]);
-                f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c0[b + 2 * blocks], scales, d0[b + 2 * blocks]);
-                f3 = Step16(f3, l0, l1, l2, l3, h0, h1, h2, h3, a3, c0[b + 3 * blocks], scales, d0[b + 3 * blocks]);
-                f4 = Step16(f4, l0, l1, l2, l3, h0, h1, h2, h3, a4, c0[b + 4 * blocks], scales, d0[b + 4 * blocks]);
-                f5 = Step16(f5, l0, l1, l2, l3, h0, h1, h2, h3, a5, c0[b + 5 * blocks], scales, d0[b + 5 * blocks]);
-                f6 = Step16(f6, l0, l1, l2, l3, h0, h1, h2, h3, a6, c0[b + 6 * blocks], scales, d0[b + 6 * blocks]);
-                f7 = Step16(f7, l0, l1, l2, l3, h0, h1, h2, h3, a7, c0[b + 7 * blocks], scales, d0[b + 7 * blocks]);
+                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0 + b, scales, d0 + b);
+                f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a0 + cols, c0 + b + blocks, scales, d0 + b + blocks);
+                f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 2 * cols, c0 + b + 2 * blocks, scales, d0 + b + 2 * blocks);
+                f3 = Step16(f3, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 3 * cols, c0 + b + 3 * blocks, scales, d0 + b + 3 * blocks);
+                f4 = Step16(f4, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 4 * cols, c0 + b + 4 * blocks, scales, d0 + b + 4 * blocks);
+                f5 = Step16(f5, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 5 * cols, c0 + b + 5 * blocks, scales, d0 + b + 5 * blocks);
+                f6 = Step16(f6, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 6 * cols, c0 + b + 6 * blocks, scales, d0 + b + 6 * blocks);
+                f7 = Step16(f7, l0, l1, l2, l3, h0, h1, h2, h3, a0 + 7 * cols, c0 + b + 7 * blocks, scales, d0 + b + 7 * blocks);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
             Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
@@ -343,10 +343,10 @@ public sealed unsafe class PackedQ4_0
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
                 var scales = TScales.Widen16(t + 4 * 64);
-                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
-                f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c1[b], scales, d1[b]);
-                f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c2[b], scales, d2[b]);
-                f3 = Step16(f3, l0, l1, l2, l3, h0, h1, h2, h3, a3, c3[b], scales, d3[b]);
+                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0 + b, scales, d0 + b);
+                f1 = Step16(f1, l0, l1, l2, l3, h0, h1, h2, h3, a1, c1 + b, scales, d1 + b);
+                f2 = Step16(f2, l0, l1, l2, l3, h0, h1, h2, h3, a2, c2 + b, scales, d2 + b);
+                f3 = Step16(f3, l0, l1, l2, l3, h0, h1, h2, h3, a3, c3 + b, scales, d3 + b);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
             Store16(f1, result, y + (long)(i + 1) * yStride, rowsHere);
@@ -369,7 +369,7 @@ public sealed unsafe class PackedQ4_0
                 var (l2, h2) = Nibbles16(t + 128);
                 var (l3, h3) = Nibbles16(t + 192);
                 var scales = TScales.Widen16(t + 4 * 64);
-                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0[b], scales, d0[b]);
+                f0 = Step16(f0, l0, l1, l2, l3, h0, h1, h2, h3, a0, c0 + b, scales, d0 + b);
             }
             Store16(f0, result, y + (long)i * yStride, rowsHere);
         }
@@ -384,13 +384,17 @@ public sealed unsafe class PackedQ4_0
         return (Avx512F.And(v, mask), Avx512F.And(Avx512BW.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask));
     }
 
-    /// <summary>f + f32(Σ nibble·a − 8·Σa)·(scales·da) for one block of one activation row (<paramref name="a"/>, its 32 quants).</summary>
+    /// <summary>
+    /// f + f32(Σ nibble·a − 8·Σa)·(scales·da) for one block of one activation row (<paramref name="a"/>, its 32 quants;
+    /// −8·Σa at <paramref name="start"/>, da at <paramref name="da"/>: read where they are used, so both are broadcast
+    /// from memory by the load ports, not moved through registers by the vector ports the products need).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static Vector512<float> Step16(Vector512<float> f, Vector512<byte> l0, Vector512<byte> l1, Vector512<byte> l2, Vector512<byte> l3,
-        Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2, Vector512<byte> h3, sbyte* a, int start, Vector512<float> scales, float da)
+        Vector512<byte> h0, Vector512<byte> h1, Vector512<byte> h2, Vector512<byte> h3, sbyte* a, int* start, Vector512<float> scales, float* da)
     {
-        var dot = Avx512F.Add(NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a), Vector512.Create(start));
-        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(da)), f);
+        var dot = Avx512F.Add(NibbleDot16(l0, l1, l2, l3, h0, h1, h2, h3, a), Vector512.Create(*start));
+        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(dot), Avx512F.Multiply(scales, Vector512.Create(*da)), f);
     }
 
     /// <summary>
