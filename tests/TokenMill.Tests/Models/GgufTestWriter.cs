@@ -112,40 +112,12 @@ public sealed class GgufTestWriter
         while (w.BaseStream.Position < to) w.Write((byte)0);
     }
 
-    static void WriteString(BinaryWriter w, string s)
-    {
-        var bytes = Encoding.UTF8.GetBytes(s);
-        w.Write((ulong)bytes.Length);
-        w.Write(bytes);
-    }
+    static void WriteString(BinaryWriter w, string s) => GgufWriter.WriteString(w, s);
 
     static void WriteValue(BinaryWriter w, GgufValueType type, object value)
     {
-        switch (type)
-        {
-            case GgufValueType.UInt8: w.Write((byte)value); break;
-            case GgufValueType.Int8: w.Write((sbyte)value); break;
-            case GgufValueType.UInt16: w.Write((ushort)value); break;
-            case GgufValueType.Int16: w.Write((short)value); break;
-            case GgufValueType.UInt32: w.Write((uint)value); break;
-            case GgufValueType.Int32: w.Write((int)value); break;
-            case GgufValueType.Float32: w.Write((float)value); break;
-            case GgufValueType.Bool: w.Write((byte)((bool)value ? 1 : 0)); break;
-            case GgufValueType.String: WriteString(w, (string)value); break;
-            case GgufValueType.UInt64: w.Write((ulong)value); break;
-            case GgufValueType.Int64: w.Write((long)value); break;
-            case GgufValueType.Float64: w.Write((double)value); break;
-            case GgufValueType.Array:
-                var array = (GgufArray)value;
-                w.Write((uint)array.ElementType);
-                w.Write((ulong)array.Items.Length);
-                foreach (object? item in array.Items) WriteValue(w, array.ElementType, item!);
-                break;
-            default:
-                // Lets a test write a value type the reader does not know: the value is then raw bytes.
-                w.Write((byte[])value);
-                break;
-        }
+        if (Enum.IsDefined(type)) GgufWriter.WriteValue(w, type, value, "test");
+        else w.Write((byte[])value); // lets a test write a value type the reader does not know: the value is then raw bytes
     }
 
     /// <summary>Writes the bytes to a new file in <paramref name="directory"/> and returns its path.</summary>

@@ -92,14 +92,16 @@ public static class GgufWriter
         }
     }
 
-    static void WriteString(BinaryWriter w, string s)
+    /// <summary>A GGUF string: its UTF-8 length as a uint64, then the bytes.</summary>
+    internal static void WriteString(BinaryWriter w, string s)
     {
         var bytes = Encoding.UTF8.GetBytes(s);
         w.Write((ulong)bytes.Length);
         w.Write(bytes);
     }
 
-    static void WriteValue(BinaryWriter w, GgufValueType type, object value, string key)
+    /// <summary>One metadata value of <paramref name="type"/> (arrays: element type, count, items); <paramref name="key"/> names it in errors.</summary>
+    internal static void WriteValue(BinaryWriter w, GgufValueType type, object value, string key)
     {
         try
         {
