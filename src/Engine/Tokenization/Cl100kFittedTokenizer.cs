@@ -185,7 +185,7 @@ internal sealed partial class Cl100kFittedTokenizer : ITokenizer
                 (tokens[id], types[id]) = ($"<|placeholder_{id}|>", (int)GgufTokenType.Unused);
             else
             {
-                (tokens[id], types[id]) = (ByteLevel(bytes), (int)GgufTokenType.Normal);
+                (tokens[id], types[id]) = (Gpt2ByteEncoding.Encode(bytes), (int)GgufTokenType.Normal);
                 ranks.Add(bytes, id);
             }
         }
@@ -210,13 +210,6 @@ internal sealed partial class Cl100kFittedTokenizer : ITokenizer
             new(P + "add_bos_token", new(GgufValueType.Bool, false)),
             new(P + "add_eos_token", new(GgufValueType.Bool, false)),
         ];
-    }
-
-    static string ByteLevel(byte[] bytes)
-    {
-        var chars = new char[bytes.Length];
-        for (int i = 0; i < bytes.Length; i++) chars[i] = Gpt2ByteEncoding.ToChar(bytes[i]);
-        return new string(chars);
     }
 
     /// <summary>cl100k_base's ranks: token bytes → rank, from the data package's deflated tiktoken file.</summary>

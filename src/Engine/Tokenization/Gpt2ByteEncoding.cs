@@ -16,6 +16,14 @@ internal static class Gpt2ByteEncoding
 
     public static char ToChar(byte b) => ByteToChar[b];
 
+    /// <summary>Bytes as the string of their mapped characters, one per byte (a byte-level BPE token or word).</summary>
+    public static string Encode(ReadOnlySpan<byte> bytes)
+    {
+        var chars = new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) chars[i] = ByteToChar[bytes[i]];
+        return new string(chars);
+    }
+
     /// <summary>The byte a mapped character stands for, or -1 when <paramref name="c"/> is not in the map.</summary>
     public static int ToByte(char c) => c < CharLimit ? CharToByte[c] : -1;
 

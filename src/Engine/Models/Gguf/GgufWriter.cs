@@ -32,7 +32,8 @@ public static class GgufWriter
         {
             if (t.Dimensions.Length is 0 or > 4 || t.Dimensions.Any(d => d <= 0))
                 throw new ArgumentException($"tensor '{t.Name}' has dimensions [{string.Join(", ", t.Dimensions)}]; GGUF takes 1 to 4, each positive", nameof(tensors));
-            if (GgmlTypeInfo.Of(t.Type).BlockSize == 0 || t.Dimensions[0] % GgmlTypeInfo.Of(t.Type).BlockSize != 0)
+            int blockSize = GgmlTypeInfo.Of(t.Type).BlockSize;
+            if (blockSize == 0 || t.Dimensions[0] % blockSize != 0)
                 throw new ArgumentException($"tensor '{t.Name}': {t.Type} rows of {t.Dimensions[0]} elements are not whole blocks", nameof(tensors));
         }
 

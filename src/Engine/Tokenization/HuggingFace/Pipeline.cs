@@ -125,13 +125,7 @@ internal abstract record PreTokenizer
             else foreach (var word in WordSplitter.SplitToStrings(piece)) output.Add(Encode(word));
         }
 
-        internal static string Encode(string text)
-        {
-            var bytes = Encoding.UTF8.GetBytes(text);
-            var chars = new char[bytes.Length];
-            for (int i = 0; i < bytes.Length; i++) chars[i] = Gpt2ByteEncoding.ToChar(bytes[i]);
-            return new string(chars);
-        }
+        internal static string Encode(string text) => Gpt2ByteEncoding.Encode(Encoding.UTF8.GetBytes(text));
     }
 
     public sealed record Sequence(PreTokenizer[] Steps) : PreTokenizer
