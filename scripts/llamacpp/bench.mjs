@@ -8,6 +8,7 @@ const [modelPath, mode, a, b] = process.argv.slice(2);
 const threads = +(process.env.THREADS ?? 2);
 const llama = await getLlama({gpu: false, build: "never", maxThreads: threads, logLevel: "warn"});
 const model = await llama.loadModel({modelPath, useMmap: true});
+// Random ids in [100, 31100): every tokenizer the script exports (TinyLlama's 32,000 rows) has them.
 const rnd = (n) => Uint32Array.from({length: n}, () => 100 + Math.floor(Math.random() * 31000));
 const now = () => performance.now() / 1000;
 async function decode(c, parts) { // parts: [seq, pos, tokens]

@@ -24,18 +24,18 @@ if [ ! -d "$nlc/node_modules/node-llama-cpp" ]; then
 fi
 cp "$here/bench.mjs" "$nlc/bench.mjs"
 mkdir -p "$gguf"
-for d in "${@:-Q4_0 Q8_0 F16 F32}"; do
-  for dtype in $d; do
-    m="$gguf/tinyllama-$dtype.gguf"
-    [ -f "$m" ] || "$tokenmill" export --model dummy:tinyllama-1.1b --dtype "$dtype" --output "$m"
-    echo "== $dtype $(date +%T)"
-    echo "-- llama.cpp: pp512, decode 1 sequence"
-    (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" latency 512 64)
-    echo "-- tokenmill: pp512, decode 1 sequence"
-    "$tokenmill" bench latency --model "$m" --input-len 512 --output-len 64 --repeat 2 | grep -E "^  (prefill|decode)_tokens_per_s"
-    echo "-- llama.cpp: 32 sequences"
-    (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" batch 32 64)
-    echo "-- tokenmill: 32 sequences"
-    "$tokenmill" bench throughput --model "$m" --num-prompts 32 --input-len 128 --output-len 64 | grep -E "batch_decode_tokens_per_s"
-  done
+dtypes=("$@")
+[ ${#dtypes[@]} -gt 0 ] || dtypes=(Q4_0 Q8_0 F16 F32)
+for dtype in "${dtypes[@]}"; do
+  m="$gguf/tinyllama-$dtype.gguf"
+  [ -f "$m" ] || "$tokenmill" export --model dummy:tinyllama-1.1b --dtype "$dtype" --output "$m"
+  echo "== $dtype $(date +%T)"
+  echo "-- llama.cpp: pp512, decode 1 sequence"
+  (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" latency 512 64)
+  echo "-- tokenmill: pp512, decode 1 sequence"
+  "$tokenmill" bench latency --model "$m" --input-len 512 --output-len 64 --repeat 2 | grep -E "^  (prefill|decode)_tokens_per_s"
+  echo "-- llama.cpp: 32 sequences"
+  (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" batch 32 64)
+  echo "-- tokenmill: 32 sequences"
+  "$tokenmill" bench throughput --model "$m" --num-prompts 32 --input-len 128 --output-len 64 | grep -E "batch_decode_tokens_per_s"
 done
