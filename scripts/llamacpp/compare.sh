@@ -3,11 +3,16 @@
 #
 #   scripts/llamacpp/compare.sh [DTYPE ...]        (default: Q4_0 Q8_0 F16 F32)
 #
-# For each weight type: `tokenmill export` writes dummy:tinyllama-1.1b as a GGUF file, then llama.cpp (the CPU build
-# node-llama-cpp publishes on npm, driven by bench.mjs: one llama_decode per step, as llama-bench and
-# llama-batched-bench do) and `tokenmill bench` run it in turn:
+# For each weight type: `tokenmill export` writes dummy:tinyllama-1.1b as a GGUF file, then llama.cpp and
+# `tokenmill bench` run it in turn:
 #   - pp512 and decode of one sequence (64 tokens), llama.cpp twice;
 #   - 32 sequences of 128 prompt tokens, then 64 decode steps of the 32 in one batch.
+# Which llama.cpp (LLAMA_CPP):
+#   - native (the default where cmake and a C++ compiler are found): llama-bench (-p 512 -n 64 -r 2) and
+#     llama-batched-bench (-npp 128 -ntg 64 -npl 32; S_TG), the tools of the issue's table, built for this CPU by
+#     build.sh (from LLAMA_CPP_SRC, or the sources node-llama-cpp ships);
+#   - node: the CPU build node-llama-cpp publishes on npm, driven by bench.mjs (one llama_decode per step, as the two
+#     tools do); no compiler needed.
 # Needs node and npm; NODE_LLAMA_CPP_DIR (default ~/.cache/tokenmill/node-llama-cpp) holds the npm install,
 # GGUF_DIR (default /tmp/tokenmill-gguf) the exported files (F32: 4.4 GB). THREADS defaults to 2.
 set -euo pipefail
@@ -23,6 +28,30 @@ if [ ! -d "$nlc/node_modules/node-llama-cpp" ]; then
   (cd "$nlc" && npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts "node-llama-cpp@$version")
 fi
 cp "$here/bench.mjs" "$nlc/bench.mjs"
+threads="${THREADS:-2}"
+mode="${LLAMA_CPP:-}"
+if [ -z "$mode" ]; then
+  if command -v cmake >/dev/null && command -v c++ >/dev/null; then mode=native; else mode=node; fi
+fi
+case "$mode" in
+  native) bin="$(NODE_LLAMA_CPP_DIR="$nlc" "$here/build.sh")" ;;
+  node) ;;
+  *) echo "compare.sh: LLAMA_CPP must be native or node, not '$mode'" >&2; exit 2 ;;
+esac
+# A numeric field of llama-bench's and llama-batched-bench's JSON lines, by name, one value per line.
+field() { grep -o "\"$1\": [0-9.]*" | sed 's/.*: //'; }
+llama_latency() {
+  if [ "$mode" = node ]; then (cd "$nlc" && THREADS="$threads" node bench.mjs "$1" latency 512 64); return; fi
+  "$bin/llama-bench" -m "$1" -p 512 -n 64 -t "$threads" -r 2 -o jsonl 2>/dev/null | field avg_ts \
+    | paste -sd' ' | awk '{ printf "pp512: %.1f tok/s   tg64: %.1f tok/s (llama-bench, mean of 2)\n", $1, $2 }' \
+    || { echo "compare.sh: llama-bench failed on $1 (run it by hand to see why)" >&2; return 1; }
+}
+llama_batch() {
+  if [ "$mode" = node ]; then (cd "$nlc" && THREADS="$threads" node bench.mjs "$1" batch 32 64); return; fi
+  "$bin/llama-batched-bench" -m "$1" -c 6144 -b 2048 -ub 512 -npp 128 -ntg 64 -npl 32 -t "$threads" \
+    --output-format jsonl 2>/dev/null | field speed_tg | awk '{ printf "32 seqs decode 64: %.1f tok/s total (llama-batched-bench S_TG)\n", $1 }' \
+    || { echo "compare.sh: llama-batched-bench failed on $1 (run it by hand to see why)" >&2; return 1; }
+}
 mkdir -p "$gguf"
 dtypes=("$@")
 [ ${#dtypes[@]} -gt 0 ] || dtypes=(Q4_0 Q8_0 F16 F32)
@@ -30,12 +59,12 @@ for dtype in "${dtypes[@]}"; do
   m="$gguf/tinyllama-$dtype.gguf"
   [ -f "$m" ] || "$tokenmill" export --model dummy:tinyllama-1.1b --dtype "$dtype" --output "$m"
   echo "== $dtype $(date +%T)"
-  echo "-- llama.cpp: pp512, decode 1 sequence"
-  (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" latency 512 64)
+  echo "-- llama.cpp ($mode): pp512, decode 1 sequence"
+  llama_latency "$m"
   echo "-- tokenmill: pp512, decode 1 sequence"
   "$tokenmill" bench latency --model "$m" --input-len 512 --output-len 64 --repeat 2 | grep -E "^  (prefill|decode)_tokens_per_s"
-  echo "-- llama.cpp: 32 sequences"
-  (cd "$nlc" && THREADS="${THREADS:-2}" node bench.mjs "$m" batch 32 64)
+  echo "-- llama.cpp ($mode): 32 sequences"
+  llama_batch "$m"
   echo "-- tokenmill: 32 sequences"
   "$tokenmill" bench throughput --model "$m" --num-prompts 32 --input-len 128 --output-len 64 | grep -E "batch_decode_tokens_per_s"
 done
