@@ -5,23 +5,18 @@
 #   scripts/llamacpp/build.sh          (prints the folder of the two binaries)
 #
 # The sources: LLAMA_CPP_SRC when set (any llama.cpp checkout, e.g. the issue's build d32676d), else the git bundle that
-# node-llama-cpp ships in its npm package (llama/gitRelease.bundle: the llama.cpp it was built from, so this build and
-# bench.mjs's prebuilt one run the same code). Needs cmake and a C++ compiler; about 5 minutes on 2 cores.
+# node-llama-cpp ships in its npm package (install.sh; llama/gitRelease.bundle: the llama.cpp it was built from, so this
+# build and bench.mjs's prebuilt one run the same code). Needs cmake and a C++ compiler; about 5 minutes on 2 cores.
 # LLAMA_CPP_DIR (default ~/.cache/tokenmill/llama.cpp) holds the clone and one build folder per llama.cpp commit
-# (build-COMMIT); NODE_LLAMA_CPP_DIR as compare.sh.
+# (build-COMMIT); NODE_LLAMA_CPP_DIR and NODE_LLAMA_CPP_VERSION as install.sh.
 set -euo pipefail
-nlc="${NODE_LLAMA_CPP_DIR:-$HOME/.cache/tokenmill/node-llama-cpp}"
-version="${NODE_LLAMA_CPP_VERSION:-3.22.1}"
 dir="${LLAMA_CPP_DIR:-$HOME/.cache/tokenmill/llama.cpp}"
 command -v git >/dev/null || { echo "build.sh: git is needed" >&2; exit 1; }
 src="${LLAMA_CPP_SRC:-}"
 if [ -z "$src" ]; then
   src="$dir/src"
   if [ ! -d "$src/.git" ]; then
-    if [ ! -f "$nlc/node_modules/node-llama-cpp/llama/gitRelease.bundle" ]; then
-      mkdir -p "$nlc"
-      (cd "$nlc" && npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts "node-llama-cpp@$version") >&2
-    fi
+    nlc="$("$(dirname "$0")/install.sh")"
     git -c advice.detachedHead=false clone -q "$nlc/node_modules/node-llama-cpp/llama/gitRelease.bundle" "$src"
   fi
 fi

@@ -5,7 +5,7 @@
 #
 # For each weight type: `tokenmill export` writes dummy:tinyllama-1.1b as a GGUF file, then llama.cpp and
 # `tokenmill bench` run it in turn:
-#   - pp512 and decode of one sequence (64 tokens), llama.cpp twice;
+#   - pp512 and decode of one sequence (64 tokens), llama.cpp twice (llama-bench -r 2: their mean);
 #   - 32 sequences of 128 prompt tokens, then 64 decode steps of the 32 in one batch.
 # Which llama.cpp (LLAMA_CPP):
 #   - native (the default where cmake and a C++ compiler are found): llama-bench (-p 512 -n 64 -r 2) and
@@ -13,20 +13,15 @@
 #     build.sh (from LLAMA_CPP_SRC, or the sources node-llama-cpp ships);
 #   - node: the CPU build node-llama-cpp publishes on npm, driven by bench.mjs (one llama_decode per step, as the two
 #     tools do); no compiler needed.
-# Needs node and npm; NODE_LLAMA_CPP_DIR (default ~/.cache/tokenmill/node-llama-cpp) holds the npm install,
+# Needs node and npm; NODE_LLAMA_CPP_DIR (default ~/.cache/tokenmill/node-llama-cpp) holds the npm install (install.sh),
 # GGUF_DIR (default /tmp/tokenmill-gguf) the exported files (F32: 4.4 GB). THREADS defaults to 2.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-nlc="${NODE_LLAMA_CPP_DIR:-$HOME/.cache/tokenmill/node-llama-cpp}"
 gguf="${GGUF_DIR:-/tmp/tokenmill-gguf}"
-version="${NODE_LLAMA_CPP_VERSION:-3.22.1}"
 tokenmill="$root/src/Server/bin/Release/net10.0/tokenmill"
 [ -x "$tokenmill" ] || dotnet build "$root/src/Server" -c Release -v q -nologo
-if [ ! -d "$nlc/node_modules/node-llama-cpp" ]; then
-  mkdir -p "$nlc"
-  (cd "$nlc" && npm init -y >/dev/null && npm install --no-audit --no-fund --ignore-scripts "node-llama-cpp@$version")
-fi
+nlc="$("$here/install.sh")"
 cp "$here/bench.mjs" "$nlc/bench.mjs"
 threads="${THREADS:-2}"
 mode="${LLAMA_CPP:-}"
@@ -34,7 +29,7 @@ if [ -z "$mode" ]; then
   if command -v cmake >/dev/null && command -v c++ >/dev/null; then mode=native; else mode=node; fi
 fi
 case "$mode" in
-  native) bin="$(NODE_LLAMA_CPP_DIR="$nlc" "$here/build.sh")" ;;
+  native) bin="$("$here/build.sh")" ;;
   node) ;;
   *) echo "compare.sh: LLAMA_CPP must be native or node, not '$mode'" >&2; exit 2 ;;
 esac
