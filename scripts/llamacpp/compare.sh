@@ -6,7 +6,8 @@
 # For each weight type: `tokenmill export` writes dummy:tinyllama-1.1b as a GGUF file, then llama.cpp and
 # `tokenmill bench` run it in turn:
 #   - pp512 and decode of one sequence (64 tokens), llama.cpp twice (llama-bench -r 2: their mean);
-#   - 32 sequences of 128 prompt tokens, then 64 decode steps of the 32 in one batch.
+#   - 32 sequences of 128 prompt tokens, then 64 decode steps of the 32 in one batch;
+# then a table of both figures and their ratio for each type.
 # Which llama.cpp (LLAMA_CPP):
 #   - native (the default where cmake and a C++ compiler are found): llama-bench (-p 512 -n 64 -r 2) and
 #     llama-batched-bench (-npp 128 -ntg 64 -npl 32; S_TG), the tools of the issue's table, built for this CPU by
@@ -47,19 +48,35 @@ llama_batch() {
     --output-format jsonl 2>/dev/null | field speed_tg | awk '{ printf "32 seqs decode 64: %.1f tok/s total (llama-batched-bench S_TG)\n", $1 }' \
     || { echo "compare.sh: llama-batched-bench failed on $1 (run it by hand to see why)" >&2; return 1; }
 }
+# The figure after a label in text, the best where it occurs more than once (node's two latency runs): "pp512: ", "tg64: ",
+# "decode 64: ", "_tokens_per_s ".
+best() { grep -o "$1 *[0-9.]*" | awk '{ v = $NF + 0; if (v > m) m = v } END { printf "%.1f", m }'; }
+# One cell of the summary: TokenMill's figure, llama.cpp's in brackets, their ratio.
+cell() { awk -v t="$1" -v l="$2" 'BEGIN { printf "%s (%s) ×%.2f", t, l, (l > 0 ? t / l : 0) }'; }
 mkdir -p "$gguf"
 dtypes=("$@")
 [ ${#dtypes[@]} -gt 0 ] || dtypes=(Q4_0 Q8_0 F16 F32)
+summary=""
 for dtype in "${dtypes[@]}"; do
   m="$gguf/tinyllama-$dtype.gguf"
   [ -f "$m" ] || "$tokenmill" export --model dummy:tinyllama-1.1b --dtype "$dtype" --output "$m"
   echo "== $dtype $(date +%T)"
   echo "-- llama.cpp ($mode): pp512, decode 1 sequence"
-  llama_latency "$m"
+  ll="$(llama_latency "$m")"; echo "$ll"
   echo "-- tokenmill: pp512, decode 1 sequence"
-  "$tokenmill" bench latency --model "$m" --input-len 512 --output-len 64 --repeat 2 | grep -E "^  (prefill|decode)_tokens_per_s"
+  tl="$("$tokenmill" bench latency --model "$m" --input-len 512 --output-len 64 --repeat 2 | grep -E "^  (prefill|decode)_tokens_per_s")"
+  echo "$tl"
   echo "-- llama.cpp ($mode): 32 sequences"
-  llama_batch "$m"
+  lb="$(llama_batch "$m")"; echo "$lb"
   echo "-- tokenmill: 32 sequences"
-  "$tokenmill" bench throughput --model "$m" --num-prompts 32 --input-len 128 --output-len 64 | grep -E "batch_decode_tokens_per_s"
+  tb="$("$tokenmill" bench throughput --model "$m" --num-prompts 32 --input-len 128 --output-len 64 | grep -E "batch_decode_tokens_per_s")"
+  echo "$tb"
+  summary+="| $dtype | $(cell "$(best prefill_tokens_per_s <<<"$tl")" "$(best "pp512:" <<<"$ll")")"
+  summary+=" | $(cell "$(best decode_tokens_per_s <<<"$tl")" "$(best "tg64:" <<<"$ll")")"
+  summary+=" | $(cell "$(best batch_decode_tokens_per_s <<<"$tb")" "$(best "decode 64:" <<<"$lb")") |"$'\n'
 done
+echo
+echo "TokenMill (llama.cpp, $mode) and the ratio; the issue's bar: ×1.2, ×1.2, ×1.5"
+echo "| weights | pp512 tok/s | decode, 1 sequence | decode, 32 sequences |"
+echo "|---|---:|---:|---:|"
+printf "%s" "$summary"
