@@ -34,23 +34,23 @@ case "$mode" in
   node) ;;
   *) echo "compare.sh: LLAMA_CPP must be native or node, not '$mode'" >&2; exit 2 ;;
 esac
-# A numeric field of llama-bench's and llama-batched-bench's JSON lines, by name, one value per line.
-field() { grep -o "\"$1\": [0-9.]*" | sed 's/.*: //'; }
+# Every number that follows a label in the text, one a line: a field of llama-bench's and llama-batched-bench's JSON
+# lines ('"avg_ts":'), or a figure of the lines below ("pp512:", "tg64:", "decode 64:", "prefill_tokens_per_s", ...).
+values() { grep -o "$1 *[0-9.]*" | awk '{ print $NF + 0 }'; }
+# The best of them (node's latency runs print two), for the summary.
+best() { values "$1" | awk '{ if ($1 > m) m = $1 } END { printf "%.1f", m }'; }
 llama_latency() {
   if [ "$mode" = node ]; then (cd "$nlc" && THREADS="$threads" node bench.mjs "$1" latency 512 64); return; fi
-  "$bin/llama-bench" -m "$1" -p 512 -n 64 -t "$threads" -r 2 -o jsonl 2>/dev/null | field avg_ts \
+  "$bin/llama-bench" -m "$1" -p 512 -n 64 -t "$threads" -r 2 -o jsonl 2>/dev/null | values '"avg_ts":' \
     | paste -sd' ' | awk '{ printf "pp512: %.1f tok/s   tg64: %.1f tok/s (llama-bench, mean of 2)\n", $1, $2 }' \
     || { echo "compare.sh: llama-bench failed on $1 (run it by hand to see why)" >&2; return 1; }
 }
 llama_batch() {
   if [ "$mode" = node ]; then (cd "$nlc" && THREADS="$threads" node bench.mjs "$1" batch 32 64); return; fi
   "$bin/llama-batched-bench" -m "$1" -c 6144 -b 2048 -ub 512 -npp 128 -ntg 64 -npl 32 -t "$threads" \
-    --output-format jsonl 2>/dev/null | field speed_tg | awk '{ printf "32 seqs decode 64: %.1f tok/s total (llama-batched-bench S_TG)\n", $1 }' \
+    --output-format jsonl 2>/dev/null | values '"speed_tg":' | awk '{ printf "32 seqs decode 64: %.1f tok/s total (llama-batched-bench S_TG)\n", $1 }' \
     || { echo "compare.sh: llama-batched-bench failed on $1 (run it by hand to see why)" >&2; return 1; }
 }
-# The figure after a label in text, the best where it occurs more than once (node's two latency runs): "pp512: ", "tg64: ",
-# "decode 64: ", "_tokens_per_s ".
-best() { grep -o "$1 *[0-9.]*" | awk '{ v = $NF + 0; if (v > m) m = v } END { printf "%.1f", m }'; }
 # One cell of the summary: TokenMill's figure, llama.cpp's in brackets, their ratio.
 cell() { awk -v t="$1" -v l="$2" 'BEGIN { printf "%s (%s) ×%.2f", t, l, (l > 0 ? t / l : 0) }'; }
 mkdir -p "$gguf"
