@@ -124,6 +124,33 @@ internal sealed class HalfRange
         lock (_liftLock) return _lifted ??= LiftedF16.Of(w);
     }
 
+    PackedFloat? _tiles;
+    bool _tilesMade;
+    readonly Lock _tilesLock = new();
+
+    /// <summary>
+    /// The matrix repacked for batched decode (<see cref="PackedFloat"/>), made on the first call: finite halves as
+    /// they are, or its lifted copy's where subnormals are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>) and it lifts;
+    /// null where it holds infinities or NaNs, or where its shape or the memory left does not allow the copy.
+    /// </summary>
+    public PackedFloat? Tiles(Models.WeightTensor w)
+    {
+        if (Volatile.Read(ref _tilesMade)) return _tiles;
+        lock (_tilesLock)
+        {
+            if (!_tilesMade)
+            {
+                if (Finite && PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns, sizeof(ushort))))
+                {
+                    bool lift = LiftedF16.SubnormalsAreSlow && Liftable;
+                    unsafe { _tiles = PackedFloat.PackHalves(lift ? Lifted(w)!.Data : w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }
+                }
+                Volatile.Write(ref _tilesMade, true);
+            }
+        }
+        return _tiles;
+    }
+
     public static HalfRange Scan(ReadOnlySpan<byte> f16)
     {
         var h = MemoryMarshal.Cast<byte, ushort>(f16);

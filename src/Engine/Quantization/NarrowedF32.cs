@@ -18,15 +18,23 @@ namespace TokenMill.Quantization;
 /// Made once per matrix (<see cref="WeightTensor.Packed{T}"/>): seventeen rows spread over the matrix are checked before
 /// the copy is allocated, so a matrix of full-precision f32 values (a model trained and saved in f32, or a dummy model)
 /// costs those rows; the full scan then stops at the first row that does not narrow.
+/// <para>
+/// A matrix that does not narrow is repacked instead into <see cref="PackedFloat"/>'s tiles, where its shape allows, for
+/// batched decode's outer-product kernel: a copy of the same size as the weights, which decode of one sequence and
+/// prefill do not read (they keep the rows in place).
+/// </para>
 /// </remarks>
 internal sealed unsafe class NarrowedF32
 {
     readonly byte[]? _data; // pinned: the tensor below points into it
 
-    NarrowedF32(byte[]? data, WeightTensor? tensor) => (_data, Tensor) = (data, tensor);
+    NarrowedF32(byte[]? data, WeightTensor? tensor, PackedFloat? tiles = null) => (_data, Tensor, Tiles) = (data, tensor, tiles);
 
     /// <summary>The matrix as BF16 or F16 rows, or null where it does not narrow exactly.</summary>
     public WeightTensor? Tensor { get; }
+
+    /// <summary>The matrix repacked for batched products where it does not narrow (and <see cref="PackedFloat.Supports"/> its shape), else null.</summary>
+    public PackedFloat? Tiles { get; }
 
     /// <summary>Narrows <paramref name="w"/> (F32) where every value allows it: bf16 first, then finite f16.</summary>
     public static NarrowedF32 Of(WeightTensor w)
@@ -34,7 +42,7 @@ internal sealed unsafe class NarrowedF32
         if (w.Type != GgmlType.F32) throw new ArgumentException($"NarrowedF32: {w} is not F32", nameof(w));
         int cols = checked((int)w.Columns);
         long bytes = w.Rows * cols * sizeof(ushort);
-        if (w.Rows == 0 || bytes > Array.MaxLength) return new NarrowedF32(null, null);
+        if (w.Rows == 0 || bytes > Array.MaxLength) return Unnarrowed(w);
         var sample = new ushort[cols];
         var back = new float[cols];
         foreach (var type in new[] { GgmlType.BF16, GgmlType.F16 })
@@ -49,7 +57,14 @@ internal sealed unsafe class NarrowedF32
             byte* p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
             return new NarrowedF32(data, new WeightTensor($"{w.Name} (as {type})", type, w.Rows, cols, p));
         }
-        return new NarrowedF32(null, null);
+        return Unnarrowed(w);
+    }
+
+    /// <summary>A matrix that does not narrow, with its <see cref="PackedFloat"/> tiles where the shape packs and memory allows (<see cref="PackedFloat.LeavesRoom"/>).</summary>
+    static NarrowedF32 Unnarrowed(WeightTensor w)
+    {
+        bool packs = PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns));
+        return new(null, null, packs ? PackedFloat.Pack((float*)w.Data, w.Columns, checked((int)w.Rows), (int)w.Columns) : null);
     }
 
     /// <summary>Rows sampled (one more than this, evenly from the first to the last) before a narrowed copy is allocated.</summary>

@@ -211,18 +211,23 @@ internal static unsafe class PanelGemm
     /// </summary>
     static void Combine(Vector512<float>* parked, int rows, int count, float* ys, int ldy)
     {
-        for (int i = 0; i < rows; i++)
-        {
-            Vector512<float>* s = parked + i * TileRows;
-            var q0 = (s[0] + s[8]) + (s[4] + s[12]);
-            var q1 = (s[1] + s[9]) + (s[5] + s[13]);
-            var q2 = (s[2] + s[10]) + (s[6] + s[14]);
-            var q3 = (s[3] + s[11]) + (s[7] + s[15]);
-            var sum = (q0 + q1) + (q2 + q3);
-            float* y = ys + (long)i * ldy;
-            if (count == TileRows) Avx512F.Store(y, sum);
-            else for (int r = 0; r < count; r++) y[r] = sum.GetElement(r);
-        }
+        for (int i = 0; i < rows; i++) CombineClasses(parked + i * TileRows, count, ys + (long)i * ldy);
+    }
+
+    /// <summary>
+    /// One result vector's 16 classes (s[0] … s[15]) added in the lane tree, its first <paramref name="count"/> lanes to
+    /// y (<see cref="PackedFloat"/> shares it).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void CombineClasses(Vector512<float>* s, int count, float* y)
+    {
+        var q0 = (s[0] + s[8]) + (s[4] + s[12]);
+        var q1 = (s[1] + s[9]) + (s[5] + s[13]);
+        var q2 = (s[2] + s[10]) + (s[6] + s[14]);
+        var q3 = (s[3] + s[11]) + (s[7] + s[15]);
+        var sum = (q0 + q1) + (q2 + q3);
+        if (count == TileRows) Avx512F.Store(y, sum);
+        else for (int r = 0; r < count; r++) y[r] = sum.GetElement(r);
     }
 
     /// <summary>
@@ -230,7 +235,7 @@ internal static unsafe class PanelGemm
     /// all 16 floats, or with <paramref name="lower"/> only the first 8 (rows r8 … r15 are then zeros). Unpacks, then 128-bit shuffles, in registers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void TransposeStore(Vector512<float>* rows, float* dst, long stride, bool lower = false)
+    internal static void TransposeStore(Vector512<float>* rows, float* dst, long stride, bool lower = false)
     {
         var r0 = rows[0]; var r1 = rows[1];
         var r2 = rows[2]; var r3 = rows[3];

@@ -27,4 +27,24 @@ public class PanelGemmForwardTests
         var packed = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = 3, steps, maxBatchTokens: 32, contextTokens: 64);
         ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 2, 3, 26 and 1 tokens");
     }
+
+    /// <summary>
+    /// Chunks of 2 to <see cref="PackedFloat.MaxActivations"/> rows multiply F32 weights that do not narrow (the dummy
+    /// model's full-precision values) and F16 ones on their <see cref="PackedFloat"/> tiles: the logits must be the bits
+    /// of the same steps through <see cref="TileGemm"/>.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    public void Packed_tiles_give_the_tile_kernels_logits(GgmlType type)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
+        using var pool = new CpuWorkerPool(2);
+        // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three; a lone row through the one-row kernel.
+        int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33], Enumerable.Range(34, 12).ToArray(), Enumerable.Range(46, 13).ToArray(), [59]];
+        var tiled = ForwardSteps.Logits(model, pool, f => f.FloatTiles = false, steps, maxBatchTokens: 32, contextTokens: 64);
+        var packed = ForwardSteps.Logits(model, pool, f => f.FloatTiles = true, steps, maxBatchTokens: 32, contextTokens: 64);
+        ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 2, 12, 13 and 1 tokens");
+    }
 }

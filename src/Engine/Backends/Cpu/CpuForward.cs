@@ -66,6 +66,7 @@ public sealed unsafe class CpuForward : IDisposable
     readonly float* _xPadded; // the activation rows QuantizedDot.PaddedStride apart, for the several-row f32 kernels (and decode's lifted F16 products)
     readonly float* _xPanels; // the activation rows packed into PanelGemm's class-major blocks, in _xPadded's memory (null where that kernel cannot run)
     readonly float* _panelWeights, _panelSums; // per worker: PanelGemm's packed weights and parked sums
+    readonly float* _tileSums; // per worker: PackedFloat's parked sums
     readonly long _panelWeightFloats;
     readonly int* _slots; // per worker: the cache slots of the positions an attention item reads
     readonly int* _counts; // per worker: where each row of the item starts in those positions, then how many it sees
@@ -96,6 +97,13 @@ public sealed unsafe class CpuForward : IDisposable
     /// <see cref="PanelGemm.MinRows"/> only to compare the two (int.MaxValue: never) or to test small chunks.
     /// </summary>
     internal int PanelMinRows { get; set; } = PanelGemm.MinRows;
+
+    /// <summary>
+    /// Whether F32 and F16 products of 2 to <see cref="PackedFloat.MaxActivations"/> activation rows (batched decode) run
+    /// on the matrices' <see cref="PackedFloat"/> tiles (made at load for F32 matrices that do not narrow and for finite
+    /// F16 ones, where memory allows): the same bits as <see cref="TileGemm"/>; off only to compare.
+    /// </summary>
+    internal bool FloatTiles { get; set; } = true;
 
     public CpuForward(Model model, int maxBatchTokens = 512, CpuWorkerPool? pool = null)
         : this(TensorParallelShard.Whole(model), SingleRankCommunicator.Instance, maxBatchTokens, pool)
@@ -140,13 +148,15 @@ public sealed unsafe class CpuForward : IDisposable
         _xc = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         _xs = (int*)Alloc((long)n * _maxColumns / 32 + 1);
         // A call packs its activations into panels or copies them padded, never both: the two share one buffer.
-        _xPadded = Alloc(Math.Max((long)n * QuantizedDot.PaddedStride(_maxColumns), TileGemm.IsSupported ? PanelGemm.ActivationFloats(n, _maxColumns) : 0));
+        _xPadded = Alloc(Math.Max((long)n * QuantizedDot.PaddedStride(_maxColumns), TileGemm.IsSupported
+            ? Math.Max(PanelGemm.ActivationFloats(n, _maxColumns), PackedFloat.ActivationFloats(Math.Min(n, PackedFloat.MaxActivations), _maxColumns)) : 0));
         if (TileGemm.IsSupported)
         {
             _xPanels = _xPadded;
             _panelWeightFloats = Math.Max(Math.Max(PanelGemm.WeightFloats(_c.EmbeddingLength), PanelGemm.WeightFloats(_c.QDim)), PanelGemm.WeightFloats(_c.FeedForwardLength));
             _panelWeights = Alloc(_pool.ThreadCount * _panelWeightFloats);
             _panelSums = Alloc((long)_pool.ThreadCount * PanelGemm.PartialFloats);
+            _tileSums = Alloc((long)_pool.ThreadCount * PackedFloat.PartialVectors * 16);
         }
         PackWeights();
 
@@ -158,6 +168,7 @@ public sealed unsafe class CpuForward : IDisposable
         _quantizeBody = QuantizeRow;
         _padBody = PadRow;
         _panelBody = PackPanel;
+        _tileBody = PackTileBlock;
         _rowsBody = RowsItem;
         _attnNormRows = AttnNormRows;
         _qkvRows = QkvRows;
@@ -168,9 +179,10 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>
-    /// Repacks every Q4_0, Q8_0, Q4_K (and, without AVX-VNNI, Q6_K) matrix for its kernels now, and scans each F16 one
-    /// (and lifts it where <see cref="LiftHalves"/>) — once per model: the packed form is kept with the weight — so that
-    /// the first step is not the one that pays for it.
+    /// Repacks every Q4_0, Q8_0, Q4_K (and, without AVX-VNNI, Q6_K) matrix for its kernels now, scans each F16 one
+    /// (and lifts it where <see cref="LiftHalves"/>), and makes the F32 and finite F16 ones' <see cref="PackedFloat"/>
+    /// tiles on AVX-512 — once per model: the packed form is kept with the weight — so that the first step is not the
+    /// one that pays for it.
     /// </summary>
     void PackWeights()
     {
@@ -228,6 +240,7 @@ public sealed unsafe class CpuForward : IDisposable
     {
         w.Packed(s_scanF16);
         Lifts(w);
+        if (TileGemm.IsSupported) w.Packed(s_scanF16).Tiles(w);
     }
 
     /// <summary>The lifted copy's bytes (<see cref="Lifts"/> said yes).</summary>
@@ -695,7 +708,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     // ---- matrix product ------------------------------------------------------------------------
 
-    readonly Action<int, int> _matMulBody, _quantizeBody, _padBody, _panelBody;
+    readonly Action<int, int> _matMulBody, _quantizeBody, _padBody, _panelBody, _tileBody;
     // The products of the current parallel region: up to three weights sharing one input (q/k/v, gate/up),
     // their work items numbered one after another (_mmFirstChunk[k] is weight k's first item).
     readonly WeightTensor?[] _mmW = new WeightTensor?[3];
@@ -721,6 +734,8 @@ public sealed unsafe class CpuForward : IDisposable
     bool _scaleHalf, _unscalable, _liftHalf;
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
     bool _panel;
+    // Whether the call's products (all F32 or F16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels.
+    bool _floatTiles;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -739,11 +754,14 @@ public sealed unsafe class CpuForward : IDisposable
         _panel = _xPanels != null && n >= PanelMinRows && n <= _maxTokens && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns
             && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
+        _floatTiles = !_panel && FloatTiles && _xPanels != null && n >= TiledMinRows && n <= PackedFloat.MaxActivations
+            && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
         // A panel call reads its weights as they are and its activations from the panels: no scaling, lifting or padding.
-        _scaleHalf = _liftHalf = !_panel && UnrebiasedHalves && !(LiftHalves && n >= QuantizedDot.FusedF16MaxRows);
+        // Tiles widen F16 exactly as they load it: no scaled or padded activations either.
+        _scaleHalf = _liftHalf = !_panel && !_floatTiles && UnrebiasedHalves && !(LiftHalves && n >= QuantizedDot.FusedF16MaxRows);
         bool integer = false;
         long work = 0;
         AddProduct(w0, y0, w0, ref integer, ref work);
@@ -763,6 +781,7 @@ public sealed unsafe class CpuForward : IDisposable
             }
         }
         if (_panel) _pool.For(PanelGemm.Blocks(n), _panelBody);
+        if (_floatTiles) _pool.For(PackedFloat.Blocks(n), _tileBody);
         if (integer)
         {
             if (n >= 4) _pool.For(n, _quantizeBody);
@@ -792,7 +811,7 @@ public sealed unsafe class CpuForward : IDisposable
             else if (IntegerDotK.NeedsBlockSums(w.Type)) _needKSums = true;
             else if (_mmN >= PackedMinRows && QuantizedDot.HasPackedIntegerDot(w.Type)) _needOffset = true;
         }
-        else if (!_panel && _mmN >= TiledMinRows)
+        else if (!_panel && !_floatTiles && _mmN >= TiledMinRows)
         {
             _padded = true;
             _scaleHalf &= TileGemm.IsSupported && IsFiniteF16(w);
@@ -805,6 +824,18 @@ public sealed unsafe class CpuForward : IDisposable
 
     /// <summary>Activation block <paramref name="block"/> of the current product into _xPanels.</summary>
     void PackPanel(int block, int worker) => PanelGemm.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels);
+
+    /// <summary>Activation block <paramref name="block"/> of the current product into _xPanels, as <see cref="PackedFloat"/> reads it.</summary>
+    void PackTileBlock(int block, int worker) => PackedFloat.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels);
+
+    /// <summary>
+    /// <paramref name="w"/>'s <see cref="PackedFloat"/> tiles: an F32 matrix that did not narrow, or a finite F16 one,
+    /// whose shape packs and for which memory allowed the copy; else null.
+    /// </summary>
+    static PackedFloat? TilesOf(WeightTensor w) =>
+        w.Type == GgmlType.F32 && CanNarrow(w) ? w.Packed(s_narrowF32).Tiles
+        : ScansF16(w) && TileGemm.IsSupported ? w.Packed(s_scanF16).Tiles(w)
+        : null;
 
     void PadRows(int n)
     {
@@ -828,6 +859,7 @@ public sealed unsafe class CpuForward : IDisposable
     int ChunkRows(WeightTensor w)
     {
         if (_panel) return PanelGemm.ItemRows((int)w.Columns);
+        if (_floatTiles) return PackedFloat.TileRows;
         bool streams = IsInteger(w) ? UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || UsesPackedQ6K(w) || _mmN < PackedMinRows : _mmN < TiledMinRows;
         if (!streams) return RowsPerChunk;
         long per = (w.Rows + _pool.ThreadCount * StreamChunksPerThread - 1) / (_pool.ThreadCount * StreamChunksPerThread);
@@ -861,6 +893,13 @@ public sealed unsafe class CpuForward : IDisposable
         {
             PanelGemm.Multiply(w.Type, w.Data, w.RowBytes, (int)r0, (int)(r1 - r0), cols, _xPanels, _mmN, y, (int)rows,
                 _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats);
+            return;
+        }
+        if (_floatTiles)
+        {
+            // Work items go out in order to whichever worker is free: this worker's next is most likely ThreadCount items on.
+            TilesOf(w)!.Multiply((int)r0, (int)(r1 - r0), _xPanels, _mmN, y, (int)rows,
+                (System.Runtime.Intrinsics.Vector512<float>*)(_tileSums + (long)worker * PackedFloat.PartialVectors * 16), (int)(r0 + (long)chunkRows * _pool.ThreadCount));
             return;
         }
         bool integer = IsInteger(w);

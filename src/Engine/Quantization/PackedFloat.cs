@@ -1,0 +1,370 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace TokenMill.Quantization;
+
+/// <summary>
+/// An F32 or F16 matrix repacked once, at load, for batched decode (2 to <see cref="MaxActivations"/> activation rows):
+/// the outer-product microkernel of <see cref="PanelGemm"/> on tiles of 32 weight rows, two vectors a column, against
+/// blocks of up to 12 activations broadcast from memory — 24 fused multiply-adds for 2 vector loads and 12 broadcasts,
+/// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits.
+/// F16 tiles keep the halves (finite ones; on Intel the matrix's <see cref="LiftedF16"/> copy, free of subnormals) and
+/// widen each to its exact f32 value as the kernel loads it, two vectors a step for 24 multiply-adds.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Layout: tile t (rows 32t … 32t + 31, the last one padded with zero rows) at 32·cols·t elements; in it class j
+/// (the columns k ≡ j mod 16) at 32·steps·j, and step m (column 16m + j) at 32m: the 32 rows' weights, as f32 or as
+/// the f16 bits. A tile is one
+/// contiguous stream that the kernel reads front to back, class after class, so the next class's lines are asked for
+/// while the current one is multiplied by each activation block (the hardware prefetcher alone left the kernel 0.81–0.90×
+/// TileGemm out of memory; with it 1.31–1.43×).
+/// </para>
+/// <para>
+/// Same bits: as in <see cref="PanelGemm"/>, each of an output's 16 classes is a chain of fused multiply-adds in
+/// increasing column, the order of lane j of TileGemm's accumulator, and the 16 classes are added in its lane tree.
+/// </para>
+/// <para>
+/// Why not <see cref="PanelGemm"/> itself at 32 rows: its 24-activation blocks pad a third of the work there, and it
+/// repacks the weights on every call. On this project's Xeon (Emerald Rapids, 2 vCPUs), two threads, n = 32, 16 items of
+/// 5632 × 2048 weights out of memory alternated with TileGemm's interleaved order (scratch driver, 5 pairs): 1.31–1.43× (169–181
+/// against 126–140 GFLOP/s); in cache 1.22–1.37× (205–224 against 158–185).
+/// </para>
+/// </remarks>
+internal sealed unsafe class PackedFloat
+{
+    /// <summary>Weight rows per tile: two vectors.</summary>
+    public const int TileRows = 32;
+
+    /// <summary>The most activations in a block: 24 accumulators, 2 weight vectors and one broadcast in 32 zmm.</summary>
+    public const int BlockRows = 12;
+
+    /// <summary>Floats a block's packed activations take per column: 16 (one line a step; rows past the block's are zeros).</summary>
+    const int BlockStride = 16;
+
+    const int Classes = 16;
+
+    /// <summary>The most activation rows <see cref="Multiply"/> takes (its parked sums: <see cref="PartialVectors"/>).</summary>
+    public const int MaxActivations = 64;
+
+    /// <summary>Vectors of parked sums a worker needs: 16 classes × 2 vectors for each activation.</summary>
+    public const int PartialVectors = MaxActivations * 2 * Classes;
+
+    readonly byte[] _data; // pinned: the kernels take its address once
+    readonly byte* _tiles;
+    readonly Halves _halves;
+
+    /// <summary>How the tiles hold their weights: f32, or f16 bits widened times 2^112, or lifted ones (w·2^10) times 2^102.</summary>
+    enum Halves { None, Plain, Lifted }
+
+    PackedFloat(byte[] data, int rows, int columns, Halves halves)
+    {
+        _data = data;
+        _tiles = (byte*)Unsafe.AsPointer(ref data[0]);
+        (RowCount, Columns, _halves) = (rows, columns, halves);
+    }
+
+    public int RowCount { get; }
+    public int Columns { get; }
+
+    /// <summary>Bytes a weight takes in the tiles: 4, or 2 for halves.</summary>
+    int ElementBytes => _halves == Halves.None ? sizeof(float) : sizeof(ushort);
+
+    int Steps => Columns / Classes;
+
+    /// <summary>Whether a matrix of this shape packs here: AVX-512F, columns a multiple of 16, and the copy within one array.</summary>
+    public static bool Supports(long rows, long columns) =>
+        TileGemm.IsSupported && rows > 0 && columns > 0 && columns % Classes == 0 && Bytes(rows, columns) <= Array.MaxLength;
+
+    /// <summary>
+    /// Bytes of the packed copy of a <paramref name="rows"/> × <paramref name="columns"/> matrix (rows padded to whole
+    /// tiles) of <paramref name="elementBytes"/> a weight.
+    /// </summary>
+    public static long Bytes(long rows, long columns, int elementBytes = sizeof(float)) => (rows + TileRows - 1) / TileRows * TileRows * columns * elementBytes;
+
+    /// <summary>Repacks a row-major <paramref name="rows"/> × <paramref name="columns"/> F32 matrix (rows <paramref name="rowFloats"/> apart).</summary>
+    public static PackedFloat Pack(float* w, long rowFloats, int rows, int columns)
+    {
+        var packed = Allocate(rows, columns, Halves.None);
+        float* tiles = (float*)packed._tiles;
+        // Tiles in parallel: TinyLlama's 4.4 GB of F32 in about 3 s on two cores.
+        Parallel.For(0, (rows + TileRows - 1) / TileRows, t => PackTile(w, rowFloats, rows, columns, t, tiles + (long)t * TileRows * columns));
+        return packed;
+    }
+
+    /// <summary>
+    /// Repacks a row-major F16 matrix that holds no infinity or NaN (rows <paramref name="rowBytes"/> apart): its halves
+    /// as they are, or, with <paramref name="lifted"/>, its <see cref="LiftedF16"/> copy's.
+    /// </summary>
+    public static PackedFloat PackHalves(byte* w, long rowBytes, int rows, int columns, bool lifted)
+    {
+        var packed = Allocate(rows, columns, lifted ? Halves.Lifted : Halves.Plain);
+        byte* tiles = packed._tiles;
+        // Each tile's halves widened to 32-bit lanes, transposed as F32's are, then narrowed back.
+        Parallel.For(0, (rows + TileRows - 1) / TileRows, () => new float[TileRows * columns], (t, _, wide) =>
+        {
+            fixed (float* scratch = wide)
+            {
+                PackTile((float*)w, rowBytes, rows, columns, t, scratch, wideHalves: true);
+                ushort* to = (ushort*)(tiles + (long)t * TileRows * columns * sizeof(ushort));
+                int k = 0, count = TileRows * columns;
+                for (; k + 16 <= count; k += 16) Avx.Store(to + k, Avx512F.ConvertToVector256UInt16(Avx512F.LoadVector512((uint*)scratch + k)));
+            }
+            return wide;
+        }, _ => { });
+        return packed;
+    }
+
+    /// <summary>
+    /// Whether a copy of <paramref name="bytes"/> takes at most half the memory the system has left
+    /// (<see cref="Memory.SystemMemory.AvailableBytes"/>): the tiles are a speed-up that must not be what runs a model
+    /// that fits out of memory; the tile kernel serves the matrices without them.
+    /// </summary>
+    public static bool LeavesRoom(long bytes) => bytes <= Memory.SystemMemory.AvailableBytes() / 2;
+
+    static PackedFloat Allocate(int rows, int columns, Halves halves)
+    {
+        if (!Supports(rows, columns)) throw new NotSupportedException($"PackedFloat: a {rows} × {columns} matrix does not pack here");
+        int bytes = halves == Halves.None ? sizeof(float) : sizeof(ushort);
+        return new PackedFloat(Memory.NativeBuffer.PinnedStreamingArray(Bytes(rows, columns, bytes), "PackedFloat.Pack"), rows, columns, halves);
+    }
+
+    /// <summary>
+    /// Tile t of the matrix class-major into <paramref name="tile"/>, 32-bit lanes: f32 rows <paramref name="rowStride"/>
+    /// floats apart, or with <paramref name="wideHalves"/> f16 rows <paramref name="rowStride"/> bytes apart, each half
+    /// zero-extended into its lane.
+    /// </summary>
+    static void PackTile(float* w, long rowStride, int rows, int columns, int t, float* tile, bool wideHalves = false)
+    {
+        int steps = columns / Classes;
+        Vector512<float>* v = stackalloc Vector512<float>[Classes];
+        for (int half = 0; half < TileRows; half += Classes)
+            for (int m = 0; m < steps; m++)
+            {
+                for (int r = 0; r < Classes; r++)
+                {
+                    long row = (long)t * TileRows + half + r;
+                    v[r] = row >= rows ? default
+                        : wideHalves ? Avx512F.ConvertToVector512UInt32(Avx.LoadVector256((ushort*)((byte*)w + row * rowStride) + m * Classes)).AsSingle()
+                        : Avx512F.LoadVector512(w + row * rowStride + m * Classes);
+                }
+                PanelGemm.TransposeStore(v, tile + (long)m * TileRows + half, (long)steps * TileRows);
+            }
+    }
+
+    /// <summary>Activation blocks for <paramref name="n"/> rows: as few as hold 12 each, their sizes differing by at most one.</summary>
+    public static int Blocks(int n) => (n + BlockRows - 1) / BlockRows;
+
+    /// <summary>Floats <see cref="PackActivations"/> writes for <paramref name="n"/> rows of <paramref name="cols"/>.</summary>
+    public static long ActivationFloats(int n, int cols) => (long)Blocks(n) * BlockStride * cols;
+
+    /// <summary>The first row and the size of block <paramref name="block"/> of <paramref name="n"/> rows.</summary>
+    static (int First, int Size) Block(int n, int block)
+    {
+        int blocks = Blocks(n), small = n / blocks, larger = n % blocks;
+        return (block * small + Math.Min(block, larger), block < larger ? small + 1 : small);
+    }
+
+    /// <summary>
+    /// Block <paramref name="block"/> of the n activation rows of xs (<paramref name="ldx"/> apart) into its class-major
+    /// panel at packed + 16·cols·block: for class j and step m, its rows' column 16m + j, 16 floats a step (zeros past
+    /// the block's rows).
+    /// </summary>
+    public static void PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed)
+    {
+        var (first, size) = Block(n, block);
+        int steps = cols / Classes;
+        float* panel = packed + (long)block * BlockStride * cols;
+        Vector512<float>* v = stackalloc Vector512<float>[Classes];
+        for (int i = size; i < Classes; i++) v[i] = default;
+        for (int m = 0; m < steps; m++)
+        {
+            for (int i = 0; i < size; i++) v[i] = Avx512F.LoadVector512(xs + (first + i) * ldx + (long)m * Classes);
+            PanelGemm.TransposeStore(v, panel + (long)m * BlockStride, (long)steps * BlockStride);
+        }
+    }
+
+    /// <summary>
+    /// ys[i·ldy + r] = Σ_k w[r, k]·x[i, k] for r in [<paramref name="r0"/>, + <paramref name="count"/>) (r0 a multiple of
+    /// 32) and the n activations packed by <see cref="PackActivations"/>. <paramref name="parked"/> holds
+    /// <see cref="PartialVectors"/> (the caller's per-worker scratch). Rows from <paramref name="aheadRow"/> on (the
+    /// caller's likely next item, a multiple of 32; -1 for none) are asked into L2 while the last class of the last tile runs.
+    /// </summary>
+    public void Multiply(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow = -1)
+    {
+        if (r0 % TileRows != 0 || count < 0 || r0 + count > RowCount)
+            throw new ArgumentOutOfRangeException(nameof(r0), $"PackedFloat.Multiply: rows [{r0}, {r0 + count}) of {RowCount} (tiles of {TileRows})");
+        if (n is < 1 or > MaxActivations) throw new ArgumentOutOfRangeException(nameof(n), $"PackedFloat.Multiply: {n} activation rows, 1 to {MaxActivations}");
+        switch (_halves)
+        {
+            case Halves.None: Multiply<F32Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
+            case Halves.Plain: Multiply<F16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
+            case Halves.Lifted: Multiply<LiftedF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
+        }
+    }
+
+    void Multiply<TW>(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow)
+        where TW : struct, ITileWeights
+    {
+        int steps = Steps, blocks = Blocks(n);
+        long stepBytes = TileRows * ElementBytes, classBytes = steps * stepBytes, tileBytes = Classes * classBytes;
+        byte* ahead = aheadRow >= 0 && aheadRow < RowCount ? _tiles + aheadRow / TileRows * tileBytes : null;
+        // Lines of the next class each step asks for: its bytes spread over this class's passes (one per block).
+        long stride = Math.Max(64, (stepBytes + blocks - 1) / blocks + 63 & ~63L);
+        for (int r = r0; r < r0 + count; r += TileRows)
+        {
+            byte* tile = _tiles + r / TileRows * tileBytes;
+            byte* following = r + TileRows < r0 + count ? tile + tileBytes : ahead;
+            for (int j = 0; j < Classes; j++)
+            {
+                byte* w = tile + j * classBytes;
+                byte* next = j + 1 < Classes ? w + classBytes : following;
+                byte* nextEnd = next == null ? null : next + classBytes;
+                for (int b = 0; b < blocks; b++)
+                {
+                    var (first, size) = Block(n, b);
+                    Sized<TW>(size, w, steps, packedActivations + (long)b * BlockStride * Columns + j * steps * BlockStride, parked + first * 2 * Classes + j, ref next, nextEnd, stride);
+                }
+            }
+            Combine(parked, n, Math.Min(TileRows, RowCount - r), ys + r, ldy);
+        }
+    }
+
+    /// <summary>How a step of a tile (32 weights, one column of 32 rows) becomes two vectors of f32: rows 0–15 and 16–31.</summary>
+    interface ITileWeights
+    {
+        static abstract Vector512<float> Low(byte* step);
+        static abstract Vector512<float> High(byte* step);
+    }
+
+    readonly struct F32Tile : ITileWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low(byte* step) => Avx512F.LoadVector512((float*)step);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High(byte* step) => Avx512F.LoadVector512((float*)step + 16);
+    }
+
+    /// <summary>Finite halves: <see cref="F16UnrebiasedRows"/>'s two integer steps, then × 2^112 — the exact f32 (<see cref="FiniteHalves"/>).</summary>
+    readonly struct F16Tile : ITileWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low(byte* step) => F16UnrebiasedRows.Load(step, 0) * Vector512.Create(TileGemm.HalfRebias);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High(byte* step) => F16UnrebiasedRows.Load(step, 16) * Vector512.Create(TileGemm.HalfRebias);
+    }
+
+    /// <summary>Lifted halves (w·2^10, no subnormals): × 2^102 gives w exactly, and no operand of the multiply is a subnormal.</summary>
+    readonly struct LiftedF16Tile : ITileWeights
+    {
+        const float Rebias = 5.0706024e30f; // 2^102
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low(byte* step) => F16UnrebiasedRows.Load(step, 0) * Vector512.Create(Rebias);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High(byte* step) => F16UnrebiasedRows.Load(step, 16) * Vector512.Create(Rebias);
+    }
+
+    interface ICount { static abstract int Value { get; } }
+    struct C1 : ICount { public static int Value => 1; }
+    struct C2 : ICount { public static int Value => 2; }
+    struct C3 : ICount { public static int Value => 3; }
+    struct C4 : ICount { public static int Value => 4; }
+    struct C5 : ICount { public static int Value => 5; }
+    struct C6 : ICount { public static int Value => 6; }
+    struct C7 : ICount { public static int Value => 7; }
+    struct C8 : ICount { public static int Value => 8; }
+    struct C9 : ICount { public static int Value => 9; }
+    struct C10 : ICount { public static int Value => 10; }
+    struct C11 : ICount { public static int Value => 11; }
+    struct C12 : ICount { public static int Value => 12; }
+
+    static void Sized<TW>(int size, byte* w, int steps, float* x, Vector512<float>* p, ref byte* next, byte* nextEnd, long stride) where TW : struct, ITileWeights
+    {
+        switch (size)
+        {
+            case 12: Kernel<C12, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 11: Kernel<C11, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 10: Kernel<C10, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 9: Kernel<C9, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 8: Kernel<C8, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 7: Kernel<C7, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 6: Kernel<C6, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 5: Kernel<C5, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 4: Kernel<C4, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 3: Kernel<C3, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 2: Kernel<C2, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 1: Kernel<C1, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+        }
+    }
+
+    /// <summary>
+    /// One class of a tile (32 weight rows, <paramref name="steps"/> columns) × the same class of a block of TN
+    /// activations: each sum a chain of fused multiply-adds in increasing column, parked at p[32i] (rows 0–15) and
+    /// p[32i + 16] (rows 16–31) for activation i. Asks the lines of [next, nextEnd) into L2, <paramref name="stride"/> bytes a step.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void Kernel<TN, TW>(byte* w, int steps, float* x, Vector512<float>* p, ref byte* next, byte* nextEnd, long stride)
+        where TN : struct, ICount where TW : struct, ITileWeights
+    {
+        int n = TN.Value;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default;
+        Vector512<float> a6 = default, a7 = default, a8 = default, a9 = default, a10 = default, a11 = default;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        Vector512<float> c6 = default, c7 = default, c8 = default, c9 = default, c10 = default, c11 = default;
+        byte* q = next;
+        long stepBytes = typeof(TW) == typeof(F32Tile) ? TileRows * sizeof(float) : TileRows * sizeof(ushort);
+        for (byte* end = w + steps * stepBytes; w < end; w += stepBytes, x += BlockStride)
+        {
+            if (q < nextEnd)
+            {
+                Sse.Prefetch1(q);
+                if (stride > 64) Sse.Prefetch1(q + 64);
+                q += stride;
+            }
+            var b = TW.Low(w);
+            var d = TW.High(w);
+            var v = Vector512.Create(x[0]); a0 = Avx512F.FusedMultiplyAdd(b, v, a0); c0 = Avx512F.FusedMultiplyAdd(d, v, c0);
+            if (n > 1) { v = Vector512.Create(x[1]); a1 = Avx512F.FusedMultiplyAdd(b, v, a1); c1 = Avx512F.FusedMultiplyAdd(d, v, c1); }
+            if (n > 2) { v = Vector512.Create(x[2]); a2 = Avx512F.FusedMultiplyAdd(b, v, a2); c2 = Avx512F.FusedMultiplyAdd(d, v, c2); }
+            if (n > 3) { v = Vector512.Create(x[3]); a3 = Avx512F.FusedMultiplyAdd(b, v, a3); c3 = Avx512F.FusedMultiplyAdd(d, v, c3); }
+            if (n > 4) { v = Vector512.Create(x[4]); a4 = Avx512F.FusedMultiplyAdd(b, v, a4); c4 = Avx512F.FusedMultiplyAdd(d, v, c4); }
+            if (n > 5) { v = Vector512.Create(x[5]); a5 = Avx512F.FusedMultiplyAdd(b, v, a5); c5 = Avx512F.FusedMultiplyAdd(d, v, c5); }
+            if (n > 6) { v = Vector512.Create(x[6]); a6 = Avx512F.FusedMultiplyAdd(b, v, a6); c6 = Avx512F.FusedMultiplyAdd(d, v, c6); }
+            if (n > 7) { v = Vector512.Create(x[7]); a7 = Avx512F.FusedMultiplyAdd(b, v, a7); c7 = Avx512F.FusedMultiplyAdd(d, v, c7); }
+            if (n > 8) { v = Vector512.Create(x[8]); a8 = Avx512F.FusedMultiplyAdd(b, v, a8); c8 = Avx512F.FusedMultiplyAdd(d, v, c8); }
+            if (n > 9) { v = Vector512.Create(x[9]); a9 = Avx512F.FusedMultiplyAdd(b, v, a9); c9 = Avx512F.FusedMultiplyAdd(d, v, c9); }
+            if (n > 10) { v = Vector512.Create(x[10]); a10 = Avx512F.FusedMultiplyAdd(b, v, a10); c10 = Avx512F.FusedMultiplyAdd(d, v, c10); }
+            if (n > 11) { v = Vector512.Create(x[11]); a11 = Avx512F.FusedMultiplyAdd(b, v, a11); c11 = Avx512F.FusedMultiplyAdd(d, v, c11); }
+        }
+        next = q;
+        const int a = 2 * Classes; // vectors between activations
+        p[0] = a0; p[Classes] = c0;
+        if (n > 1) { p[a] = a1; p[a + Classes] = c1; }
+        if (n > 2) { p[2 * a] = a2; p[2 * a + Classes] = c2; }
+        if (n > 3) { p[3 * a] = a3; p[3 * a + Classes] = c3; }
+        if (n > 4) { p[4 * a] = a4; p[4 * a + Classes] = c4; }
+        if (n > 5) { p[5 * a] = a5; p[5 * a + Classes] = c5; }
+        if (n > 6) { p[6 * a] = a6; p[6 * a + Classes] = c6; }
+        if (n > 7) { p[7 * a] = a7; p[7 * a + Classes] = c7; }
+        if (n > 8) { p[8 * a] = a8; p[8 * a + Classes] = c8; }
+        if (n > 9) { p[9 * a] = a9; p[9 * a + Classes] = c9; }
+        if (n > 10) { p[10 * a] = a10; p[10 * a + Classes] = c10; }
+        if (n > 11) { p[11 * a] = a11; p[11 * a + Classes] = c11; }
+    }
+
+    /// <summary>Each of the n activations' two vectors of results: its 16 classes added in TileGemm's lane tree (<see cref="PanelGemm"/>'s Combine).</summary>
+    static void Combine(Vector512<float>* parked, int n, int rows, float* ys, int ldy)
+    {
+        for (int i = 0; i < n; i++)
+            for (int half = 0; half < 2; half++)
+            {
+                int count = Math.Min(Classes, rows - half * Classes);
+                if (count > 0) PanelGemm.CombineClasses(parked + (2 * i + half) * Classes, count, ys + (long)i * ldy + half * Classes);
+            }
+    }
+}

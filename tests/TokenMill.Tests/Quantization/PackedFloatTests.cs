@@ -1,0 +1,176 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using CsCheck;
+using TokenMill.Models.Gguf;
+using TokenMill.Quantization;
+
+namespace TokenMill.Tests.Quantization;
+
+/// <summary>
+/// <see cref="PackedFloat"/>, F32 and F16 weights repacked for batched decode's outer-product kernel: its results must
+/// be <see cref="TileGemm"/>'s bits (through <see cref="QuantizedDot.MatMulRowRange"/>) for every weight and activation
+/// row — F16 from its halves as they are and from its lifted copy — over activation counts at the block edges (12, 13,
+/// a lone last row), a partial last tile, work items of one to several tiles, activation strides wider than a row, and
+/// rows past TileGemm's 1024-column panel.
+/// </summary>
+public unsafe class PackedFloatTests
+{
+    /// <summary>The three ways the tiles hold weights: F32, F16 halves, F16 halves lifted (<see cref="LiftedF16"/>).</summary>
+    public enum Form { F32, F16, LiftedF16 }
+
+    [SkippableTheory]
+    [InlineData(Form.F32)]
+    [InlineData(Form.F16)]
+    [InlineData(Form.LiftedF16)]
+    public void Results_are_the_tile_kernels_bits(Form form)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        var rng = new Random(307 + (int)form);
+        foreach (int cols in new[] { 16, 48, 1040, 2064 })
+        {
+            const int rows = 75; // two whole tiles and a partial one
+            var w = Weights(form, rows * cols, rng);
+            foreach (int n in new[] { 1, 2, 5, 12, 13, 25, 32, 37, 64 })
+                foreach (int ldx in new[] { cols, cols + 16 })
+                {
+                    var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
+                    var expected = Tiled(form, w, rows, cols, xs, ldx, n);
+                    var actual = Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1);
+                    AssertSameBits(expected, actual, $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}");
+                }
+        }
+    }
+
+    /// <summary>
+    /// Property: for any form, shape (columns a multiple of 16), activation count and stride, and size of work items
+    /// (whole tiles), the packed product is the tile kernel's, bit for bit.
+    /// </summary>
+    [SkippableFact]
+    public void Any_shape_and_split_gives_the_tile_kernels_bits()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        Gen.Select(Gen.Int[0, 2], Gen.Int[1, 40], Gen.Int[1, 100], Gen.Int[1, PackedFloat.MaxActivations], Gen.Int[0, 3], Gen.Int[1, 3], Gen.Int[0, int.MaxValue]).Sample((f, vectors, rows, n, pad, tiles, seed) =>
+        {
+            var form = (Form)f;
+            int cols = 16 * vectors, ldx = cols + 16 * pad;
+            var rng = new Random(seed);
+            var w = Weights(form, rows * cols, rng);
+            var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
+            var expected = Tiled(form, w, rows, cols, xs, ldx, n);
+            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles);
+            for (int i = 0; i < expected.Length; i++)
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                    return false;
+            return true;
+        }, iter: 60);
+    }
+
+    [SkippableFact]
+    public void Special_f32_values_give_the_tile_kernels_results()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        var rng = new Random(11);
+        const int rows = 40, cols = 64, n = 9;
+        float[] specials = [float.PositiveInfinity, float.NegativeInfinity, float.NaN, float.Epsilon, -0f, 0f, float.MaxValue, 1e-40f];
+        var w = RandomBlocks.Floats(rng, rows * cols);
+        for (int k = 0; k < w.Length; k++)
+            if (rng.Next(8) == 0) w[k] = specials[rng.Next(specials.Length)];
+        var bytes = MemoryMarshal.AsBytes(w.AsSpan()).ToArray();
+        var xs = RandomBlocks.Floats(rng, n * cols);
+        var expected = Tiled(Form.F32, bytes, rows, cols, xs, cols, n);
+        var actual = Packed(Form.F32, bytes, rows, cols, xs, cols, n, tilesPerItem: 2);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]) || float.IsNaN(expected[i]) && float.IsNaN(actual[i]),
+                $"activation {i / rows}, row {i % rows}: {actual[i]} packed, {expected[i]} tiled");
+        Assert.Contains(actual, float.IsNaN);
+    }
+
+    /// <summary>F16 subnormals, signed zeros and the largest halves, as they are and lifted: the tile kernel's bits.</summary>
+    [SkippableTheory]
+    [InlineData(Form.F16)]
+    [InlineData(Form.LiftedF16)]
+    public void Subnormal_and_extreme_halves_give_the_tile_kernels_bits(Form form)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        var rng = new Random(13);
+        const int rows = 33, cols = 96, n = 14;
+        // 63.97 is the largest half a lifted matrix may hold; 65504 only the plain form.
+        ushort[] specials = [0x0001, 0x83FF, 0x0000, 0x8000, 0x53FF, 0xD3FF, form == Form.F16 ? (ushort)0x7BFF : (ushort)0x0200];
+        var halves = new ushort[rows * cols];
+        for (int k = 0; k < halves.Length; k++)
+            halves[k] = rng.Next(4) == 0 ? specials[rng.Next(specials.Length)] : BitConverter.HalfToUInt16Bits((Half)RandomBlocks.Gaussian(rng));
+        var w = MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
+        var xs = RandomBlocks.Floats(rng, n * cols);
+        AssertSameBits(Tiled(form, w, rows, cols, xs, cols, n), Packed(form, w, rows, cols, xs, cols, n, tilesPerItem: 1), $"{form} with special halves");
+    }
+
+    [SkippableFact]
+    public void Shapes_it_cannot_take_are_refused_with_the_reason()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        Assert.False(PackedFloat.Supports(32, 40));
+        Assert.False(PackedFloat.Supports(0, 64));
+        Assert.True(PackedFloat.Supports(33, 64));
+        Assert.Equal(64L * 64 * 2, PackedFloat.Bytes(33, 64, sizeof(ushort)));
+        var w = new float[64 * 64];
+        fixed (float* p = w)
+        {
+            var packed = PackedFloat.Pack(p, 64, 64, 64);
+            var ex = Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(16, 16, null, 1, null, 64, null));
+            Assert.Contains("tiles of 32", ex.Message);
+            ex = Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(0, 32, null, PackedFloat.MaxActivations + 1, null, 64, null));
+            Assert.Contains("1 to 64", ex.Message);
+            ex = Assert.Throws<ArgumentOutOfRangeException>(() => packed.Multiply(32, 64, null, 1, null, 64, null));
+            Assert.Contains("[32, 96) of 64", ex.Message);
+        }
+        var bad = Assert.Throws<NotSupportedException>(() =>
+        {
+            fixed (float* p = w) PackedFloat.Pack(p, 40, 64, 40);
+        });
+        Assert.Contains("64 × 40", bad.Message);
+    }
+
+    /// <summary>Random weights of the form, as the bytes of an F32 or F16 matrix (lifted ones liftable: |w| &lt; 64).</summary>
+    static byte[] Weights(Form form, int count, Random rng) =>
+        form == Form.F32 ? MemoryMarshal.AsBytes(RandomBlocks.Floats(rng, count).AsSpan()).ToArray() : RandomBlocks.Row(GgmlType.F16, count, rng);
+
+    static float[] Tiled(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n)
+    {
+        var ys = new float[n * rows];
+        QuantizedDot.MatMulRowRange(form == Form.F32 ? GgmlType.F32 : GgmlType.F16, w, rows, cols, 0, rows, xs, n, ys, new float[rows * cols], ldx: ldx);
+        return ys;
+    }
+
+    /// <summary>The product as CpuForward runs it: activations packed block by block, then work items of whole tiles, each asking for the next.</summary>
+    static float[] Packed(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n, int tilesPerItem)
+    {
+        var ys = new float[n * rows];
+        var packedX = new float[PackedFloat.ActivationFloats(n, cols)];
+        var sums = new float[PackedFloat.PartialVectors * 16 + 16];
+        int item = tilesPerItem * PackedFloat.TileRows;
+        byte[] source = w;
+        if (form == Form.LiftedF16)
+        {
+            var lifted = new ushort[rows * cols];
+            Assert.True(LiftedF16.LiftRow(MemoryMarshal.Cast<byte, ushort>(w.AsSpan()), lifted), "the test's halves lift");
+            source = MemoryMarshal.AsBytes(lifted.AsSpan()).ToArray();
+        }
+        fixed (byte* pw = source)
+        fixed (float* x = xs, px = packedX, y = ys, s = sums)
+        {
+            var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);
+            var aligned = (Vector512<float>*)(((nint)s + 63) & ~(nint)63);
+            for (int b = 0; b < PackedFloat.Blocks(n); b++) PackedFloat.PackActivations(x, ldx, n, cols, b, px);
+            for (int r0 = 0; r0 < rows; r0 += item)
+                packed.Multiply(r0, Math.Min(item, rows - r0), px, n, y, rows, aligned, aheadRow: r0 + 2 * item);
+        }
+        return ys;
+    }
+
+    static void AssertSameBits(float[] expected, float[] actual, string what)
+    {
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                $"{what}, element {i}: {actual[i]} packed, {expected[i]} tiled");
+    }
+}
