@@ -167,22 +167,43 @@ internal sealed unsafe class PackedFloat
     }
 
     /// <summary>
+    /// The power of two that lets the kernel read this matrix's halves unrebiased (<see cref="F16UnrebiasedRows"/>:
+    /// w·2^−112, or w·2^−102 for lifted halves) when <see cref="PackActivations"/> scaled the activations by it: 112 or
+    /// 102; 0 for F32 tiles.
+    /// </summary>
+    public int ActivationScale => _halves switch { Halves.Plain => 112, Halves.Lifted => 112 - LiftedF16.Lift, _ => 0 };
+
+    /// <summary>
     /// Block <paramref name="block"/> of the n activation rows of xs (<paramref name="ldx"/> apart) into its class-major
     /// panel at packed + 16·cols·block: for class j and step m, its rows' column 16m + j, 16 floats a step (zeros past
-    /// the block's rows).
+    /// the block's rows), times 2^<paramref name="scale"/> (an <see cref="ActivationScale"/>, exact). False, with the
+    /// panel unspecified, where some scaled value would overflow (|x| ≥ 2^(128 − scale)) or is infinite or NaN.
     /// </summary>
-    public static void PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed)
+    public static bool PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed, int scale = 0)
     {
         var (first, size) = Block(n, block);
         int steps = cols / Classes;
         float* panel = packed + (long)block * BlockStride * cols;
         Vector512<float>* v = stackalloc Vector512<float>[Classes];
         for (int i = size; i < Classes; i++) v[i] = default;
+        var factor = Vector512.Create(MathF.ScaleB(1f, scale));
+        var limit = Vector512.Create((255 - scale) << 23); // 2^(128 − scale); infinities and NaNs compare above it too
+        var large = Vector512<int>.Zero;
         for (int m = 0; m < steps; m++)
         {
-            for (int i = 0; i < size; i++) v[i] = Avx512F.LoadVector512(xs + (first + i) * ldx + (long)m * Classes);
+            for (int i = 0; i < size; i++)
+            {
+                var x = Avx512F.LoadVector512(xs + (first + i) * ldx + (long)m * Classes);
+                if (scale != 0)
+                {
+                    large |= Vector512.GreaterThanOrEqual(x.AsInt32() & Vector512.Create(0x7FFFFFFF), limit);
+                    x *= factor;
+                }
+                v[i] = x;
+            }
             PanelGemm.TransposeStore(v, panel + (long)m * BlockStride, (long)steps * BlockStride);
         }
+        return large == Vector512<int>.Zero;
     }
 
     /// <summary>
@@ -190,14 +211,18 @@ internal sealed unsafe class PackedFloat
     /// 32) and the n activations packed by <see cref="PackActivations"/>. <paramref name="parked"/> holds
     /// <see cref="PartialVectors"/> (the caller's per-worker scratch). Rows from <paramref name="aheadRow"/> on (the
     /// caller's likely next item, a multiple of 32; -1 for none) are asked into L2 while the last class of the last tile runs.
+    /// With <paramref name="scaled"/> the activations were packed times 2^<see cref="ActivationScale"/> and halves are read
+    /// unrebiased, which saves the kernel two multiplies a step on the FMA ports; every sum stays the same bits.
     /// </summary>
-    public void Multiply(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow = -1)
+    public void Multiply(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow = -1, bool scaled = false)
     {
         if (r0 % TileRows != 0 || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(r0), $"PackedFloat.Multiply: rows [{r0}, {r0 + count}) of {RowCount} (tiles of {TileRows})");
         if (n is < 1 or > MaxActivations) throw new ArgumentOutOfRangeException(nameof(n), $"PackedFloat.Multiply: {n} activation rows, 1 to {MaxActivations}");
+        if (scaled && _halves == Halves.None) throw new ArgumentException("PackedFloat.Multiply: F32 tiles take activations as they are", nameof(scaled));
         switch (_halves)
         {
+            case Halves.Plain or Halves.Lifted when scaled: Multiply<UnrebiasedTile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.None: Multiply<F32Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.Plain: Multiply<F16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.Lifted: Multiply<LiftedF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
@@ -245,6 +270,16 @@ internal sealed unsafe class PackedFloat
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> High(byte* step) => Avx512F.LoadVector512((float*)step + 16);
+    }
+
+    /// <summary>Finite halves against activations times 2^112 (or lifted ones against 2^102): <see cref="F16UnrebiasedRows"/> as it is.</summary>
+    readonly struct UnrebiasedTile : ITileWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low(byte* step) => F16UnrebiasedRows.Load(step, 0);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High(byte* step) => F16UnrebiasedRows.Load(step, 16);
     }
 
     /// <summary>Finite halves: <see cref="F16UnrebiasedRows"/>'s two integer steps, then × 2^112 — the exact f32 (<see cref="FiniteHalves"/>).</summary>

@@ -34,9 +34,10 @@ public class PanelGemmForwardTests
     /// of the same steps through <see cref="TileGemm"/>.
     /// </summary>
     [SkippableTheory]
-    [InlineData(GgmlType.F32)]
-    [InlineData(GgmlType.F16)]
-    public void Packed_tiles_give_the_tile_kernels_logits(GgmlType type)
+    [InlineData(GgmlType.F32, true)]
+    [InlineData(GgmlType.F16, true)]
+    [InlineData(GgmlType.F16, false)]
+    public void Packed_tiles_give_the_tile_kernels_logits(GgmlType type, bool unrebiased)
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
         using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
@@ -44,7 +45,7 @@ public class PanelGemmForwardTests
         // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three; a lone row through the one-row kernel.
         int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33], Enumerable.Range(34, 12).ToArray(), Enumerable.Range(46, 13).ToArray(), [59]];
         var tiled = ForwardSteps.Logits(model, pool, f => f.FloatTiles = false, steps, maxBatchTokens: 32, contextTokens: 64);
-        var packed = ForwardSteps.Logits(model, pool, f => f.FloatTiles = true, steps, maxBatchTokens: 32, contextTokens: 64);
-        ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 2, 12, 13 and 1 tokens");
+        var packed = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.UnrebiasedHalves) = (true, unrebiased), steps, maxBatchTokens: 32, contextTokens: 64);
+        ForwardSteps.AssertSameBits(tiled, packed, $"{type}{(unrebiased ? "" : ", halves rebiased")}, chunks of 30, 1, 2, 12, 13 and 1 tokens");
     }
 }

@@ -9,7 +9,7 @@ namespace TokenMill.Tests.Quantization;
 /// <summary>
 /// <see cref="PackedFloat"/>, F32 and F16 weights repacked for batched decode's outer-product kernel: its results must
 /// be <see cref="TileGemm"/>'s bits (through <see cref="QuantizedDot.MatMulRowRange"/>) for every weight and activation
-/// row — F16 from its halves as they are and from its lifted copy — over activation counts at the block edges (12, 13,
+/// row — F16 from its halves as they are and from its lifted copy, rebiased or against scaled activations — over activation counts at the block edges (12, 13,
 /// a lone last row), a partial last tile, work items of one to several tiles, activation strides wider than a row, and
 /// rows past TileGemm's 1024-column panel.
 /// </summary>
@@ -26,7 +26,7 @@ public unsafe class PackedFloatTests
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
         var rng = new Random(307 + (int)form);
-        foreach (int cols in new[] { 16, 48, 1040, 2064 })
+        foreach (int cols in new[] { 16, 48, 1040, 2064, 4112 })
         {
             const int rows = 75; // two whole tiles and a partial one
             var w = Weights(form, rows * cols, rng);
@@ -35,8 +35,9 @@ public unsafe class PackedFloatTests
                 {
                     var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
                     var expected = Tiled(form, w, rows, cols, xs, ldx, n);
-                    var actual = Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1);
-                    AssertSameBits(expected, actual, $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}");
+                    AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1), $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}");
+                    if (form != Form.F32)
+                        AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1, scaled: true), $"{form} read unrebiased [{rows}×{cols}], n = {n}, ldx = {ldx}");
                 }
         }
     }
@@ -57,7 +58,7 @@ public unsafe class PackedFloatTests
             var w = Weights(form, rows * cols, rng);
             var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
             var expected = Tiled(form, w, rows, cols, xs, ldx, n);
-            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles);
+            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form != Form.F32 && seed % 2 == 0);
             for (int i = 0; i < expected.Length; i++)
                 if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
                     return false;
@@ -101,7 +102,47 @@ public unsafe class PackedFloatTests
             halves[k] = rng.Next(4) == 0 ? specials[rng.Next(specials.Length)] : BitConverter.HalfToUInt16Bits((Half)RandomBlocks.Gaussian(rng));
         var w = MemoryMarshal.AsBytes(halves.AsSpan()).ToArray();
         var xs = RandomBlocks.Floats(rng, n * cols);
-        AssertSameBits(Tiled(form, w, rows, cols, xs, cols, n), Packed(form, w, rows, cols, xs, cols, n, tilesPerItem: 1), $"{form} with special halves");
+        var expected = Tiled(form, w, rows, cols, xs, cols, n);
+        AssertSameBits(expected, Packed(form, w, rows, cols, xs, cols, n, tilesPerItem: 1), $"{form} with special halves");
+        AssertSameBits(expected, Packed(form, w, rows, cols, xs, cols, n, tilesPerItem: 1, scaled: true), $"{form} with special halves, read unrebiased");
+    }
+
+    /// <summary>
+    /// Scaled activations must stay finite: one at the limit (2^16 for plain halves, 2^26 for lifted ones), infinite or NaN
+    /// makes <see cref="PackedFloat.PackActivations"/> say no, and one just below it passes.
+    /// </summary>
+    [SkippableTheory]
+    [InlineData(112, 65536f)]
+    [InlineData(102, 67108864f)]
+    public void Activations_that_would_overflow_scaled_are_refused(int scale, float limit)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        const int n = 3, cols = 32;
+        var packed = new float[PackedFloat.ActivationFloats(n, cols)];
+        foreach (var (value, fits) in new[] { (limit, false), (-limit, false), (float.PositiveInfinity, false), (float.NaN, false), (BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(limit) - 1), true), (-1e-40f, true) })
+        {
+            var xs = new float[n * cols];
+            xs[2 * cols + 17] = value;
+            fixed (float* x = xs, p = packed)
+            {
+                Assert.Equal(fits, PackedFloat.PackActivations(x, cols, n, cols, 0, p, scale));
+                Assert.True(PackedFloat.PackActivations(x, cols, n, cols, 0, p), "unscaled activations are always taken");
+            }
+        }
+    }
+
+    [SkippableFact]
+    public void F32_tiles_refuse_scaled_activations()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        var w = new float[32 * 16];
+        fixed (float* p = w)
+        {
+            var packed = PackedFloat.Pack(p, 16, 32, 16);
+            Assert.Equal(0, packed.ActivationScale);
+            var ex = Assert.Throws<ArgumentException>(() => packed.Multiply(0, 32, null, 1, null, 32, null, scaled: true));
+            Assert.Contains("F32 tiles take activations as they are", ex.Message);
+        }
     }
 
     [SkippableFact]
@@ -142,7 +183,7 @@ public unsafe class PackedFloatTests
     }
 
     /// <summary>The product as CpuForward runs it: activations packed block by block, then work items of whole tiles, each asking for the next.</summary>
-    static float[] Packed(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n, int tilesPerItem)
+    static float[] Packed(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n, int tilesPerItem, bool scaled = false)
     {
         var ys = new float[n * rows];
         var packedX = new float[PackedFloat.ActivationFloats(n, cols)];
@@ -160,9 +201,11 @@ public unsafe class PackedFloatTests
         {
             var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);
             var aligned = (Vector512<float>*)(((nint)s + 63) & ~(nint)63);
-            for (int b = 0; b < PackedFloat.Blocks(n); b++) PackedFloat.PackActivations(x, ldx, n, cols, b, px);
+            Assert.Equal(form switch { Form.F16 => 112, Form.LiftedF16 => 102, _ => 0 }, packed.ActivationScale);
+            for (int b = 0; b < PackedFloat.Blocks(n); b++)
+                Assert.True(PackedFloat.PackActivations(x, ldx, n, cols, b, px, scaled ? packed.ActivationScale : 0), "the test's activations scale");
             for (int r0 = 0; r0 < rows; r0 += item)
-                packed.Multiply(r0, Math.Min(item, rows - r0), px, n, y, rows, aligned, aheadRow: r0 + 2 * item);
+                packed.Multiply(r0, Math.Min(item, rows - r0), px, n, y, rows, aligned, aheadRow: r0 + 2 * item, scaled: scaled);
         }
         return ys;
     }

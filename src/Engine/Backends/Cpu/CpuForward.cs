@@ -734,8 +734,10 @@ public sealed unsafe class CpuForward : IDisposable
     bool _scaleHalf, _unscalable, _liftHalf;
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
     bool _panel;
-    // Whether the call's products (all F32 or F16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels.
+    // Whether the call's products (all F32 or F16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels;
+    // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0.
     bool _floatTiles;
+    int _tileScale;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -756,6 +758,10 @@ public sealed unsafe class CpuForward : IDisposable
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
         _floatTiles = !_panel && FloatTiles && _xPanels != null && n >= TiledMinRows && n <= PackedFloat.MaxActivations
             && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
+        // Half tiles read unrebiased where every product's halves take the same activation scale (and UnrebiasedHalves).
+        _tileScale = !_floatTiles || !UnrebiasedHalves ? 0 : TilesOf(w0)!.ActivationScale;
+        if (w1 is not null && _floatTiles && TilesOf(w1)!.ActivationScale != _tileScale) _tileScale = 0;
+        if (w2 is not null && _floatTiles && TilesOf(w2)!.ActivationScale != _tileScale) _tileScale = 0;
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
@@ -781,7 +787,16 @@ public sealed unsafe class CpuForward : IDisposable
             }
         }
         if (_panel) _pool.For(PanelGemm.Blocks(n), _panelBody);
-        if (_floatTiles) _pool.For(PackedFloat.Blocks(n), _tileBody);
+        if (_floatTiles)
+        {
+            _unscalable = false;
+            _pool.For(PackedFloat.Blocks(n), _tileBody);
+            if (_unscalable)
+            {
+                _tileScale = 0; // some activation would overflow scaled: pack them as they are, read the halves rebiased
+                _pool.For(PackedFloat.Blocks(n), _tileBody);
+            }
+        }
         if (integer)
         {
             if (n >= 4) _pool.For(n, _quantizeBody);
@@ -826,7 +841,10 @@ public sealed unsafe class CpuForward : IDisposable
     void PackPanel(int block, int worker) => PanelGemm.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels);
 
     /// <summary>Activation block <paramref name="block"/> of the current product into _xPanels, as <see cref="PackedFloat"/> reads it.</summary>
-    void PackTileBlock(int block, int worker) => PackedFloat.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels);
+    void PackTileBlock(int block, int worker)
+    {
+        if (!PackedFloat.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels, _tileScale)) _unscalable = true;
+    }
 
     /// <summary>
     /// <paramref name="w"/>'s <see cref="PackedFloat"/> tiles: an F32 matrix that did not narrow, or a finite F16 one,
@@ -899,7 +917,8 @@ public sealed unsafe class CpuForward : IDisposable
         {
             // Work items go out in order to whichever worker is free: this worker's next is most likely ThreadCount items on.
             TilesOf(w)!.Multiply((int)r0, (int)(r1 - r0), _xPanels, _mmN, y, (int)rows,
-                (System.Runtime.Intrinsics.Vector512<float>*)(_tileSums + (long)worker * PackedFloat.PartialVectors * 16), (int)(r0 + (long)chunkRows * _pool.ThreadCount));
+                (System.Runtime.Intrinsics.Vector512<float>*)(_tileSums + (long)worker * PackedFloat.PartialVectors * 16), (int)(r0 + (long)chunkRows * _pool.ThreadCount),
+                scaled: _tileScale != 0);
             return;
         }
         bool integer = IsInteger(w);
