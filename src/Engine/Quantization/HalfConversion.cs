@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.Quantization;
 
@@ -143,7 +144,7 @@ internal sealed class HalfRange
                 if (Finite && PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns, sizeof(ushort))))
                 {
                     bool lift = LiftedF16.SubnormalsAreSlow && Liftable;
-                    unsafe { _tiles = PackedFloat.PackHalves(lift ? Lifted(w)!.Data : w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }
+                    unsafe { _tiles = PackedFloat.PackHalves(GgmlType.F16, lift ? Lifted(w)!.Data : w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }
                 }
                 Volatile.Write(ref _tilesMade, true);
             }

@@ -1,16 +1,17 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
+using TokenMill.Models.Gguf;
 
 namespace TokenMill.Quantization;
 
 /// <summary>
-/// An F32 or F16 matrix repacked once, at load, for batched decode (2 to <see cref="MaxActivations"/> activation rows):
+/// An F32, F16 or BF16 matrix repacked once, at load, for batched decode (2 to <see cref="MaxActivations"/> activation rows):
 /// the outer-product microkernel of <see cref="PanelGemm"/> on tiles of 32 weight rows, two vectors a column, against
 /// blocks of up to 12 activations broadcast from memory — 24 fused multiply-adds for 2 vector loads and 12 broadcasts,
 /// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits.
 /// F16 tiles keep the halves (finite ones; on Intel the matrix's <see cref="LiftedF16"/> copy, free of subnormals) and
-/// widen each to its exact f32 value as the kernel loads it, two vectors a step for 24 multiply-adds.
+/// widen each to its exact f32 value as the kernel loads it, two vectors a step for 24 multiply-adds; BF16 tiles too.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -55,8 +56,8 @@ internal sealed unsafe class PackedFloat
     readonly byte* _tiles;
     readonly Halves _halves;
 
-    /// <summary>How the tiles hold their weights: f32, or f16 bits widened times 2^112, or lifted ones (w·2^10) times 2^102.</summary>
-    enum Halves { None, Plain, Lifted }
+    /// <summary>How the tiles hold their weights: f32; f16 bits widened times 2^112, or lifted ones (w·2^10) times 2^102; bf16 bits, shifted.</summary>
+    enum Halves { None, Plain, Lifted, Brain }
 
     PackedFloat(byte[] data, int rows, int columns, Halves halves)
     {
@@ -94,12 +95,14 @@ internal sealed unsafe class PackedFloat
     }
 
     /// <summary>
-    /// Repacks a row-major F16 matrix that holds no infinity or NaN (rows <paramref name="rowBytes"/> apart): its halves
-    /// as they are, or, with <paramref name="lifted"/>, its <see cref="LiftedF16"/> copy's.
+    /// Repacks a row-major F16 matrix that holds no infinity or NaN, or a BF16 one (rows <paramref name="rowBytes"/>
+    /// apart): its halves as they are, or, with <paramref name="lifted"/>, an F16 matrix's <see cref="LiftedF16"/> copy's.
     /// </summary>
-    public static PackedFloat PackHalves(byte* w, long rowBytes, int rows, int columns, bool lifted)
+    public static PackedFloat PackHalves(GgmlType type, byte* w, long rowBytes, int rows, int columns, bool lifted = false)
     {
-        var packed = Allocate(rows, columns, lifted ? Halves.Lifted : Halves.Plain);
+        if (type is not (GgmlType.F16 or GgmlType.BF16) || lifted && type != GgmlType.F16)
+            throw new ArgumentException($"PackedFloat.PackHalves: {(lifted ? "lifted " : "")}{type} weights are not 16-bit floats it packs", nameof(type));
+        var packed = Allocate(rows, columns, type == GgmlType.BF16 ? Halves.Brain : lifted ? Halves.Lifted : Halves.Plain);
         byte* tiles = packed._tiles;
         // Each tile's halves widened to 32-bit lanes, transposed as F32's are, then narrowed back.
         Parallel.For(0, (rows + TileRows - 1) / TileRows, () => new float[TileRows * columns], (t, _, wide) =>
@@ -219,13 +222,14 @@ internal sealed unsafe class PackedFloat
         if (r0 % TileRows != 0 || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(r0), $"PackedFloat.Multiply: rows [{r0}, {r0 + count}) of {RowCount} (tiles of {TileRows})");
         if (n is < 1 or > MaxActivations) throw new ArgumentOutOfRangeException(nameof(n), $"PackedFloat.Multiply: {n} activation rows, 1 to {MaxActivations}");
-        if (scaled && _halves == Halves.None) throw new ArgumentException("PackedFloat.Multiply: F32 tiles take activations as they are", nameof(scaled));
+        if (scaled && ActivationScale == 0) throw new ArgumentException($"PackedFloat.Multiply: {(_halves == Halves.None ? "F32" : "BF16")} tiles take activations as they are", nameof(scaled));
         switch (_halves)
         {
             case Halves.Plain or Halves.Lifted when scaled: Multiply<UnrebiasedTile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.None: Multiply<F32Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.Plain: Multiply<F16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
             case Halves.Lifted: Multiply<LiftedF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
+            case Halves.Brain: Multiply<BF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
         }
     }
 
@@ -270,6 +274,16 @@ internal sealed unsafe class PackedFloat
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> High(byte* step) => Avx512F.LoadVector512((float*)step + 16);
+    }
+
+    /// <summary>bf16 is the top half of an f32: <see cref="BF16Rows"/>'s shift.</summary>
+    readonly struct BF16Tile : ITileWeights
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Low(byte* step) => BF16Rows.Load(step, 0);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> High(byte* step) => BF16Rows.Load(step, 16);
     }
 
     /// <summary>Finite halves against activations times 2^112 (or lifted ones against 2^102): <see cref="F16UnrebiasedRows"/> as it is.</summary>

@@ -30,13 +30,14 @@ public class PanelGemmForwardTests
 
     /// <summary>
     /// Chunks of 2 to <see cref="PackedFloat.MaxActivations"/> rows multiply F32 weights that do not narrow (the dummy
-    /// model's full-precision values) and F16 ones on their <see cref="PackedFloat"/> tiles: the logits must be the bits
+    /// model's full-precision values), F16 and BF16 ones on their <see cref="PackedFloat"/> tiles: the logits must be the bits
     /// of the same steps through <see cref="TileGemm"/>.
     /// </summary>
     [SkippableTheory]
     [InlineData(GgmlType.F32, true)]
     [InlineData(GgmlType.F16, true)]
     [InlineData(GgmlType.F16, false)]
+    [InlineData(GgmlType.BF16, true)]
     public void Packed_tiles_give_the_tile_kernels_logits(GgmlType type, bool unrebiased)
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");

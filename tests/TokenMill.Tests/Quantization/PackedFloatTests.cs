@@ -7,7 +7,7 @@ using TokenMill.Quantization;
 namespace TokenMill.Tests.Quantization;
 
 /// <summary>
-/// <see cref="PackedFloat"/>, F32 and F16 weights repacked for batched decode's outer-product kernel: its results must
+/// <see cref="PackedFloat"/>, F32, F16 and BF16 weights repacked for batched decode's outer-product kernel: its results must
 /// be <see cref="TileGemm"/>'s bits (through <see cref="QuantizedDot.MatMulRowRange"/>) for every weight and activation
 /// row — F16 from its halves as they are and from its lifted copy, rebiased or against scaled activations — over activation counts at the block edges (12, 13,
 /// a lone last row), a partial last tile, work items of one to several tiles, activation strides wider than a row, and
@@ -15,13 +15,14 @@ namespace TokenMill.Tests.Quantization;
 /// </summary>
 public unsafe class PackedFloatTests
 {
-    /// <summary>The three ways the tiles hold weights: F32, F16 halves, F16 halves lifted (<see cref="LiftedF16"/>).</summary>
-    public enum Form { F32, F16, LiftedF16 }
+    /// <summary>The ways the tiles hold weights: F32, F16 halves, F16 halves lifted (<see cref="LiftedF16"/>), BF16.</summary>
+    public enum Form { F32, F16, LiftedF16, BF16 }
 
     [SkippableTheory]
     [InlineData(Form.F32)]
     [InlineData(Form.F16)]
     [InlineData(Form.LiftedF16)]
+    [InlineData(Form.BF16)]
     public void Results_are_the_tile_kernels_bits(Form form)
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
@@ -36,7 +37,7 @@ public unsafe class PackedFloatTests
                     var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
                     var expected = Tiled(form, w, rows, cols, xs, ldx, n);
                     AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1), $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}");
-                    if (form != Form.F32)
+                    if (form is Form.F16 or Form.LiftedF16)
                         AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1, scaled: true), $"{form} read unrebiased [{rows}×{cols}], n = {n}, ldx = {ldx}");
                 }
         }
@@ -50,7 +51,7 @@ public unsafe class PackedFloatTests
     public void Any_shape_and_split_gives_the_tile_kernels_bits()
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
-        Gen.Select(Gen.Int[0, 2], Gen.Int[1, 40], Gen.Int[1, 100], Gen.Int[1, PackedFloat.MaxActivations], Gen.Int[0, 3], Gen.Int[1, 3], Gen.Int[0, int.MaxValue]).Sample((f, vectors, rows, n, pad, tiles, seed) =>
+        Gen.Select(Gen.Int[0, 3], Gen.Int[1, 40], Gen.Int[1, 100], Gen.Int[1, PackedFloat.MaxActivations], Gen.Int[0, 3], Gen.Int[1, 3], Gen.Int[0, int.MaxValue]).Sample((f, vectors, rows, n, pad, tiles, seed) =>
         {
             var form = (Form)f;
             int cols = 16 * vectors, ldx = cols + 16 * pad;
@@ -58,7 +59,7 @@ public unsafe class PackedFloatTests
             var w = Weights(form, rows * cols, rng);
             var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
             var expected = Tiled(form, w, rows, cols, xs, ldx, n);
-            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form != Form.F32 && seed % 2 == 0);
+            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form is Form.F16 or Form.LiftedF16 && seed % 2 == 0);
             for (int i = 0; i < expected.Length; i++)
                 if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
                     return false;
@@ -132,7 +133,7 @@ public unsafe class PackedFloatTests
     }
 
     [SkippableFact]
-    public void F32_tiles_refuse_scaled_activations()
+    public void F32_and_bf16_tiles_refuse_scaled_activations_and_only_f16_lifts()
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
         var w = new float[32 * 16];
@@ -142,7 +143,15 @@ public unsafe class PackedFloatTests
             Assert.Equal(0, packed.ActivationScale);
             var ex = Assert.Throws<ArgumentException>(() => packed.Multiply(0, 32, null, 1, null, 32, null, scaled: true));
             Assert.Contains("F32 tiles take activations as they are", ex.Message);
+            var brain = PackedFloat.PackHalves(GgmlType.BF16, (byte*)p, 32, 32, 16);
+            Assert.Equal(0, brain.ActivationScale);
+            ex = Assert.Throws<ArgumentException>(() => brain.Multiply(0, 32, null, 1, null, 32, null, scaled: true));
+            Assert.Contains("BF16 tiles take activations as they are", ex.Message);
         }
+        var bad = Assert.Throws<ArgumentException>(() => { fixed (float* p = w) PackedFloat.PackHalves(GgmlType.BF16, (byte*)p, 32, 32, 16, lifted: true); });
+        Assert.Contains("lifted BF16", bad.Message);
+        bad = Assert.Throws<ArgumentException>(() => { fixed (float* p = w) PackedFloat.PackHalves(GgmlType.Q8_0, (byte*)p, 34, 32, 32); });
+        Assert.Contains("Q8_0 weights are not 16-bit floats", bad.Message);
     }
 
     [SkippableFact]
@@ -173,12 +182,14 @@ public unsafe class PackedFloatTests
 
     /// <summary>Random weights of the form, as the bytes of an F32 or F16 matrix (lifted ones liftable: |w| &lt; 64).</summary>
     static byte[] Weights(Form form, int count, Random rng) =>
-        form == Form.F32 ? MemoryMarshal.AsBytes(RandomBlocks.Floats(rng, count).AsSpan()).ToArray() : RandomBlocks.Row(GgmlType.F16, count, rng);
+        form == Form.F32 ? MemoryMarshal.AsBytes(RandomBlocks.Floats(rng, count).AsSpan()).ToArray() : RandomBlocks.Row(TypeOf(form), count, rng);
+
+    static GgmlType TypeOf(Form form) => form switch { Form.F32 => GgmlType.F32, Form.BF16 => GgmlType.BF16, _ => GgmlType.F16 };
 
     static float[] Tiled(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n)
     {
         var ys = new float[n * rows];
-        QuantizedDot.MatMulRowRange(form == Form.F32 ? GgmlType.F32 : GgmlType.F16, w, rows, cols, 0, rows, xs, n, ys, new float[rows * cols], ldx: ldx);
+        QuantizedDot.MatMulRowRange(TypeOf(form), w, rows, cols, 0, rows, xs, n, ys, new float[rows * cols], ldx: ldx);
         return ys;
     }
 
@@ -199,7 +210,7 @@ public unsafe class PackedFloatTests
         fixed (byte* pw = source)
         fixed (float* x = xs, px = packedX, y = ys, s = sums)
         {
-            var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);
+            var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(TypeOf(form), pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);
             var aligned = (Vector512<float>*)(((nint)s + 63) & ~(nint)63);
             Assert.Equal(form switch { Form.F16 => 112, Form.LiftedF16 => 102, _ => 0 }, packed.ActivationScale);
             for (int b = 0; b < PackedFloat.Blocks(n); b++)

@@ -99,9 +99,9 @@ public sealed unsafe class CpuForward : IDisposable
     internal int PanelMinRows { get; set; } = PanelGemm.MinRows;
 
     /// <summary>
-    /// Whether F32 and F16 products of 2 to <see cref="PackedFloat.MaxActivations"/> activation rows (batched decode) run
-    /// on the matrices' <see cref="PackedFloat"/> tiles (made at load for F32 matrices that do not narrow and for finite
-    /// F16 ones, where memory allows): the same bits as <see cref="TileGemm"/>; off only to compare.
+    /// Whether F32, F16 and BF16 products of 2 to <see cref="PackedFloat.MaxActivations"/> activation rows (batched decode)
+    /// run on the matrices' <see cref="PackedFloat"/> tiles (made at load for F32 matrices that do not narrow, finite F16
+    /// ones and BF16 ones, narrowed or not, where memory allows): the same bits as <see cref="TileGemm"/>; off only to compare.
     /// </summary>
     internal bool FloatTiles { get; set; } = true;
 
@@ -180,7 +180,7 @@ public sealed unsafe class CpuForward : IDisposable
 
     /// <summary>
     /// Repacks every Q4_0, Q8_0, Q4_K (and, without AVX-VNNI, Q6_K) matrix for its kernels now, scans each F16 one
-    /// (and lifts it where <see cref="LiftHalves"/>), and makes the F32 and finite F16 ones' <see cref="PackedFloat"/>
+    /// (and lifts it where <see cref="LiftHalves"/>), and makes the F32, finite F16 and BF16 ones' <see cref="PackedFloat"/>
     /// tiles on AVX-512 — once per model: the packed form is kept with the weight — so that the first step is not the
     /// one that pays for it.
     /// </summary>
@@ -193,7 +193,12 @@ public sealed unsafe class CpuForward : IDisposable
             else if (UsesPackedQ4K(w)) w.Packed(s_packQ4K);
             else if (UsesPackedQ6K(w)) w.Packed(s_packQ6K);
             else if (ScansF16(w)) ScanAndLift(w);
-            else if (CanNarrow(w) && Narrowed(w) is var n && ScansF16(n)) ScanAndLift(n);
+            else if (HasBF16Tiles(w)) w.Packed(s_bf16Tiles);
+            else if (CanNarrow(w) && Narrowed(w) is var n)
+            {
+                if (ScansF16(n)) ScanAndLift(n);
+                else if (HasBF16Tiles(n)) n.Packed(s_bf16Tiles);
+            }
         }
     }
 
@@ -734,7 +739,7 @@ public sealed unsafe class CpuForward : IDisposable
     bool _scaleHalf, _unscalable, _liftHalf;
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
     bool _panel;
-    // Whether the call's products (all F32 or F16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels;
+    // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels;
     // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0.
     bool _floatTiles;
     int _tileScale;
@@ -847,13 +852,27 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     /// <summary>
-    /// <paramref name="w"/>'s <see cref="PackedFloat"/> tiles: an F32 matrix that did not narrow, or a finite F16 one,
-    /// whose shape packs and for which memory allowed the copy; else null.
+    /// <paramref name="w"/>'s <see cref="PackedFloat"/> tiles: an F32 matrix that did not narrow, a finite F16 one or a
+    /// BF16 one, whose shape packs and for which memory allowed the copy; else null.
     /// </summary>
     static PackedFloat? TilesOf(WeightTensor w) =>
         w.Type == GgmlType.F32 && CanNarrow(w) ? w.Packed(s_narrowF32).Tiles
         : ScansF16(w) && TileGemm.IsSupported ? w.Packed(s_scanF16).Tiles(w)
+        : HasBF16Tiles(w) ? w.Packed(s_bf16Tiles).Tiles
         : null;
+
+    static bool HasBF16Tiles(WeightTensor w) => w.Type == GgmlType.BF16 && TileGemm.IsSupported && w.Rows * w.RowBytes <= int.MaxValue;
+
+    /// <summary>A BF16 matrix's <see cref="PackedFloat"/> tiles, or null where its shape or the memory left does not allow them.</summary>
+    sealed class BF16Tiles(PackedFloat? tiles)
+    {
+        public PackedFloat? Tiles { get; } = tiles;
+    }
+
+    static readonly Func<WeightTensor, BF16Tiles> s_bf16Tiles = w => new BF16Tiles(
+        PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns, sizeof(ushort)))
+            ? PackedFloat.PackHalves(GgmlType.BF16, w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns)
+            : null);
 
     void PadRows(int n)
     {
