@@ -318,36 +318,22 @@ internal sealed unsafe class PackedFloat
         public static Vector512<float> High(byte* step) => F16UnrebiasedRows.Load(step, 16) * Vector512.Create(Rebias);
     }
 
-    interface ICount { static abstract int Value { get; } }
-    struct C1 : ICount { public static int Value => 1; }
-    struct C2 : ICount { public static int Value => 2; }
-    struct C3 : ICount { public static int Value => 3; }
-    struct C4 : ICount { public static int Value => 4; }
-    struct C5 : ICount { public static int Value => 5; }
-    struct C6 : ICount { public static int Value => 6; }
-    struct C7 : ICount { public static int Value => 7; }
-    struct C8 : ICount { public static int Value => 8; }
-    struct C9 : ICount { public static int Value => 9; }
-    struct C10 : ICount { public static int Value => 10; }
-    struct C11 : ICount { public static int Value => 11; }
-    struct C12 : ICount { public static int Value => 12; }
-
     static void Sized<TW>(int size, byte* w, int steps, float* x, Vector512<float>* p, ref byte* next, byte* nextEnd, long stride) where TW : struct, ITileWeights
     {
         switch (size)
         {
-            case 12: Kernel<C12, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 11: Kernel<C11, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 10: Kernel<C10, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 9: Kernel<C9, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 8: Kernel<C8, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 7: Kernel<C7, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 6: Kernel<C6, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 5: Kernel<C5, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 4: Kernel<C4, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 3: Kernel<C3, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 2: Kernel<C2, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 1: Kernel<C1, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 12: Kernel<Twelve, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 11: Kernel<Eleven, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 10: Kernel<Ten, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 9: Kernel<Nine, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 8: Kernel<Eight, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 7: Kernel<Seven, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 6: Kernel<Six, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 5: Kernel<Five, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 4: Kernel<Four, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 3: Kernel<Three, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 2: Kernel<Two, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
+            case 1: Kernel<One, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
         }
     }
 

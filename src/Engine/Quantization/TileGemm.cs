@@ -74,14 +74,6 @@ internal static unsafe class TileGemm
     /// </summary>
     internal static bool InterleavesSmallBatches { get; set; } = true;
 
-    interface ICount { static abstract int Value { get; } }
-    struct One : ICount { public static int Value => 1; }
-    struct Two : ICount { public static int Value => 2; }
-    struct Three : ICount { public static int Value => 3; }
-    struct Four : ICount { public static int Value => 4; }
-    struct Five : ICount { public static int Value => 5; }
-    struct Six : ICount { public static int Value => 6; }
-
     /// <summary>
     /// ys[i·ldy + r] = Σ_k tile[r·cols + k]·xs[i·ldx + k] for r &lt; <paramref name="count"/>, i &lt; <paramref name="n"/>
     /// (<paramref name="ldx"/> ≥ cols). Callers check <see cref="IsSupported"/> and the extents. [<paramref name="ahead"/>, + <paramref name="aheadBytes"/>)

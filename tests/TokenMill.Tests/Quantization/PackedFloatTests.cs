@@ -180,6 +180,15 @@ public unsafe class PackedFloatTests
         Assert.Contains("64 × 40", bad.Message);
     }
 
+    [Fact]
+    public void A_copy_is_made_only_where_it_leaves_half_the_memory_left()
+    {
+        long available = TokenMill.Memory.SystemMemory.AvailableBytes();
+        Assert.True(PackedFloat.LeavesRoom(1 << 20), $"1 MiB with {available} bytes available");
+        Assert.False(PackedFloat.LeavesRoom(available), $"{available} bytes, all that is available");
+        Assert.False(PackedFloat.LeavesRoom(long.MaxValue / 4));
+    }
+
     /// <summary>Random weights of the form, as the bytes of an F32 or F16 matrix (lifted ones liftable: |w| &lt; 64).</summary>
     static byte[] Weights(Form form, int count, Random rng) =>
         form == Form.F32 ? MemoryMarshal.AsBytes(RandomBlocks.Floats(rng, count).AsSpan()).ToArray() : RandomBlocks.Row(TypeOf(form), count, rng);
