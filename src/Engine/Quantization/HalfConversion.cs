@@ -141,7 +141,7 @@ internal sealed class HalfRange
         {
             if (!_tilesMade)
             {
-                if (Finite && PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns, sizeof(ushort))))
+                if (Finite && PackedFloat.Packs(w.Rows, w.Columns, sizeof(ushort)))
                 {
                     bool lift = LiftedF16.SubnormalsAreSlow && Liftable;
                     unsafe { _tiles = PackedFloat.PackHalves(GgmlType.F16, lift ? Lifted(w)!.Data : w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }

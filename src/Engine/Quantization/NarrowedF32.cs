@@ -60,10 +60,10 @@ internal sealed unsafe class NarrowedF32
         return Unnarrowed(w);
     }
 
-    /// <summary>A matrix that does not narrow, with its <see cref="PackedFloat"/> tiles where the shape packs and memory allows (<see cref="PackedFloat.LeavesRoom"/>).</summary>
+    /// <summary>A matrix that does not narrow, with its <see cref="PackedFloat"/> tiles where the shape packs and memory allows (<see cref="PackedFloat.Packs"/>).</summary>
     static NarrowedF32 Unnarrowed(WeightTensor w)
     {
-        bool packs = PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns));
+        bool packs = PackedFloat.Packs(w.Rows, w.Columns, sizeof(float));
         return new(null, null, packs ? PackedFloat.Pack((float*)w.Data, w.Columns, checked((int)w.Rows), (int)w.Columns) : null);
     }
 

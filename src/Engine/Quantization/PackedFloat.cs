@@ -126,6 +126,9 @@ internal sealed unsafe class PackedFloat
     /// </summary>
     public static bool LeavesRoom(long bytes) => bytes <= Memory.SystemMemory.AvailableBytes() / 2;
 
+    /// <summary>Whether a matrix of this shape packs here (<see cref="Supports"/>) into a copy that <see cref="LeavesRoom"/>, at <paramref name="elementBytes"/> a weight.</summary>
+    public static bool Packs(long rows, long columns, int elementBytes) => Supports(rows, columns) && LeavesRoom(Bytes(rows, columns, elementBytes));
+
     static PackedFloat Allocate(int rows, int columns, Halves halves)
     {
         if (!Supports(rows, columns)) throw new NotSupportedException($"PackedFloat: a {rows} × {columns} matrix does not pack here");

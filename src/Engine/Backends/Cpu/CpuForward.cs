@@ -764,9 +764,8 @@ public sealed unsafe class CpuForward : IDisposable
         _floatTiles = !_panel && FloatTiles && _xPanels != null && n >= TiledMinRows && n <= PackedFloat.MaxActivations
             && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
         // Half tiles read unrebiased where every product's halves take the same activation scale (and UnrebiasedHalves).
-        _tileScale = !_floatTiles || !UnrebiasedHalves ? 0 : TilesOf(w0)!.ActivationScale;
-        if (w1 is not null && _floatTiles && TilesOf(w1)!.ActivationScale != _tileScale) _tileScale = 0;
-        if (w2 is not null && _floatTiles && TilesOf(w2)!.ActivationScale != _tileScale) _tileScale = 0;
+        _tileScale = _floatTiles && UnrebiasedHalves ? TilesOf(w0)!.ActivationScale : 0;
+        if (_tileScale != 0 && (w1 is not null && TilesOf(w1)!.ActivationScale != _tileScale || w2 is not null && TilesOf(w2)!.ActivationScale != _tileScale)) _tileScale = 0;
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
@@ -870,9 +869,7 @@ public sealed unsafe class CpuForward : IDisposable
     }
 
     static readonly Func<WeightTensor, BF16Tiles> s_bf16Tiles = w => new BF16Tiles(
-        PackedFloat.Supports(w.Rows, w.Columns) && PackedFloat.LeavesRoom(PackedFloat.Bytes(w.Rows, w.Columns, sizeof(ushort)))
-            ? PackedFloat.PackHalves(GgmlType.BF16, w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns)
-            : null);
+        PackedFloat.Packs(w.Rows, w.Columns, sizeof(ushort)) ? PackedFloat.PackHalves(GgmlType.BF16, w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns) : null);
 
     void PadRows(int n)
     {
