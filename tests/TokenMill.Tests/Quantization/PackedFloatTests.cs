@@ -60,10 +60,7 @@ public unsafe class PackedFloatTests
             var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
             var expected = Tiled(form, w, rows, cols, xs, ldx, n);
             var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form is Form.F16 or Form.LiftedF16 && seed % 2 == 0);
-            for (int i = 0; i < expected.Length; i++)
-                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
-                    return false;
-            return true;
+            return MemoryMarshal.AsBytes(expected.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(actual.AsSpan()));
         }, iter: 60);
     }
 

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using CsCheck;
 using TokenMill.Models.Gguf;
 using TokenMill.Quantization;
@@ -60,10 +61,7 @@ public unsafe class PanelGemmTests
             var expected = new float[n * rows];
             QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
             var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: 1 + rng.Next(Math.Min(rows, PanelGemm.ItemRows(cols))));
-            for (int i = 0; i < expected.Length; i++)
-                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
-                    return false;
-            return true;
+            return MemoryMarshal.AsBytes(expected.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(actual.AsSpan()));
         }, iter: 60);
     }
 
