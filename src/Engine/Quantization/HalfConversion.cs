@@ -130,9 +130,10 @@ internal sealed class HalfRange
     readonly Lock _tilesLock = new();
 
     /// <summary>
-    /// The matrix repacked for batched decode (<see cref="PackedFloat"/>), made on the first call: finite halves as
-    /// they are, or its lifted copy's where subnormals are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>) and it lifts;
-    /// null where it holds infinities or NaNs, or where its shape or the memory left does not allow the copy.
+    /// The matrix repacked for decode (<see cref="PackedFloat"/>), made on the first call: finite halves as they are,
+    /// or lifted a tile at a time where subnormals are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>) and it lifts
+    /// (no <see cref="Lifted"/> copy is made for it); null where it holds infinities or NaNs, or where its shape or the
+    /// memory left does not allow the copy.
     /// </summary>
     public PackedFloat? Tiles(Models.WeightTensor w)
     {
@@ -144,7 +145,7 @@ internal sealed class HalfRange
                 if (Finite && PackedFloat.Packs(w.Rows, w.Columns, sizeof(ushort)))
                 {
                     bool lift = LiftedF16.SubnormalsAreSlow && Liftable;
-                    unsafe { _tiles = PackedFloat.PackHalves(GgmlType.F16, lift ? Lifted(w)!.Data : w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }
+                    unsafe { _tiles = PackedFloat.PackHalves(GgmlType.F16, w.Data, w.RowBytes, checked((int)w.Rows), (int)w.Columns, lift); }
                 }
                 Volatile.Write(ref _tilesMade, true);
             }

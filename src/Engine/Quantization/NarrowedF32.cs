@@ -20,8 +20,8 @@ namespace TokenMill.Quantization;
 /// costs those rows; the full scan then stops at the first row that does not narrow.
 /// <para>
 /// A matrix that does not narrow is repacked instead into <see cref="PackedFloat"/>'s tiles, where its shape allows, for
-/// batched decode's outer-product kernel: a copy of the same size as the weights, which decode of one sequence and
-/// prefill do not read (they keep the rows in place).
+/// decode's outer-product kernel (one sequence or a batch): a copy of the same size as the weights, which prefill does
+/// not read (it keeps the rows in place).
 /// </para>
 /// </remarks>
 internal sealed unsafe class NarrowedF32

@@ -6,12 +6,14 @@ using TokenMill.Models.Gguf;
 namespace TokenMill.Quantization;
 
 /// <summary>
-/// An F32, F16 or BF16 matrix repacked once, at load, for batched decode (2 to <see cref="MaxActivations"/> activation rows):
+/// An F32, F16 or BF16 matrix repacked once, at load, for decode (1 to <see cref="MaxActivations"/> activation rows):
 /// the outer-product microkernel of <see cref="PanelGemm"/> on tiles of 32 weight rows, two vectors a column, against
 /// blocks of up to 12 activations broadcast from memory — 24 fused multiply-adds for 2 vector loads and 12 broadcasts,
-/// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits.
-/// F16 tiles keep the halves (finite ones; on Intel the matrix's <see cref="LiftedF16"/> copy, free of subnormals) and
-/// widen each to its exact f32 value as the kernel loads it, two vectors a step for 24 multiply-adds; BF16 tiles too.
+/// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits, a lone
+/// row's included (four classes at a time, eight chains of multiply-adds in flight), so a row's result is the same
+/// alone and in any batch. F16 tiles keep the halves (finite ones; on Intel lifted as <see cref="LiftedF16"/> lifts
+/// them, free of subnormals) and widen each to its exact f32 value as the kernel loads it, two vectors a step for 24
+/// multiply-adds; BF16 tiles too.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -96,7 +98,9 @@ internal sealed unsafe class PackedFloat
 
     /// <summary>
     /// Repacks a row-major F16 matrix that holds no infinity or NaN, or a BF16 one (rows <paramref name="rowBytes"/>
-    /// apart): its halves as they are, or, with <paramref name="lifted"/>, an F16 matrix's <see cref="LiftedF16"/> copy's.
+    /// apart): its halves as they are, or, with <paramref name="lifted"/>, an F16 matrix's halves lifted as
+    /// <see cref="LiftedF16"/> lifts them (times 2^10, exactly; every value below 64), a tile's rows at a time, so no
+    /// lifted copy of the whole matrix is made.
     /// </summary>
     public static PackedFloat PackHalves(GgmlType type, byte* w, long rowBytes, int rows, int columns, bool lifted = false)
     {
@@ -105,16 +109,28 @@ internal sealed unsafe class PackedFloat
         var packed = Allocate(rows, columns, type == GgmlType.BF16 ? Halves.Brain : lifted ? Halves.Lifted : Halves.Plain);
         byte* tiles = packed._tiles;
         // Each tile's halves widened to 32-bit lanes, transposed as F32's are, then narrowed back.
-        Parallel.For(0, (rows + TileRows - 1) / TileRows, () => new float[TileRows * columns], (t, _, wide) =>
+        Parallel.For(0, (rows + TileRows - 1) / TileRows, () => (new float[TileRows * columns], lifted ? new ushort[TileRows * columns] : null), (t, _, buffers) =>
         {
+            var (wide, lift) = buffers;
             fixed (float* scratch = wide)
+            fixed (ushort* liftedRows = lift)
             {
-                PackTile((float*)w, rowBytes, rows, columns, t, scratch, wideHalves: true);
+                byte* source = w;
+                long stride = rowBytes;
+                if (liftedRows != null)
+                {
+                    for (int r = 0; r < TileRows && (long)t * TileRows + r < rows; r++)
+                        if (!LiftedF16.LiftRow(new ReadOnlySpan<ushort>(w + ((long)t * TileRows + r) * rowBytes, columns), new Span<ushort>(liftedRows + (long)r * columns, columns)))
+                            throw new ArgumentException($"PackedFloat.PackHalves: row {(long)t * TileRows + r} holds a value of 64 or more, or inf or NaN: it does not lift", nameof(w));
+                    source = (byte*)liftedRows - (long)t * TileRows * columns * sizeof(ushort);
+                    stride = columns * sizeof(ushort);
+                }
+                PackTile((float*)source, stride, rows, columns, t, scratch, wideHalves: true);
                 ushort* to = (ushort*)(tiles + (long)t * TileRows * columns * sizeof(ushort));
                 int k = 0, count = TileRows * columns;
                 for (; k + 16 <= count; k += 16) Avx.Store(to + k, Avx512F.ConvertToVector256UInt16(Avx512F.LoadVector512((uint*)scratch + k)));
             }
-            return wide;
+            return buffers;
         }, _ => { });
         return packed;
     }
@@ -216,7 +232,8 @@ internal sealed unsafe class PackedFloat
     /// ys[i·ldy + r] = Σ_k w[r, k]·x[i, k] for r in [<paramref name="r0"/>, + <paramref name="count"/>) (r0 a multiple of
     /// 32) and the n activations packed by <see cref="PackActivations"/>. <paramref name="parked"/> holds
     /// <see cref="PartialVectors"/> (the caller's per-worker scratch). Rows from <paramref name="aheadRow"/> on (the
-    /// caller's likely next item, a multiple of 32; -1 for none) are asked into L2 while the last class of the last tile runs.
+    /// caller's likely next item, a multiple of 32; -1 for none) are asked into L2 while the last class of the last tile runs
+    /// (with one activation, the last four classes).
     /// With <paramref name="scaled"/> the activations were packed times 2^<see cref="ActivationScale"/> and halves are read
     /// unrebiased, which saves the kernel two multiplies a step on the FMA ports; every sum stays the same bits.
     /// </summary>
@@ -248,6 +265,18 @@ internal sealed unsafe class PackedFloat
         {
             byte* tile = _tiles + r / TileRows * tileBytes;
             byte* following = r + TileRows < r0 + count ? tile + tileBytes : ahead;
+            if (n == 1)
+            {
+                // One row: four classes at a time, eight chains in flight; the next four classes (the next tile's
+                // first four at the end) asked into L2 meanwhile, a quarter of a step's bytes each step.
+                for (int j = 0; j < Classes; j += 4)
+                {
+                    byte* next = j + 4 < Classes ? tile + (j + 4) * classBytes : following;
+                    OneRow<TW>(tile + j * classBytes, classBytes, steps, packedActivations + j * steps * BlockStride, (long)steps * BlockStride, parked + j, next);
+                }
+                Combine(parked, 1, Math.Min(TileRows, RowCount - r), ys + r, ldy);
+                continue;
+            }
             for (int j = 0; j < Classes; j++)
             {
                 byte* w = tile + j * classBytes;
@@ -261,6 +290,50 @@ internal sealed unsafe class PackedFloat
             }
             Combine(parked, n, Math.Min(TileRows, RowCount - r), ys + r, ldy);
         }
+    }
+
+    /// <summary>
+    /// Classes j … j + 3 of a tile (w: class j; <paramref name="classBytes"/> apart) times one activation (x: class j's
+    /// packed steps, <paramref name="xClass"/> floats apart): each class's two sums a chain of fused multiply-adds in
+    /// increasing column, as <see cref="Kernel{TN, TW}"/> makes them, parked at p[c] and p[16 + c]. Asks the 4 classes
+    /// from <paramref name="next"/> on into L2, a quarter of their bytes a step.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void OneRow<TW>(byte* w, long classBytes, int steps, float* x, long xClass, Vector512<float>* p, byte* next) where TW : struct, ITileWeights
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, c0 = default, c1 = default, c2 = default, c3 = default;
+        long stepBytes = typeof(TW) == typeof(F32Tile) ? TileRows * sizeof(float) : TileRows * sizeof(ushort);
+        byte* w1 = w + classBytes, w2 = w1 + classBytes, w3 = w2 + classBytes;
+        float* x1 = x + xClass, x2 = x1 + xClass, x3 = x2 + xClass;
+        for (long m = 0, o = 0; m < steps; m++, o += stepBytes)
+        {
+            if (next != null)
+            {
+                byte* q = next + 4 * o;
+                Sse.Prefetch1(q);
+                Sse.Prefetch1(q + 64);
+                Sse.Prefetch1(q + 128);
+                Sse.Prefetch1(q + 192);
+                if (stepBytes > 64)
+                {
+                    Sse.Prefetch1(q + 256);
+                    Sse.Prefetch1(q + 320);
+                    Sse.Prefetch1(q + 384);
+                    Sse.Prefetch1(q + 448);
+                }
+            }
+            long k = m * BlockStride;
+            var v = Vector512.Create(x[k]);
+            a0 = Avx512F.FusedMultiplyAdd(TW.Low(w + o), v, a0); c0 = Avx512F.FusedMultiplyAdd(TW.High(w + o), v, c0);
+            v = Vector512.Create(x1[k]);
+            a1 = Avx512F.FusedMultiplyAdd(TW.Low(w1 + o), v, a1); c1 = Avx512F.FusedMultiplyAdd(TW.High(w1 + o), v, c1);
+            v = Vector512.Create(x2[k]);
+            a2 = Avx512F.FusedMultiplyAdd(TW.Low(w2 + o), v, a2); c2 = Avx512F.FusedMultiplyAdd(TW.High(w2 + o), v, c2);
+            v = Vector512.Create(x3[k]);
+            a3 = Avx512F.FusedMultiplyAdd(TW.Low(w3 + o), v, a3); c3 = Avx512F.FusedMultiplyAdd(TW.High(w3 + o), v, c3);
+        }
+        p[0] = a0; p[1] = a1; p[2] = a2; p[3] = a3;
+        p[Classes] = c0; p[Classes + 1] = c1; p[Classes + 2] = c2; p[Classes + 3] = c3;
     }
 
     /// <summary>How a step of a tile (32 weights, one column of 32 rows) becomes two vectors of f32: rows 0–15 and 16–31.</summary>
@@ -336,7 +409,6 @@ internal sealed unsafe class PackedFloat
             case 4: Kernel<Four, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
             case 3: Kernel<Three, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
             case 2: Kernel<Two, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
-            case 1: Kernel<One, TW>(w, steps, x, p, ref next, nextEnd, stride); break;
         }
     }
 

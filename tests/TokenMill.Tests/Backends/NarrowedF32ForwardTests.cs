@@ -9,7 +9,8 @@ namespace TokenMill.Tests.Backends;
 /// <summary>
 /// An F32 model whose values are all bf16 (or all f16) — an F32 GGUF converted from such a checkpoint — runs its
 /// products on the 2-byte form (<see cref="NarrowedF32"/>): the logits must be the bits of the F32 kernels, for a
-/// prefill chunk and for decode steps of one row, and a model of full-precision values must not narrow.
+/// prefill chunk and for decode steps of one row — the one-row kernels, the tile kernel, and the narrowed matrices'
+/// tiles — and a model of full-precision values must not narrow.
 /// </summary>
 public unsafe class NarrowedF32ForwardTests
 {
@@ -24,9 +25,16 @@ public unsafe class NarrowedF32ForwardTests
         Assert.NotNull(narrowed);
         Assert.Equal(source, narrowed.Type);
         using var pool = new CpuWorkerPool(2);
-        var f32 = ForwardSteps.Logits(model, pool, f => f.NarrowF32 = false);
-        var twoBytes = ForwardSteps.Logits(model, pool, f => f.NarrowF32 = true);
-        ForwardSteps.AssertSameBits(f32, twoBytes, $"{source} values in F32, narrowed");
+        // The one-row kernels (where a matrix has no tiles), and the tile kernel for every row count.
+        var f32 = ForwardSteps.Logits(model, pool, f => (f.NarrowF32, f.FloatTiles) = (false, false));
+        var twoBytes = ForwardSteps.Logits(model, pool, f => (f.NarrowF32, f.FloatTiles) = (true, false));
+        ForwardSteps.AssertSameBits(f32, twoBytes, $"{source} values in F32, narrowed, one-row kernels");
+        var f32Tile = ForwardSteps.Logits(model, pool, f => (f.NarrowF32, f.FloatTiles, f.TiledMinRows) = (false, false, 1));
+        var twoBytesTile = ForwardSteps.Logits(model, pool, f => (f.NarrowF32, f.FloatTiles, f.TiledMinRows) = (true, false, 1));
+        ForwardSteps.AssertSameBits(f32Tile, twoBytesTile, $"{source} values in F32, narrowed, tile kernel");
+        // As it runs: the narrowed matrices' tiles, whose bits are the tile kernel's on the F32 rows.
+        var packed = ForwardSteps.Logits(model, pool, f => f.NarrowF32 = true);
+        ForwardSteps.AssertSameBits(f32Tile, packed, $"{source} values in F32, narrowed, on tiles");
     }
 
     [Fact]

@@ -29,9 +29,10 @@ public class PanelGemmForwardTests
     }
 
     /// <summary>
-    /// Chunks of 2 to <see cref="PackedFloat.MaxActivations"/> rows multiply F32 weights that do not narrow (the dummy
+    /// Chunks of 1 to <see cref="PackedFloat.MaxActivations"/> rows multiply F32 weights that do not narrow (the dummy
     /// model's full-precision values), F16 and BF16 ones on their <see cref="PackedFloat"/> tiles: the logits must be the bits
-    /// of the same steps through <see cref="TileGemm"/>.
+    /// of the same steps through <see cref="TileGemm"/> — a lone row's too (the reference takes the tile kernel for it,
+    /// where it would take the one-row kernels), so a row's result is the same alone and in a batch.
     /// </summary>
     [SkippableTheory]
     [InlineData(GgmlType.F32, true)]
@@ -43,9 +44,10 @@ public class PanelGemmForwardTests
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
         using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
         using var pool = new CpuWorkerPool(2);
-        // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three; a lone row through the one-row kernel.
+        // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three; a lone row (and each chunk's last row, the one
+        // whose logits are computed) through the tiles as one block of one.
         int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33], Enumerable.Range(34, 12).ToArray(), Enumerable.Range(46, 13).ToArray(), [59]];
-        var tiled = ForwardSteps.Logits(model, pool, f => f.FloatTiles = false, steps, maxBatchTokens: 32, contextTokens: 64);
+        var tiled = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.TiledMinRows) = (false, 1), steps, maxBatchTokens: 32, contextTokens: 64);
         var packed = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.UnrebiasedHalves) = (true, unrebiased), steps, maxBatchTokens: 32, contextTokens: 64);
         ForwardSteps.AssertSameBits(tiled, packed, $"{type}{(unrebiased ? "" : ", halves rebiased")}, chunks of 30, 1, 2, 12, 13 and 1 tokens");
     }

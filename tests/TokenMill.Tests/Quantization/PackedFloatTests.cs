@@ -147,6 +147,11 @@ public unsafe class PackedFloatTests
         }
         var bad = Assert.Throws<ArgumentException>(() => { fixed (float* p = w) PackedFloat.PackHalves(GgmlType.BF16, (byte*)p, 32, 32, 16, lifted: true); });
         Assert.Contains("lifted BF16", bad.Message);
+        // A half of 64 or more cannot be lifted (w·2^10 would overflow f16): the row is named.
+        var halves = new ushort[40 * 16];
+        halves[33 * 16 + 5] = BitConverter.HalfToUInt16Bits((Half)64f);
+        var big = Assert.Throws<AggregateException>(() => { fixed (ushort* p = halves) PackedFloat.PackHalves(GgmlType.F16, (byte*)p, 32, 40, 16, lifted: true); });
+        Assert.Contains("row 33 holds a value of 64 or more", big.InnerException!.Message);
         bad = Assert.Throws<ArgumentException>(() => { fixed (float* p = w) PackedFloat.PackHalves(GgmlType.Q8_0, (byte*)p, 34, 32, 32); });
         Assert.Contains("Q8_0 weights are not 16-bit floats", bad.Message);
     }
@@ -206,14 +211,8 @@ public unsafe class PackedFloatTests
         var packedX = new float[PackedFloat.ActivationFloats(n, cols)];
         var sums = new float[PackedFloat.PartialVectors * 16 + 16];
         int item = tilesPerItem * PackedFloat.TileRows;
-        byte[] source = w;
-        if (form == Form.LiftedF16)
-        {
-            var lifted = new ushort[rows * cols];
-            Assert.True(LiftedF16.LiftRow(MemoryMarshal.Cast<byte, ushort>(w.AsSpan()), lifted), "the test's halves lift");
-            source = MemoryMarshal.AsBytes(lifted.AsSpan()).ToArray();
-        }
-        fixed (byte* pw = source)
+        // The lifted form is packed from the halves as they are: PackHalves lifts them a tile at a time.
+        fixed (byte* pw = w)
         fixed (float* x = xs, px = packedX, y = ys, s = sums)
         {
             var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(TypeOf(form), pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);

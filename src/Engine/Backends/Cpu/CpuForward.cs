@@ -36,8 +36,12 @@ public sealed unsafe class CpuForward : IDisposable
     /// </summary>
     const int StreamChunksPerThread = 2;
 
-    /// <summary>From this many activation rows on, weight rows are dequantized once into a tile and shared by all rows.</summary>
-    const int TiledMinRows = 2;
+    /// <summary>
+    /// From this many activation rows on, F32, F16 and BF16 products without <see cref="PackedFloat"/> tiles run
+    /// <see cref="TileGemm"/> (weight rows dequantized once into a tile and shared by all rows); below it the one-row
+    /// kernels (<see cref="DotAvx2"/>). 1 only to compare: a lone row then takes TileGemm's order, the tiles' bits.
+    /// </summary>
+    internal int TiledMinRows { get; set; } = 2;
 
     /// <summary>
     /// From this many activation rows on, Q8_0/Q4_0 products repack 8 weight rows at a time for the AVX-VNNI
@@ -83,7 +87,8 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>
     /// Whether F16 products read each matrix's lifted copy (<see cref="LiftedF16"/>, times 2^10, no subnormals) against
     /// activations times 2^102 — the several-row tile kernel and decode's one-row kernel alike: on by default where
-    /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way. Only with
+    /// subnormal operands are slow (<see cref="LiftedF16.SubnormalsAreSlow"/>); the same bits either way. A matrix with
+    /// <see cref="PackedFloat"/> tiles (lifted as they are packed) needs no such copy: see <see cref="FloatTiles"/>. Only with
     /// <see cref="UnrebiasedHalves"/>, and only for a call whose products all lift: one that also multiplies a matrix
     /// that does not (a value of 64 or more, another type) reads every matrix as it is, and so does a call of
     /// <see cref="QuantizedDot.FusedF16MaxRows"/> rows or more (prefill), which <see cref="PanelGemm"/> multiplies (its
@@ -99,9 +104,12 @@ public sealed unsafe class CpuForward : IDisposable
     internal int PanelMinRows { get; set; } = PanelGemm.MinRows;
 
     /// <summary>
-    /// Whether F32, F16 and BF16 products of 2 to <see cref="PackedFloat.MaxActivations"/> activation rows (batched decode)
-    /// run on the matrices' <see cref="PackedFloat"/> tiles (made at load for F32 matrices that do not narrow, finite F16
-    /// ones and BF16 ones, narrowed or not, where memory allows): the same bits as <see cref="TileGemm"/>; off only to compare.
+    /// Whether F32, F16 and BF16 products of 1 to <see cref="PackedFloat.MaxActivations"/> activation rows (decode, one
+    /// sequence or a batch) run on the matrices' <see cref="PackedFloat"/> tiles (made at load for F32 matrices that do
+    /// not narrow, finite F16 ones and BF16 ones, narrowed or not, where memory allows): the same bits as
+    /// <see cref="TileGemm"/>, so a row's result is the same alone and in any batch; off only to compare. With tiles, an
+    /// F16 call of more rows than that runs <see cref="PanelGemm"/> (which widens the halves as they are), so the
+    /// matrix needs no lifted copy (<see cref="LiftHalves"/>).
     /// </summary>
     internal bool FloatTiles { get; set; } = true;
 
@@ -241,11 +249,14 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Whether products read <paramref name="w"/>'s lifted copy (made here on the first call): see <see cref="LiftHalves"/>.</summary>
     bool Lifts(WeightTensor w) => LiftHalves && TileGemm.IsSupported && ScansF16(w) && w.Packed(s_scanF16).Lifted(w) is not null;
 
+    /// <summary>
+    /// An F16 matrix scanned, and its tiles made where they can be; the lifted copy only where they cannot (every
+    /// product of a matrix with tiles reads them or runs <see cref="PanelGemm"/>, which widens the halves as they are).
+    /// </summary>
     void ScanAndLift(WeightTensor w)
     {
         w.Packed(s_scanF16);
-        Lifts(w);
-        if (TileGemm.IsSupported) w.Packed(s_scanF16).Tiles(w);
+        if (!TileGemm.IsSupported || w.Packed(s_scanF16).Tiles(w) is null) Lifts(w);
     }
 
     /// <summary>The lifted copy's bytes (<see cref="Lifts"/> said yes).</summary>
@@ -739,7 +750,7 @@ public sealed unsafe class CpuForward : IDisposable
     bool _scaleHalf, _unscalable, _liftHalf;
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
     bool _panel;
-    // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles) run those on PackedFloat's activation blocks in _xPanels;
+    // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles, 1 to 64 rows) run those on PackedFloat's activation blocks in _xPanels;
     // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0.
     bool _floatTiles;
     int _tileScale;
@@ -758,11 +769,11 @@ public sealed unsafe class CpuForward : IDisposable
         _mmN = n;
         _mmCount = 0;
         _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
-        _panel = _xPanels != null && n >= PanelMinRows && n <= _maxTokens && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns
-            && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
+        bool tiled = FloatTiles && _xPanels != null && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
+        _panel = _xPanels != null && (n >= PanelMinRows || n > PackedFloat.MaxActivations && tiled && w0.Type == GgmlType.F16) && n <= _maxTokens
+            && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
-        _floatTiles = !_panel && FloatTiles && _xPanels != null && n >= TiledMinRows && n <= PackedFloat.MaxActivations
-            && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
+        _floatTiles = !_panel && tiled && n <= PackedFloat.MaxActivations;
         // Half tiles read unrebiased where every product's halves take the same activation scale (and UnrebiasedHalves).
         _tileScale = _floatTiles && UnrebiasedHalves ? TilesOf(w0)!.ActivationScale : 0;
         if (_tileScale != 0 && (w1 is not null && TilesOf(w1)!.ActivationScale != _tileScale || w2 is not null && TilesOf(w2)!.ActivationScale != _tileScale)) _tileScale = 0;
@@ -893,11 +904,17 @@ public sealed unsafe class CpuForward : IDisposable
     int ChunkRows(WeightTensor w)
     {
         if (_panel) return PanelGemm.ItemRows((int)w.Columns);
-        if (_floatTiles) return PackedFloat.TileRows;
+        // A lone row streams its tiles as the one-row kernels stream rows: a few large items per thread.
+        if (_floatTiles) return _mmN > 1 ? PackedFloat.TileRows : StreamingRows(w, PackedFloat.TileRows);
         bool streams = IsInteger(w) ? UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || UsesPackedQ6K(w) || _mmN < PackedMinRows : _mmN < TiledMinRows;
-        if (!streams) return RowsPerChunk;
+        return streams ? StreamingRows(w, RowsPerChunk) : RowsPerChunk;
+    }
+
+    /// <summary>Rows per item where each thread streams <see cref="StreamChunksPerThread"/> items of the matrix: a multiple of <paramref name="multiple"/>.</summary>
+    int StreamingRows(WeightTensor w, int multiple)
+    {
         long per = (w.Rows + _pool.ThreadCount * StreamChunksPerThread - 1) / (_pool.ThreadCount * StreamChunksPerThread);
-        return (int)Math.Max(RowsPerChunk, (per + RowsPerChunk - 1) / RowsPerChunk * RowsPerChunk);
+        return (int)Math.Max(multiple, (per + multiple - 1) / multiple * multiple);
     }
 
     static bool IsInteger(WeightTensor w) => QuantizedDot.HasIntegerDot(w.Type) && w.Rows * w.RowBytes <= int.MaxValue;
