@@ -268,7 +268,7 @@ internal sealed unsafe class PackedFloat
             if (n == 1)
             {
                 // One row: four classes at a time, eight chains in flight; the next four classes (the next tile's
-                // first four at the end) asked into L2 meanwhile, a quarter of a step's bytes each step.
+                // first four at the end) asked into L2 meanwhile, four steps' bytes of them each step.
                 for (int j = 0; j < Classes; j += 4)
                 {
                     byte* next = j + 4 < Classes ? tile + (j + 4) * classBytes : following;
@@ -296,7 +296,7 @@ internal sealed unsafe class PackedFloat
     /// Classes j … j + 3 of a tile (w: class j; <paramref name="classBytes"/> apart) times one activation (x: class j's
     /// packed steps, <paramref name="xClass"/> floats apart): each class's two sums a chain of fused multiply-adds in
     /// increasing column, as <see cref="Kernel{TN, TW}"/> makes them, parked at p[c] and p[16 + c]. Asks the 4 classes
-    /// from <paramref name="next"/> on into L2, a quarter of their bytes a step.
+    /// from <paramref name="next"/> on into L2, spread over the steps: four steps' bytes a step.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void OneRow<TW>(byte* w, long classBytes, int steps, float* x, long xClass, Vector512<float>* p, byte* next) where TW : struct, ITileWeights
