@@ -522,6 +522,92 @@ public unsafe class SmallBatchStreamingBenchmarks
 }
 
 /// <summary>
+/// Batched decode's products on <see cref="PackedFloat"/> tiles as CpuForward runs them, F16 (read unrebiased), BF16 and
+/// F32: two threads taking 32-row work items of a 5632 × 2048 matrix in turn, each asking for its next item's lines,
+/// weights out of memory (six such matrices taken in turn), <see cref="N"/> activation rows packed inside the timing in
+/// blocks of <see cref="BlockRows"/>: 12, the two-vector kernel, or 16, the half-tile kernel that
+/// <see cref="PackedFloat.BlockRowsFor"/> picks for halves where it makes fewer blocks. The same bits either way.
+/// </summary>
+public unsafe class HalfTileBenchmarks
+{
+    const int Rows = 5632, Cols = 2048, Matrices = 6;
+    readonly PackedFloat?[] _tiles = new PackedFloat?[Matrices];
+    float* _xs, _ys, _packedXs;
+    readonly Vector512<float>*[] _parked = new Vector512<float>*[2];
+    int _next;
+
+    [Params(GgmlType.F16, GgmlType.BF16, GgmlType.F32)]
+    public GgmlType Type { get; set; } = GgmlType.F16;
+
+    [Params(16, 32, 64)]
+    public int N { get; set; } = 32;
+
+    [Params(PackedFloat.BlockRows, PackedFloat.HalfBlockRows)]
+    public int BlockRows { get; set; } = PackedFloat.HalfBlockRows;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        if (!TileGemm.IsSupported) throw new NotSupportedException("the tile kernels need AVX-512F");
+        var random = new Random(13);
+        var values = new float[(long)Rows * Cols];
+        var halves = Type == GgmlType.F32 ? null : new ushort[values.Length];
+        for (int m = 0; m < Matrices; m++)
+        {
+            for (long i = 0; i < values.Length; i++) values[i] = (float)(random.NextDouble() * 2 - 1) * 0.05f;
+            fixed (float* v = values)
+            fixed (ushort* h = halves)
+            {
+                if (h == null)
+                {
+                    _tiles[m] = PackedFloat.Pack(v, Cols, Rows, Cols);
+                    continue;
+                }
+                for (long i = 0; i < values.Length; i++)
+                    h[i] = Type == GgmlType.F16 ? BitConverter.HalfToUInt16Bits((Half)values[i]) : (ushort)(BitConverter.SingleToUInt32Bits(values[i]) >> 16);
+                _tiles[m] = PackedFloat.PackHalves(Type, (byte*)h, Cols * sizeof(ushort), Rows, Cols);
+            }
+        }
+        _xs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Cols * sizeof(float)), 64);
+        for (long i = 0; i < (long)N * Cols; i++) _xs[i] = (float)(random.NextDouble() * 2 - 1);
+        _ys = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Rows * sizeof(float)), 64);
+        _packedXs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.ActivationFloats(N, Cols) * sizeof(float)), 64);
+        for (int t = 0; t < _parked.Length; t++)
+            _parked[t] = (Vector512<float>*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.PartialVectors * 64), 64);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        Array.Clear(_tiles);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xs);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_ys);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_packedXs);
+        foreach (var p in _parked) System.Runtime.InteropServices.NativeMemory.AlignedFree(p);
+    }
+
+    /// <summary>One whole matrix (the next of the six) times the N activation rows.</summary>
+    [Benchmark]
+    public void MatMul()
+    {
+        var tiles = _tiles[_next++ % Matrices]!;
+        int scale = tiles.ActivationScale;
+        for (int b = 0; b < PackedFloat.Blocks(N, BlockRows); b++) PackedFloat.PackActivations(_xs, Cols, N, Cols, b, _packedXs, scale, BlockRows);
+        var other = new Thread(() => Items(tiles, 1, scale));
+        other.Start();
+        Items(tiles, 0, scale);
+        other.Join();
+    }
+
+    void Items(PackedFloat tiles, int first, int scale)
+    {
+        for (int item = first; item * PackedFloat.TileRows < Rows; item += 2)
+            tiles.Multiply(item * PackedFloat.TileRows, Math.Min(PackedFloat.TileRows, Rows - item * PackedFloat.TileRows), _packedXs, N, _ys, Rows, _parked[first],
+                aheadRow: (item + 2) * PackedFloat.TileRows, scaled: scale != 0, blockRows: BlockRows);
+    }
+}
+
+/// <summary>
 /// Decode's product with the repacked Q4_0 and Q8_0 kernels as CpuForward runs it: two threads, each taking two of a
 /// matrix's four row ranges (<c>StreamChunksPerThread</c>), <see cref="N"/> activation rows (1: one sequence; 4: a small
 /// batch), weights out of memory — <see cref="Matrices"/> 5632 × 2048 matrices (TinyLlama's FFN shape, 415 MB of Q4_0),

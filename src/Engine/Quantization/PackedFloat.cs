@@ -11,7 +11,9 @@ namespace TokenMill.Quantization;
 /// blocks of up to 12 activations broadcast from memory — 24 fused multiply-adds for 2 vector loads and 12 broadcasts,
 /// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits, a lone
 /// row's included (four classes at a time, eight chains of multiply-adds in flight), so a row's result is the same
-/// alone and in any batch. F16 tiles keep the halves (finite ones; on Intel lifted as <see cref="LiftedF16"/> lifts
+/// alone and in any batch. Tiles of halves take a second kernel where it makes fewer activation blocks: one vector
+/// (half a tile) against blocks of up to 16 activations, each broadcast into its multiply-add from memory, so one
+/// widened weight vector feeds 16 multiply-adds instead of 11 or 12 (<see cref="BlockRowsFor"/>). F16 tiles keep the halves (finite ones; on Intel lifted as <see cref="LiftedF16"/> lifts
 /// them, free of subnormals) and widen each to its exact f32 value as the kernel loads it, two vectors a step for 24
 /// multiply-adds; BF16 tiles too.
 /// </summary>
@@ -40,8 +42,14 @@ internal sealed unsafe class PackedFloat
     /// <summary>Weight rows per tile: two vectors.</summary>
     public const int TileRows = 32;
 
-    /// <summary>The most activations in a block: 24 accumulators, 2 weight vectors and one broadcast in 32 zmm.</summary>
+    /// <summary>The most activations in a block of the two-vector kernel: 24 accumulators, 2 weight vectors and one broadcast in 32 zmm.</summary>
     public const int BlockRows = 12;
+
+    /// <summary>
+    /// The most activations in a block of the half-tile kernel: 16 accumulators and one weight vector, each activation
+    /// broadcast from memory into its multiply-add (no broadcast register); one line of activations a step.
+    /// </summary>
+    public const int HalfBlockRows = 16;
 
     /// <summary>Floats a block's packed activations take per column: 16 (one line a step; rows past the block's are zeros).</summary>
     const int BlockStride = 16;
@@ -175,17 +183,34 @@ internal sealed unsafe class PackedFloat
             }
     }
 
-    /// <summary>Activation blocks for <paramref name="n"/> rows: as few as hold 12 each, their sizes differing by at most one.</summary>
-    public static int Blocks(int n) => (n + BlockRows - 1) / BlockRows;
+    /// <summary>
+    /// Activation blocks for <paramref name="n"/> rows: as few as hold <paramref name="blockRows"/> (<see cref="BlockRows"/>
+    /// or <see cref="HalfBlockRows"/>) each, their sizes differing by at most one.
+    /// </summary>
+    public static int Blocks(int n, int blockRows = BlockRows) => (n + blockRows - 1) / blockRows;
 
-    /// <summary>Floats <see cref="PackActivations"/> writes for <paramref name="n"/> rows of <paramref name="cols"/>.</summary>
+    /// <summary>Floats <see cref="PackActivations"/> writes for <paramref name="n"/> rows of <paramref name="cols"/>, in blocks of either size.</summary>
     public static long ActivationFloats(int n, int cols) => (long)Blocks(n) * BlockStride * cols;
 
-    /// <summary>The first row and the size of block <paramref name="block"/> of <paramref name="n"/> rows.</summary>
-    static (int First, int Size) Block(int n, int block)
+    /// <summary>
+    /// The activations a block holds for a product of <paramref name="n"/> rows on these tiles: <see cref="HalfBlockRows"/>
+    /// for tiles of halves where that makes fewer blocks than <see cref="BlockRows"/> does (13–16, 25–32, 37–64 rows),
+    /// so each widened weight vector feeds more multiply-adds; else <see cref="BlockRows"/>. F32 tiles keep the
+    /// two-vector kernel: they have no widening to save, and the half-tile kernel's extra loads cost them (0.95× at 32 rows).
+    /// </summary>
+    public int BlockRowsFor(int n) => _halves != Halves.None && Blocks(n, HalfBlockRows) < Blocks(n, BlockRows) ? HalfBlockRows : BlockRows;
+
+    /// <summary>The first row and the size of block <paramref name="block"/> of <paramref name="n"/> rows in blocks of <paramref name="blockRows"/>.</summary>
+    static (int First, int Size) Block(int n, int block, int blockRows)
     {
-        int blocks = Blocks(n), small = n / blocks, larger = n % blocks;
+        int blocks = Blocks(n, blockRows), small = n / blocks, larger = n % blocks;
         return (block * small + Math.Min(block, larger), block < larger ? small + 1 : small);
+    }
+
+    static void CheckBlockRows(int blockRows)
+    {
+        if (blockRows is not (BlockRows or HalfBlockRows))
+            throw new ArgumentOutOfRangeException(nameof(blockRows), $"PackedFloat: blocks of {blockRows} activations; {BlockRows} or {HalfBlockRows}");
     }
 
     /// <summary>
@@ -196,14 +221,16 @@ internal sealed unsafe class PackedFloat
     public int ActivationScale => _halves switch { Halves.Plain => 112, Halves.Lifted => 112 - LiftedF16.Lift, _ => 0 };
 
     /// <summary>
-    /// Block <paramref name="block"/> of the n activation rows of xs (<paramref name="ldx"/> apart) into its class-major
+    /// Block <paramref name="block"/> of the n activation rows of xs (<paramref name="ldx"/> apart), in blocks of
+    /// <paramref name="blockRows"/> (<see cref="BlockRowsFor"/>), into its class-major
     /// panel at packed + 16·cols·block: for class j and step m, its rows' column 16m + j, 16 floats a step (zeros past
     /// the block's rows), times 2^<paramref name="scale"/> (an <see cref="ActivationScale"/>, exact). False, with the
     /// panel unspecified, where some scaled value would overflow (|x| ≥ 2^(128 − scale)) or is infinite or NaN.
     /// </summary>
-    public static bool PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed, int scale = 0)
+    public static bool PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed, int scale = 0, int blockRows = BlockRows)
     {
-        var (first, size) = Block(n, block);
+        CheckBlockRows(blockRows);
+        var (first, size) = Block(n, block, blockRows);
         int steps = cols / Classes;
         float* panel = packed + (long)block * BlockStride * cols;
         Vector512<float>* v = stackalloc Vector512<float>[Classes];
@@ -230,33 +257,34 @@ internal sealed unsafe class PackedFloat
 
     /// <summary>
     /// ys[i·ldy + r] = Σ_k w[r, k]·x[i, k] for r in [<paramref name="r0"/>, + <paramref name="count"/>) (r0 a multiple of
-    /// 32) and the n activations packed by <see cref="PackActivations"/>. <paramref name="parked"/> holds
+    /// 32) and the n activations packed by <see cref="PackActivations"/> in blocks of <paramref name="blockRows"/>. <paramref name="parked"/> holds
     /// <see cref="PartialVectors"/> (the caller's per-worker scratch). Rows from <paramref name="aheadRow"/> on (the
     /// caller's likely next item, a multiple of 32; -1 for none) are asked into L2 while the last class of the last tile runs
     /// (with one activation, the last four classes).
     /// With <paramref name="scaled"/> the activations were packed times 2^<see cref="ActivationScale"/> and halves are read
     /// unrebiased, which saves the kernel two multiplies a step on the FMA ports; every sum stays the same bits.
     /// </summary>
-    public void Multiply(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow = -1, bool scaled = false)
+    public void Multiply(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow = -1, bool scaled = false, int blockRows = BlockRows)
     {
+        CheckBlockRows(blockRows);
         if (r0 % TileRows != 0 || count < 0 || r0 + count > RowCount)
             throw new ArgumentOutOfRangeException(nameof(r0), $"PackedFloat.Multiply: rows [{r0}, {r0 + count}) of {RowCount} (tiles of {TileRows})");
         if (n is < 1 or > MaxActivations) throw new ArgumentOutOfRangeException(nameof(n), $"PackedFloat.Multiply: {n} activation rows, 1 to {MaxActivations}");
         if (scaled && ActivationScale == 0) throw new ArgumentException($"PackedFloat.Multiply: {(_halves == Halves.None ? "F32" : "BF16")} tiles take activations as they are", nameof(scaled));
         switch (_halves)
         {
-            case Halves.Plain or Halves.Lifted when scaled: Multiply<UnrebiasedTile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
-            case Halves.None: Multiply<F32Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
-            case Halves.Plain: Multiply<F16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
-            case Halves.Lifted: Multiply<LiftedF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
-            case Halves.Brain: Multiply<BF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow); break;
+            case Halves.Plain or Halves.Lifted when scaled: Multiply<UnrebiasedTile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow, blockRows); break;
+            case Halves.None: Multiply<F32Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow, blockRows); break;
+            case Halves.Plain: Multiply<F16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow, blockRows); break;
+            case Halves.Lifted: Multiply<LiftedF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow, blockRows); break;
+            case Halves.Brain: Multiply<BF16Tile>(r0, count, packedActivations, n, ys, ldy, parked, aheadRow, blockRows); break;
         }
     }
 
-    void Multiply<TW>(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow)
+    void Multiply<TW>(int r0, int count, float* packedActivations, int n, float* ys, int ldy, Vector512<float>* parked, int aheadRow, int blockRows)
         where TW : struct, ITileWeights
     {
-        int steps = Steps, blocks = Blocks(n);
+        int steps = Steps, blocks = Blocks(n, blockRows);
         long stepBytes = TileRows * ElementBytes, classBytes = steps * stepBytes, tileBytes = Classes * classBytes;
         byte* ahead = aheadRow >= 0 && aheadRow < RowCount ? _tiles + aheadRow / TileRows * tileBytes : null;
         // Lines of the next class each step asks for: its bytes spread over this class's passes (one per block).
@@ -284,8 +312,17 @@ internal sealed unsafe class PackedFloat
                 byte* nextEnd = next == null ? null : next + classBytes;
                 for (int b = 0; b < blocks; b++)
                 {
-                    var (first, size) = Block(n, b);
-                    Sized<TW>(size, w, steps, packedActivations + (long)b * BlockStride * Columns + j * steps * BlockStride, parked + first * 2 * Classes + j, ref next, nextEnd, stride);
+                    var (first, size) = Block(n, b, blockRows);
+                    float* x = packedActivations + (long)b * BlockStride * Columns + j * steps * BlockStride;
+                    Vector512<float>* p = parked + first * 2 * Classes + j;
+                    if (blockRows == BlockRows)
+                        Sized<TW>(size, w, steps, x, p, ref next, nextEnd, stride);
+                    else
+                    {
+                        // Rows 0–15, then rows 16–31: two passes a block, so a line of the next class a step covers it.
+                        HalfSized<TW>(size, w, steps, x, p, ref next, nextEnd);
+                        HalfSized<TW>(size, w + stepBytes / 2, steps, x, p + Classes, ref next, nextEnd);
+                    }
                 }
             }
             Combine(parked, n, Math.Min(TileRows, RowCount - r), ys + r, ldy);
@@ -465,6 +502,90 @@ internal sealed unsafe class PackedFloat
         if (n > 9) { p[9 * a] = a9; p[9 * a + Classes] = c9; }
         if (n > 10) { p[10 * a] = a10; p[10 * a + Classes] = c10; }
         if (n > 11) { p[11 * a] = a11; p[11 * a + Classes] = c11; }
+    }
+
+    static void HalfSized<TW>(int size, byte* w, int steps, float* x, Vector512<float>* p, ref byte* next, byte* nextEnd) where TW : struct, ITileWeights
+    {
+        switch (size)
+        {
+            case 16: HalfKernel<Sixteen, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 15: HalfKernel<Fifteen, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 14: HalfKernel<Fourteen, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 13: HalfKernel<Thirteen, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 12: HalfKernel<Twelve, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 11: HalfKernel<Eleven, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 10: HalfKernel<Ten, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 9: HalfKernel<Nine, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 8: HalfKernel<Eight, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 7: HalfKernel<Seven, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 6: HalfKernel<Six, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 5: HalfKernel<Five, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 4: HalfKernel<Four, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 3: HalfKernel<Three, TW>(w, steps, x, p, ref next, nextEnd); break;
+            case 2: HalfKernel<Two, TW>(w, steps, x, p, ref next, nextEnd); break;
+        }
+    }
+
+    /// <summary>
+    /// One class of half a tile (w: its 16 rows' weights at each step, <see cref="TileRows"/> weights apart) × the same
+    /// class of a block of TN activations (up to 16): each sum a chain of fused multiply-adds in increasing column, as
+    /// <see cref="Kernel{TN, TW}"/> makes it, parked at p[32i] for activation i. Each activation is read as the
+    /// multiply-add's broadcast operand (embedded broadcast, one load, no shuffle): the JIT folds
+    /// <c>Vector512.Create(x[i])</c> used once into it. Asks one line from <paramref name="next"/> into L2 a step while
+    /// it is short of <paramref name="nextEnd"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    static void HalfKernel<TN, TW>(byte* w, int steps, float* x, Vector512<float>* p, ref byte* next, byte* nextEnd)
+        where TN : struct, ICount where TW : struct, ITileWeights
+    {
+        int n = TN.Value;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+        Vector512<float> a8 = default, a9 = default, a10 = default, a11 = default, a12 = default, a13 = default, a14 = default, a15 = default;
+        byte* q = next;
+        long stepBytes = typeof(TW) == typeof(F32Tile) ? TileRows * sizeof(float) : TileRows * sizeof(ushort);
+        for (byte* end = w + steps * stepBytes; w < end; w += stepBytes, x += BlockStride)
+        {
+            if (q < nextEnd)
+            {
+                Sse.Prefetch1(q);
+                q += 64;
+            }
+            var b = TW.Low(w);
+            a0 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[0]), a0);
+            if (n > 1) a1 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[1]), a1);
+            if (n > 2) a2 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[2]), a2);
+            if (n > 3) a3 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[3]), a3);
+            if (n > 4) a4 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[4]), a4);
+            if (n > 5) a5 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[5]), a5);
+            if (n > 6) a6 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[6]), a6);
+            if (n > 7) a7 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[7]), a7);
+            if (n > 8) a8 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[8]), a8);
+            if (n > 9) a9 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[9]), a9);
+            if (n > 10) a10 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[10]), a10);
+            if (n > 11) a11 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[11]), a11);
+            if (n > 12) a12 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[12]), a12);
+            if (n > 13) a13 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[13]), a13);
+            if (n > 14) a14 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[14]), a14);
+            if (n > 15) a15 = Avx512F.FusedMultiplyAdd(b, Vector512.Create(x[15]), a15);
+        }
+        next = q;
+        const int a = 2 * Classes; // vectors between activations
+        p[0] = a0;
+        if (n > 1) p[1 * a] = a1;
+        if (n > 2) p[2 * a] = a2;
+        if (n > 3) p[3 * a] = a3;
+        if (n > 4) p[4 * a] = a4;
+        if (n > 5) p[5 * a] = a5;
+        if (n > 6) p[6 * a] = a6;
+        if (n > 7) p[7 * a] = a7;
+        if (n > 8) p[8 * a] = a8;
+        if (n > 9) p[9 * a] = a9;
+        if (n > 10) p[10 * a] = a10;
+        if (n > 11) p[11 * a] = a11;
+        if (n > 12) p[12 * a] = a12;
+        if (n > 13) p[13 * a] = a13;
+        if (n > 14) p[14 * a] = a14;
+        if (n > 15) p[15 * a] = a15;
     }
 
     /// <summary>Each of the n activations' two vectors of results: its 16 classes added in TileGemm's lane tree (<see cref="PanelGemm"/>'s Combine).</summary>

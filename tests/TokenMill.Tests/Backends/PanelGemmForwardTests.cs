@@ -44,8 +44,9 @@ public class PanelGemmForwardTests
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
         using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
         using var pool = new CpuWorkerPool(2);
-        // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three; a lone row (and each chunk's last row, the one
-        // whose logits are computed) through the tiles as one block of one.
+        // Chunks of 30, 1, 2, 12, 13 and 1 rows: one block, two, three (F16 and BF16: 30 and 13 rows in blocks of up
+        // to 16 for the half-tile kernel); a lone row (and each chunk's last row, the one whose logits are computed)
+        // through the tiles as one block of one.
         int[][] steps = [Enumerable.Range(1, 30).ToArray(), [31], [32, 33], Enumerable.Range(34, 12).ToArray(), Enumerable.Range(46, 13).ToArray(), [59]];
         var tiled = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.TiledMinRows) = (false, 1), steps, maxBatchTokens: 32, contextTokens: 64);
         var packed = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.UnrebiasedHalves) = (true, unrebiased), steps, maxBatchTokens: 32, contextTokens: 64);

@@ -9,7 +9,8 @@ namespace TokenMill.Tests.Quantization;
 /// <summary>
 /// <see cref="PackedFloat"/>, F32, F16 and BF16 weights repacked for batched decode's outer-product kernel: its results must
 /// be <see cref="TileGemm"/>'s bits (through <see cref="QuantizedDot.MatMulRowRange"/>) for every weight and activation
-/// row — F16 from its halves as they are and from its lifted copy, rebiased or against scaled activations — over activation counts at the block edges (12, 13,
+/// row — F16 from its halves as they are and from its lifted copy, rebiased or against scaled activations — in
+/// activation blocks of 12 (the two-vector kernel) and of 16 (the half-tile kernel), over activation counts at the block edges (12, 13,
 /// a lone last row), a partial last tile, work items of one to several tiles, activation strides wider than a row, and
 /// rows past TileGemm's 1024-column panel.
 /// </summary>
@@ -36,16 +37,19 @@ public unsafe class PackedFloatTests
                 {
                     var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
                     var expected = Tiled(form, w, rows, cols, xs, ldx, n);
-                    AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1), $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}");
-                    if (form is Form.F16 or Form.LiftedF16)
-                        AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1, scaled: true), $"{form} read unrebiased [{rows}×{cols}], n = {n}, ldx = {ldx}");
+                    foreach (int blockRows in new[] { PackedFloat.BlockRows, PackedFloat.HalfBlockRows })
+                    {
+                        AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1, blockRows: blockRows), $"{form} [{rows}×{cols}], n = {n}, ldx = {ldx}, blocks of {blockRows}");
+                        if (form is Form.F16 or Form.LiftedF16)
+                            AssertSameBits(expected, Packed(form, w, rows, cols, xs, ldx, n, tilesPerItem: 1, scaled: true, blockRows: blockRows), $"{form} read unrebiased [{rows}×{cols}], n = {n}, ldx = {ldx}, blocks of {blockRows}");
+                    }
                 }
         }
     }
 
     /// <summary>
-    /// Property: for any form, shape (columns a multiple of 16), activation count and stride, and size of work items
-    /// (whole tiles), the packed product is the tile kernel's, bit for bit.
+    /// Property: for any form, shape (columns a multiple of 16), activation count and stride, size of work items
+    /// (whole tiles) and activation blocks (12 or 16), the packed product is the tile kernel's, bit for bit.
     /// </summary>
     [SkippableFact]
     public void Any_shape_and_split_gives_the_tile_kernels_bits()
@@ -59,7 +63,8 @@ public unsafe class PackedFloatTests
             var w = Weights(form, rows * cols, rng);
             var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
             var expected = Tiled(form, w, rows, cols, xs, ldx, n);
-            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form is Form.F16 or Form.LiftedF16 && seed % 2 == 0);
+            var actual = Packed(form, w, rows, cols, xs, ldx, n, tiles, scaled: form is Form.F16 or Form.LiftedF16 && seed % 2 == 0,
+                blockRows: seed / 2 % 2 == 0 ? PackedFloat.BlockRows : PackedFloat.HalfBlockRows);
             return MemoryMarshal.AsBytes(expected.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(actual.AsSpan()));
         }, iter: 60);
     }
@@ -192,6 +197,39 @@ public unsafe class PackedFloatTests
     }
 
     /// <summary>Random weights of the form, as the bytes of an F32 or F16 matrix (lifted ones liftable: |w| &lt; 64).</summary>
+    /// <summary>
+    /// Tiles of halves take blocks of 16 exactly where that makes fewer blocks than 12 do; F32 tiles keep blocks of 12;
+    /// a block size the kernels do not have is refused with the two they do.
+    /// </summary>
+    [SkippableFact]
+    public void Half_tiles_take_blocks_of_16_where_they_make_fewer_blocks()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        const int cols = 32;
+        var floats = new float[32 * cols];
+        var halves = new byte[2 * 32 * cols];
+        fixed (float* f = floats)
+        fixed (byte* h = halves)
+        {
+            var f32 = PackedFloat.Pack(f, cols, 32, cols);
+            var f16 = PackedFloat.PackHalves(GgmlType.F16, h, 2 * cols, 32, cols);
+            var bf16 = PackedFloat.PackHalves(GgmlType.BF16, h, 2 * cols, 32, cols);
+            int[] sixteen = [.. Enumerable.Range(13, 4), .. Enumerable.Range(25, 8), .. Enumerable.Range(37, 28)];
+            for (int n = 1; n <= PackedFloat.MaxActivations; n++)
+            {
+                int expected = sixteen.Contains(n) ? PackedFloat.HalfBlockRows : PackedFloat.BlockRows;
+                Assert.Equal(PackedFloat.BlockRows, f32.BlockRowsFor(n));
+                Assert.Equal(expected, f16.BlockRowsFor(n));
+                Assert.Equal(expected, bf16.BlockRowsFor(n));
+            }
+            var ex = Assert.Throws<ArgumentOutOfRangeException>(() => f16.Multiply(0, 32, null, 2, null, 32, null, blockRows: 8));
+            Assert.Contains("blocks of 8 activations; 12 or 16", ex.Message);
+            nint address = (nint)f;
+            ex = Assert.Throws<ArgumentOutOfRangeException>(() => PackedFloat.PackActivations((float*)address, cols, 2, cols, 0, (float*)address, blockRows: 24));
+            Assert.Contains("blocks of 24 activations; 12 or 16", ex.Message);
+        }
+    }
+
     static byte[] Weights(Form form, int count, Random rng) =>
         form == Form.F32 ? MemoryMarshal.AsBytes(RandomBlocks.Floats(rng, count).AsSpan()).ToArray() : RandomBlocks.Row(TypeOf(form), count, rng);
 
@@ -205,7 +243,7 @@ public unsafe class PackedFloatTests
     }
 
     /// <summary>The product as CpuForward runs it: activations packed block by block, then work items of whole tiles, each asking for the next.</summary>
-    static float[] Packed(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n, int tilesPerItem, bool scaled = false)
+    static float[] Packed(Form form, byte[] w, int rows, int cols, float[] xs, int ldx, int n, int tilesPerItem, bool scaled = false, int blockRows = PackedFloat.BlockRows)
     {
         var ys = new float[n * rows];
         var packedX = new float[PackedFloat.ActivationFloats(n, cols)];
@@ -218,10 +256,10 @@ public unsafe class PackedFloatTests
             var packed = form == Form.F32 ? PackedFloat.Pack((float*)pw, cols, rows, cols) : PackedFloat.PackHalves(TypeOf(form), pw, 2L * cols, rows, cols, lifted: form == Form.LiftedF16);
             var aligned = (Vector512<float>*)(((nint)s + 63) & ~(nint)63);
             Assert.Equal(form switch { Form.F16 => 112, Form.LiftedF16 => 102, _ => 0 }, packed.ActivationScale);
-            for (int b = 0; b < PackedFloat.Blocks(n); b++)
-                Assert.True(PackedFloat.PackActivations(x, ldx, n, cols, b, px, scaled ? packed.ActivationScale : 0), "the test's activations scale");
+            for (int b = 0; b < PackedFloat.Blocks(n, blockRows); b++)
+                Assert.True(PackedFloat.PackActivations(x, ldx, n, cols, b, px, scaled ? packed.ActivationScale : 0, blockRows), "the test's activations scale");
             for (int r0 = 0; r0 < rows; r0 += item)
-                packed.Multiply(r0, Math.Min(item, rows - r0), px, n, y, rows, aligned, aheadRow: r0 + 2 * item, scaled: scaled);
+                packed.Multiply(r0, Math.Min(item, rows - r0), px, n, y, rows, aligned, aheadRow: r0 + 2 * item, scaled: scaled, blockRows: blockRows);
         }
         return ys;
     }

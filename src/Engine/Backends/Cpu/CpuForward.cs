@@ -751,9 +751,10 @@ public sealed unsafe class CpuForward : IDisposable
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
     bool _panel;
     // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles, 1 to 64 rows) run those on PackedFloat's activation blocks in _xPanels;
-    // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0.
+    // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0;
+    // _tileBlockRows: the activations a block holds (PackedFloat.BlockRowsFor, where every product's tiles agree; else 12).
     bool _floatTiles;
-    int _tileScale;
+    int _tileScale, _tileBlockRows;
 
     /// <summary>
     /// y_k[t, r] = W_k[r] · x[t] for t in [0, n) and each given weight (x is n × columns, y_k is n × rows_k),
@@ -777,6 +778,9 @@ public sealed unsafe class CpuForward : IDisposable
         // Half tiles read unrebiased where every product's halves take the same activation scale (and UnrebiasedHalves).
         _tileScale = _floatTiles && UnrebiasedHalves ? TilesOf(w0)!.ActivationScale : 0;
         if (_tileScale != 0 && (w1 is not null && TilesOf(w1)!.ActivationScale != _tileScale || w2 is not null && TilesOf(w2)!.ActivationScale != _tileScale)) _tileScale = 0;
+        _tileBlockRows = _floatTiles ? TilesOf(w0)!.BlockRowsFor(n) : PackedFloat.BlockRows;
+        if (w1 is not null && _floatTiles && TilesOf(w1)!.BlockRowsFor(n) != _tileBlockRows || w2 is not null && _floatTiles && TilesOf(w2)!.BlockRowsFor(n) != _tileBlockRows)
+            _tileBlockRows = PackedFloat.BlockRows;
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
@@ -805,11 +809,11 @@ public sealed unsafe class CpuForward : IDisposable
         if (_floatTiles)
         {
             _unscalable = false;
-            _pool.For(PackedFloat.Blocks(n), _tileBody);
+            _pool.For(PackedFloat.Blocks(n, _tileBlockRows), _tileBody);
             if (_unscalable)
             {
                 _tileScale = 0; // some activation would overflow scaled: pack them as they are, read the halves rebiased
-                _pool.For(PackedFloat.Blocks(n), _tileBody);
+                _pool.For(PackedFloat.Blocks(n, _tileBlockRows), _tileBody);
             }
         }
         if (integer)
@@ -858,7 +862,7 @@ public sealed unsafe class CpuForward : IDisposable
     /// <summary>Activation block <paramref name="block"/> of the current product into _xPanels, as <see cref="PackedFloat"/> reads it.</summary>
     void PackTileBlock(int block, int worker)
     {
-        if (!PackedFloat.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels, _tileScale)) _unscalable = true;
+        if (!PackedFloat.PackActivations(_mmX, _mmColumns, _mmN, _mmColumns, block, _xPanels, _tileScale, _tileBlockRows)) _unscalable = true;
     }
 
     /// <summary>
@@ -951,7 +955,7 @@ public sealed unsafe class CpuForward : IDisposable
             // Work items go out in order to whichever worker is free: this worker's next is most likely ThreadCount items on.
             TilesOf(w)!.Multiply((int)r0, (int)(r1 - r0), _xPanels, _mmN, y, (int)rows,
                 (System.Runtime.Intrinsics.Vector512<float>*)(_tileSums + (long)worker * PackedFloat.PartialVectors * 16), (int)(r0 + (long)chunkRows * _pool.ThreadCount),
-                scaled: _tileScale != 0);
+                scaled: _tileScale != 0, blockRows: _tileBlockRows);
             return;
         }
         bool integer = IsInteger(w);
