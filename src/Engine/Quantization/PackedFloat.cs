@@ -11,11 +11,11 @@ namespace TokenMill.Quantization;
 /// blocks of up to 12 activations broadcast from memory — 24 fused multiply-adds for 2 vector loads and 12 broadcasts,
 /// where <see cref="TileGemm"/>'s dot-product form loads 10 vectors for its 24. The results are TileGemm's bits, a lone
 /// row's included (four classes at a time, eight chains of multiply-adds in flight), so a row's result is the same
-/// alone and in any batch. Tiles of halves take a second kernel where it makes fewer activation blocks: one vector
-/// (half a tile) against blocks of up to 16 activations, each broadcast into its multiply-add from memory, so one
-/// widened weight vector feeds 16 multiply-adds instead of 11 or 12 (<see cref="BlockRowsFor"/>). F16 tiles keep the halves (finite ones; on Intel lifted as <see cref="LiftedF16"/> lifts
+/// alone and in any batch. F16 tiles keep the halves (finite ones; on Intel lifted as <see cref="LiftedF16"/> lifts
 /// them, free of subnormals) and widen each to its exact f32 value as the kernel loads it, two vectors a step for 24
-/// multiply-adds; BF16 tiles too.
+/// multiply-adds; BF16 tiles too. Tiles of halves take a second kernel where it makes fewer activation blocks: one
+/// vector (half a tile) against blocks of up to 16 activations, each broadcast into its multiply-add from memory, so
+/// one widened weight vector feeds 16 multiply-adds instead of 11 or 12 (<see cref="BlockRowsFor"/>).
 /// </summary>
 /// <remarks>
 /// <para>
