@@ -420,6 +420,35 @@ public unsafe class F16DecodeRowBenchmarks
     }
 }
 
+/// <summary>
+/// A batched tile product's buffers, 64-byte aligned: <c>n</c> activation rows <c>ldx</c> floats apart (random in
+/// [−1, 1)), the n × rows results, <see cref="PackedFloat"/>'s packed activations and two workers' parked sums.
+/// </summary>
+sealed unsafe class TileProductBuffers : IDisposable
+{
+    public readonly float* Xs, Ys, PackedXs;
+    public readonly Vector512<float>*[] Parked = new Vector512<float>*[2];
+
+    public TileProductBuffers(int n, int ldx, int rows, int cols, Random random)
+    {
+        Xs = Floats((long)n * ldx);
+        for (long i = 0; i < (long)n * ldx; i++) Xs[i] = (float)(random.NextDouble() * 2 - 1);
+        Ys = Floats((long)n * rows);
+        PackedXs = Floats(PackedFloat.ActivationFloats(n, cols));
+        for (int t = 0; t < Parked.Length; t++) Parked[t] = (Vector512<float>*)Floats(PackedFloat.PartialVectors * 16L);
+    }
+
+    static float* Floats(long count) => (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(count * sizeof(float)), 64);
+
+    public void Dispose()
+    {
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(Xs);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(Ys);
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(PackedXs);
+        foreach (var p in Parked) System.Runtime.InteropServices.NativeMemory.AlignedFree(p);
+    }
+}
+
 /// <summary>Which kernel <see cref="SmallBatchStreamingBenchmarks"/> runs.</summary>
 public enum SmallBatchKernel
 {
@@ -445,8 +474,7 @@ public unsafe class SmallBatchStreamingBenchmarks
     const int Rows = 5632, Cols = 2048, Matrices = 8, ItemRows = 16;
     readonly float*[] _weights = new float*[Matrices];
     readonly PackedFloat?[] _tiles = new PackedFloat?[Matrices];
-    float* _xs, _ys, _packedXs;
-    readonly Vector512<float>*[] _parked = new Vector512<float>*[2];
+    TileProductBuffers? _buffers;
     int _next;
 
     [Params(8, 32, 48)]
@@ -468,12 +496,7 @@ public unsafe class SmallBatchStreamingBenchmarks
             for (long i = 0; i < (long)Rows * Cols; i++) _weights[m][i] = (float)(random.NextDouble() * 2 - 1) * 0.05f;
             _tiles[m] = Kernel == SmallBatchKernel.Tiles ? PackedFloat.Pack(_weights[m], Cols, Rows, Cols) : null;
         }
-        _xs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Ldx * sizeof(float)), 64);
-        for (long i = 0; i < (long)N * Ldx; i++) _xs[i] = (float)(random.NextDouble() * 2 - 1);
-        _ys = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Rows * sizeof(float)), 64);
-        _packedXs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.ActivationFloats(N, Cols) * sizeof(float)), 64);
-        for (int t = 0; t < _parked.Length; t++)
-            _parked[t] = (Vector512<float>*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.PartialVectors * 64), 64);
+        _buffers = new TileProductBuffers(N, Ldx, Rows, Cols, random);
     }
 
     [GlobalCleanup]
@@ -481,10 +504,7 @@ public unsafe class SmallBatchStreamingBenchmarks
     {
         foreach (var w in _weights) System.Runtime.InteropServices.NativeMemory.AlignedFree(w);
         Array.Clear(_tiles);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xs);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_ys);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_packedXs);
-        foreach (var p in _parked) System.Runtime.InteropServices.NativeMemory.AlignedFree(p);
+        _buffers?.Dispose();
     }
 
     /// <summary>One whole matrix (the next of the eight) times the N activation rows.</summary>
@@ -494,7 +514,7 @@ public unsafe class SmallBatchStreamingBenchmarks
         TileGemm.InterleavesSmallBatches = Kernel == SmallBatchKernel.Interleaved;
         int m = _next++ % Matrices;
         if (Kernel == SmallBatchKernel.Tiles)
-            for (int b = 0; b < PackedFloat.Blocks(N); b++) PackedFloat.PackActivations(_xs, Ldx, N, Cols, b, _packedXs);
+            for (int b = 0; b < PackedFloat.Blocks(N); b++) PackedFloat.PackActivations(_buffers!.Xs, Ldx, N, Cols, b, _buffers.PackedXs);
         var other = new Thread(() => Items(m, 1));
         other.Start();
         Items(m, 0);
@@ -505,18 +525,19 @@ public unsafe class SmallBatchStreamingBenchmarks
     void Items(int m, int first)
     {
         float* w = _weights[m];
+        var buffers = _buffers!;
         if (_tiles[m] is { } tiles)
         {
             for (int item = first; item * PackedFloat.TileRows < Rows; item += 2)
-                tiles.Multiply(item * PackedFloat.TileRows, Math.Min(PackedFloat.TileRows, Rows - item * PackedFloat.TileRows), _packedXs, N, _ys, Rows, _parked[first],
-                    aheadRow: (item + 2) * PackedFloat.TileRows);
+                tiles.Multiply(item * PackedFloat.TileRows, Math.Min(PackedFloat.TileRows, Rows - item * PackedFloat.TileRows), buffers.PackedXs, N, buffers.Ys, Rows,
+                    buffers.Parked[first], aheadRow: (item + 2) * PackedFloat.TileRows);
             return;
         }
         for (int item = first; item * ItemRows < Rows; item += 2)
         {
             int r0 = item * ItemRows, ahead = r0 + 2 * ItemRows;
             byte* next = ahead < Rows ? (byte*)(w + (long)ahead * Cols) : null;
-            TileGemm.Multiply(w + (long)r0 * Cols, ItemRows, Cols, _xs, Ldx, N, _ys + r0, Rows, next, next == null ? 0 : (long)ItemRows * Cols * sizeof(float));
+            TileGemm.Multiply(w + (long)r0 * Cols, ItemRows, Cols, buffers.Xs, Ldx, N, buffers.Ys + r0, Rows, next, next == null ? 0 : (long)ItemRows * Cols * sizeof(float));
         }
     }
 }
@@ -530,10 +551,10 @@ public unsafe class SmallBatchStreamingBenchmarks
 /// </summary>
 public unsafe class HalfTileBenchmarks
 {
-    const int Rows = 5632, Cols = 2048, Matrices = 6;
-    readonly PackedFloat?[] _tiles = new PackedFloat?[Matrices];
-    float* _xs, _ys, _packedXs;
-    readonly Vector512<float>*[] _parked = new Vector512<float>*[2];
+    const int Rows = 5632, Cols = 2048;
+    PackedFloat?[] _tiles = [];
+    float[] _first = []; // matrix 0's weights as f32 (the halves' values), for Check
+    TileProductBuffers? _buffers;
     int _next;
 
     [Params(GgmlType.F16, GgmlType.BF16, GgmlType.F32)]
@@ -545,11 +566,15 @@ public unsafe class HalfTileBenchmarks
     [Params(PackedFloat.BlockRows, PackedFloat.HalfBlockRows)]
     public int BlockRows { get; set; } = PackedFloat.HalfBlockRows;
 
+    /// <summary>Matrices taken in turn (six: 138 to 277 MB, out of cache); the smoke test takes one.</summary>
+    public int Matrices { get; set; } = 6;
+
     [GlobalSetup]
     public void Setup()
     {
         if (!TileGemm.IsSupported) throw new NotSupportedException("the tile kernels need AVX-512F");
         var random = new Random(13);
+        _tiles = new PackedFloat?[Matrices];
         var values = new float[(long)Rows * Cols];
         var halves = Type == GgmlType.F32 ? null : new ushort[values.Length];
         for (int m = 0; m < Matrices; m++)
@@ -558,32 +583,27 @@ public unsafe class HalfTileBenchmarks
             fixed (float* v = values)
             fixed (ushort* h = halves)
             {
-                if (h == null)
+                if (h == null) _tiles[m] = PackedFloat.Pack(v, Cols, Rows, Cols);
+                else
                 {
-                    _tiles[m] = PackedFloat.Pack(v, Cols, Rows, Cols);
-                    continue;
+                    for (long i = 0; i < values.Length; i++)
+                    {
+                        h[i] = Type == GgmlType.F16 ? BitConverter.HalfToUInt16Bits((Half)values[i]) : (ushort)(BitConverter.SingleToUInt32Bits(values[i]) >> 16);
+                        values[i] = Type == GgmlType.F16 ? (float)BitConverter.UInt16BitsToHalf(h[i]) : BitConverter.UInt32BitsToSingle((uint)h[i] << 16);
+                    }
+                    _tiles[m] = PackedFloat.PackHalves(Type, (byte*)h, Cols * sizeof(ushort), Rows, Cols);
                 }
-                for (long i = 0; i < values.Length; i++)
-                    h[i] = Type == GgmlType.F16 ? BitConverter.HalfToUInt16Bits((Half)values[i]) : (ushort)(BitConverter.SingleToUInt32Bits(values[i]) >> 16);
-                _tiles[m] = PackedFloat.PackHalves(Type, (byte*)h, Cols * sizeof(ushort), Rows, Cols);
             }
+            if (m == 0) _first = (float[])values.Clone();
         }
-        _xs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Cols * sizeof(float)), 64);
-        for (long i = 0; i < (long)N * Cols; i++) _xs[i] = (float)(random.NextDouble() * 2 - 1);
-        _ys = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)((long)N * Rows * sizeof(float)), 64);
-        _packedXs = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.ActivationFloats(N, Cols) * sizeof(float)), 64);
-        for (int t = 0; t < _parked.Length; t++)
-            _parked[t] = (Vector512<float>*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)(PackedFloat.PartialVectors * 64), 64);
+        _buffers = new TileProductBuffers(N, Cols, Rows, Cols, random);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        Array.Clear(_tiles);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_xs);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_ys);
-        System.Runtime.InteropServices.NativeMemory.AlignedFree(_packedXs);
-        foreach (var p in _parked) System.Runtime.InteropServices.NativeMemory.AlignedFree(p);
+        _tiles = [];
+        _buffers?.Dispose();
     }
 
     /// <summary>One whole matrix (the next of the six) times the N activation rows.</summary>
@@ -591,8 +611,9 @@ public unsafe class HalfTileBenchmarks
     public void MatMul()
     {
         var tiles = _tiles[_next++ % Matrices]!;
+        var buffers = _buffers!;
         int scale = tiles.ActivationScale;
-        for (int b = 0; b < PackedFloat.Blocks(N, BlockRows); b++) PackedFloat.PackActivations(_xs, Cols, N, Cols, b, _packedXs, scale, BlockRows);
+        for (int b = 0; b < PackedFloat.Blocks(N, BlockRows); b++) PackedFloat.PackActivations(buffers.Xs, Cols, N, Cols, b, buffers.PackedXs, scale, BlockRows);
         var other = new Thread(() => Items(tiles, 1, scale));
         other.Start();
         Items(tiles, 0, scale);
@@ -601,9 +622,35 @@ public unsafe class HalfTileBenchmarks
 
     void Items(PackedFloat tiles, int first, int scale)
     {
+        var buffers = _buffers!;
         for (int item = first; item * PackedFloat.TileRows < Rows; item += 2)
-            tiles.Multiply(item * PackedFloat.TileRows, Math.Min(PackedFloat.TileRows, Rows - item * PackedFloat.TileRows), _packedXs, N, _ys, Rows, _parked[first],
-                aheadRow: (item + 2) * PackedFloat.TileRows, scaled: scale != 0, blockRows: BlockRows);
+            tiles.Multiply(item * PackedFloat.TileRows, Math.Min(PackedFloat.TileRows, Rows - item * PackedFloat.TileRows), buffers.PackedXs, N, buffers.Ys, Rows,
+                buffers.Parked[first], aheadRow: (item + 2) * PackedFloat.TileRows, scaled: scale != 0, blockRows: BlockRows);
+    }
+
+    /// <summary>
+    /// The smoke test's check: one <see cref="MatMul"/> of the first matrix against <see cref="TileGemm"/> on the same
+    /// values as f32 (the halves widen exactly, so the bits must agree); returns the number of outputs that differ.
+    /// </summary>
+    public int Check()
+    {
+        Setup();
+        try
+        {
+            _next = 0;
+            MatMul();
+            var expected = new float[N * Rows];
+            QuantizedDot.MatMulRowRange(GgmlType.F32, System.Runtime.InteropServices.MemoryMarshal.AsBytes(_first.AsSpan()).ToArray(), Rows, Cols, 0, Rows,
+                new ReadOnlySpan<float>(_buffers!.Xs, N * Cols).ToArray(), N, expected, new float[Rows * Cols]);
+            int differ = 0;
+            for (int i = 0; i < expected.Length; i++)
+                if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(_buffers.Ys[i])) differ++;
+            return differ;
+        }
+        finally
+        {
+            Cleanup();
+        }
     }
 }
 

@@ -75,6 +75,17 @@ public class BenchmarkSmokeTests
         Assert.Equal(0, new DecodeStreamingBenchmarks { Type = type, N = n, Matrices = 2 }.Check());
     }
 
+    [SkippableTheory]
+    [InlineData(GgmlType.F16, 32, 16)]
+    [InlineData(GgmlType.F16, 32, 12)]
+    [InlineData(GgmlType.BF16, 16, 16)]
+    [InlineData(GgmlType.F32, 64, 12)]
+    public void Half_tile_benchmark_gets_the_tile_kernels_bits(GgmlType type, int n, int blockRows)
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
+        Assert.Equal(0, new HalfTileBenchmarks { Type = type, N = n, BlockRows = blockRows, Matrices = 1 }.Check());
+    }
+
     [Fact]
     public void F16_decode_row_benchmark_forms_agree()
     {
