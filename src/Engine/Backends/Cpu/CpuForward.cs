@@ -776,11 +776,8 @@ public sealed unsafe class CpuForward : IDisposable
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
         _floatTiles = !_panel && tiled && n <= PackedFloat.MaxActivations;
         // Half tiles read unrebiased where every product's halves take the same activation scale (and UnrebiasedHalves).
-        _tileScale = _floatTiles && UnrebiasedHalves ? TilesOf(w0)!.ActivationScale : 0;
-        if (_tileScale != 0 && (w1 is not null && TilesOf(w1)!.ActivationScale != _tileScale || w2 is not null && TilesOf(w2)!.ActivationScale != _tileScale)) _tileScale = 0;
-        _tileBlockRows = _floatTiles ? TilesOf(w0)!.BlockRowsFor(n) : PackedFloat.BlockRows;
-        if (w1 is not null && _floatTiles && TilesOf(w1)!.BlockRowsFor(n) != _tileBlockRows || w2 is not null && _floatTiles && TilesOf(w2)!.BlockRowsFor(n) != _tileBlockRows)
-            _tileBlockRows = PackedFloat.BlockRows;
+        _tileScale = _floatTiles && UnrebiasedHalves ? TilesAgree(static (t, _) => t.ActivationScale, n, 0, w0, w1, w2) : 0;
+        _tileBlockRows = _floatTiles ? TilesAgree(static (t, n) => t.BlockRowsFor(n), n, PackedFloat.BlockRows, w0, w1, w2) : PackedFloat.BlockRows;
         // Where subnormals are slow (LiftHalves), a call of prefill's size reads F16 as it is, each work item's rows
         // dequantized into the tile once (QuantizedDot.FusedF16MaxRows): the Xeon's FMA ports also run the in-kernel
         // conversion there, and the F16 pp512 ran 1.07× (median of six alternated runs) — the same bits either way.
@@ -851,6 +848,16 @@ public sealed unsafe class CpuForward : IDisposable
             _scaleHalf &= TileGemm.IsSupported && IsFiniteF16(w);
         }
         work += w.Rows * w.Columns * _mmN;
+    }
+
+    /// <summary>
+    /// What every product's tiles say for a call of <paramref name="n"/> rows (<paramref name="of"/>), or
+    /// <paramref name="otherwise"/> where they differ: the activation blocks are packed once for all of them.
+    /// </summary>
+    static int TilesAgree(Func<PackedFloat, int, int> of, int n, int otherwise, WeightTensor w0, WeightTensor? w1, WeightTensor? w2)
+    {
+        int value = of(TilesOf(w0)!, n);
+        return (w1 is null || of(TilesOf(w1)!, n) == value) && (w2 is null || of(TilesOf(w2)!, n) == value) ? value : otherwise;
     }
 
     /// <summary>Whether <see cref="PanelGemm"/> multiplies <paramref name="w"/>: 16- or 32-bit floats.</summary>
