@@ -320,6 +320,9 @@ public sealed class OpenAiServer : IAsyncDisposable
     {
         if (ctx.Response.HasStarted) return; // mid-stream: the stream just ends
         ctx.Response.StatusCode = e.Status;
+        // A body refused for its size is left unread, and Kestrel drops the connection rather than drain it:
+        // say so, or the client reuses a connection the server is closing and its next request fails.
+        if (e.Status == StatusCodes.Status413PayloadTooLarge) ctx.Response.Headers.Connection = "close";
         ctx.Response.ContentType = "application/json";
         await WriteJson(ctx, e.WriteTo).ConfigureAwait(false);
     }
