@@ -18,6 +18,31 @@ public sealed unsafe class MappedFile : IDisposable
         _view = view;
         Pointer = pointer;
         Length = length;
+        lock (s_live) s_live.Add(this);
+    }
+
+    /// <summary>The mappings not yet disposed, for <see cref="Release"/>.</summary>
+    static readonly List<MappedFile> s_live = [];
+
+    const int MadvDontNeed = 4;
+    const long PageBytes = 4096;
+
+    /// <summary>
+    /// Hands the whole pages inside [<paramref name="start"/>, +<paramref name="byteCount"/>) back to the kernel
+    /// (<c>MADV_DONTNEED</c>, Linux) where the range lies in a live mapping: for weights that a repacked copy replaced,
+    /// so the process does not hold them twice. A mapping is read-only and private, so a page read again is faulted
+    /// back in from the file, unchanged: nothing is lost, only time. Anywhere else (memory of the process's own, other
+    /// systems) it does nothing and returns false.
+    /// </summary>
+    public static bool Release(byte* start, long byteCount)
+    {
+        if (!OperatingSystem.IsLinux() || byteCount <= 0) return false;
+        long first = ((long)start + PageBytes - 1) & ~(PageBytes - 1), end = ((long)start + byteCount) & ~(PageBytes - 1);
+        lock (s_live)
+        {
+            if (!s_live.Exists(m => (long)start >= (long)m.Pointer && (long)start + byteCount <= (long)m.Pointer + m.Length)) return false;
+            return end > first && NativeBuffer.madvise((void*)first, (nuint)(end - first), MadvDontNeed) == 0;
+        }
     }
 
     public byte* Pointer { get; }
@@ -60,6 +85,7 @@ public sealed unsafe class MappedFile : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        lock (s_live) s_live.Remove(this);
         _view.SafeMemoryMappedViewHandle.ReleasePointer();
         _view.Dispose();
         _map.Dispose();

@@ -59,7 +59,7 @@ public sealed unsafe partial class NativeBuffer : SafeHandle
     }
 
     [LibraryImport("libc")]
-    private static partial int madvise(void* address, nuint length, int advice);
+    internal static partial int madvise(void* address, nuint length, int advice);
 
     public long ByteCount { get; }
 

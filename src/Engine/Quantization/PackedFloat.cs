@@ -79,6 +79,20 @@ internal sealed unsafe class PackedFloat
     public int RowCount { get; }
     public int Columns { get; }
 
+    /// <summary>Whether the tiles hold f32 weights (not halves): <see cref="PanelGemm"/> then reads them in place (<see cref="Panel"/>).</summary>
+    public bool HoldsF32 => _halves == Halves.None;
+
+    /// <summary>
+    /// F32 tiles: rows [<paramref name="row"/>, + 16) (row a multiple of 16) as one of <see cref="PanelGemm"/>'s class-major
+    /// panels: class j at 32·steps·j floats on, step m at 32m (the other half of the tile between steps).
+    /// </summary>
+    public float* Panel(int row)
+    {
+        if (!HoldsF32 || row % PanelGemm.TileRows != 0 || row < 0 || row >= RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"PackedFloat.Panel: row {row} of {RowCount} in {(HoldsF32 ? "F32" : "half")} tiles (F32, a multiple of 16)");
+        return (float*)_tiles + (long)(row / TileRows) * TileRows * Columns + row % TileRows;
+    }
+
     /// <summary>Bytes a weight takes in the tiles: 4, or 2 for halves.</summary>
     int ElementBytes => _halves == Halves.None ? sizeof(float) : sizeof(ushort);
 

@@ -26,6 +26,32 @@ public class PanelGemmForwardTests
         var tiled = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = int.MaxValue, steps, maxBatchTokens: 32, contextTokens: 64);
         var packed = ForwardSteps.Logits(model, pool, f => f.PanelMinRows = 3, steps, maxBatchTokens: 32, contextTokens: 64);
         ForwardSteps.AssertSameBits(tiled, packed, $"{type}, chunks of 30, 1, 2, 3, 26 and 1 tokens");
+        if (type != GgmlType.F32) return;
+        // F32 panels read the tiles in place where the matrix has them (above); here they pack its rows.
+        var rows = ForwardSteps.Logits(model, pool, f => (f.PanelMinRows, f.FloatTiles, f.TiledMinRows) = (3, false, 1), steps, maxBatchTokens: 32, contextTokens: 64);
+        ForwardSteps.AssertSameBits(tiled, rows, "F32 panels packed from the rows, chunks of 30, 1, 2, 3, 26 and 1 tokens");
+    }
+
+    /// <summary>
+    /// Once an F32 matrix has its tiles, no product reads its rows: chunks past the tiles' reach (65 to 127 rows) run
+    /// <see cref="PanelGemm"/> on the tiles, as prefill's do, and a lone row and smaller chunks run the tiles. With every
+    /// matrix's rows overwritten by NaNs after the tiles were made, the logits must still be the tile kernel's bits on the rows.
+    /// </summary>
+    [SkippableFact]
+    public unsafe void No_product_reads_the_rows_of_F32_matrices_with_tiles()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
+        using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", GgmlType.F32, blockCount: 1);
+        using var pool = new CpuWorkerPool(2);
+        int[][] steps = [Enumerable.Range(1, 70).ToArray(), [71], Enumerable.Range(72, 40).ToArray(), [112], Enumerable.Range(113, 10).ToArray()];
+        var rows = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.TiledMinRows, f.PanelMinRows) = (false, 1, int.MaxValue), steps, maxBatchTokens: 80, contextTokens: 128);
+        ForwardSteps.Logits(model, pool, _ => { }, [[1, 2]], maxBatchTokens: 80, contextTokens: 128); // every matrix's tiles made
+        var l = model.Weights.Layers[0];
+        Assert.NotSame(model.Weights.TokenEmbedding, model.Weights.Output);
+        foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down, model.Weights.Output })
+            new Span<float>(w.Data, checked((int)(w.Rows * w.Columns))).Fill(float.NaN);
+        var tiles = ForwardSteps.Logits(model, pool, _ => { }, steps, maxBatchTokens: 80, contextTokens: 128);
+        ForwardSteps.AssertSameBits(rows, tiles, "F32 read from its tiles alone, chunks of 70, 1, 40, 1 and 10 tokens");
     }
 
     /// <summary>

@@ -33,11 +33,15 @@ public unsafe class PanelGemmTests
                     var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
                     var expected = new float[n * rows];
                     QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
-                    var actual = Panel(type, w, rowBytes, rows, cols, xs, ldx, n);
-                    for (int i = 0; i < n; i++)
-                        for (int r = 0; r < rows; r++)
-                            Assert.True(BitConverter.SingleToInt32Bits(expected[i * rows + r]) == BitConverter.SingleToInt32Bits(actual[i * rows + r]),
-                                $"{type} [{rows}×{cols}], n = {n}, ldx = {ldx}, activation {i}, row {r}: {actual[i * rows + r]} packed, {expected[i * rows + r]} tiled");
+                    // F32 also straight from its PackedFloat tiles, from a first item of 16 rows (half a tile) on.
+                    foreach (bool inTiles in type == GgmlType.F32 ? new[] { false, true } : [false])
+                    {
+                        var actual = Panel(type, w, rowBytes, rows, cols, xs, ldx, n, firstItem: inTiles ? 16 : 5, inTiles: inTiles);
+                        for (int i = 0; i < n; i++)
+                            for (int r = 0; r < rows; r++)
+                                Assert.True(BitConverter.SingleToInt32Bits(expected[i * rows + r]) == BitConverter.SingleToInt32Bits(actual[i * rows + r]),
+                                    $"{type}{(inTiles ? " tiles" : "")} [{rows}×{cols}], n = {n}, ldx = {ldx}, activation {i}, row {r}: {actual[i * rows + r]} packed, {expected[i * rows + r]} tiled");
+                    }
                 }
         }
     }
@@ -50,17 +54,20 @@ public unsafe class PanelGemmTests
     public void Any_shape_and_split_gives_the_tile_kernels_bits()
     {
         Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
-        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16];
-        Gen.Select(Gen.Int[0, 2], Gen.Int[1, 40], Gen.Int[1, 50], Gen.Int[1, 60], Gen.Int[0, 3], Gen.Int[0, int.MaxValue]).Sample((t, vectors, rows, n, pad, seed) =>
+        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.F32]; // the last: F32 read from its tiles
+        Gen.Select(Gen.Int[0, 3], Gen.Int[1, 40], Gen.Int[1, 50], Gen.Int[1, 60], Gen.Int[0, 3], Gen.Int[0, int.MaxValue]).Sample((t, vectors, rows, n, pad, seed) =>
         {
             var type = types[t];
+            bool inTiles = t == 3;
             int cols = 16 * vectors, ldx = cols + 16 * pad;
             var rng = new Random(seed);
             var w = RandomBlocks.Row(type, rows * cols, rng);
             var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
             var expected = new float[n * rows];
             QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
-            var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: 1 + rng.Next(Math.Min(rows, PanelGemm.ItemRows(cols))));
+            int first = 1 + rng.Next(Math.Min(rows, PanelGemm.ItemRows(cols)));
+            if (inTiles) first = Math.Max(16, first / 16 * 16); // items of tiles start at a multiple of 16 rows
+            var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: first, inTiles: inTiles);
             return MemoryMarshal.AsBytes(expected.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(actual.AsSpan()));
         }, iter: 60);
     }
@@ -122,8 +129,32 @@ public unsafe class PanelGemmTests
         Assert.Contains("at most 32", ex.Message);
     }
 
-    /// <summary>The product as CpuForward runs it: activations packed block by block, then work items of <see cref="PanelGemm.ItemRows"/>.</summary>
-    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n, int firstItem = 5)
+    [SkippableFact]
+    public void Tiles_it_cannot_read_in_place_are_refused()
+    {
+        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
+        const int rows = 64, cols = 32;
+        var f32 = RandomBlocks.Row(GgmlType.F32, rows * cols, new Random(3));
+        var f16 = RandomBlocks.Row(GgmlType.F16, rows * cols, new Random(4));
+        fixed (byte* w32 = f32)
+        fixed (byte* w16 = f16)
+        {
+            var tiles = PackedFloat.Pack((float*)w32, cols, rows, cols);
+            var halves = PackedFloat.PackHalves(GgmlType.F16, w16, cols * 2, rows, cols);
+            nint at32 = (nint)w32, at16 = (nint)w16; // the lambdas take addresses, not fixed locals
+            Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F32, (byte*)at32, cols * 4, 8, 16, cols, null, 1, null, rows, null, null, tiles)).Message);
+            Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F32, (byte*)at32, cols * 4, 48, 32, cols, null, 1, null, rows, null, null, tiles)).Message);
+            Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F16, (byte*)at16, cols * 2, 0, 16, cols, null, 1, null, rows, null, null, halves)).Message);
+            Assert.Throws<ArgumentOutOfRangeException>(() => halves.Panel(0));
+            Assert.Throws<ArgumentOutOfRangeException>(() => tiles.Panel(24));
+        }
+    }
+
+    /// <summary>
+    /// The product as CpuForward runs it: activations packed block by block, then work items of <see cref="PanelGemm.ItemRows"/>;
+    /// with <paramref name="inTiles"/>, F32 weights read in place from their <see cref="PackedFloat"/> tiles (firstItem a multiple of 16).
+    /// </summary>
+    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n, int firstItem = 5, bool inTiles = false)
     {
         var ys = new float[n * rows];
         var packedX = new float[PanelGemm.ActivationFloats(n, cols)];
@@ -134,12 +165,13 @@ public unsafe class PanelGemmTests
         fixed (float* x = xs, px = packedX, pw = packedW, y = ys, s = sums)
         {
             float* aligned = (float*)(((nint)s + 63) & ~(nint)63);
+            var tiles = inTiles ? PackedFloat.Pack((float*)w, cols, rows, cols) : null;
             for (int b = 0; b < PanelGemm.Blocks(n); b++) PanelGemm.PackActivations(x, ldx, n, cols, b, px);
             // A first item of a few rows (5), so that the others start mid-matrix and mid-tile.
             for (int r0 = 0; r0 < rows;)
             {
                 int count = Math.Min(r0 == 0 ? firstItem : item, rows - r0);
-                PanelGemm.Multiply(type, w, rowBytes, r0, count, cols, px, n, y, rows, pw, aligned);
+                PanelGemm.Multiply(type, w, rowBytes, r0, count, cols, px, n, y, rows, pw, aligned, tiles);
                 r0 += count;
             }
         }

@@ -771,7 +771,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmCount = 0;
         _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
         bool tiled = FloatTiles && _xPanels != null && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
-        _panel = _xPanels != null && (n >= PanelMinRows || n > PackedFloat.MaxActivations && tiled && w0.Type == GgmlType.F16) && n <= _maxTokens
+        _panel = _xPanels != null && (n >= PanelMinRows || n > PackedFloat.MaxActivations && tiled && w0.Type is GgmlType.F16 or GgmlType.F32) && n <= _maxTokens
             && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
         _floatTiles = !_panel && tiled && n <= PackedFloat.MaxActivations;
@@ -953,8 +953,10 @@ public sealed unsafe class CpuForward : IDisposable
         long r0 = (long)chunk * chunkRows, r1 = Math.Min(rows, r0 + chunkRows);
         if (_panel)
         {
+            // F32 tiles are read in place: the rows are neither read nor packed again.
             PanelGemm.Multiply(w.Type, w.Data, w.RowBytes, (int)r0, (int)(r1 - r0), cols, _xPanels, _mmN, y, (int)rows,
-                _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats);
+                _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats,
+                FloatTiles && TilesOf(w) is { HoldsF32: true } tiles ? tiles : null);
             return;
         }
         if (_floatTiles)
