@@ -748,7 +748,8 @@ public sealed unsafe class CpuForward : IDisposable
     // _liftHalf: every product of the call reads its weights' lifted copy (LiftHalves): _xPadded holds the activations
     // times 2^102 (|x| < 2^26), for the tile kernel and for decode's one-row kernel alike.
     bool _scaleHalf, _unscalable, _liftHalf;
-    // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more.
+    // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more, or past
+    // PackedFloat.MaxActivations where F32 or F16 matrices have tiles (F32 tiles then feed the panels; F16 needs no lifted copy).
     bool _panel;
     // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles, 1 to 64 rows) run those on PackedFloat's activation blocks in _xPanels;
     // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0;
@@ -953,7 +954,7 @@ public sealed unsafe class CpuForward : IDisposable
         long r0 = (long)chunk * chunkRows, r1 = Math.Min(rows, r0 + chunkRows);
         if (_panel)
         {
-            // F32 tiles are read in place: the rows are neither read nor packed again.
+            // F32 matrices with tiles copy their panels from them: their rows are not read (NarrowedF32 released them).
             PanelGemm.Multiply(w.Type, w.Data, w.RowBytes, (int)r0, (int)(r1 - r0), cols, _xPanels, _mmN, y, (int)rows,
                 _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats,
                 FloatTiles && TilesOf(w) is { HoldsF32: true } tiles ? tiles : null);
