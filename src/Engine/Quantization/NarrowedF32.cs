@@ -55,24 +55,16 @@ internal sealed unsafe class NarrowedF32
             var data = Memory.NativeBuffer.PinnedStreamingArray(bytes, "NarrowedF32.Of");
             if (!Narrow(w, type, data)) continue;
             byte* p = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(data));
-            Memory.MappedFile.Release(w.Data, w.Rows * w.RowBytes); // products read the copy from now on
             return new NarrowedF32(data, new WeightTensor($"{w.Name} (as {type})", type, w.Rows, cols, p));
         }
         return Unnarrowed(w);
     }
 
-    /// <summary>
-    /// A matrix that does not narrow, with its <see cref="PackedFloat"/> tiles where the shape packs and memory allows
-    /// (<see cref="PackedFloat.Packs"/>). Every product of a matrix with tiles reads them (one row, batches of up to 64,
-    /// and <see cref="PanelGemm"/>'s larger ones copy their panels from them), so the rows' pages of a mapped file are
-    /// released (<see cref="Memory.MappedFile.Release"/>): F32 TinyLlama is not held twice.
-    /// </summary>
+    /// <summary>A matrix that does not narrow, with its <see cref="PackedFloat"/> tiles where the shape packs and memory allows (<see cref="PackedFloat.Packs"/>).</summary>
     static NarrowedF32 Unnarrowed(WeightTensor w)
     {
-        if (!PackedFloat.Packs(w.Rows, w.Columns, sizeof(float))) return new(null, null);
-        var tiles = PackedFloat.Pack((float*)w.Data, w.Columns, checked((int)w.Rows), (int)w.Columns);
-        Memory.MappedFile.Release(w.Data, w.Rows * w.RowBytes);
-        return new(null, null, tiles);
+        bool packs = PackedFloat.Packs(w.Rows, w.Columns, sizeof(float));
+        return new(null, null, packs ? PackedFloat.Pack((float*)w.Data, w.Columns, checked((int)w.Rows), (int)w.Columns) : null);
     }
 
     /// <summary>Rows sampled (one more than this, evenly from the first to the last) before a narrowed copy is allocated.</summary>

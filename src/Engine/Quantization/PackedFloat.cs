@@ -79,18 +79,33 @@ internal sealed unsafe class PackedFloat
     public int RowCount { get; }
     public int Columns { get; }
 
-    /// <summary>Whether the tiles hold f32 weights (not halves): <see cref="PanelGemm"/> then reads them in place (<see cref="Panel"/>).</summary>
-    public bool HoldsF32 => _halves == Halves.None;
+    /// <summary>The weights' type as the file holds them: F32, F16 (lifted or not) or BF16.</summary>
+    public GgmlType Type => _halves switch { Halves.None => GgmlType.F32, Halves.Brain => GgmlType.BF16, _ => GgmlType.F16 };
 
     /// <summary>
-    /// F32 tiles: rows [<paramref name="row"/>, + 16) (row a multiple of 16) as one of <see cref="PanelGemm"/>'s class-major
-    /// panels: class j at 32·steps·j floats on, step m at 32m (the other half of the tile between steps).
+    /// Rows [<paramref name="row"/>, + 16) (row a multiple of 16) as <see cref="PanelGemm"/>'s packed panel: for class j
+    /// and step m, the 16 rows' column 16m + j at 16·(steps·j + m), as f32. Half a tile is already in that order, its
+    /// steps 32 weights apart: F32 is copied, halves widened to their exact f32 as the kernels widen them (the values
+    /// <see cref="Dequantize.Row"/> gives), so a panel made here is the one PanelGemm packs from the rows.
     /// </summary>
-    public float* Panel(int row)
+    public void CopyPanel(int row, float* packed)
     {
-        if (!HoldsF32 || row % PanelGemm.TileRows != 0 || row < 0 || row >= RowCount)
-            throw new ArgumentOutOfRangeException(nameof(row), $"PackedFloat.Panel: row {row} of {RowCount} in {(HoldsF32 ? "F32" : "half")} tiles (F32, a multiple of 16)");
-        return (float*)_tiles + (long)(row / TileRows) * TileRows * Columns + row % TileRows;
+        if (row % PanelGemm.TileRows != 0 || row < 0 || row >= RowCount)
+            throw new ArgumentOutOfRangeException(nameof(row), $"PackedFloat.CopyPanel: row {row} of {RowCount} (a multiple of {PanelGemm.TileRows})");
+        byte* half = _tiles + ((long)(row / TileRows) * TileRows * Columns + row % TileRows) * ElementBytes;
+        long vectors = (long)Steps * Classes, stepBytes = TileRows * ElementBytes;
+        switch (_halves)
+        {
+            case Halves.None: CopyPanel<F32Tile>(half, vectors, stepBytes, packed); break;
+            case Halves.Plain: CopyPanel<F16Tile>(half, vectors, stepBytes, packed); break;
+            case Halves.Lifted: CopyPanel<LiftedF16Tile>(half, vectors, stepBytes, packed); break;
+            case Halves.Brain: CopyPanel<BF16Tile>(half, vectors, stepBytes, packed); break;
+        }
+    }
+
+    static void CopyPanel<TW>(byte* half, long vectors, long stepBytes, float* packed) where TW : struct, ITileWeights
+    {
+        for (long k = 0; k < vectors; k++) Avx512F.Store(packed + k * Classes, TW.Low(half + k * stepBytes));
     }
 
     /// <summary>Bytes a weight takes in the tiles: 4, or 2 for halves.</summary>

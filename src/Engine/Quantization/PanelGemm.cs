@@ -108,23 +108,23 @@ internal static unsafe class PanelGemm
     /// Weight rows [<paramref name="r0"/>, + <paramref name="count"/>) (F32, F16 or BF16, <paramref name="rowBytes"/>
     /// apart) times the packed activations of n rows: ys[i·ldy + r] for r in the range. <paramref name="packedWeights"/>
     /// holds <see cref="WeightFloats"/>, <paramref name="partials"/> <see cref="PartialFloats"/> (the caller's per-thread
-    /// scratch); count is at most <see cref="ItemRows"/>. Given the same matrix's F32 <see cref="PackedFloat"/> tiles
-    /// (<paramref name="f32Tiles"/>, r0 a multiple of 16), the panels are copied from them and the rows are not read:
-    /// each half of a tile is already a class-major panel of 16 rows, its steps 32 floats apart. (The kernel reading
-    /// the tiles in place, with no copy, ran F32 TinyLlama's pp512 0.95× on the Xeon: three alternated pairs.)
+    /// scratch); count is at most <see cref="ItemRows"/>. Given the same matrix's <see cref="PackedFloat"/> tiles
+    /// (<paramref name="fromTiles"/>, r0 a multiple of 16), the panels are copied from them and the rows are not read:
+    /// half a tile is already a class-major panel of 16 rows (<see cref="PackedFloat.CopyPanel"/>). (For F32, the kernel
+    /// reading the tiles in place, with no copy, ran TinyLlama's pp512 0.95× on the Xeon: three alternated pairs.)
     /// </summary>
     public static void Multiply(GgmlType type, byte* weights, long rowBytes, int r0, int count, int cols, float* packedActivations, int n,
-        float* ys, int ldy, float* packedWeights, float* partials, PackedFloat? f32Tiles = null)
+        float* ys, int ldy, float* packedWeights, float* partials, PackedFloat? fromTiles = null)
     {
         if (count > ItemRows(cols)) throw new ArgumentOutOfRangeException(nameof(count), $"PanelGemm.Multiply: {count} rows, at most {ItemRows(cols)} for {cols} columns");
-        if (f32Tiles is not null && (!f32Tiles.HoldsF32 || f32Tiles.Columns != cols || r0 % TileRows != 0 || r0 + count > f32Tiles.RowCount))
-            throw new ArgumentException($"PanelGemm.Multiply: rows [{r0}, {r0 + count}) of {cols} columns are not in these F32 tiles", nameof(f32Tiles));
+        if (fromTiles is not null && (fromTiles.Type != type || fromTiles.Columns != cols || r0 % TileRows != 0 || r0 + count > fromTiles.RowCount))
+            throw new ArgumentException($"PanelGemm.Multiply: {type} rows [{r0}, {r0 + count}) of {cols} columns are not in these {fromTiles.Type} tiles", nameof(fromTiles));
         int tiles = (count + TileRows - 1) / TileRows, steps = cols / TileRows;
         for (int t = 0; t < tiles; t++)
-            if (f32Tiles is null)
+            if (fromTiles is null)
                 PackWeights(type, weights + (r0 + t * TileRows) * rowBytes, rowBytes, Math.Min(TileRows, count - t * TileRows), cols, packedWeights + (long)t * TileRows * cols);
             else
-                CopyPanel(f32Tiles.Panel(r0 + t * TileRows), steps, packedWeights + (long)t * TileRows * cols);
+                fromTiles.CopyPanel(r0 + t * TileRows, packedWeights + (long)t * TileRows * cols);
         var parked = (Vector512<float>*)partials;
         for (int b = 0; b < Blocks(n); b++)
         {
@@ -138,13 +138,6 @@ internal static unsafe class PanelGemm
             for (int t = 0; t < tiles; t++)
                 Combine(parked + t * TileRows * BlockRows, rows, Math.Min(TileRows, count - t * TileRows), ys + (long)b * BlockRows * ldy + r0 + t * TileRows, ldy);
         }
-    }
-
-    /// <summary>Half an F32 tile (<see cref="PackedFloat.Panel"/>: steps 32 floats apart) into a packed panel, steps 16 apart: the same class-major order.</summary>
-    static void CopyPanel(float* half, int steps, float* packed)
-    {
-        for (long k = 0, count = (long)steps * TileRows; k < count; k++)
-            Avx512F.Store(packed + k * TileRows, Avx512F.LoadVector512(half + k * PackedFloat.TileRows));
     }
 
     /// <summary>

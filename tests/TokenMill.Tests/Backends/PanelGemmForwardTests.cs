@@ -33,25 +33,38 @@ public class PanelGemmForwardTests
     }
 
     /// <summary>
-    /// Once an F32 matrix has its tiles, no product reads its rows: chunks past the tiles' reach (65 to 127 rows) run
-    /// <see cref="PanelGemm"/> on the tiles, as prefill's do, and a lone row and smaller chunks run the tiles. With every
-    /// matrix's rows overwritten by NaNs after the tiles were made, the logits must still be the tile kernel's bits on the rows.
+    /// Once a matrix has its repacked form (tiles, an exact 2-byte copy, repacked blocks), no product reads its rows —
+    /// what lets <see cref="CpuForward"/> hand a mapped file's pages back (<see cref="CpuForward.ReadsOnlyItsRepack"/>).
+    /// Chunks of 130 rows (prefill's panels), 70 (panels past the tiles' reach), 40, 10 and lone rows run after every such
+    /// matrix's rows were overwritten with 0xFF bytes (NaN weights, or NaN block scales): the logits must be the bits
+    /// of the same steps with the rows intact.
     /// </summary>
-    [SkippableFact]
-    public unsafe void No_product_reads_the_rows_of_F32_matrices_with_tiles()
+    [SkippableTheory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q4_0)]
+    [InlineData(GgmlType.Q4_K)]
+    [InlineData(GgmlType.Q6_K)]
+    public unsafe void No_product_reads_the_rows_of_a_repacked_matrix(GgmlType type)
     {
-        Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
-        using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", GgmlType.F32, blockCount: 1);
+        Skip.IfNot(TileGemm.IsSupported, "the tiles and repacked blocks need AVX-512");
+        using var model = DummyModelFactory.Create("dummy:tinyllama-1.1b", type, blockCount: 1);
         using var pool = new CpuWorkerPool(2);
-        int[][] steps = [Enumerable.Range(1, 70).ToArray(), [71], Enumerable.Range(72, 40).ToArray(), [112], Enumerable.Range(113, 10).ToArray()];
-        var rows = ForwardSteps.Logits(model, pool, f => (f.FloatTiles, f.TiledMinRows, f.PanelMinRows) = (false, 1, int.MaxValue), steps, maxBatchTokens: 80, contextTokens: 128);
-        ForwardSteps.Logits(model, pool, _ => { }, [[1, 2]], maxBatchTokens: 80, contextTokens: 128); // every matrix's tiles made
+        int[][] steps = [Enumerable.Range(1, 130).ToArray(), [131], Enumerable.Range(132, 70).ToArray(), [202], Enumerable.Range(203, 40).ToArray(), [243], Enumerable.Range(244, 10).ToArray()];
+        CpuForward? forward = null;
+        var intact = ForwardSteps.Logits(model, pool, f => forward = f, steps, maxBatchTokens: 130, contextTokens: 256);
         var l = model.Weights.Layers[0];
         Assert.NotSame(model.Weights.TokenEmbedding, model.Weights.Output);
-        foreach (var w in new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down, model.Weights.Output })
-            new Span<float>(w.Data, checked((int)(w.Rows * w.Columns))).Fill(float.NaN);
-        var tiles = ForwardSteps.Logits(model, pool, _ => { }, steps, maxBatchTokens: 80, contextTokens: 128);
-        ForwardSteps.AssertSameBits(rows, tiles, "F32 read from its tiles alone, chunks of 70, 1, 40, 1 and 10 tokens");
+        var matrices = new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.Gate, l.Up, l.Down, model.Weights.Output };
+        var repacked = matrices.Where(forward!.ReadsOnlyItsRepack).ToList();
+        // 16- and 32-bit floats always have tiles here (or F32 its exact copy); Q8_0 and Q4_0 their repacked blocks.
+        if (type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0)
+            Assert.Equal(matrices.Length, repacked.Count);
+        foreach (var w in repacked) new Span<byte>(w.Data, checked((int)(w.Rows * w.RowBytes))).Fill(0xFF);
+        var poisoned = ForwardSteps.Logits(model, pool, _ => { }, steps, maxBatchTokens: 130, contextTokens: 256);
+        ForwardSteps.AssertSameBits(intact, poisoned, $"{type}, {repacked.Count} of {matrices.Length} matrices read from their repacked form alone");
     }
 
     /// <summary>

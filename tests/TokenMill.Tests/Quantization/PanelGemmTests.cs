@@ -33,14 +33,15 @@ public unsafe class PanelGemmTests
                     var xs = RandomBlocks.Floats(rng, (n - 1) * ldx + cols);
                     var expected = new float[n * rows];
                     QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
-                    // F32 also straight from its PackedFloat tiles, from a first item of 16 rows (half a tile) on.
-                    foreach (bool inTiles in type == GgmlType.F32 ? new[] { false, true } : [false])
+                    // Also with the panels copied from the matrix's PackedFloat tiles (F16's lifted ones too), from a
+                    // first item of 16 rows (half a tile) on.
+                    foreach (var tiles in type == GgmlType.F16 ? new[] { Tiles.None, Tiles.Plain, Tiles.Lifted } : [Tiles.None, Tiles.Plain])
                     {
-                        var actual = Panel(type, w, rowBytes, rows, cols, xs, ldx, n, firstItem: inTiles ? 16 : 5, inTiles: inTiles);
+                        var actual = Panel(type, w, rowBytes, rows, cols, xs, ldx, n, firstItem: tiles == Tiles.None ? 5 : 16, tiles: tiles);
                         for (int i = 0; i < n; i++)
                             for (int r = 0; r < rows; r++)
                                 Assert.True(BitConverter.SingleToInt32Bits(expected[i * rows + r]) == BitConverter.SingleToInt32Bits(actual[i * rows + r]),
-                                    $"{type}{(inTiles ? " tiles" : "")} [{rows}×{cols}], n = {n}, ldx = {ldx}, activation {i}, row {r}: {actual[i * rows + r]} packed, {expected[i * rows + r]} tiled");
+                                    $"{type} (tiles: {tiles}) [{rows}×{cols}], n = {n}, ldx = {ldx}, activation {i}, row {r}: {actual[i * rows + r]} packed, {expected[i * rows + r]} tiled");
                     }
                 }
         }
@@ -54,11 +55,11 @@ public unsafe class PanelGemmTests
     public void Any_shape_and_split_gives_the_tile_kernels_bits()
     {
         Skip.IfNot(TileGemm.IsSupported, "the panel kernel needs AVX-512F");
-        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16, GgmlType.F32]; // the last: F32 read from its tiles
-        Gen.Select(Gen.Int[0, 3], Gen.Int[1, 40], Gen.Int[1, 50], Gen.Int[1, 60], Gen.Int[0, 3], Gen.Int[0, int.MaxValue]).Sample((t, vectors, rows, n, pad, seed) =>
+        GgmlType[] types = [GgmlType.F32, GgmlType.F16, GgmlType.BF16];
+        Gen.Select(Gen.Int[0, 5], Gen.Int[1, 40], Gen.Int[1, 50], Gen.Int[1, 60], Gen.Int[0, 3], Gen.Int[0, int.MaxValue]).Sample((t, vectors, rows, n, pad, seed) =>
         {
-            var type = types[t];
-            bool inTiles = t == 3;
+            var type = types[t % 3];
+            var tiles = t < 3 ? Tiles.None : Tiles.Plain; // 3 to 5: the panels copied from the matrix's tiles
             int cols = 16 * vectors, ldx = cols + 16 * pad;
             var rng = new Random(seed);
             var w = RandomBlocks.Row(type, rows * cols, rng);
@@ -66,8 +67,8 @@ public unsafe class PanelGemmTests
             var expected = new float[n * rows];
             QuantizedDot.MatMulRowRange(type, w, rows, cols, 0, rows, xs, n, expected, new float[rows * cols], ldx: ldx);
             int first = 1 + rng.Next(Math.Min(rows, PanelGemm.ItemRows(cols)));
-            if (inTiles) first = Math.Max(16, first / 16 * 16); // items of tiles start at a multiple of 16 rows
-            var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: first, inTiles: inTiles);
+            if (tiles != Tiles.None) first = Math.Max(16, first / 16 * 16); // items of tiles start at a multiple of 16 rows
+            var actual = Panel(type, w, GgmlTypeInfo.RowBytes(type, cols), rows, cols, xs, ldx, n, firstItem: first, tiles: tiles);
             return MemoryMarshal.AsBytes(expected.AsSpan()).SequenceEqual(MemoryMarshal.AsBytes(actual.AsSpan()));
         }, iter: 60);
     }
@@ -144,17 +145,18 @@ public unsafe class PanelGemmTests
             nint at32 = (nint)w32, at16 = (nint)w16; // the lambdas take addresses, not fixed locals
             Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F32, (byte*)at32, cols * 4, 8, 16, cols, null, 1, null, rows, null, null, tiles)).Message);
             Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F32, (byte*)at32, cols * 4, 48, 32, cols, null, 1, null, rows, null, null, tiles)).Message);
-            Assert.Contains("not in these F32 tiles", Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F16, (byte*)at16, cols * 2, 0, 16, cols, null, 1, null, rows, null, null, halves)).Message);
-            Assert.Throws<ArgumentOutOfRangeException>(() => halves.Panel(0));
-            Assert.Throws<ArgumentOutOfRangeException>(() => tiles.Panel(24));
+            Assert.Contains("F32 rows [0, 16) of 32 columns are not in these F16 tiles",
+                Assert.Throws<ArgumentException>(() => PanelGemm.Multiply(GgmlType.F32, (byte*)at32, cols * 4, 0, 16, cols, null, 1, null, rows, null, null, halves)).Message);
+            Assert.Throws<ArgumentOutOfRangeException>(() => halves.CopyPanel(8, null));
+            Assert.Throws<ArgumentOutOfRangeException>(() => tiles.CopyPanel(64, null));
         }
     }
 
     /// <summary>
     /// The product as CpuForward runs it: activations packed block by block, then work items of <see cref="PanelGemm.ItemRows"/>;
-    /// with <paramref name="inTiles"/>, F32 weights read in place from their <see cref="PackedFloat"/> tiles (firstItem a multiple of 16).
+    /// with <paramref name="tiles"/>, the panels copied from the matrix's <see cref="PackedFloat"/> tiles (firstItem a multiple of 16).
     /// </summary>
-    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n, int firstItem = 5, bool inTiles = false)
+    static float[] Panel(GgmlType type, byte[] weights, long rowBytes, int rows, int cols, float[] xs, int ldx, int n, int firstItem = 5, Tiles tiles = Tiles.None)
     {
         var ys = new float[n * rows];
         var packedX = new float[PanelGemm.ActivationFloats(n, cols)];
@@ -165,16 +167,21 @@ public unsafe class PanelGemmTests
         fixed (float* x = xs, px = packedX, pw = packedW, y = ys, s = sums)
         {
             float* aligned = (float*)(((nint)s + 63) & ~(nint)63);
-            var tiles = inTiles ? PackedFloat.Pack((float*)w, cols, rows, cols) : null;
+            var packed = tiles == Tiles.None ? null
+                : type == GgmlType.F32 ? PackedFloat.Pack((float*)w, cols, rows, cols)
+                : PackedFloat.PackHalves(type, w, rowBytes, rows, cols, lifted: tiles == Tiles.Lifted);
             for (int b = 0; b < PanelGemm.Blocks(n); b++) PanelGemm.PackActivations(x, ldx, n, cols, b, px);
             // A first item of a few rows (5), so that the others start mid-matrix and mid-tile.
             for (int r0 = 0; r0 < rows;)
             {
                 int count = Math.Min(r0 == 0 ? firstItem : item, rows - r0);
-                PanelGemm.Multiply(type, w, rowBytes, r0, count, cols, px, n, y, rows, pw, aligned, tiles);
+                PanelGemm.Multiply(type, w, rowBytes, r0, count, cols, px, n, y, rows, pw, aligned, packed);
                 r0 += count;
             }
         }
         return ys;
     }
+
+    /// <summary>Where <see cref="Panel"/> takes the weights from: the rows, or the matrix's tiles (F16's lifted ones too).</summary>
+    public enum Tiles { None, Plain, Lifted }
 }

@@ -207,8 +207,22 @@ public sealed unsafe class CpuForward : IDisposable
                 if (ScansF16(n)) ScanAndLift(n);
                 else if (HasBF16Tiles(n)) n.Packed(s_bf16Tiles);
             }
+            if (ReadsOnlyItsRepack(w)) Memory.MappedFile.Release(w.Data, w.Rows * w.RowBytes);
         }
     }
+
+    /// <summary>
+    /// Whether every product of <paramref name="w"/> reads a form made from it — its repacked Q4_0, Q8_0, Q4_K or Q6_K
+    /// blocks, its <see cref="PackedFloat"/> tiles (one row, 2 to 64 rows, and <see cref="PanelGemm"/>'s panels past
+    /// that, copied from the tiles), or an F32 matrix's exact 2-byte copy — so that the pages of its rows in a mapped
+    /// file can go back to the kernel (<see cref="Memory.MappedFile.Release"/>): a model is not held twice. Only a
+    /// product forced another way (<see cref="FloatTiles"/> or <see cref="NarrowF32"/> off, to compare) reads the rows
+    /// again, which fault back in from the file unchanged.
+    /// </summary>
+    internal bool ReadsOnlyItsRepack(WeightTensor w) =>
+        UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || UsesPackedQ6K(w)
+        || FloatTiles && TilesOf(w) is not null
+        || NarrowF32 && CanNarrow(w) && Narrowed(w) != w;
 
     static readonly Func<WeightTensor, NarrowedF32> s_narrowF32 = NarrowedF32.Of;
 
@@ -749,7 +763,7 @@ public sealed unsafe class CpuForward : IDisposable
     // times 2^102 (|x| < 2^26), for the tile kernel and for decode's one-row kernel alike.
     bool _scaleHalf, _unscalable, _liftHalf;
     // Whether the call's products (all F32, F16 or BF16) run PanelGemm on _xPanels: PanelMinRows rows or more, or past
-    // PackedFloat.MaxActivations where F32 or F16 matrices have tiles (F32 tiles then feed the panels; F16 needs no lifted copy).
+    // PackedFloat.MaxActivations where the matrices have tiles (which then feed the panels: no product reads their rows).
     bool _panel;
     // Whether the call's products (all F32, F16 or BF16 with PackedFloat tiles, 1 to 64 rows) run those on PackedFloat's activation blocks in _xPanels;
     // _tileScale: the power of two those blocks were scaled by for half tiles read unrebiased (PackedFloat.ActivationScale), or 0;
@@ -772,7 +786,7 @@ public sealed unsafe class CpuForward : IDisposable
         _mmCount = 0;
         _needBlockSums = _needOffset = _needKSums = _padded = _unscalable = false;
         bool tiled = FloatTiles && _xPanels != null && TilesOf(w0) is not null && (w1 is null || TilesOf(w1) is not null) && (w2 is null || TilesOf(w2) is not null);
-        _panel = _xPanels != null && (n >= PanelMinRows || n > PackedFloat.MaxActivations && tiled && w0.Type is GgmlType.F16 or GgmlType.F32) && n <= _maxTokens
+        _panel = _xPanels != null && (n >= PanelMinRows || n > PackedFloat.MaxActivations && tiled) && n <= _maxTokens
             && PanelGemm.Supports((int)w0.Columns) && w0.Columns <= _maxColumns && PanelGemm.WeightFloats((int)w0.Columns) <= _panelWeightFloats
             && Panels(w0) && (w1 is null || Panels(w1)) && (w2 is null || Panels(w2));
         _floatTiles = !_panel && tiled && n <= PackedFloat.MaxActivations;
@@ -954,10 +968,10 @@ public sealed unsafe class CpuForward : IDisposable
         long r0 = (long)chunk * chunkRows, r1 = Math.Min(rows, r0 + chunkRows);
         if (_panel)
         {
-            // F32 matrices with tiles copy their panels from them: their rows are not read (NarrowedF32 released them).
+            // Matrices with tiles copy their panels from them: their rows are not read (PackWeights released them).
             PanelGemm.Multiply(w.Type, w.Data, w.RowBytes, (int)r0, (int)(r1 - r0), cols, _xPanels, _mmN, y, (int)rows,
                 _panelWeights + worker * _panelWeightFloats, _panelSums + (long)worker * PanelGemm.PartialFloats,
-                FloatTiles && TilesOf(w) is { HoldsF32: true } tiles ? tiles : null);
+                FloatTiles ? TilesOf(w) : null);
             return;
         }
         if (_floatTiles)
