@@ -25,7 +25,6 @@ public sealed unsafe class MappedFile : IDisposable
     static readonly List<MappedFile> s_live = [];
 
     const int MadvDontNeed = 4;
-    const long PageBytes = 4096;
 
     /// <summary>
     /// Hands the whole pages inside [<paramref name="start"/>, +<paramref name="byteCount"/>) back to the kernel
@@ -37,7 +36,8 @@ public sealed unsafe class MappedFile : IDisposable
     public static bool Release(byte* start, long byteCount)
     {
         if (!OperatingSystem.IsLinux() || byteCount <= 0) return false;
-        long first = ((long)start + PageBytes - 1) & ~(PageBytes - 1), end = ((long)start + byteCount) & ~(PageBytes - 1);
+        long page = Environment.SystemPageSize; // 4 KiB on x86-64; 16 or 64 KiB on some Arm kernels
+        long first = ((long)start + page - 1) & ~(page - 1), end = ((long)start + byteCount) & ~(page - 1);
         lock (s_live)
         {
             if (!s_live.Exists(m => (long)start >= (long)m.Pointer && (long)start + byteCount <= (long)m.Pointer + m.Length)) return false;

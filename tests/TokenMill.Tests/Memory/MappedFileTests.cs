@@ -14,20 +14,21 @@ public unsafe class MappedFileTests
         string path = Path.GetTempFileName();
         try
         {
-            var bytes = new byte[5 * 4096 + 123];
+            int page = Environment.SystemPageSize;
+            var bytes = new byte[5 * page + 123];
             new Random(7).NextBytes(bytes);
             File.WriteAllBytes(path, bytes);
             using (var file = MappedFile.Open(path, bytes.Length))
             {
                 var mapped = new ReadOnlySpan<byte>(file.Pointer, bytes.Length);
                 Assert.True(mapped.SequenceEqual(bytes)); // every page touched
-                Assert.Equal(OperatingSystem.IsLinux(), MappedFile.Release(file.Pointer + 1000, 3 * 4096));
+                Assert.Equal(OperatingSystem.IsLinux(), MappedFile.Release(file.Pointer + 1000, 3 * page));
                 Assert.True(mapped.SequenceEqual(bytes), "a released page must fault back in with the file's bytes");
-                Assert.False(MappedFile.Release(file.Pointer + 4096, bytes.Length), "a range past the mapping's end is not released");
+                Assert.False(MappedFile.Release(file.Pointer + page, bytes.Length), "a range past the mapping's end is not released");
                 Assert.False(MappedFile.Release(file.Pointer, 0));
             }
 
-            using var own = new NativeBuffer(4 * 4096 + 4096, zero: true);
+            using var own = new NativeBuffer(5L * page, zero: true);
             var mine = new Span<byte>(own.Pointer, (int)own.ByteCount);
             mine.Fill(0x5A);
             Assert.False(MappedFile.Release(own.Pointer, own.ByteCount), "the process's own memory is not a mapping");

@@ -222,7 +222,7 @@ public sealed unsafe class CpuForward : IDisposable
     internal bool ReadsOnlyItsRepack(WeightTensor w) =>
         UsesPackedQ4(w) || UsesPackedQ8(w) || UsesPackedQ4K(w) || UsesPackedQ6K(w)
         || FloatTiles && TilesOf(w) is not null
-        || NarrowF32 && CanNarrow(w) && Narrowed(w) != w;
+        || Narrowed(w) != w;
 
     static readonly Func<WeightTensor, NarrowedF32> s_narrowF32 = NarrowedF32.Of;
 
