@@ -253,12 +253,14 @@ internal sealed unsafe class PackedFloat
     /// Block <paramref name="block"/> of the n activation rows of xs (<paramref name="ldx"/> apart), in blocks of
     /// <paramref name="blockRows"/> (<see cref="BlockRowsFor"/>), into its class-major
     /// panel at packed + 16·cols·block: for class j and step m, its rows' column 16m + j, 16 floats a step (zeros past
-    /// the block's rows), times 2^<paramref name="scale"/> (an <see cref="ActivationScale"/>, exact). False, with the
+    /// the block's rows), times 2^<paramref name="scale"/> (an <see cref="ActivationScale"/>, exact); a lone row (n = 1)
+    /// compactly instead (<see cref="PackOne"/>). False, with the
     /// panel unspecified, where some scaled value would overflow (|x| ≥ 2^(128 − scale)) or is infinite or NaN.
     /// </summary>
     public static bool PackActivations(float* xs, long ldx, int n, int cols, int block, float* packed, int scale = 0, int blockRows = BlockRows)
     {
         CheckBlockRows(blockRows);
+        if (n == 1) return PackOne(xs, cols, packed, scale);
         var (first, size) = Block(n, block, blockRows);
         int steps = cols / Classes;
         float* panel = packed + (long)block * BlockStride * cols;
@@ -282,6 +284,32 @@ internal sealed unsafe class PackedFloat
             PanelGemm.TransposeStore(v, panel + (long)m * BlockStride, (long)steps * BlockStride);
         }
         return large == Vector512<int>.Zero;
+    }
+
+    /// <summary>
+    /// One activation row, packed as <see cref="OneRow{TW}"/> reads it: class j's steps one float apart (column 16m + j at
+    /// packed[j·steps + m]), times 2^<paramref name="scale"/>. A step of four classes then reads four floats of 8 KB for a
+    /// 2048-wide row, held in L1, where blocks' 16-float steps would take a line each (128 KB, as much as a tile of halves
+    /// streams). False where some scaled value would overflow, as <see cref="PackActivations"/>.
+    /// </summary>
+    static bool PackOne(float* x, int cols, float* packed, int scale)
+    {
+        int steps = cols / Classes;
+        float factor = MathF.ScaleB(1f, scale);
+        uint limit = (uint)(255 - scale) << 23;
+        bool large = false;
+        for (int m = 0; m < steps; m++)
+            for (int j = 0; j < Classes; j++)
+            {
+                float v = x[m * Classes + j];
+                if (scale != 0)
+                {
+                    large |= (BitConverter.SingleToUInt32Bits(v) & 0x7FFFFFFF) >= limit;
+                    v *= factor;
+                }
+                packed[j * steps + m] = v;
+            }
+        return !large;
     }
 
     /// <summary>
@@ -329,7 +357,7 @@ internal sealed unsafe class PackedFloat
                 for (int j = 0; j < Classes; j += 4)
                 {
                     byte* next = j + 4 < Classes ? tile + (j + 4) * classBytes : following;
-                    OneRow<TW>(tile + j * classBytes, classBytes, steps, packedActivations + j * steps * BlockStride, (long)steps * BlockStride, parked + j, next);
+                    OneRow<TW>(tile + j * classBytes, classBytes, steps, packedActivations + j * steps, steps, parked + j, next);
                 }
                 Combine(parked, 1, Math.Min(TileRows, RowCount - r), ys + r, ldy);
                 continue;
@@ -360,7 +388,7 @@ internal sealed unsafe class PackedFloat
 
     /// <summary>
     /// Classes j … j + 3 of a tile (w: class j; <paramref name="classBytes"/> apart) times one activation (x: class j's
-    /// packed steps, <paramref name="xClass"/> floats apart): each class's two sums a chain of fused multiply-adds in
+    /// packed steps, <paramref name="xClass"/> floats apart, one float a step: <see cref="PackOne"/>): each class's two sums a chain of fused multiply-adds in
     /// increasing column, as <see cref="Kernel{TN, TW}"/> makes them, parked at p[c] and p[16 + c]. Asks the 4 classes
     /// from <paramref name="next"/> on into L2, spread over the steps: four steps' bytes a step.
     /// </summary>
@@ -388,14 +416,13 @@ internal sealed unsafe class PackedFloat
                     Sse.Prefetch1(q + 448);
                 }
             }
-            long k = m * BlockStride;
-            var v = Vector512.Create(x[k]);
+            var v = Vector512.Create(x[m]);
             a0 = Avx512F.FusedMultiplyAdd(TW.Low(w + o), v, a0); c0 = Avx512F.FusedMultiplyAdd(TW.High(w + o), v, c0);
-            v = Vector512.Create(x1[k]);
+            v = Vector512.Create(x1[m]);
             a1 = Avx512F.FusedMultiplyAdd(TW.Low(w1 + o), v, a1); c1 = Avx512F.FusedMultiplyAdd(TW.High(w1 + o), v, c1);
-            v = Vector512.Create(x2[k]);
+            v = Vector512.Create(x2[m]);
             a2 = Avx512F.FusedMultiplyAdd(TW.Low(w2 + o), v, a2); c2 = Avx512F.FusedMultiplyAdd(TW.High(w2 + o), v, c2);
-            v = Vector512.Create(x3[k]);
+            v = Vector512.Create(x3[m]);
             a3 = Avx512F.FusedMultiplyAdd(TW.Low(w3 + o), v, a3); c3 = Avx512F.FusedMultiplyAdd(TW.High(w3 + o), v, c3);
         }
         p[0] = a0; p[1] = a1; p[2] = a2; p[3] = a3;

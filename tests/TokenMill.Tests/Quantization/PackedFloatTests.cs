@@ -120,16 +120,19 @@ public unsafe class PackedFloatTests
     public void Activations_that_would_overflow_scaled_are_refused(int scale, float limit)
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
-        const int n = 3, cols = 32;
-        var packed = new float[PackedFloat.ActivationFloats(n, cols)];
-        foreach (var (value, fits) in new[] { (limit, false), (-limit, false), (float.PositiveInfinity, false), (float.NaN, false), (BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(limit) - 1), true), (-1e-40f, true) })
+        const int cols = 32;
+        foreach (int n in new[] { 1, 3 }) // a lone row is packed on its own path
         {
-            var xs = new float[n * cols];
-            xs[2 * cols + 17] = value;
-            fixed (float* x = xs, p = packed)
+            var packed = new float[PackedFloat.ActivationFloats(n, cols)];
+            foreach (var (value, fits) in new[] { (limit, false), (-limit, false), (float.PositiveInfinity, false), (float.NaN, false), (BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(limit) - 1), true), (-1e-40f, true) })
             {
-                Assert.Equal(fits, PackedFloat.PackActivations(x, cols, n, cols, 0, p, scale));
-                Assert.True(PackedFloat.PackActivations(x, cols, n, cols, 0, p), "unscaled activations are always taken");
+                var xs = new float[n * cols];
+                xs[(n - 1) * cols + 17] = value;
+                fixed (float* x = xs, p = packed)
+                {
+                    Assert.Equal(fits, PackedFloat.PackActivations(x, cols, n, cols, 0, p, scale));
+                    Assert.True(PackedFloat.PackActivations(x, cols, n, cols, 0, p), "unscaled activations are always taken");
+                }
             }
         }
     }
