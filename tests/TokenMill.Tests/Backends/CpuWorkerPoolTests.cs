@@ -5,15 +5,18 @@ namespace TokenMill.Tests.Backends;
 public class CpuWorkerPoolTests
 {
     [Theory]
-    [InlineData(1, 1)]
-    [InlineData(3, 1)]
-    [InlineData(4, 1000)]
-    [InlineData(2, 7)]
-    public void Every_index_runs_exactly_once(int threads, int count)
+    [InlineData(1, 1, CpuWorkerPool.DefaultSpinMicroseconds)]
+    [InlineData(3, 1, CpuWorkerPool.DefaultSpinMicroseconds)]
+    [InlineData(4, 1000, CpuWorkerPool.DefaultSpinMicroseconds)]
+    [InlineData(2, 7, CpuWorkerPool.DefaultSpinMicroseconds)]
+    [InlineData(4, 1000, 0)]
+    [InlineData(2, 7, 0)]
+    public void Every_index_runs_exactly_once(int threads, int count, int spinMicroseconds)
     {
-        using var pool = new CpuWorkerPool(threads);
+        using var pool = new CpuWorkerPool(threads, spinMicroseconds);
         for (int round = 0; round < 50; round++)
         {
+            if (round % 10 == 9) Thread.Sleep(2); // past the spin: the helpers block and this call must wake them
             var hits = new int[count];
             pool.For(count, (i, worker) =>
             {
@@ -37,4 +40,36 @@ public class CpuWorkerPoolTests
         pool.For(10, (i, _) => Interlocked.Add(ref sum, i));
         Assert.Equal(45, sum);
     }
+
+    /// <summary>
+    /// Helpers spin only briefly for the next call: an idle pool's helpers block, so an idle engine gives its cores back,
+    /// and a call after that wakes them (each index still runs once, and the helpers take items).
+    /// </summary>
+    [Fact]
+    public void Idle_helpers_block_and_a_later_call_wakes_them()
+    {
+        const int threads = 3;
+        using var pool = new CpuWorkerPool(threads);
+        for (int round = 0; round < 5; round++)
+        {
+            pool.For(4, (_, _) => { });
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (pool.SleepingHelpers != threads - 1 && DateTime.UtcNow < deadline) Thread.Sleep(1);
+            Assert.Equal(threads - 1, pool.SleepingHelpers);
+            var workers = new int[threads];
+            var hits = new int[64];
+            pool.For(hits.Length, (i, worker) =>
+            {
+                Interlocked.Increment(ref hits[i]);
+                Interlocked.Increment(ref workers[worker]);
+                Thread.Sleep(1); // long enough items that the woken helpers find some left
+            });
+            Assert.All(hits, h => Assert.Equal(1, h));
+            Assert.True(workers.Skip(1).Sum() > 0, "no helper took an item after being woken");
+        }
+    }
+
+    [Fact]
+    public void A_negative_spin_is_refused() =>
+        Assert.Throws<ArgumentOutOfRangeException>(() => new CpuWorkerPool(2, -1));
 }
