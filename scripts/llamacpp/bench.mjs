@@ -1,7 +1,8 @@
 // llama.cpp's speed on a GGUF file, measured as llama-bench (pp, tg) and llama-batched-bench (S_TG) measure it,
 // through node-llama-cpp's native context: one llama_decode per step, logits for the last token of each sequence,
 // no sampling. Random token ids; flash attention "auto" (llama.cpp's default); THREADS threads (default 2).
-//   node bench.mjs MODEL.gguf latency PROMPT_TOKENS DECODE_TOKENS
+//   node bench.mjs MODEL.gguf latency PROMPT_TOKENS DECODE_TOKENS    (decode from an empty context, as llama-bench's tg)
+//   node bench.mjs MODEL.gguf depth DEPTH DECODE_TOKENS              (decode after DEPTH prompt tokens: llama-bench -d)
 //   node bench.mjs MODEL.gguf batch SEQUENCES DECODE_STEPS        (each sequence first prefills 128 tokens)
 import {getLlama} from "node-llama-cpp";
 const [modelPath, mode, a, b] = process.argv.slice(2);
@@ -29,6 +30,18 @@ if (mode === "latency") {
     for (let i = 0; i < tg; i++) await decode(c, [[0, i, rnd(1)]]);
     const tt = now() - t0;
     console.log(`pp${pp}: ${(pp / tp).toFixed(1)} tok/s   tg${tg}: ${(tg / tt).toFixed(1)} tok/s`);
+    await ctx.dispose();
+  }
+} else if (mode === "depth") {
+  const depth = +a, tg = +b;
+  for (let rep = 0; rep < 2; rep++) {
+    const ctx = await model.createContext({contextSize: depth + tg + 8, sequences: 1, batchSize: 512, threads, flashAttention: "auto"});
+    const c = ctx._ctx;
+    for (let p = 0; p < depth; p += 512) await decode(c, [[0, p, rnd(Math.min(512, depth - p))]]);
+    const t0 = now();
+    for (let i = 0; i < tg; i++) await decode(c, [[0, depth + i, rnd(1)]]);
+    const tt = now() - t0;
+    console.log(`tg${tg} @ d${depth}: ${(tg / tt).toFixed(1)} tok/s`);
     await ctx.dispose();
   }
 } else {
