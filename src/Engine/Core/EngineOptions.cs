@@ -59,6 +59,13 @@ public sealed record EngineOptions
     public int Threads { get; init; }
 
     /// <summary>
+    /// How long an idle thread of the CPU worker pool spins for the next parallel call before it blocks
+    /// (<c>--cpu-spin-us</c>; llama.cpp's <c>--poll</c>): waking a blocked thread costs tens of microseconds a call
+    /// in a decode step. 0 blocks at once (for a machine shared with other busy work).
+    /// </summary>
+    public int CpuSpinMicroseconds { get; init; } = Backends.Cpu.CpuWorkerPool.DefaultSpinMicroseconds;
+
+    /// <summary>
     /// Ranks the model is split across (<c>--tensor-parallel-size</c>, <c>-tp</c>): on the CPU, threads of one process
     /// joined by a shared-memory communicator; on CUDA, rank r on device r, joined by NCCL. Each rank holds 1/N of the
     /// weights and its KV heads.
@@ -118,6 +125,8 @@ public sealed record EngineOptions
         Check(KvCache.EvictionPolicies.Names.Contains(EvictionPolicy.ToLowerInvariant()),
             $"--eviction-policy must be one of {string.Join(", ", KvCache.EvictionPolicies.Names)}, got '{EvictionPolicy}'");
         Check(Threads >= 0, $"--threads must be ≥ 0, got {Threads}");
+        Check(CpuSpinMicroseconds is >= 0 and <= Backends.Cpu.CpuWorkerPool.MaxSpinMicroseconds,
+            $"--cpu-spin-us must be in [0, {Backends.Cpu.CpuWorkerPool.MaxSpinMicroseconds}], got {CpuSpinMicroseconds}");
         Check(TensorParallelSize is >= 1 and <= 64, $"--tensor-parallel-size must be in [1, 64], got {TensorParallelSize}");
         Check(TensorParallelTimeout > TimeSpan.Zero, $"the tensor-parallel timeout must be positive, got {TensorParallelTimeout}");
         Check(Enum.IsDefined(Device), $"unknown device {Device}");

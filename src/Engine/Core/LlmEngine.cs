@@ -85,7 +85,7 @@ public sealed class LlmEngine : IDisposable
         {
             blocks = CpuKvBlocks(model, options, MaxModelLen);
             IModelExecutor cpu = new CpuExecutor(model, options.TensorParallelSize, options.Threads, maxBatchTokens, blocks, options.BlockSize,
-                options.TensorParallelTimeout, options.KvCacheDtype);
+                options.TensorParallelTimeout, options.KvCacheDtype, options.CpuSpinMicroseconds);
             _executor = wrapExecutor?.Invoke(cpu) ?? cpu;
         }
         else

@@ -100,6 +100,7 @@ public static class BenchCommand
             ["tensor_parallel_size"] = engineOptions.TensorParallelSize,
             ["threads_per_rank"] = engine.ThreadsPerRank,
             ["kv_cache_dtype"] = engineOptions.KvCacheDtype.Name(),
+            ["cpu_spin_us"] = engineOptions.CpuSpinMicroseconds,
             ["input_len"] = inputLen,
             ["output_len"] = outputLen,
             ["load_seconds"] = loadSeconds,

@@ -73,6 +73,8 @@ public static class GenerateCommand
           --max-queued-requests N    waiting requests before refusing more (default 4096)
           --max-preemptions N        recomputations one request may suffer before it fails with an error (default 32)
           --threads N                CPU threads (default: all processors); with tensor parallelism each rank gets N / tp
+          --cpu-spin-us N            how long an idle CPU thread spins for the next parallel step before it blocks
+                                     (default 100, 0..100000; 0 = block at once)
           --tensor-parallel-size N   split the model across N ranks (-tp N; threads of this process on the CPU, joined by
                                      a shared-memory communicator; with --device cuda rank r on GPU r, joined by NCCL):
                                      heads, FFN, vocabulary and KV cache each 1/N per rank
@@ -87,7 +89,7 @@ public static class GenerateCommand
     /// <summary>The model and engine options every model-running command takes (parsed by <see cref="ParseEngineOptions"/>).</summary>
     internal static readonly string[] EngineValueOptions =
     [
-        "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
+        "model", "revision", "dtype", "tokenizer", "max-model-len", "threads", "cpu-spin-us", "block-size", "kv-cache-memory", "num-kv-blocks", "max-num-batched-tokens",
         "max-num-seqs", "max-queued-requests", "max-preemptions", "eviction-policy", "tensor-parallel-size",
         "tensor-parallel-timeout", "device", "gpu-memory-utilization", "dummy-layers", "dummy-values", "kv-cache-dtype",
     ];
@@ -162,6 +164,7 @@ public static class GenerateCommand
         MaxQueuedRequests = a.Int("max-queued-requests", 4096, min: 0),
         MaxPreemptionsPerRequest = a.Int("max-preemptions", 32, min: 0),
         Threads = a.Int("threads", 0, min: 0, max: 1024),
+        CpuSpinMicroseconds = a.Int("cpu-spin-us", TokenMill.Backends.Cpu.CpuWorkerPool.DefaultSpinMicroseconds, min: 0, max: TokenMill.Backends.Cpu.CpuWorkerPool.MaxSpinMicroseconds),
         TensorParallelSize = a.Int("tensor-parallel-size", 1, min: 1, max: 64),
         TensorParallelTimeout = ParseTimeout("tensor-parallel-timeout", a.String("tensor-parallel-timeout"), TimeSpan.FromSeconds(60)),
         EnablePrefixCaching = !a.Flag("no-prefix-caching"),

@@ -34,7 +34,7 @@ public static class ServeCommand
           --chat-template-max-depth N    macro calls nested inside each other, 1..1000 (default 100)
           --chat-template-timeout MS     time one rendering may take (default 1000); a template past a limit is a 400
         engine options: as 'tokenmill generate --help' lists them (--max-model-len, --block-size, --kv-cache-memory,
-          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads,
+          --num-kv-blocks, --max-num-batched-tokens, --max-num-seqs, --max-queued-requests, --threads, --cpu-spin-us,
           -tp / --tensor-parallel-size, --tensor-parallel-timeout, --device cpu|cuda|cuda-emulated,
           --gpu-memory-utilization, --host-sampling, --enforce-eager)
 

@@ -50,6 +50,31 @@ public class CliTests
         Assert.Contains("--tensor-parallel-size must be between 1 and 64, got 0", zero.Err);
     }
 
+    /// <summary>The pool's spin is a tuning knob only: blocking at once gives the same greedy completion, and a bad value is a usage error.</summary>
+    [SkippableFact]
+    public void Cpu_spin_reaches_the_engine_options_changes_no_output_and_an_out_of_range_value_is_a_usage_error()
+    {
+        static EngineOptions Parse(params string[] args) =>
+            GenerateCommand.ParseEngineOptions(new CliArguments("generate", args, GenerateCommand.ValueOptions, GenerateCommand.Flags));
+        Assert.Equal(TokenMill.Backends.Cpu.CpuWorkerPool.DefaultSpinMicroseconds, Parse().CpuSpinMicroseconds);
+        Assert.Equal(0, Parse("--cpu-spin-us", "0").CpuSpinMicroseconds);
+        Assert.Equal(100_000, Parse("--cpu-spin-us", "100000").CpuSpinMicroseconds);
+        foreach (string[] command in new[] { new[] { "generate" }, ["serve"], ["bench", "latency"] })
+            foreach (string value in new[] { "-1", "100001", "fast" })
+            {
+                var (code, _, err) = Run([.. command, "--model", "dummy:no-such-preset", "--cpu-spin-us", value]);
+                Assert.True(code == 2, $"{string.Join(' ', command)} --cpu-spin-us {value}: exit {code}, {err}");
+                Assert.Contains("--cpu-spin-us", err);
+            }
+
+        var model = TestData.Require("models/stories260K.gguf");
+        string[] args = ["generate", "--model", model, "--prompt", "Once upon a time", "--max-tokens", "30", "--temperature", "0", "--threads", "2"];
+        var spinning = Run(args);
+        var blocking = Run([.. args, "--cpu-spin-us", "0"]);
+        Assert.Equal((0, 0), (spinning.Code, blocking.Code));
+        Assert.Equal(spinning.Out, blocking.Out);
+    }
+
     [Fact]
     public void Tensor_parallel_timeout_reaches_the_engine_options_and_a_non_positive_or_non_numeric_value_is_a_usage_error()
     {
@@ -347,6 +372,7 @@ public class BenchCommandTests
             var o = System.Text.Json.JsonDocument.Parse(File.ReadAllText(json)).RootElement;
             Assert.Equal(mode, o.GetProperty("mode").GetString());
             Assert.True(o.GetProperty(key).GetDouble() > 0);
+            Assert.Equal(TokenMill.Backends.Cpu.CpuWorkerPool.DefaultSpinMicroseconds, o.GetProperty("cpu_spin_us").GetInt32());
         }
         finally
         {

@@ -36,8 +36,9 @@ public sealed class CpuExecutor : IModelExecutor
     /// <param name="blockSize">Tokens per KV block.</param>
     /// <param name="timeout">How long a rank waits in one collective for the others.</param>
     /// <param name="kvDtype">How the paged stores hold keys and values.</param>
+    /// <param name="spinMicroseconds">How long the pools' idle threads spin before they block (<see cref="CpuWorkerPool"/>).</param>
     public CpuExecutor(Model model, int tensorParallelSize, int threads, int maxBatchTokens, int kvBlocks, int blockSize, TimeSpan timeout,
-        KvCacheDtype kvDtype = KvCacheDtype.F32)
+        KvCacheDtype kvDtype = KvCacheDtype.F32, int spinMicroseconds = CpuWorkerPool.DefaultSpinMicroseconds)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(tensorParallelSize, 1);
         int n = tensorParallelSize;
@@ -54,7 +55,7 @@ public sealed class CpuExecutor : IModelExecutor
             for (int r = 0; r < n; r++)
             {
                 _shards[r] = TensorParallelShard.Create(model, r, n);
-                _pools[r] = new CpuWorkerPool(n == 1 ? threads : ThreadsPerRank);
+                _pools[r] = new CpuWorkerPool(n == 1 ? threads : ThreadsPerRank, spinMicroseconds);
                 ICommunicator comm = _group?.Communicator(r) ?? SingleRankCommunicator.Instance;
                 _forwards[r] = new CpuForward(_shards[r], comm, maxBatchTokens, _pools[r]);
                 _kvStores[r] = new PagedKvStore(_shards[r].Config, kvBlocks, blockSize, kvDtype);

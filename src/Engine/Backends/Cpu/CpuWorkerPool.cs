@@ -17,6 +17,9 @@ public sealed class CpuWorkerPool : IDisposable
     /// </summary>
     public const int DefaultSpinMicroseconds = 100;
 
+    /// <summary>The longest spin a pool takes: 100 ms.</summary>
+    public const int MaxSpinMicroseconds = 100_000;
+
     readonly Thread[] _threads;
     // Helpers that found no call after spinning wait here; the caller pulses only when one is waiting.
     readonly object _gate = new();
@@ -43,6 +46,7 @@ public sealed class CpuWorkerPool : IDisposable
     public CpuWorkerPool(int threadCount = 0, int spinMicroseconds = DefaultSpinMicroseconds)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(spinMicroseconds);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(spinMicroseconds, MaxSpinMicroseconds);
         _spinTicks = spinMicroseconds * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
         ThreadCount = threadCount > 0 ? threadCount : Environment.ProcessorCount;
         _threads = new Thread[ThreadCount - 1];
