@@ -80,6 +80,8 @@ public class BenchmarkSmokeTests
     [InlineData(GgmlType.F16, 32, 12)]
     [InlineData(GgmlType.BF16, 16, 16)]
     [InlineData(GgmlType.F32, 64, 12)]
+    [InlineData(GgmlType.F16, 1, 16)]
+    [InlineData(GgmlType.F32, 1, 12)]
     public void Half_tile_benchmark_gets_the_tile_kernels_bits(GgmlType type, int n, int blockRows)
     {
         Skip.IfNot(TileGemm.IsSupported, "the packed kernel needs AVX-512F");
