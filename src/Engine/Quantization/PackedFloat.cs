@@ -266,24 +266,26 @@ internal sealed unsafe class PackedFloat
         float* panel = packed + (long)block * BlockStride * cols;
         Vector512<float>* v = stackalloc Vector512<float>[Classes];
         for (int i = size; i < Classes; i++) v[i] = default;
-        var factor = Vector512.Create(MathF.ScaleB(1f, scale));
-        var limit = Vector512.Create((255 - scale) << 23); // 2^(128 − scale); infinities and NaNs compare above it too
         var large = Vector512<int>.Zero;
         for (int m = 0; m < steps; m++)
         {
-            for (int i = 0; i < size; i++)
-            {
-                var x = Avx512F.LoadVector512(xs + (first + i) * ldx + (long)m * Classes);
-                if (scale != 0)
-                {
-                    large |= Vector512.GreaterThanOrEqual(x.AsInt32() & Vector512.Create(0x7FFFFFFF), limit);
-                    x *= factor;
-                }
-                v[i] = x;
-            }
+            for (int i = 0; i < size; i++) v[i] = LoadScaled(xs + (first + i) * ldx + (long)m * Classes, scale, ref large);
             PanelGemm.TransposeStore(v, panel + (long)m * BlockStride, (long)steps * BlockStride);
         }
         return large == Vector512<int>.Zero;
+    }
+
+    /// <summary>
+    /// 16 activations times 2^<paramref name="scale"/> (exact), marking in <paramref name="large"/> the lanes whose
+    /// scaled value would overflow — |x| ≥ 2^(128 − scale); infinities and NaNs compare above that too.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> LoadScaled(float* x, int scale, ref Vector512<int> large)
+    {
+        var v = Avx512F.LoadVector512(x);
+        if (scale == 0) return v;
+        large |= Vector512.GreaterThanOrEqual(v.AsInt32() & Vector512.Create(0x7FFFFFFF), Vector512.Create((255 - scale) << 23));
+        return v * Vector512.Create((127 + scale) << 23).AsSingle(); // 2^scale (scale ≤ 112), built from its bits
     }
 
     /// <summary>
@@ -295,21 +297,14 @@ internal sealed unsafe class PackedFloat
     static bool PackOne(float* x, int cols, float* packed, int scale)
     {
         int steps = cols / Classes;
-        float factor = MathF.ScaleB(1f, scale);
-        uint limit = (uint)(255 - scale) << 23;
-        bool large = false;
+        var large = Vector512<int>.Zero;
+        float* lanes = stackalloc float[Classes];
         for (int m = 0; m < steps; m++)
-            for (int j = 0; j < Classes; j++)
-            {
-                float v = x[m * Classes + j];
-                if (scale != 0)
-                {
-                    large |= (BitConverter.SingleToUInt32Bits(v) & 0x7FFFFFFF) >= limit;
-                    v *= factor;
-                }
-                packed[j * steps + m] = v;
-            }
-        return !large;
+        {
+            Avx512F.Store(lanes, LoadScaled(x + (long)m * Classes, scale, ref large));
+            for (int j = 0; j < Classes; j++) packed[j * steps + m] = lanes[j];
+        }
+        return large == Vector512<int>.Zero;
     }
 
     /// <summary>

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+
 namespace TokenMill.Backends.Cpu;
 
 /// <summary>
@@ -47,7 +49,7 @@ public sealed class CpuWorkerPool : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(spinMicroseconds);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(spinMicroseconds, MaxSpinMicroseconds);
-        _spinTicks = spinMicroseconds * System.Diagnostics.Stopwatch.Frequency / 1_000_000;
+        _spinTicks = spinMicroseconds * Stopwatch.Frequency / 1_000_000;
         ThreadCount = threadCount > 0 ? threadCount : Environment.ProcessorCount;
         _threads = new Thread[ThreadCount - 1];
         for (int i = 0; i < _threads.Length; i++)
@@ -100,8 +102,8 @@ public sealed class CpuWorkerPool : IDisposable
             // Every index is claimed; close the call before _body and _count can change, so that a helper
             // that read this generation late cannot claim an index of the next call with them.
             Interlocked.Exchange(ref _ticket, ((long)generation << 32) | int.MaxValue);
-            long until = System.Diagnostics.Stopwatch.GetTimestamp() + _spinTicks;
-            while (Volatile.Read(ref _active) != 0 && System.Diagnostics.Stopwatch.GetTimestamp() < until) Thread.SpinWait(SpinIterations);
+            long until = Stopwatch.GetTimestamp() + _spinTicks;
+            while (Volatile.Read(ref _active) != 0 && Stopwatch.GetTimestamp() < until) Thread.SpinWait(SpinIterations);
             // No lost wake-up: a helper decrements before it sets, and the event is reset only before a re-check.
             while (Volatile.Read(ref _active) != 0)
             {
@@ -153,10 +155,10 @@ public sealed class CpuWorkerPool : IDisposable
     /// <summary>Returns once a call after generation <paramref name="seen"/> has started (or the pool stops): spinning for up to the spin time, then blocked.</summary>
     void AwaitCall(int seen)
     {
-        long until = System.Diagnostics.Stopwatch.GetTimestamp() + _spinTicks;
+        long until = Stopwatch.GetTimestamp() + _spinTicks;
         while (_generation == seen && !_stopping)
         {
-            if (System.Diagnostics.Stopwatch.GetTimestamp() >= until)
+            if (Stopwatch.GetTimestamp() >= until)
             {
                 lock (_gate)
                 {
