@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using TokenMill.Chat;
 
 namespace TokenMill.Tests.Chat;
@@ -19,14 +20,14 @@ public class ChatTemplateLimitTests
     {
         limits ??= Untimed;
         var template = ChatTemplate.Parse(source);
-        long before = GC.GetTotalAllocatedBytes(precise: true);
+        long before = GC.GetAllocatedBytesForCurrentThread();
         var clock = Stopwatch.StartNew();
         var e = Assert.Throws<ChatTemplateException>(() => template.Render(Hi, true, limits: limits));
         Assert.True(limit == e.Limit, $"expected the limit {limit}, got {e.Limit ?? "none"}: {e.Message}");
         Assert.Contains($"ChatTemplateLimits.{limit}", e.Message);
         Assert.StartsWith("chat template line ", e.Message);
         // A template that grows a value is stopped before the allocation it asked for: a few times the limit at most.
-        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         if (growth) Assert.True(allocated < 8L * 2 * limits.MaxOutputChars + (64 << 20), $"{source}: allocated {allocated >> 20} MiB before stopping");
         Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"{source}: took {clock.Elapsed}");
         return e;
@@ -61,20 +62,78 @@ public class ChatTemplateLimitTests
         Assert.Equal("0123456789", ChatTemplate.Parse("{% for i in range(10) %}{{ i }}{% endfor %}").Render(Hi, true, limits: small));
     }
 
+    // Runs f on a thread with the given stack, rethrowing what it threw: a thread-pool thread's stack (1.5 MiB) holds
+    // fewer macro levels than MaxCallDepth allows while the interpreter still runs unoptimized code.
+    static void OnThread(int stackBytes, Action f)
+    {
+        ExceptionDispatchInfo? thrown = null;
+        var thread = new Thread(() =>
+        {
+            try { f(); }
+            catch (Exception e) { thrown = ExceptionDispatchInfo.Capture(e); }
+        }, stackBytes);
+        thread.Start();
+        thread.Join();
+        thrown?.Throw();
+    }
+
+    const string Recursion = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+    // Recursion through a {% call %} block is counted the same way.
+    const string RecursionThroughCaller = "{% macro g() %}{% call g() %}x{% endcall %}{% endmacro %}{{ g() }}";
+
     [Theory]
     [InlineData(100)]
-    [InlineData(1000)] // the largest depth an option accepts must stop before the stack does
-    public void Templates_that_recurse_stop_at_MaxCallDepth(int depth)
+    [InlineData(1000)] // the largest depth an option accepts stops at the limit where the stack holds that many calls
+    public void Templates_that_recurse_stop_at_MaxCallDepth(int depth) => OnThread(64 << 20, () =>
     {
         var limits = Untimed with { MaxCallDepth = depth };
-        var e = Stopped("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", nameof(ChatTemplateLimits.MaxCallDepth), limits);
+        var e = Stopped(Recursion, nameof(ChatTemplateLimits.MaxCallDepth), limits);
         Assert.Contains($"nested more than {depth} deep", e.Message);
-        // Recursion through a {% call %} block is counted the same way.
-        Stopped("{% macro g() %}{% call g() %}x{% endcall %}{% endmacro %}{{ g() }}", nameof(ChatTemplateLimits.MaxCallDepth), limits);
+        Stopped(RecursionThroughCaller, nameof(ChatTemplateLimits.MaxCallDepth), limits);
         // Recursion that ends within the limit renders.
         string bounded = ChatTemplate.Parse("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% endif %}.{% endmacro %}{{ f(20) }}").Render(Hi, true, limits: limits);
         Assert.Equal(new string('.', 21), bounded);
-    }
+    });
+
+    [Theory]
+    [InlineData(Recursion)]
+    [InlineData(RecursionThroughCaller)]
+    public void Recursion_deeper_than_the_thread_stack_holds_stops_at_MaxCallDepth_instead_of_crashing(string source) => OnThread(256 << 10, () =>
+    {
+        // A stack overflow would end the test process; the interpreter stops while ~128 KiB of the stack are left.
+        var e = Stopped(source, nameof(ChatTemplateLimits.MaxCallDepth), Untimed with { MaxCallDepth = 1000 });
+        Assert.Matches(@"macro calls nested \d+ deep, more than this thread's stack holds", e.Message);
+    });
+
+    [Theory]
+    [InlineData("{{ ns.a|tojson }}", "tojson")]
+    [InlineData("{{ ns.a }}", "printing")]
+    [InlineData("{{ ns.a|string|length }}", "printing")]
+    [InlineData("{{ ns.a == ns.a }}", "==")]
+    [InlineData("{{ ns.a in [ns.a] }}", "==")]
+    [InlineData("{{ ns.a < ns.a }}", "ordering")]
+    public void A_value_nested_deeper_than_the_stack_holds_is_an_error_not_a_crash(string use, string walk) => OnThread(1 << 20, () =>
+    {
+        // 100,000 steps build a list nested 100,000 deep; walking it recursively would overflow any thread's stack.
+        const string Nest = "{% set ns = namespace(a=[]) %}{% for i in range(100000) %}{% set ns.a = [ns.a] %}{% endfor %}";
+        var e = Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(Nest + use).Render(Hi, true, limits: Untimed));
+        Assert.Contains($"{walk}: a value nested deeper than this thread's stack holds", e.Message);
+        Assert.Null(e.Limit);
+        // Nested as deep as real data is (tool schemas), the same walks work.
+        const string Shallow = "{% set ns = namespace(a=[]) %}{% for i in range(50) %}{% set ns.a = [ns.a] %}{% endfor %}";
+        ChatTemplate.Parse(Shallow + use).Render(Hi, true, limits: Untimed);
+    });
+
+    [Fact]
+    public void A_template_nested_deeper_than_the_parsers_stack_holds_is_a_parse_error() => OnThread(160 << 10, () =>
+    {
+        // Within MaxNesting (200), but deeper than a 160 KiB stack holds while the parser still runs unoptimized.
+        string parens = "{{ " + new string('(', 190) + "1" + new string(')', 190) + " }}";
+        var e = Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(parens));
+        Assert.Matches(@"expression nested \d+ deep, more than this thread's stack holds", e.Message);
+        string blocks = string.Concat(Enumerable.Repeat("{% if 1 %}", 190)) + "x" + string.Concat(Enumerable.Repeat("{% endif %}", 190));
+        Assert.Contains("more than this thread's stack holds", Assert.Throws<ChatTemplateException>(() => ChatTemplate.Parse(blocks)).Message);
+    });
 
     [Fact]
     public void Templates_that_run_long_stop_at_the_TimeBudget()

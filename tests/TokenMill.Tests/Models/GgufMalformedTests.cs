@@ -383,6 +383,34 @@ public sealed class GgufMalformedTests : IDisposable
         Assert.Contains("more bytes than a 64-bit size can count", e.Message);
     }
 
+    static GgufArray NestedArray(int depth) =>
+        depth == 1 ? Arr(GgufValueType.UInt8, (byte)7) : Arr(GgufValueType.Array, NestedArray(depth - 1));
+
+    [Fact]
+    public void Arrays_nested_past_MaxArrayNesting_are_refused_before_the_stack_overflows()
+    {
+        var w = new GgufTestWriter().Add("test.deep", NestedArray(GgufFile.MaxArrayNesting));
+        using (var f = GgufFile.Open(Save(w.Build())))
+        {
+            var a = f.GetArray("test.deep")!;
+            for (int d = 1; d < GgufFile.MaxArrayNesting; d++) a = (GgufArray)a.Items.GetValue(0)!;
+            Assert.Equal([(byte)7], (byte[])a.Items);
+        }
+        var e = Fails(new GgufTestWriter().Add("test.deep", NestedArray(GgufFile.MaxArrayNesting + 1)).Build());
+        Assert.Equal("metadata 'test.deep'" + string.Concat(Enumerable.Repeat("[0]", GgufFile.MaxArrayNesting)), e.Field);
+        Assert.Contains($"arrays nested more than {GgufFile.MaxArrayNesting} deep", e.Message);
+
+        // A million levels, 12 bytes each, written by hand: read recursively without the limit, this ends the process.
+        var bytes = new List<byte>();
+        void U32(uint v) => bytes.AddRange(BitConverter.GetBytes(v));
+        void U64(ulong v) => bytes.AddRange(BitConverter.GetBytes(v));
+        U32(GgufFile.Magic); U32(3); U64(0); U64(1);
+        U64(4); bytes.AddRange("deep"u8.ToArray());
+        U32((uint)GgufValueType.Array);
+        for (int i = 0; i < 1_000_000; i++) { U32((uint)GgufValueType.Array); U64(1); }
+        Assert.Contains("arrays nested more than", Fails(bytes.ToArray()).Message);
+    }
+
     [Fact]
     public void Duplicate_tensor_names_are_refused()
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using System.Text;
 
 namespace TokenMill.Chat.Jinja;
@@ -31,6 +32,19 @@ sealed class JinjaRuntimeException(string message) : Exception(message)
 
     public static JinjaRuntimeException OverLimit(string limit, string what) =>
         new($"{what} (the limit ChatTemplateLimits.{limit})") { Limit = limit };
+
+    /// <summary>
+    /// Refuses to go deeper once the calling thread's stack runs low, so that a value nested
+    /// deeper than the stack holds stops with this error instead of killing the process: a .NET stack
+    /// overflow cannot be caught. Called where the interpreter walks a value, which a template can nest
+    /// without bound (a loop that wraps a list in a list); the interpreter's own recursion has its own check.
+    /// </summary>
+    /// <param name="walk">What walks the value, for the message: "printing", "==", "ordering", "tojson".</param>
+    public static void EnsureStackToWalkValue(string walk)
+    {
+        if (!RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw new JinjaRuntimeException($"{walk}: a value nested deeper than this thread's stack holds");
+    }
 }
 
 /// <summary>
@@ -125,6 +139,7 @@ sealed class JinjaInterpreter
     {
         if (stmt is not TextStmt) _current = stmt;
         Step();
+        EnsureStack();
         if (sb.Length > _limits.MaxOutputChars)
             throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxOutputChars), $"the template's output passed {_limits.MaxOutputChars} characters");
         switch (stmt)
@@ -324,8 +339,21 @@ sealed class JinjaInterpreter
         _ => throw new JinjaRuntimeException($"'{Py.TypeName(callee)}' object is not callable"),
     };
 
+    // The interpreter recurses only as deep as the template's syntax (at most JinjaParser.MaxNesting) and its macro
+    // calls. A thread's stack may hold fewer than MaxCallDepth of those (a thread-pool thread has 1.5 MiB, and a
+    // macro call takes about 2 KiB of it before the JIT optimizes the interpreter): then stop where it runs low,
+    // naming the same limit, since lowering MaxCallDepth is what a template that recurses on purpose needs.
+    void EnsureStack()
+    {
+        if (RuntimeHelpers.TryEnsureSufficientExecutionStack()) return;
+        if (_callDepth > 0)
+            throw JinjaRuntimeException.OverLimit(nameof(ChatTemplateLimits.MaxCallDepth), $"macro calls nested {_callDepth} deep, more than this thread's stack holds");
+        throw new JinjaRuntimeException("the template nested deeper than this thread's stack holds");
+    }
+
     object? Eval(Expr e, Scope scope)
     {
+        EnsureStack();
         switch (e)
         {
             case ConstExpr c:

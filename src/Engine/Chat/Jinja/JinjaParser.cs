@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Runtime.CompilerServices;
 
 namespace TokenMill.Chat.Jinja;
 
@@ -54,7 +55,7 @@ sealed class JinjaParser
     // Parses statements until a block tag named in endTags; leaves the parser just after that tag's name.
     List<Stmt> ParseBody(string[] endTags, out string endTag)
     {
-        if (endTags.Length > 0 && ++_depth > MaxNesting) throw Error(Peek, $"blocks nested more than {MaxNesting} deep");
+        if (endTags.Length > 0) Descend("blocks");
         var body = new List<Stmt>();
         while (true)
         {
@@ -289,9 +290,17 @@ sealed class JinjaParser
     const int MaxNesting = 200;
     int _depth;
 
+    // One level deeper: refused past MaxNesting, or sooner where the thread's stack runs low (a stack overflow
+    // would end the process, not the parse).
+    void Descend(string what)
+    {
+        if (++_depth > MaxNesting) throw Error(Peek, $"{what} nested more than {MaxNesting} deep");
+        if (!RuntimeHelpers.TryEnsureSufficientExecutionStack()) throw Error(Peek, $"{what} nested {_depth} deep, more than this thread's stack holds");
+    }
+
     public Expr ParseExpression()
     {
-        if (++_depth > MaxNesting) throw Error(Peek, $"expression nested more than {MaxNesting} deep");
+        Descend("expression");
         var e = ParseCondOr(allowCondExpr: true);
         _depth--;
         return e;

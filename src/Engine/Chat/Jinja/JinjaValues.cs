@@ -85,6 +85,7 @@ static class Py
 
     static void Repr(StringBuilder sb, object? v)
     {
+        JinjaRuntimeException.EnsureStackToWalkValue("printing");
         switch (v)
         {
             case null: sb.Append("None"); break;
@@ -177,6 +178,7 @@ static class Py
 
     public static new bool Equals(object? a, object? b)
     {
+        JinjaRuntimeException.EnsureStackToWalkValue("==");
         if (a is Undefined || b is Undefined) return a is Undefined && b is Undefined;
         if (a is null || b is null) return a is null && b is null;
         if (IsNumber(a) && IsNumber(b))
@@ -225,6 +227,7 @@ static class Py
 
     public static int Compare(object? a, object? b)
     {
+        JinjaRuntimeException.EnsureStackToWalkValue("ordering");
         if (IsNumber(a) && IsNumber(b))
             return a is double || b is double ? ToDouble(a).CompareTo(ToDouble(b)) : ToLong(a).CompareTo(ToLong(b));
         if (a is string s && b is string t) return string.CompareOrdinal(s, t);

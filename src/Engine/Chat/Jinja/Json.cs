@@ -33,6 +33,7 @@ static class Json
 
     static void Write(StringBuilder sb, object? v, string? pad, string item, string key, bool ascii, bool sort, int depth)
     {
+        JinjaRuntimeException.EnsureStackToWalkValue("tojson");
         switch (v)
         {
             case null: sb.Append("null"); return;

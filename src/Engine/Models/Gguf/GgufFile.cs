@@ -17,6 +17,8 @@ public sealed unsafe class GgufFile : IDisposable
     // Guards against absurd counts in a corrupt header before we allocate for them.
     const long MaxStringBytes = 1L << 30;
     const int MaxDimensions = 8; // GGML_MAX_DIMS is 4; allow a little headroom, reject garbage
+    /// <summary>How deep metadata arrays may nest (an array of arrays is 2).</summary>
+    public const int MaxArrayNesting = 16;
 
     readonly MappedFile? _mapping; // null for an image parsed from memory
     readonly byte* _base;
@@ -280,7 +282,7 @@ public sealed unsafe class GgufFile : IDisposable
             GgufValueType.UInt64 => new(type, Read<ulong>(field)),
             GgufValueType.Int64 => new(type, Read<long>(field)),
             GgufValueType.Float64 => new(type, Read<double>(field)),
-            GgufValueType.Array => new(type, Array(field)),
+            GgufValueType.Array => new(type, Array(field, 1)),
             _ => throw new GgufFormatException(path, field, $"unknown metadata value type {(uint)type}", Position - 4),
         };
 
@@ -296,9 +298,13 @@ public sealed unsafe class GgufFile : IDisposable
             };
         }
 
-        GgufArray Array(string field)
+        GgufArray Array(string field, int depth)
         {
             long at = Position;
+            // Nested arrays are read recursively: a file that nests them a million deep (12 bytes a level) would
+            // overflow the stack, which ends the process. No writer nests more than a few (llama.cpp reads none).
+            if (depth > MaxArrayNesting)
+                throw new GgufFormatException(path, field, $"arrays nested more than {MaxArrayNesting} deep", at);
             var elementType = (GgufValueType)Read<uint>(field + " element type");
             long n = Count(field + " length");
             int count = n <= int.MaxValue ? (int)n : throw new GgufFormatException(path, field, $"array length {n} is too large", at);
@@ -316,7 +322,7 @@ public sealed unsafe class GgufFile : IDisposable
                 GgufValueType.Float64 => new(elementType, Scalars<double>(count, field)),
                 GgufValueType.Bool => new(elementType, Bools(count, field)),
                 GgufValueType.String => new(elementType, Strings(count, field)),
-                GgufValueType.Array => new(elementType, Nested(count, field)),
+                GgufValueType.Array => new(elementType, Nested(count, field, depth)),
                 _ => throw new GgufFormatException(path, field, $"unknown array element type {(uint)elementType}", at),
             };
         }
@@ -347,11 +353,11 @@ public sealed unsafe class GgufFile : IDisposable
             return items;
         }
 
-        GgufArray[] Nested(int count, string field)
+        GgufArray[] Nested(int count, string field, int depth)
         {
             Need((long)count * 12, field);
             var items = new GgufArray[count];
-            for (int i = 0; i < count; i++) items[i] = Array($"{field}[{i}]");
+            for (int i = 0; i < count; i++) items[i] = Array($"{field}[{i}]", depth + 1);
             return items;
         }
     }
