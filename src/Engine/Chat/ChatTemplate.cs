@@ -146,16 +146,22 @@ public sealed class ChatTemplate
         _ => null,
     };
 
-    // Only plain data crosses into a template: nothing it could reflect on.
-    static object? FromClr(object? v, string path) => v switch
+    /// <summary>How deep the caller's extra variables may nest, as deep as System.Text.Json reads by default.</summary>
+    const int MaxExtraNesting = 64;
+
+    // Only plain data crosses into a template: nothing it could reflect on. The depth bound also stops a
+    // dictionary or list that contains itself, which would otherwise recurse until the stack overflows.
+    static object? FromClr(object? v, string path, int depth = 0) => depth > MaxExtraNesting
+        ? throw new ArgumentException($"template variable '{path}' is nested more than {MaxExtraNesting} deep (does a list or dictionary contain itself?)", nameof(v))
+        : v switch
     {
         null or string or bool or long or double => v,
         int or short or byte or sbyte or ushort or uint => Convert.ToInt64(v, System.Globalization.CultureInfo.InvariantCulture),
         float f => (double)f,
         JsonElement e => FromJson(e),
-        IReadOnlyDictionary<string, object?> d => d.ToDictionary(p => p.Key, p => FromClr(p.Value, path + "." + p.Key), StringComparer.Ordinal),
-        IDictionary<string, object?> d => d.ToDictionary(p => p.Key, p => FromClr(p.Value, path + "." + p.Key), StringComparer.Ordinal),
-        IEnumerable list => list.Cast<object?>().Select((x, i) => FromClr(x, $"{path}[{i}]")).ToList(),
+        IReadOnlyDictionary<string, object?> d => d.ToDictionary(p => p.Key, p => FromClr(p.Value, path + "." + p.Key, depth + 1), StringComparer.Ordinal),
+        IDictionary<string, object?> d => d.ToDictionary(p => p.Key, p => FromClr(p.Value, path + "." + p.Key, depth + 1), StringComparer.Ordinal),
+        IEnumerable list => list.Cast<object?>().Select((x, i) => FromClr(x, $"{path}[{i}]", depth + 1)).ToList(),
         _ => throw new ArgumentException($"template variable '{path}' has type {v.GetType().Name}; only null, strings, booleans, numbers, lists, dictionaries and JsonElement are allowed", nameof(v)),
     };
 }

@@ -22,7 +22,10 @@ public sealed record ChatTemplateLimits
     /// <summary>Statements executed plus loop iterations, in all.</summary>
     public long MaxSteps { get; init; } = 1_000_000;
 
-    /// <summary>Macro calls nested inside each other (recursion depth); 100 stays far from the thread's stack.</summary>
+    /// <summary>
+    /// Macro calls nested inside each other (recursion depth), at most 1,000; 100 stays far from the thread's stack.
+    /// Rendering also stops, naming this limit, where the thread's stack runs low before the limit is reached.
+    /// </summary>
     public int MaxCallDepth { get; init; } = 100;
 
     /// <summary>Wall-clock time one rendering may take.</summary>

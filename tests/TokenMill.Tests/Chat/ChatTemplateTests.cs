@@ -96,6 +96,20 @@ public class ChatTemplateTests
     }
 
     [Fact]
+    public void Extra_variables_that_contain_themselves_or_nest_past_64_are_an_argument_error()
+    {
+        var t = ChatTemplate.Parse("{{ x | length }}");
+        var loop = new List<object?>();
+        loop.Add(loop);
+        var e = Assert.Throws<ArgumentException>(() => t.Render([], true, new Dictionary<string, object?> { ["x"] = loop }));
+        Assert.Contains("template variable 'x[0][0]", e.Message);
+        Assert.Contains("nested more than 64 deep (does a list or dictionary contain itself?)", e.Message);
+        object? Nest(int depth) => depth == 0 ? 1 : new List<object?> { Nest(depth - 1) };
+        Assert.Equal("1", t.Render([], true, new Dictionary<string, object?> { ["x"] = Nest(64) }));
+        Assert.Throws<ArgumentException>(() => t.Render([], true, new Dictionary<string, object?> { ["x"] = Nest(65) }));
+    }
+
+    [Fact]
     public void Bos_and_eos_tokens_and_the_clock_are_the_parse_arguments()
     {
         var t = ChatTemplate.Parse("{{ bos_token }}{{ strftime_now('%d %b %Y') }}{{ eos_token }}", "<s>", "</s>", new ChatTemplateGoldenTests.FixedClock());
