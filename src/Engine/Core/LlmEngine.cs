@@ -190,7 +190,7 @@ public sealed class LlmEngine : IDisposable
         ObjectDisposedException.ThrowIf(_stopping, this);
         var request = new TaskCompletionSource<EngineSnapshot>(TaskCreationOptions.RunContinuationsAsynchronously);
         _snapshotRequests.Enqueue(request);
-        _wake.Release();
+        WakeEngine();
         // Disposed meanwhile: the loop may have drained its queue already, so nobody else would answer.
         if (_stopping) request.TrySetException(new ObjectDisposedException(nameof(LlmEngine)));
         return request.Task.WaitAsync(cancellationToken);
@@ -216,7 +216,13 @@ public sealed class LlmEngine : IDisposable
         if (cancellationToken.CanBeCanceled)
             seq.CancellationRegistration = cancellationToken.Register(() => Abort(seq));
         _incoming.Enqueue(seq);
-        _wake.Release();
+        WakeEngine();
+        if (_stopping)
+        {
+            // Disposed since the check above, perhaps after the engine thread's last look at the queue: end what it will never see.
+            EndUnadmitted();
+            ObjectDisposedException.ThrowIf(true, this);
+        }
         // The token aborts the request; the stream itself is read to its end, so a cancelled request's
         // stream ends with its final chunk (finish reason "abort") rather than breaking off.
         return reader.ReadAllAsync(CancellationToken.None);
@@ -370,7 +376,30 @@ public sealed class LlmEngine : IDisposable
     void Abort(Sequence seq)
     {
         _aborts.Enqueue(seq);
-        _wake.Release();
+        WakeEngine();
+    }
+
+    // A cancellation can fire after Dispose (a request that raced it): it must not throw into whoever cancelled.
+    void WakeEngine()
+    {
+        try
+        {
+            _wake.Release();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
+    /// <summary>Ends the streams of requests queued but never admitted (Dispose raced their Generate).</summary>
+    void EndUnadmitted()
+    {
+        while (_incoming.TryDequeue(out var seq))
+        {
+            seq.Status = SequenceStatus.Finished;
+            seq.Output?.TryComplete(new ObjectDisposedException(nameof(LlmEngine)));
+            seq.CancellationRegistration.Dispose();
+        }
     }
 
     // ---- the engine loop (engine thread only) ---------------------------------------------------
@@ -379,23 +408,43 @@ public sealed class LlmEngine : IDisposable
     {
         while (!_stopping)
         {
-            Admit();
-            if (_failure is { } failure)
+            bool worked = false;
+            try
             {
-                // Stopped: whatever was admitted meanwhile ends with the error that stopped the engine.
-                foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, failure);
-                PublishStats();
-                _wake.Wait();
-                continue;
+                Admit();
+                if (_failure is { } failure)
+                {
+                    // Stopped: whatever was admitted meanwhile ends with the error that stopped the engine.
+                    FailAll(failure);
+                    PublishStats();
+                }
+                else
+                {
+                    worked = _scheduler.HasWork && Step();
+                    PublishStats();
+                    AnswerSnapshotRequests();
+                }
             }
-            bool worked = _scheduler.HasWork && Step();
-            PublishStats();
-            AnswerSnapshotRequests();
+            catch (Exception e)
+            {
+                // A fault outside the guarded forward pass and sampling (a bug in the bookkeeping, a step hook): on this
+                // thread it would end the process. The engine's state can no longer be trusted, so it stops as on a
+                // backend failure: every request ends with the error and later ones are refused with it.
+                _failure ??= new EngineFailedException(e);
+                FailAll(_failure);
+            }
             if (!worked) _wake.Wait();
         }
         // Shutting down: every request still alive ends, as an abort.
-        Admit();
-        foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Finish(seq, FinishReason.Abort);
+        try
+        {
+            Admit();
+            foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Finish(seq, FinishReason.Abort);
+        }
+        catch (Exception e)
+        {
+            FailAll(new EngineFailedException(e));
+        }
         while (_snapshotRequests.TryDequeue(out var request)) request.TrySetException(new ObjectDisposedException(nameof(LlmEngine)));
     }
 
@@ -428,7 +477,15 @@ public sealed class LlmEngine : IDisposable
                 "raise --kv-cache-memory or lower --max-num-seqs"));
         _scheduler.ClearExhausted();
         // Copy-on-write before anything is written: a shared block's new private copy gets its content first.
-        foreach (var copy in _kv.PendingCopies) _executor.CopyBlock(copy.Source, copy.Destination);
+        try
+        {
+            foreach (var copy in _kv.PendingCopies) _executor.CopyBlock(copy.Source, copy.Destination);
+        }
+        catch (Exception e) when (_executor.Failure is { } fatal)
+        {
+            StopOnBackendFailure(fatal, e);
+            return true;
+        }
         _kv.ClearPendingCopies();
         if (work.Count == 0) return false;
         _steps++;
@@ -459,7 +516,7 @@ public sealed class LlmEngine : IDisposable
         {
             // A rank failed or stalled: the ranks' KV caches no longer agree, so the engine stops, every request with it.
             _failure = new EngineFailedException(e);
-            foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+            FailAll(_failure);
             return true;
         }
         catch (Exception e) when (_executor.Failure is { } fatal)
@@ -657,7 +714,24 @@ public sealed class LlmEngine : IDisposable
     void StopOnBackendFailure(Exception fatal, Exception e)
     {
         _failure = new EngineFailedException(fatal == e ? e : new InvalidOperationException(e.Message, fatal));
-        foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList()) Fail(seq, _failure);
+        FailAll(_failure);
+    }
+
+    /// <summary>Ends every request the engine holds with <paramref name="failure"/>; one whose bookkeeping throws still has its stream ended.</summary>
+    void FailAll(Exception failure)
+    {
+        foreach (var seq in _scheduler.Running.Concat(_scheduler.Waiting).ToList())
+        {
+            try
+            {
+                Fail(seq, failure);
+            }
+            catch (Exception e)
+            {
+                seq.Status = SequenceStatus.Finished;
+                seq.Output?.TryComplete(new InvalidOperationException($"request {seq.RequestId} failed in the engine: {failure.Message}", new AggregateException(failure, e)));
+            }
+        }
     }
 
     /// <summary>Logit row <paramref name="logitRow"/> of the step on the host: where Forward put it, or copied from the device.</summary>
@@ -840,6 +914,7 @@ public sealed class LlmEngine : IDisposable
         _stopping = true;
         _wake.Release();
         _thread.Join();
+        EndUnadmitted();
         _executor.Dispose();
         _wake.Dispose();
     }

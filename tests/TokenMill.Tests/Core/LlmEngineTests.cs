@@ -78,6 +78,27 @@ public class LlmEngineTests
     }
 
     [SkippableFact]
+    public async Task A_fault_outside_the_forward_pass_stops_the_engine_not_the_process()
+    {
+        // The step hook runs on the engine thread outside the guarded forward pass, as the scheduler's bookkeeping and a
+        // copy-on-write do: an exception there once escaped the thread and ended the process.
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        int steps = 0;
+        engine.BeforeStepHook = () => { if (++steps == 3) throw new InvalidOperationException("injected fault"); };
+        var requests = Prompts.Take(3).Select(p => engine.CompleteAsync(new GenerationRequest
+        {
+            Prompt = p,
+            Sampling = new SamplingParams { MaxTokens = 20, IgnoreEos = true },
+        })).ToList();
+        foreach (var r in requests)
+            Assert.Contains("the engine has stopped: injected fault", (await Assert.ThrowsAnyAsync<Exception>(() => r)).Message);
+        Assert.Contains("injected fault", Assert.IsType<EngineFailedException>(engine.Failure).Message);
+        // Stopped for good: a new request is refused at once, with the cause.
+        Assert.Contains("injected fault", Assert.Throws<EngineFailedException>(() => engine.Generate(new GenerationRequest { Prompt = "Once" })).Message);
+    }
+
+    [SkippableFact]
     public async Task Cancelling_a_stream_aborts_the_request_and_frees_its_blocks_at_once()
     {
         using var model = LoadStories();
