@@ -726,10 +726,11 @@ public sealed class LlmEngine : IDisposable
             {
                 Fail(seq, failure);
             }
-            catch (Exception e)
+            catch (Exception)
             {
+                // The bookkeeping that failed is what stopped the engine (or broke with it): the stream still ends, with the cause.
                 seq.Status = SequenceStatus.Finished;
-                seq.Output?.TryComplete(new InvalidOperationException($"request {seq.RequestId} failed in the engine: {failure.Message}", new AggregateException(failure, e)));
+                seq.Output?.TryComplete(RequestFailed(seq, failure));
             }
         }
     }
@@ -899,9 +900,12 @@ public sealed class LlmEngine : IDisposable
             fork.Status = SequenceStatus.Finished;
         }
         _finished++;
-        seq.Output?.TryComplete(new InvalidOperationException($"request {seq.RequestId} failed in the engine: {error.Message}", error));
+        seq.Output?.TryComplete(RequestFailed(seq, error));
         (seq.Group?.Root ?? seq).CancellationRegistration.Dispose();
     }
+
+    static InvalidOperationException RequestFailed(Sequence seq, Exception error) =>
+        new($"request {seq.RequestId} failed in the engine: {error.Message}", error);
 
     void PublishStats() => _stats = new EngineStats(_scheduler.Running.Count, _scheduler.Waiting.Count, _kv.FreeBlockCount, _kv.BlockCount,
         _steps, _scheduler.PreemptionCount, _finished, _kv.PrefixQueryTokens, _kv.PrefixHitTokens, _kv.CachedBlockCount, _kv.Pool.Evictions, _generatedTokens);
