@@ -427,11 +427,15 @@ public sealed class LlmEngine : IDisposable
             }
             catch (Exception e)
             {
-                // A fault outside the guarded forward pass and sampling (a bug in the bookkeeping, a step hook): on this
-                // thread it would end the process. The engine's state can no longer be trusted, so it stops as on a
-                // backend failure: every request ends with the error and later ones are refused with it.
-                _failure ??= new EngineFailedException(e);
-                FailAll(_failure);
+                // A fault outside the guarded forward pass and sampling (a device fault in a copy-on-write, a bug in the
+                // bookkeeping, a step hook): on this thread it would end the process. The engine's state can no longer be
+                // trusted, so it stops as on a backend failure: every request ends with the error, later ones are refused with it.
+                if (_failure is null && _executor.Failure is { } fatal) StopOnBackendFailure(fatal, e);
+                else
+                {
+                    _failure ??= new EngineFailedException(e);
+                    FailAll(_failure);
+                }
             }
             if (!worked) _wake.Wait();
         }
@@ -477,15 +481,7 @@ public sealed class LlmEngine : IDisposable
                 "raise --kv-cache-memory or lower --max-num-seqs"));
         _scheduler.ClearExhausted();
         // Copy-on-write before anything is written: a shared block's new private copy gets its content first.
-        try
-        {
-            foreach (var copy in _kv.PendingCopies) _executor.CopyBlock(copy.Source, copy.Destination);
-        }
-        catch (Exception e) when (_executor.Failure is { } fatal)
-        {
-            StopOnBackendFailure(fatal, e);
-            return true;
-        }
+        foreach (var copy in _kv.PendingCopies) _executor.CopyBlock(copy.Source, copy.Destination);
         _kv.ClearPendingCopies();
         if (work.Count == 0) return false;
         _steps++;
