@@ -12,6 +12,8 @@ namespace TokenMill.Core;
 
 /// <summary>Counters of the engine, read at any time from any thread.</summary>
 /// <remarks>
+/// Published after every step and before a request's stream ends: once a caller has seen a request end, they count it
+/// finished and its KV blocks freed.
 /// <see cref="FreeKvBlocks"/> counts cached blocks nobody uses (they are evicted on demand);
 /// <see cref="PrefixCacheQueryTokens"/> / <see cref="PrefixCacheHitTokens"/> are the tokens looked up in
 /// the prefix cache at admission and those found there (not computed); <see cref="GeneratedTokens"/> counts every
@@ -696,7 +698,7 @@ public sealed class LlmEngine : IDisposable
             }
         }
         _finished++;
-        root.Output?.TryComplete();
+        EndStream(root);
         root.CancellationRegistration.Dispose();
     }
 
@@ -863,7 +865,7 @@ public sealed class LlmEngine : IDisposable
             seq.CachedPromptTokens, seq.Index, queueTime));
         if (seq.Group is { } group && group.Forks.Any(f => f.Status != SequenceStatus.Finished)) return; // the stream ends with the last fork
         _finished++;
-        seq.Output?.TryComplete();
+        EndStream(seq);
         (seq.Group?.Root ?? seq).CancellationRegistration.Dispose();
     }
 
@@ -896,8 +898,18 @@ public sealed class LlmEngine : IDisposable
             fork.Status = SequenceStatus.Finished;
         }
         _finished++;
-        seq.Output?.TryComplete(RequestFailed(seq, error));
+        EndStream(seq, RequestFailed(seq, error));
         (seq.Group?.Root ?? seq).CancellationRegistration.Dispose();
+    }
+
+    /// <summary>
+    /// Ends a request's stream (with <paramref name="error"/> if it failed), after publishing the counters: whoever awaits
+    /// the end reads <see cref="Stats"/> with the request counted as finished and its KV blocks already freed.
+    /// </summary>
+    void EndStream(Sequence seq, Exception? error = null)
+    {
+        PublishStats();
+        seq.Output?.TryComplete(error);
     }
 
     static InvalidOperationException RequestFailed(Sequence seq, Exception error) =>

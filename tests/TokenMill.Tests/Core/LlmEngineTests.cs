@@ -134,6 +134,38 @@ public class LlmEngineTests
     }
 
     [SkippableFact]
+    public async Task When_a_request_ends_Stats_already_count_it_finished_with_its_blocks_freed()
+    {
+        using var model = LoadStories();
+        using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        // "first" ends in a step where "later" (admitted after it, so sampled after it) still samples: the hook holds the
+        // engine thread there, before the step's end, until the test has read Stats.
+        var firstEnded = new TaskCompletionSource<int>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var statsRead = new ManualResetEventSlim();
+        bool firstSamplesItsLast = false;
+        engine.BeforeSampleHook = seq =>
+        {
+            if (seq.RequestId == "first" && seq.OutputTokens.Count == 4) firstSamplesItsLast = true;
+            else if (seq.RequestId == "later" && firstSamplesItsLast && !statsRead.IsSet)
+            {
+                firstEnded.TrySetResult((seq.ComputedTokens + engine.Options.BlockSize - 1) / engine.Options.BlockSize);
+                statsRead.Wait(TimeSpan.FromSeconds(30));
+            }
+        };
+        var first = engine.CompleteAsync(Greedy("Once upon a time", maxTokens: 5) with { RequestId = "first" });
+        var later = engine.CompleteAsync(Greedy("Lily", maxTokens: 20) with { RequestId = "later" });
+        Assert.Equal(5, (await first).CompletionTokens);
+        int laterBlocks = await firstEnded.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        var s = engine.Stats;
+        statsRead.Set();
+        Assert.Equal(1, s.FinishedRequests);
+        Assert.Equal(1, s.Running);
+        Assert.Equal(laterBlocks, s.TotalKvBlocks - s.FreeKvBlocks);
+        Assert.Equal(20, (await later).CompletionTokens);
+        Assert.Equal(engine.Stats.TotalKvBlocks, engine.Stats.FreeKvBlocks);
+    }
+
+    [SkippableFact]
     public async Task A_fault_while_serving_one_request_fails_it_alone_and_the_engine_lives()
     {
         using var model = LoadStories();
