@@ -2,6 +2,7 @@ using TokenMill.Interop;
 
 namespace TokenMill.Tests.Cli;
 
+[Collection(nameof(EnvironmentCollection))] // sets TOKENMILL_CACHE_DIR for the whole process
 public sealed class KernelsCommandTests : IDisposable
 {
     readonly string _dir = Directory.CreateTempSubdirectory("tm-kernels-cli").FullName;

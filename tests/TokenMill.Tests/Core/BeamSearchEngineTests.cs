@@ -161,16 +161,25 @@ public class BeamSearchEngineTests
         Assert.Equal([0, 1], chunks.Select(c => c.Index));
         Assert.All(chunks, c => Assert.True(c.IsFinal && c.TokenIds.Length == 10 && c.Text.Length > 0));
 
-        engine.BeforeStepHook = () => Thread.Sleep(5); // 100 steps now take 0.5 s: the cancel lands mid-search
+        // The tenth step of the search waits for the cancel: it lands mid-search however loaded the machine is.
+        using var reached = new ManualResetEventSlim();
+        using var cancelled = new ManualResetEventSlim();
+        int steps = 0;
+        engine.BeforeStepHook = () =>
+        {
+            if (++steps != 10) return;
+            reached.Set();
+            cancelled.Wait(TimeSpan.FromSeconds(30));
+        };
         using var cts = new CancellationTokenSource();
-        long steps = engine.Stats.Steps;
         var aborted = new List<CompletionChunk>();
         var reading = Task.Run(async () =>
         {
             await foreach (var c in engine.Generate(Beam("Once upon a time", width: 4, n: 3, maxTokens: 100), cts.Token)) aborted.Add(c);
         });
-        await LlmEngineTests.WaitFor(() => engine.Stats.Steps > steps + 10);
+        Assert.True(reached.Wait(TimeSpan.FromSeconds(30)), "the search did not reach its tenth step");
         await cts.CancelAsync();
+        cancelled.Set();
         await reading;
         Assert.Equal([0, 1, 2], aborted.Select(c => c.Index));
         Assert.All(aborted, c => Assert.Equal(FinishReason.Abort, c.FinishReason));
@@ -202,10 +211,19 @@ public class BeamSearchEngineTests
     {
         using var model = LoadStories();
         var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
-        engine.BeforeStepHook = () => Thread.Sleep(20); // 100 steps take 2 s or more: a busy machine still shuts down mid-search
-        long steps = engine.Stats.Steps;
+        // The sixth step waits until the shutdown has begun: it lands mid-search however loaded the machine is.
+        using var reached = new ManualResetEventSlim();
+        using var disposing = new ManualResetEventSlim();
+        int steps = 0;
+        engine.BeforeStepHook = () =>
+        {
+            if (++steps != 6) return;
+            reached.Set();
+            disposing.Wait(TimeSpan.FromSeconds(30));
+        };
         var choices = engine.CompleteChoicesAsync(Beam("Once upon a time", width: 4, n: 2, maxTokens: 100));
-        await LlmEngineTests.WaitFor(() => engine.Stats.Steps > steps + 5);
+        Assert.True(reached.Wait(TimeSpan.FromSeconds(30)), "the search did not reach its sixth step");
+        disposing.Set();
         engine.Dispose();
         Assert.All(await choices.WaitAsync(TimeSpan.FromSeconds(10)), c => Assert.Equal(FinishReason.Abort, c.FinishReason));
     }

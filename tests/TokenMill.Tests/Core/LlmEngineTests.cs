@@ -84,13 +84,21 @@ public class LlmEngineTests
         // copy-on-write do: an exception there once escaped the thread and ended the process.
         using var model = LoadStories();
         using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
+        // The fault waits until all three requests are in: earlier, a later submission would be refused by the stopped engine.
+        using var submitted = new ManualResetEventSlim();
         int steps = 0;
-        engine.BeforeStepHook = () => { if (++steps == 3) throw new InvalidOperationException("injected fault"); };
+        engine.BeforeStepHook = () =>
+        {
+            if (++steps < 3) return;
+            submitted.Wait(TimeSpan.FromSeconds(30));
+            throw new InvalidOperationException("injected fault");
+        };
         var requests = Prompts.Take(3).Select(p => engine.CompleteAsync(new GenerationRequest
         {
             Prompt = p,
             Sampling = new SamplingParams { MaxTokens = 20, IgnoreEos = true },
         })).ToList();
+        submitted.Set();
         foreach (var r in requests)
             Assert.Contains("the engine has stopped: injected fault", (await Assert.ThrowsAnyAsync<Exception>(() => r)).Message);
         Assert.Contains("injected fault", Assert.IsType<EngineFailedException>(engine.Failure).Message);
@@ -302,9 +310,11 @@ public class LlmEngineTests
         Assert.Contains("cannot hold one sequence of --max-model-len 128", e.Message);
     }
 
+    /// <summary>Polls <paramref name="condition"/> until it holds, for up to 30 s (a loaded CI machine can stall a poll for seconds).</summary>
     internal static async Task WaitFor(Func<bool> condition)
     {
-        for (int i = 0; i < 500 && !condition(); i++) await Task.Delay(10);
-        Assert.True(condition(), "the engine did not reach the expected state within 5 s");
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (!condition() && deadline.Elapsed < TimeSpan.FromSeconds(30)) await Task.Delay(10);
+        Assert.True(condition(), "the engine did not reach the expected state within 30 s");
     }
 }

@@ -227,9 +227,10 @@ public sealed class NcclCommunicatorTests(FakeNcclLibrary fake, Xunit.Abstractio
     {
         int port = FreePort();
         var clock = Stopwatch.StartNew();
-        var results = OnRanks(TimeSpan.FromSeconds(1.5), new byte[128],
+        // 5 s: rank 1 must connect and be refused within rank 0's wait however loaded the machine is.
+        var results = OnRanks(TimeSpan.FromSeconds(5), new byte[128],
             new TorchrunEnvironment(0, 2, 0, "127.0.0.1", port), new TorchrunEnvironment(1, 3, 1, "127.0.0.1", port));
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(15));
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30));
         var refused = Assert.IsType<CommunicatorException>(results[1].Error);
         Assert.Equal((1, "rendezvous"), (refused.Rank, refused.Operation));
         Assert.Contains("refused rank 1: rank 1 has WORLD_SIZE=3, rank 0 has WORLD_SIZE=2", refused.Message);
@@ -241,7 +242,11 @@ public sealed class NcclCommunicatorTests(FakeNcclLibrary fake, Xunit.Abstractio
     [Fact]
     public void A_rank_whose_rank_0_never_listens_fails_after_the_timeout_naming_rank_0()
     {
-        int port = FreePort();
+        // A socket bound but never listening holds the port for the whole test: connections to it are refused, and no
+        // other test's listener can take it.
+        using var held = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        held.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        int port = ((IPEndPoint)held.LocalEndPoint!).Port;
         var clock = Stopwatch.StartNew();
         var e = Assert.Throws<CommunicatorException>(() =>
             UniqueIdRendezvous.Exchange(new TorchrunEnvironment(1, 2, 0, "127.0.0.1", port), () => new byte[128], TimeSpan.FromSeconds(1)));

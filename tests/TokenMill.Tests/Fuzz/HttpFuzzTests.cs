@@ -17,6 +17,8 @@ namespace TokenMill.Tests.Fuzz;
 /// methods, query strings and bodies on GET endpoints. Asserted: no 5xx, no request over its time
 /// limit, every 4xx a JSON error, managed heap bounded, no KV block left allocated.
 /// </summary>
+// Not beside other classes: its heap bound is measured over the whole process, which their objects would swell.
+[Collection(nameof(TokenMill.Tests.Server.SoakCollection))]
 [Trait("Category", "Fuzz")]
 public class HttpFuzzTests(ITestOutputHelper output)
 {

@@ -112,7 +112,10 @@ public class EngineViewTests
         Assert.Contains("'since' must be an event cursor", await bad.Content.ReadAsStringAsync());
         Assert.Equal(HttpStatusCode.BadRequest, (await http.GetAsync("/v1/engine/events?interval_ms=1")).StatusCode);
 
-        engine.BeforeStepHook = () => Thread.Sleep(25); // 72 prompt tokens + 50 generated fit the 128 of MaxModelLen
+        // Each step waits up to 250 ms until the view has seen the chat (between steps, so snapshots are still answered):
+        // the 50 tokens last 12 s of stalled polls at least. 72 prompt tokens + 50 generated fit the 128 of MaxModelLen.
+        using var seen = new ManualResetEventSlim();
+        engine.BeforeStepHook = () => seen.Wait(TimeSpan.FromMilliseconds(250));
         var body = JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = SecretPrompt } }, max_tokens = 50, ignore_eos = true });
         var chat = http.PostAsync("/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
         // Poll the view until it shows the running chat (a deadline, not a count of polls: CI machines stall).
@@ -121,7 +124,11 @@ public class EngineViewTests
         while (true)
         {
             frame = JsonDocument.Parse(await http.GetStringAsync("/v1/engine/kv")).RootElement.Clone();
-            if (frame.GetProperty("sequences").GetArrayLength() == 1) break;
+            if (frame.GetProperty("sequences").GetArrayLength() == 1)
+            {
+                seen.Set();
+                break;
+            }
             if (chat.IsCompleted) Assert.Fail("the chat ended before the view saw it: " + await (await chat).Content.ReadAsStringAsync());
             Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "the view never showed the running chat within 30 s: " + frame.GetRawText());
             await Task.Delay(10);

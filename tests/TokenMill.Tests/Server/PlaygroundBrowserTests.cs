@@ -71,8 +71,10 @@ public class PlaygroundBrowserTests
         await using var server = StartServer(new EngineOptions { MaxModelLen = 512, NumKvBlocks = 96 }, ApiKey);
         await server.StartAsync();
         var engine = await server.Ready;
-        // 30 ms a step: 100 tokens take 3 s, so the browser sees the request mid-flight.
-        engine.BeforeStepHook = () => Thread.Sleep(30);
+        // Each step waits up to 300 ms until the browser has seen the request mid-flight (between steps, so the engine
+        // view's snapshots are still answered): 100 tokens take 30 s until then, however slow the browser is.
+        using var seen = new ManualResetEventSlim();
+        engine.BeforeStepHook = () => seen.Wait(TimeSpan.FromMilliseconds(300));
         using var browser = StartBrowser();
 
         browser.Navigate().GoToUrl(server.BaseAddress);
@@ -93,13 +95,14 @@ public class PlaygroundBrowserTests
 
         // Mid-flight: streamed text is on the page while the reply is still streaming, and the map shows the
         // request's blocks as owned, listed under its request id.
-        Wait(browser, 15).Until(b =>
+        Wait(browser, 25).Until(b =>
         {
             var reply = b.FindElements(By.CssSelector(".msg.assistant")).FirstOrDefault();
             return reply is not null && reply.GetAttribute("data-state") == "streaming" && reply.Text.Trim().Length > 0
                 && Counts(browser)["owned"] > 0
                 && b.FindElements(By.CssSelector("#kv-requests li")).Any(li => li.GetAttribute("data-request")!.StartsWith("chatcmpl-", StringComparison.Ordinal));
         });
+        seen.Set();
 
         // Done: the reply is whole, the request's numbers are shown, and its blocks went back — full ones to the
         // prefix cache, the partial last one free.

@@ -70,6 +70,9 @@ public class ShutdownTests
             shutdownTimeout: TimeSpan.FromMilliseconds(20), contextLength: 512);
         await server.StartAsync();
         var engine = await server.Ready;
+        // 20 ms a step: the 480 tokens would take 10 s, so the 20 ms shutdown timeout aborts the stream mid-way even when
+        // a loaded machine starts the shutdown seconds late (unslowed, the stream could finish first).
+        engine.BeforeStepHook = () => Thread.Sleep(20);
         using var http = new HttpClient { BaseAddress = server.BaseAddress };
         var (finish, done, events) = await ReadAfterShutdown(http, () => server.DisposeAsync().AsTask(), maxTokens: 480);
         Assert.True(done, "the stream was cut off without [DONE]");
