@@ -161,31 +161,23 @@ public class BeamSearchEngineTests
         Assert.Equal([0, 1], chunks.Select(c => c.Index));
         Assert.All(chunks, c => Assert.True(c.IsFinal && c.TokenIds.Length == 10 && c.Text.Length > 0));
 
-        // The tenth step of the search waits for the cancel: it lands mid-search however loaded the machine is.
-        using var reached = new ManualResetEventSlim();
-        using var cancelled = new ManualResetEventSlim();
-        int steps = 0;
-        engine.BeforeStepHook = () =>
-        {
-            if (++steps != 10) return;
-            reached.Set();
-            cancelled.Wait(TimeSpan.FromSeconds(30));
-        };
+        // The tenth step of the search waits for the cancel: it lands mid-search.
+        using var gate = new StepGate(engine, steps: 9);
         using var cts = new CancellationTokenSource();
         var aborted = new List<CompletionChunk>();
         var reading = Task.Run(async () =>
         {
             await foreach (var c in engine.Generate(Beam("Once upon a time", width: 4, n: 3, maxTokens: 100), cts.Token)) aborted.Add(c);
         });
-        Assert.True(reached.Wait(TimeSpan.FromSeconds(30)), "the search did not reach its tenth step");
+        Assert.True(gate.WaitReached(), "the search did not reach its tenth step");
         await cts.CancelAsync();
-        cancelled.Set();
+        gate.Open();
         await reading;
         Assert.Equal([0, 1, 2], aborted.Select(c => c.Index));
         Assert.All(aborted, c => Assert.Equal(FinishReason.Abort, c.FinishReason));
         await AssertAllBlocksBack(engine);
 
-        engine.BeforeStepHook = null;
+        gate.Dispose();
         Assert.Equal(5, (await engine.CompleteAsync(Beam("Lily", width: 2, n: 1, maxTokens: 5))).CompletionTokens);
     }
 
@@ -211,19 +203,11 @@ public class BeamSearchEngineTests
     {
         using var model = LoadStories();
         var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
-        // The sixth step waits until the shutdown has begun: it lands mid-search however loaded the machine is.
-        using var reached = new ManualResetEventSlim();
-        using var disposing = new ManualResetEventSlim();
-        int steps = 0;
-        engine.BeforeStepHook = () =>
-        {
-            if (++steps != 6) return;
-            reached.Set();
-            disposing.Wait(TimeSpan.FromSeconds(30));
-        };
+        // The sixth step waits until the shutdown begins: it lands mid-search.
+        using var gate = new StepGate(engine, steps: 5);
         var choices = engine.CompleteChoicesAsync(Beam("Once upon a time", width: 4, n: 2, maxTokens: 100));
-        Assert.True(reached.Wait(TimeSpan.FromSeconds(30)), "the search did not reach its sixth step");
-        disposing.Set();
+        Assert.True(gate.WaitReached(), "the search did not reach its sixth step");
+        gate.Open();
         engine.Dispose();
         Assert.All(await choices.WaitAsync(TimeSpan.FromSeconds(10)), c => Assert.Equal(FinishReason.Abort, c.FinishReason));
     }

@@ -111,13 +111,8 @@ public class LlmEngineTests
     {
         using var model = LoadStories();
         using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
-        // From the fourth step on, the engine waits for the consumer's cancel: the abort lands mid-stream however loaded the machine is.
-        using var cancelled = new ManualResetEventSlim();
-        int steps = 0;
-        engine.BeforeStepHook = () =>
-        {
-            if (++steps > 3) cancelled.Wait(TimeSpan.FromSeconds(10));
-        };
+        // From the fourth step on, the engine waits for the consumer's cancel: the abort lands mid-stream.
+        using var gate = new StepGate(engine, steps: 3);
         using var cts = new CancellationTokenSource();
         int chunks = 0;
         CompletionChunk? last = null;
@@ -127,7 +122,7 @@ public class LlmEngineTests
             if (++chunks == 3)
             {
                 await cts.CancelAsync();
-                cancelled.Set();
+                gate.Open();
             }
         }
         // The stream ends with the request: a final chunk that says it was aborted, long before 120 tokens.
@@ -136,7 +131,7 @@ public class LlmEngineTests
         await WaitFor(() => engine.Stats is { Running: 0, Waiting: 0 } s && s.FreeKvBlocks == s.TotalKvBlocks);
 
         // The engine goes on serving.
-        engine.BeforeStepHook = null;
+        gate.Dispose();
         var after = await engine.CompleteAsync(Greedy("Lily", maxTokens: 5));
         Assert.Equal(5, after.CompletionTokens);
     }

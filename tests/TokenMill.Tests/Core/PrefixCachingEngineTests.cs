@@ -170,14 +170,8 @@ public class PrefixCachingEngineTests
     {
         using var model = LoadStories();
         using var engine = new LlmEngine(model, new EngineOptions { MaxModelLen = 128 });
-        // From the fourth step on, the engine waits for the consumer's cancel: the abort lands before the forks can finish
-        // however loaded the machine is.
-        using var cancelled = new ManualResetEventSlim();
-        int steps = 0;
-        engine.BeforeStepHook = () =>
-        {
-            if (++steps > 3) cancelled.Wait(TimeSpan.FromSeconds(30));
-        };
+        // From the fourth step on, the engine waits for the consumer's cancel: the abort lands before the forks can finish.
+        using var gate = new StepGate(engine, steps: 3);
         using var cts = new CancellationTokenSource();
         var finals = new List<CompletionChunk>();
         var request = Sampled("Once upon a time", 7, n: 4) with { Sampling = Sampled("", 7).Sampling with { MaxTokens = 100 } };
@@ -189,7 +183,7 @@ public class PrefixCachingEngineTests
                 if (c.CompletionTokens == 2 && !cts.IsCancellationRequested)
                 {
                     await cts.CancelAsync();
-                    cancelled.Set();
+                    gate.Open();
                 }
             }
         }
@@ -199,7 +193,7 @@ public class PrefixCachingEngineTests
         await LlmEngineTests.WaitFor(() => engine.Stats is { Running: 0, Waiting: 0 } s && s.FreeKvBlocks == s.TotalKvBlocks);
         Assert.DoesNotContain(finals, c => c.FinishReason == FinishReason.Length);
         Assert.Equal(1, engine.Stats.FinishedRequests);
-        engine.BeforeStepHook = null;
+        gate.Dispose();
 
         var greedyPair = await engine.CompleteChoicesAsync(Greedy("Lily", 10) with { N = 2 });
         Assert.Equal(greedyPair[0].TokenIds, greedyPair[1].TokenIds); // greedy forks agree

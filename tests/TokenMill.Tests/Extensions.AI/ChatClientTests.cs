@@ -131,16 +131,9 @@ public sealed class ChatClientTests(ServerFixture fx) : IClassFixture<ServerFixt
         using var client = Client(path);
         var engine = fx.Engine!;
         using var cts = new CancellationTokenSource();
-        // From the seventh step on (six tokens streamed), the engine waits for the cancel: it lands mid-stream however
-        // loaded the machine is.
-        using var cancelled = new ManualResetEventSlim();
-        int steps = 0;
-        engine.BeforeStepHook = () =>
-        {
-            if (++steps > 6) cancelled.Wait(TimeSpan.FromSeconds(30));
-        };
         int updates = 0;
-        try
+        // From the seventh step on (six tokens streamed), the engine waits for the cancel: it lands mid-stream.
+        using (var gate = new Core.StepGate(engine, steps: 6))
         {
             await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
             {
@@ -148,13 +141,9 @@ public sealed class ChatClientTests(ServerFixture fx) : IClassFixture<ServerFixt
                     if (++updates == 2)
                     {
                         await cts.CancelAsync();
-                        cancelled.Set();
+                        gate.Open();
                     }
             });
-        }
-        finally
-        {
-            engine.BeforeStepHook = null;
         }
         Assert.InRange(updates, 2, 39); // fewer than the 40 tokens asked for
         // The engine ends the request: nothing stays running.
